@@ -1,0 +1,59 @@
+"""indexer: keep the embeddings of a large, changing document collection in sync on disk.
+
+    import indexer
+    summary = indexer.sync("myindex", docs)          # docs: {"id", "text"} dicts or (id, text) pairs
+    idx = indexer.open("myindex")
+    ids, vecs = idx.vectors()                        # read-only, lazily read, rows aligned with ids
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import EmbeddingConfig
+from .errors import (
+    ConfigMismatchError,
+    EmbeddingError,
+    IndexerError,
+    IndexNotFoundError,
+    LeaseLostError,
+    ManifestError,
+    ModelLoadError,
+    SourceError,
+    StoreError,
+)
+from .index import CompactReport, Index, VerifyReport
+from .settings import DEFAULT_MODEL, Settings
+from .sync import Progress, SyncSummary, sync
+from .vectors import DocumentIds, VectorView
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CompactReport",
+    "ConfigMismatchError",
+    "DocumentIds",
+    "EmbeddingConfig",
+    "EmbeddingError",
+    "Index",
+    "IndexNotFoundError",
+    "IndexerError",
+    "LeaseLostError",
+    "ManifestError",
+    "ModelLoadError",
+    "Progress",
+    "Settings",
+    "SourceError",
+    "StoreError",
+    "SyncSummary",
+    "VectorView",
+    "VerifyReport",
+    "open",
+    "sync",
+]
+
+__version__ = "0.1.0"
+
+
+def open(path: str | Path, settings: Settings | None = None) -> Index:  # noqa: A001 - the public name
+    """Open the index at `path`. Raises IndexNotFoundError if there is none."""
+    return Index.open(path, settings)

@@ -1,0 +1,222 @@
+"""The `indexer` command: a thin click shell over the library. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from . import Index, IndexerError, Progress, SyncSummary, sync
+from .config import DTYPES
+from .settings import DEFAULT_MODEL, Settings
+
+_DEFAULTS = Settings()
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"indexer: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except IndexerError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; claims in flight were released. Run the same command to resume.", 130)
+
+
+def _open(index_dir: str) -> Index:
+    return Index.open(index_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="indexer")
+def cli() -> None:
+    """Keep the embeddings of a large, changing document collection in sync on disk.
+
+    Run `indexer sync` as often as you like: only new and changed documents are embedded.
+    """
+
+
+class _Bar:
+    """A progress bar on stderr (tqdm), shown only on a terminal."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bar: Any = None
+        self.phase = ""
+
+    def __call__(self, p: Progress) -> None:
+        if p.phase != self.phase:
+            self.close()
+            self.phase = p.phase
+            self.bar = self._tqdm(total=p.total, unit="doc", desc=p.phase, file=sys.stderr,
+                                  dynamic_ncols=True, smoothing=0.1)
+        self.bar.update(p.processed - self.bar.n)
+        self.bar.set_postfix_str(f"rss {p.rss_mb:.0f} MB", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _final_line(s: SyncSummary, index_dir: str) -> str:
+    if s.dry_run:
+        return (f"dry run: scanned {s.scanned}: {s.new} new, {s.changed} changed, {s.unchanged} unchanged; "
+                f"would embed {s.would_embed}, would delete {s.deleted}; nothing was written")
+    line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
+            f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
+    if s.failed:
+        line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
+    if s.skipped:
+        line += f", skipped {s.skipped} input record(s)"
+    return line + f" in {s.seconds:.1f}s"
+
+
+@cli.command("sync")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--index", "index_dir", required=True, metavar="DIR",
+              help="Index directory; created on the first sync.")
+@click.option("--model", default=None, metavar="NAME",
+              help=f"sentence-transformers model name or path, or fake:DIM. New index: {DEFAULT_MODEL}; "
+                   "existing index: the model it is bound to.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
+              help="Texts per model call.")
+@click.option("--id-field", default="id", show_default=True, help="Id field or column.")
+@click.option("--text-field", default="text", show_default=True, help="Text field or column.")
+@click.option("--delete-missing", is_flag=True,
+              help="Mark documents absent from the sources deleted (default: keep them).")
+@click.option("--dry-run", is_flag=True, help="Scan and report what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no final line.")
+def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
+             batch_size: int, id_field: str, text_field: str, delete_missing: bool, dry_run: bool,
+             as_json: bool, quiet: bool) -> None:
+    """Embed new and changed documents of SOURCES into the index at DIR.
+
+    SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
+    path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
+    duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
+    all stops the sync before anything is written.
+    """
+    bar = _Bar() if not quiet and sys.stderr.isatty() else None
+    progress: Callable[[Progress], None] | None = bar
+    with _errors():
+        try:
+            summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
+                           delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
+                           text_field=text_field, on_progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+    if not quiet:
+        for w in summary.warnings[:20]:
+            click.echo(f"indexer: warning: {w}", err=True)
+        if summary.skipped > 20:
+            click.echo(f"indexer: warning: ... {summary.skipped - 20} more skipped record(s) "
+                       "(all are listed in --json)", err=True)
+        if Index.exists(index_dir):
+            with Index.open(index_dir) as idx:
+                fs = idx.network_filesystem()
+            if fs:
+                click.echo(f"indexer: warning: {index_dir} is on a network filesystem ({fs}); SQLite "
+                           "locking is unsafe there. Keep the index on a local disk.", err=True)
+        click.echo(_final_line(summary, index_dir), err=True)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--failed", is_flag=True, help="List failed documents and their reasons.")
+def status(index_dir: str, as_json: bool, failed: bool) -> None:
+    """Where the index stands: documents pending, done, failed, deleted. Safe while a sync runs."""
+    with _errors(), _open(index_dir) as idx:
+        st = idx.status()
+        failures = idx.failures(limit=1000) if failed else []
+    if as_json:
+        if failed:
+            st["failures"] = [{"id": i, "reason": r} for i, r in failures]
+        click.echo(json.dumps(st))
+        return
+    run = st["last_run"]
+    click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']})\n"
+               f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
+               f"{st['failed']} failed; {st['deleted']} deleted")
+    if isinstance(run, dict):
+        click.echo(f"last run  #{run['id']} {run['state']}")
+    for doc_id, reason in failures:
+        click.echo(f"failed    {doc_id}: {reason}")
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+def retry(index_dir: str) -> None:
+    """Send failed documents back to pending; the next sync embeds them again."""
+    with _errors(), _open(index_dir) as idx:
+        n = idx.retry()
+    click.echo(f"re-queued {n} failed content(s); run `indexer sync` to embed them", err=True)
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+@click.option("--repair", is_flag=True, help="Re-queue documents whose vectors are missing or bad.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(index_dir: str, repair: bool, as_json: bool) -> None:
+    """Check that manifest and store agree: every done document has a whole, finite vector.
+
+    Exits 1 with a report if not.
+    """
+    with _errors(), _open(index_dir) as idx:
+        report = idx.verify(repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        for p in report.problems:
+            click.echo(f"problem: {p}")
+        for n in report.notes:
+            click.echo(f"note: {n}")
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(f"verify: {report.checked} vectors checked, {verdict}"
+                   + (f"; re-queued {report.repaired}" if report.repaired else ""))
+    if not report.ok and not report.repaired:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+@click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
+@click.option("--ids", "ids_out", default=None, metavar="FILE",
+              help="Also write the ids, one a line, in row order.")
+def export(index_dir: str, out: str, ids_out: str | None) -> None:
+    """Write every served vector to a .npy file, rows in the order of --ids."""
+    with _errors(), _open(index_dir) as idx:
+        n = idx.export(out, ids_out)
+    click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
+               err=True)
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+def compact(index_dir: str) -> None:
+    """Reclaim dead slots, orphan chunks and unfinished writes. Run it when no sync is running."""
+    with _errors(), _open(index_dir) as idx:
+        report = idx.compact()
+    click.echo(json.dumps(report.to_dict()))
+
+
+def main() -> None:
+    cli(prog_name="indexer")

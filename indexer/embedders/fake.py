@@ -1,0 +1,36 @@
+"""The fake model: a deterministic stand-in for pipeline tests and bookkeeping benchmarks.
+
+Each text gets a unit vector drawn from a random generator seeded with the XXH3-64 hash of its UTF-8
+bytes: the same text always gets the same vector, bit for bit, in any process. It does no model work,
+and says so in its configuration (revision "fake"). Never use its vectors for search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+
+@dataclass(frozen=True)
+class FakeModelInfo:
+    model: str
+    dim: int
+    revision: str = "fake"
+    normalize: bool = True
+    max_seq_length: int = 0
+    prompt: str = ""
+
+
+class FakeEmbedder:
+    def __init__(self, dim: int) -> None:
+        self.info = FakeModelInfo(model=f"fake:{dim}", dim=dim)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+            v = np.random.default_rng(seed).standard_normal(self.info.dim)
+            out[i] = v / np.linalg.norm(v)
+        return out

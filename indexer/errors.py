@@ -1,0 +1,67 @@
+"""The one exception hierarchy of indexer.
+
+Every message names the object (index, file and line, document), its state and what to do::
+
+    IndexerError                   base class; the CLI prints str(exc) and exits with exc.exit_code
+    ├── IndexNotFoundError         no index at DIR
+    ├── ConfigMismatchError        a sync asked for another embedding configuration than the index's
+    ├── SourceError                a source cannot be read at all (missing file, unknown format)
+    ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
+    ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
+    │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
+    ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
+    └── EmbeddingError             an embedder failed for a whole batch; per-document failures
+                                   are recorded in the manifest, not raised
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigMismatchError",
+    "EmbeddingError",
+    "IndexNotFoundError",
+    "IndexerError",
+    "LeaseLostError",
+    "ManifestError",
+    "ModelLoadError",
+    "SourceError",
+    "StoreError",
+]
+
+
+class IndexerError(Exception):
+    """Base of every error indexer raises on purpose."""
+
+    exit_code = 1
+
+
+class IndexNotFoundError(IndexerError):
+    exit_code = 2
+
+
+class ConfigMismatchError(IndexerError):
+    exit_code = 3
+
+
+class SourceError(IndexerError):
+    exit_code = 2
+
+
+class ModelLoadError(IndexerError):
+    exit_code = 2
+
+
+class ManifestError(IndexerError):
+    pass
+
+
+class LeaseLostError(ManifestError):
+    """Raised by a commit whose claim was taken over after its lease expired."""
+
+
+class StoreError(IndexerError):
+    pass
+
+
+class EmbeddingError(IndexerError):
+    pass

@@ -1,0 +1,257 @@
+"""An index directory: manifest.sqlite + vectors.zarr + index.toml, and what can be asked of it."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import EmbeddingConfig, read_config, write_config
+from .errors import IndexNotFoundError, StoreError
+from .manifest import Manifest
+from .settings import Settings
+from .store import VectorStore
+from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
+
+__all__ = ["CompactReport", "Index", "VerifyReport"]
+
+MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
+_NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
+                        "ceph", "fuse.s3fs", "fuse.gcsfuse", "lustre"}
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the mount holding `path`, from /proc/mounts (Linux); None where unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    real, best, fstype = str(path.resolve()), "", None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
+                and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not wrong, but reclaimable by compact
+    repaired: int = 0
+
+    def problem(self, msg: str) -> None:
+        self.ok = False
+        self.problems.append(msg)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": self.ok, "checked": self.checked, "problems": self.problems,
+                "notes": self.notes, "repaired": self.repaired}
+
+
+@dataclass
+class CompactReport:
+    contents_dropped: int = 0
+    orphan_chunks_removed: int = 0
+    partial_files_removed: int = 0
+    chunks_packed: int = 0
+    chunks_written: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Index:
+    def __init__(self, path: Path, config: EmbeddingConfig, manifest: Manifest, store: VectorStore,
+                 settings: Settings) -> None:
+        self.path = path
+        self.config = config
+        self.manifest = manifest
+        self.store = store
+        self.settings = settings
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        return (Path(path) / CONFIG).is_file()
+
+    @classmethod
+    def create(cls, path: str | Path, config: EmbeddingConfig, settings: Settings | None = None) -> Index:
+        """Make a new index bound to `config`. index.toml is written last: a directory without it is
+        an index whose creation never finished, and is created again."""
+        path, settings = Path(path), settings or Settings()
+        if cls.exists(path):
+            raise FileExistsError(f"{path} is already an index")
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / STORE).exists():
+            shutil.rmtree(path / STORE)
+        manifest = Manifest(path / MANIFEST, settings, create=True)
+        store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
+        write_config(path / CONFIG, config)
+        return cls(path, config, manifest, store, settings)
+
+    @classmethod
+    def open(cls, path: str | Path, settings: Settings | None = None) -> Index:
+        path, settings = Path(path), settings or Settings()
+        if not cls.exists(path):
+            what = "does not exist" if not path.exists() else f"has no {CONFIG}"
+            raise IndexNotFoundError(f"no index at {path}: the directory {what}. "
+                                     f"Create one with `indexer sync SOURCE --index {path}`")
+        config = read_config(path / CONFIG)
+        manifest = Manifest(path / MANIFEST, settings)
+        store = VectorStore(path / STORE)
+        if (store.dim, store.dtype.name) != (config.dim, config.dtype):
+            raise StoreError(f"{path / STORE} holds {store.dtype.name} vectors of dim {store.dim} but "
+                             f"{CONFIG} says {config.dtype} of dim {config.dim}; the index is damaged")
+        return cls(path, config, manifest, store, settings)
+
+    def close(self) -> None:
+        self.manifest.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def network_filesystem(self) -> str | None:
+        fstype = filesystem_type(self.path)
+        return fstype if fstype in _NETWORK_FILESYSTEMS else None
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        out: dict[str, object] = {"index": str(self.path)}
+        out.update(self.manifest.status_counts())
+        out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
+                   normalize=self.config.normalize, revision=self.config.revision,
+                   chunk_rows=self.store.chunk_rows)
+        return out
+
+    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        return self.manifest.failures(limit)
+
+    def vectors(self) -> tuple[DocumentIds, VectorView]:
+        """(ids, vecs) of every live document with a vector. Nothing is read until used."""
+        conn = sqlite3.connect(self.path / MANIFEST, isolation_level=None, check_same_thread=False)
+        snapshot = _Snapshot(conn)
+        return DocumentIds(snapshot), VectorView(snapshot, self.store)
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Vectors of `ids`, in that order. KeyError names the ids that have none."""
+        ids = list(ids)
+        return vectors_of(ids, self.manifest.slots_of(ids), self.store)
+
+    def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
+        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
+        ids, vecs = self.vectors()
+        slots = vecs._snapshot.load()[1]
+        out = Path(out)
+        tmp = out.with_name(out.name + ".partial")
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
+                                           shape=(len(slots), self.store.dim))
+        step = self.store.chunk_rows * 64
+        for start in range(0, len(slots), step):
+            self.store.read_slots(slots[start:start + step], out=matrix[start:start + step])
+        matrix.flush()
+        del matrix
+        tmp.replace(out)
+        if ids_out is not None:
+            Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        return len(slots)
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def retry(self) -> int:
+        """Send failed contents back to pending; the next sync embeds them again."""
+        return self.manifest.retry_failed()
+
+    def verify(self, repair: bool = False) -> VerifyReport:
+        report = VerifyReport()
+        integrity = self.manifest.integrity_check()
+        if integrity != "ok":
+            report.problem(f"manifest integrity check: {integrity}")
+        try:
+            on_disk = read_config(self.path / CONFIG)
+            if on_disk != self.config:
+                report.problem(f"{CONFIG} changed while open: " + "; ".join(self.config.differences(on_disk)))
+        except Exception as exc:
+            report.problem(str(exc))
+        bad: list[bytes] = []
+        by_chunk: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
+        for h, slot in self.manifest.done_slots():
+            if slot is None:
+                report.problem(f"content {h.hex()} is done without a slot")
+                bad.append(h)
+                continue
+            by_chunk[slot // self.store.chunk_rows].append((h, slot))
+        for chunk, rows in sorted(by_chunk.items()):
+            state = self.store.chunk_state(chunk)
+            report.checked += len(rows)
+            if state != "ok":
+                report.problem(f"chunk {chunk} is {state}: {len(rows)} done vector(s) lost")
+                bad.extend(h for h, _ in rows)
+                continue
+            data = self.store.read_chunk(chunk)
+            offsets = np.array([s for _, s in rows]) - chunk * self.store.chunk_rows
+            finite = np.isfinite(data[offsets]).all(axis=1)
+            for (h, slot), ok in zip(rows, finite, strict=True):
+                if not ok:
+                    report.problem(f"slot {slot} (content {h.hex()}) is done but its vector is not finite")
+                    bad.append(h)
+        referenced = set(by_chunk) | self.manifest.active_chunks()
+        orphans = [c for c in self.store.chunk_files() if c not in referenced]
+        if orphans:
+            report.notes.append(f"{len(orphans)} chunk file(s) hold no done vector; `indexer compact` "
+                                "removes them")
+        partials = self.store.partial_files()
+        if partials:
+            report.notes.append(f"{len(partials)} unfinished .partial file(s); `indexer compact` removes them")
+        if repair and bad:
+            report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
+        return report
+
+    def compact(self) -> CompactReport:
+        """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
+        then one transaction moves the slots, then the old chunk files are removed. A crash in between
+        leaves only orphans, which the next compact removes."""
+        report = CompactReport()
+        report.contents_dropped = self.manifest.drop_unreferenced_contents()
+        for p in self.store.partial_files():
+            p.unlink(missing_ok=True)
+            report.partial_files_removed += 1
+        rows_per_chunk = self.store.chunk_rows
+        by_chunk: dict[int, list[int]] = defaultdict(list)
+        for _, slot in self.manifest.done_slots():
+            by_chunk[slot // rows_per_chunk].append(slot)
+        active = self.manifest.active_chunks()
+        for chunk in list(self.store.chunk_files()):
+            if chunk not in by_chunk and chunk not in active:
+                self.store.delete_chunk(chunk)
+                report.orphan_chunks_removed += 1
+        sparse = sorted(c for c, slots in by_chunk.items() if len(slots) < rows_per_chunk)
+        live = sorted(s for c in sparse for s in by_chunk[c])
+        needed = -(-len(live) // rows_per_chunk)
+        if needed >= len(sparse):
+            return report
+        moves: list[tuple[int, int]] = []
+        for start in range(0, len(live), rows_per_chunk):
+            group = live[start:start + rows_per_chunk]
+            chunk = self.manifest.allocate_chunk(lambda c: self.store.ensure_chunks(c + 1))
+            block = np.full((rows_per_chunk, self.store.dim), np.nan, dtype=self.store.dtype)
+            block[:len(group)] = self.store.read_slots(group)
+            self.store.write_chunk(chunk, block)
+            moves.extend((old, chunk * rows_per_chunk + i) for i, old in enumerate(group))
+            report.chunks_written += 1
+        self.manifest.move_slots(moves)
+        for chunk in sparse:
+            self.store.delete_chunk(chunk)
+        report.chunks_packed = len(sparse)
+        return report

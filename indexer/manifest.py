@@ -1,0 +1,476 @@
+"""The manifest: one SQLite file that knows every document's state. Hashes, slots and states; never vectors.
+
+Writers use `BEGIN IMMEDIATE` (a deferred transaction that reads then writes would get SQLITE_BUSY at
+once); readers get a consistent snapshot from WAL while a sync runs. Open a Manifest in the process that
+uses it: a connection is never shared across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import xxhash
+
+from ._faults import crash_point
+from ._owner import current_owner, owner_is_dead
+from .errors import LeaseLostError, ManifestError
+from .settings import Settings
+from .sources import Record, Skip
+
+__all__ = ["Claim", "Manifest", "ScanCounts", "content_hash", "migrations_dir"]
+
+
+def content_hash(text: str) -> bytes:
+    """XXH3-128 of the UTF-8 text: the identity of a content."""
+    return xxhash.xxh3_128_digest(text.encode("utf-8"))
+
+
+def migrations_dir() -> Path:
+    packaged = resources.files("indexer") / "migrations"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "migrations"  # a source checkout
+
+
+def _numbered_migrations() -> list[tuple[int, str, str]]:
+    out = []
+    for path in sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        out.append((int(path.name[:4]), path.stem, path.read_text(encoding="utf-8")))
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    token: str
+    chunk: int
+    hashes: list[bytes]
+    texts: list[str]
+
+
+@dataclass
+class ScanCounts:
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    to_embed: int = 0  # distinct contents that became pending
+    warnings: list[str] = field(default_factory=list)
+
+
+_LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
+
+
+class Manifest:
+    def __init__(self, path: Path, settings: Settings, *, create: bool = False) -> None:
+        self.path = path
+        self.settings = settings
+        if not create and not path.exists():
+            raise ManifestError(f"{path} does not exist")
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=settings.busy_timeout_ms / 1000,
+                                        check_same_thread=False)
+            self.conn.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may lose
+            # the last commits, which only returns their contents to pending (their chunks stay).
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA temp_store = FILE")
+            self._migrate(fresh=create)
+        except sqlite3.DatabaseError as exc:
+            raise ManifestError(f"{path} is not a readable manifest ({exc}); "
+                                "restore it from a backup or rebuild the index") from exc
+        self._scan_tables_ready = False
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    # -- migrations -----------------------------------------------------------------------------
+
+    def _migrate(self, fresh: bool) -> None:
+        self.conn.execute(_LEDGER)
+        applied = {row[0] for row in self.conn.execute("SELECT version FROM schema_migrations")}
+        migrations = _numbered_migrations()
+        known = {v for v, _, _ in migrations}
+        if applied - known:
+            raise ManifestError(f"{self.path} was written by a newer indexer (schema version "
+                                f"{max(applied)}); upgrade indexer to open it")
+        if fresh and not applied:
+            schema = (migrations_dir() / "schema.sql").read_text(encoding="utf-8")
+            ledger = "".join(f"INSERT INTO schema_migrations VALUES ({v}, '{n}', {time.time()});\n"
+                             for v, n, _ in migrations)
+            self._run_script(schema + ledger)
+            return
+        for version, name, sql in migrations:
+            if version not in applied:
+                self._run_script(sql + f"\nINSERT INTO schema_migrations VALUES "
+                                       f"({version}, '{name}', {time.time()});")
+
+    def _run_script(self, sql: str) -> None:
+        """Run a migration script and its ledger row in one transaction."""
+        try:
+            self.conn.executescript("BEGIN IMMEDIATE;\n" + sql)
+            crash_point("mid-migration")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def schema(self) -> list[tuple[str, str, str]]:
+        """(type, name, normalized sql) of every schema object, for comparing two manifests."""
+        rows = self.conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name")
+        return [(t, n, _normalize_sql(s)) for t, n, s in rows]
+
+    # -- scan -----------------------------------------------------------------------------------
+
+    def _ensure_scan_tables(self) -> None:
+        if self._scan_tables_ready:
+            return
+        self.conn.executescript("""
+            CREATE TEMP TABLE IF NOT EXISTS scan_batch (id TEXT PRIMARY KEY, hash BLOB NOT NULL)
+                WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_new_hashes (hash BLOB PRIMARY KEY) WITHOUT ROWID;
+            DELETE FROM scan_seen; DELETE FROM scan_new_hashes;
+        """)
+        self._scan_tables_ready = True
+
+    def begin_scan(self) -> None:
+        """Start a scan: forget the ids seen by an earlier scan on this connection."""
+        self._scan_tables_ready = False
+        self._ensure_scan_tables()
+
+    def scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, *, dry_run: bool = False,
+                   max_warnings: int = 1000) -> None:
+        """Upsert one batch of source records: new id -> pending, same hash -> untouched,
+        changed hash -> pending (the old vector stays served until the new one is done)."""
+        self._ensure_scan_tables()
+        batch: dict[str, tuple[bytes, Record]] = {}
+        seen_only: list[str] = []  # ids of skipped records: present in the source, so not missing
+
+        def warn(msg: str) -> None:
+            counts.skipped += 1
+            if len(counts.warnings) < max_warnings:
+                counts.warnings.append(msg)
+
+        for item in items:
+            if isinstance(item, Skip):
+                warn(f"{item.where}: skipped: {item.reason}")
+                if item.id is not None:
+                    seen_only.append(item.id)
+                continue
+            if item.id in batch:
+                counts.duplicates += 1
+                warn(f"{item.where}: skipped: duplicate id {item.id!r}, first seen at "
+                     f"{batch[item.id][1].where}; the first is kept")
+                continue
+            batch[item.id] = (content_hash(item.text), item)
+
+        conn = self.conn
+        # The scan's temp tables are written outside the main write lock; the main tables inside it.
+        conn.execute("DELETE FROM scan_batch")
+        conn.executemany("INSERT INTO scan_batch VALUES (?, ?)", ((k, v[0]) for k, v in batch.items()))
+        for (dup,) in conn.execute("SELECT id FROM scan_batch JOIN scan_seen USING (id)").fetchall():
+            counts.duplicates += 1
+            warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r} seen earlier in this sync; "
+                 "the first is kept")
+            conn.execute("DELETE FROM scan_batch WHERE id = ?", (dup,))
+            del batch[dup]
+        conn.execute("INSERT INTO scan_seen SELECT id FROM scan_batch")
+        conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?)", ((i,) for i in seen_only))
+        counts.scanned += len(batch)
+
+        todo = conn.execute("""
+            SELECT b.id, d.hash IS NULL OR d.deleted FROM scan_batch b LEFT JOIN documents d USING (id)
+            WHERE d.hash IS NULL OR d.hash != b.hash OR d.deleted""").fetchall()
+        n_new = sum(1 for _, is_new in todo if is_new)
+        counts.new += n_new
+        counts.changed += len(todo) - n_new
+        counts.unchanged += len(batch) - len(todo)
+        if not todo:
+            return
+        fresh_contents = [(batch[i][0], len(batch[i][1].text), batch[i][1].text) for i, _ in todo]
+        conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
+                            WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
+                         ((h,) for h, _, _ in fresh_contents))
+        counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
+        if dry_run:
+            return
+        with self._write():
+            conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text) VALUES (?, ?, ?)",
+                             fresh_contents)
+            conn.executemany("""
+                INSERT INTO documents (id, hash, ready_hash) VALUES (?1, ?2,
+                    (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
+                ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, deleted = 0,
+                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
+                             ((i, batch[i][0]) for i, _ in todo))
+        crash_point("mid-scan")
+
+    def missing_ids_count(self) -> int:
+        """Live documents the scan that just ran did not see."""
+        self._ensure_scan_tables()
+        row = self.conn.execute("""SELECT count(*) FROM documents
+            WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""").fetchone()
+        return int(row[0])
+
+    def delete_missing(self) -> int:
+        """Mark deleted every live document the scan that just ran did not see."""
+        self._ensure_scan_tables()
+        with self._write() as conn:
+            cur = conn.execute("""UPDATE documents SET deleted = 1
+                WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""")
+            return cur.rowcount
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def _expire_claims(self, conn: sqlite3.Connection, now: float) -> int:
+        active = conn.execute("SELECT id, owner, expires_at FROM claims WHERE state = 'active'").fetchall()
+        dead = [cid for cid, owner, expires in active if expires < now or owner_is_dead(owner)]
+        for cid in dead:
+            conn.execute("UPDATE claims SET state = 'expired' WHERE id = ?", (cid,))
+            conn.execute("""UPDATE contents SET state = 'pending', claim_id = NULL
+                            WHERE claim_id = ? AND state = 'claimed'""", (cid,))
+        return len(dead)
+
+    def claim(self, limit: int, owner: str | None = None, on_chunk: object = None) -> Claim | None:
+        """Lease up to `limit` pending contents of similar length and give them one fresh chunk.
+
+        `on_chunk(chunk)` runs inside the write transaction: the store grows its shape there, so that
+        two processes never rewrite the array's metadata at once.
+        """
+        now = time.time()
+        with self._write() as conn:
+            self._expire_claims(conn, now)
+            rows = conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
+                                   ORDER BY chars LIMIT ?""", (limit,)).fetchall()
+            if not rows:
+                return None
+            chunk = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
+                                 "RETURNING value - 1").fetchone()[0]
+            token = secrets.token_hex(16)
+            cid = conn.execute(
+                "INSERT INTO claims (token, owner, chunk, expires_at, state) VALUES (?, ?, ?, ?, 'active')",
+                (token, owner or current_owner(), chunk, now + self.settings.lease_seconds)).lastrowid
+            assert cid is not None
+            conn.executemany("UPDATE contents SET state = 'claimed', claim_id = ? WHERE hash = ?",
+                             ((cid, h) for h, _ in rows))
+            if callable(on_chunk):
+                on_chunk(chunk)
+        return Claim(cid, token, chunk, [h for h, _ in rows], [t for _, t in rows])
+
+    def renew(self, claim: Claim) -> None:
+        with self._write() as conn:
+            self._check_token(conn, claim)
+            conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?",
+                         (time.time() + self.settings.lease_seconds, claim.id))
+
+    def _check_token(self, conn: sqlite3.Connection, claim: Claim) -> None:
+        row = conn.execute("SELECT token, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
+        if row is None or row[0] != claim.token or row[1] != "active":
+            state = "gone" if row is None else row[1]
+            raise LeaseLostError(f"claim {claim.id} (chunk {claim.chunk}) is {state}: its lease expired "
+                                 "and its contents went back to pending; this worker's result is dropped")
+
+    def commit(self, claim: Claim, done: Iterable[tuple[bytes, int]],
+               failed: Iterable[tuple[bytes, str]] = ()) -> int:
+        """Mark `done` (hash, slot) pairs done and count `failed` (hash, reason) attempts, in one
+        transaction, only if the claim's token still matches (fencing). Raises LeaseLostError if not.
+        Returns how many failed contents ran out of attempts and are now `failed`."""
+        try:
+            with self._write() as conn:
+                self._check_token(conn, claim)
+                done = list(done)
+                conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
+                                    claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""",
+                                 ((h, slot, claim.id) for h, slot in done))
+                conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
+                                 ((h,) for h, _ in done))
+                gave_up = 0
+                for h, reason in failed:
+                    row = conn.execute("""UPDATE contents SET attempts = attempts + 1, error = ?2,
+                        claim_id = NULL, state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
+                        WHERE hash = ?1 AND claim_id = ?4 RETURNING state""",
+                        (h, reason, self.settings.retry_attempts, claim.id)).fetchone()
+                    gave_up += row is not None and row[0] == "failed"
+                crash_point("mid-commit")
+                conn.execute("UPDATE claims SET state = 'committed' WHERE id = ?", (claim.id,))
+                return gave_up
+        except LeaseLostError:
+            with self._write() as conn:
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_refusals'")
+            raise
+
+    def release(self, claim: Claim) -> None:
+        """Give a claim's contents back to pending (Ctrl-C, a worker that gave up)."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE claims SET state = 'released' WHERE id = ? AND token = ? "
+                               "AND state = 'active'", (claim.id, claim.token))
+            if cur.rowcount:
+                conn.execute("UPDATE contents SET state = 'pending', claim_id = NULL "
+                             "WHERE claim_id = ? AND state = 'claimed'", (claim.id,))
+
+    def retry_failed(self) -> int:
+        with self._write() as conn:
+            return conn.execute("UPDATE contents SET state = 'pending', attempts = 0, error = NULL "
+                                "WHERE state = 'failed'").rowcount
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self) -> int:
+        with self._write() as conn:
+            # A run whose owner died while 'running' was interrupted.
+            for rid, owner in conn.execute("SELECT id, owner FROM runs WHERE state = 'running'").fetchall():
+                if owner_is_dead(owner):
+                    conn.execute("UPDATE runs SET state = 'interrupted' WHERE id = ?", (rid,))
+            rid = conn.execute("INSERT INTO runs (started_at, owner, state) VALUES (?, ?, 'running')",
+                               (time.time(), current_owner())).lastrowid
+            assert rid is not None
+            return rid
+
+    def finish_run(self, run_id: int, state: str, summary: dict[str, object]) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET finished_at = ?, state = ?, summary = ? WHERE id = ?",
+                         (time.time(), state, json.dumps(summary), run_id))
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def status_counts(self) -> dict[str, object]:
+        with self._snapshot() as conn:
+            by_state = dict(conn.execute("""SELECT c.state, count(*) FROM documents d
+                JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0 GROUP BY c.state""").fetchall())
+            live, deleted = conn.execute("""SELECT coalesce(sum(deleted = 0), 0),
+                coalesce(sum(deleted = 1), 0) FROM documents""").fetchone()
+            contents = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
+            active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
+            refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
+            run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
+                                  ORDER BY id DESC LIMIT 1""").fetchone()
+        last_run = None
+        if run is not None:
+            state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
+            last_run = {"id": run[0], "state": state, "started_at": run[2], "finished_at": run[3]}
+        return {
+            "documents": live,
+            "pending": by_state.get("pending", 0) + by_state.get("claimed", 0),
+            "done": by_state.get("done", 0),
+            "failed": by_state.get("failed", 0),
+            "deleted": deleted,
+            "contents": {s: contents.get(s, 0) for s in ("pending", "claimed", "done", "failed")},
+            "active_claims": active,
+            "fencing_refusals": refusals,
+            "last_run": last_run,
+        }
+
+    def failures(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(document id, reason) of live documents whose content failed."""
+        return self.conn.execute("""SELECT d.id, c.error FROM documents d JOIN contents c ON c.hash = d.hash
+            WHERE d.deleted = 0 AND c.state = 'failed' ORDER BY d.id LIMIT ?""", (limit,)).fetchall()
+
+    def served_slots(self) -> list[tuple[str, int]]:
+        """(id, slot) of every live document with a vector, in slot order (one snapshot)."""
+        return self.conn.execute("""SELECT d.id, c.slot FROM documents d JOIN contents c
+            ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
+
+    def served_count(self) -> int:
+        return int(self.conn.execute("""SELECT count(*) FROM documents d JOIN contents c
+            ON c.hash = d.ready_hash WHERE d.deleted = 0""").fetchone()[0])
+
+    def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
+                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND d.id IN ({marks})""", part).fetchall())
+        return out
+
+    def done_slots(self) -> list[tuple[bytes, int]]:
+        return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done'").fetchall()
+
+    def active_chunks(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
+
+    def next_chunk(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'next_chunk'").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def requeue(self, hashes: Iterable[bytes], reason: str) -> int:
+        """Send done contents whose vectors are bad back to pending (verify --repair). Their documents
+        stop serving the bad vector at once."""
+        hashes = list(hashes)
+        with self._write() as conn:
+            conn.executemany("UPDATE documents SET ready_hash = NULL WHERE ready_hash = ?",
+                             ((h,) for h in hashes))
+            return sum(conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
+                WHERE hash = ? AND state = 'done'""", (reason, h)).rowcount for h in hashes)
+
+    def drop_unreferenced_contents(self) -> int:
+        """Forget contents no live or served document points at (their slots become free)."""
+        with self._write() as conn:
+            return conn.execute("""DELETE FROM contents WHERE state != 'claimed'
+                AND hash NOT IN (SELECT hash FROM documents WHERE deleted = 0)
+                AND hash NOT IN (SELECT ready_hash FROM documents WHERE deleted = 0
+                                 AND ready_hash IS NOT NULL)""").rowcount
+
+    def allocate_chunk(self, on_chunk: object = None) -> int:
+        with self._write() as conn:
+            chunk = int(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
+                                     "RETURNING value - 1").fetchone()[0])
+            if callable(on_chunk):
+                on_chunk(chunk)
+            return chunk
+
+    def move_slots(self, moves: Sequence[tuple[int, int]]) -> None:
+        """Repoint done contents from old to new slots in one transaction (compact)."""
+        with self._write() as conn:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS slot_moves (old INTEGER PRIMARY KEY, new INTEGER)")
+            conn.execute("DELETE FROM slot_moves")
+            conn.executemany("INSERT INTO slot_moves VALUES (?, ?)", moves)
+            # Two steps, so that UNIQUE(slot) never sees the same value twice mid-update.
+            conn.execute("UPDATE contents SET slot = -1 - slot WHERE slot IN (SELECT old FROM slot_moves)")
+            conn.execute("""UPDATE contents SET slot = (SELECT new FROM slot_moves WHERE old = -1 - slot)
+                            WHERE slot < 0""")
+
+
+def _normalize_sql(sql: str) -> str:
+    sql = re.sub(r"--[^\n]*", "", sql)
+    return re.sub(r"\s+", " ", sql).replace("( ", "(").replace(" )", ")").strip()

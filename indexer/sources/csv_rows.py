@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import SourceError
+from ._records import Record, Skip, record_from_fields
+
+csv.field_size_limit(sys.maxsize)
+
+
+class CsvSource:
+    """A UTF-8 CSV file with a header row naming the id and text columns."""
+
+    def __init__(self, path: Path, id_field: str, text_field: str) -> None:
+        self.path = path
+        self.name = str(path)
+        self.id_field = id_field
+        self.text_field = text_field
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        missing = [c for c in (id_field, text_field) if c not in header]
+        if missing:
+            raise SourceError(
+                f"{path}: header has no column {', '.join(map(repr, missing))} "
+                f"(columns: {', '.join(header) or 'none'}); name them with --id-field/--text-field"
+            )
+
+    def __iter__(self) -> Iterator[Record | Skip]:
+        with self.path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            row_start = 2
+            try:
+                for row in reader:
+                    where = f"{self.name}:{row_start}"
+                    row_start = reader.line_num + 1
+                    if None in row:
+                        yield Skip(where, "more fields than the header has")
+                        continue
+                    yield record_from_fields(row, self.id_field, self.text_field, where)
+            except UnicodeDecodeError as exc:
+                raise SourceError(
+                    f"{self.name}: not valid UTF-8 near line {row_start}; re-save it as UTF-8 "
+                    "and sync again (rows before it were read, no document was deleted)"
+                ) from exc
+            except csv.Error as exc:
+                raise SourceError(f"{self.name}:{reader.line_num}: malformed CSV ({exc})") from exc

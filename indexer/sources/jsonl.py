@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import gzip
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from ..errors import SourceError
+from ._records import Record, Skip, record_from_fields
+
+
+class JsonlSource:
+    """One JSON object a line, optionally gzipped; `None` reads stdin."""
+
+    def __init__(self, path: Path | None, id_field: str, text_field: str) -> None:
+        self.path = path
+        self.name = "<stdin>" if path is None else str(path)
+        self.id_field = id_field
+        self.text_field = text_field
+
+    def _open(self) -> BinaryIO:
+        if self.path is None:
+            return sys.stdin.buffer
+        if self.path.name.lower().endswith(".gz"):
+            return gzip.open(self.path, "rb")  # type: ignore[return-value]
+        return self.path.open("rb")
+
+    def __iter__(self) -> Iterator[Record | Skip]:
+        f = self._open()
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):  # noqa: B007 - n is read after the loop on errors
+                if not line.strip():
+                    continue
+                where = f"{self.name}:{n}"
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    yield Skip(where, f"not valid JSON ({exc})")
+                    continue
+                if not isinstance(row, dict):
+                    yield Skip(where, f"expected a JSON object, got {type(row).__name__}")
+                    continue
+                yield record_from_fields(row, self.id_field, self.text_field, where)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SourceError(
+                f"{self.name} broke off after line {n}: {exc}; the lines before it were read. "
+                "Fix or re-create the file and sync again (no document was deleted)"
+            ) from exc
+        finally:
+            if self.path is not None:
+                f.close()

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import SourceError
+from ._records import Record, Skip, record_from_fields
+
+
+class ParquetSource:
+    """A Parquet file with a string (or integer) id column and a string text column."""
+
+    def __init__(self, path: Path, id_field: str, text_field: str) -> None:
+        self.path = path
+        self.name = str(path)
+        self.id_field = id_field
+        self.text_field = text_field
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise SourceError(f"{path} is not a readable Parquet file ({exc})") from exc
+        for col, ok in ((id_field, _is_id_type), (text_field, _is_text_type)):
+            if col not in schema.names:
+                raise SourceError(f"{path}: no column {col!r} (columns: {', '.join(schema.names)}); "
+                                  "name it with --id-field/--text-field")
+            if not ok(schema.field(col).type):
+                raise SourceError(f"{path}: column {col!r} has type {schema.field(col).type}; "
+                                  "ids must be strings or integers and texts strings")
+
+    def __iter__(self) -> Iterator[Record | Skip]:
+        row = 0
+        try:
+            pf = pq.ParquetFile(self.path)
+            for batch in pf.iter_batches(batch_size=8192, columns=[self.id_field, self.text_field]):
+                ids = batch.column(0).to_pylist()
+                texts = batch.column(1).to_pylist()
+                for doc_id, text in zip(ids, texts, strict=True):
+                    row += 1
+                    yield record_from_fields({self.id_field: doc_id, self.text_field: text},
+                                             self.id_field, self.text_field, f"{self.name} row {row}")
+        except (OSError, pa.ArrowException) as exc:
+            raise SourceError(f"{self.name} broke off after row {row}: {exc}") from exc
+
+
+def _is_id_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t))
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))

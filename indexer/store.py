@@ -1,0 +1,162 @@
+"""The vector store: a chunked, uncompressed Zarr v3 array (slots, dim) in float32 or float16.
+
+Each chunk holds `chunk_rows` slots and belongs to exactly one claim, so it has one writer and is written
+whole, once: to a temporary file, fsynced, renamed over its key, and the directory fsynced, before the
+manifest marks any of its rows done. The fill value is NaN, so a missing chunk can never pass for a
+real vector. The array's shape (its high-water mark) only grows inside the manifest's write transaction.
+
+Chunks are plain little-endian C-order bytes (the `bytes` codec alone), so readers memory-map them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import StoreError
+
+__all__ = ["VectorStore"]
+
+_NUMPY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VectorStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._array = zarr.open_array(path, mode="r")
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise StoreError(f"{path} is not a readable Zarr array ({exc}); "
+                             "restore it or rebuild the index") from exc
+        self.chunk_rows, self.dim = (int(n) for n in self._array.metadata.chunk_grid.chunk_shape)
+        self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
+        self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+
+    @classmethod
+    def create(cls, path: Path, dim: int, dtype: str, chunk_rows: int) -> VectorStore:
+        if dtype not in _NUMPY_DTYPES:
+            raise StoreError(f"dtype {dtype!r} is not supported; use float32 or float16")
+        zarr.create_array(path, shape=(0, dim), chunks=(chunk_rows, dim), dtype=_NUMPY_DTYPES[dtype],
+                          fill_value=np.nan, compressors=None, filters=None, zarr_format=3)
+        _fsync_dir(path)
+        return cls(path)
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def chunk_path(self, chunk: int) -> Path:
+        return self.path / "c" / str(chunk) / "0"  # the v3 default key encoding, "/" separator
+
+    def rows(self) -> int:
+        return int(zarr.open_array(self.path, mode="r").shape[0])
+
+    def ensure_chunks(self, n_chunks: int) -> None:
+        """Grow the array's shape to hold `n_chunks` chunks. Call it under the manifest's write lock."""
+        array = zarr.open_array(self.path, mode="r+")
+        if array.shape[0] < n_chunks * self.chunk_rows:
+            array.resize((n_chunks * self.chunk_rows, self.dim))
+
+    def chunk_files(self) -> Iterator[int]:
+        base = self.path / "c"
+        if base.is_dir():
+            for entry in os.scandir(base):
+                if entry.name.isdigit():
+                    yield int(entry.name)
+
+    def partial_files(self) -> list[Path]:
+        """Temporary files of writes that never finished (a crash between write and rename)."""
+        base = self.path / "c"
+        return sorted(base.rglob("*.partial")) if base.is_dir() else []
+
+    # -- write ----------------------------------------------------------------------------------
+
+    def write_chunk(self, chunk: int, block: np.ndarray) -> None:
+        """Write one whole chunk durably. `block` has shape (chunk_rows, dim); unused rows are NaN."""
+        if block.shape != (self.chunk_rows, self.dim):
+            raise StoreError(f"chunk {chunk}: block of shape {block.shape}, expected "
+                             f"{(self.chunk_rows, self.dim)}")
+        data = np.ascontiguousarray(block, dtype=self.dtype).tobytes()
+        final = self.chunk_path(chunk)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"0.{os.getpid()}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            _fsync_dir(final.parent.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write chunk {chunk} to {final}: {exc.strerror or exc}; "
+                             "free space or fix permissions, then sync again (nothing was marked done)"
+                             ) from exc
+        self._maps.pop(chunk, None)
+
+    def delete_chunk(self, chunk: int) -> None:
+        path = self.chunk_path(chunk)
+        self._maps.pop(chunk, None)
+        path.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass
+
+    # -- read -----------------------------------------------------------------------------------
+
+    def chunk_state(self, chunk: int) -> str:
+        """'ok', 'missing' or 'torn' (wrong size)."""
+        try:
+            size = self.chunk_path(chunk).stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        return "ok" if size == self.chunk_bytes else "torn"
+
+    def _map(self, chunk: int) -> np.ndarray:
+        m = self._maps.get(chunk)
+        if m is None:
+            state = self.chunk_state(chunk)
+            if state != "ok":
+                raise StoreError(f"chunk {chunk} of {self.path} is {state}; run `indexer verify "
+                                 f"{self.path.parent} --repair` to re-queue its documents")
+            m = np.memmap(self.chunk_path(chunk), dtype=self.dtype, mode="r",
+                          shape=(self.chunk_rows, self.dim))
+            self._maps[chunk] = m
+            if len(self._maps) > 256:  # bound the open file descriptors
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(chunk)
+        return m
+
+    def read_chunk(self, chunk: int) -> np.ndarray:
+        return self._map(chunk)
+
+    def read_slots(self, slots: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Gather rows by slot, in the order given, chunk by chunk."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(slots), self.dim), dtype=self.dtype)
+        if len(slots) == 0:
+            return out
+        chunks = slots // self.chunk_rows
+        order = np.argsort(chunks, kind="stable")
+        sorted_chunks = chunks[order]
+        bounds = np.flatnonzero(np.diff(sorted_chunks)) + 1
+        for part in np.split(order, bounds):
+            chunk = int(chunks[part[0]])
+            out[part] = self._map(chunk)[slots[part] - chunk * self.chunk_rows]
+        return out

@@ -1,0 +1,259 @@
+"""One sync: scan -> claim (lease) -> embed -> write whole chunk -> commit (fenced).
+
+Scan streams the sources in batches of `settings.scan_batch` records, so memory stays flat in the number
+of documents. The embed loop is the one mechanism every worker backend shares: a claim is leased,
+embedded, its chunk written durably, and only then committed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from ._faults import crash_point
+from .config import DTYPES, EmbeddingConfig
+from .embedders import Embedder, load_embedder
+from .errors import ConfigMismatchError, IndexerError, LeaseLostError
+from .index import Index
+from .manifest import Claim, Manifest, ScanCounts
+from .settings import DEFAULT_MODEL, Settings
+from .sources import IterableSource, Record, Skip, Source, open_sources
+from .store import VectorStore
+
+__all__ = ["Progress", "SyncSummary", "embed_texts", "sync", "write_and_commit"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a sync reports to `on_progress` after each scan batch and each committed claim."""
+
+    phase: str  # "scan" or "embed"
+    processed: int
+    total: int | None
+    docs_per_s: float
+    eta_s: float | None
+    rss_mb: float
+
+
+@dataclass
+class SyncSummary:
+    scanned: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    embedded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    scan_seconds: float = 0.0
+    embed_seconds: float = 0.0
+    dry_run: bool = False
+    would_embed: int = 0
+    claims: int = 0
+    fencing_refusals: int = 0
+    peak_rss_mb: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _Meter:
+    def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None) -> None:
+        self.phase, self.total, self.callback = phase, total, callback
+        self.start = time.perf_counter()
+        self.processed = 0
+        self.peak_rss_mb = 0.0
+
+    def add(self, n: int) -> None:
+        self.processed += n
+        rss = psutil.Process().memory_info().rss / 2**20
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        if self.callback is None:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.processed / elapsed
+        eta = (self.total - self.processed) / rate if self.total is not None and rate > 0 else None
+        self.callback(Progress(self.phase, self.processed, self.total, rate, eta, rss))
+
+
+def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+# -- the shared claim -> embed -> write -> commit step ------------------------------------------------
+
+def embed_texts(embedder: Embedder, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """Vectors for `texts` and the failures by position. A batch that raises is retried text by text,
+    so one bad document fails alone; a non-finite vector is a failure, never stored."""
+    failures: dict[int, str] = {}
+    try:
+        vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    except Exception:
+        vectors = np.full((len(texts), embedder.info.dim), np.nan, dtype=np.float32)
+        for i, text in enumerate(texts):
+            try:
+                vectors[i] = embedder.embed([text])[0]
+            except Exception as exc:  # the document's own failure, recorded with its reason
+                failures[i] = f"embedding failed: {type(exc).__name__}: {exc}"
+    return vectors, failures
+
+
+def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
+                     failures: dict[int, str]) -> tuple[int, int]:
+    """Write the claim's chunk whole and durably, then commit (fenced).
+    Returns (done, failed for good): a failure with attempts left goes back to pending."""
+    block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
+    block[:len(vectors)] = vectors
+    finite = np.isfinite(block[:len(vectors)]).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        failures.setdefault(int(i), "the model produced a non-finite vector")
+    block[list(failures)] = np.nan
+    done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
+            if i not in failures]
+    if done:
+        store.write_chunk(claim.chunk, block)
+        crash_point("after-chunk-write")
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()])
+    return len(done), gave_up
+
+
+# -- the sync ------------------------------------------------------------------------------------------
+
+def _requested_config(embedder: Embedder, dtype: str) -> EmbeddingConfig:
+    i = embedder.info
+    return EmbeddingConfig(model=i.model, revision=i.revision, dim=i.dim, dtype=dtype,
+                           normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt)
+
+
+def _check_names(index: Index, model: str | None, dtype: str | None) -> None:
+    """Refuse a different model or dtype before anything is read or loaded."""
+    diffs = []
+    if model is not None and model != index.config.model:
+        diffs.append(f"model: index has {index.config.model!r}, this sync asked for {model!r}")
+    if dtype is not None and dtype != index.config.dtype:
+        diffs.append(f"dtype: index has {index.config.dtype!r}, this sync asked for {dtype!r}")
+    if diffs:
+        raise ConfigMismatchError(
+            f"index {index.path} is bound to another embedding configuration; nothing was changed.\n  "
+            + "\n  ".join(diffs)
+            + "\nSync with the index's settings, or build a new index in another --index directory.")
+
+
+def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None = None, *,
+         paths: Iterable[str] | None = None, model: str | None = None, dtype: str | None = None,
+         batch_size: int | None = None, delete_missing: bool = False, dry_run: bool = False,
+         id_field: str = "id", text_field: str = "text", settings: Settings | None = None,
+         on_progress: Callable[[Progress], None] | None = None,
+         embedder: Embedder | None = None) -> SyncSummary:
+    """Bring the index at `index_dir` in line with the documents.
+
+    Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
+    `paths` (files, directories, "-" for stdin). `embedder` replaces the model loaded by name: the seam
+    for tests and custom models.
+    """
+    settings = settings or Settings()
+    if dtype is not None and dtype not in DTYPES:
+        raise IndexerError(f"dtype {dtype!r} is not supported; use float32 or float16")
+    if batch_size is not None and batch_size < 1:
+        raise IndexerError("--batch-size must be at least 1")
+    readers: list[Source | IterableSource] = []
+    if paths is not None:
+        readers.extend(open_sources(paths, id_field, text_field))
+    if sources is not None:
+        readers.append(IterableSource(sources, id_field, text_field))
+    t0 = time.perf_counter()
+    summary = SyncSummary(dry_run=dry_run)
+    index_dir = Path(index_dir)
+    index: Index | None = None
+    if Index.exists(index_dir):
+        index = Index.open(index_dir, settings)
+        _check_names(index, model if embedder is None else embedder.info.model, dtype)
+    elif not dry_run:
+        embedder = embedder or load_embedder(model or DEFAULT_MODEL,
+                                             batch_size=batch_size or settings.batch_size)
+        index = Index.create(index_dir, _requested_config(embedder, dtype or settings.dtype), settings)
+    manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
+    run_id = None if dry_run else manifest.start_run()
+    state = "failed"
+    try:
+        _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
+        if not dry_run:
+            assert index is not None
+            embedder = _embed_all(index, embedder, model, batch_size, summary, on_progress)
+        state = "finished"
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - t0
+        summary.peak_rss_mb = max(summary.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
+        if run_id is not None:
+            manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
+                                                if k != "warnings"})
+        manifest.close()
+    return summary
+
+
+def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: SyncSummary,
+          settings: Settings, dry_run: bool, delete_missing: bool,
+          on_progress: Callable[[Progress], None] | None) -> None:
+    t = time.perf_counter()
+    counts = ScanCounts()
+    meter = _Meter("scan", None, on_progress)
+    manifest.begin_scan()
+    for reader in readers:
+        for batch in _batches(reader, settings.scan_batch):
+            manifest.scan_batch(batch, counts, dry_run=dry_run)
+            meter.add(len(batch))
+    # Only a scan that read every source to its end may decide what is missing.
+    if delete_missing:
+        summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
+    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
+        setattr(summary, name, getattr(counts, name))
+    summary.would_embed = counts.to_embed
+    summary.peak_rss_mb = meter.peak_rss_mb
+    summary.scan_seconds = time.perf_counter() - t
+
+
+def _embed_all(index: Index, embedder: Embedder | None, model: str | None, batch_size: int | None,
+               summary: SyncSummary, on_progress: Callable[[Progress], None] | None) -> Embedder | None:
+    t = time.perf_counter()
+    manifest, store = index.manifest, index.store
+    pending = int(manifest.conn.execute(
+        "SELECT count(*) FROM contents WHERE state = 'pending'").fetchone()[0])
+    if pending == 0:
+        return embedder
+    if embedder is None:
+        embedder = load_embedder(model or index.config.model,
+                                 batch_size=batch_size or index.settings.batch_size)
+    index.config.require_same(_requested_config(embedder, index.config.dtype), index.path)
+    meter = _Meter("embed", pending, on_progress)
+    grow = lambda chunk: store.ensure_chunks(chunk + 1)  # noqa: E731
+    while (claim := manifest.claim(store.chunk_rows, on_chunk=grow)) is not None:
+        try:
+            vectors, failures = embed_texts(embedder, claim.texts)
+            done, failed = write_and_commit(manifest, store, claim, vectors, failures)
+        except LeaseLostError:
+            summary.fencing_refusals += 1
+            continue
+        except BaseException:
+            manifest.release(claim)
+            raise
+        summary.claims += 1
+        summary.embedded += done
+        summary.failed += failed
+        meter.add(done)
+    summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)
+    summary.embed_seconds = time.perf_counter() - t
+    return embedder

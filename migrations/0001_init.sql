@@ -1,0 +1,40 @@
+-- Documents point at contents by hash; identical texts share one content row, embedded once.
+CREATE TABLE contents (
+    hash      BLOB PRIMARY KEY,          -- XXH3-128 of the UTF-8 text, 16 bytes
+    state     TEXT NOT NULL DEFAULT 'pending'
+              CHECK (state IN ('pending', 'claimed', 'done', 'failed')),
+    chars     INTEGER NOT NULL,          -- length in characters: claims take similar lengths together
+    text      TEXT,                      -- staged until done, then NULL: the manifest never keeps vectors
+    slot      INTEGER UNIQUE,            -- row of vectors.zarr, set when done
+    claim_id  INTEGER,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    error     TEXT
+) WITHOUT ROWID;
+CREATE INDEX contents_by_state_chars ON contents (state, chars);
+CREATE INDEX contents_by_claim ON contents (claim_id) WHERE claim_id IS NOT NULL;
+
+CREATE TABLE documents (
+    id         TEXT PRIMARY KEY,
+    hash       BLOB NOT NULL,            -- the content the source holds now
+    ready_hash BLOB,                     -- the content whose vector is served; NULL before the first
+    deleted    INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX documents_by_hash ON documents (hash);
+CREATE INDEX documents_by_ready_hash ON documents (ready_hash);
+
+-- A claim leases pending contents to one worker and owns exactly one store chunk.
+CREATE TABLE claims (
+    id         INTEGER PRIMARY KEY,
+    token      TEXT NOT NULL,            -- fencing token: a commit must present it
+    owner      TEXT NOT NULL,            -- host|pid|process start time
+    chunk      INTEGER NOT NULL UNIQUE,
+    expires_at REAL NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('active', 'committed', 'released', 'expired'))
+);
+CREATE INDEX claims_active ON claims (state) WHERE state = 'active';
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('next_chunk', 0), ('fencing_refusals', 0);
