@@ -54,6 +54,6 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def open(path: str | Path, settings: Settings | None = None) -> Index:  # noqa: A001 - the public name
+def open(path: str | Path, settings: Settings | None = None) -> Index:
     """Open the index at `path`. Raises IndexNotFoundError if there is none."""
     return Index.open(path, settings)

@@ -12,6 +12,7 @@ import click
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES
+from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 
 _DEFAULTS = Settings()
@@ -101,9 +102,26 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--dry-run", is_flag=True, help="Scan and report what would change; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no final line.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
+              help="Where the model runs: this process, a CPU process pool, one process per GPU, Ray "
+                   "actors, an OpenAI-compatible API, or auto.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="[processes, ray] Worker count.")
+@click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
+              help="[processes] Torch threads per worker.")
+@click.option("--devices", default=None, help="[gpus] Comma-separated devices, e.g. 0,1 (default: all).")
+@click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
+@click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
+@click.option("--dimensions", type=click.IntRange(min=1), default=None, help="[openai] Output dimensions.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="[openai] Requests in flight.")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="[openai] Requests per minute limit.")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="[openai] Tokens per minute limit.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=None, help="[openai] Retries a request.")
+@click.option("--no-truncate", is_flag=True, default=False,
+              help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
              batch_size: int, id_field: str, text_field: str, delete_missing: bool, dry_run: bool,
-             as_json: bool, quiet: bool) -> None:
+             as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at DIR.
 
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
@@ -115,9 +133,12 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     progress: Callable[[Progress], None] | None = bar
     with _errors():
         try:
+            # Only the flags the user gave reach the backend, which refuses those it does not take.
+            options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                           text_field=text_field, on_progress=progress)
+                           text_field=text_field, on_progress=progress, backend=backend,
+                           backend_options=options)
         finally:
             if bar is not None:
                 bar.close()

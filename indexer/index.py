@@ -213,7 +213,8 @@ class Index:
                                 "removes them")
         partials = self.store.partial_files()
         if partials:
-            report.notes.append(f"{len(partials)} unfinished .partial file(s); `indexer compact` removes them")
+            report.notes.append(f"{len(partials)} unfinished .partial file(s); "
+                                "`indexer compact` removes them")
         if repair and bad:
             report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
         return report

@@ -10,6 +10,7 @@ Chunks are plain little-endian C-order bytes (the `bytes` codec alone), so reade
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -41,7 +42,7 @@ class VectorStore:
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise StoreError(f"{path} is not a readable Zarr array ({exc}); "
                              "restore it or rebuild the index") from exc
-        self.chunk_rows, self.dim = (int(n) for n in self._array.metadata.chunk_grid.chunk_shape)
+        self.chunk_rows, self.dim = (int(n) for n in self._array.chunks)
         self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
         self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
@@ -50,7 +51,7 @@ class VectorStore:
     def create(cls, path: Path, dim: int, dtype: str, chunk_rows: int) -> VectorStore:
         if dtype not in _NUMPY_DTYPES:
             raise StoreError(f"dtype {dtype!r} is not supported; use float32 or float16")
-        zarr.create_array(path, shape=(0, dim), chunks=(chunk_rows, dim), dtype=_NUMPY_DTYPES[dtype],
+        zarr.create_array(path, shape=(0, dim), chunks=(chunk_rows, dim), dtype=str(_NUMPY_DTYPES[dtype]),
                           fill_value=np.nan, compressors=None, filters=None, zarr_format=3)
         _fsync_dir(path)
         return cls(path)
@@ -111,10 +112,8 @@ class VectorStore:
         path = self.chunk_path(chunk)
         self._maps.pop(chunk, None)
         path.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             path.parent.rmdir()
-        except OSError:
-            pass
 
     # -- read -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,15 +19,17 @@ import psutil
 
 from ._faults import crash_point
 from .config import DTYPES, EmbeddingConfig
-from .embedders import Embedder, load_embedder
+from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
+from .runners import Runner, WorkerLost, make_runner
+from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
 from .sources import IterableSource, Record, Skip, Source, open_sources
 from .store import VectorStore
 
-__all__ = ["Progress", "SyncSummary", "embed_texts", "sync", "write_and_commit"]
+__all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SyncSummary:
     would_embed: int = 0
     claims: int = 0
     fencing_refusals: int = 0
+    workers_lost: int = 0
     peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -93,22 +97,6 @@ def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record 
 
 # -- the shared claim -> embed -> write -> commit step ------------------------------------------------
 
-def embed_texts(embedder: Embedder, texts: list[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """Vectors for `texts` and the failures by position. A batch that raises is retried text by text,
-    so one bad document fails alone; a non-finite vector is a failure, never stored."""
-    failures: dict[int, str] = {}
-    try:
-        vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
-    except Exception:
-        vectors = np.full((len(texts), embedder.info.dim), np.nan, dtype=np.float32)
-        for i, text in enumerate(texts):
-            try:
-                vectors[i] = embedder.embed([text])[0]
-            except Exception as exc:  # the document's own failure, recorded with its reason
-                failures[i] = f"embedding failed: {type(exc).__name__}: {exc}"
-    return vectors, failures
-
-
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
                      failures: dict[int, str]) -> tuple[int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
@@ -130,8 +118,7 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
 
 # -- the sync ------------------------------------------------------------------------------------------
 
-def _requested_config(embedder: Embedder, dtype: str) -> EmbeddingConfig:
-    i = embedder.info
+def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
     return EmbeddingConfig(model=i.model, revision=i.revision, dim=i.dim, dtype=dtype,
                            normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt)
 
@@ -155,12 +142,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          batch_size: int | None = None, delete_missing: bool = False, dry_run: bool = False,
          id_field: str = "id", text_field: str = "text", settings: Settings | None = None,
          on_progress: Callable[[Progress], None] | None = None,
-         embedder: Embedder | None = None) -> SyncSummary:
+         backend: str = "inline", backend_options: dict[str, object] | None = None,
+         embedder_options: dict[str, object] | None = None,
+         embedder: Embedder | None = None, runner: Runner | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
-    `paths` (files, directories, "-" for stdin). `embedder` replaces the model loaded by name: the seam
-    for tests and custom models.
+    `paths` (files, directories, "-" for stdin). `embedder` replaces the model loaded by name, and
+    `runner` the one `backend` names: the seams for tests and custom models. A runner is made only
+    when there is something to embed, so a sync with no change never loads a model.
     """
     settings = settings or Settings()
     if dtype is not None and dtype not in DTYPES:
@@ -178,11 +168,13 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     index: Index | None = None
     if Index.exists(index_dir):
         index = Index.open(index_dir, settings)
-        _check_names(index, model if embedder is None else embedder.info.model, dtype)
+        seam = runner or embedder
+        _check_names(index, model if seam is None else seam.info.model, dtype)
     elif not dry_run:
-        embedder = embedder or load_embedder(model or DEFAULT_MODEL,
-                                             batch_size=batch_size or settings.batch_size)
-        index = Index.create(index_dir, _requested_config(embedder, dtype or settings.dtype), settings)
+        if runner is None:
+            runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, embedder,
+                                  backend, backend_options, embedder_options)
+        index = Index.create(index_dir, _requested_config(runner.info, dtype or settings.dtype), settings)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
@@ -190,7 +182,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
         if not dry_run:
             assert index is not None
-            embedder = _embed_all(index, embedder, model, batch_size, summary, on_progress)
+            _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
+                model or index.config.model, batch_size or settings.batch_size, embedder, backend,
+                backend_options, embedder_options)))
         state = "finished"
     except KeyboardInterrupt:
         state = "interrupted"
@@ -226,34 +220,75 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     summary.scan_seconds = time.perf_counter() - t
 
 
-def _embed_all(index: Index, embedder: Embedder | None, model: str | None, batch_size: int | None,
-               summary: SyncSummary, on_progress: Callable[[Progress], None] | None) -> Embedder | None:
+def _make_runner(model: str, batch_size: int, embedder: Embedder | None, backend: str,
+                 options: dict[str, object] | None, embedder_options: dict[str, object] | None) -> Runner:
+    if embedder is not None:
+        return InlineRunner(embedder)
+    return make_runner(backend, model, batch_size=batch_size, embedder_options=embedder_options,
+                       **(options or {}))
+
+
+def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progress], None] | None,
+               runner: Runner | Callable[[], Runner]) -> None:
     t = time.perf_counter()
     manifest, store = index.manifest, index.store
     pending = int(manifest.conn.execute(
         "SELECT count(*) FROM contents WHERE state = 'pending'").fetchone()[0])
     if pending == 0:
-        return embedder
-    if embedder is None:
-        embedder = load_embedder(model or index.config.model,
-                                 batch_size=batch_size or index.settings.batch_size)
-    index.config.require_same(_requested_config(embedder, index.config.dtype), index.path)
-    meter = _Meter("embed", pending, on_progress)
-    grow = lambda chunk: store.ensure_chunks(chunk + 1)  # noqa: E731
-    while (claim := manifest.claim(store.chunk_rows, on_chunk=grow)) is not None:
-        try:
-            vectors, failures = embed_texts(embedder, claim.texts)
-            done, failed = write_and_commit(manifest, store, claim, vectors, failures)
-        except LeaseLostError:
-            summary.fencing_refusals += 1
-            continue
-        except BaseException:
-            manifest.release(claim)
-            raise
-        summary.claims += 1
-        summary.embedded += done
-        summary.failed += failed
-        meter.add(done)
-    summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)
+        return
+    if callable(runner):
+        runner = runner()
+    try:
+        index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
+    finally:
+        runner.close()
     summary.embed_seconds = time.perf_counter() - t
-    return embedder
+
+
+def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
+           meter: _Meter) -> None:
+    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive."""
+    grow = lambda chunk: store.ensure_chunks(chunk + 1)  # noqa: E731
+    in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], Claim] = {}
+    renew_every = manifest.settings.lease_seconds / 3
+    last_renew = time.monotonic()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < runner.capacity:
+                claim = manifest.claim(store.chunk_rows, on_chunk=grow)
+                if claim is None:
+                    exhausted = True
+                    break
+                in_flight[runner.submit(claim.texts)] = claim
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, timeout=renew_every, return_when=FIRST_COMPLETED)
+            if time.monotonic() - last_renew > renew_every:
+                for claim in in_flight.values():
+                    manifest.renew(claim)
+                last_renew = time.monotonic()
+            for future in finished:
+                claim = in_flight.pop(future)
+                try:
+                    vectors, failures = future.result()
+                except WorkerLost as exc:
+                    summary.workers_lost += 1
+                    summary.warnings.append(f"claim {claim.id}: {exc}; its documents go back to pending")
+                    manifest.release(claim)
+                    exhausted = False
+                    continue
+                try:
+                    done, failed = write_and_commit(manifest, store, claim, vectors, failures)
+                except LeaseLostError:
+                    summary.fencing_refusals += 1
+                    continue
+                summary.claims += 1
+                summary.embedded += done
+                summary.failed += failed
+                meter.add(done)
+    finally:
+        for claim in in_flight.values():
+            manifest.release(claim)
+        summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)

@@ -89,7 +89,7 @@ class VectorView:
             rows, cols = key[0], key[1:]
             return self[rows][(slice(None), *cols)]
         if isinstance(key, (int, np.integer)):
-            return self._readonly(self._store.read_slots(slots[[key]])[0])
+            return self._readonly(self._store.read_slots(slots[[int(key)]])[0])
         return self._readonly(self._store.read_slots(slots[key]))
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -17,13 +18,16 @@ from ..errors import ModelLoadError
 __all__ = ["Embedder", "ModelInfo", "load_embedder"]
 
 
-class ModelInfo(Protocol):
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an embedder says about itself; the index's EmbeddingConfig is made from it."""
+
     model: str
-    revision: str
+    revision: str  # a hash of the weights, or "fake"
     dim: int
     normalize: bool
     max_seq_length: int
-    prompt: str
+    prompt: str = ""
 
 
 @runtime_checkable

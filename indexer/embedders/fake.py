@@ -7,25 +7,16 @@ and says so in its configuration (revision "fake"). Never use its vectors for se
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import xxhash
 
-
-@dataclass(frozen=True)
-class FakeModelInfo:
-    model: str
-    dim: int
-    revision: str = "fake"
-    normalize: bool = True
-    max_seq_length: int = 0
-    prompt: str = ""
+from . import ModelInfo
 
 
 class FakeEmbedder:
     def __init__(self, dim: int) -> None:
-        self.info = FakeModelInfo(model=f"fake:{dim}", dim=dim)
+        self.info = ModelInfo(model=f"fake:{dim}", revision="fake", dim=dim, normalize=True,
+                              max_seq_length=0)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.info.dim), dtype=np.float32)

@@ -9,7 +9,6 @@ same vectors (the attention mask hides padding) with far less padding.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,9 @@ import numpy as np
 import xxhash
 
 from ..errors import ModelLoadError
+from . import ModelInfo
 
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-@dataclass(frozen=True)
-class STModelInfo:
-    model: str
-    revision: str
-    dim: int
-    normalize: bool
-    max_seq_length: int
-    prompt: str = ""
 
 
 def _hub_cache_has(repo: str) -> bool:
@@ -69,7 +59,7 @@ class SentenceTransformerEmbedder:
         normalize = any(type(m).__name__ == "Normalize" for m in model)
         dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
             else model.get_sentence_embedding_dimension()
-        self.info = STModelInfo(model=name, revision=weights_hash(model), dim=int(dim),
+        self.info = ModelInfo(model=name, revision=weights_hash(model), dim=int(dim),
                                 normalize=normalize, max_seq_length=int(model.max_seq_length))
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:

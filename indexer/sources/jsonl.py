@@ -33,7 +33,7 @@ class JsonlSource:
         f = self._open()
         n = 0
         try:
-            for n, line in enumerate(f, 1):  # noqa: B007 - n is read after the loop on errors
+            for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 where = f"{self.name}:{n}"

@@ -1,0 +1,64 @@
+"""Runners: where the embedding of a claim's texts happens.
+
+The driver (sync.py) owns the manifest and the store. It leases claims, hands each claim's texts to the
+runner with `submit`, and when the future resolves it writes the chunk and commits, fenced. A runner
+therefore never touches SQLite or Zarr: the same claim/write/commit core serves every backend.
+
+    inline      the model in this process (default)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Protocol
+
+import numpy as np
+
+from ..embedders import ModelInfo
+
+__all__ = ["EmbedResult", "Runner", "WorkerLost", "make_runner"]
+
+# (vectors of shape (n, dim), float32; failures by position with their reasons)
+EmbedResult = tuple[np.ndarray, dict[int, str]]
+
+
+class WorkerLost(Exception):
+    """The worker that held a claim died or was lost; the claim is released and embedded again."""
+
+
+class Runner(Protocol):
+    info: ModelInfo
+    # How many claims the driver keeps in flight: enough to keep every worker busy.
+    capacity: int
+
+    def submit(self, texts: list[str]) -> Future[EmbedResult]: ...
+
+    def close(self) -> None: ...
+
+
+BACKENDS = ("inline", "processes", "gpus", "ray", "openai", "auto")
+
+
+def make_runner(backend: str, model: str, *, batch_size: int,
+                embedder_options: dict[str, object] | None = None, **options: object) -> Runner:
+    """The runner for a backend name. Its workers load `model` with `load_embedder(model,
+    batch_size=..., **embedder_options)`; `options` are the backend's own (workers, devices, ...).
+
+    Each backend lives in `runners/<name>.py` and exposes `make(model, batch_size, embedder_options,
+    **options) -> Runner`; it is imported only when chosen, so optional dependencies stay optional.
+    """
+    import importlib
+
+    from ..errors import IndexerError
+
+    if backend not in BACKENDS:
+        raise IndexerError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    module_name = {"openai": "openai_api", "ray": "ray_actors"}.get(backend, backend)
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"{__name__}.{module_name}"):
+            raise IndexerError(f"backend {backend!r} is not available in this version of indexer") from exc
+        raise
+    runner: Runner = module.make(model, batch_size, dict(embedder_options or {}), **options)
+    return runner
