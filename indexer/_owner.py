@@ -9,9 +9,13 @@ from functools import cache
 import psutil
 
 
-@cache
 def current_owner() -> str:
-    return _owner_of(os.getpid())
+    return _cached_owner(os.getpid())  # keyed by pid: a forked child is another owner than its parent
+
+
+@cache
+def _cached_owner(pid: int) -> str:
+    return _owner_of(pid)
 
 
 def _owner_of(pid: int) -> str:

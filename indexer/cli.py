@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES
@@ -34,7 +35,7 @@ def _errors() -> Iterator[None]:
 
 
 def _open(index_dir: str) -> Index:
-    return Index.open(index_dir)
+    return Index.open(index_dir, Settings.from_env())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,6 +82,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
         line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
     if s.skipped:
         line += f", skipped {s.skipped} input record(s)"
+    b = s.backend_stats
+    if "tokens_per_minute" in b:
+        line += (f"; API: {b['requests']} requests, {b['retries']} retries, {b['tokens_sent']} tokens sent, "
+                 f"{b['tokens_per_minute']} tokens/min")
     return line + f" in {s.seconds:.1f}s"
 
 
@@ -94,7 +99,7 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
-              help="Texts per model call.")
+              help="Texts per model call ([openai] given: at most this many inputs per request).")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
 @click.option("--delete-missing", is_flag=True,
@@ -107,7 +112,7 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    "actors, an OpenAI-compatible API, or auto.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="[processes, ray] Worker count.")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
-              help="[processes] Torch threads per worker.")
+              help="[processes, ray] Torch threads per worker.")
 @click.option("--devices", default=None, help="[gpus] Comma-separated devices, e.g. 0,1 (default: all).")
 @click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
@@ -135,10 +140,13 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
             options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
+            if backend == "openai" and click.get_current_context().get_parameter_source(
+                    "batch_size") is ParameterSource.COMMANDLINE:
+                options["max_batch_inputs"] = batch_size  # the API packs by tokens; this caps inputs
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options)
+                           backend_options=options, settings=Settings.from_env())
         finally:
             if bar is not None:
                 bar.close()
@@ -212,7 +220,8 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
             click.echo(f"note: {n}")
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         click.echo(f"verify: {report.checked} vectors checked, {verdict}"
-                   + (f"; re-queued {report.repaired}" if report.repaired else ""))
+                   + (f"; re-queued {report.repaired}: sync the same sources again to embed them"
+                      if report.repaired else ""))
     if not report.ok and not report.repaired:
         sys.exit(1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sqlite3
 from collections import defaultdict
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexNotFoundError, StoreError
+from .errors import IndexerError, IndexNotFoundError, StoreError
 from .manifest import Manifest
 from .settings import Settings
 from .store import VectorStore
@@ -90,11 +92,19 @@ class Index:
         if cls.exists(path):
             raise FileExistsError(f"{path} is already an index")
         path.mkdir(parents=True, exist_ok=True)
-        if (path / STORE).exists():
-            shutil.rmtree(path / STORE)
-        manifest = Manifest(path / MANIFEST, settings, create=True)
-        store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
-        write_config(path / CONFIG, config)
+        # Two first syncs at once: one creates, the other waits here, then finds the index made.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if cls.exists(path):
+                raise FileExistsError(f"{path} is already an index")
+            if (path / STORE).exists():
+                shutil.rmtree(path / STORE)
+            manifest = Manifest(path / MANIFEST, settings, create=True)
+            store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
+            write_config(path / CONFIG, config)
+        finally:
+            os.close(fd)  # releases the lock
         return cls(path, config, manifest, store, settings)
 
     @classmethod
@@ -223,6 +233,10 @@ class Index:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
         then one transaction moves the slots, then the old chunk files are removed. A crash in between
         leaves only orphans, which the next compact removes."""
+        active_claims = self.manifest.expire_claims()
+        if active_claims:
+            raise IndexerError(f"a sync is running on {self.path} ({active_claims} active claim(s)); "
+                               "run compact when it has finished")
         report = CompactReport()
         report.contents_dropped = self.manifest.drop_unreferenced_contents()
         for p in self.store.partial_files():

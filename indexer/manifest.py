@@ -7,6 +7,7 @@ uses it: a connection is never shared across processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -106,7 +107,10 @@ class Manifest:
             yield self.conn
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # A KeyboardInterrupt can land just after COMMIT (or before BEGIN took effect): then there
+            # is nothing to roll back, and ROLLBACK would hide the interrupt behind an OperationalError.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
 
     @contextmanager
@@ -135,8 +139,15 @@ class Manifest:
             return
         for version, name, sql in migrations:
             if version not in applied:
-                self._run_script(sql + f"\nINSERT INTO schema_migrations VALUES "
-                                       f"({version}, '{name}', {time.time()});")
+                # The ledger row first: if another process applied this migration while we waited for
+                # the write lock, the row's primary key stops us before any of the script runs.
+                try:
+                    self._run_script(f"INSERT INTO schema_migrations VALUES ({version}, '{name}', "
+                                     f"{time.time()});\n" + sql)
+                except sqlite3.IntegrityError:
+                    if self.conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                                         (version,)).fetchone() is None:
+                        raise
 
     def _run_script(self, sql: str) -> None:
         """Run a migration script and its ledger row in one transaction."""
@@ -161,12 +172,15 @@ class Manifest:
         if self._scan_tables_ready:
             return
         self.conn.executescript("""
-            CREATE TEMP TABLE IF NOT EXISTS scan_batch (id TEXT PRIMARY KEY, hash BLOB NOT NULL)
-                WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_batch (id TEXT PRIMARY KEY, hash BLOB NOT NULL,
+                seen_at TEXT) WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY, seen_at TEXT) WITHOUT ROWID;
             CREATE TEMP TABLE IF NOT EXISTS scan_new_hashes (hash BLOB PRIMARY KEY) WITHOUT ROWID;
             DELETE FROM scan_seen; DELETE FROM scan_new_hashes;
         """)
+        # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
+        self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
+            WHERE state = 'pending' AND text IS NULL LIMIT 1""").fetchone() is not None
         self._scan_tables_ready = True
 
     def begin_scan(self) -> None:
@@ -180,7 +194,8 @@ class Manifest:
         changed hash -> pending (the old vector stays served until the new one is done)."""
         self._ensure_scan_tables()
         batch: dict[str, tuple[bytes, Record]] = {}
-        seen_only: list[str] = []  # ids of skipped records: present in the source, so not missing
+        # (id, where) of skipped records: present in the source, so not missing
+        seen_only: list[tuple[str, str]] = []
 
         def warn(msg: str) -> None:
             counts.skipped += 1
@@ -191,7 +206,7 @@ class Manifest:
             if isinstance(item, Skip):
                 warn(f"{item.where}: skipped: {item.reason}")
                 if item.id is not None:
-                    seen_only.append(item.id)
+                    seen_only.append((item.id, item.where))
                 continue
             if item.id in batch:
                 counts.duplicates += 1
@@ -203,15 +218,17 @@ class Manifest:
         conn = self.conn
         # The scan's temp tables are written outside the main write lock; the main tables inside it.
         conn.execute("DELETE FROM scan_batch")
-        conn.executemany("INSERT INTO scan_batch VALUES (?, ?)", ((k, v[0]) for k, v in batch.items()))
-        for (dup,) in conn.execute("SELECT id FROM scan_batch JOIN scan_seen USING (id)").fetchall():
+        conn.executemany("INSERT INTO scan_batch VALUES (?, ?, ?)",
+                         ((k, v[0], v[1].where) for k, v in batch.items()))
+        for dup, first in conn.execute(
+                "SELECT b.id, s.seen_at FROM scan_batch b JOIN scan_seen s USING (id)").fetchall():
             counts.duplicates += 1
-            warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r} seen earlier in this sync; "
+            warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r}, first seen at {first}; "
                  "the first is kept")
             conn.execute("DELETE FROM scan_batch WHERE id = ?", (dup,))
             del batch[dup]
-        conn.execute("INSERT INTO scan_seen SELECT id FROM scan_batch")
-        conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?)", ((i,) for i in seen_only))
+        conn.execute("INSERT INTO scan_seen SELECT id, seen_at FROM scan_batch")
+        conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
         counts.scanned += len(batch)
 
         todo = conn.execute("""
@@ -221,6 +238,15 @@ class Manifest:
         counts.new += n_new
         counts.changed += len(todo) - n_new
         counts.unchanged += len(batch) - len(todo)
+        if self._restage_texts and not dry_run:
+            # A content re-queued by `verify --repair` lost its staged text when it was first done; a
+            # scan that sees the text again stages it, so that the next claim can embed it.
+            lost = conn.execute("""SELECT b.id FROM scan_batch b JOIN contents c ON c.hash = b.hash
+                                   WHERE c.state = 'pending' AND c.text IS NULL""").fetchall()
+            if lost:
+                with self._write():
+                    conn.executemany("UPDATE contents SET text = ? WHERE hash = ? AND text IS NULL",
+                                     ((batch[i][1].text, batch[i][0]) for (i,) in lost))
         if not todo:
             return
         fresh_contents = [(batch[i][0], len(batch[i][1].text), batch[i][1].text) for i, _ in todo]
@@ -267,6 +293,12 @@ class Manifest:
                             WHERE claim_id = ? AND state = 'claimed'""", (cid,))
         return len(dead)
 
+    def expire_claims(self) -> int:
+        """Return expired claims and claims of dead local owners to pending; how many were active."""
+        with self._write() as conn:
+            self._expire_claims(conn, time.time())
+            return int(conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0])
+
     def claim(self, limit: int, owner: str | None = None, on_chunk: object = None) -> Claim | None:
         """Lease up to `limit` pending contents of similar length and give them one fresh chunk.
 
@@ -274,30 +306,52 @@ class Manifest:
         two processes never rewrite the array's metadata at once.
         """
         now = time.time()
-        with self._write() as conn:
-            self._expire_claims(conn, now)
-            rows = conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
-                                   ORDER BY chars LIMIT ?""", (limit,)).fetchall()
-            if not rows:
-                return None
-            chunk = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
-                                 "RETURNING value - 1").fetchone()[0]
-            token = secrets.token_hex(16)
-            cid = conn.execute(
-                "INSERT INTO claims (token, owner, chunk, expires_at, state) VALUES (?, ?, ?, ?, 'active')",
-                (token, owner or current_owner(), chunk, now + self.settings.lease_seconds)).lastrowid
-            assert cid is not None
-            conn.executemany("UPDATE contents SET state = 'claimed', claim_id = ? WHERE hash = ?",
-                             ((cid, h) for h, _ in rows))
-            if callable(on_chunk):
-                on_chunk(chunk)
-        return Claim(cid, token, chunk, [h for h, _ in rows], [t for _, t in rows])
+        claim: Claim | None = None
+        try:
+            with self._write() as conn:
+                self._expire_claims(conn, now)
+                # A pending content without its text (re-queued by verify --repair) waits for a scan.
+                rows = conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
+                                       AND text IS NOT NULL
+                                       ORDER BY chars LIMIT ?""", (limit,)).fetchall()
+                if not rows:
+                    return None
+                chunk = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
+                                     "RETURNING value - 1").fetchone()[0]
+                token = secrets.token_hex(16)
+                cid = conn.execute(
+                    "INSERT INTO claims (token, owner, chunk, expires_at, state) "
+                    "VALUES (?, ?, ?, ?, 'active')",
+                    (token, owner or current_owner(), chunk, now + self.settings.lease_seconds)).lastrowid
+                assert cid is not None
+                conn.executemany("UPDATE contents SET state = 'claimed', claim_id = ? WHERE hash = ?",
+                                 ((cid, h) for h, _ in rows))
+                claim = Claim(cid, token, chunk, [h for h, _ in rows], [t for _, t in rows])
+                if callable(on_chunk):
+                    on_chunk(chunk)
+        except BaseException:
+            # Ctrl-C can land just after COMMIT, before the caller ever sees the claim: give it back
+            # (a no-op when the transaction was rolled back instead).
+            if claim is not None and not self.conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    self.release(claim)
+            raise
+        return claim
 
     def renew(self, claim: Claim) -> None:
+        """Extend the claim's lease. Raises LeaseLostError (a fencing refusal) if it was taken over."""
+        try:
+            with self._write() as conn:
+                self._check_token(conn, claim)
+                conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?",
+                             (time.time() + self.settings.lease_seconds, claim.id))
+        except LeaseLostError:
+            self._count_refusal()
+            raise
+
+    def _count_refusal(self) -> None:
         with self._write() as conn:
-            self._check_token(conn, claim)
-            conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?",
-                         (time.time() + self.settings.lease_seconds, claim.id))
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_refusals'")
 
     def _check_token(self, conn: sqlite3.Connection, claim: Claim) -> None:
         row = conn.execute("SELECT token, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
@@ -331,8 +385,7 @@ class Manifest:
                 conn.execute("UPDATE claims SET state = 'committed' WHERE id = ?", (claim.id,))
                 return gave_up
         except LeaseLostError:
-            with self._write() as conn:
-                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_refusals'")
+            self._count_refusal()
             raise
 
     def release(self, claim: Claim) -> None:
@@ -446,10 +499,15 @@ class Manifest:
     def drop_unreferenced_contents(self) -> int:
         """Forget contents no live or served document points at (their slots become free)."""
         with self._write() as conn:
-            return conn.execute("""DELETE FROM contents WHERE state != 'claimed'
+            dropped = conn.execute("""DELETE FROM contents WHERE state != 'claimed'
                 AND hash NOT IN (SELECT hash FROM documents WHERE deleted = 0)
                 AND hash NOT IN (SELECT ready_hash FROM documents WHERE deleted = 0
                                  AND ready_hash IS NOT NULL)""").rowcount
+            # Deleted documents served those: forget it, so that one coming back never points at a
+            # content that is gone, or that comes back later not done, without a slot.
+            conn.execute("""UPDATE documents SET ready_hash = NULL WHERE ready_hash IS NOT NULL
+                AND ready_hash NOT IN (SELECT hash FROM contents)""")
+            return dropped
 
     def allocate_chunk(self, on_chunk: object = None) -> int:
         with self._write() as conn:

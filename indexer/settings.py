@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = ["DEFAULT_MODEL", "Settings"]
 
@@ -21,3 +23,15 @@ class Settings:
     lease_seconds: float = 900.0
     # SQLite waits this long for a lock held by another process before it gives up.
     busy_timeout_ms: int = 60_000
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The defaults, with INDEXER_CHUNK_ROWS, INDEXER_LEASE_SECONDS and INDEXER_SCAN_BATCH from the
+        environment where set. For tests and tuning (small chunks, short leases); the CLI reads them."""
+        env = {name: os.environ.get(f"INDEXER_{name.upper()}") for name in _ENV_FIELDS}
+        given: dict[str, Any] = {name: _ENV_FIELDS[name](v) for name, v in env.items() if v is not None}
+        return replace(cls(), **given)
+
+
+_ENV_FIELDS: dict[str, type[int] | type[float]] = {
+    "chunk_rows": int, "lease_seconds": float, "scan_batch": int}

@@ -78,9 +78,9 @@ class VectorStore:
                     yield int(entry.name)
 
     def partial_files(self) -> list[Path]:
-        """Temporary files of writes that never finished (a crash between write and rename)."""
-        base = self.path / "c"
-        return sorted(base.rglob("*.partial")) if base.is_dir() else []
+        """Temporary files of writes that never finished (a crash between write and rename): ours under
+        c/, and zarr's own beside zarr.json (it resizes the array through one)."""
+        return sorted(self.path.rglob("*.partial")) if self.path.is_dir() else []
 
     # -- write ----------------------------------------------------------------------------------
 

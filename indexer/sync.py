@@ -20,7 +20,7 @@ import psutil
 from ._faults import crash_point
 from .config import DTYPES, EmbeddingConfig
 from .embedders import Embedder, ModelInfo
-from .errors import ConfigMismatchError, IndexerError, LeaseLostError
+from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
@@ -65,6 +65,9 @@ class SyncSummary:
     workers_lost: int = 0
     peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
+    # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
+    backend_stats: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -90,8 +93,20 @@ class _Meter:
 
 
 def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
+    """Batches of `size` items. When a source breaks off (SourceError), the records read before the
+    break are handed on as a last batch first, so that they are scanned, and then the error is raised."""
     it = iter(items)
-    while batch := list(itertools.islice(it, size)):
+    while True:
+        batch: list[Record | Skip] = []
+        try:
+            for item in itertools.islice(it, size):
+                batch.append(item)
+        except SourceError:
+            if batch:
+                yield batch
+            raise
+        if not batch:
+            return
         yield batch
 
 
@@ -174,7 +189,12 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, embedder,
                                   backend, backend_options, embedder_options)
-        index = Index.create(index_dir, _requested_config(runner.info, dtype or settings.dtype), settings)
+        requested = _requested_config(runner.info, dtype or settings.dtype)
+        try:
+            index = Index.create(index_dir, requested, settings)
+        except FileExistsError:  # another sync created it meanwhile
+            index = Index.open(index_dir, settings)
+            index.config.require_same(requested, index_dir)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
@@ -232,8 +252,10 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
                runner: Runner | Callable[[], Runner]) -> None:
     t = time.perf_counter()
     manifest, store = index.manifest, index.store
+    # Claims of a killed or timed-out worker go back to pending first: they may be all that is left.
+    manifest.expire_claims()
     pending = int(manifest.conn.execute(
-        "SELECT count(*) FROM contents WHERE state = 'pending'").fetchone()[0])
+        "SELECT count(*) FROM contents WHERE state = 'pending' AND text IS NOT NULL").fetchone()[0])
     if pending == 0:
         return
     if callable(runner):
@@ -242,8 +264,20 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
         index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
     finally:
+        _collect_stats(runner, summary)
         runner.close()
     summary.embed_seconds = time.perf_counter() - t
+
+
+def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
+    stats = getattr(runner, "stats", None)
+    if not callable(stats):
+        return
+    found = dict(stats())
+    warnings = found.pop("warnings", [])
+    if isinstance(warnings, list):
+        summary.warnings.extend(str(w) for w in warnings)
+    summary.backend_stats = found
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
@@ -261,15 +295,25 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if claim is None:
                     exhausted = True
                     break
-                in_flight[runner.submit(claim.texts)] = claim
+                try:
+                    in_flight[runner.submit(claim.texts)] = claim
+                except BaseException:  # Ctrl-C (or a runner error) before the claim was in flight
+                    manifest.release(claim)
+                    raise
             if not in_flight:
                 break
             finished, _ = wait(in_flight, timeout=renew_every, return_when=FIRST_COMPLETED)
             if time.monotonic() - last_renew > renew_every:
-                for claim in in_flight.values():
-                    manifest.renew(claim)
+                for future, claim in list(in_flight.items()):
+                    try:
+                        manifest.renew(claim)
+                    except LeaseLostError:  # taken over while this worker was stalled: drop it alone
+                        summary.fencing_refusals += 1
+                        del in_flight[future]
                 last_renew = time.monotonic()
             for future in finished:
+                if future not in in_flight:
+                    continue
                 claim = in_flight.pop(future)
                 try:
                     vectors, failures = future.result()
@@ -279,11 +323,17 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     manifest.release(claim)
                     exhausted = False
                     continue
+                except BaseException:  # the runner gave up: this claim, popped already, goes back too
+                    manifest.release(claim)
+                    raise
                 try:
                     done, failed = write_and_commit(manifest, store, claim, vectors, failures)
                 except LeaseLostError:
                     summary.fencing_refusals += 1
                     continue
+                except BaseException:  # Ctrl-C mid-write: the claim, popped already, goes back too
+                    manifest.release(claim)  # (a no-op if its commit went through)
+                    raise
                 summary.claims += 1
                 summary.embedded += done
                 summary.failed += failed

@@ -87,6 +87,8 @@ class VectorView:
         slots = self._snapshot.load()[1]
         if isinstance(key, tuple):
             rows, cols = key[0], key[1:]
+            if isinstance(rows, (int, np.integer)):  # one row: it is 1-D, the rest index its columns
+                return self[rows][cols]
             return self[rows][(slice(None), *cols)]
         if isinstance(key, (int, np.integer)):
             return self._readonly(self._store.read_slots(slots[[int(key)]])[0])

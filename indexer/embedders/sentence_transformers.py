@@ -89,7 +89,8 @@ def _load(name: str, device: str | None) -> Any:
     try:
         return SentenceTransformer(path, device=device or "cpu")
     except Exception as exc:  # the library raises many kinds (OSError, HTTP errors, ValueError)
+        reason = " ".join(str(exc).split())  # one line: hub errors carry newlines
         raise ModelLoadError(
-            f"cannot load model {name!r} ({type(exc).__name__}: {exc}); give a local path, a model in "
+            f"cannot load model {name!r} ({type(exc).__name__}: {reason}); give a local path, a model in "
             "the Hugging Face cache, or the default all-MiniLM-L6-v2"
         ) from exc

@@ -5,6 +5,9 @@ runner with `submit`, and when the future resolves it writes the chunk and commi
 therefore never touches SQLite or Zarr: the same claim/write/commit core serves every backend.
 
     inline      the model in this process (default)
+    processes   N spawned worker processes, T torch threads each (runners/processes.py)
+    gpus        one worker process per device, fp16 on CUDA, batch halved on out-of-memory (gpus.py)
+    auto        gpus where torch sees CUDA, else inline on <= 2 CPUs, else processes (auto.py)
 """
 
 from __future__ import annotations

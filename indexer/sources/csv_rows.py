@@ -19,8 +19,12 @@ class CsvSource:
         self.name = str(path)
         self.id_field = id_field
         self.text_field = text_field
-        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        # utf-8-sig: a byte order mark (as spreadsheet programs write) is not part of the first column.
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
             header = next(csv.reader(f), [])
+        if not header:
+            raise SourceError(f"{path} is empty: a CSV source needs a header row naming the "
+                              f"{id_field!r} and {text_field!r} columns")
         missing = [c for c in (id_field, text_field) if c not in header]
         if missing:
             raise SourceError(
@@ -29,10 +33,12 @@ class CsvSource:
             )
 
     def __iter__(self) -> Iterator[Record | Skip]:
-        with self.path.open(newline="", encoding="utf-8") as f:
+        with self.path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             row_start = 2
             try:
+                _ = reader.fieldnames  # reads the header, which may itself span lines
+                row_start = reader.line_num + 1
                 for row in reader:
                     where = f"{self.name}:{row_start}"
                     row_start = reader.line_num + 1

@@ -46,8 +46,15 @@ class ParquetSource:
 
 
 def _is_id_type(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t))
+    return _is_text_type(t) or bool(pa.types.is_integer(_values(t)))
 
 
 def _is_text_type(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+    t = _values(t)
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or (is_view is not None and is_view(t)))
+
+
+def _values(t: pa.DataType) -> pa.DataType:
+    """A dictionary-encoded (categorical) column reads as its values."""
+    return t.value_type if pa.types.is_dictionary(t) else t

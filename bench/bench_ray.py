@@ -1,0 +1,160 @@
+"""The Ray backend against the in-process one: same corpus, same model, a fresh index each.
+
+    python bench/bench_ray.py                    # 2,000 real-text documents, all-MiniLM-L6-v2, 2 workers
+    python bench/bench_ray.py --n 500 --no-write # a quick look, RESULTS.md untouched
+
+Each measurement runs in its own child process (bench/_common.run_child). The Ray child starts a local
+Ray instance through the runner, exactly as `indexer sync --backend ray --workers N` does, so its
+start-up (Ray itself, then N actors each importing torch and loading the model) is measured apart from
+the embedding. Also measured with the fake model (no model work): the per-claim cost of shipping texts
+to actors and vectors back. The vectors of each Ray index are compared with the inline index's.
+
+When bench/bench_backends.py exists, its Ray measurement is `ray_measurement()` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
+from build_corpus import ensure_corpus
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+# -- child ---------------------------------------------------------------------------------------------
+
+def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chunk_rows: int) -> None:
+    from indexer import sync
+    from indexer.runners import make_runner
+    from indexer.settings import Settings
+
+    settings = Settings(chunk_rows=chunk_rows)
+    t = time.perf_counter()
+    if mode == "ray":
+        runner = make_runner("ray", model, batch_size=settings.batch_size, workers=workers)
+    else:
+        runner = make_runner("inline", model, batch_size=settings.batch_size)
+    startup = time.perf_counter() - t
+    summary = sync(index_dir, paths=[corpus], settings=settings, runner=runner)  # closes the runner
+    child_result({"mode": mode, "model": model, "workers": workers if mode == "ray" else 1,
+                  "startup_s": startup, "scan_s": summary.scan_seconds, "embed_s": summary.embed_seconds,
+                  "sync_s": summary.seconds, "embedded": summary.embedded, "claims": summary.claims,
+                  "workers_lost": summary.workers_lost})
+
+
+# -- parent --------------------------------------------------------------------------------------------
+
+def measure(mode: str, corpus: Path, index_dir: Path, model: str, workers: int,
+            chunk_rows: int) -> dict[str, object]:
+    return run_child([str(Path(__file__).resolve()), "--child", mode, "--corpus", str(corpus),
+                      "--index", str(index_dir), "--model", model, "--workers", str(workers),
+                      "--chunk-rows", str(chunk_rows)])
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    import numpy as np
+
+    from indexer import Index
+
+    with Index.open(a) as ia, Index.open(b) as ib:
+        ids_a, va = ia.vectors()
+        ids_b, vb = ib.vectors()
+        order = {k: i for i, k in enumerate(ids_b)}
+        assert sorted(ids_a) == sorted(order), "the two indexes serve different documents"
+        xa = np.asarray(va, dtype=np.float64)
+        xb = np.asarray(vb, dtype=np.float64)[[order[k] for k in ids_a]]
+    return float(np.abs(xa - xb).max())
+
+
+def ray_measurement(corpus: Path, model: str, workers: int, chunk_rows: int,
+                    inline_index: Path | None, scratch: Path) -> dict[str, object]:
+    """One Ray run (a local Ray, `workers` actors) of `corpus`; with `inline_index`, also the largest
+    difference of its vectors from those. For bench/bench_backends.py to call as well."""
+    out = measure("ray", corpus, scratch / f"ray-{model.replace(':', '-')}-{workers}", model, workers,
+                  chunk_rows)
+    if inline_index is not None:
+        out["max_abs_diff"] = max_abs_diff(scratch / f"ray-{model.replace(':', '-')}-{workers}",
+                                           inline_index)
+    return out
+
+
+def row(r: dict[str, Any]) -> list[object]:
+    embed_s = float(r["embed_s"])
+    rate = r["embedded"] / embed_s if embed_s else 0.0
+    return [r["mode"], r["model"], r["workers"], float(r["startup_s"]), embed_s, rate, float(r["wall_s"]),
+            r["claims"], r["workers_lost"], r.get("max_abs_diff", "-"), float(r["peak_rss_mb"])]
+
+
+HEADERS = ["backend", "model", "workers", "start-up s", "embed s", "docs/s (embed)", "process wall s",
+           "claims", "workers lost", "max abs diff vs inline", "driver peak RSS MB"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="documents (bench/build_corpus.py corpus)")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chunk-rows", type=int, default=256, help="rows per claim (default 256)")
+    ap.add_argument("--no-fake", action="store_true", help="skip the fake-model overhead runs")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--child", choices=["inline", "ray"], help=argparse.SUPPRESS)
+    ap.add_argument("--corpus", help=argparse.SUPPRESS)
+    ap.add_argument("--index", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.corpus, args.index, args.model, args.workers, args.chunk_rows)
+        return
+
+    info = machine()
+    note = contention_note()
+    corpus = ensure_corpus(args.n)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
+        scratch = Path(tmp)
+        models = [args.model] + ([] if args.no_fake else ["fake:384"])
+        for model in models:
+            inline_dir = scratch / f"inline-{model.replace(':', '-')}"
+            inline = measure("inline", corpus, inline_dir, model, 1, args.chunk_rows)
+            inline["max_abs_diff"] = 0.0
+            results.append(inline)
+            print(json.dumps(inline), flush=True)
+            ray_run = ray_measurement(corpus, model, args.workers, args.chunk_rows, inline_dir, scratch)
+            results.append(ray_run)
+            print(json.dumps(ray_run), flush=True)
+    body = "\n\n".join([
+        f"Corpus: {args.n} documents of `{corpus.name}` (bench/build_corpus.py), claims of "
+        f"{args.chunk_rows} rows, a fresh index per run, each run in its own process. `start-up s`: "
+        "making the runner (for Ray: starting a local Ray instance and the actors, each loading the "
+        "model); `embed s`: claim, embed, write and commit of every document (the sync's "
+        "embed_seconds); `process wall s`: the whole child process, Python start and Ray shutdown "
+        "included. fake:384 does no model work: it shows the cost of the machinery alone.",
+        table(HEADERS, [row(r) for r in results]),
+        "Machine:\n\n" + machine_markdown(info),
+    ])
+    print(body)
+    if not args.no_write:
+        provisional = "The machine was shared with other work while this ran; re-run on an idle machine."
+        if note:
+            provisional += " " + note
+        update_results("ray", f"Ray backend: {args.workers} workers vs in-process", body,
+                       provisional=provisional)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""`--backend auto`: the best local setup this machine has, chosen at sync time.
+
+    every CUDA device (backend gpus)     where torch sees CUDA and the model is not the fake one
+    in-process (backend inline)          on a machine with at most INLINE_MAX_CPUS usable CPUs
+    a CPU process pool (processes)       otherwise, with its default workers x threads
+
+On 2 CPUs the process pool does not pay for itself: with all-MiniLM-L6-v2 on 2,000 real paragraphs,
+one process with 2 torch threads made 75-91 docs/s and pools of 2x1 or 1x2 workers 71-91 docs/s over
+four runs on a shared machine (bench/RESULTS.md, "Backends on one machine"): the same within noise,
+while 2 workers need 1.8 GB against 1.0 GB and a second model load. With more CPUs one process's
+intra-op threads scale poorly (1 -> 2 threads already gave only 0.8 of linear here), so the pool is
+chosen, with its default layout (not yet measured on a bigger machine). Options narrow the choice:
+--devices asks for gpus, --workers or --threads-per-worker for the process pool.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import IndexerError
+from . import Runner
+from .processes import usable_cpus
+
+__all__ = ["INLINE_MAX_CPUS", "choose", "make"]
+
+INLINE_MAX_CPUS = 2
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose(model: str, options: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """(backend, its options) for `auto` with these options on this machine."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if "devices" in options:
+        return "gpus", options
+    if {"workers", "threads_per_worker"} & options.keys():
+        return "processes", options
+    if options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+        raise IndexerError(f"backend auto does not take {flags}; it takes --devices, --workers and "
+                           "--threads-per-worker (or name the backend you want)")
+    if not model.startswith("fake:") and _cuda_available():
+        return "gpus", {}
+    if usable_cpus() <= INLINE_MAX_CPUS:
+        return "inline", {}
+    return "processes", {}
+
+
+def make(model: str, batch_size: int, embedder_options: dict[str, object], **options: object) -> Runner:
+    backend, chosen = choose(model, options)
+    module = importlib.import_module(f"{__package__}.{backend}")
+    runner: Runner = module.make(model, batch_size, embedder_options, **chosen)
+    return runner

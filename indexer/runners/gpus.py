@@ -1,0 +1,95 @@
+"""The per-GPU runner: one worker process per device, each with the model on its device.
+
+    make(model, batch_size, embedder_options, devices=None, threads_per_worker=None, half=True,
+         prefetch=1, max_restarts=None, oom_above=None)
+
+`devices` is "0,1" (CUDA device numbers), "cuda:0,cuda:1", a list, or None for every CUDA device this
+machine has. "cpu" entries are accepted too ("cpu,cpu": two CPU workers with this runner's batching),
+which is how the tests exercise it without a GPU. It is the process-pool runner (runners/processes.py)
+with one worker per device; the differences are all in the worker's WorkerSpec:
+
+- the model loads with `device=` its device, and on CUDA is cast to fp16 (`half=False` keeps fp32);
+- the worker batches the claim itself (by token length, as the embedder does) and, when a batch runs
+  out of GPU memory, halves the batch size (down to 1), redoes only that batch, and keeps the smaller
+  size for the rest of the run, a restarted worker included. The claim is not lost: it completes.
+- torch threads per worker: --threads-per-worker, else the CPUs shared out between the devices (at
+  most 4 a CUDA worker, which only tokenizes and feeds the GPU).
+
+Test-only seam: `oom_above=K` (or the environment variable INDEXER_TEST_OOM_ABOVE=K, which spawned
+workers inherit) makes every worker raise torch.cuda.OutOfMemoryError for any batch of more than K
+texts, as a GPU short of memory would. Never set it in production.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ..errors import IndexerError
+from .processes import ProcessRunner, WorkerSpec, check_options, usable_cpus
+
+__all__ = ["OOM_ENV", "make", "parse_devices"]
+
+OOM_ENV = "INDEXER_TEST_OOM_ABOVE"
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def parse_devices(devices: str | Sequence[str | int] | None) -> list[str]:
+    """Device names ("cuda:N" or "cpu") from --devices; None: every CUDA device (an error if none)."""
+    if devices is None:
+        count = _cuda_count()
+        if count == 0:
+            raise IndexerError("backend gpus: torch sees no CUDA device here. Use --backend processes for "
+                               "the CPUs, or name devices with --devices (e.g. 0,1, or cpu)")
+        return [f"cuda:{i}" for i in range(count)]
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    names: list[str] = []
+    for item in items:
+        text = str(item).strip().lower()
+        if text.isdigit():
+            text = f"cuda:{text}"
+        elif text == "cuda":
+            text = "cuda:0"
+        if text != "cpu" and not (text.startswith("cuda:") and text[5:].isdigit()):
+            raise IndexerError(f"--devices: {str(item).strip()!r} is not a device; give CUDA device numbers "
+                               "(0,1), cuda:N, or cpu")
+        names.append(text)
+    if not names:
+        raise IndexerError("--devices: no device given")
+    cuda = [int(n[5:]) for n in names if n.startswith("cuda:")]
+    if cuda:
+        count = _cuda_count()
+        missing = sorted({i for i in cuda if i >= count})
+        if missing:
+            raise IndexerError(f"--devices: CUDA device {missing[0]} does not exist here (torch sees {count} "
+                               f"CUDA device{'s' if count != 1 else ''})")
+    return names
+
+
+def make(model: str, batch_size: int, embedder_options: dict[str, object],
+         devices: str | Sequence[str | int] | None = None, threads_per_worker: int | None = None,
+         half: bool = True, prefetch: int = 1, max_restarts: int | None = None,
+         oom_above: int | None = None, **options: object) -> ProcessRunner:
+    check_options("gpus", options, "--devices and --threads-per-worker")
+    if "device" in embedder_options:
+        raise IndexerError("backend gpus places the model itself; give devices with --devices, not as an "
+                           "embedder option")
+    names = parse_devices(devices)
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise IndexerError("--threads-per-worker must be at least 1")
+    if oom_above is None and os.environ.get(OOM_ENV):
+        oom_above = int(os.environ[OOM_ENV])
+    share = max(1, usable_cpus() // len(names))
+    specs = []
+    for name in names:
+        threads = threads_per_worker or (share if name == "cpu" else min(4, share))
+        specs.append(WorkerSpec(model=model, batch_size=batch_size, embedder_options=dict(embedder_options),
+                                threads=threads, device=name, half=half and name.startswith("cuda"),
+                                adaptive=True, oom_above=oom_above))
+    return ProcessRunner(specs, [f"worker {i} on {name}" for i, name in enumerate(names)], kind="gpus",
+                         prefetch=prefetch, max_restarts=max_restarts)

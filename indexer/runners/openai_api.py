@@ -1,0 +1,656 @@
+"""The `openai` backend: embed claims through an OpenAI-compatible `/v1/embeddings` API.
+
+    OPENAI_API_KEY=... indexer sync SRC --index DIR --backend openai --model text-embedding-3-small \\
+        [--base-url URL] [--dimensions D] [--concurrency C] [--rpm R] [--tpm T] [--max-retries 3]
+
+The official `openai` AsyncOpenAI client runs on an asyncio loop in a background thread; `submit`
+schedules a claim there and returns a concurrent Future, so the driver's claim -> write -> commit loop
+is the one every backend shares. The client's own retries are off (max_retries=0): retries, Retry-After
+handling, limiter feedback and counting are done here.
+
+Key and address
+    The key is read from OPENAI_API_KEY only: never a flag, never logged, never stored (the index's
+    configuration records the model, the server's host name and the dimension, not the key or the URL),
+    and scrubbed from every error message. The URL is --base-url, else OPENAI_BASE_URL, else OpenAI's.
+
+Configuration bound into the index (index.toml)
+    model           --model, as sent to the API
+    revision        "api:<host>" (the base URL's host name, no scheme, port, path or credentials). A
+                    model name means different weights at different providers, so a sync against
+                    another host is refused; another port or path on the same host is accepted.
+    dim             --dimensions, else what the server answers to a probe request at start-up (one
+                    short input, sent every time the runner starts: it also checks key, model and URL
+                    before any claim is taken). A sync that would get another dimension is refused.
+    normalize       False: indexer stores the vectors as the server returns them and normalizes
+                    nothing (OpenAI's own embeddings are unit length already).
+    max_seq_length  the per-input token limit inputs are truncated to (8192, OpenAI's).
+
+Packing
+    A claim's inputs are packed into requests that respect, all at once: tokens per input (8192),
+    inputs per request (2048, or --batch-size when given), tokens per request (300,000), the token
+    bucket's size, and a smaller per-server limit learned on the way: a 413, or a 400 that says the
+    batch or request is too large, lowers the caps (to the number the message names, else to half of
+    the refused request) and the refused request is split and sent again; no document fails for it.
+    Tokens are counted with the model's tokenizer when one is available offline, else estimated
+    (see _tokens.py). An input over the per-input limit is truncated (counted in the stats and
+    reported as a warning) or, with --no-truncate, failed with its reason without being sent. An input
+    the server still finds too long after truncation by estimate is cut further, using the counts the
+    server's message gives, up to 4 times.
+
+Limits and retries
+    One limiter (_ratelimit.py) over requests/minute and tokens/minute (token buckets) and the
+    in-flight cap (--concurrency) is shared by every request. --rpm/--tpm set the limits; without them
+    the limits the server announces in x-ratelimit-limit-requests / -tokens are adopted. A 429 slows the
+    limiter, and Retry-After / retry-after-ms (any length) stops all sending until then; 429s are waited
+    out, they do not use up --max-retries (at most `max_rate_limit_wait` seconds per request, 1 hour by
+    default). A 429 that says the account is out of quota stops the sync. 5xx, 408, 409, timeouts,
+    dropped connections and unusable answers are retried up to --max-retries times with exponential
+    backoff and jitter (Retry-After honoured when given). A request that runs out of retries fails its
+    documents for this attempt (the manifest retries them up to its attempt limit); three such requests
+    in a row with no success between them mean the server is down, and the sync stops (EmbeddingError,
+    claims released, nothing lost). 401, 403, 404 and other unexpected statuses stop the sync at once.
+
+Bad inputs and bad answers
+    A 400 (or 422) on a request of several inputs is bisected (split at the input the message names as
+    input[i], else in halves) until the bad input is alone; that document fails with the server's
+    message and the rest are embedded. Texts the server rejected are remembered for the run, so a
+    re-claimed failure is not sent again. Results are matched to inputs by each item's `index`; an
+    answer with the wrong count, a missing or repeated index, the wrong dimension or a non-finite value
+    fails the request (retried), and nothing of it is stored. Vectors are requested as base64 and
+    decoded with numpy (a server that ignores the format and sends floats is read too).
+
+Stats (`stats()`, reported in SyncSummary.backend_stats): requests, retries, 429s, server errors,
+timeouts, tokens sent and embedded, achieved tokens and requests per minute, truncations, caps learned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+import xxhash
+
+from ..embedders import ModelInfo
+from ..errors import EmbeddingError, IndexerError, ModelLoadError
+from . import EmbedResult
+from ._ratelimit import RateLimiter
+from ._tokens import TokenCounter, cut_utf8, token_counter
+
+__all__ = ["ApiStats", "OpenAIRunner", "make"]
+
+T = TypeVar("T")
+
+MAX_INPUT_TOKENS = 8192
+MAX_BATCH_INPUTS = 2048
+MAX_BATCH_TOKENS = 300_000
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_RETRIES = 3
+PROBE_TEXT = "indexer probe"
+
+_TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|payload|tokens per request|"
+                        r"max_tokens_per_request|maximum allowed batch", re.I)
+_CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
+                      r"max(imum)? (number of )?tokens", re.I)
+_KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
+
+
+class _BadAnswer(Exception):
+    pass
+
+
+@dataclass
+class _Item:
+    pos: int  # position in the claim
+    text: str  # as sent (perhaps truncated)
+    tokens: int  # counted or estimated
+    key: int  # XXH3-64 of the text as the claim gave it
+    truncated: bool = False
+    cuts: int = 0  # cuts after the server found it too long
+
+
+@dataclass
+class ApiStats:
+    requests: int = 0  # HTTP requests sent, retries and bisected parts included (not the start-up probe)
+    retries: int = 0  # requests sent again after a 429, 5xx, timeout, dropped connection or bad answer
+    rate_limited: int = 0  # 429 answers
+    server_errors: int = 0  # 5xx (and 408, 409) answers
+    timeouts: int = 0
+    connection_errors: int = 0  # refused or dropped connections
+    bad_answers: int = 0  # wrong count, index or dimension, or non-finite values: nothing stored
+    too_large: int = 0  # 413 / "batch too large": the packing shrank and the request was split
+    bisections: int = 0  # 400s on a request of several inputs, split to find the bad one
+    rejected_inputs: int = 0  # documents failed with the server's message
+    gave_up_requests: int = 0  # requests out of retries: their documents failed this attempt
+    truncated: int = 0  # inputs cut to the per-input token limit
+    too_long_failed: int = 0  # inputs over the limit, failed (--no-truncate)
+    inputs_embedded: int = 0
+    tokens_sent: int = 0  # every request sent (the server's count when it gave one, else ours)
+    tokens_embedded: int = 0  # answered requests, as the server counted them
+    limiter_wait_s: float = 0.0
+    first_send: float = 0.0
+    last_answer: float = 0.0
+
+
+class OpenAIRunner:
+    """A Runner over an OpenAI-compatible embeddings API (see the module docstring)."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, dimensions: int | None = None,
+                 concurrency: int = DEFAULT_CONCURRENCY, rpm: float | None = None, tpm: float | None = None,
+                 max_retries: int = DEFAULT_MAX_RETRIES, no_truncate: bool = False, timeout: float = 60.0,
+                 backoff_base: float = 0.5, backoff_max: float = 60.0,
+                 max_batch_inputs: int = MAX_BATCH_INPUTS, max_batch_tokens: int = MAX_BATCH_TOKENS,
+                 max_input_tokens: int = MAX_INPUT_TOKENS, max_rate_limit_wait: float = 3600.0,
+                 tokenizer: str = "auto") -> None:
+        key = os.environ.get("OPENAI_API_KEY", "")
+        if not key:
+            raise ModelLoadError("backend openai needs an API key in the OPENAI_API_KEY environment variable "
+                                 "(it is read from there only, never from a flag or a file)")
+        self._secret = key
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise IndexerError(f"--base-url {self._scrub(url)!r} is not an http(s) URL, "
+                               "e.g. http://localhost:8080/v1")
+        self.host = parts.hostname
+        self.model = model
+        self.dimensions = dimensions
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.truncate = not no_truncate
+        self.timeout = timeout
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self.max_input_tokens = max_input_tokens
+        self.max_inputs = max(1, min(max_batch_inputs, MAX_BATCH_INPUTS))
+        self.max_tokens = max(1, min(max_batch_tokens, MAX_BATCH_TOKENS))
+        self.user_limits = rpm is not None or tpm is not None
+        self.counter: TokenCounter = token_counter(model, tokenizer)
+        self.encoding: Literal["base64", "float"] = "base64"
+        self.capacity = concurrency + 2
+        self._stats = ApiStats()
+        self._rejected: dict[int, str] = {}
+        self._failing_in_a_row = 0
+        self._rng = random.Random()
+        self.dim = dimensions or 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="indexer-openai", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._setup(url, rpm, tpm))
+            self.dim = self._call(self._probe())
+            self._stats = ApiStats()  # the stats are the claims' work: the probe is not counted
+        except BaseException:
+            self.close()
+            raise
+        self.info = ModelInfo(model=model, revision=f"api:{self.host}", dim=self.dim, normalize=False,
+                              max_seq_length=max_input_tokens)
+
+    # -- the Runner protocol ---------------------------------------------------------------------
+
+    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+        return asyncio.run_coroutine_threadsafe(self._embed(texts), self._loop)
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop.is_closed():
+            return
+        try:
+            if self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        except Exception:
+            pass
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                loop.close()
+
+    def stats(self) -> dict[str, object]:
+        s = self._stats
+        out: dict[str, object] = {k: v for k, v in asdict(s).items()
+                                  if k not in ("first_send", "last_answer")}
+        minutes = (s.last_answer - s.first_send) / 60.0 if s.last_answer > s.first_send else 0.0
+        out["limiter_wait_s"] = round(s.limiter_wait_s, 3)
+        out["tokens_per_minute"] = round(s.tokens_embedded / minutes, 1) if minutes else 0.0
+        out["requests_per_minute"] = round(s.requests / minutes, 2) if minutes else 0.0
+        out["active_seconds"] = round(minutes * 60.0, 3)
+        out["tokenizer"] = self.counter.name
+        out["max_inputs_per_request"] = self.max_inputs
+        out["max_tokens_per_request"] = self.max_tokens
+        warnings = []
+        if s.truncated:
+            how = "counted" if self.counter.exact else "estimated (no tokenizer available offline)"
+            warnings.append(f"openai: truncated {s.truncated} input(s) to {self.max_input_tokens} tokens, "
+                            f"{how}; --no-truncate fails them instead")
+        out["warnings"] = warnings
+        return out
+
+    # -- the loop thread -------------------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _setup(self, url: str, rpm: float | None, tpm: float | None) -> None:
+        import openai
+
+        self.client = openai.AsyncOpenAI(api_key=self._secret, base_url=url, max_retries=0,
+                                         timeout=self.timeout)
+        self.limiter = RateLimiter(rpm, tpm, self.concurrency)
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client = getattr(self, "client", None)
+        if client is not None:
+            await client.close()
+
+    async def _probe(self) -> int:
+        """One short request: checks key, URL and model, and learns the dimension."""
+        for _ in range(2):
+            item = _Item(0, PROBE_TEXT, self.counter.count(PROBE_TEXT), 0)
+            vectors: list[np.ndarray] = []
+            failures: dict[int, str] = {}
+            await self._send([item], vectors, failures)
+            if not failures:
+                dim = int(vectors[0].shape[0])
+                if self.dimensions and dim != self.dimensions:
+                    raise ModelLoadError(f"the API at {self.host} answered {dim}-dimensional vectors for "
+                                         f"model {self.model!r}, --dimensions {self.dimensions} asked; "
+                                         "does this model take --dimensions?")
+                return dim
+            reason = failures[0]
+            if self.encoding == "base64" and "encoding_format" in reason:
+                self.encoding = "float"  # a server that refuses base64: ask for floats
+                continue
+            break
+        raise ModelLoadError(f"the API at {self.host} refused a test request for model {self.model!r}: "
+                             f"{reason}")
+
+    async def _embed(self, texts: list[str]) -> EmbedResult:
+        vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
+        failures: dict[int, str] = {}
+        items = self._prepare(texts, failures)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for batch in self._pack(items):
+                    group.create_task(self._send(batch, vectors, failures))
+        except BaseExceptionGroup as eg:
+            raise _first(eg) from None
+        return vectors, failures
+
+    def _prepare(self, texts: list[str], failures: dict[int, str]) -> list[_Item]:
+        items = []
+        limit = self.max_input_tokens
+        for pos, text in enumerate(texts):
+            key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+            if key in self._rejected:
+                failures[pos] = self._rejected[key]
+                continue
+            tokens = self.counter.count(text)
+            if tokens > limit:
+                how = "" if self.counter.exact else " by estimate"
+                if not self.truncate:
+                    self._stats.too_long_failed += 1
+                    failures[pos] = (f"input is {tokens} tokens{how}, over the model's limit of {limit}; "
+                                     "not sent (--no-truncate)")
+                    continue
+                text = self.counter.truncate(text, limit)
+                tokens = self.counter.count(text)
+                self._stats.truncated += 1
+                items.append(_Item(pos, text, tokens, key, truncated=True))
+                continue
+            items.append(_Item(pos, text, tokens, key))
+        return items
+
+    def _token_cap(self) -> int:
+        """Tokens per request, in the counter's units: the hard caps, and the token bucket's share."""
+        bucket = self.limiter.max_request_tokens() / self.limiter.ratio
+        return max(1, int(min(self.max_tokens, bucket)))
+
+    def _pack(self, items: list[_Item]) -> list[list[_Item]]:
+        """Requests within every cap, of about equal token counts."""
+        if not items:
+            return []
+        max_tokens, max_inputs = self._token_cap(), self.max_inputs
+        total = sum(it.tokens for it in items)
+        k = max(1, math.ceil(total / max_tokens), math.ceil(len(items) / max_inputs))
+        target = total / k
+        batches: list[list[_Item]] = []
+        batch: list[_Item] = []
+        tokens = 0
+        for it in items:
+            if batch and (len(batch) >= max_inputs or tokens + it.tokens > max_tokens):
+                batches.append(batch)
+                batch, tokens = [], 0
+            batch.append(it)
+            tokens += it.tokens
+            if tokens >= target:
+                batches.append(batch)
+                batch, tokens = [], 0
+        if batch:
+            batches.append(batch)
+        return batches
+
+    async def _send(self, batch: list[_Item], out: np.ndarray | list[np.ndarray],
+                    failures: dict[int, str]) -> None:
+        """Send one request's inputs until they are embedded or failed; split it when it must be."""
+        s = self._stats
+        attempts = 0  # transient failures so far
+        limited, waited_429 = 0, 0.0  # 429s so far, and the time they made this request wait
+        while True:
+            estimate = sum(it.tokens for it in batch)
+            if len(batch) > 1 and (len(batch) > self.max_inputs or estimate > self._token_cap()):
+                await self._gather([self._send(part, out, failures) for part in self._pack(batch)])
+                return
+            s.first_send = s.first_send or time.monotonic()  # from the first ask: waits count
+            ticket = await self.limiter.acquire(estimate)
+            s.limiter_wait_s = self.limiter.waited_s
+            s.requests += 1
+            server_tokens: int | None = None
+            status, message = 0, ""
+            headers: Mapping[str, str] | None = None
+            delay_hint: float | None = None
+            try:
+                kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
+                raw = await self.client.embeddings.with_raw_response.create(
+                    model=self.model, input=[it.text for it in batch], encoding_format=self.encoding,
+                    **kwargs)
+                headers = raw.headers
+                vectors, server_tokens = self._decode(raw.content, len(batch))
+            except _BadAnswer as exc:
+                s.bad_answers += 1
+                status, message = 200, f"unusable answer: {exc}"
+            except Exception as exc:
+                status, message, headers = self._classify(exc)
+            finally:
+                self.limiter.release(ticket, server_tokens)
+                s.tokens_sent += server_tokens if server_tokens is not None else ticket.reserved
+                s.last_answer = time.monotonic()
+            if headers is not None:
+                self._learn_limits(headers)
+                delay_hint = _retry_after(headers)
+            if status == 0:  # embedded
+                self._failing_in_a_row = 0
+                if isinstance(out, list):
+                    out.extend(vectors)
+                else:
+                    out[[it.pos for it in batch]] = vectors
+                s.inputs_embedded += len(batch)
+                s.tokens_embedded += server_tokens if server_tokens is not None else ticket.reserved
+                return
+            kind = self._kind(status, message)
+            if kind == "rate_limited":
+                s.rate_limited += 1
+                limited += 1
+                self.limiter.rate_limited(delay_hint)
+                delay = delay_hint if delay_hint is not None else self._backoff(limited)
+                waited_429 += delay
+                if waited_429 <= self.max_rate_limit_wait:
+                    s.retries += 1
+                    await asyncio.sleep(delay)
+                    continue
+                kind = "transient"
+                attempts = self.max_retries
+            if kind == "transient":
+                attempts += 1
+                if attempts <= self.max_retries:
+                    s.retries += 1
+                    await asyncio.sleep(delay_hint if delay_hint is not None else self._backoff(attempts))
+                    continue
+                self._give_up(batch, failures, message)
+                return
+            if kind == "too_large":
+                s.too_large += 1
+                self._shrink(batch, estimate, message)
+                if len(batch) > 1:
+                    continue  # the top of the loop splits it by the new caps
+                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
+                return
+            if kind == "bad_input":
+                if len(batch) > 1:
+                    s.bisections += 1
+                    await self._gather([self._send(part, out, failures) for part in _split(batch, message)])
+                    return
+                if self._cut_further(batch[0], message):
+                    continue
+                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
+                return
+            raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
+                                 f"{message}. Nothing is lost: fix this and run the same sync again")
+
+    async def _gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for coro in coros:
+                    group.create_task(coro)
+        except BaseExceptionGroup as eg:
+            raise _first(eg) from None
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def _decode(self, content: bytes, n: int) -> tuple[np.ndarray, int | None]:
+        """The vectors of an answer in input order (by each item's `index`) and the server's token
+        count; _BadAnswer if anything about it is off. Nothing of a bad answer is kept."""
+        try:
+            body = orjson.loads(content)
+            data = body["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise _BadAnswer(f"not an embeddings answer ({exc})") from None
+        if not isinstance(data, list) or len(data) != n:
+            raise _BadAnswer(f"{len(data) if isinstance(data, list) else 'no'} vectors for {n} inputs")
+        dim = self.dim
+        rows: list[np.ndarray | None] = [None] * n
+        for item in data:
+            index = item.get("index") if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < n or rows[index] is not None:
+                raise _BadAnswer(f"index {index!r} missing, out of range or repeated")
+            emb = item.get("embedding")
+            if isinstance(emb, str):
+                try:
+                    v = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
+                except ValueError as exc:
+                    raise _BadAnswer(f"a vector that does not decode ({exc})") from None
+            elif isinstance(emb, list):
+                v = np.asarray(emb, dtype=np.float32)
+            else:
+                raise _BadAnswer("an item with no embedding")
+            if dim and v.shape != (dim,):
+                raise _BadAnswer(f"a vector of {v.size} dimensions, {dim} expected")
+            dim = dim or v.size
+            rows[index] = v
+        vectors = np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
+        if not np.isfinite(vectors).all():
+            raise _BadAnswer("non-finite values")
+        usage = body.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return vectors, tokens if isinstance(tokens, int) and tokens > 0 else None
+
+    def _classify(self, exc: Exception) -> tuple[int, str, Mapping[str, str] | None]:
+        import openai
+
+        s = self._stats
+        if isinstance(exc, openai.APITimeoutError):
+            s.timeouts += 1
+            return -1, f"no answer within {self.timeout:g}s", None
+        if isinstance(exc, openai.APIConnectionError):
+            s.connection_errors += 1
+            return -2, f"connection failed ({self._scrub(str(exc.__cause__ or exc))})", None
+        if isinstance(exc, openai.APIStatusError):
+            body = exc.body
+            message = body.get("message") if isinstance(body, dict) else None
+            if not isinstance(message, str) or not message:
+                message = exc.message
+            code = body.get("code") if isinstance(body, dict) else None
+            text = f"{exc.status_code} {message}" + (f" ({code})" if isinstance(code, str) else "")
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                s.server_errors += 1
+            return exc.status_code, self._scrub(text), exc.response.headers
+        raise exc
+
+    @staticmethod
+    def _kind(status: int, message: str) -> str:
+        if status in (200, -1, -2, 408, 409) or status >= 500:
+            return "transient"
+        if status == 429:
+            if "quota" in message.lower():
+                return "fatal"  # out of money, not out of rate: waiting will not help
+            return "too_large" if "too large" in message.lower() else "rate_limited"
+        if status == 413 or (status in (400, 422) and _TOO_LARGE.search(message)
+                             and not _CONTEXT.search(message)):
+            return "too_large"
+        if status in (400, 422):
+            return "bad_input"
+        return "fatal"
+
+    def _learn_limits(self, headers: Mapping[str, str]) -> None:
+        if self.user_limits:
+            return
+        rpm, tpm = (_number(headers.get(f"x-ratelimit-limit-{k}")) for k in ("requests", "tokens"))
+        if rpm or tpm:
+            self.limiter.set_limits(rpm, tpm)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        return float(delay * self._rng.uniform(0.5, 1.0))
+
+    # -- what the server's refusals teach --------------------------------------------------------
+
+    def _shrink(self, batch: list[_Item], estimate: int, message: str) -> None:
+        n = len(batch)
+        m = re.search(r"maximum allowed batch size (\d+)|max(?:imum)?[^0-9]{0,30}?(\d+)\s*"
+                      r"(?:inputs|items|texts|documents)", message, re.I)
+        t = re.search(r"requested (\d+) tokens,? max(?:imum)? (\d+)", message, re.I)
+        if m:
+            self.max_inputs = max(1, min(self.max_inputs, int(m.group(1) or m.group(2)), n - 1))
+        elif t and int(t.group(1)) > 0:
+            allowed = int(estimate * int(t.group(2)) / int(t.group(1)) * 0.95)
+            self.max_tokens = max(1, min(self.max_tokens, allowed, estimate - 1))
+        else:
+            self.max_inputs = max(1, min(self.max_inputs, n // 2))
+            self.max_tokens = max(1, min(self.max_tokens, estimate // 2))
+
+    def _cut_further(self, item: _Item, message: str) -> bool:
+        """An input the server finds too long although it was truncated by estimate: cut it by the
+        server's own counts when its message has them (else to 3/4), up to 4 times."""
+        if not (self.truncate and _CONTEXT.search(message)) or item.cuts >= 4:
+            return False
+        m = re.search(r"maximum context length is (\d+) tokens.*?requested (\d+) tokens", message, re.I)
+        factor = 0.75
+        if m and int(m.group(2)) > 0:
+            factor = min(0.95, 0.95 * int(m.group(1)) / int(m.group(2)))
+        if not item.truncated:
+            self._stats.truncated += 1
+            item.truncated = True
+        item.text = cut_utf8(item.text, int(len(item.text.encode("utf-8")) * factor))
+        item.tokens = self.counter.count(item.text)
+        item.cuts += 1
+        return bool(item.text)
+
+    def _reject(self, item: _Item, failures: dict[int, str], reason: str) -> None:
+        self._stats.rejected_inputs += 1
+        self._rejected[item.key] = reason
+        failures[item.pos] = reason
+
+    def _give_up(self, batch: list[_Item], failures: dict[int, str], message: str) -> None:
+        self._stats.gave_up_requests += 1
+        self._failing_in_a_row += 1
+        if self._failing_in_a_row >= 3:
+            raise EmbeddingError(
+                f"the API at {self.host} keeps failing ({message}); {self._failing_in_a_row} requests in a "
+                f"row gave up after {self.max_retries} retries each. Nothing is lost: run the same sync "
+                "again to resume")
+        for it in batch:
+            failures[it.pos] = f"API request failed after {self.max_retries} retries: {message}"
+
+    def _scrub(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return _KEYLIKE.sub("sk-***", text)
+
+
+def _split(batch: list[_Item], message: str) -> list[list[_Item]]:
+    """Split a refused request: around the input the message names as input[i], else in halves."""
+    m = re.search(r"input\W{0,3}\[(\d+)\]", message)
+    if m and int(m.group(1)) < len(batch):
+        i = int(m.group(1))
+        return [part for part in (batch[:i], batch[i:i + 1], batch[i + 1:]) if part]
+    half = len(batch) // 2
+    return [batch[:half], batch[half:]]
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
+    ms = _number(headers.get("retry-after-ms"))
+    if ms is not None and ms >= 0:
+        return ms / 1000.0
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_OPTIONS = {"base_url": str, "dimensions": int, "concurrency": int, "rpm": float, "tpm": float,
+            "max_retries": int, "no_truncate": bool, "timeout": float, "backoff_base": float,
+            "backoff_max": float, "max_batch_inputs": int, "max_batch_tokens": int, "max_input_tokens": int,
+            "max_rate_limit_wait": float, "tokenizer": str}
+
+
+def make(model: str, batch_size: int, embedder_options: dict[str, object], **options: object) -> OpenAIRunner:
+    """`batch_size` is not used: requests are packed by tokens (give max_batch_inputs to cap inputs)."""
+    if embedder_options:
+        names = ", ".join(sorted(embedder_options))
+        raise IndexerError(f"backend openai takes no embedder options (got {names})")
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise IndexerError(f"backend openai does not take {flags}")
+    kwargs: dict[str, Any] = {}
+    for name, value in options.items():
+        kind = _OPTIONS[name]
+        if value is None:
+            continue
+        ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+              int: isinstance(value, int) and not isinstance(value, bool),
+              float: isinstance(value, int | float) and not isinstance(value, bool)}[kind]
+        if not ok:
+            raise IndexerError(f"backend openai: {name} must be a {kind.__name__}, got {value!r}")
+        kwargs[name] = value
+    return OpenAIRunner(model, **kwargs)

@@ -1,0 +1,645 @@
+"""The process-pool runner: N worker processes on this machine, each with its own copy of the model.
+
+    make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
+         max_restarts=None)
+
+Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
+that has started torch, SQLite or threads is unsafe). Each loads the model once with
+`load_embedder(model, batch_size=..., **embedder_options)` and pins its math libraries to T threads
+(OMP/MKL/OpenBLAS variables before torch starts, then `torch.set_num_threads(T)`), so that N x T does
+not oversubscribe the cores. Only texts go to a worker and only float32 vectors and per-document
+failures come back (`runners.inline.embed_texts` runs inside the worker); the manifest and the store
+stay with the driver.
+
+Defaults, with C the CPUs this process may use (its affinity mask):
+    threads per worker   T = 1 below 8 CPUs, 2 below 16, else 4. One process's intra-op threads
+                         scale poorly (1 -> 2 threads gave 0.8 of linear, bench/RESULTS.md), so small
+                         machines get one thread per process; on big ones a few threads per process
+                         keep the number of model copies (memory, ~0.9 GB each measured) down
+    workers              N = max(1, C // T), so N x T = C
+With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
+the default is therefore 2 workers x 1 thread.
+
+Scheduling: a claim goes to an idle worker at once; `capacity` = workers + `prefetch` (default 1), so
+one claim waits ready in the runner while every worker is busy, and a worker that finishes starts the
+next claim at once. A claim is only ever sent to an idle worker: a worker that dies loses at most the
+one claim it was working on.
+
+A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
+held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
+worker is restarted. The restarts of one run are bounded (`max_restarts`, default 3 per worker); one
+more death fails the run with an IndexerError (a document that crashes the model every time must not
+loop forever). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and `close()` stops
+the workers (idle ones are told to exit, busy ones are terminated) and joins them.
+
+The per-GPU runner (runners/gpus.py) is this machinery with one worker per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import numpy as np
+
+from ..embedders import Embedder, ModelInfo
+from ..errors import EmbeddingError, IndexerError, ModelLoadError
+from . import EmbedResult, WorkerLost
+
+__all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make", "usable_cpus"]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(workers, threads per worker); see the module docstring for the rule."""
+    if workers is not None and threads is not None:
+        return workers, threads
+    if workers is not None:
+        return workers, max(1, cpus // workers)
+    if threads is None:
+        threads = 1 if cpus < 8 else 2 if cpus < 16 else 4
+    return max(1, cpus // threads), threads
+
+
+# -- inside a worker process ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load its model; pickled to the spawned process."""
+
+    model: str
+    batch_size: int
+    embedder_options: dict[str, object]
+    threads: int
+    device: str | None = None  # None: load_embedder's default (the CPU); else passed as device=
+    half: bool = False  # cast the model to fp16 after loading (CUDA devices)
+    adaptive: bool = False  # batch the claim here and halve the batch on out-of-memory (gpus)
+    oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
+
+
+def _pin_threads(threads: int) -> None:
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _set_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")  # only a model that uses torch has imported it
+    if torch is None:
+        return
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+        torch.set_num_interop_threads(1)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA, and MPS/older versions by their message)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class _InjectedOom:
+    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): an embedder that raises torch's
+    out-of-memory error for any call with more than `limit` texts, as a GPU short of memory would."""
+
+    def __init__(self, inner: Embedder, limit: int) -> None:
+        self.inner, self.limit = inner, limit
+        self.info = inner.info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if len(texts) > self.limit:
+            import torch
+
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory (injected for tests: {len(texts)} texts > {self.limit})")
+        return self.inner.embed(texts)
+
+
+class _WorkerModel:
+    """The model as a worker holds it, with the batch size it has settled on."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from ..embedders import load_embedder
+
+        self.spec = spec
+        options = dict(spec.embedder_options)
+        if spec.device is not None:
+            options["device"] = spec.device
+        embedder: Embedder = load_embedder(spec.model, batch_size=spec.batch_size, **options)  # type: ignore[arg-type]
+        if spec.half and spec.device is not None and spec.device.startswith("cuda"):
+            model = getattr(embedder, "model", None)
+            if model is not None and hasattr(model, "half"):
+                model.half()
+        if spec.oom_above is not None:
+            embedder = _InjectedOom(embedder, spec.oom_above)
+        self.embedder = embedder
+        self.batch_size = spec.batch_size
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        from .inline import embed_texts
+
+        if not self.spec.adaptive:
+            return embed_texts(self.embedder, texts)
+        return self._embed_adaptive(texts)
+
+    def _embed_adaptive(self, texts: list[str]) -> EmbedResult:
+        """Embed in batches of `batch_size` texts of similar token length; on out-of-memory halve the
+        batch size (down to 1), keep it for the rest of the run and redo only the batch that failed."""
+        from .inline import embed_texts
+
+        n = len(texts)
+        out = np.full((n, self.embedder.info.dim), np.nan, dtype=np.float32)
+        failures: dict[int, str] = {}
+        token_lengths = getattr(self.embedder, "token_lengths", None)
+        order = np.arange(n)
+        if token_lengths is not None and n:
+            with contextlib.suppress(Exception):  # a text the tokenizer refuses fails below, alone
+                order = np.argsort(token_lengths(texts), kind="stable")
+        start = 0
+        while start < n:
+            idx = order[start:start + self.batch_size]
+            # The embedder was loaded with a batch size >= this batch's: one call is one forward pass.
+            batch = [texts[i] for i in idx]
+            try:
+                try:
+                    vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
+                    batch_failures: dict[int, str] = {}
+                except Exception as exc:
+                    if is_out_of_memory(exc):
+                        raise
+                    vectors, batch_failures = embed_texts(self.embedder, batch)  # one text at a time
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                _free_cuda_cache()
+                if self.batch_size == 1:
+                    failures[int(idx[0])] = f"out of memory even with batch size 1 on {self.spec.device}"
+                    start += 1
+                    continue
+                self.batch_size = max(1, self.batch_size // 2)
+                continue
+            out[idx] = vectors
+            failures.update({int(idx[i]): reason for i, reason in batch_failures.items()})
+            start += len(batch)
+        return out, failures
+
+
+def _free_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+
+
+def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
+    """A worker process: load the model, say so, then embed one claim per message until told to stop
+    (None) or the driver is gone (EOF). Messages to the driver:
+        ("ready", pid, ModelInfo, batch_size)      ("load_failed", reason)
+        ("result", task, vectors, failures, batch_size)      ("error", task, reason)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _pin_threads(spec.threads)
+    try:
+        try:
+            model = _WorkerModel(spec)
+        except BaseException as exc:
+            results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        _set_torch_threads(spec.threads)
+        results.send(("ready", os.getpid(), model.embedder.info, model.batch_size))
+        while True:
+            message = tasks.recv()
+            if message is None:
+                return
+            task_id, texts = message
+            try:
+                vectors, failures = model.embed(texts)
+            except Exception as exc:
+                results.send(("error", task_id, f"{type(exc).__name__}: {exc}"))
+                continue
+            results.send(("result", task_id, vectors, failures, model.batch_size))
+    except (EOFError, OSError):  # the driver is gone: nobody waits for us
+        return
+
+
+# -- in the driver ----------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Task:
+    id: int
+    texts: list[str]
+    future: Future[EmbedResult]
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process as the driver sees it."""
+
+    index: int
+    spec: WorkerSpec
+    label: str
+    process: BaseProcess | None = None
+    tasks: Connection | None = None  # driver -> worker
+    results: Connection | None = None  # worker -> driver
+    state: str = "starting"  # starting | idle | busy | dead
+    task: _Task | None = None
+    pid: int = 0
+    deaths: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def name(self) -> str:
+        return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class ProcessRunner:
+    """A Runner whose workers are local processes; see the module docstring."""
+
+    def __init__(self, specs: list[WorkerSpec], labels: list[str], *, kind: str = "processes",
+                 prefetch: int = 1, max_restarts: int | None = None, startup_timeout: float = 600.0) -> None:
+        self.kind = kind  # the backend's name, for messages
+        if not specs:
+            raise IndexerError("a process runner needs at least one worker")
+        self._ctx = multiprocessing.get_context("spawn")
+        self.workers = [_Worker(i, spec, label) for i, (spec, label) in enumerate(zip(specs, labels,
+                                                                                        strict=True))]
+        self.capacity = len(specs) + max(0, prefetch)
+        self.max_restarts = 3 * len(specs) if max_restarts is None else max_restarts
+        self.restarts = 0
+        self.lost = 0  # worker deaths noticed
+        self.info: ModelInfo
+        self._info: ModelInfo | None = None
+        self._ready = threading.Condition()
+        self._lock = threading.RLock()
+        self._queue: list[_Task] = []
+        self._ids = itertools.count()
+        self._broken: IndexerError | None = None
+        self._closed = False
+        self._warnings: list[str] = []
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        for worker in self.workers:
+            self._start(worker)
+        self._monitor = threading.Thread(target=self._watch, name=f"indexer-{self.kind}", daemon=True)
+        self._monitor.start()
+        try:
+            self.info = self._await_first(startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the Runner protocol
+
+    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+        task = _Task(next(self._ids), texts, Future())
+        with self._lock:
+            if self._broken is not None or self._closed:
+                task.future.set_exception(self._broken or IndexerError(f"the {self.kind} runner is closed"))
+                return task.future
+            self._queue.append(task)
+            self._dispatch()
+        return task.future
+
+    def close(self) -> None:
+        """Stop the workers and join them: idle ones exit when told, busy or loading ones are
+        terminated (their claims are the driver's to release). Pending futures fail."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            orphans = [t for t in self._queue] + [w.task for w in self.workers if w.task is not None]
+            self._queue = []
+            for worker in self.workers:
+                worker.task = None
+        for task in orphans:
+            _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"x")
+        self._monitor.join(timeout=10)  # it sees _closed and returns; the workers' ends are ours now
+        self._stop_all()
+        for conn in (self._wake_r, self._wake_w):
+            conn.close()
+
+    # -- for diagnostics and tests
+
+    @property
+    def pids(self) -> list[int]:
+        """The live workers' process ids, in worker order (0 for one not started)."""
+        with self._lock:
+            return [w.pid if w.state != "dead" else 0 for w in self.workers]
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until every worker has loaded the model (the runner works before that: this is for
+        benchmarks that time the steady state)."""
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while self._broken is None and any(w.state == "starting" for w in self.workers):
+                if time.monotonic() > deadline:
+                    raise IndexerError(f"the {self.kind} workers did not all start within {timeout:.0f}s")
+                self._ready.wait(0.2)
+        if self._broken is not None:
+            raise self._broken
+
+    def busy_pids(self) -> list[int]:
+        """The pids of the workers embedding a claim right now."""
+        with self._lock:
+            return [w.pid for w in self.workers if w.state == "busy"]
+
+    # -- starting and stopping workers
+
+    def _start(self, worker: _Worker) -> None:
+        task_r, task_w = self._ctx.Pipe(duplex=False)
+        result_r, result_w = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_worker_main, args=(task_r, result_w, worker.spec),
+                                    name=f"indexer-{worker.label}", daemon=True)
+        process.start()
+        task_r.close()  # the worker holds these ends; ours would hide its death (no EOF)
+        result_w.close()
+        worker.process, worker.tasks, worker.results = process, task_w, result_r
+        worker.state, worker.pid, worker.task = "starting", process.pid or 0, None
+        worker.started_at = time.monotonic()
+
+    def _stop_all(self, grace: float = 5.0) -> None:
+        """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
+        live = [w for w in self.workers if w.process is not None and w.state != "dead"]
+        for worker in live:
+            assert worker.process is not None
+            told = False
+            if worker.state == "idle" and worker.tasks is not None:
+                with contextlib.suppress(OSError):
+                    worker.tasks.send(None)
+                    told = True
+            if not told:
+                worker.process.terminate()
+        deadline = time.monotonic() + grace
+        for worker in live:
+            assert worker.process is not None
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        for worker in live:
+            worker.state = "dead"
+            for conn in (worker.tasks, worker.results):
+                if conn is not None:
+                    conn.close()
+            with contextlib.suppress(ValueError):
+                worker.process.close()  # type: ignore[union-attr]
+
+    def _await_first(self, timeout: float) -> ModelInfo:
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while self._info is None and self._broken is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise IndexerError(
+                        f"no {self.kind} worker loaded model {self.workers[0].spec.model!r} within "
+                        f"{timeout:.0f}s; check memory and the model, or use fewer workers")
+                self._ready.wait(min(left, 0.5))  # short waits, so that Ctrl-C gets through
+        if self._broken is not None:
+            raise self._broken
+        assert self._info is not None
+        return self._info
+
+    # -- the monitor thread: results, deaths, restarts
+
+    def _watch(self) -> None:
+        try:
+            self._watch_loop()
+        except BaseException as exc:  # never leave the driver waiting on futures nobody will resolve
+            with self._lock:
+                if not self._closed:
+                    self._break(IndexerError(f"the {self.kind} runner stopped watching its workers: "
+                                             f"{type(exc).__name__}: {exc}"))
+
+    def _watch_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                live = [w for w in self.workers if w.state != "dead" and w.process is not None]
+                waitables: list[Any] = [self._wake_r]
+                for w in live:
+                    waitables += [w.results, w.process.sentinel]  # type: ignore[union-attr]
+            try:
+                ready = wait_for(waitables, timeout=1.0)
+            except (OSError, ValueError):  # a connection closed under us by close()
+                if self._closed:
+                    return
+                continue
+            for w in live:
+                process = w.process
+                assert process is not None
+                if w.results in ready:
+                    self._receive(w)
+                if process.sentinel in ready:
+                    self._receive(w)  # a last message may still be in the pipe
+                    self._died(w, process)
+
+    def _receive(self, worker: _Worker) -> None:
+        conn, process = worker.results, worker.process
+        try:
+            while conn is not None and not conn.closed and conn.poll():
+                self._handle(worker, conn.recv())
+        except (EOFError, OSError):
+            if process is not None:
+                self._died(worker, process)
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        settle: tuple[_Task, EmbedResult | BaseException] | None = None
+        with self._lock:
+            if self._closed:
+                return
+            if kind == "ready":
+                _, worker.pid, info, batch_size = message
+                self._remember_batch_size(worker, batch_size)
+                if self._info is not None and info != self._info:
+                    self._break(IndexerError(
+                        f"{worker.name()} loaded model {info.model!r} as {info}, but the first worker "
+                        f"has {self._info}; every worker must load the same model"))
+                    return
+                worker.state = "idle"
+                with self._ready:
+                    if self._info is None:
+                        self._info = info
+                    self._ready.notify_all()
+            elif kind == "load_failed":
+                self._break(ModelLoadError(
+                    f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message[1]}"))
+                return
+            elif kind in ("result", "error"):
+                task = worker.task
+                worker.task = None
+                worker.state = "idle"
+                if task is not None and task.id == message[1]:
+                    if kind == "result":
+                        vectors, failures, batch_size = message[2:]
+                        self._remember_batch_size(worker, batch_size)
+                        settle = (task, (vectors, failures))
+                    else:
+                        settle = (task, EmbeddingError(
+                            f"{worker.name()} failed to embed a claim of {len(task.texts)} texts: "
+                            f"{message[2]}"))
+            self._dispatch()
+        if settle is not None:
+            task, outcome = settle
+            if isinstance(outcome, BaseException):
+                _fail(task.future, outcome)
+            elif not task.future.done():
+                task.future.set_result(outcome)
+
+    def _remember_batch_size(self, worker: _Worker, batch_size: int) -> None:
+        if batch_size != worker.spec.batch_size:
+            if batch_size < worker.spec.batch_size:
+                self._warnings.append(
+                    f"{self.kind}: {worker.label} ran out of memory; its batch size went from "
+                    f"{worker.spec.batch_size} to {batch_size} for the rest of the run")
+            worker.spec = replace(worker.spec, batch_size=batch_size)  # a restart keeps it
+
+    def stats(self) -> dict[str, object]:
+        """For the sync summary's backend_stats (its "warnings" join the summary's warnings)."""
+        with self._lock:
+            out: dict[str, object] = {
+                "backend": self.kind, "workers": len(self.workers),
+                "threads_per_worker": [w.spec.threads for w in self.workers],
+                "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "restarts": self.restarts,
+                "warnings": list(self._warnings)}
+            if any(w.spec.device is not None for w in self.workers):
+                out["devices"] = [w.spec.device for w in self.workers]
+        return out
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The batch size each worker settled on (the gpus runner halves it on out-of-memory)."""
+        return [w.spec.batch_size for w in self.workers]
+
+    def _died(self, worker: _Worker, process: BaseProcess) -> None:
+        """`process`, the worker's, has died (or closed its pipe): fail its claim, maybe restart it."""
+        lost: _Task | None = None
+        with self._lock:
+            if worker.process is not process or worker.state == "dead" or self._closed:
+                return  # noticed already (the pipe's EOF and the sentinel both tell)
+            process.join(1.0)
+            reason = _exit_reason(process.exitcode)
+            name = worker.name()
+            lost, worker.task = worker.task, None
+            was_loading = worker.state == "starting"
+            worker.state = "dead"
+            worker.deaths += 1
+            self.lost += 1
+            for conn in (worker.tasks, worker.results):
+                if conn is not None:
+                    conn.close()
+            if self._broken is not None:  # the run has failed already: no restart
+                if lost is not None:
+                    _fail(lost.future, self._broken)
+                return
+            if self.restarts >= self.max_restarts:
+                self._break(IndexerError(
+                    f"{name} {reason}; the {self.kind} workers died {self.lost} times in this run, more "
+                    f"than the {self.max_restarts} restarts allowed. The claims in flight went back to "
+                    "pending. A document that crashes the model, or too little memory for this many "
+                    "workers (check dmesg for the OOM killer), are the usual causes; run the same sync "
+                    "again with fewer --workers, or with --backend inline to find the document."),
+                    lost)
+                return
+            self.restarts += 1
+            self._start(worker)
+        if lost is not None:
+            what = "while loading the model" if was_loading else "while embedding a claim"
+            _fail(lost.future, WorkerLost(f"{name} {reason} {what}; restarted it"))
+
+    def _break(self, error: IndexerError, *extra: _Task | None) -> None:
+        """Fail the run: every claim waiting or in work fails with `error`, and so does every later one."""
+        self._broken = error
+        tasks = [t for t in extra if t is not None] + self._queue
+        self._queue = []
+        for worker in self.workers:
+            if worker.task is not None:
+                tasks.append(worker.task)
+                worker.task = None
+        with self._ready:
+            self._ready.notify_all()
+        for task in tasks:
+            _fail(task.future, error)
+
+    def _dispatch(self) -> None:
+        """Send waiting claims to idle workers (under the lock)."""
+        while self._queue:
+            worker = next((w for w in self.workers if w.state == "idle"), None)
+            if worker is None:
+                return
+            task = self._queue.pop(0)
+            worker.task, worker.state = task, "busy"
+            try:
+                assert worker.tasks is not None
+                worker.tasks.send((task.id, task.texts))
+            except OSError:  # it died just now; its sentinel will say so and fail the task
+                pass
+
+
+def _fail(future: Future[EmbedResult], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+# -- construction ----------------------------------------------------------------------------------------
+
+def check_options(backend: str, options: dict[str, object], takes: str) -> None:
+    if options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+        raise IndexerError(f"backend {backend} does not take {flags}; it takes {takes}")
+
+
+def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,
+         threads_per_worker: int | None = None, prefetch: int = 1, max_restarts: int | None = None,
+         **options: object) -> ProcessRunner:
+    """Start the workers and return once the first has loaded the model (the rest load meanwhile)."""
+    check_options("processes", options, "--workers and --threads-per-worker")
+    if workers is not None and workers < 1:
+        raise IndexerError("--workers must be at least 1")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise IndexerError("--threads-per-worker must be at least 1")
+    n, threads = default_layout(usable_cpus(), workers, threads_per_worker)
+    spec = WorkerSpec(model=model, batch_size=batch_size, embedder_options=dict(embedder_options),
+                      threads=threads)
+    return ProcessRunner([spec] * n, [f"worker {i}" for i in range(n)], prefetch=prefetch,
+                         max_restarts=max_restarts)

@@ -1,0 +1,456 @@
+"""The Ray runner: N Ray actors each load the model once and embed the claims the driver sends them.
+
+Only texts travel to the actors and only vectors come back: the manifest (SQLite) and the store (Zarr)
+stay with the driver, on the driver's machine, exactly as with every other backend.
+
+    make(model, batch_size, embedder_options, workers=None, ray_address=None, gpus_per_worker=None,
+         threads_per_worker=None)
+
+Without `ray_address` a local Ray instance is started, sized to this machine, and shut down by
+`close()`; with "auto" or an address the driver joins that cluster (`ray start --head` and
+`ray start --address=...` beforehand; see docs/RAY.md). If Ray is already initialised in this process
+(a notebook, a test), that connection is used and left alone.
+
+Each claim goes to the least busy live actor (round robin among equals), two claims per actor in flight
+so an actor never waits for the driver's write and commit. An actor that dies (process killed, node
+lost, out of memory) fails its claims with `WorkerLost`, so the driver releases them to pending; Ray
+restarts the actor (up to `max_restarts` times) and it gets work again once it has reloaded the model.
+An actor that cannot come back is dropped and the rest go on; when none is left, or a restart takes
+longer than `restart_timeout`, the claims fail with an IndexerError instead of waiting forever.
+
+Ray is an optional dependency: `pip install 'indexer[ray]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..embedders import ModelInfo
+from ..errors import IndexerError, ModelLoadError
+from . import EmbedResult, WorkerLost
+
+__all__ = ["INSTALL_HINT", "EmbedActor", "RayRunner", "make"]
+
+INSTALL_HINT = "pip install 'indexer[ray]'"
+CLAIMS_PER_ACTOR = 2
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise IndexerError(
+            f"backend 'ray' needs the Ray package, which cannot be imported here ({exc}). "
+            f"Install it with: {INSTALL_HINT}") from exc
+    return ray
+
+
+# -- inside the actor ------------------------------------------------------------------------------------
+
+class EmbedActor:
+    """Runs in a Ray worker process: loads the model once, then embeds one claim per call.
+
+    A model that fails to load does not kill the actor (Ray would restart it again and again): the
+    error is kept and reported by `ready()`, and the driver refuses to start."""
+
+    def __init__(self, model: str, batch_size: int, embedder_options: dict[str, object],
+                 threads: int) -> None:
+        # Pin the math libraries to this actor's CPU share before torch starts its pools.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.error: str | None = None
+        self.embedder: Any = None
+        try:
+            from ..embedders import load_embedder
+
+            self.embedder = load_embedder(model, batch_size=batch_size, **embedder_options)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        torch = sys.modules.get("torch")  # only a model that uses torch has imported it
+        if torch is not None:
+            torch.set_num_threads(threads)
+
+    def ready(self) -> tuple[ModelInfo | None, str | None, int, str]:
+        """(model info, load error, pid, node address)."""
+        import socket
+
+        info = self.embedder.info if self.embedder is not None else None
+        return info, self.error, os.getpid(), socket.gethostname()
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        from .inline import embed_texts
+
+        if self.embedder is None:
+            raise ModelLoadError(f"the model could not be loaded in this Ray worker: {self.error}")
+        return embed_texts(self.embedder, texts)
+
+
+# -- in the driver ---------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class ActorSlot:
+    """One actor as the driver sees it."""
+
+    index: int
+    handle: Any
+    pid: int = 0
+    host: str = ""
+    busy: int = 0
+    state: str = "ready"  # ready | restarting | dead
+    epoch: int = 0  # +1 per death noticed, so that the claims lost in one death count it once
+    deaths: int = 0
+    timer: threading.Timer | None = field(default=None, repr=False)
+
+    def name(self) -> str:
+        return f"Ray worker {self.index} (pid {self.pid} on {self.host})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class RayRunner:
+    """A Runner whose workers are Ray actors; see the module docstring."""
+
+    def __init__(self, ray: Any, slots: list[ActorSlot], info: ModelInfo, *, started_ray: bool,
+                 restart_timeout: float) -> None:
+        self.ray = ray
+        self.slots = slots
+        self.info = info
+        self.started_ray = started_ray
+        self.restart_timeout = restart_timeout
+        self.capacity = CLAIMS_PER_ACTOR * len(slots)
+        self.lost = 0  # deaths noticed (a death that took two claims counts once)
+        self._lock = threading.RLock()
+        self._waiting: list[tuple[list[str], Future[EmbedResult]]] = []
+        self._refs: dict[Future[EmbedResult], Any] = {}
+        self._rr = 0
+        self._closed = False
+        # Ray completes ObjectRef futures on its own threads; all bookkeeping happens on this one.
+        self._events = ThreadPoolExecutor(1, thread_name_prefix="indexer-ray")
+
+    # -- the Runner protocol
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles, in worker order (diagnostics and tests)."""
+        return [s.handle for s in self.slots]
+
+    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+        out: Future[EmbedResult] = Future()
+        with self._lock:
+            if self._closed:
+                out.set_exception(IndexerError("the Ray runner is closed"))
+                return out
+            slot = self._pick()
+            if slot is not None:
+                self._dispatch(slot, texts, out)
+            elif any(s.state == "restarting" for s in self.slots):
+                self._waiting.append((texts, out))  # sent as soon as an actor is back
+            else:
+                out.set_exception(self._all_lost())
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+            for slot in self.slots:
+                if slot.timer is not None:
+                    slot.timer.cancel()
+        for _, future in waiting:
+            future.set_exception(IndexerError("the Ray runner was closed"))
+        for slot in self.slots:
+            self._kill(slot)
+        self._events.shutdown(wait=False, cancel_futures=True)
+        if self.started_ray:
+            self.ray.shutdown()
+
+    # -- dispatch
+
+    def _pick(self) -> ActorSlot | None:
+        ready = [s for s in self.slots if s.state == "ready"]
+        if not ready:
+            return None
+        n = len(self.slots)
+        slot = min(ready, key=lambda s: (s.busy, (s.index - self._rr) % n))
+        self._rr = (slot.index + 1) % n
+        return slot
+
+    def _dispatch(self, slot: ActorSlot, texts: list[str], out: Future[EmbedResult]) -> None:
+        slot.busy += 1
+        epoch = slot.epoch
+        ref = slot.handle.embed.remote(texts)
+        self._refs[out] = ref
+        ref.future().add_done_callback(lambda done: self._post(self._settle, slot, epoch, done, out))
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # closed: nobody waits for the answer any more
+            self._events.submit(fn, *args)
+
+    def _settle(self, slot: ActorSlot, epoch: int, done: Future[Any], out: Future[EmbedResult]) -> None:
+        with self._lock:
+            slot.busy -= 1
+            self._refs.pop(out, None)
+        try:
+            self._resolve(slot, epoch, done, out)
+        except BaseException as exc:  # never leave the driver waiting on a future nobody will resolve
+            if not out.done():
+                out.set_exception(exc)
+
+    def _resolve(self, slot: ActorSlot, epoch: int, done: Future[Any], out: Future[EmbedResult]) -> None:
+        exceptions = self.ray.exceptions
+        exc = done.exception()
+        if exc is None:
+            vectors, failures = done.result()
+            # Copy out of Ray's shared memory: the array outlives the object and, maybe, Ray itself.
+            out.set_result((np.array(vectors, dtype=np.float32), dict(failures)))
+        elif isinstance(exc, exceptions.RayTaskError):  # the embedding code itself raised
+            cause = getattr(exc, "cause", None)
+            out.set_exception(cause if isinstance(cause, IndexerError) else exc)
+        elif isinstance(exc, exceptions.RayError):  # actor died, node lost, OOM kill, object lost
+            self._lost(slot, epoch, exc)
+            out.set_exception(WorkerLost(f"{slot.name()} was lost ({_first_line(exc)})"))
+        else:
+            out.set_exception(exc)
+
+    # -- losing and regaining actors
+
+    def _lost(self, slot: ActorSlot, epoch: int, exc: BaseException) -> None:
+        with self._lock:
+            if epoch != slot.epoch or slot.state != "ready" or self._closed:
+                return  # this death was noticed already
+            slot.epoch += 1
+            slot.deaths += 1
+            self.lost += 1
+            slot.state = "restarting"
+            # Ray restarts the actor if it may; the probe answers once the model is loaded again, or
+            # fails if Ray gave up on it. The timer makes sure we never wait for it forever.
+            epoch = slot.epoch
+            probe = slot.handle.ready.remote()
+            probe.future().add_done_callback(lambda done: self._post(self._probed, slot, epoch, done))
+            slot.timer = threading.Timer(self.restart_timeout, self._post,
+                                         (self._restart_timed_out, slot, epoch))
+            slot.timer.daemon = True
+            slot.timer.start()
+
+    def _probed(self, slot: ActorSlot, epoch: int, done: Future[Any]) -> None:
+        with self._lock:
+            if epoch != slot.epoch or slot.state != "restarting" or self._closed:
+                return
+            exc = done.exception()
+            if exc is None:
+                info, error, pid, host = done.result()
+                if error is None and info == self.info:
+                    slot.state, slot.pid, slot.host = "ready", pid, host
+                    if slot.timer is not None:
+                        slot.timer.cancel()
+                    self._flush()
+                    return
+            elif isinstance(exc, self.ray.exceptions.ActorUnavailableError):  # not back yet: ask again
+                probe = slot.handle.ready.remote()
+                probe.future().add_done_callback(lambda again: self._post(self._probed, slot, epoch, again))
+                return
+            self._bury(slot)
+
+    def _restart_timed_out(self, slot: ActorSlot, epoch: int) -> None:
+        with self._lock:
+            if epoch == slot.epoch and slot.state == "restarting" and not self._closed:
+                self._bury(slot)
+
+    def _bury(self, slot: ActorSlot) -> None:
+        """Give up on an actor; the others go on. Without any, the waiting claims fail."""
+        slot.state = "dead"
+        if slot.timer is not None:
+            slot.timer.cancel()
+        self._kill(slot)
+        self.capacity = max(1, CLAIMS_PER_ACTOR * sum(s.state != "dead" for s in self.slots))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the claims that waited for an actor; fail them if no actor can ever take them."""
+        while self._waiting:
+            slot = self._pick()
+            if slot is None:
+                break
+            texts, out = self._waiting.pop(0)
+            self._dispatch(slot, texts, out)
+        if self._waiting and not any(s.state == "restarting" for s in self.slots):
+            waiting, self._waiting = self._waiting, []
+            for _, out in waiting:
+                out.set_exception(self._all_lost())
+
+    def _all_lost(self) -> IndexerError:
+        return IndexerError(
+            f"all {len(self.slots)} Ray workers were lost and could not be restarted "
+            f"({sum(s.deaths for s in self.slots)} deaths); the claims in flight went back to pending. "
+            "Check the Ray cluster (`ray status`) and the workers' logs, then run the same sync again.")
+
+    def _kill(self, slot: ActorSlot) -> None:
+        with contextlib.suppress(Exception):  # already gone, or Ray is shutting down
+            self.ray.kill(slot.handle, no_restart=True)
+
+
+# -- construction ----------------------------------------------------------------------------------------
+
+def _local_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _connect(ray: Any, ray_address: str | None) -> bool:
+    """Initialise Ray if this process has not; True if we did (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if ray_address is None:
+        # A new local instance says at length that it enabled token authentication; it is local only.
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth_log.level
+        auth_log.setLevel(logging.ERROR)
+        try:
+            # "local": a new instance even where RAY_ADDRESS or a `ray start` cluster would be found.
+            ray.init(address="local", num_cpus=_local_cpus(), **quiet)
+        except Exception as exc:
+            raise IndexerError(f"could not start a local Ray instance: {_first_line(exc)}") from exc
+        finally:
+            auth_log.setLevel(level)
+        return True
+    try:
+        ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as exc:
+        raise IndexerError(
+            f"could not connect to the Ray cluster at {ray_address!r}: {_first_line(exc)}. Start it first "
+            "(`ray start --head` on this node; see docs/RAY.md), or leave out --ray-address for a local "
+            "Ray instance.") from exc
+    return True
+
+
+def _cluster_errors_to_stderr() -> None:
+    """Ray prints what the cluster reports (\"(raylet) A worker died ...\") on the driver's STDOUT, where
+    it would corrupt `indexer sync --json`. Send it to stderr; indexer reports the loss itself too.
+    Ray's printing is private API: if it is not where we expect it, leave Ray as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "indexer_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.indexer_to_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
+def _plan(ray: Any, workers: int | None, gpus_per_worker: float | None,
+          threads_per_worker: int | None) -> tuple[int, float, float, int]:
+    """(actors, CPUs reserved per actor, GPUs per actor, torch threads per actor), checked against the
+    cluster so that no actor waits forever for resources that are not there."""
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0))
+    gpus = float(resources.get("GPU", 0))
+    if cpus < 1:
+        raise IndexerError("the Ray cluster has no CPUs to run workers on")
+    node_cpus = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    biggest = max(node_cpus, default=cpus)
+    gpw = gpus_per_worker or 0.0
+    if gpw:
+        if gpw > 1 and gpw != int(gpw):
+            raise IndexerError(f"--gpus-per-worker {gpw:g}: Ray takes a fraction below 1 or a whole number")
+        if gpus == 0:
+            raise IndexerError("--gpus-per-worker: the Ray cluster has no GPUs; leave it out to use CPUs")
+        n = workers or max(1, int(gpus // gpw))
+        if n * gpw > gpus:
+            raise IndexerError(f"--workers {n} --gpus-per-worker {gpw:g} needs {n * gpw:g} GPUs; the Ray "
+                               f"cluster has {gpus:g}. Use fewer workers or a smaller GPU share.")
+    else:
+        n = workers or max(1, int(cpus) // 4)
+    share = min(cpus / n, biggest)
+    threads = threads_per_worker or max(1, int(share))
+    # CPU actors reserve their share (whole CPUs where it is one or more); GPU actors one CPU at most.
+    reserve = min(1.0, share) if gpw else (float(int(share)) if share >= 1 else share)
+    if reserve < 1:
+        reserve = max(0.01, int(reserve * 100) / 100)  # Ray takes fractions in hundredths
+    return n, reserve, gpw, threads
+
+
+def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,
+         ray_address: str | None = None, gpus_per_worker: float | None = None,
+         threads_per_worker: int | None = None, max_restarts: int = 3, startup_timeout: float = 600.0,
+         restart_timeout: float = 300.0, **options: object) -> RayRunner:
+    """Start the actors and wait until each has loaded the model (or fail with the reason)."""
+    if options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+        raise IndexerError(f"backend ray does not take {flags}; it takes --workers, --ray-address, "
+                           "--gpus-per-worker and --threads-per-worker")
+    if workers is not None and workers < 1:
+        raise IndexerError("--workers must be at least 1")
+    ray = _import_ray()
+    started = _connect(ray, ray_address)
+    _cluster_errors_to_stderr()
+    slots: list[ActorSlot] = []
+    try:
+        n, reserve, gpw, threads = _plan(ray, workers, gpus_per_worker, threads_per_worker)
+        actor_class = ray.remote(EmbedActor).options(
+            num_cpus=reserve, num_gpus=gpw, max_restarts=max_restarts, max_task_retries=0,
+            max_concurrency=1)
+        slots = [ActorSlot(i, actor_class.remote(model, batch_size, embedder_options, threads))
+                 for i in range(n)]
+        info = _await_ready(ray, slots, model, startup_timeout, reserve, gpw)
+    except BaseException:
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                ray.kill(slot.handle, no_restart=True)
+        if started:
+            ray.shutdown()
+        raise
+    return RayRunner(ray, slots, info, started_ray=started, restart_timeout=restart_timeout)
+
+
+def _await_ready(ray: Any, slots: list[ActorSlot], model: str, timeout: float, reserve: float,
+                 gpw: float) -> ModelInfo:
+    refs = [slot.handle.ready.remote() for slot in slots]
+    deadline = time.monotonic() + timeout
+    pending = list(refs)
+    while pending:  # short waits, so that Ctrl-C gets through
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        if pending and time.monotonic() > deadline:
+            raise IndexerError(
+                f"{len(pending)} of {len(slots)} Ray workers did not start within {timeout:.0f}s. Each asks "
+                f"for {reserve:g} CPU and {gpw:g} GPU; the cluster has {ray.available_resources()} free. "
+                "Use fewer --workers, or add nodes.")
+    infos: list[ModelInfo] = []
+    for slot, ref in zip(slots, refs, strict=True):
+        try:
+            info, error, slot.pid, slot.host = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise ModelLoadError(f"Ray worker {slot.index} failed to start: {_first_line(exc)}") from exc
+        if error is not None or info is None:
+            raise ModelLoadError(f"model {model!r} could not be loaded in Ray worker {slot.index} "
+                                 f"on {slot.host}: {error}")
+        infos.append(info)
+    for slot, info in zip(slots, infos, strict=True):
+        if info != infos[0]:
+            raise IndexerError(
+                f"Ray workers disagree about model {model!r}: worker 0 has {infos[0]}, worker "
+                f"{slot.index} on {slot.host} has {info}. Install the same model and versions on every node.")
+    return infos[0]

@@ -1,0 +1,78 @@
+"""Shared test setup.
+
+Sets HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 at import, before any test module imports transformers:
+no test may reach a model hub.
+
+Fixtures (all cheap; use them instead of building your own):
+
+    write_jsonl     the function `write_jsonl(path, docs) -> path`: writes documents as JSONL. `docs` is a
+                    {id: text} dict, or a list of {"id", "text", ...} dicts / (id, text) pairs.
+                    Also importable as a plain function: `from conftest import write_jsonl`.
+    small_settings  Settings(chunk_rows=8, scan_batch=16, retry_attempts=3): small chunks, so that a few
+                    dozen documents make several claims, chunks and scan batches.
+    fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
+                    Pass it as `indexer.sync(..., embedder=fake_embedder)`; its model name is "fake:16".
+    fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.embedders.fake import FakeEmbedder
+from indexer.settings import Settings
+
+FAKE_DIM = 16
+
+Docs = Mapping[str, str] | Iterable[Mapping[str, object] | tuple[str, str]]
+
+
+def write_jsonl(path: Path, docs: Docs) -> Path:
+    """Write `docs` to `path` as JSONL (one {"id", "text"} object a line) and return `path`.
+
+    `docs` is a {id: text} dict, or a list of dicts (written as given, extra fields included) or
+    (id, text) pairs."""
+    rows: list[Mapping[str, object]] = []
+    if isinstance(docs, Mapping):
+        rows = [{"id": k, "text": v} for k, v in docs.items()]
+    else:
+        for d in docs:
+            rows.append(d if isinstance(d, Mapping) else {"id": d[0], "text": d[1]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def fake_vector(text: str, dim: int = FAKE_DIM) -> np.ndarray:
+    """The fake model's float32 vector for `text`."""
+    return FakeEmbedder(dim).embed([text])[0]
+
+
+@pytest.fixture(name="write_jsonl")
+def write_jsonl_fixture() -> Callable[[Path, Docs], Path]:
+    return write_jsonl
+
+
+@pytest.fixture(name="fake_vector")
+def fake_vector_fixture() -> Callable[..., np.ndarray]:
+    return fake_vector
+
+
+@pytest.fixture
+def small_settings() -> Settings:
+    return Settings(chunk_rows=8, scan_batch=16, retry_attempts=3)
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder(FAKE_DIM)

@@ -1,0 +1,337 @@
+"""The manifest on its own: content hashing, scan upserts, and leased, fenced claims.
+
+Two `Manifest` objects on one file stand for two workers (each its own SQLite connection). A lease
+"running out" is simulated by moving the claim's expiry into the past in the manifest itself: no sleeping.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from indexer._owner import _owner_of, current_owner, owner_is_dead
+from indexer.errors import LeaseLostError, ManifestError
+from indexer.manifest import Claim, Manifest, ScanCounts, content_hash
+from indexer.settings import Settings
+from indexer.sources import Record, Skip
+
+SETTINGS = Settings(chunk_rows=4, scan_batch=16, retry_attempts=3, lease_seconds=600.0)
+REMOTE_A = "some-other-host|1234|1.000"  # a worker on another machine: never seen as dead from here
+REMOTE_B = "some-other-host|5678|2.000"
+
+
+def records(docs: dict[str, str]) -> list[Record | Skip]:
+    return [Record(k, v, f"test:{n}") for n, (k, v) in enumerate(docs.items(), 1)]
+
+
+def scan(m: Manifest, docs: dict[str, str], **kw: object) -> ScanCounts:
+    counts = ScanCounts()
+    m.begin_scan()
+    m.scan_batch(records(docs), counts, **kw)  # type: ignore[arg-type]
+    return counts
+
+
+def content_states(m: Manifest) -> dict[bytes, str]:
+    return dict(m.conn.execute("SELECT hash, state FROM contents").fetchall())
+
+
+def expire(m: Manifest, claim: Claim) -> None:
+    """The claim's lease ran out (as if its worker stalled past lease_seconds)."""
+    m.conn.execute("UPDATE claims SET expires_at = 0 WHERE id = ?", (claim.id,))
+
+
+def commit_all(m: Manifest, claim: Claim) -> int:
+    return m.commit(claim, [(h, claim.chunk * 4 + i) for i, h in enumerate(claim.hashes)])
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Iterator[Manifest]:
+    m = Manifest(tmp_path / "manifest.sqlite", SETTINGS, create=True)
+    yield m
+    m.close()
+
+
+def second_worker(m: Manifest) -> Manifest:
+    return Manifest(m.path, m.settings)
+
+
+# -- hashing and scan -----------------------------------------------------------------------------
+
+def test_content_hash_is_xxh3_128_of_utf8() -> None:
+    text = "héllo wörld ✓ 漢字"
+    h = content_hash(text)
+    assert h == xxhash.xxh3_128_digest(text.encode("utf-8"))
+    assert len(h) == 16
+    assert h != xxhash.xxh3_128_digest(text.encode("utf-16-le"))
+    assert content_hash("a") != content_hash("a ")
+
+
+def test_manifest_stores_the_content_hash_of_each_document(manifest: Manifest) -> None:
+    scan(manifest, {"a": "alpha", "b": "bêta"})
+    rows = dict(manifest.conn.execute("SELECT id, hash FROM documents").fetchall())
+    assert rows == {"a": xxhash.xxh3_128_digest(b"alpha"),
+                    "b": xxhash.xxh3_128_digest("bêta".encode())}
+
+
+def test_scan_new_changed_unchanged(manifest: Manifest) -> None:
+    c = scan(manifest, {"a": "one", "b": "two", "c": "three"})
+    assert (c.scanned, c.new, c.changed, c.unchanged, c.to_embed) == (3, 3, 0, 0, 3)
+    claim = manifest.claim(10)
+    assert claim is not None
+    commit_all(manifest, claim)
+    assert set(content_states(manifest).values()) == {"done"}
+
+    c = scan(manifest, {"a": "one", "b": "two, edited", "c": "three"})
+    assert (c.scanned, c.new, c.changed, c.unchanged, c.to_embed) == (3, 0, 1, 2, 1)
+    states = content_states(manifest)
+    assert states[content_hash("two, edited")] == "pending"
+    assert states[content_hash("one")] == states[content_hash("three")] == "done"
+    # the changed document still serves its old content until the new one is done
+    ready = manifest.conn.execute("SELECT hash, ready_hash FROM documents WHERE id = 'b'").fetchone()
+    assert ready == (content_hash("two, edited"), content_hash("two"))
+
+
+def test_identical_texts_share_one_content(manifest: Manifest) -> None:
+    c = scan(manifest, {"a": "same text", "b": "same text", "c": "other"})
+    assert (c.new, c.to_embed) == (3, 2)
+    assert manifest.conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 2
+    claim = manifest.claim(10)
+    assert claim is not None and sorted(claim.texts) == ["other", "same text"]
+    commit_all(manifest, claim)
+    slots = manifest.slots_of(["a", "b", "c"])
+    assert slots["a"] == slots["b"] != slots["c"]
+
+
+def test_staged_text_is_dropped_when_done(manifest: Manifest) -> None:
+    scan(manifest, {"a": "some text"})
+    assert manifest.conn.execute("SELECT text FROM contents").fetchone()[0] == "some text"
+    claim = manifest.claim(4)
+    assert claim is not None
+    commit_all(manifest, claim)
+    assert manifest.conn.execute("SELECT text FROM contents").fetchone()[0] is None
+
+
+def test_dry_run_scan_writes_nothing(manifest: Manifest) -> None:
+    c = scan(manifest, {"a": "x", "b": "y"}, dry_run=True)
+    assert (c.new, c.to_embed) == (2, 2)
+    assert manifest.conn.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
+    assert manifest.conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 0
+
+
+def test_duplicate_ids_keep_the_first(manifest: Manifest) -> None:
+    counts = ScanCounts()
+    manifest.begin_scan()
+    manifest.scan_batch([Record("a", "first", "f:1"), Record("a", "second", "f:2")], counts)
+    manifest.scan_batch([Record("a", "third", "f:3")], counts)
+    assert counts.duplicates == 2 and counts.scanned == 1
+    assert manifest.conn.execute("SELECT hash FROM documents WHERE id = 'a'").fetchone()[0] == \
+        content_hash("first")
+    assert any("f:2" in w and "f:1" in w for w in counts.warnings)
+
+
+def test_delete_missing_and_skipped_known_id(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x", "b": "y", "c": "z"})
+    counts = ScanCounts()
+    manifest.begin_scan()
+    # "b" is in the source but its text is unusable: present, so not missing
+    manifest.scan_batch([Record("a", "x", "f:1"), Skip("f:2", "empty text", "b")], counts)
+    assert manifest.missing_ids_count() == 1
+    assert manifest.delete_missing() == 1
+    deleted = dict(manifest.conn.execute("SELECT id, deleted FROM documents").fetchall())
+    assert deleted == {"a": 0, "b": 0, "c": 1}
+
+
+# -- claims ---------------------------------------------------------------------------------------
+
+def test_claim_is_leased_to_its_owner(manifest: Manifest) -> None:
+    scan(manifest, {f"d{i}": f"text {i}" for i in range(6)})
+    before = time.time()
+    claim = manifest.claim(4)
+    after = time.time()
+    assert claim is not None and len(claim.hashes) == 4 == len(claim.texts)
+    assert [content_hash(t) for t in claim.texts] == claim.hashes
+    token, owner, chunk, expires, state = manifest.conn.execute(
+        "SELECT token, owner, chunk, expires_at, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
+    assert (token, owner, chunk, state) == (claim.token, current_owner(), claim.chunk, "active")
+    assert before + SETTINGS.lease_seconds <= expires <= after + SETTINGS.lease_seconds
+    claimed = manifest.conn.execute(
+        "SELECT hash FROM contents WHERE state = 'claimed' AND claim_id = ?", (claim.id,)).fetchall()
+    assert sorted(h for (h,) in claimed) == sorted(claim.hashes)
+    assert manifest.status_counts()["active_claims"] == 1
+
+
+def test_claim_takes_similar_lengths_together(manifest: Manifest) -> None:
+    texts = ["x" * n for n in (50, 3, 40, 1, 30, 2, 60, 4)]
+    scan(manifest, {f"d{i}": t for i, t in enumerate(texts)})
+    first = manifest.claim(4)
+    second = manifest.claim(4)
+    assert first is not None and second is not None
+    assert sorted(map(len, first.texts)) == [1, 2, 3, 4]
+    assert sorted(map(len, second.texts)) == [30, 40, 50, 60]
+
+
+def test_each_claim_gets_its_own_fresh_chunk(manifest: Manifest) -> None:
+    scan(manifest, {f"d{i}": f"text {i}" for i in range(10)})
+    seen: list[int] = []
+    grown: list[int] = []
+    claims = []
+    while (c := manifest.claim(4, on_chunk=grown.append)) is not None:
+        claims.append(c)
+        seen.append(c.chunk)
+    assert len(claims) == 3 and sum(len(c.hashes) for c in claims) == 10
+    assert len(set(seen)) == 3 and grown == seen
+    # a released claim's chunk is never handed out again: the next claim gets a new one
+    manifest.release(claims[0])
+    again = manifest.claim(4)
+    assert again is not None and again.chunk not in seen
+    # no two claims, whatever their state, share a chunk
+    chunks = [r[0] for r in manifest.conn.execute("SELECT chunk FROM claims")]
+    assert len(chunks) == len(set(chunks)) == 4
+    all_hashes = [h for c in [*claims[1:], again] for h in c.hashes]
+    assert len(all_hashes) == len(set(all_hashes)) == 10
+
+
+def test_release_returns_contents_to_pending(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x", "b": "y"})
+    claim = manifest.claim(4)
+    assert claim is not None
+    assert set(content_states(manifest).values()) == {"claimed"}
+    manifest.release(claim)
+    assert set(content_states(manifest).values()) == {"pending"}
+    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (claim.id,)).fetchone()[0] \
+        == "released"
+    with pytest.raises(LeaseLostError):
+        commit_all(manifest, claim)  # a released claim cannot commit either
+
+
+def test_expired_lease_returns_contents_to_pending(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x", "b": "y"})
+    claim = manifest.claim(4, owner=REMOTE_A)
+    assert claim is not None
+    assert manifest.expire_claims() == 1  # lease still running: nothing changes
+    assert set(content_states(manifest).values()) == {"claimed"}
+    expire(manifest, claim)
+    assert manifest.expire_claims() == 0
+    assert set(content_states(manifest).values()) == {"pending"}
+    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (claim.id,)).fetchone()[0] \
+        == "expired"
+
+
+def test_live_remote_lease_is_not_taken_over(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x"})
+    assert manifest.claim(4, owner=REMOTE_A) is not None
+    other = second_worker(manifest)
+    try:
+        assert other.claim(4, owner=REMOTE_B) is None
+    finally:
+        other.close()
+
+
+def test_stale_commit_is_fenced(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x", "b": "y"})
+    stale = manifest.claim(4, owner=REMOTE_A)
+    assert stale is not None
+    expire(manifest, stale)  # worker A stalled past its lease ...
+    other = second_worker(manifest)
+    try:
+        fresh = other.claim(4, owner=REMOTE_B)  # ... and worker B took the contents over
+        assert fresh is not None and sorted(fresh.hashes) == sorted(stale.hashes)
+        assert fresh.token != stale.token and fresh.chunk != stale.chunk
+
+        with pytest.raises(LeaseLostError, match=f"claim {stale.id}"):
+            commit_all(manifest, stale)
+        # A's commit changed nothing: the contents are still B's
+        rows = manifest.conn.execute("SELECT state, claim_id, slot FROM contents").fetchall()
+        assert rows == [("claimed", fresh.id, None)] * 2
+        assert manifest.status_counts()["fencing_refusals"] == 1
+
+        with pytest.raises(LeaseLostError):
+            manifest.renew(stale)
+        assert manifest.status_counts()["fencing_refusals"] == 2
+
+        commit_all(other, fresh)
+        slots = manifest.conn.execute("SELECT state, slot FROM contents ORDER BY slot").fetchall()
+        assert slots == [("done", fresh.chunk * 4), ("done", fresh.chunk * 4 + 1)]
+    finally:
+        other.close()
+
+
+def test_renew_extends_the_lease(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x"})
+    claim = manifest.claim(4, owner=REMOTE_A)
+    assert claim is not None
+    # nearly run out
+    manifest.conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?", (time.time() + 5, claim.id))
+    manifest.renew(claim)
+    expires = manifest.conn.execute("SELECT expires_at FROM claims WHERE id = ?", (claim.id,)).fetchone()[0]
+    assert expires > time.time() + SETTINGS.lease_seconds / 2
+    commit_all(manifest, claim)
+    assert set(content_states(manifest).values()) == {"done"}
+
+
+def test_claim_of_a_dead_local_process_is_reclaimed_at_once(manifest: Manifest) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        dead_owner = _owner_of(child.pid)
+        assert not owner_is_dead(dead_owner)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+    assert owner_is_dead(dead_owner)
+    scan(manifest, {"a": "x", "b": "y"})
+    orphan = manifest.claim(4, owner=dead_owner)
+    assert orphan is not None
+    # its lease runs for another ten minutes, but its owner is gone: the next claim takes it over
+    fresh = manifest.claim(4)
+    assert fresh is not None and sorted(fresh.hashes) == sorted(orphan.hashes)
+    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (orphan.id,)).fetchone()[0] \
+        == "expired"
+
+
+def test_failures_count_attempts_then_fail_and_retry(manifest: Manifest) -> None:
+    scan(manifest, {"bad": "bad text", "good": "good text"})
+    bad = content_hash("bad text")
+    for attempt in range(1, SETTINGS.retry_attempts + 1):
+        claim = manifest.claim(4)
+        assert claim is not None and bad in claim.hashes
+        done = [(h, claim.chunk * 4 + i) for i, h in enumerate(claim.hashes) if h != bad]
+        gave_up = manifest.commit(claim, done, [(bad, f"boom {attempt}")])
+        assert gave_up == (attempt == SETTINGS.retry_attempts)
+    assert manifest.claim(4) is None  # failed for good: not claimed again
+    state, attempts, error = manifest.conn.execute(
+        "SELECT state, attempts, error FROM contents WHERE hash = ?", (bad,)).fetchone()
+    assert (state, attempts, error) == ("failed", 3, "boom 3")
+    assert manifest.failures() == [("bad", "boom 3")]
+    counts = manifest.status_counts()
+    assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
+
+    assert manifest.retry_failed() == 1
+    claim = manifest.claim(4)
+    assert claim is not None and claim.hashes == [bad]
+
+
+def test_status_counts(manifest: Manifest) -> None:
+    scan(manifest, {"a": "x", "b": "x", "c": "y"})
+    counts = manifest.status_counts()
+    assert (counts["documents"], counts["pending"], counts["done"], counts["deleted"]) == (3, 3, 0, 0)
+    assert counts["contents"] == {"pending": 2, "claimed": 0, "done": 0, "failed": 0}
+
+
+def test_opening_a_missing_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="does not exist"):
+        Manifest(tmp_path / "nope.sqlite", SETTINGS)
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "manifest.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ManifestError, match="not a readable manifest"):
+        Manifest(bad, SETTINGS)

@@ -1,0 +1,197 @@
+"""Manifest schema migrations.
+
+- A fresh manifest (migrations/schema.sql) has the same schema as one migrated step by step, each numbered
+  migration applied to the database of the step before it, reopened in between.
+- Each migration runs in one transaction with its ledger row: a failing migration leaves no part of its
+  schema and no ledger row, and the manifest opens once the migration is fixed.
+- A manifest with a schema version this indexer does not know is refused with ManifestError.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import indexer
+from indexer import manifest as manifest_module
+from indexer.errors import ManifestError
+from indexer.manifest import _LEDGER, Manifest, migrations_dir
+from indexer.settings import Settings
+
+SETTINGS = Settings(chunk_rows=8)
+
+
+def numbered() -> list[Path]:
+    files = sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert files, f"no numbered migrations in {migrations_dir()}"
+    return files
+
+
+def apply_by_hand(db: Path, files: list[Path]) -> None:
+    """Apply migration files to `db` one at a time, each in its own transaction with its ledger row,
+    closing and reopening the database between steps (an old indexer, upgraded again and again)."""
+    for f in files:
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            conn.execute(_LEDGER)
+            conn.executescript(
+                "BEGIN IMMEDIATE;\n"
+                f"INSERT INTO schema_migrations VALUES ({int(f.name[:4])}, '{f.stem}', {time.time()});\n"
+                + f.read_text(encoding="utf-8") + "\nCOMMIT;")
+        finally:
+            conn.close()
+
+
+def schema_of(db: Path) -> list[tuple[str, str, str]]:
+    m = Manifest(db, SETTINGS)
+    try:
+        return m.schema()
+    finally:
+        m.close()
+
+
+def ledger(db: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    finally:
+        conn.close()
+
+
+def table_rows(db: Path, table: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
+    finally:
+        conn.close()
+
+
+def fresh(db: Path) -> Path:
+    Manifest(db, SETTINGS, create=True).close()
+    return db
+
+
+def test_the_migrations_are_numbered_without_gaps() -> None:
+    versions = [int(f.name[:4]) for f in numbered()]
+    assert versions == list(range(1, len(versions) + 1))
+    assert (migrations_dir() / "schema.sql").is_file()
+
+
+def test_fresh_schema_equals_step_by_step_migrations(tmp_path: Path) -> None:
+    new = fresh(tmp_path / "fresh.sqlite")
+    stepwise = tmp_path / "stepwise.sqlite"
+    apply_by_hand(stepwise, numbered())
+    assert schema_of(stepwise) == schema_of(new)
+    # the seed rows too, and both ledgers list every migration
+    assert table_rows(stepwise, "meta") == table_rows(new, "meta")
+    expected = [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert ledger(stepwise) == ledger(new) == expected
+
+
+def test_manifest_upgrades_an_old_database_step_by_step(tmp_path: Path) -> None:
+    """A database that only had the first migration, opened by this indexer, gets the rest; its data
+    survives and the result equals a fresh manifest."""
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, numbered()[:1])
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (x'00', 3, 'abc')")
+    conn.execute("INSERT INTO documents (id, hash) VALUES ('doc', x'00')")
+    conn.close()
+    assert ledger(old) == [(1, numbered()[0].stem)]
+
+    upgraded = schema_of(old)  # opening it runs 0002 ... N
+    assert upgraded == schema_of(fresh(tmp_path / "fresh.sqlite"))
+    assert ledger(old) == [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert table_rows(old, "documents") == [("doc", b"\x00", None, 0)]
+    # reopening applies nothing twice
+    before = table_rows(old, "schema_migrations")
+    schema_of(old)
+    assert table_rows(old, "schema_migrations") == before
+
+
+def test_schema_sql_matches_a_migrated_index_end_to_end(tmp_path: Path, fake_embedder: object) -> None:
+    """An index made by a sync (schema.sql) and a step-by-step manifest have the same schema."""
+    indexer.sync(tmp_path / "ix", [("a", "alpha")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS)
+    stepwise = tmp_path / "stepwise.sqlite"
+    apply_by_hand(stepwise, numbered())
+    assert schema_of(tmp_path / "ix" / "manifest.sqlite") == schema_of(stepwise)
+
+
+@pytest.fixture
+def patched_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of migrations/ that the manifest reads instead of the real one; tests add files to it."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrations_dir(), copy)
+    monkeypatch.setattr(manifest_module, "migrations_dir", lambda: copy)
+    return copy
+
+
+def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
+        tmp_path: Path, patched_migrations: Path) -> None:
+    db = fresh(tmp_path / "m.sqlite")
+    before_schema, before_ledger = schema_of(db), ledger(db)
+    version = len(numbered()) + 1
+    bad = patched_migrations / f"{version:04d}_bad.sql"
+    # creates a table and an index, alters another table, then fails on its last statement
+    bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
+                   "CREATE INDEX half_done_x ON half_done (x);\n"
+                   "ALTER TABLE documents ADD COLUMN extra TEXT;\n"
+                   "INSERT INTO no_such_table VALUES (1);\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="no_such_table"):
+        Manifest(db, SETTINGS)
+
+    conn = sqlite3.connect(db)
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(documents)")}
+    finally:
+        conn.close()
+    assert "half_done" not in names and "half_done_x" not in names
+    assert "extra" not in columns
+    assert ledger(db) == before_ledger
+
+    # fixed, the same migration applies, with its ledger row
+    bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
+                   "ALTER TABLE documents ADD COLUMN extra TEXT;\n", encoding="utf-8")
+    after = schema_of(db)
+    assert after != before_schema
+    assert any(name == "half_done" for _, name, _ in after)
+    assert ledger(db) == [*before_ledger, (version, bad.stem)]
+
+
+def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
+        tmp_path: Path, patched_migrations: Path) -> None:
+    db = fresh(tmp_path / "m.sqlite")
+    before = ledger(db)
+    version = len(numbered()) + 1
+    (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
+    with pytest.raises(ManifestError):
+        Manifest(db, SETTINGS)
+    assert ledger(db) == before
+
+
+def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    db = fresh(tmp_path / "m.sqlite")
+    newer = len(numbered()) + 7
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 0)", (newer,))
+    conn.close()
+    schema_before = sqlite3.connect(db).execute("SELECT sql FROM sqlite_master").fetchall()
+    with pytest.raises(ManifestError, match=f"newer indexer.*{newer}"):
+        Manifest(db, SETTINGS)
+    assert sqlite3.connect(db).execute("SELECT sql FROM sqlite_master").fetchall() == schema_before
+
+
+def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_embedder: object) -> None:
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
+    conn.execute("INSERT INTO schema_migrations VALUES (9999, 'from_the_future', 0)")
+    conn.close()
+    with pytest.raises(ManifestError, match="upgrade indexer"):
+        indexer.open(ix)
