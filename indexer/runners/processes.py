@@ -27,9 +27,9 @@ one claim it was working on.
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
-worker is restarted. The restarts of one run are bounded (`max_restarts`, default 3 per worker); one
-more death fails the run with an IndexerError (a document that crashes the model every time must not
-loop forever). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and `close()` stops
+worker is restarted. The restarts of one run are bounded (`max_restarts`, default 3 x workers, shared
+by all workers); one more death fails the run with an IndexerError (a document that crashes the model
+every time must not loop forever). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and `close()` stops
 the workers (idle ones are told to exit, busy ones are terminated) and joins them.
 
 The per-GPU runner (runners/gpus.py) is this machinery with one worker per device.
@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
@@ -273,7 +273,6 @@ class _Worker:
     task: _Task | None = None
     pid: int = 0
     deaths: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
     def name(self) -> str:
         return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
@@ -315,13 +314,13 @@ class ProcessRunner:
         self._closed = False
         self._warnings: list[str] = []
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
-        for worker in self.workers:
-            self._start(worker)
         self._monitor = threading.Thread(target=self._watch, name=f"indexer-{self.kind}", daemon=True)
-        self._monitor.start()
         try:
+            for worker in self.workers:
+                self._start(worker)
+            self._monitor.start()
             self.info = self._await_first(startup_timeout)
-        except BaseException:
+        except BaseException:  # a failed start, a model that does not load, Ctrl-C: stop what started
             self.close()
             raise
 
@@ -352,7 +351,8 @@ class ProcessRunner:
             _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
         with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"x")
-        self._monitor.join(timeout=10)  # it sees _closed and returns; the workers' ends are ours now
+        if self._monitor.is_alive():
+            self._monitor.join(timeout=10)  # it sees _closed and returns; the workers' ends are ours now
         self._stop_all()
         for conn in (self._wake_r, self._wake_w):
             conn.close()
@@ -394,7 +394,6 @@ class ProcessRunner:
         result_w.close()
         worker.process, worker.tasks, worker.results = process, task_w, result_r
         worker.state, worker.pid, worker.task = "starting", process.pid or 0, None
-        worker.started_at = time.monotonic()
 
     def _stop_all(self, grace: float = 5.0) -> None:
         """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
