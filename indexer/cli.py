@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,13 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; claims in flight were released. Run the same command to resume.", 130)
+    except sqlite3.OperationalError as exc:
+        # e.g. "database or disk is full": what was committed stays; the same command resumes.
+        _fail(f"manifest: {exc}; free space (or wait for the other writer) and run the same command "
+              "again to resume", 1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}; fix that and run the same command again to resume", 1)
 
 
 def _open(index_dir: str) -> Index:

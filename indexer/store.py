@@ -68,7 +68,12 @@ class VectorStore:
         """Grow the array's shape to hold `n_chunks` chunks. Call it under the manifest's write lock."""
         array = zarr.open_array(self.path, mode="r+")
         if array.shape[0] < n_chunks * self.chunk_rows:
-            array.resize((n_chunks * self.chunk_rows, self.dim))
+            try:
+                array.resize((n_chunks * self.chunk_rows, self.dim))
+            except OSError as exc:
+                raise StoreError(f"cannot grow {self.path} to {n_chunks} chunks: {exc.strerror or exc}; "
+                                 "free space or fix permissions, then sync again (nothing was claimed)"
+                                 ) from exc
 
     def chunk_files(self) -> Iterator[int]:
         base = self.path / "c"

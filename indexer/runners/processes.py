@@ -29,8 +29,9 @@ A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process 
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
 worker is restarted. The restarts of one run are bounded (`max_restarts`, default 3 x workers, shared
 by all workers); one more death fails the run with an IndexerError (a document that crashes the model
-every time must not loop forever). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and `close()` stops
-the workers (idle ones are told to exit, busy ones are terminated) and joins them.
+every time must not loop forever). A worker that hangs without dying is not detected (its claim's lease
+is renewed while the driver waits). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and
+`close()` stops the workers (idle ones are told to exit, busy ones are terminated) and joins them.
 
 The per-GPU runner (runners/gpus.py) is this machinery with one worker per device.
 """
