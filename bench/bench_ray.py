@@ -55,7 +55,10 @@ def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chun
     child_result({"mode": mode, "model": model, "workers": workers if mode == "ray" else 1,
                   "startup_s": startup, "scan_s": summary.scan_seconds, "embed_s": summary.embed_seconds,
                   "sync_s": summary.seconds, "embedded": summary.embedded, "claims": summary.claims,
-                  "workers_lost": summary.workers_lost})
+                  "workers_lost": summary.workers_lost,
+                  # The sync's own RSS samples: ru_maxrss of a child also counts its parent's pages
+                  # at fork, which says more about the parent than about this run.
+                  "driver_peak_rss_mb": summary.peak_rss_mb})
 
 
 # -- parent --------------------------------------------------------------------------------------------
@@ -98,7 +101,8 @@ def row(r: dict[str, Any]) -> list[object]:
     embed_s = float(r["embed_s"])
     rate = r["embedded"] / embed_s if embed_s else 0.0
     return [r["mode"], r["model"], r["workers"], float(r["startup_s"]), embed_s, rate, float(r["wall_s"]),
-            r["claims"], r["workers_lost"], r.get("max_abs_diff", "-"), float(r["peak_rss_mb"])]
+            r["claims"], r["workers_lost"], f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-",
+            float(r["driver_peak_rss_mb"])]
 
 
 HEADERS = ["backend", "model", "workers", "start-up s", "embed s", "docs/s (embed)", "process wall s",

@@ -125,8 +125,9 @@ class RayRunner:
     """A Runner whose workers are Ray actors; see the module docstring."""
 
     def __init__(self, ray: Any, slots: list[ActorSlot], info: ModelInfo, *, started_ray: bool,
-                 restart_timeout: float) -> None:
+                 max_restarts: int, restart_timeout: float) -> None:
         self.ray = ray
+        self.max_restarts = max_restarts
         self.slots = slots
         self.info = info
         self.started_ray = started_ray
@@ -192,9 +193,14 @@ class RayRunner:
         return slot
 
     def _dispatch(self, slot: ActorSlot, texts: list[str], out: Future[EmbedResult]) -> None:
-        slot.busy += 1
         epoch = slot.epoch
-        ref = slot.handle.embed.remote(texts)
+        try:
+            ref = slot.handle.embed.remote(texts)
+        except Exception as exc:  # the driver lost Ray itself: no use trying again
+            out.set_exception(IndexerError(f"could not send a claim to {slot.name()}: {_first_line(exc)}; "
+                                           "check the Ray cluster (`ray status`), then run the sync again"))
+            return
+        slot.busy += 1
         self._refs[out] = ref
         ref.future().add_done_callback(lambda done: self._post(self._settle, slot, epoch, done, out))
 
@@ -237,6 +243,9 @@ class RayRunner:
             slot.epoch += 1
             slot.deaths += 1
             self.lost += 1
+            if slot.deaths > self.max_restarts:  # Ray would not restart it again; and no endless loop
+                self._bury(slot)
+                return
             slot.state = "restarting"
             # Ray restarts the actor if it may; the probe answers once the model is loaded again, or
             # fails if Ray gave up on it. The timer makes sure we never wait for it forever.
@@ -423,7 +432,8 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object], worke
         if started:
             ray.shutdown()
         raise
-    return RayRunner(ray, slots, info, started_ray=started, restart_timeout=restart_timeout)
+    return RayRunner(ray, slots, info, started_ray=started, max_restarts=max_restarts,
+                     restart_timeout=restart_timeout)
 
 
 def _await_ready(ray: Any, slots: list[ActorSlot], model: str, timeout: float, reserve: float,
