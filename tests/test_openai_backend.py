@@ -373,6 +373,55 @@ def test_token_counters_offline() -> None:
     assert hf.count(cut) <= 100 and text.startswith(cut) and len(cut) > 200
 
 
+def test_tiktoken_is_used_only_from_its_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in tiktoken whose loader would download: the counter must read tiktoken's cache file
+    (checked against the expected hash) or fall back to the estimate, and never call the loader."""
+    import hashlib
+    import types
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    content = b"YQ== 0\nYg== 1\n"
+    expected = hashlib.sha256(content).hexdigest()
+
+    def download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tiktoken tried to download")
+
+    public: Any = types.ModuleType("tiktoken_ext.openai_public")
+    public.load_tiktoken_bpe = download
+    public.ENCODING_CONSTRUCTORS = {"cl100k_base": lambda: {
+        "name": "cl100k_base", "pat_str": "", "special_tokens": {},
+        "mergeable_ranks": public.load_tiktoken_bpe(url, expected_hash=expected)}}
+
+    class Encoding:  # one token per byte
+        def __init__(self, name: str, **kwargs: object) -> None:
+            self.name = name
+
+        def encode(self, text: str, disallowed_special: object = ()) -> list[int]:
+            return list(text.encode())
+
+        def decode_bytes(self, tokens: list[int]) -> bytes:
+            return bytes(tokens)
+
+    tiktoken: Any = types.ModuleType("tiktoken")
+    tiktoken.Encoding = Encoding
+    model: Any = types.ModuleType("tiktoken.model")
+    model.encoding_name_for_model = lambda name: "cl100k_base"
+    for name, module in (("tiktoken", tiktoken), ("tiktoken.model", model),
+                         ("tiktoken_ext", types.ModuleType("tiktoken_ext")),
+                         ("tiktoken_ext.openai_public", public)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert token_counter(MODEL).name == "estimate"  # not cached
+    cached = tmp_path / hashlib.sha1(url.encode()).hexdigest()
+    cached.write_bytes(b"corrupt")
+    assert token_counter(MODEL).name == "estimate"  # cached, but not the file tiktoken expects
+    cached.write_bytes(content)
+    counter = token_counter(MODEL)
+    assert counter.name == "tiktoken:cl100k_base" and counter.exact
+    assert counter.count("abcdef") == 6 and counter.truncate("abcdef", 4) == "abcd"
+    assert public.load_tiktoken_bpe is download  # put back
+
+
 # -- kill -9 in the middle of an API sync ----------------------------------------------------------
 
 
