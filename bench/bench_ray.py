@@ -15,9 +15,11 @@ When bench/bench_backends.py exists, its Ray measurement is `ray_measurement()` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,19 +48,69 @@ def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chun
 
     settings = Settings(chunk_rows=chunk_rows)
     t = time.perf_counter()
+    pids: list[int] = []
     if mode == "ray":
         runner = make_runner("ray", model, batch_size=settings.batch_size, workers=workers)
+        pids = [slot.pid for slot in runner.slots]  # type: ignore[attr-defined]
     else:
         runner = make_runner("inline", model, batch_size=settings.batch_size)
     startup = time.perf_counter() - t
-    summary = sync(index_dir, paths=[corpus], settings=settings, runner=runner)  # closes the runner
+    peaks = _sample_rss(pids)
+    # sync closes its runner inside its embed phase; for Ray that is a shutdown of the local instance
+    # (seconds), so the runner is closed here instead and timed apart.
+    summary = sync(index_dir, paths=[corpus], settings=settings, runner=_KeepOpen(runner))
+    peaks.stop.set()
+    t = time.perf_counter()
+    runner.close()
+    shutdown = time.perf_counter() - t
     child_result({"mode": mode, "model": model, "workers": workers if mode == "ray" else 1,
-                  "startup_s": startup, "scan_s": summary.scan_seconds, "embed_s": summary.embed_seconds,
+                  "startup_s": startup, "shutdown_s": shutdown, "scan_s": summary.scan_seconds,
+                  "embed_s": summary.embed_seconds,
                   "sync_s": summary.seconds, "embedded": summary.embedded, "claims": summary.claims,
                   "workers_lost": summary.workers_lost,
                   # The sync's own RSS samples: ru_maxrss of a child also counts its parent's pages
                   # at fork, which says more about the parent than about this run.
-                  "driver_peak_rss_mb": summary.peak_rss_mb})
+                  "driver_peak_rss_mb": summary.peak_rss_mb,
+                  "worker_peaks_mb": sorted(peaks.mb.values(), reverse=True)})
+
+
+class _KeepOpen:
+    """The runner, with a close() that leaves it open."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner, self.info = runner, runner.info
+
+    @property
+    def capacity(self) -> int:
+        return int(self.runner.capacity)
+
+    def submit(self, texts: list[str]) -> Any:
+        return self.runner.submit(texts)
+
+    def close(self) -> None:
+        pass
+
+
+class _Peaks(threading.Thread):
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.mb, self.stop = pids, {p: 0.0 for p in pids}, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            for pid in self.pids:
+                with contextlib.suppress(psutil.Error):
+                    self.mb[pid] = max(self.mb[pid], psutil.Process(pid).memory_info().rss / 2**20)
+            self.stop.wait(0.1)
+
+
+def _sample_rss(pids: list[int]) -> _Peaks:
+    """Peak RSS of the Ray actors' processes, sampled every 0.1 s while the sync runs."""
+    peaks = _Peaks(pids)
+    peaks.start()
+    return peaks
 
 
 # -- parent --------------------------------------------------------------------------------------------
@@ -100,13 +152,16 @@ def ray_measurement(corpus: Path, model: str, workers: int, chunk_rows: int,
 def row(r: dict[str, Any]) -> list[object]:
     embed_s = float(r["embed_s"])
     rate = r["embedded"] / embed_s if embed_s else 0.0
-    return [r["mode"], r["model"], r["workers"], float(r["startup_s"]), embed_s, rate, float(r["wall_s"]),
+    return [r["mode"], r["model"], r["workers"], float(r["startup_s"]), embed_s, rate,
+            float(r["shutdown_s"]), float(r["wall_s"]),
             r["claims"], r["workers_lost"], f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-",
-            float(r["driver_peak_rss_mb"])]
+            float(r["driver_peak_rss_mb"]), " / ".join(f"{w:.0f}" for w in r["worker_peaks_mb"]) or "-"]
 
 
-HEADERS = ["backend", "model", "workers", "start-up s", "embed s", "docs/s (embed)", "process wall s",
-           "claims", "workers lost", "max abs diff vs inline", "driver peak RSS MB"]
+HEADERS = ["backend", "model", "workers", "start-up s", "embed s", "docs/s (embed)", "shut-down s",
+           "process wall s",
+           "claims", "workers lost", "max abs diff vs inline", "driver peak RSS MB",
+           "actor peak RSS MB (each)"]
 
 
 def main() -> None:
@@ -146,8 +201,12 @@ def main() -> None:
         f"{args.chunk_rows} rows, a fresh index per run, each run in its own process. `start-up s`: "
         "making the runner (for Ray: starting a local Ray instance and the actors, each loading the "
         "model); `embed s`: claim, embed, write and commit of every document (the sync's "
-        "embed_seconds); `process wall s`: the whole child process, Python start and Ray shutdown "
-        "included. fake:384 does no model work: it shows the cost of the machinery alone.",
+        "embed_seconds, with the runner closed after it); `shut-down s`: closing the runner (for Ray: "
+        "killing the actors and stopping the local instance); `process wall s`: the whole child "
+        "process, Python start included. fake:384 does no model work: it shows the cost of the "
+        "machinery alone. Threads: inline runs torch with its default count (all cores); each Ray "
+        "actor is pinned to its share (cores / workers). Actor RSS is sampled every 0.1 s during the "
+        "sync.",
         table(HEADERS, [row(r) for r in results]),
         "Machine:\n\n" + machine_markdown(info),
     ])

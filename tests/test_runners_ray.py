@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
+
+from conftest import write_jsonl  # noqa: E402
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
@@ -254,11 +255,6 @@ def test_bad_model_and_bad_options_are_refused_without_hanging() -> None:
 
 
 # -- the command line ----------------------------------------------------------------------------------
-
-def write_jsonl(path: Path, docs: list[dict[str, str]]) -> Path:
-    path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
-    return path
-
 
 def test_cli_backend_ray_with_two_workers(tmp_path: Path) -> None:
     docs = corpus(600, distinct=500)

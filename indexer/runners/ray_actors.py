@@ -38,6 +38,7 @@ import numpy as np
 from ..embedders import ModelInfo
 from ..errors import IndexerError, ModelLoadError
 from . import EmbedResult, WorkerLost
+from .inline import embed_texts
 
 __all__ = ["INSTALL_HINT", "EmbedActor", "RayRunner", "make"]
 
@@ -80,6 +81,9 @@ class EmbedActor:
         torch = sys.modules.get("torch")  # only a model that uses torch has imported it
         if torch is not None:
             torch.set_num_threads(threads)
+        if self.embedder is not None:  # pay the first call's one-off costs now, during start-up
+            with contextlib.suppress(Exception):
+                embed_texts(self.embedder, ["warm-up"])
 
     def ready(self) -> tuple[ModelInfo | None, str | None, int, str]:
         """(model info, load error, pid, node address)."""
@@ -89,8 +93,6 @@ class EmbedActor:
         return info, self.error, os.getpid(), socket.gethostname()
 
     def embed(self, texts: list[str]) -> EmbedResult:
-        from .inline import embed_texts
-
         if self.embedder is None:
             raise ModelLoadError(f"the model could not be loaded in this Ray worker: {self.error}")
         return embed_texts(self.embedder, texts)
