@@ -1,6 +1,6 @@
 """Full `indexer sync` from empty against a plain `SentenceTransformer.encode`, same texts, same model.
 
-    python bench/bench_sync.py                    # 3000 paragraphs, order E S E S (about 3-5 min on 2 cores)
+    python bench/bench_sync.py                    # 2000 paragraphs, order E S E (a few minutes on 2 idle cores)
     python bench/bench_sync.py --n 2000 --order ESE --no-results
 
 E = `SentenceTransformer(path).encode(all_texts, batch_size=32)` in a fresh process (the model load is
@@ -89,7 +89,7 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
 
         setattr(owner, name, timed_call)
 
-    wrap(stm, "_load", "model load")
+    wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
     wrap(stm, "weights_hash", "weights hash")
     wrap(stm.SentenceTransformerEmbedder, "embed", "embed (tokenize + model)")
     wrap(stm.SentenceTransformerEmbedder, "token_lengths", "tokenize to sort")
@@ -159,8 +159,8 @@ def numerics(index_dir: Path, ids: list[str], enc_path: Path) -> tuple[float, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=3000, help="paragraphs (default 3000)")
-    ap.add_argument("--order", default="ESES", help="E = encode, S = sync, run in this order (default ESES)")
+    ap.add_argument("--n", type=int, default=2000, help="paragraphs (default 2000)")
+    ap.add_argument("--order", default="ESE", help="E = encode, S = sync, run in this order (default ESE)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     ap.add_argument("--child", choices=["encode", "sync"], help=argparse.SUPPRESS)
@@ -245,7 +245,7 @@ def main() -> None:
             other = r["total_s"] - sum(sp.get(x, 0.0) for x in ("model load", "weights hash",
                                                               "embed (tokenize + model)", "scan batches",
                                                               "claim", "write chunk (fsync)", "commit"))
-            detail = (f"load {sp.get('model load', 0):.1f}s, weights hash {sp.get('weights hash', 0):.2f}s, "
+            detail = (f"import+load {sp.get('model load', 0):.1f}s, weights hash {sp.get('weights hash', 0):.2f}s, "
                       f"model.encode {model_s:.1f}s, tokenize-to-sort {sp.get('tokenize to sort', 0):.2f}s, "
                       f"scan {sp.get('scan batches', 0):.2f}s, claim {sp.get('claim', 0):.2f}s, "
                       f"write {sp.get('write chunk (fsync)', 0):.2f}s, commit {sp.get('commit', 0):.2f}s, "

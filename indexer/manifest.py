@@ -114,6 +114,20 @@ class Manifest:
             raise
 
     @contextmanager
+    def _temp_writes(self) -> Iterator[sqlite3.Connection]:
+        """One deferred transaction around writes to the scan's TEMP tables. It takes no lock on the
+        main database; without it, executemany in autocommit mode commits (and journals) the temp
+        file once per row, which made a no-change resync several times slower (bench/RESULTS.md)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         self.conn.execute("BEGIN")
         try:
@@ -217,18 +231,19 @@ class Manifest:
 
         conn = self.conn
         # The scan's temp tables are written outside the main write lock; the main tables inside it.
-        conn.execute("DELETE FROM scan_batch")
-        conn.executemany("INSERT INTO scan_batch VALUES (?, ?, ?)",
-                         ((k, v[0], v[1].where) for k, v in batch.items()))
-        for dup, first in conn.execute(
-                "SELECT b.id, s.seen_at FROM scan_batch b JOIN scan_seen s USING (id)").fetchall():
-            counts.duplicates += 1
-            warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r}, first seen at {first}; "
-                 "the first is kept")
-            conn.execute("DELETE FROM scan_batch WHERE id = ?", (dup,))
-            del batch[dup]
-        conn.execute("INSERT INTO scan_seen SELECT id, seen_at FROM scan_batch")
-        conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
+        with self._temp_writes():
+            conn.execute("DELETE FROM scan_batch")
+            conn.executemany("INSERT INTO scan_batch VALUES (?, ?, ?)",
+                             ((k, v[0], v[1].where) for k, v in batch.items()))
+            for dup, first in conn.execute(
+                    "SELECT b.id, s.seen_at FROM scan_batch b JOIN scan_seen s USING (id)").fetchall():
+                counts.duplicates += 1
+                warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r}, first seen at {first}; "
+                     "the first is kept")
+                conn.execute("DELETE FROM scan_batch WHERE id = ?", (dup,))
+                del batch[dup]
+            conn.execute("INSERT INTO scan_seen SELECT id, seen_at FROM scan_batch")
+            conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
         counts.scanned += len(batch)
 
         todo = conn.execute("""
@@ -250,9 +265,10 @@ class Manifest:
         if not todo:
             return
         fresh_contents = [(batch[i][0], len(batch[i][1].text), batch[i][1].text) for i, _ in todo]
-        conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
-                            WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
-                         ((h,) for h, _, _ in fresh_contents))
+        with self._temp_writes():
+            conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
+                                WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
+                             ((h,) for h, _, _ in fresh_contents))
         counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
         if dry_run:
             return

@@ -257,6 +257,8 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     pending = int(manifest.conn.execute(
         "SELECT count(*) FROM contents WHERE state = 'pending' AND text IS NOT NULL").fetchone()[0])
     if pending == 0:
+        if not callable(runner):  # made for a new index that has nothing to embed: let it go
+            runner.close()
         return
     if callable(runner):
         runner = runner()

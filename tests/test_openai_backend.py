@@ -186,8 +186,8 @@ def test_limiter_paces_requests_and_tokens() -> None:
         return time.monotonic() - t0
 
     # Buckets start empty: request-bound, 10 requests at 20/s; token-bound, 4 x 250 tokens at 1000/s.
-    assert 0.45 <= asyncio.run(go(10, 10)) <= 0.8
-    assert 0.95 <= asyncio.run(go(4, 250)) <= 1.4
+    assert 0.45 <= asyncio.run(go(10, 10)) <= 2.0  # (upper bounds: slack for a loaded machine)
+    assert 0.95 <= asyncio.run(go(4, 250)) <= 3.0
 
 
 # -- failures of the server ------------------------------------------------------------------------
@@ -195,11 +195,13 @@ def test_limiter_paces_requests_and_tokens() -> None:
 
 def test_5xx_drops_and_timeouts_are_retried(server: EmbeddingServer, tmp_path: Path) -> None:
     b = server.behavior
-    b.fail_every, b.drop_every, b.hang_every, b.hang_s = 3, 5, 7, 1.5
+    b.fail_every, b.drop_every, b.hang_every, b.hang_s = 3, 5, 7, 3.0
     docs = make_docs(200)
-    summary = run(server, tmp_path / "idx", docs, chunk_rows=16, timeout=0.5, max_retries=5)
-    check(tmp_path / "idx", docs, server)
+    # (a timeout well above what a loaded machine takes to answer, so only the hangs time out)
+    summary = run(server, tmp_path / "idx", docs, chunk_rows=16, timeout=1.5, max_retries=8)
     s = summary.backend_stats
+    assert s["gave_up_requests"] == 0, s
+    check(tmp_path / "idx", docs, server)
     assert s["server_errors"] and s["connection_errors"] and s["timeouts"] and s["retries"]
     assert {r.status for r in server.records("5xx")} == {500, 502, 503}
     assert summary.failed == 0

@@ -104,7 +104,7 @@ PROBE_TEXT = "indexer probe"
 _TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|payload|tokens per request|"
                         r"max_tokens_per_request|maximum allowed batch", re.I)
 _CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
-                      r"max(imum)? (number of )?tokens", re.I)
+                      r"max(imum)? (number of )?tokens|less than \d+ tokens", re.I)
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 
 
@@ -140,7 +140,7 @@ class ApiStats:
     inputs_embedded: int = 0
     tokens_sent: int = 0  # every request sent (the server's count when it gave one, else ours)
     tokens_embedded: int = 0  # answered requests, as the server counted them
-    limiter_wait_s: float = 0.0
+    limiter_wait_s: float = 0.0  # time requests waited for the limiter, summed (they wait side by side)
     first_send: float = 0.0
     last_answer: float = 0.0
 
@@ -225,7 +225,7 @@ class OpenAIRunner:
                                   if k not in ("first_send", "last_answer")}
         minutes = (s.last_answer - s.first_send) / 60.0 if s.last_answer > s.first_send else 0.0
         out["limiter_wait_s"] = round(s.limiter_wait_s, 3)
-        out["tokens_per_minute"] = round(s.tokens_embedded / minutes, 1) if minutes else 0.0
+        out["tokens_per_minute"] = round(s.tokens_embedded / minutes) if minutes else 0
         out["requests_per_minute"] = round(s.requests / minutes, 2) if minutes else 0.0
         out["active_seconds"] = round(minutes * 60.0, 3)
         out["tokenizer"] = self.counter.name

@@ -1,0 +1,138 @@
+"""Where a no-change resync spends its time: cProfile of the call, and the time of each SQL statement.
+
+    python bench/profile_resync.py --n 1000000       # needs the cached index of bench_resync.py
+    python bench/profile_resync.py --n 100000 --top 25
+
+Uses the index bench/bench_resync.py built (bench/data/resync_index_fakeDIM_N). Two runs, each its own
+process: one under cProfile (which slows Python code, not SQLite or C), one plain with every statement
+on the manifest's connection timed (execute/executemany plus the fetches of its cursor). Prints only;
+RESULTS.md is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, run_child  # noqa: E402
+
+
+def _timed_sql() -> dict[str, list[float]]:
+    """Wrap each new Manifest's connection so that every statement's time (fetches included) is kept."""
+    import re
+
+    from indexer import manifest as mf
+
+    spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+
+    def key(sql: str) -> str:
+        return re.sub(r"\s+", " ", sql).strip()[:110]
+
+    class Cursor:
+        def __init__(self, cur, k):
+            self._cur, self._k = cur, k
+
+        def _t(self, name, *a):
+            t = time.perf_counter()
+            try:
+                return getattr(self._cur, name)(*a)
+            finally:
+                spent[self._k][0] += time.perf_counter() - t
+
+        def fetchall(self):
+            return self._t("fetchall")
+
+        def fetchone(self):
+            return self._t("fetchone")
+
+        def __iter__(self):
+            return iter(self._t("fetchall"))
+
+        def __getattr__(self, name):
+            return getattr(self._cur, name)
+
+    class Conn:
+        def __init__(self, conn):
+            self._conn = conn
+
+        def _run(self, name, sql, *a):
+            k = key(sql)
+            t = time.perf_counter()
+            try:
+                cur = getattr(self._conn, name)(sql, *a)
+            finally:
+                spent[k][0] += time.perf_counter() - t
+                spent[k][1] += 1
+            return Cursor(cur, k)
+
+        def execute(self, sql, *a):
+            return self._run("execute", sql, *a)
+
+        def executemany(self, sql, *a):
+            return self._run("executemany", sql, *a)
+
+        def __getattr__(self, name):
+            return getattr(self._conn, name)
+
+    init = mf.Manifest.__init__
+
+    def patched(self, *a, **k):
+        init(self, *a, **k)
+        self.conn = Conn(self.conn)
+
+    mf.Manifest.__init__ = patched
+    return spent
+
+
+def child(corpus: Path, index: Path, mode: str, top: int) -> None:
+    import indexer
+
+    if mode == "profile":
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        t = time.perf_counter()
+        prof.runcall(indexer.sync, index, paths=[str(corpus)])
+        print(f"under cProfile: {time.perf_counter() - t:.2f}s")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+        return
+    spent = _timed_sql()
+    t = time.perf_counter()
+    s = indexer.sync(index, paths=[str(corpus)])
+    total = time.perf_counter() - t
+    in_sql = sum(v[0] for v in spent.values())
+    print(f"plain run: {total:.2f}s for {s.unchanged:,} unchanged documents; scan {s.scan_seconds:.2f}s; "
+          f"{in_sql:.2f}s ({in_sql / total:.0%}) in SQLite statements (fetches included):")
+    print("| seconds | calls | statement |\n|---|---|---|")
+    for k, (sec, calls) in sorted(spent.items(), key=lambda kv: -kv[1][0])[:top]:
+        print(f"| {sec:.3f} | {calls} | `{k}` |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--child", choices=["profile", "sql"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    corpus = DATA / f"corpus_{args.n}.jsonl"
+    index = DATA / f"resync_index_fake{args.dim}_{args.n}"
+    if args.child:
+        return child(corpus, index, args.child, args.top)
+    if not (index / "bench-build.json").exists():
+        sys.exit(f"no cached index at {index}; run bench/bench_resync.py --sizes {args.n} first")
+    import subprocess
+
+    for mode in ("sql", "profile"):
+        subprocess.run([sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim),
+                        "--top", str(args.top), "--child", mode], check=True)
+        print()
+
+
+if __name__ == "__main__":
+    main()
