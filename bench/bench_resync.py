@@ -34,8 +34,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATA, child_result, contention_note, machine, machine_markdown, rss_mb,  # noqa: E402
-                     run_child, table, update_results)
+from _common import (
+    DATA,
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    rss_mb,
+    run_child,
+    table,
+    update_results,
+)
 
 TARGET = 1.5
 BUILD_MARK = "bench-build.json"

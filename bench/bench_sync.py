@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -31,8 +30,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DATA, child_result, contention_note, machine, machine_markdown, run_child,  # noqa: E402
-                     table, update_results)
+from _common import (
+    DATA,
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
 
 CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # what the library sets for itself; the same for both
 TARGET = 1.5

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, table  # noqa: E402
+from _common import DATA, table
 
 POOL_VERSION = 1
 POOL = DATA / f"paragraphs.v{POOL_VERSION}.jsonl"
@@ -81,7 +81,7 @@ def _builtin_docstrings() -> Iterator[str]:
     for name in sorted(sys.builtin_module_names):
         try:
             module = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - an unimportable built-in only loses its docstrings
+        except Exception:
             continue
         doc = inspect.getdoc(module)
         if doc:

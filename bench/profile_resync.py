@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, run_child  # noqa: E402
+from _common import DATA
 
 
 def _timed_sql() -> dict[str, list[float]]:
