@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -101,8 +101,8 @@ class Manifest:
     # -- transactions ---------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        self.conn.execute(begin)
         try:
             yield self.conn
             self.conn.execute("COMMIT")
@@ -113,19 +113,15 @@ class Manifest:
                 self.conn.execute("ROLLBACK")
             raise
 
-    @contextmanager
-    def _temp_writes(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the main database: takes the write lock at once."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _temp_writes(self) -> AbstractContextManager[sqlite3.Connection]:
         """One deferred transaction around writes to the scan's TEMP tables. It takes no lock on the
         main database; without it, executemany in autocommit mode commits (and journals) the temp
         file once per row, which made a no-change resync several times slower (bench/RESULTS.md)."""
-        self.conn.execute("BEGIN")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        return self._transaction("BEGIN")
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
