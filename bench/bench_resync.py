@@ -277,7 +277,8 @@ def main() -> None:
               f"asarray {r['asarray_s']:.2f}s", flush=True)
         open_rows.append([f"{r['rows']:,}", f"{r['open_vectors_s'] * 1000:.1f}",
                           f"{r['rss_after_open_mb'] - r['base_rss_mb']:+.1f}",
-                          f"{r['len_ids_s'] * 1000:.1f}", f"{r['rss_after_len_mb'] - r['rss_after_open_mb']:+.1f}",
+                          f"{r['len_ids_s'] * 1000:.1f}",
+                          f"{r['rss_after_len_mb'] - r['rss_after_open_mb']:+.1f}",
                           f"{r['asarray_s'] * 1000:.1f}",
                           f"{r['rss_after_asarray_mb'] - r['rss_after_len_mb']:+.1f}",
                           round(r["matrix_mb"], 1)])
@@ -285,14 +286,17 @@ def main() -> None:
     build_rows = []
     for n, b in builds.items():
         if b is not None:
-            build_rows.append([f"{n:,}", round(b["total_s"], 1), round(n / b["total_s"]), round(b["scan_s"], 1),
+            build_rows.append([f"{n:,}", round(b["total_s"], 1), round(n / b["total_s"]),
+                               round(b["scan_s"], 1),
                                round(b["embed_s"], 1), b["claims"], round(b["peak_rss_mb"])])
     parts = [
         f"Corpora: bench/data/corpus_N.jsonl (bench/build_corpus.py). Index: full sync with fake:{args.dim}, "
         f"cached in bench/data/resync_index_fake{args.dim}_N/. Each figure is one fresh process.",
-        table(["N", "what", "seconds (each run)", "CPU seconds (each run)", "docs/s (best)", "peak RSS MB", "RSS over baseline MB"],
+        table(["N", "what", "seconds (each run)", "CPU seconds (each run)", "docs/s (best)", "peak RSS MB",
+               "RSS over baseline MB"],
               res_rows),
-        table(["N", "resync / floor (best)", "CPU time resync / floor (best)", "resync / floor (median)", f"target <= {TARGET}x met",
+        table(["N", "resync / floor (best)", "CPU time resync / floor (best)", "resync / floor (median)",
+               f"target <= {TARGET}x met",
                "library read / floor", "share of resync not in reading + hashing"], sum_rows),
         rss_line,
         "Open (`indexer.open` + `idx.vectors()`), then first touch `len(ids)`, then `np.asarray(vecs)`; "

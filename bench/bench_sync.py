@@ -1,6 +1,6 @@
 """Full `indexer sync` from empty against a plain `SentenceTransformer.encode`, same texts, same model.
 
-    python bench/bench_sync.py                    # 2000 paragraphs, order E S E (a few minutes on 2 idle cores)
+    python bench/bench_sync.py              # 2000 paragraphs, order E S E (a few minutes on 2 idle cores)
     python bench/bench_sync.py --n 2000 --order ESE --no-results
 
 E = `SentenceTransformer(path).encode(all_texts, batch_size=32)` in a fresh process (the model load is
@@ -222,7 +222,8 @@ def main() -> None:
     pair_ratios = []
     for i, (w, r) in enumerate(runs):
         if w == "S":
-            near = [runs[j][1]["docs_per_s"] for j in (i - 1, i + 1) if 0 <= j < len(runs) and runs[j][0] == "E"]
+            near = [runs[j][1]["docs_per_s"] for j in (i - 1, i + 1)
+                    if 0 <= j < len(runs) and runs[j][0] == "E"]
             if near:
                 pair_ratios.append(r["docs_per_s"] / statistics.mean(near))
 
@@ -252,7 +253,8 @@ def main() -> None:
             other = r["total_s"] - sum(sp.get(x, 0.0) for x in ("model load", "weights hash",
                                                               "embed (tokenize + model)", "scan batches",
                                                               "claim", "write chunk (fsync)", "commit"))
-            detail = (f"import+load {sp.get('model load', 0):.1f}s, weights hash {sp.get('weights hash', 0):.2f}s, "
+            detail = (f"import+load {sp.get('model load', 0):.1f}s, "
+                      f"weights hash {sp.get('weights hash', 0):.2f}s, "
                       f"model.encode {model_s:.1f}s, tokenize-to-sort {sp.get('tokenize to sort', 0):.2f}s, "
                       f"scan {sp.get('scan batches', 0):.2f}s, claim {sp.get('claim', 0):.2f}s, "
                       f"write {sp.get('write chunk (fsync)', 0):.2f}s, commit {sp.get('commit', 0):.2f}s, "

@@ -103,7 +103,7 @@ def _builtin_docstrings() -> Iterator[str]:
 
 
 def _doc_files() -> Iterator[Path]:
-    roots = [Path("/usr/share/doc")] + sorted(Path("/usr/share").glob("cmake-*/Help"))
+    roots = [Path("/usr/share/doc"), *sorted(Path("/usr/share").glob("cmake-*/Help"))]
     for root in roots:
         if not root.is_dir():
             continue
@@ -263,9 +263,10 @@ def length_report(texts: list[str], *, with_tokens: bool = True, sample: int = 2
         picked = texts if len(texts) <= sample else random.Random(seed).sample(texts, sample)
         toks = token_lengths(picked)
         rows.append(["tokens (default model, untruncated)", *_pcts(toks)])
-        rows.append(["chars per token", *_pcts([len(t) / n for t, n in zip(picked, toks)])])
+        rows.append(["chars per token", *_pcts([len(t) / n for t, n in zip(picked, toks, strict=True)])])
         over = sum(n > 256 for n in toks) / len(toks)
-        notes.append(f"Token figures over {'all' if len(picked) == len(texts) else f'a sample of {len(picked):,}'}"
+        which = "all" if len(picked) == len(texts) else f"a sample of {len(picked):,}"
+        notes.append(f"Token figures over {which}"
                      f" documents; {over:.1%} exceed the model's 256-token limit and are truncated by it.")
         try:
             from scipy.stats import spearmanr  # optional
