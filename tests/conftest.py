@@ -76,3 +76,26 @@ def small_settings() -> Settings:
 @pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder(FAKE_DIM)
+
+
+def corpus(n: int, distinct: int) -> list[dict[str, str]]:
+    """n documents over `distinct` texts: identical texts must share one content, embedded once."""
+    return [{"id": f"d{i:05d}", "text": f"text number {i % distinct} " + "x" * (i % distinct % 50)}
+            for i in range(n)]
+
+
+def served(index_dir: Path) -> dict[str, np.ndarray]:
+    """{id: vector} of every document the index at `index_dir` serves."""
+    from indexer import Index
+
+    with Index.open(index_dir) as idx:
+        ids, vecs = idx.vectors()
+        return dict(zip(list(ids), np.asarray(vecs), strict=True))
+
+
+def assert_same_vectors(a: Path, b: Path) -> None:
+    """The two indexes serve the same ids with bit-identical vectors."""
+    va, vb = served(a), served(b)
+    assert sorted(va) == sorted(vb)
+    for key, vec in va.items():
+        assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from conftest import assert_same_vectors, corpus, served
 
 try:
     from tiny_model import build_tiny_model, tiny_texts
@@ -53,25 +54,6 @@ BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-def corpus(n: int, distinct: int) -> list[dict[str, str]]:
-    """n documents over `distinct` texts: identical texts must share one content, embedded once."""
-    return [{"id": f"d{i:05d}", "text": f"text number {i % distinct} " + "x" * (i % distinct % 50)}
-            for i in range(n)]
-
-
-def served(index_dir: Path) -> dict[str, np.ndarray]:
-    with Index.open(index_dir) as idx:
-        ids, vecs = idx.vectors()
-        return dict(zip(list(ids), np.asarray(vecs), strict=True))
-
-
-def assert_same_vectors(a: Path, b: Path) -> None:
-    va, vb = served(a), served(b)
-    assert sorted(va) == sorted(vb)
-    for key, vec in va.items():
-        assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key
-
 
 def min_cosine(a: Path, b: Path) -> float:
     va, vb = served(a), served(b)

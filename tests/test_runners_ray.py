@@ -22,13 +22,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import write_jsonl  # noqa: E402
+from conftest import assert_same_vectors, corpus, write_jsonl  # noqa: E402
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
@@ -59,25 +58,6 @@ def local_ray() -> Iterator[Any]:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-def corpus(n: int, distinct: int) -> list[dict[str, str]]:
-    """n documents over `distinct` texts: identical texts must share one content, embedded once."""
-    return [{"id": f"d{i:05d}", "text": f"text number {i % distinct} " + "x" * (i % distinct % 50)}
-            for i in range(n)]
-
-
-def served(index_dir: Path) -> dict[str, np.ndarray]:
-    with Index.open(index_dir) as idx:
-        ids, vecs = idx.vectors()
-        return dict(zip(list(ids), np.asarray(vecs), strict=True))
-
-
-def assert_same_vectors(a: Path, b: Path) -> None:
-    va, vb = served(a), served(b)
-    assert sorted(va) == sorted(vb)
-    for key, vec in va.items():
-        assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key
-
 
 def committed_claims(index_dir: Path) -> int:
     with sqlite3.connect(index_dir / "manifest.sqlite") as conn:
