@@ -50,6 +50,17 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _gpus() -> str:
+    """The NVIDIA GPUs nvidia-smi lists, or "none" (no torch import)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    listed = out.stdout.strip() if out.returncode == 0 else ""
+    return "; ".join(listed.splitlines()) or "none"
+
+
 def machine() -> dict[str, str]:
     """What the numbers were measured on. Versions come from package metadata (no heavy import)."""
     import psutil
@@ -60,6 +71,7 @@ def machine() -> dict[str, str]:
         "cpu": _cpu_model(),
         "cores": f"{cores} usable ({os.cpu_count()} logical)",
         "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "gpu": _gpus(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "torch": _version("torch"),

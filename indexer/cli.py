@@ -107,7 +107,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
-              help="Texts per model call ([openai] given: at most this many inputs per request).")
+              help="Texts per forward pass ([gpus] on CUDA and [openai]: only a cap when given; they fill "
+                   "batches by tokens).")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
 @click.option("--delete-missing", is_flag=True,
@@ -122,6 +123,9 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
               help="[processes, ray] Torch threads per worker.")
 @click.option("--devices", default=None, help="[gpus] Comma-separated devices, e.g. 0,1 (default: all).")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+              help="[gpus] Padded tokens per forward pass; texts of similar token length fill each batch "
+                   "up to it (default on CUDA: 65536; halved on out-of-memory).")
 @click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
 @click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
@@ -148,9 +152,13 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
             options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
-            if backend == "openai" and click.get_current_context().get_parameter_source(
-                    "batch_size") is ParameterSource.COMMANDLINE:
-                options["max_batch_inputs"] = batch_size  # the API packs by tokens; this caps inputs
+            batch_size_given = click.get_current_context().get_parameter_source(
+                "batch_size") is ParameterSource.COMMANDLINE
+            # These backends pack by tokens; --batch-size, when given, caps the texts of one batch.
+            if backend == "openai" and batch_size_given:
+                options["max_batch_inputs"] = batch_size
+            if backend == "gpus" and batch_size_given:
+                options["max_batch_texts"] = batch_size
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,

@@ -110,16 +110,37 @@ def test_token_lengths_match_the_tokenizer(tiny: SentenceTransformerEmbedder, te
     assert tiny.token_lengths(texts[:30]).tolist() == seen
 
 
-class _Recorder:
-    """Wraps model.encode and records each call's texts."""
+class _RecordingModel:
+    """Wraps the model and records the token counts of each forward pass's rows (and can run out of
+    memory on demand: a fake out-of-memory for batches above `oom_above` texts)."""
 
-    def __init__(self, model: Any) -> None:
-        self.model, self.calls = model, []  # type: ignore[var-annotated]
-        self.inner = model.encode
+    def __init__(self, model: Any, oom_above: int | None = None) -> None:
+        self.model, self.oom_above = model, oom_above
+        self.batches: list[list[int]] = []  # token counts per row, one list per forward pass
+        self.widths: list[int] = []  # the padded width of each forward pass
 
-    def __call__(self, batch: list[str], **kwargs: Any) -> Any:
-        self.calls.append(list(batch))
-        return self.inner(batch, **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, features: dict[str, Any]) -> Any:
+        import torch
+
+        rows = len(features["input_ids"])
+        if self.oom_above is not None and rows > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a fake, for this test)")
+        self.batches.append(features["attention_mask"].sum(dim=1).tolist())
+        self.widths.append(int(features["input_ids"].shape[1]))
+        return self.model(features)
+
+
+@pytest.fixture
+def recorded(tiny: SentenceTransformerEmbedder) -> Any:
+    recorder = _RecordingModel(tiny.model)
+    limits = tiny.batch_size, tiny.batch_tokens
+    tiny.model = recorder
+    yield recorder
+    tiny.model = recorder.model
+    tiny.batch_size, tiny.batch_tokens = limits
 
 
 def padded_tokens(batches: list[list[int]]) -> int:
@@ -127,21 +148,65 @@ def padded_tokens(batches: list[list[int]]) -> int:
 
 
 def test_batches_are_formed_by_token_length(tiny: SentenceTransformerEmbedder, texts: list[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """One encode call per batch, so sentence-transformers' character sort (within a call) cannot undo
-    our token sort: each forward pass pads to the longest text of a batch we chose."""
-    recorder = _Recorder(tiny.model)
-    monkeypatch.setattr(tiny.model, "encode", recorder)
+                                            recorded: _RecordingModel) -> None:
+    """Each forward pass is a band of texts of similar token count, padded only to its longest (what
+    sentence-transformers' own character sort cannot do on this text)."""
     tiny.embed(texts)
-    assert all(0 < len(c) <= BATCH for c in recorder.calls)
-    assert sorted(t for c in recorder.calls for t in c) == sorted(texts)
-    ours = [tiny.token_lengths(c).tolist() for c in recorder.calls]
-    flat = [n for b in ours for n in b]
-    assert flat == sorted(flat)  # batches in token order, each one a contiguous band
-    # what sentence-transformers alone would batch: texts sorted by character length
-    by_chars = sorted(texts, key=len, reverse=True)
+    assert all(0 < len(b) <= BATCH for b in recorded.batches)
+    assert recorded.widths == [max(b) for b in recorded.batches]
+    flat = [n for b in recorded.batches for n in b]
+    assert flat == sorted(tiny.token_lengths(texts).tolist())  # every text once, in token order
+    by_chars = sorted(texts, key=len, reverse=True)  # what sentence-transformers alone would batch
     theirs = [tiny.token_lengths(by_chars[i:i + BATCH]).tolist() for i in range(0, len(texts), BATCH)]
-    assert padded_tokens(ours) < padded_tokens(theirs)
+    assert padded_tokens(recorded.batches) < padded_tokens(theirs)
+
+
+def test_a_token_budget_fills_each_batch_up_to_it(tiny: SentenceTransformerEmbedder, texts: list[str],
+                                                   recorded: _RecordingModel) -> None:
+    by_count = tiny.embed(texts)
+    recorded.batches.clear()
+    tiny.batch_size, tiny.batch_tokens = 64, 80
+    by_tokens = tiny.embed(texts)
+    assert np.allclose(by_tokens, by_count, atol=1e-5)  # batching never changes a vector
+    sizes = [len(b) for b in recorded.batches]
+    assert max(sizes) > BATCH  # short texts: more of them per pass than a count of 8 would allow
+    for i, batch in enumerate(recorded.batches):
+        assert len(batch) * max(batch) <= 80 or len(batch) == 1
+        if i + 1 < len(recorded.batches) and len(batch) < 64:  # the next text would not have fitted
+            assert (len(batch) + 1) * recorded.batches[i + 1][0] > 80
+
+
+@pytest.mark.parametrize(("lengths", "max_texts", "max_tokens", "ends"), [
+    ([3, 3, 4, 9, 9], 2, None, [2, 4, 5]),
+    ([3, 3, 4, 9, 9], 10, 12, [3, 4, 5]),  # 3x4=12 fits; 2x9=18 does not
+    ([3, 3, 4, 9, 9], 10, 18, [3, 5]),
+    ([50, 60], 10, 10, [1, 2]),  # a text over the budget still goes, alone
+])
+def test_batch_end(lengths: list[int], max_texts: int, max_tokens: int | None, ends: list[int]) -> None:
+    from indexer.embedders.sentence_transformers import batch_end
+
+    got, start = [], 0
+    while start < len(lengths):
+        start = batch_end(np.array(lengths), start, max_texts, max_tokens)
+        got.append(start)
+    assert got == ends
+
+
+def test_out_of_memory_halves_the_limits_and_redoes_only_that_batch(
+        tiny: SentenceTransformerEmbedder, texts: list[str], recorded: _RecordingModel) -> None:
+    expected = tiny.embed(texts)
+    recorded.batches.clear()
+    tiny.batch_size, tiny.batch_tokens = 32, 4096
+    recorded.oom_above = 5
+    with pytest.raises(Exception, match="out of memory"):
+        tiny.embed(texts)  # without shrink_on_oom the error is the caller's
+    got = tiny.embed_tokenized(tiny.tokenize(texts), shrink_on_oom=True)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert (tiny.batch_size, tiny.batch_tokens) == (4, 512)  # 32 -> 16 -> 8 -> 4, kept for later calls
+    assert sum(len(b) for b in recorded.batches) == len(texts)  # no text embedded twice
+    recorded.oom_above = 0
+    with pytest.raises(Exception, match="out of memory"):  # at one text, nothing is left to halve
+        tiny.embed_tokenized(tiny.tokenize(texts[:3]), shrink_on_oom=True)
 
 
 def test_token_sorted_batches_equal_a_direct_forward(tiny: SentenceTransformerEmbedder,

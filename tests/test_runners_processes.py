@@ -191,7 +191,8 @@ def test_gpus_on_cpu_devices_equal_inline_bit_for_bit(tmp_path: Path) -> None:
     docs = corpus(600, distinct=600)
     settings = Settings(chunk_rows=64)
     runner = make_runner("gpus", MODEL, batch_size=16, devices="cpu,cpu")
-    assert isinstance(runner, ProcessRunner) and runner.capacity == 3
+    # each worker holds two claims (one embedding, the next tokenizing), plus one waiting in the runner
+    assert isinstance(runner, ProcessRunner) and runner.capacity == 5
     assert [w.spec.device for w in runner.workers] == ["cpu", "cpu"]
     summary = sync(tmp_path / "gpus", docs, settings=settings, runner=runner)
     sync(tmp_path / "inline", docs, model=MODEL, settings=settings)
@@ -265,6 +266,31 @@ def test_worker_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path)
     assert len(set(watched.pids_at_close) & set(pids_before)) == 1
     state, recorded = last_run(tmp_path / "idx")
     assert state == "finished" and recorded["workers_lost"] == 1
+    st = check_consistent(tmp_path / "idx")
+    assert st["done"] == len(BIG) and st["pending"] == 0
+
+
+def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_inline: Path) -> None:
+    """A per-device worker holds its next claim while it embeds one: killed, it loses both to pending,
+    where they are embedded again, once."""
+    runner = make_runner("gpus", MODEL, batch_size=32, devices="cpu")
+    assert isinstance(runner, ProcessRunner)
+    held: list[int] = []
+    inner_dispatch = runner._dispatch
+
+    def dispatch_and_count() -> None:
+        inner_dispatch()
+        held.append(len(runner.workers[0].held))
+
+    runner._dispatch = dispatch_and_count  # type: ignore[method-assign]
+    watched = Watched(runner, kill=True)
+    summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+
+    assert max(held) == 2, held  # the worker was sent a second claim while it worked on the first
+    assert len(watched.victims) == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
+    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
+    assert_same_vectors(tmp_path / "idx", big_inline)
     st = check_consistent(tmp_path / "idx")
     assert st["done"] == len(BIG) and st["pending"] == 0
 

@@ -39,7 +39,10 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray: ...
 
 
-def load_embedder(name: str, *, batch_size: int = 32, device: str | None = None) -> Embedder:
+def load_embedder(name: str, *, batch_size: int = 32, batch_tokens: int | None = None,
+                  device: str | None = None) -> Embedder:
+    """The embedder for a model name; `batch_size` caps the texts and `batch_tokens` the padded tokens
+    of one forward pass (sentence-transformers models; the fake model has no batches)."""
     if name.startswith("fake:"):
         from .fake import FakeEmbedder
 
@@ -49,4 +52,4 @@ def load_embedder(name: str, *, batch_size: int = 32, device: str | None = None)
         return FakeEmbedder(int(dim_text))
     from .sentence_transformers import SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder(name, batch_size=batch_size, device=device)
+    return SentenceTransformerEmbedder(name, batch_size=batch_size, batch_tokens=batch_tokens, device=device)

@@ -1,7 +1,8 @@
 """The per-GPU runner: one worker process per device, each with the model on its device.
 
-    make(model, batch_size, embedder_options, devices=None, threads_per_worker=None, half=True,
-         prefetch=1, max_restarts=None, oom_above=None)
+    make(model, batch_size, embedder_options, devices=None, threads_per_worker=None, batch_tokens=None,
+         max_batch_texts=None, half=True, prefetch=1, claims_per_worker=2, max_restarts=None,
+         oom_above=None)
 
 `devices` is "0,1" (CUDA device numbers), "cuda:0,cuda:1", a list, or None for every CUDA device this
 machine has. "cpu" entries are accepted too ("cpu,cpu": two CPU workers with this runner's batching),
@@ -9,11 +10,19 @@ which is how the tests exercise it without a GPU. It is the process-pool runner 
 with one worker per device; the differences are all in the worker's WorkerSpec:
 
 - the model loads with `device=` its device, and on CUDA is cast to fp16 (`half=False` keeps fp32);
-- the worker batches the claim itself (by token length, as the embedder does) and, when a batch runs
-  out of GPU memory, halves the batch size (down to 1), redoes only that batch, and keeps the smaller
-  size for the rest of the run, a restarted worker included. The claim is not lost: it completes.
+- on CUDA, batches are formed by token budget, not by count: the claim's texts, sorted by token
+  length, are cut into batches of at most `batch_tokens` padded tokens (default CUDA_BATCH_TOKENS) and
+  at most `max_batch_texts` texts (--batch-size when given, else CUDA_MAX_BATCH_TEXTS). CPU devices
+  keep --batch-size texts per batch (and `batch_tokens` if given);
+- when a batch runs out of GPU memory, the worker halves both limits (down to one text), redoes only
+  that batch, and keeps the smaller limits for the rest of the run, a restarted worker included. The
+  claim is not lost: it completes;
+- the tokenizer runs ahead: each worker holds two claims (`claims_per_worker`), and a thread
+  tokenizes the next while the current one is on the GPU, with the worker's share of the CPUs (the
+  Rust tokenizer releases the GIL). A worker that dies loses both claims to pending, where they are
+  embedded again;
 - torch threads per worker: --threads-per-worker, else the CPUs shared out between the devices (at
-  most 4 a CUDA worker, which only tokenizes and feeds the GPU).
+  most 4 a CUDA worker, which only feeds the GPU).
 
 Test-only seam: `oom_above=K` (or the environment variable INDEXER_TEST_OOM_ABOVE=K, which spawned
 workers inherit) makes every worker raise torch.cuda.OutOfMemoryError for any batch of more than K
@@ -31,6 +40,12 @@ from .processes import ProcessRunner, WorkerSpec, check_options, usable_cpus
 __all__ = ["OOM_ENV", "make", "parse_devices"]
 
 OOM_ENV = "INDEXER_TEST_OOM_ABOVE"
+
+# On CUDA a batch is as many texts of similar token length as fit in CUDA_BATCH_TOKENS padded tokens
+# (bench/bench_gpu.py measured the choice); the text cap only stops very short texts from making one
+# huge batch.
+CUDA_BATCH_TOKENS = 65_536
+CUDA_MAX_BATCH_TEXTS = 2_048
 
 
 def _cuda_count() -> int:
@@ -73,23 +88,30 @@ def parse_devices(devices: str | Sequence[str | int] | None) -> list[str]:
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object],
          devices: str | Sequence[str | int] | None = None, threads_per_worker: int | None = None,
-         half: bool = True, prefetch: int = 1, max_restarts: int | None = None,
+         batch_tokens: int | None = None, max_batch_texts: int | None = None, half: bool = True,
+         prefetch: int = 1, claims_per_worker: int = 2, max_restarts: int | None = None,
          oom_above: int | None = None, **options: object) -> ProcessRunner:
-    check_options("gpus", options, "--devices and --threads-per-worker")
+    check_options("gpus", options, "--devices, --threads-per-worker and --batch-tokens")
     if "device" in embedder_options:
         raise IndexerError("backend gpus places the model itself; give devices with --devices, not as an "
                            "embedder option")
     names = parse_devices(devices)
     if threads_per_worker is not None and threads_per_worker < 1:
         raise IndexerError("--threads-per-worker must be at least 1")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise IndexerError("--batch-tokens must be at least 1")
     if oom_above is None and os.environ.get(OOM_ENV):
         oom_above = int(os.environ[OOM_ENV])
     share = max(1, usable_cpus() // len(names))
     specs = []
     for name in names:
-        threads = threads_per_worker or (share if name == "cpu" else min(4, share))
-        specs.append(WorkerSpec(model=model, batch_size=batch_size, embedder_options=dict(embedder_options),
-                                threads=threads, device=name, half=half and name.startswith("cuda"),
-                                adaptive=True, oom_above=oom_above))
+        cuda = name.startswith("cuda")
+        specs.append(WorkerSpec(
+            model=model, embedder_options=dict(embedder_options), device=name, half=half and cuda,
+            threads=threads_per_worker or (min(4, share) if cuda else share),
+            tokenizer_threads=share if cuda else 1,
+            batch_size=max_batch_texts or (CUDA_MAX_BATCH_TEXTS if cuda else batch_size),
+            batch_tokens=batch_tokens or (CUDA_BATCH_TOKENS if cuda else None),
+            adaptive=True, oom_above=oom_above))
     return ProcessRunner(specs, [f"worker {i} on {name}" for i, name in enumerate(names)], kind="gpus",
-                         prefetch=prefetch, max_restarts=max_restarts)
+                         prefetch=prefetch, claims_per_worker=claims_per_worker, max_restarts=max_restarts)

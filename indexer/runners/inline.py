@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+import numpy as np
+
 from ..embedders import Embedder
 from . import EmbedResult
 
@@ -11,18 +13,21 @@ from . import EmbedResult
 def embed_texts(embedder: Embedder, texts: list[str]) -> EmbedResult:
     """Vectors for `texts` and the failures by position. A batch that raises is retried text by text,
     so one bad document fails alone; the driver also fails any non-finite vector, never stores it."""
-    import numpy as np
-
-    failures: dict[int, str] = {}
     try:
-        vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+        return np.asarray(embedder.embed(texts), dtype=np.float32), {}
     except Exception:
-        vectors = np.full((len(texts), embedder.info.dim), np.nan, dtype=np.float32)
-        for i, text in enumerate(texts):
-            try:
-                vectors[i] = embedder.embed([text])[0]
-            except Exception as exc:  # the document's own failure, recorded with its reason
-                failures[i] = f"embedding failed: {type(exc).__name__}: {exc}"
+        return embed_text_by_text(embedder, texts)
+
+
+def embed_text_by_text(embedder: Embedder, texts: list[str]) -> EmbedResult:
+    """One call per text, so that a text that fails fails alone, with its reason."""
+    failures: dict[int, str] = {}
+    vectors = np.full((len(texts), embedder.info.dim), np.nan, dtype=np.float32)
+    for i, text in enumerate(texts):
+        try:
+            vectors[i] = embedder.embed([text])[0]
+        except Exception as exc:  # the document's own failure, recorded with its reason
+            failures[i] = f"embedding failed: {type(exc).__name__}: {exc}"
     return vectors, failures
 
 

