@@ -23,8 +23,8 @@ processes runner), so N workers do not oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
-import os
 import logging
+import os
 import secrets
 import warnings
 from collections.abc import Iterator
