@@ -39,8 +39,8 @@ from indexer.embedders import onnx_runtime as ox
 from indexer.embedders.fake import FakeEmbedder
 from indexer.embedders.sentence_transformers import SentenceTransformerEmbedder
 from indexer.errors import MissingDependencyError
-from indexer.runners import make_runner
 from indexer.runners import auto as auto_runner
+from indexer.runners import make_runner
 from indexer.settings import Settings
 
 
@@ -216,7 +216,7 @@ def test_the_export_is_cached_and_not_redone(tmp_path: Path, tiny_path: Path,
     monkeypatch.setenv("INDEXER_CACHE_DIR", str(cache))
     first = load_embedder(str(tiny_path), runtime="onnx-int8")
     assert isinstance(first, ox.OnnxEmbedder)
-    fp32, int8 = cache / first.info.revision / "model-fp32.onnx", cache / first.info.revision / "model-int8.onnx"
+    fp32, int8 = (cache / first.info.revision / name for name in ("model-fp32.onnx", "model-int8.onnx"))
     assert first.path == int8 and fp32.is_file() and int8.is_file()
     assert not list(cache.rglob("*.partial.onnx"))
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (fp32, int8)}
@@ -329,7 +329,7 @@ def test_backends_that_cannot_run_onnx_say_so(monkeypatch: pytest.MonkeyPatch) -
         make_runner("gpus", "m", batch_size=8, embedder_options={"runtime": "onnx"}, devices="cpu")
     with pytest.raises(IndexerError, match="backend openai embeds through the API; --runtime onnx-int8"):
         make_runner("openai", "m", batch_size=8, embedder_options={"runtime": "onnx-int8"})
-    with pytest.raises(IndexerError, match="backend openai does not take --truncate-dim; .* --dimensions"):
+    with pytest.raises(IndexerError, match=r"backend openai does not take --truncate-dim; .* --dimensions"):
         make_runner("openai", "m", batch_size=8, embedder_options={"truncate_dim": 8})
     monkeypatch.setattr(auto_runner, "_cuda_available", lambda: True)
     assert auto_runner.choose("all-MiniLM-L6-v2", {})[0] == "gpus"
