@@ -183,6 +183,10 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            f"{truncate_dim!r})")
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
+    if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
+        raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
+                           "embedder or runner, give them to load_embedder(name, runtime=..., "
+                           "truncate_dim=...) instead")
     readers: list[Source | IterableSource] = []
     if paths is not None:
         readers.extend(open_sources(paths, id_field, text_field))

@@ -194,6 +194,8 @@ def test_bad_values_through_the_api() -> None:
         indexer.sync("unused", [], truncate_dim=0)
     with pytest.raises(ModelLoadError, match="from 1 to 15"):
         TruncatedEmbedder(FakeEmbedder(16), 20)
+    with pytest.raises(IndexerError, match="give them to load_embedder"):  # not silently ignored
+        indexer.sync("unused", [], embedder=FakeEmbedder(16), truncate_dim=8)
 
 
 # -- the onnx runtimes on the tiny model: equal vectors, the cache, the CLI -------------------------------
