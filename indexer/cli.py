@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
-from .config import DTYPES
+from .config import DTYPES, RUNTIMES
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 
@@ -106,6 +106,16 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    "existing index: the model it is bound to.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="What runs the model. torch: sentence-transformers. onnx: ONNX Runtime (CPU), fp32, the "
+                   "same vectors (cosine >= 0.9999 to torch). onnx-int8: int8 weights, other vectors (mean "
+                   "cosine about 0.99 to torch). Speed and quality measured: docs/RUNTIMES.md. The onnx "
+                   "runtimes export the model once (seconds) to INDEXER_CACHE_DIR or ~/.cache/indexer/onnx "
+                   "and need pip install 'indexer[onnx]'. New index: torch; existing: its own.")
+@click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
+              help="Keep the first D dimensions of each vector, renormalized (Matryoshka-style): less "
+                   "disk and faster search, some loss of quality unless the model was trained for it. "
+                   "New index: the model's full dimension; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
               help="Texts per forward pass ([gpus] on CUDA and [openai]: only a cap when given; they fill "
                    "batches by tokens).")
@@ -137,7 +147,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--no-truncate", is_flag=True, default=False,
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
-             batch_size: int, id_field: str, text_field: str, delete_missing: bool, dry_run: bool,
+             runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
+             text_field: str, delete_missing: bool, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at DIR.
 
@@ -162,7 +173,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options, settings=Settings.from_env())
+                           backend_options=options, settings=Settings.from_env(), runtime=runtime,
+                           truncate_dim=truncate_dim)
         finally:
             if bar is not None:
                 bar.close()
@@ -198,7 +210,9 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
         click.echo(json.dumps(st))
         return
     run = st["last_run"]
-    click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']})\n"
+    extra = "".join([f", runtime {st['runtime']}" if st["runtime"] != "torch" else "",
+                     f", truncated to {st['truncate_dim']} dims" if st["truncate_dim"] else ""])
+    click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']}{extra})\n"
                f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
                f"{st['failed']} failed; {st['deleted']} deleted")
     if isinstance(run, dict):

@@ -6,14 +6,19 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from .errors import ConfigMismatchError, ManifestError
 
-__all__ = ["DTYPES", "EmbeddingConfig", "read_config", "write_config"]
+__all__ = ["DTYPES", "RUNTIMES", "EmbeddingConfig", "difference_line", "read_config", "write_config"]
 
 DTYPES = ("float32", "float16")
+# "torch": the model's own runtime (sentence-transformers on torch; the fake and API models' only one).
+# "onnx": ONNX Runtime, fp32, the same vectors as torch to cosine >= 0.9999.
+# "onnx-int8": ONNX Runtime with dynamically quantized int8 weights: other vectors (docs/RUNTIMES.md).
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,21 @@ class EmbeddingConfig:
     normalize: bool
     max_seq_length: int
     prompt: str = ""
+    # Fields added later have defaults that mean what an index.toml without them meant, so that an
+    # older index still reads and still matches a default sync.
+    runtime: str = "torch"
+    # Matryoshka-style truncation: the first `truncate_dim` dims of the model's vector, L2-renormalized
+    # (then dim == truncate_dim). 0 means no truncation: TOML has no null, and 0 is never a valid D.
+    truncate_dim: int = 0
 
     def fingerprint(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        # Later fields enter the hash only when they differ from their defaults, so an old config's
+        # fingerprint stays what it was.
+        data = asdict(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        blob = json.dumps(data, sort_keys=True).encode()
         return xxhash.xxh3_128_hexdigest(blob)
 
     def differences(self, other: EmbeddingConfig) -> list[str]:
@@ -38,7 +55,7 @@ class EmbeddingConfig:
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a != b:
-                out.append(f"{f.name}: index has {a!r}, this sync asked for {b!r}")
+                out.append(difference_line(f.name, a, b))
         return out
 
     def require_same(self, requested: EmbeddingConfig, index_dir: Path) -> None:
@@ -49,6 +66,18 @@ class EmbeddingConfig:
                 + "\n  ".join(diffs)
                 + "\nSync with the index's settings, or build a new index in another --index directory."
             )
+
+
+_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0}
+_WHY = {
+    "runtime": " (these runtimes give different vectors)",
+    "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
+}
+
+
+def difference_line(name: str, ours: object, theirs: object) -> str:
+    """One line of a mismatch message: 'field: index has X, this sync asked for Y' (and why it matters)."""
+    return f"{name}: index has {ours!r}, this sync asked for {theirs!r}" + _WHY.get(name, "")
 
 
 def _toml_value(value: object) -> str:
@@ -71,7 +100,10 @@ def write_config(path: Path, config: EmbeddingConfig) -> None:
 def read_config(path: Path) -> EmbeddingConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))["embedding"]
-        return EmbeddingConfig(**{f.name: data[f.name] for f in fields(EmbeddingConfig)})
+        # A key added after the index was written is absent: its default is what the index meant.
+        values: dict[str, Any] = {f.name: data[f.name] if f.name in data or f.name not in _LATER_DEFAULTS
+                                  else _LATER_DEFAULTS[f.name] for f in fields(EmbeddingConfig)}
+        return EmbeddingConfig(**values)
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise ManifestError(
             f"{path} is unreadable ({exc}); restore it from a backup or rebuild the index"

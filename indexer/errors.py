@@ -7,6 +7,7 @@ Every message names the object (index, file and line, document), its state and w
     ├── ConfigMismatchError        a sync asked for another embedding configuration than the index's
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
+    ├── MissingDependencyError     an optional package a chosen feature needs is not installed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
@@ -23,6 +24,7 @@ __all__ = [
     "IndexerError",
     "LeaseLostError",
     "ManifestError",
+    "MissingDependencyError",
     "ModelLoadError",
     "SourceError",
     "StoreError",
@@ -48,6 +50,12 @@ class SourceError(IndexerError):
 
 
 class ModelLoadError(IndexerError):
+    exit_code = 2
+
+
+class MissingDependencyError(IndexerError):
+    """Names the missing package and the pip command that installs it."""
+
     exit_code = 2
 
 

@@ -142,6 +142,7 @@ class Index:
         out.update(self.manifest.status_counts())
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
+                   runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
                    chunk_rows=self.store.chunk_rows)
         return out
 

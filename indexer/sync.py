@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
-from .config import DTYPES, EmbeddingConfig
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
 from .index import Index
@@ -135,16 +135,16 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
 
 def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
     return EmbeddingConfig(model=i.model, revision=i.revision, dim=i.dim, dtype=dtype,
-                           normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt)
+                           normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt,
+                           runtime=i.runtime, truncate_dim=i.truncate_dim)
 
 
-def _check_names(index: Index, model: str | None, dtype: str | None) -> None:
-    """Refuse a different model or dtype before anything is read or loaded."""
-    diffs = []
-    if model is not None and model != index.config.model:
-        diffs.append(f"model: index has {index.config.model!r}, this sync asked for {model!r}")
-    if dtype is not None and dtype != index.config.dtype:
-        diffs.append(f"dtype: index has {index.config.dtype!r}, this sync asked for {dtype!r}")
+def _check_names(index: Index, model: str | None, dtype: str | None, runtime: str | None = None,
+                 truncate_dim: int | None = None) -> None:
+    """Refuse a different model, dtype, runtime or truncation before anything is read or loaded."""
+    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim}
+    diffs = [difference_line(name, getattr(index.config, name), value) for name, value in asked.items()
+             if value is not None and value != getattr(index.config, name)]
     if diffs:
         raise ConfigMismatchError(
             f"index {index.path} is bound to another embedding configuration; nothing was changed.\n  "
@@ -159,19 +159,34 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          on_progress: Callable[[Progress], None] | None = None,
          backend: str = "inline", backend_options: dict[str, object] | None = None,
          embedder_options: dict[str, object] | None = None,
-         embedder: Embedder | None = None, runner: Runner | None = None) -> SyncSummary:
+         embedder: Embedder | None = None, runner: Runner | None = None,
+         runtime: str | None = None, truncate_dim: int | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
     `paths` (files, directories, "-" for stdin). `embedder` replaces the model loaded by name, and
     `runner` the one `backend` names: the seams for tests and custom models. A runner is made only
     when there is something to embed, so a sync with no change never loads a model.
+
+    `runtime` ("torch", "onnx", "onnx-int8") and `truncate_dim` (keep the first D dims, renormalized)
+    are part of the index's configuration, like `model` and `dtype`: None means the default for a new
+    index (torch, no truncation) and the index's own for an existing one; anything else must match.
     """
     settings = settings or Settings()
     if dtype is not None and dtype not in DTYPES:
         raise IndexerError(f"dtype {dtype!r} is not supported; use float32 or float16")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise IndexerError(f"runtime {runtime!r} is not known; choose one of {', '.join(RUNTIMES)}")
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                     or truncate_dim < 1):
+        raise IndexerError(f"--truncate-dim must be a whole number of dimensions, at least 1 (got "
+                           f"{truncate_dim!r})")
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
+    if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
+        raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
+                           "embedder or runner, give them to load_embedder(name, runtime=..., "
+                           "truncate_dim=...) instead")
     readers: list[Source | IterableSource] = []
     if paths is not None:
         readers.extend(open_sources(paths, id_field, text_field))
@@ -184,11 +199,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     if Index.exists(index_dir):
         index = Index.open(index_dir, settings)
         seam = runner or embedder
-        _check_names(index, model if seam is None else seam.info.model, dtype)
+        if seam is None:
+            _check_names(index, model, dtype, runtime, truncate_dim)
+        else:
+            _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim)
     elif not dry_run:
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, embedder,
-                                  backend, backend_options, embedder_options)
+                                  backend, backend_options,
+                                  _with_runtime(embedder_options, runtime, truncate_dim))
         requested = _requested_config(runner.info, dtype or settings.dtype)
         try:
             index = Index.create(index_dir, requested, settings)
@@ -204,7 +223,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
                 model or index.config.model, batch_size or settings.batch_size, embedder, backend,
-                backend_options, embedder_options)))
+                backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
+                                               truncate_dim or index.config.truncate_dim))))
         state = "finished"
     except KeyboardInterrupt:
         state = "interrupted"
@@ -238,6 +258,18 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
+
+
+def _with_runtime(options: dict[str, object] | None, runtime: str | None,
+                  truncate_dim: int | None) -> dict[str, object]:
+    """The embedder options with the runtime and the truncation, where they are not the defaults (so
+    that a backend which takes no embedder options, like openai, is asked for none by default)."""
+    out = dict(options or {})
+    if runtime is not None and runtime != "torch":
+        out["runtime"] = runtime
+    if truncate_dim:
+        out["truncate_dim"] = truncate_dim
+    return out
 
 
 def _make_runner(model: str, batch_size: int, embedder: Embedder | None, backend: str,

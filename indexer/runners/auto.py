@@ -1,6 +1,7 @@
 """`--backend auto`: the best local setup this machine has, chosen at sync time.
 
-    every CUDA device (backend gpus)     where torch sees CUDA and the model is not the fake one
+    every CUDA device (backend gpus)     where torch sees CUDA, the model is not the fake one and the
+                                         runtime is torch (the onnx runtimes run on the CPU)
     in-process (backend inline)          on a machine with at most INLINE_MAX_CPUS usable CPUs
     a CPU process pool (processes)       otherwise, with its default workers x threads
 
@@ -34,10 +35,11 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose(model: str, options: dict[str, object]) -> tuple[str, dict[str, object]]:
-    """(backend, its options) for `auto` with these options on this machine."""
+def choose(model: str, options: dict[str, object], runtime: str = "torch") -> tuple[str, dict[str, object]]:
+    """(backend, its options) for `auto` with these options on this machine. The onnx runtimes run on
+    the CPU, so with them auto never picks gpus."""
     options = {k: v for k, v in options.items() if v is not None}
-    if "devices" in options:
+    if "devices" in options:  # gpus refuses an onnx runtime, saying why
         return "gpus", options
     if {"workers", "threads_per_worker"} & options.keys():
         return "processes", options
@@ -45,7 +47,7 @@ def choose(model: str, options: dict[str, object]) -> tuple[str, dict[str, objec
         flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
         raise IndexerError(f"backend auto does not take {flags}; it takes --devices, --workers and "
                            "--threads-per-worker (or name the backend you want)")
-    if not model.startswith("fake:") and _cuda_available():
+    if not model.startswith("fake:") and runtime == "torch" and _cuda_available():
         return "gpus", {}
     if usable_cpus() <= INLINE_MAX_CPUS:
         return "inline", {}
@@ -53,7 +55,7 @@ def choose(model: str, options: dict[str, object]) -> tuple[str, dict[str, objec
 
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], **options: object) -> Runner:
-    backend, chosen = choose(model, options)
+    backend, chosen = choose(model, options, str(embedder_options.get("runtime", "torch")))
     module = importlib.import_module(f"{__package__}.{backend}")
     runner: Runner = module.make(model, batch_size, embedder_options, **chosen)
     return runner

@@ -95,6 +95,10 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
     if "device" in embedder_options:
         raise IndexerError("backend gpus places the model itself; give devices with --devices, not as an "
                            "embedder option")
+    runtime = embedder_options.get("runtime", "torch")
+    if runtime != "torch":
+        raise IndexerError(f"backend gpus runs torch on each device; --runtime {runtime} runs on the CPU "
+                           "(ONNX Runtime): use --backend processes or inline with it")
     names = parse_devices(devices)
     if threads_per_worker is not None and threads_per_worker < 1:
         raise IndexerError("--threads-per-worker must be at least 1")

@@ -635,6 +635,12 @@ _OPTIONS = {"base_url": str, "dimensions": int, "concurrency": int, "rpm": float
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], **options: object) -> OpenAIRunner:
     """`batch_size` is not used: requests are packed by tokens (give max_batch_inputs to cap inputs)."""
+    if "runtime" in embedder_options:
+        raise IndexerError(f"backend openai embeds through the API; --runtime {embedder_options['runtime']} "
+                           "applies to local sentence-transformers models only")
+    if "truncate_dim" in embedder_options:
+        raise IndexerError("backend openai does not take --truncate-dim; ask the API for fewer dimensions "
+                           "with --dimensions")
     if embedder_options:
         names = ", ".join(sorted(embedder_options))
         raise IndexerError(f"backend openai takes no embedder options (got {names})")

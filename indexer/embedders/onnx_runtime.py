@@ -1,0 +1,249 @@
+"""sentence-transformers models on ONNX Runtime: fp32 ("onnx") and int8 weights ("onnx-int8").
+
+The model is loaded with sentence-transformers once (its tokenizer, and its weights hash as the
+revision), exported to ONNX on first use and cached by that hash:
+
+    <cache>/<weights hash>/model-fp32.onnx      torch.onnx.export (TorchScript exporter, no network)
+    <cache>/<weights hash>/model-int8.onnx      onnxruntime.quantization.quantize_dynamic of the fp32 file
+
+<cache> is $INDEXER_CACHE_DIR, else $XDG_CACHE_HOME/indexer/onnx, else ~/.cache/indexer/onnx. A file
+is written under a temporary name and renamed into place, under a lock on the model's directory, so
+concurrent workers export once and never see half a file. Delete the directory to export again.
+
+The exported graph is the whole sentence-transformers pipeline (transformer, pooling with the attention
+mask, Normalize where the model has it), with batch and sequence axes dynamic. It is traced from a
+padded batch of mixed lengths, so the mask path is the general one (a trace from an unpadded batch can
+bake in "no padding"), and checked against torch on mixed-length batches before it is cached.
+
+Texts are tokenized by the model's own preprocessing and batched by token length exactly as
+SentenceTransformerEmbedder does; ONNX Runtime's threads follow torch's (pinned per worker by the
+processes runner), so N workers do not oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ModelLoadError
+from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch_end
+
+__all__ = ["FILES", "OnnxEmbedder", "cache_dir", "ensure_exported", "import_onnxruntime"]
+
+FILES = {"onnx": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
+OPSET = 17
+# The export must reproduce torch on every document (tests/test_onnx_runtime.py measures the corpus).
+EXPORT_MIN_COSINE = 0.9999
+# Mixed lengths, so that the trace and the check both see padding.
+_PROBE = ["a", "A longer sentence, so that the batch is padded: the attention mask has zeros in it.",
+          "def f(x):\n    return x ** 2  # code, too"]
+
+
+def import_onnxruntime() -> ModuleType:
+    """onnxruntime, or a one-line error saying how to install it. (Tests make the import fail by
+    putting None in sys.modules["onnxruntime"].)"""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the onnx runtimes need onnxruntime and onnx, which are not installed; "
+            "pip install 'indexer[onnx]' (or use --runtime torch)") from exc
+    module: ModuleType = onnxruntime
+    return module
+
+
+def cache_dir() -> Path:
+    """Where exported models are kept; see the module docstring."""
+    given = os.environ.get("INDEXER_CACHE_DIR")
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "indexer" / "onnx"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the temp-file-and-rename still keeps every file whole
+        yield
+        return
+    with open(directory / ".lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _features(model: Any, texts: list[str]) -> dict[str, np.ndarray]:
+    """The model's own tokenization (sentence-transformers >= 6 calls it preprocess) as int64 arrays."""
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    return {k: v.numpy().astype(np.int64, copy=False) for k, v in prepare(texts).items()
+            if hasattr(v, "numpy")}
+
+
+def _export_fp32(model: Any, path: Path) -> None:
+    """Trace the whole sentence-transformers model into one ONNX graph at `path`."""
+    import torch
+
+    sample = _features(model, _PROBE)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.st = model
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.st(dict(zip(names, inputs, strict=True)))["sentence_embedding"]
+
+    args = tuple(torch.from_numpy(sample[n]) for n in names)
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow, checked below
+        torch.onnx.export(Graph().eval(), args, str(path), dynamo=False, input_names=names,
+                          output_names=["sentence_embedding"],
+                          dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
+                          opset_version=OPSET, do_constant_folding=True)
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic quantization: int8 weights per output channel, activations quantized at run time.
+    Per-channel keeps MiniLM's mean cosine to fp32 above 0.99 where per-tensor gave about 0.96
+    (measured; docs/RUNTIMES.md); only MatMul is quantized (the embeddings stay fp32)."""
+    import_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its root-logger advice to pre-process, on every quantization
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _check_export(model: Any, path: Path, name: str) -> None:
+    """The exported graph against torch, on batches of 1 and of mixed lengths."""
+    session = _session(import_onnxruntime(), path, threads=1)
+    inputs = [i.name for i in session.get_inputs()]
+    for batch in ([_PROBE[0]], _PROBE, [_PROBE[1] * 40, *_PROBE]):  # the last one past max length
+        want = np.asarray(model.encode(batch, batch_size=len(batch), convert_to_numpy=True), np.float64)
+        features = _features(model, batch)
+        got = np.asarray(session.run(None, {n: features[n] for n in inputs})[0], np.float64)
+        cos = (want * got).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))
+        if not cos.min() >= EXPORT_MIN_COSINE:
+            raise ModelLoadError(f"model {name!r}: the ONNX export does not reproduce torch (cosine "
+                                 f"{cos.min():.6f} on a batch of {len(batch)}); use --runtime torch")
+
+
+def _write_atomically(path: Path, make: Any) -> None:
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial.onnx")
+    try:
+        make(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_exported(model: Any, revision: str, runtime: str, name: str,
+                    cache: Path | None = None) -> Path:
+    """The cached ONNX file for this model and runtime, exported (and quantized) if not there yet."""
+    if runtime not in FILES:
+        raise ModelLoadError(f"runtime {runtime!r} has no ONNX file; choose one of {', '.join(FILES)}")
+    directory = (cache or cache_dir()) / revision
+    target = directory / FILES[runtime]
+    if target.is_file():
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot create the ONNX cache {directory} ({exc.strerror}); set "
+                             "INDEXER_CACHE_DIR to a writable directory") from exc
+    with _locked(directory):
+        if target.is_file():  # another process exported it while we waited for the lock
+            return target
+        fp32 = directory / FILES["onnx"]
+        if not fp32.is_file():
+            def export(tmp: Path) -> None:
+                _export_fp32(model, tmp)
+                _check_export(model, tmp, name)
+
+            _write_atomically(fp32, export)
+        if runtime == "onnx-int8":
+            _write_atomically(target, lambda tmp: _quantize_int8(fp32, tmp))
+    return target
+
+
+def _session(ort: ModuleType, path: Path, threads: int) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers on stderr
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEmbedder:
+    """A sentence-transformers model run by ONNX Runtime on the CPU; info.runtime says which file."""
+
+    def __init__(self, name: str, *, runtime: str = "onnx", batch_size: int = 32,
+                 batch_tokens: int | None = None, device: str | None = None, model: Any = None,
+                 cache: Path | None = None, threads: int | None = None) -> None:
+        ort = import_onnxruntime()  # before the model loads: say what is missing at once
+        if device not in (None, "cpu"):
+            raise ModelLoadError(f"runtime {runtime!r} runs on the CPU only (asked for device {device!r}); "
+                                 "use --runtime torch on GPUs")
+        self.base = SentenceTransformerEmbedder(name, batch_size=batch_size, batch_tokens=batch_tokens,
+                                                device="cpu", model=model)
+        self.model = self.base.model  # its tokenizer; the weights stay loaded for the weights hash only
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.path = ensure_exported(self.model, self.base.info.revision, runtime, name, cache)
+        if threads is None:
+            import torch  # the processes runner pins torch's threads; ONNX Runtime takes as many
+
+            threads = torch.get_num_threads()
+        try:
+            self.session = _session(ort, self.path, threads)
+        except Exception as exc:  # a damaged cache file: say where it is
+            raise ModelLoadError(f"cannot load {self.path} ({type(exc).__name__}: {exc}); delete it to "
+                                 "export the model again") from exc
+        self.threads = threads
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.info = replace(self.base.info, runtime=runtime)
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        return self.base.tokenize(texts)
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        return self.base.token_lengths(texts)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embed_tokenized(self.tokenize(texts))
+
+    def embed_tokenized(self, tok: Tokenized, **_: object) -> np.ndarray:
+        """Batches cut from one tokenization exactly as SentenceTransformerEmbedder cuts them."""
+        n = len(tok.lengths)
+        out = np.empty((n, self.info.dim), dtype=np.float32)
+        sorted_lengths = tok.lengths[tok.order]
+        start = 0
+        while start < n:
+            end = batch_end(sorted_lengths, start, self.batch_size, self.batch_tokens)
+            idx = tok.order[start:end]
+            features = tok.batch(idx)
+            out[idx] = self.session.run(None, {k: features[k].numpy().astype(np.int64, copy=False)
+                                               for k in self.input_names})[0]
+            start = end
+        return out
