@@ -30,7 +30,9 @@ def _timed_sql() -> dict[str, list[float]]:
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 
     def key(sql: str) -> str:
-        return re.sub(r"\s+", " ", sql).strip()[:110]
+        sql = re.sub(r"\s+", " ", sql).strip()
+        # the statements over the batch share one WITH prefix (manifest._ITEMS): name them by the rest
+        return re.sub(r"^WITH items .*? FROM scan_odd\) ", "[WITH items] ", sql)[:110]
 
     class Cursor:
         def __init__(self, cur, k):
