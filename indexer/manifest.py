@@ -202,6 +202,7 @@ class Manifest:
             DELETE FROM scan_seen; DELETE FROM scan_wheres; DELETE FROM scan_new_hashes;
         """)
         self._scan_next = 0
+        self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
         self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
             WHERE state = 'pending' AND text IS NULL LIMIT 1""").fetchone() is not None
@@ -268,8 +269,10 @@ class Manifest:
         with self._temp_writes():
             conn.execute("INSERT INTO scan_wheres VALUES (?, ?, ?)", (first, at and _printable(at),
                                                                      _places_json(places)))
-            conn.execute("DELETE FROM scan_odd")
-            conn.executemany("INSERT INTO scan_odd VALUES (?, ?)", odd)
+            if odd or self._scan_odd:  # each statement costs a hand-over of the GIL to the reader thread
+                conn.execute("DELETE FROM scan_odd")
+                conn.executemany("INSERT INTO scan_odd VALUES (?, ?)", odd)
+                self._scan_odd = bool(odd)
             # In id order, a batch walks each B-tree once: ids in random order took 13.5 s -> 8.8 s at 1M
             # (bench/RESULTS.md, profiles).
             before = conn.total_changes  # (rowcount is -1 for a statement that starts with WITH)
@@ -287,7 +290,8 @@ class Manifest:
                     del batch[item.id]
                     ids[k] = None
                 params["ids"] = orjson.dumps(ids)
-            conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
+            if seen_only:
+                conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
         counts.scanned += len(batch)
 
         todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted

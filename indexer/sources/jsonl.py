@@ -32,18 +32,19 @@ class JsonlSource:
     def __iter__(self) -> Iterator[Record | Skip]:
         f = self._open()
         n = 0
+        name, id_field, text_field = self.name, self.id_field, self.text_field
         try:
             for n, line in enumerate(f, 1):
                 try:
                     row = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
                     if line.strip():  # a blank line is not a record
-                        yield Skip(f"{self.name}:{n}", f"not valid JSON ({exc})")
+                        yield Skip(f"{name}:{n}", f"not valid JSON ({exc})")
                     continue
                 if type(row) is not dict:
-                    yield Skip(f"{self.name}:{n}", f"expected a JSON object, got {type(row).__name__}")
+                    yield Skip(f"{name}:{n}", f"expected a JSON object, got {type(row).__name__}")
                     continue
-                yield record_from_fields(row, self.id_field, self.text_field, self.name, n)
+                yield record_from_fields(row, id_field, text_field, name, n)
         except (OSError, EOFError, zlib.error) as exc:
             raise SourceError(
                 f"{self.name} broke off after line {n}: {exc}; the lines before it were read. "
