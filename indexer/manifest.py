@@ -273,8 +273,8 @@ class Manifest:
                 conn.execute("DELETE FROM scan_odd")
                 conn.executemany("INSERT INTO scan_odd VALUES (?, ?)", odd)
                 self._scan_odd = bool(odd)
-            # In id order, a batch walks each B-tree once: ids in random order took 13.5 s -> 8.8 s at 1M
-            # (bench/RESULTS.md, profiles).
+            # In id order, a batch walks each B-tree once instead of jumping about: much faster when the
+            # ids come in random order (bench/RESULTS.md, notes on profiles).
             before = conn.total_changes  # (rowcount is -1 for a statement that starts with WITH)
             conn.execute(_ITEMS + """INSERT INTO scan_seen SELECT id, :first + key FROM items
                 WHERE true ORDER BY id ON CONFLICT DO NOTHING""", params)
