@@ -5,7 +5,8 @@
 
 Uses the index bench/bench_resync.py built (bench/data/resync_index_fakeDIM_N). Two runs, each its own
 process: one under cProfile (which slows Python code, not SQLite or C), one plain with every statement
-on the manifest's connection timed (execute/executemany plus the fetches of its cursor). Prints only;
+on the manifest's connection timed (execute/executemany plus the fetches of its cursor). Both read the
+source in the calling thread (no read-ahead thread), so that each cost is seen alone. Prints only;
 RESULTS.md is not touched.
 """
 
@@ -30,7 +31,9 @@ def _timed_sql() -> dict[str, list[float]]:
     spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 
     def key(sql: str) -> str:
-        return re.sub(r"\s+", " ", sql).strip()[:110]
+        sql = re.sub(r"\s+", " ", sql).strip()
+        # the statements over the batch share one WITH prefix (manifest._ITEMS): name them by the rest
+        return re.sub(r"^WITH items .*? FROM scan_odd\) ", "[WITH items] ", sql)[:110]
 
     class Cursor:
         def __init__(self, cur, k):
@@ -89,7 +92,16 @@ def _timed_sql() -> dict[str, list[float]]:
 
 
 def child(corpus: Path, index: Path, mode: str, top: int) -> None:
+    import importlib
+    from contextlib import nullcontext
+
     import indexer
+
+    sync_module = importlib.import_module("indexer.sync")  # (indexer.sync is also the function)
+
+    # Serial: the source is read in this thread, so that cProfile sees it and a statement's time is
+    # its own (with the read-ahead thread it would include waiting for the GIL to come back).
+    sync_module._read_ahead = lambda items, depth=2: nullcontext(items)
 
     if mode == "profile":
         import cProfile

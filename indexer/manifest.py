@@ -18,7 +18,9 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
+import orjson
 import xxhash
 
 from ._faults import crash_point
@@ -69,6 +71,12 @@ class ScanCounts:
     to_embed: int = 0  # distinct contents that became pending
     warnings: list[str] = field(default_factory=list)
 
+
+_NO_HASH = bytes(16)
+# The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
+_ITEMS = """WITH items (key, id, hash) AS (
+    SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
+    UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
 
 _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
@@ -181,13 +189,20 @@ class Manifest:
     def _ensure_scan_tables(self) -> None:
         if self._scan_tables_ready:
             return
+        # Item k of a batch is scanned as ordinal `first + k`. scan_seen keeps the ordinal of each id's
+        # first sighting, scan_wheres each batch's places (line numbers where a source has them), so
+        # that a "file:line" text is made only for a warning.
         self.conn.executescript("""
-            CREATE TEMP TABLE IF NOT EXISTS scan_batch (id TEXT PRIMARY KEY, hash BLOB NOT NULL,
-                seen_at TEXT) WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY, seen_at TEXT) WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)
+                WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_wheres (first INTEGER PRIMARY KEY, at TEXT,
+                places TEXT NOT NULL);
+            CREATE TEMP TABLE IF NOT EXISTS scan_odd (key INTEGER PRIMARY KEY, id TEXT NOT NULL);
             CREATE TEMP TABLE IF NOT EXISTS scan_new_hashes (hash BLOB PRIMARY KEY) WITHOUT ROWID;
-            DELETE FROM scan_seen; DELETE FROM scan_new_hashes;
+            DELETE FROM scan_seen; DELETE FROM scan_wheres; DELETE FROM scan_new_hashes;
         """)
+        self._scan_next = 0
+        self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
         self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
             WHERE state = 'pending' AND text IS NULL LIMIT 1""").fetchone() is not None
@@ -198,69 +213,107 @@ class Manifest:
         self._scan_tables_ready = False
         self._ensure_scan_tables()
 
+    def _seen_where(self, ordinal: int) -> str:
+        at, place = self.conn.execute("""SELECT at, places ->> (?1 - first) FROM scan_wheres
+            WHERE first <= ?1 ORDER BY first DESC LIMIT 1""", (ordinal,)).fetchone()
+        return f"{at}:{place}" if isinstance(place, int) else str(place)
+
     def scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, *, dry_run: bool = False,
                    max_warnings: int = 1000) -> None:
         """Upsert one batch of source records: new id -> pending, same hash -> untouched,
         changed hash -> pending (the old vector stays served until the new one is done)."""
         self._ensure_scan_tables()
-        batch: dict[str, tuple[bytes, Record]] = {}
-        # (id, where) of skipped records: present in the source, so not missing
-        seen_only: list[tuple[str, str]] = []
+        if not items:
+            return
+        first = self._scan_next
+        self._scan_next += len(items)
+        # The batch goes to SQLite as a JSON array of ids (None where item k is no record to scan) and
+        # the 16-byte hashes end to end: a few statements a batch, none a row.
+        ids: list[str | None] = [None] * len(items)
+        hashes = [_NO_HASH] * len(items)
+        places: list[int | str] = []
+        batch: dict[str, int] = {}  # id -> k of its record
+        seen_only: list[tuple[str, int]] = []  # skipped records with an id: present, so not missing
+        at = next((item.at for item in items if isinstance(item, Record)), None)
+        digest = xxhash.xxh3_128_digest
 
         def warn(msg: str) -> None:
             counts.skipped += 1
             if len(counts.warnings) < max_warnings:
                 counts.warnings.append(msg)
 
-        for item in items:
+        for k, item in enumerate(items):
             if isinstance(item, Skip):
+                places.append(item.where)
                 warn(f"{item.where}: skipped: {item.reason}")
                 if item.id is not None:
-                    seen_only.append((item.id, item.where))
+                    seen_only.append((item.id, first + k))
                 continue
+            places.append(item.line if item.line is not None and item.at == at else item.where)
             if item.id in batch:
                 counts.duplicates += 1
                 warn(f"{item.where}: skipped: duplicate id {item.id!r}, first seen at "
-                     f"{batch[item.id][1].where}; the first is kept")
+                     f"{items[batch[item.id]].where}; the first is kept")
                 continue
-            batch[item.id] = (content_hash(item.text), item)
+            batch[item.id] = k
+            ids[k] = item.id
+            hashes[k] = digest(item.text.encode("utf-8"))
 
+        # SQLite's JSON functions (3.40) cut a string at NUL: such ids go in the scan_odd table.
+        odd = [(k, i) for i, k in batch.items() if "\x00" in i] if "\x00" in "".join(batch) else []
+        for k, _ in odd:
+            ids[k] = None
+        params = {"ids": orjson.dumps(ids), "hashes": b"".join(hashes), "first": first}
         conn = self.conn
         # The scan's temp tables are written outside the main write lock; the main tables inside it.
         with self._temp_writes():
-            conn.execute("DELETE FROM scan_batch")
-            conn.executemany("INSERT INTO scan_batch VALUES (?, ?, ?)",
-                             ((k, v[0], v[1].where) for k, v in batch.items()))
-            for dup, first in conn.execute(
-                    "SELECT b.id, s.seen_at FROM scan_batch b JOIN scan_seen s USING (id)").fetchall():
-                counts.duplicates += 1
-                warn(f"{batch[dup][1].where}: skipped: duplicate id {dup!r}, first seen at {first}; "
-                     "the first is kept")
-                conn.execute("DELETE FROM scan_batch WHERE id = ?", (dup,))
-                del batch[dup]
-            conn.execute("INSERT INTO scan_seen SELECT id, seen_at FROM scan_batch")
-            conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
+            conn.execute("INSERT INTO scan_wheres VALUES (?, ?, ?)", (first, at and _printable(at),
+                                                                     _places_json(places)))
+            if odd or self._scan_odd:  # each statement costs a hand-over of the GIL to the reader thread
+                conn.execute("DELETE FROM scan_odd")
+                conn.executemany("INSERT INTO scan_odd VALUES (?, ?)", odd)
+                self._scan_odd = bool(odd)
+            # In id order, a batch walks each B-tree once instead of jumping about: much faster when the
+            # ids come in random order (bench/RESULTS.md, notes on profiles).
+            before = conn.total_changes  # (rowcount is -1 for a statement that starts with WITH)
+            conn.execute(_ITEMS + """INSERT INTO scan_seen SELECT id, :first + key FROM items
+                WHERE true ORDER BY id ON CONFLICT DO NOTHING""", params)
+            if conn.total_changes - before < len(batch):  # ids seen in an earlier batch
+                for k, seen_at in conn.execute(_ITEMS + """SELECT i.key, s.seen_at FROM items i
+                        JOIN scan_seen s USING (id) WHERE s.seen_at != :first + i.key ORDER BY i.key""",
+                        params).fetchall():
+                    item = items[k]
+                    counts.duplicates += 1
+                    warn(f"{item.where}: skipped: duplicate id {item.id!r}, first seen at "
+                         f"{self._seen_where(seen_at)}; the first is kept")
+                    conn.execute("DELETE FROM scan_odd WHERE key = ?", (k,))
+                    del batch[item.id]
+                    ids[k] = None
+                params["ids"] = orjson.dumps(ids)
+            if seen_only:
+                conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
         counts.scanned += len(batch)
 
-        todo = conn.execute("""
-            SELECT b.id, d.hash IS NULL OR d.deleted FROM scan_batch b LEFT JOIN documents d USING (id)
-            WHERE d.hash IS NULL OR d.hash != b.hash OR d.deleted""").fetchall()
+        todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted
+            FROM (SELECT * FROM items ORDER BY id) i LEFT JOIN documents d USING (id)
+            WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""", params).fetchall()
         n_new = sum(1 for _, is_new in todo if is_new)
         counts.new += n_new
         counts.changed += len(todo) - n_new
         counts.unchanged += len(batch) - len(todo)
+        records = cast(Sequence[Record], items)  # the keys in todo and lost are of records
         if self._restage_texts and not dry_run:
             # A content re-queued by `verify --repair` lost its staged text when it was first done; a
             # scan that sees the text again stages it, so that the next claim can embed it.
-            lost = conn.execute("""SELECT b.id FROM scan_batch b JOIN contents c ON c.hash = b.hash
-                                   WHERE c.state = 'pending' AND c.text IS NULL""").fetchall()
+            lost = conn.execute(_ITEMS + """SELECT i.key FROM items i JOIN contents c ON c.hash = i.hash
+                                WHERE c.state = 'pending' AND c.text IS NULL""", params).fetchall()
             if lost:
                 with self._write():
                     conn.executemany("UPDATE contents SET text = ? WHERE hash = ? AND text IS NULL",
-                                     ((batch[i][1].text, batch[i][0]) for (i,) in lost))
+                                     ((records[k].text, hashes[k]) for (k,) in lost))
         if not todo:
             return
-        fresh_contents = [(batch[i][0], len(batch[i][1].text), batch[i][1].text) for i, _ in todo]
+        fresh_contents = [(hashes[k], len(records[k].text), records[k].text) for k, _ in todo]
         with self._temp_writes():
             conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
                                 WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
@@ -276,7 +329,7 @@ class Manifest:
                     (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, deleted = 0,
                     ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
-                             ((i, batch[i][0]) for i, _ in todo))
+                             ((records[k].id, hashes[k]) for k, _ in todo))
         crash_point("mid-scan")
 
     def missing_ids_count(self) -> int:
@@ -539,6 +592,18 @@ class Manifest:
             conn.execute("UPDATE contents SET slot = -1 - slot WHERE slot IN (SELECT old FROM slot_moves)")
             conn.execute("""UPDATE contents SET slot = (SELECT new FROM slot_moves WHERE old = -1 - slot)
                             WHERE slot < 0""")
+
+
+def _printable(s: str) -> str:
+    """A place name that SQLite and JSON can hold: an undecodable file name's surrogates escaped."""
+    return s if s.isascii() else s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _places_json(places: list[int | str]) -> bytes:
+    try:
+        return orjson.dumps(places)
+    except TypeError:
+        return orjson.dumps([_printable(p) if isinstance(p, str) else p for p in places])
 
 
 def _normalize_sql(sql: str) -> str:

@@ -8,11 +8,15 @@ embedded, its chunk written durably, and only then committed.
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 import numpy as np
 import psutil
@@ -30,6 +34,8 @@ from .sources import IterableSource, Record, Skip, Source, open_sources
 from .store import VectorStore
 
 __all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,56 @@ def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record 
         if not batch:
             return
         yield batch
+
+
+@contextmanager
+def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
+    """Iterate `items` in a second thread, at most `depth` items ahead of the caller. An exception of
+    the reader is raised in the caller's thread at the point where it happened in the sequence; when
+    the caller stops (an error, Ctrl-C), the reader stops at its next item and `items` is closed."""
+    ahead: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(done: bool, value: object) -> None:
+        while not stop.is_set():
+            try:
+                ahead.put((done, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read() -> None:
+        try:
+            for item in items:
+                put(False, item)
+                if stop.is_set():
+                    break
+            else:
+                put(True, None)
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            put(True, exc)
+        finally:
+            close = getattr(items, "close", None)
+            if callable(close):
+                close()
+
+    def consume() -> Iterator[T]:
+        while True:
+            done, value = ahead.get()
+            if done:
+                if isinstance(value, BaseException):
+                    raise value
+                return
+            yield cast(T, value)
+
+    reader = threading.Thread(target=read, name="indexer-scan-reader", daemon=True)
+    reader.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        # A reader blocked on a slow source (a pipe) cannot be woken; it ends at its next item.
+        reader.join(timeout=1.0)
 
 
 # -- the shared claim -> embed -> write -> commit step ------------------------------------------------
@@ -247,9 +303,14 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     meter = _Meter("scan", None, on_progress)
     manifest.begin_scan()
     for reader in readers:
-        for batch in _batches(reader, settings.scan_batch):
-            manifest.scan_batch(batch, counts, dry_run=dry_run)
-            meter.add(len(batch))
+        # Files are read (parsed, validated) by a second thread while SQLite, which lets go of the GIL,
+        # works on the batch before. A Python iterable is read in the caller's thread: it may not
+        # allow another (a sqlite3 cursor does not).
+        batches = _batches(reader, settings.scan_batch)
+        with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
+            for batch in it:
+                manifest.scan_batch(batch, counts, dry_run=dry_run)
+                meter.add(len(batch))
     # Only a scan that read every source to its end may decide what is missing.
     if delete_missing:
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()

@@ -135,6 +135,27 @@ def test_duplicate_ids_keep_the_first(manifest: Manifest) -> None:
     assert any("f:2" in w and "f:1" in w for w in counts.warnings)
 
 
+def test_a_duplicate_from_an_earlier_batch_names_where_it_was_first_seen(manifest: Manifest) -> None:
+    """The first sighting is kept as an ordinal; its "file:line" is made from the batch's places, also
+    for ids holding NUL (which SQLite's JSON functions cannot carry) and for a skipped record's id."""
+    counts = ScanCounts()
+    manifest.begin_scan()
+    manifest.scan_batch([Record("a", "x", "f.jsonl", 1), Record("n\x00ul", "y", "f.jsonl", 2),
+                         Skip("f.jsonl:3", "empty text", "s"), Record("p", "z", "f.parquet row 4")], counts)
+    manifest.scan_batch([Record("n\x00ul", "y2", "g.jsonl", 7), Record("b", "w", "g.jsonl", 8),
+                         Record("a", "x2", "g.jsonl", 9), Record("s", "v", "g.jsonl", 10),
+                         Record("p", "u", "g.jsonl", 11)], counts)
+    assert counts.duplicates == 4 and counts.scanned == 4
+    assert [w for w in counts.warnings if "duplicate" in w] == [
+        "g.jsonl:7: skipped: duplicate id 'n\\x00ul', first seen at f.jsonl:2; the first is kept",
+        "g.jsonl:9: skipped: duplicate id 'a', first seen at f.jsonl:1; the first is kept",
+        "g.jsonl:10: skipped: duplicate id 's', first seen at f.jsonl:3; the first is kept",
+        "g.jsonl:11: skipped: duplicate id 'p', first seen at f.parquet row 4; the first is kept"]
+    hashes = dict(manifest.conn.execute("SELECT id, hash FROM documents").fetchall())
+    assert hashes == {"a": content_hash("x"), "n\x00ul": content_hash("y"), "p": content_hash("z"),
+                      "b": content_hash("w")}
+
+
 def test_delete_missing_and_skipped_known_id(manifest: Manifest) -> None:
     scan(manifest, {"a": "x", "b": "y", "c": "z"})
     counts = ScanCounts()

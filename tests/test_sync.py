@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -550,3 +550,47 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
     with indexer.open(ix, small_settings) as idx:
         assert idx.compact().chunks_packed == 0
     assert_serves(ix, docs)
+
+
+# -- the scan's read-ahead thread ------------------------------------------------------------------------
+
+def test_read_ahead_hands_on_items_then_the_readers_error_in_order() -> None:
+    from indexer.sync import _read_ahead
+
+    def items() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise indexer.SourceError("broke off")
+
+    got: list[int] = []
+    with pytest.raises(indexer.SourceError, match="broke off"), _read_ahead(items()) as it:
+        got.extend(it)
+    assert got == [1, 2]
+
+
+def test_read_ahead_stays_bounded_and_stops_and_closes_the_source_when_the_caller_stops() -> None:
+    import threading
+    import time
+
+    from indexer.sync import _read_ahead
+
+    produced: list[int] = []
+    closed = threading.Event()
+
+    def items() -> Iterator[int]:
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    with pytest.raises(KeyboardInterrupt), _read_ahead(items(), depth=2) as it:
+        for i in it:
+            time.sleep(0.2)  # the reader runs ahead meanwhile, as far as the queue lets it
+            assert len(produced) <= i + 1 + 2 + 1  # queue of 2, plus the one waiting to be put
+            if i == 3:
+                raise KeyboardInterrupt  # Ctrl-C in the caller's thread
+    assert closed.wait(2), "the source was not closed"
+    assert len(produced) <= 4 + 2 + 1
+    assert not [t for t in threading.enumerate() if t.name == "indexer-scan-reader"]

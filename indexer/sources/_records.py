@@ -6,11 +6,20 @@ from dataclasses import dataclass
 __all__ = ["Record", "Skip", "record_from_fields"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
+    """A usable document. `at` and `line` say where it was read: "file" and its line, or the whole
+    place ("file row N", a path) with no line. The "file:line" text is made only when asked for: a scan
+    of millions of documents rarely needs it."""
+
     id: str
     text: str
-    where: str  # "file:line" or "file row N", for messages
+    at: str
+    line: int | None = None
+
+    @property
+    def where(self) -> str:
+        return self.at if self.line is None else f"{self.at}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,17 +29,15 @@ class Skip:
     id: str | None = None  # known when only the text was bad: such a document is not "missing"
 
 
-def _valid_id(value: object) -> str | None:
-    if isinstance(value, str) and value:
-        return value if _is_unicode(value) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
 def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str,
-                       where: str) -> Record | Skip:
+                       at: str, line: int | None = None) -> Record | Skip:
     """Validate one row: the one place that decides which ids and texts are usable."""
+    doc_id, text = row.get(id_field), row.get(text_field)
+    # The common case in few steps: isascii() is O(1), so only non-ASCII strings pay for a UTF-8 check.
+    if (type(doc_id) is str and doc_id and (doc_id.isascii() or _is_unicode(doc_id))
+            and type(text) is str and text and not text.isspace() and (text.isascii() or _is_unicode(text))):
+        return Record(doc_id, text, at, line)
+    where = at if line is None else f"{at}:{line}"
     if id_field not in row:
         return Skip(where, f"no {id_field!r} field; name the id field with --id-field")
     doc_id = _valid_id(row[id_field])
@@ -48,7 +55,15 @@ def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str
         return Skip(where, "empty text: nothing to embed", doc_id)
     if not _is_unicode(text):
         return Skip(where, "text is not valid Unicode (lone surrogate escape)", doc_id)
-    return Record(doc_id, text, where)
+    return Record(doc_id, text, at, line)
+
+
+def _valid_id(value: object) -> str | None:
+    if isinstance(value, str) and value:
+        return value if _is_unicode(value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _is_unicode(s: str) -> bool:

@@ -40,12 +40,11 @@ class CsvSource:
                 _ = reader.fieldnames  # reads the header, which may itself span lines
                 row_start = reader.line_num + 1
                 for row in reader:
-                    where = f"{self.name}:{row_start}"
-                    row_start = reader.line_num + 1
+                    line, row_start = row_start, reader.line_num + 1
                     if None in row:
-                        yield Skip(where, "more fields than the header has")
+                        yield Skip(f"{self.name}:{line}", "more fields than the header has")
                         continue
-                    yield record_from_fields(row, self.id_field, self.text_field, where)
+                    yield record_from_fields(row, self.id_field, self.text_field, self.name, line)
             except UnicodeDecodeError as exc:
                 raise SourceError(
                     f"{self.name}: not valid UTF-8 near line {row_start}; re-save it as UTF-8 "

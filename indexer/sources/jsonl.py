@@ -32,20 +32,19 @@ class JsonlSource:
     def __iter__(self) -> Iterator[Record | Skip]:
         f = self._open()
         n = 0
+        name, id_field, text_field = self.name, self.id_field, self.text_field
         try:
             for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.name}:{n}"
                 try:
                     row = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
-                    yield Skip(where, f"not valid JSON ({exc})")
+                    if line.strip():  # a blank line is not a record
+                        yield Skip(f"{name}:{n}", f"not valid JSON ({exc})")
                     continue
-                if not isinstance(row, dict):
-                    yield Skip(where, f"expected a JSON object, got {type(row).__name__}")
+                if type(row) is not dict:
+                    yield Skip(f"{name}:{n}", f"expected a JSON object, got {type(row).__name__}")
                     continue
-                yield record_from_fields(row, self.id_field, self.text_field, where)
+                yield record_from_fields(row, id_field, text_field, name, n)
         except (OSError, EOFError, zlib.error) as exc:
             raise SourceError(
                 f"{self.name} broke off after line {n}: {exc}; the lines before it were read. "
