@@ -117,8 +117,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    "disk and faster search, some loss of quality unless the model was trained for it. "
                    "New index: the model's full dimension; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
-              help="Texts per forward pass ([gpus] on CUDA and [openai]: only a cap when given; they fill "
-                   "batches by tokens).")
+              help="At most this many texts per forward pass ([gpus] on CUDA and [openai]: only when "
+                   "given).")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
 @click.option("--delete-missing", is_flag=True,
@@ -133,9 +133,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
               help="[processes, ray] Torch threads per worker.")
 @click.option("--devices", default=None, help="[gpus] Comma-separated devices, e.g. 0,1 (default: all).")
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
-              help="[gpus] Padded tokens per forward pass; texts of similar token length fill each batch "
-                   "up to it (default on CUDA: 65536; halved on out-of-memory).")
+@click.option("--batch-tokens", type=click.IntRange(min=0), default=None,
+              help=f"Padded tokens (texts x longest) per forward pass, texts of similar token length "
+                   f"together; 0: --batch-size alone. Default {_DEFAULTS.batch_tokens}; [gpus] on CUDA "
+                   "65536, halved on out-of-memory.")
 @click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
 @click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
@@ -162,6 +163,7 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     with _errors():
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
+            batch_tokens = backend_flags.pop("batch_tokens")
             options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
             batch_size_given = click.get_current_context().get_parameter_source(
                 "batch_size") is ParameterSource.COMMANDLINE
@@ -170,11 +172,13 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                 options["max_batch_inputs"] = batch_size
             if backend == "gpus" and batch_size_given:
                 options["max_batch_texts"] = batch_size
+            if backend == "gpus" and batch_tokens:  # on CUDA the backend sizes batches itself
+                options["batch_tokens"] = batch_tokens
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim)
+                           truncate_dim=truncate_dim, batch_tokens=batch_tokens)
         finally:
             if bar is not None:
                 bar.close()

@@ -15,6 +15,10 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 class Settings:
     dtype: str = "float32"
     batch_size: int = 32
+    # Padded tokens (texts x longest) per forward pass on the CPU, texts sorted by token length: a batch
+    # of short texts grows up to batch_size, one of long texts shrinks. 0: batches of batch_size alone.
+    # Measured on 2,000 real paragraphs, 2 cores: 56 vs 44 docs/s (median of 3) for 4,096 vs none.
+    batch_tokens: int = 4096
     retry_attempts: int = 3
     scan_batch: int = 10_000
     # Rows per Zarr chunk, and so per claim: a claim owns whole chunks, written once by one writer.

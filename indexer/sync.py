@@ -216,7 +216,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          backend: str = "inline", backend_options: dict[str, object] | None = None,
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
-         runtime: str | None = None, truncate_dim: int | None = None) -> SyncSummary:
+         runtime: str | None = None, truncate_dim: int | None = None,
+         batch_tokens: int | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -227,8 +228,14 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     `runtime` ("torch", "onnx", "onnx-int8") and `truncate_dim` (keep the first D dims, renormalized)
     are part of the index's configuration, like `model` and `dtype`: None means the default for a new
     index (torch, no truncation) and the index's own for an existing one; anything else must match.
+
+    A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
+    of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
     """
     settings = settings or Settings()
+    if batch_tokens is not None and batch_tokens < 0:
+        raise IndexerError("--batch-tokens must be at least 1 (or 0: batches by --batch-size alone)")
+    batch_tokens = settings.batch_tokens if batch_tokens is None else batch_tokens
     if dtype is not None and dtype not in DTYPES:
         raise IndexerError(f"dtype {dtype!r} is not supported; use float32 or float16")
     if runtime is not None and runtime not in RUNTIMES:
@@ -261,8 +268,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim)
     elif not dry_run:
         if runner is None:
-            runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, embedder,
-                                  backend, backend_options,
+            runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
+                                  embedder, backend, backend_options,
                                   _with_runtime(embedder_options, runtime, truncate_dim))
         requested = _requested_config(runner.info, dtype or settings.dtype)
         try:
@@ -278,8 +285,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
-                model or index.config.model, batch_size or settings.batch_size, embedder, backend,
-                backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
+                model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
+                backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
                                                truncate_dim or index.config.truncate_dim))))
         state = "finished"
     except KeyboardInterrupt:
@@ -333,10 +340,14 @@ def _with_runtime(options: dict[str, object] | None, runtime: str | None,
     return out
 
 
-def _make_runner(model: str, batch_size: int, embedder: Embedder | None, backend: str,
-                 options: dict[str, object] | None, embedder_options: dict[str, object] | None) -> Runner:
+def _make_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
+                 backend: str, options: dict[str, object] | None,
+                 embedder_options: dict[str, object] | None) -> Runner:
     if embedder is not None:
         return InlineRunner(embedder)
+    embedder_options = dict(embedder_options or {})
+    if batch_tokens and backend != "openai":  # the API packs its own requests
+        embedder_options["batch_tokens"] = batch_tokens
     return make_runner(backend, model, batch_size=batch_size, embedder_options=embedder_options,
                        **(options or {}))
 

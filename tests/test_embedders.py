@@ -348,3 +348,36 @@ def test_fake_model_gives_distinct_unit_vectors() -> None:
 def test_a_bad_fake_dimension_is_a_model_load_error(name: str) -> None:
     with pytest.raises(ModelLoadError, match="fake:384"):
         load_embedder(name)
+
+
+@pytest.mark.parametrize(("flags", "limits"), [
+    ([], (32, 4096)),  # Settings: batch_size 32, batch_tokens 4096
+    (["--batch-tokens", "100"], (32, 100)),
+    (["--batch-tokens", "0", "--batch-size", "8"], (8, None)),  # batches by count alone
+])
+def test_the_cli_batch_limits_reach_the_embedder(tiny_path: Path, tmp_path: Path, flags: list[str],
+                                                 limits: tuple[int, int | None],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    seen: list[tuple[int, int | None]] = []
+    inner = SentenceTransformerEmbedder.embed_tokenized
+
+    def spy(self: SentenceTransformerEmbedder, tok: Any, **options: Any) -> np.ndarray:
+        seen.append((self.batch_size, self.batch_tokens))
+        return inner(self, tok, **options)
+
+    monkeypatch.setattr(SentenceTransformerEmbedder, "embed_tokenized", spy)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(f'{{"id": "d{i}", "text": "text {i}"}}\n' for i in range(5)))
+    result = CliRunner().invoke(cli, ["sync", str(src), "--index", str(tmp_path / "ix"), "--model",
+                                      str(tiny_path), "--quiet", *flags])
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {limits}
+
+
+def test_a_negative_token_budget_is_refused() -> None:
+    with pytest.raises(indexer.IndexerError, match="--batch-tokens must be at least 1"):
+        indexer.sync("unused", [], batch_tokens=-1)
