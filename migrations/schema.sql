@@ -11,7 +11,7 @@ CREATE TABLE contents (
     attempts  INTEGER NOT NULL DEFAULT 0,
     error     TEXT
 ) WITHOUT ROWID;
-CREATE INDEX contents_by_state_chars ON contents (state, chars);
+CREATE INDEX contents_pending_by_chars ON contents (chars) WHERE state = 'pending';
 CREATE INDEX contents_by_claim ON contents (claim_id) WHERE claim_id IS NOT NULL;
 
 CREATE TABLE documents (
@@ -21,7 +21,6 @@ CREATE TABLE documents (
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX documents_by_hash ON documents (hash);
-CREATE INDEX documents_by_ready_hash ON documents (ready_hash);
 
 CREATE TABLE claims (
     id         INTEGER PRIMARY KEY,
