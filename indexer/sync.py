@@ -264,6 +264,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
         runner = runner()
     try:
         index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        manifest.prepare_for_claims()
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
     finally:
         _collect_stats(runner, summary)
