@@ -65,12 +65,14 @@ class VectorStore:
     def rows(self) -> int:
         return int(zarr.open_array(self.path, mode="r").shape[0])
 
-    def ensure_chunks(self, n_chunks: int) -> None:
-        """Grow the array's shape to hold `n_chunks` chunks. Call it under the manifest's write lock."""
+    def ensure_chunks(self, n_chunks: int, spare: int = 0) -> None:
+        """Grow the array's shape to hold `n_chunks` chunks, and `spare` more when it has to grow (so
+        that the next calls need not rewrite zarr.json). Call it under the manifest's write lock."""
         if n_chunks * self.chunk_rows <= self._rows_known:
             return  # the shape never shrinks: no need to read zarr.json again
         array = zarr.open_array(self.path, mode="r+")
         if array.shape[0] < n_chunks * self.chunk_rows:
+            n_chunks += spare
             try:
                 array.resize((n_chunks * self.chunk_rows, self.dim))
             except OSError as exc:
