@@ -46,6 +46,7 @@ class VectorStore:
         self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
         self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._rows_known = 0  # the array holds at least this many rows (set by ensure_chunks)
 
     @classmethod
     def create(cls, path: Path, dim: int, dtype: str, chunk_rows: int) -> VectorStore:
@@ -64,16 +65,21 @@ class VectorStore:
     def rows(self) -> int:
         return int(zarr.open_array(self.path, mode="r").shape[0])
 
-    def ensure_chunks(self, n_chunks: int) -> None:
-        """Grow the array's shape to hold `n_chunks` chunks. Call it under the manifest's write lock."""
+    def ensure_chunks(self, n_chunks: int, spare: int = 0) -> None:
+        """Grow the array's shape to hold `n_chunks` chunks, and `spare` more when it has to grow (so
+        that the next calls need not rewrite zarr.json). Call it under the manifest's write lock."""
+        if n_chunks * self.chunk_rows <= self._rows_known:
+            return  # the shape never shrinks: no need to read zarr.json again
         array = zarr.open_array(self.path, mode="r+")
         if array.shape[0] < n_chunks * self.chunk_rows:
+            n_chunks += spare
             try:
                 array.resize((n_chunks * self.chunk_rows, self.dim))
             except OSError as exc:
                 raise StoreError(f"cannot grow {self.path} to {n_chunks} chunks: {exc.strerror or exc}; "
                                  "free space or fix permissions, then sync again (nothing was claimed)"
                                  ) from exc
+        self._rows_known = max(int(array.shape[0]), n_chunks * self.chunk_rows)
 
     def chunk_files(self) -> Iterator[int]:
         base = self.path / "c"

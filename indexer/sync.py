@@ -368,6 +368,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
         runner = runner()
     try:
         index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        manifest.prepare_for_claims()
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
     finally:
         _collect_stats(runner, summary)
@@ -389,7 +390,9 @@ def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
     """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive."""
-    grow = lambda chunk: store.ensure_chunks(chunk + 1)  # noqa: E731
+    # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
+    # zarr.json for every claim cost 4-8 ms a claim (cProfile of a 20k and a 100k sync).
+    grow = lambda chunk: store.ensure_chunks(chunk + 1, spare=16 + chunk // 8)  # noqa: E731
     in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], Claim] = {}
     renew_every = manifest.settings.lease_seconds / 3
     last_renew = time.monotonic()

@@ -6,12 +6,13 @@ CREATE TABLE contents (
               CHECK (state IN ('pending', 'claimed', 'done', 'failed')),
     chars     INTEGER NOT NULL,          -- length in characters: claims take similar lengths together
     text      TEXT,                      -- staged until done, then NULL: the manifest never keeps vectors
-    slot      INTEGER UNIQUE,            -- row of vectors.zarr, set when done
+    slot      INTEGER,                   -- row of vectors.zarr, set when done (unique: contents_by_slot)
     claim_id  INTEGER,
     attempts  INTEGER NOT NULL DEFAULT 0,
     error     TEXT
 ) WITHOUT ROWID;
-CREATE INDEX contents_by_state_chars ON contents (state, chars);
+CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
+CREATE INDEX contents_pending_by_chars ON contents (chars) WHERE state = 'pending';
 CREATE INDEX contents_by_claim ON contents (claim_id) WHERE claim_id IS NOT NULL;
 
 CREATE TABLE documents (
@@ -21,7 +22,6 @@ CREATE TABLE documents (
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX documents_by_hash ON documents (hash);
-CREATE INDEX documents_by_ready_hash ON documents (ready_hash);
 
 CREATE TABLE claims (
     id         INTEGER PRIMARY KEY,

@@ -19,7 +19,7 @@ import pytest
 import indexer
 from indexer import manifest as manifest_module
 from indexer.errors import ManifestError
-from indexer.manifest import _LEDGER, Manifest, migrations_dir
+from indexer.manifest import _LEDGER, Manifest, content_hash, migrations_dir
 from indexer.settings import Settings
 
 SETTINGS = Settings(chunk_rows=8)
@@ -195,3 +195,46 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
     conn.close()
     with pytest.raises(ManifestError, match="upgrade indexer"):
         indexer.open(ix)
+
+
+def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
+    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
+    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
+    from conftest import fake_vector, served
+
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
+    conn.executescript("""BEGIN;
+        INSERT INTO contents SELECT hash, state, chars, text, slot, claim_id, attempts, error
+            FROM new.contents;
+        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
+        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
+            WHERE key = 'next_chunk';
+        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
+        COMMIT;""")
+    conn.execute("DETACH new")
+    beta, gamma = content_hash("beta"), content_hash("gamma")
+    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
+                     [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
+    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, ix / "manifest.sqlite")
+
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 2
+    got = served(ix)
+    assert sorted(got) == ["a", "b", "c"]
+    for key, text in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
+        assert got[key].tobytes() == fake_vector(text).tobytes(), key
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+    with indexer.open(ix) as idx:
+        assert idx.verify().to_dict()["problems"] == []

@@ -91,6 +91,22 @@ def test_ensure_chunks_grows_the_shape_and_never_shrinks(tmp_path: Path) -> None
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "v.zarr", mode="r")[ROWS:2 * ROWS], block(5))
 
 
+def test_ensure_chunks_grows_spare_chunks_only_when_it_must_grow(tmp_path: Path) -> None:
+    store = VectorStore.create(tmp_path / "v.zarr", DIM, "float32", ROWS)
+    store.ensure_chunks(1, spare=3)
+    assert store.rows() == 4 * ROWS
+    store.ensure_chunks(4, spare=3)  # fits: no growth, no spare
+    assert store.rows() == 4 * ROWS
+    # another process grew the array meanwhile: this one sees it when it next has to grow
+    VectorStore(tmp_path / "v.zarr").ensure_chunks(6)
+    store.ensure_chunks(5, spare=3)
+    assert store.rows() == 6 * ROWS
+    store.ensure_chunks(7, spare=1)
+    assert store.rows() == 8 * ROWS
+    # spare chunks are unwritten: they read as NaN, never as a vector
+    assert np.isnan(zarr.open_array(tmp_path / "v.zarr", mode="r")[7 * ROWS:]).all()
+
+
 def test_write_chunk_refuses_a_partial_block(tmp_path: Path) -> None:
     store = VectorStore.create(tmp_path / "v.zarr", DIM, "float32", ROWS)
     store.ensure_chunks(1)
