@@ -122,7 +122,7 @@ class _DirectTokenizer:
     """The model's fast (Rust) tokenizer called directly, with padding done in numpy.
 
     `preprocess` goes through transformers' Python layer, which pads lists of Python ints and copies
-    them into tensors: measured 3,100 texts/s against 64,000 for the Rust call itself on a 16-core GPU
+    them into tensors: measured 2,400-3,100 texts/s against ~64,000 for the Rust call itself on a 16-core GPU
     host (bench/RESULTS.md). Used only when, on probe texts, it gives exactly `preprocess`'s features
     (see `direct_tokenizer`); otherwise `preprocess` is used as it is.
     """
