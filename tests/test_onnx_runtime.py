@@ -270,6 +270,29 @@ def test_the_fp32_graph_is_fused_and_int8_quantizes_the_ffn_up_projections(
     assert sum(n.op_type == "MatMulInteger" for n in int8.node) == 2
 
 
+def test_a_fused_graph_that_differs_from_torch_falls_back_to_the_plain_one(
+        tmp_path: Path, tiny_path: Path, tiny_torch: SentenceTransformerEmbedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("INDEXER_CACHE_DIR", str(cache))
+    check = ox._check_export
+
+    def fail_fused(model: Any, path: Path, name: str) -> None:
+        if ".fused." in path.name:
+            raise ModelLoadError("the fused graph differs")
+        check(model, path, name)
+
+    monkeypatch.setattr(ox, "_check_export", fail_fused)
+    e = load_embedder(str(tiny_path), runtime="onnx")
+    assert isinstance(e, ox.OnnxEmbedder)
+    assert "Attention" not in {n.op_type for n in onnx.load(str(e.path)).graph.node}
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == [".lock", "model-fp32.onnx"]
+    texts = tiny_texts(20, seed=4)
+    assert cosines(e.embed(texts), tiny_torch.embed(texts)).min() >= 0.9999
+
+
 def test_a_failed_export_leaves_no_file_behind(tmp_path: Path, tiny_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
