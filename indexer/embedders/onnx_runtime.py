@@ -3,9 +3,12 @@
 The model is loaded with sentence-transformers once (its tokenizer, and its weights hash as the
 revision), exported to ONNX on first use and cached by that hash:
 
-    <cache>/<weights hash>/model-fp32.onnx      torch.onnx.export (TorchScript exporter, no network)
-    <cache>/<weights hash>/model-int8.onnx      onnxruntime.quantization.quantize_dynamic of the fp32 file
+    <cache>/<weights hash>/v2/model-fp32.onnx   torch.onnx.export (TorchScript exporter, no network),
+                                                then ONNX Runtime's transformer optimizer (fused attention)
+    <cache>/<weights hash>/v2/model-int8.onnx   onnxruntime.quantization.quantize_dynamic of the fp32 file
 
+v2 is EXPORT_FORMAT, bumped whenever the files would be made differently, so that stale ones are not
+loaded.
 <cache> is $INDEXER_CACHE_DIR, else $XDG_CACHE_HOME/indexer/onnx, else ~/.cache/indexer/onnx. A file
 is written under a temporary name and renamed into place, under a lock on the model's directory, so
 concurrent workers export once and never see half a file. Delete the directory to export again.
@@ -13,7 +16,9 @@ concurrent workers export once and never see half a file. Delete the directory t
 The exported graph is the whole sentence-transformers pipeline (transformer, pooling with the attention
 mask, Normalize where the model has it), with batch and sequence axes dynamic. It is traced from a
 padded batch of mixed lengths, so the mask path is the general one (a trace from an unpadded batch can
-bake in "no padding"), and checked against torch on mixed-length batches before it is cached.
+bake in "no padding"), with eager attention (which the optimizer can fuse), and checked against torch
+on mixed-length batches before it is cached, before and after fusion (a fused graph that fails the
+check is dropped for the plain one).
 
 Texts are tokenized by the model's own preprocessing and batched by token length exactly as
 SentenceTransformerEmbedder does; ONNX Runtime's threads follow torch's (pinned per worker by the
@@ -41,6 +46,12 @@ from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch
 __all__ = ["FILES", "OnnxEmbedder", "cache_dir", "ensure_exported", "import_onnxruntime"]
 
 FILES = {"onnx": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
+# The cache layout <cache>/<weights hash>/<EXPORT_FORMAT>/: bump it whenever the export, the graph
+# optimization or the quantization changes, so that files made the old way are never loaded again.
+# v1 (unversioned, directly under the hash): SDPA trace, unfused, all weight MatMuls int8.
+# v2: eager-attention trace fused by ONNX Runtime's transformer optimizer; int8 quantizes only the FFN
+#     up-projections (docs/RUNTIMES.md has the measurements).
+EXPORT_FORMAT = "v2"
 OPSET = 17
 # The export must reproduce torch on every document (tests/test_onnx_runtime.py measures the corpus).
 EXPORT_MIN_COSINE = 0.9999
@@ -93,6 +104,27 @@ def _features(model: Any, texts: list[str]) -> dict[str, np.ndarray]:
             if hasattr(v, "numpy")}
 
 
+@contextlib.contextmanager
+def _eager_attention(model: Any) -> Iterator[None]:
+    """The transformer's attention as plain MatMul/Softmax while tracing: an SDPA trace has IsNaN/Where
+    around the softmax, which ONNX Runtime's attention fusion does not recognize. Restored afterwards
+    (the same model keeps serving torch)."""
+    transformer: Any = getattr(model[0], "auto_model", None) if len(model) else None
+    before = getattr(getattr(transformer, "config", None), "_attn_implementation", None)
+    switched = False
+    if before not in (None, "eager") and hasattr(transformer, "set_attn_implementation"):
+        try:
+            transformer.set_attn_implementation("eager")
+            switched = True
+        except Exception:  # a model without an eager path: trace what it has
+            pass
+    try:
+        yield
+    finally:
+        if switched:
+            transformer.set_attn_implementation(before)
+
+
 def _export_fp32(model: Any, path: Path) -> None:
     """Trace the whole sentence-transformers model into one ONNX graph at `path`."""
     import torch
@@ -110,7 +142,7 @@ def _export_fp32(model: Any, path: Path) -> None:
 
     args = tuple(torch.from_numpy(sample[n]) for n in names)
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _eager_attention(model):
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow, checked below
         torch.onnx.export(Graph().eval(), args, str(path), dynamo=False, input_names=names,
                           output_names=["sentence_embedding"],
@@ -118,17 +150,60 @@ def _export_fp32(model: Any, path: Path) -> None:
                           opset_version=OPSET, do_constant_folding=True)
 
 
+def _fuse(model: Any, src: Path, dst: Path) -> bool:
+    """ONNX Runtime's transformer optimizer on the traced graph (offline, Python only): attention,
+    LayerNorm with the residual add, bias+GELU and the embeddings each become one fused kernel. False
+    (nothing written) when the optimizer is missing or fuses no attention: the plain graph is kept."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
+    heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
+    if not heads or not hidden:
+        return False
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        return False
+    logging.disable(logging.WARNING)  # the optimizer logs each fusion
+    try:
+        optimized = optimize_model(str(src), model_type="bert", num_heads=int(heads), hidden_size=int(hidden),
+                                   opt_level=0)
+    except Exception:
+        return False
+    finally:
+        logging.disable(logging.NOTSET)
+    if not optimized.get_fused_operator_statistics().get("Attention"):
+        return False
+    optimized.save_model_to_file(str(dst))
+    return True
+
+
+def _int8_nodes(path: Path) -> list[str] | None:
+    """The MatMuls int8 quantizes: each layer's FFN up-projection (hidden -> 4x hidden, named
+    .../intermediate/dense/... in Hugging Face BERT-like models). Quantizing one group at a time on
+    MiniLM, the attention projections and both output projections each cost more neighbour overlap
+    than they gained speed on an AVX2 CPU (docs/RUNTIMES.md). None (every weight MatMul) for a model
+    without such names."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names = [n.name for n in graph.node if n.op_type == "MatMul" and "/intermediate/" in n.name]
+    return names or None
+
+
 def _quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic quantization: int8 weights per output channel, activations quantized at run time.
     Per-channel keeps MiniLM's mean cosine to fp32 above 0.99 where per-tensor gave about 0.96
-    (measured; docs/RUNTIMES.md); only MatMul is quantized (the embeddings stay fp32)."""
+    (measured; docs/RUNTIMES.md); only the FFN up-projections are quantized (see _int8_nodes): the
+    fused attention, the output projections and the embeddings stay fp32."""
+    import onnx
+
     import_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.WARNING)  # its root-logger advice to pre-process, on every quantization
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=_int8_nodes(src),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops' outputs
     finally:
         logging.disable(logging.NOTSET)
 
@@ -163,7 +238,7 @@ def ensure_exported(model: Any, revision: str, runtime: str, name: str,
     """The cached ONNX file for this model and runtime, exported (and quantized) if not there yet."""
     if runtime not in FILES:
         raise ModelLoadError(f"runtime {runtime!r} has no ONNX file; choose one of {', '.join(FILES)}")
-    directory = (cache or cache_dir()) / revision
+    directory = (cache or cache_dir()) / revision / EXPORT_FORMAT
     target = directory / FILES[runtime]
     if target.is_file():
         return target
@@ -180,6 +255,16 @@ def ensure_exported(model: Any, revision: str, runtime: str, name: str,
             def export(tmp: Path) -> None:
                 _export_fp32(model, tmp)
                 _check_export(model, tmp, name)
+                fused = tmp.with_name(tmp.name.replace(".partial.onnx", ".fused.partial.onnx"))
+                try:
+                    if _fuse(model, tmp, fused):
+                        try:
+                            _check_export(model, fused, name)
+                        except ModelLoadError:  # keep the plain graph, which reproduces torch
+                            return
+                        fused.replace(tmp)
+                finally:
+                    fused.unlink(missing_ok=True)
 
             _write_atomically(fp32, export)
         if runtime == "onnx-int8":
