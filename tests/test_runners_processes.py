@@ -36,8 +36,9 @@ except ImportError:  # tests/ imported as a package
 from indexer import Index, IndexerError, Progress, sync
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ModelLoadError
-from indexer.runners import EmbedResult, make_runner
+from indexer.runners import BatchDone, EmbedResult, make_runner
 from indexer.runners import auto as auto_backend
+from indexer.runners._liveness import HangRule
 from indexer.runners.gpus import parse_devices
 from indexer.runners.processes import ProcessRunner, default_layout
 from indexer.settings import Settings
@@ -119,8 +120,8 @@ class Watched:
     def capacity(self) -> int:
         return self.inner.capacity
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
-        future = self.inner.submit(texts)
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        future = self.inner.submit(texts, on_batch)
         future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
         if self.kill and self._killer is None:
             self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
@@ -145,6 +146,9 @@ class Watched:
 
     def stats(self) -> dict[str, object]:
         return self.inner.stats()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        self.inner.watch_for_hangs(rule)
 
     def close(self) -> None:
         self.pids_at_close = self.inner.pids
@@ -325,8 +329,8 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     runner = processes(2)
     pids = runner.pids
 
-    def interrupt(p: Progress) -> None:
-        if p.phase == "embed":
+    def interrupt(p: Progress) -> None:  # progress comes within claims too: wait for a first commit
+        if p.phase == "embed" and committed_claims(tmp_path / "idx"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -31,7 +31,8 @@ from conftest import assert_same_vectors, corpus, write_jsonl  # noqa: E402
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
-from indexer.runners import EmbedResult, make_runner  # noqa: E402
+from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
+from indexer.runners._liveness import HangRule  # noqa: E402
 from indexer.runners.ray_actors import INSTALL_HINT, RayRunner  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 
@@ -88,8 +89,8 @@ class Watched:
     def capacity(self) -> int:
         return self.inner.capacity
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
-        future = self.inner.submit(texts)
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        future = self.inner.submit(texts, on_batch)
         future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
         if self.kill and self._killer is None:
             self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
@@ -119,6 +120,12 @@ class Watched:
                 time.sleep(0.05)
         self.at_close = [(s.state, s.pid, s.deaths) for s in self.inner.slots]
         self.inner.close()
+
+    def stats(self) -> dict[str, object]:
+        return self.inner.stats()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        self.inner.watch_for_hangs(rule)
 
 
 def ray_runner(workers: int = 2, **options: Any) -> RayRunner:
