@@ -10,6 +10,7 @@ Ctrl-C is raised in the driver and sent as SIGINT to a CLI run's whole process g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,10 +107,11 @@ def processes(workers: int = 2, **options: Any) -> ProcessRunner:
 
 class Watched:
     """A Runner around a ProcessRunner that counts the texts each successful claim delivered and may
-    SIGKILL the first worker seen working on a claim."""
+    SIGKILL (or `sig`) the first worker seen working on a claim."""
 
-    def __init__(self, inner: ProcessRunner, kill: bool = False) -> None:
-        self.inner, self.kill = inner, kill
+    def __init__(self, inner: ProcessRunner, kill: bool = False,
+                 sig: signal.Signals = signal.SIGKILL) -> None:
+        self.inner, self.kill, self.sig = inner, kill, sig
         self.info = inner.info
         self.delivered: Counter[str] = Counter()
         self.victims: list[int] = []
@@ -140,7 +142,7 @@ class Watched:
                 base.setdefault(pid, used)
                 if used - base[pid] >= cpu_s and pid in self.inner.busy_pids():  # embedding right now
                     self.victims.append(pid)
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, self.sig)
                     return
             time.sleep(0.002)
 
@@ -314,6 +316,94 @@ def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, 
     assert again.embedded == len(BIG) - done_before and again.workers_lost == 0  # nothing done twice
     assert_same_vectors(tmp_path / "idx", big_inline)
     check_consistent(tmp_path / "idx")
+
+
+# -- a worker that hangs ---------------------------------------------------------------------------------
+
+def test_a_sigstopped_worker_is_taken_for_hung_replaced_and_its_claim_redone(
+        tmp_path: Path, big_inline: Path) -> None:
+    """Issue 14: one of two workers SIGSTOPped mid-claim hung the sync forever. Now, past the hang
+    deadline (1.5 s here, via Settings) it is killed and replaced and its claim goes back to pending."""
+    runner = processes(2)
+    pids_before = runner.pids
+    watched = Watched(runner, kill=True, sig=signal.SIGSTOP)
+    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=1.5)
+    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+
+    assert len(watched.victims) == 1, "no worker was seen working"
+    victim = watched.victims[0]
+    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert summary.backend_stats["workers_hung"] == 1 and summary.backend_stats["restarts"] == 1
+    assert any(f"pid {victim}" in w and "finished no batch" in w for w in summary.warnings), summary.warnings
+    assert any("hung" in w and "back to pending" in w for w in summary.warnings), summary.warnings
+    # Each text went out in exactly one successful claim: only the hung claim was embedded again.
+    assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
+    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
+    assert_same_vectors(tmp_path / "idx", big_inline)
+    assert victim in pids_before and victim not in watched.pids_at_close and gone([victim])
+    state, recorded = last_run(tmp_path / "idx")
+    assert state == "finished" and recorded["workers_hung"] == 1
+    st = check_consistent(tmp_path / "idx")
+    assert st["done"] == len(BIG) and st["pending"] == 0
+
+
+class Throttle(threading.Thread):
+    """Makes a worker slow but alive: SIGSTOP for `stopped` seconds, SIGCONT for `running`, over and over."""
+
+    def __init__(self, pid: int, stopped: float, running: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stopped, self.running, self.done = pid, stopped, running, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                os.kill(self.pid, signal.SIGSTOP)
+                time.sleep(self.stopped)
+                os.kill(self.pid, signal.SIGCONT)
+                time.sleep(self.running)
+        except ProcessLookupError:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+
+
+def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> None:
+    """Progress is batches, not claims: a worker stopped 0.4 s of every 0.42 s takes longer than the
+    hang deadline for its claim, but finishes a batch (32 texts) in every gap, so it is left alone. The
+    driver reports its progress within the claim."""
+    chunk = 8192
+    docs = [{"id": f"s{i}", "text": f"slow document {i}"} for i in range(chunk)]
+    settings = Settings(chunk_rows=chunk, hang_seconds=2.0)
+    runner = processes(1)
+    seen: list[int] = []
+    throttle = Throttle(runner.pids[0], stopped=0.4, running=0.02)
+    throttle.start()
+    try:
+        t0 = time.monotonic()
+        summary = sync(tmp_path / "idx", docs, settings=settings, runner=runner,
+                       on_progress=lambda p: seen.append(p.processed) if p.phase == "embed" else None)
+        took = time.monotonic() - t0
+    finally:
+        throttle.done.set()
+        throttle.join()
+    assert took > settings.hang_seconds, f"the claim took {took:.1f}s: the test proves nothing"
+    assert summary.workers_hung == summary.workers_lost == 0 and summary.backend_stats["restarts"] == 0
+    assert summary.embedded == chunk and summary.claims == 1
+    # the bar moved within the one claim: counts between none and all were reported
+    assert any(0 < n < chunk for n in seen), seen
+    assert seen == sorted(seen) and seen[-1] == chunk
+
+
+def test_heartbeat_deadline_rule() -> None:
+    from indexer.runners._liveness import Heartbeats
+
+    beats = Heartbeats(HangRule(seconds=60, factor=10))
+    assert beats.deadline() == 60  # nothing measured: the floor
+    for gap in (1.0, 9.0, 8.0):
+        beats.gap(gap)
+    assert beats.deadline() == 80  # 10 x the median gap, above the floor
+    assert Heartbeats(HangRule(seconds=0, factor=10)).deadline() is None  # off
 
 
 def test_model_that_fails_to_load_in_the_workers_is_a_model_load_error() -> None:

@@ -75,7 +75,7 @@ def check_consistent(index_dir: Path) -> dict[str, Any]:
 class Watched:
     """A Runner around a RayRunner that counts the texts each successful claim delivered, and may kill
     the first actor seen working (`how`: "signal" = SIGKILL of its process, Ray restarts it;
-    "ray" = ray.kill without restart)."""
+    "ray" = ray.kill without restart; "stop" = SIGSTOP of its process, a hang)."""
 
     def __init__(self, inner: RayRunner, kill: str | None = None) -> None:
         self.inner, self.kill = inner, kill
@@ -105,15 +105,15 @@ class Watched:
             for i, p in procs.items():
                 if sum(p.cpu_times()[:2]) - base[i] >= cpu_s:  # it is embedding a claim right now
                     self.victims.append(i)
-                    if self.kill == "signal":
-                        os.kill(p.pid, signal.SIGKILL)
+                    if self.kill in ("signal", "stop"):
+                        os.kill(p.pid, signal.SIGKILL if self.kill == "signal" else signal.SIGSTOP)
                     else:
                         ray.kill(self.inner.slots[i].handle, no_restart=True)
                     return
             time.sleep(0.002)
 
     def close(self) -> None:
-        if self.kill == "signal" and self.victims:  # wait for Ray to bring the actor back, then look
+        if self.kill in ("signal", "stop") and self.victims:  # wait for Ray to bring the actor back
             slot = self.inner.slots[self.victims[0]]
             deadline = time.monotonic() + 60
             while slot.state == "restarting" and time.monotonic() < deadline:
@@ -194,6 +194,25 @@ def test_actor_process_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline
     victim = watched.victims[0]
     state, _pid, deaths = watched.at_close[victim]
     assert (state, deaths) == ("ready", 1)
+    assert_same_vectors(tmp_path / "idx", big_inline)
+    assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
+
+
+def test_a_sigstopped_actor_is_taken_for_hung_and_its_claims_redone(tmp_path: Path, big_inline: Path) -> None:
+    """An actor stopped mid-claim answers neither its claim nor the progress poll: past the hang deadline
+    (2 s here) it is killed, Ray restarts it, and its claims go back to pending and are embedded once."""
+    watched = Watched(ray_runner(2), kill="stop")
+    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=2.0)
+    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+
+    assert len(watched.victims) == 1, "no actor was seen working"
+    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert summary.backend_stats["workers_hung"] == 1
+    assert any("finished no batch" in w for w in summary.warnings), summary.warnings
+    assert summary.embedded == len(BIG) and summary.claims == committed_claims(tmp_path / "idx") == 3
+    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
+    state, _pid, deaths = watched.at_close[watched.victims[0]]
+    assert (state, deaths) == ("ready", 1)  # restarted by Ray, in a new process
     assert_same_vectors(tmp_path / "idx", big_inline)
     assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
 
