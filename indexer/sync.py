@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
+from ._signals import stoppable
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
@@ -266,6 +267,7 @@ def _check_names(index: Index, model: str | None, dtype: str | None, runtime: st
             + "\nSync with the index's settings, or build a new index in another --index directory.")
 
 
+@stoppable  # SIGTERM and SIGHUP stop a sync like Ctrl-C (indexer/_signals.py)
 def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None = None, *,
          paths: Iterable[str] | None = None, model: str | None = None, dtype: str | None = None,
          batch_size: int | None = None, delete_missing: bool = False, dry_run: bool = False,

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .._signals import keep_stop_handlers
 from ..embedders import ModelInfo
 from ..errors import IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
@@ -469,14 +470,16 @@ def _connect(ray: Any, ray_address: str | None) -> bool:
         auth_log.setLevel(logging.ERROR)
         try:
             # "local": a new instance even where RAY_ADDRESS or a `ray start` cluster would be found.
-            ray.init(address="local", num_cpus=_local_cpus(), **quiet)
+            with keep_stop_handlers():  # Ray's SIGTERM handler would exit without releasing claims
+                ray.init(address="local", num_cpus=_local_cpus(), **quiet)
         except Exception as exc:
             raise IndexerError(f"could not start a local Ray instance: {_first_line(exc)}") from exc
         finally:
             auth_log.setLevel(level)
         return True
     try:
-        ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
+        with keep_stop_handlers():
+            ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:
         raise IndexerError(
             f"could not connect to the Ray cluster at {ray_address!r}: {_first_line(exc)}. Start it first "
