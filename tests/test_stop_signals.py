@@ -173,3 +173,28 @@ def test_sigterm_to_a_sync_running_as_pid_1(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     resume_embeds_exactly_the_rest(src, index_dir, n)
+
+
+def test_sigterm_with_the_ray_backend_leaves_no_actor_behind(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    n = 20_000
+    src = write_docs(tmp_path / "docs.jsonl", n)
+    index_dir = tmp_path / "idx"
+    proc = start_sync([str(src), "--index", str(index_dir), "--backend", "ray", "--workers", "2"],
+                      {"INDEXER_CHUNK_ROWS": "64"})
+    try:
+        assert wait_until(lambda: committed(index_dir) > 0, proc, timeout=120), proc.communicate()
+        actors = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                  if p.name().startswith("ray::")]
+        assert actors, "no Ray actor process found"
+        proc.send_signal(signal.SIGTERM)
+        assert_stopped_cleanly(proc, signal.SIGTERM, index_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30  # Ray tears its workers down asynchronously
+    while alive(actors) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(actors)
+    resume_embeds_exactly_the_rest(src, index_dir, n)
