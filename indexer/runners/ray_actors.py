@@ -100,10 +100,12 @@ class EmbedActor:
             with contextlib.suppress(Exception):
                 embed_texts(self.embedder, ["warm-up"])
 
-    def ready(self) -> tuple[ModelInfo | None, str | None, int, str]:
-        """(model info, load error, pid, node address)."""
+    def ready(self) -> tuple[ModelInfo | None, str | None, int, str, str]:
+        """(model info, load error, pid, host name, Ray node id)."""
+        import ray
+
         info = self.embedder.info if self.embedder is not None else None
-        return info, self.error, os.getpid(), socket.gethostname()
+        return info, self.error, os.getpid(), socket.gethostname(), ray.get_runtime_context().get_node_id()
 
     def embed(self, texts: list[str], task: int = -1) -> EmbedResult:
         if self.embedder is None:
@@ -130,6 +132,7 @@ class ActorSlot:
     handle: Any
     pid: int = 0
     host: str = ""
+    node: str = ""  # the Ray node id (hosts of one machine's nodes share a name)
     busy: int = 0
     state: str = "ready"  # ready | restarting | dead
     epoch: int = 0  # +1 per death noticed, so that the claims lost in one death count it once
@@ -297,7 +300,7 @@ class RayRunner:
         """For the sync summary's backend_stats (its "warnings" join the summary's warnings)."""
         with self._lock:
             return {"backend": "ray", "workers": len(self.slots), "worker_deaths": self.lost,
-                    "workers_hung": self.hung, "hosts": [s.host for s in self.slots],
+                    "workers_hung": self.hung, "nodes": [s.node for s in self.slots],
                     "peak_rss_mb_per_worker": [s.peak_rss_mb for s in self.slots],
                     "warnings": list(self._warnings)}
 
@@ -398,9 +401,9 @@ class RayRunner:
                 return
             exc = done.exception()
             if exc is None:
-                info, error, pid, host = done.result()
+                info, error, pid, host, node = done.result()
                 if error is None and info == self.info:
-                    slot.state, slot.pid, slot.host = "ready", pid, host
+                    slot.state, slot.pid, slot.host, slot.node = "ready", pid, host, node
                     if slot.timer is not None:
                         slot.timer.cancel()
                     self._flush()
@@ -588,7 +591,7 @@ def _await_ready(ray: Any, slots: list[ActorSlot], model: str, timeout: float, r
     infos: list[ModelInfo] = []
     for slot, ref in zip(slots, refs, strict=True):
         try:
-            info, error, slot.pid, slot.host = ray.get(ref)
+            info, error, slot.pid, slot.host, slot.node = ray.get(ref)
         except ray.exceptions.RayError as exc:
             raise ModelLoadError(f"Ray worker {slot.index} failed to start: {_first_line(exc)}") from exc
         if error is not None or info is None:
