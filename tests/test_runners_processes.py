@@ -10,7 +10,6 @@ Ctrl-C is raised in the driver and sent as SIGINT to a CLI run's whole process g
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import assert_same_vectors, corpus, served
+from conftest import Throttle, assert_same_vectors, corpus, served
 
 try:
     from tiny_model import build_tiny_model, tiny_texts
@@ -345,27 +344,6 @@ def test_a_sigstopped_worker_is_taken_for_hung_replaced_and_its_claim_redone(
     assert state == "finished" and recorded["workers_hung"] == 1
     st = check_consistent(tmp_path / "idx")
     assert st["done"] == len(BIG) and st["pending"] == 0
-
-
-class Throttle(threading.Thread):
-    """Makes a worker slow but alive: SIGSTOP for `stopped` seconds, SIGCONT for `running`, over and over."""
-
-    def __init__(self, pid: int, stopped: float, running: float) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.stopped, self.running, self.done = pid, stopped, running, threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.done.is_set():
-                os.kill(self.pid, signal.SIGSTOP)
-                time.sleep(self.stopped)
-                os.kill(self.pid, signal.SIGCONT)
-                time.sleep(self.running)
-        except ProcessLookupError:
-            pass
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)
 
 
 def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> None:

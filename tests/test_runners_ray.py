@@ -27,7 +27,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import assert_same_vectors, corpus, write_jsonl  # noqa: E402
+from conftest import Throttle, assert_same_vectors, corpus, write_jsonl  # noqa: E402
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
@@ -177,6 +177,24 @@ def test_resync_through_make_runner_embeds_only_changes(tmp_path: Path) -> None:
     assert third.embedded == 0 and third.unchanged == 400
     sync(tmp_path / "inline", docs, model=MODEL)
     assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
+
+
+def test_progress_within_a_claim_comes_from_polling_the_actor() -> None:
+    """A throttled actor (stopped 0.3 s of every 0.32 s) takes seconds for one claim: the driver's polls
+    see its batches, and report them through on_batch before the claim ends."""
+    runner = ray_runner(1)
+    texts = [d["text"] for d in BIG[:BIG_CHUNK]]
+    calls: list[int] = []
+    throttle = Throttle(runner.slots[0].pid, stopped=0.3, running=0.02)
+    try:
+        throttle.start()
+        vectors, failures = runner.submit(texts, calls.append).result(timeout=120)
+    finally:
+        throttle.done.set()
+        throttle.join()
+        runner.close()
+    assert failures == {} and vectors.shape == (BIG_CHUNK, 16)
+    assert len(calls) >= 2 and 0 < sum(calls) <= BIG_CHUNK, calls  # several reports, never too many
 
 
 # -- workers lost --------------------------------------------------------------------------------------
