@@ -184,6 +184,11 @@ def test_processes_equal_inline_bit_for_bit_and_embed_each_content_once(tmp_path
     assert set(watched.delivered) == {d["text"] for d in docs}
     assert max(watched.delivered.values()) == 1
     assert_same_vectors(tmp_path / "pool", tmp_path / "inline")
+    # Issue 15: the workers' memory is reported, not only the driver's (each worker's own peak).
+    peaks = summary.backend_stats["peak_rss_mb_per_worker"]
+    assert isinstance(peaks, list) and len(peaks) == 2 and all(p > 10 for p in peaks), peaks
+    assert summary.workers_peak_rss_mb == pytest.approx(sum(peaks), abs=0.1)
+    assert last_run(tmp_path / "pool")[1]["workers_peak_rss_mb"] == summary.workers_peak_rss_mb
     state, recorded = last_run(tmp_path / "pool")
     assert state == "finished" and recorded["claims"] == summary.claims and recorded["embedded"] == 1700
     st = check_consistent(tmp_path / "pool")
