@@ -46,9 +46,8 @@ from indexer.settings import Settings
 MODEL = "fake:16"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The kill tests need claims that take a while: the fake model spends ~30 µs of CPU a text, so a claim of
-# 4,096 texts keeps a worker busy for about 0.12 s of its own CPU time; the killer strikes after the
-# worker has used 20 ms of it on the claim, i.e. while it works.
+# The kill tests strike while a worker holds a claim: Watched stops the worker, and kills it only if it
+# still holds the claim once the driver has read what it sent (so a claim's speed does not matter).
 BIG_CHUNK = 4096
 BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
 BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
@@ -129,20 +128,24 @@ class Watched:
             self._killer.start()
         return future
 
-    def _kill_when_busy(self, cpu_s: float = 0.02, timeout: float = 60.0) -> None:
+    def _kill_when_busy(self, timeout: float = 60.0) -> None:
+        """Stop the first worker seen holding a claim; if it still holds it once the driver has read
+        what the worker sent before it stopped, it is mid-claim: send it `sig` (it stays stopped for
+        SIGSTOP). Else let it go on and look again. No timing assumption about the model's speed."""
         deadline = time.monotonic() + timeout
-        base: dict[int, float] = {}
         while time.monotonic() < deadline:
             for pid in self.inner.busy_pids():
                 try:
-                    used = sum(psutil.Process(pid).cpu_times()[:2])
-                except psutil.NoSuchProcess:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
                     continue
-                base.setdefault(pid, used)
-                if used - base[pid] >= cpu_s and pid in self.inner.busy_pids():  # embedding right now
+                time.sleep(0.1)
+                if pid in self.inner.busy_pids():
                     self.victims.append(pid)
-                    os.kill(pid, self.sig)
+                    if self.sig != signal.SIGSTOP:
+                        os.kill(pid, self.sig)
                     return
+                os.kill(pid, signal.SIGCONT)
             time.sleep(0.002)
 
     def stats(self) -> dict[str, object]:
@@ -282,22 +285,38 @@ def test_worker_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path)
 
 def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_inline: Path) -> None:
     """A per-device worker holds its next claim while it embeds one: killed, it loses both to pending,
-    where they are embedded again, once."""
+    where they are embedded again, once, and the one death counts once.
+
+    Deterministic on any load (it failed on a loaded machine, workers_lost 2: the driver counted each
+    lost claim as a lost worker): the worker is SIGSTOPped before the sync, so it cannot finish a claim
+    before it holds two; then it is SIGKILLed."""
     runner = make_runner("gpus", MODEL, batch_size=32, devices="cpu")
     assert isinstance(runner, ProcessRunner)
-    held: list[int] = []
-    inner_dispatch = runner._dispatch
+    (victim,) = runner.pids
+    os.kill(victim, signal.SIGSTOP)
+    held_at_kill: list[int] = []
 
-    def dispatch_and_count() -> None:
-        inner_dispatch()
-        held.append(len(runner.workers[0].held))
+    def kill_when_holding_two() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with runner._lock:
+                held = len(runner.workers[0].held)
+                if held == 2:
+                    held_at_kill.append(held)
+                    os.kill(victim, signal.SIGKILL)
+                    return
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGCONT)
 
-    runner._dispatch = dispatch_and_count  # type: ignore[method-assign]
-    watched = Watched(runner, kill=True)
+    killer = threading.Thread(target=kill_when_holding_two, daemon=True)
+    killer.start()
+    watched = Watched(runner)
     summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    killer.join()
 
-    assert max(held) == 2, held  # the worker was sent a second claim while it worked on the first
-    assert len(watched.victims) == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert held_at_kill == [2]  # killed while it held a claim and the next one
+    assert summary.workers_lost == 1 and summary.failed == 0 and runner.restarts == 1
+    assert sum("SIGKILL" in w and "pending" in w for w in summary.warnings) == 2, summary.warnings
     assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
     assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
     assert_same_vectors(tmp_path / "idx", big_inline)

@@ -22,7 +22,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -39,9 +38,8 @@ from indexer.settings import Settings  # noqa: E402
 MODEL = "fake:16"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The kill tests need claims that take a while: the fake model spends ~30 µs of CPU a text, so a claim
-# of 8,192 texts keeps an actor busy for about a quarter of a second of its own CPU time; the killer
-# strikes after it has used 20 ms of it, i.e. while it works.
+# The kill tests strike while an actor holds a claim: Watched stops the actor's process, and kills it
+# only if it still holds the claim a moment later (so a claim's speed does not matter).
 BIG_CHUNK = 8192
 BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
 BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
@@ -97,19 +95,27 @@ class Watched:
             self._killer.start()
         return future
 
-    def _kill_when_busy(self, cpu_s: float = 0.02, timeout: float = 60.0) -> None:
-        procs = {s.index: psutil.Process(s.pid) for s in self.inner.slots}
-        base = {i: sum(p.cpu_times()[:2]) for i, p in procs.items()}
+    def _kill_when_busy(self, timeout: float = 60.0) -> None:
+        """Stop the first actor seen holding a claim; if it still holds it a moment later (what it sent
+        before it stopped has arrived by then), it is mid-claim: kill it (or, for "stop", leave it
+        stopped). Else let it go on and look again. No timing assumption about the model's speed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for i, p in procs.items():
-                if sum(p.cpu_times()[:2]) - base[i] >= cpu_s:  # it is embedding a claim right now
-                    self.victims.append(i)
-                    if self.kill in ("signal", "stop"):
-                        os.kill(p.pid, signal.SIGKILL if self.kill == "signal" else signal.SIGSTOP)
-                    else:
-                        ray.kill(self.inner.slots[i].handle, no_restart=True)
-                    return
+            for slot in list(self.inner.slots):
+                if not slot.busy or slot.state != "ready":
+                    continue
+                os.kill(slot.pid, signal.SIGSTOP)
+                time.sleep(0.1)
+                if not slot.busy:
+                    os.kill(slot.pid, signal.SIGCONT)
+                    continue
+                self.victims.append(slot.index)
+                if self.kill == "signal":
+                    os.kill(slot.pid, signal.SIGKILL)
+                elif self.kill == "ray":
+                    ray.kill(slot.handle, no_restart=True)
+                    os.kill(slot.pid, signal.SIGCONT)  # a stopped process cannot take Ray's kill
+                return
             time.sleep(0.002)
 
     def close(self) -> None:
@@ -180,12 +186,13 @@ def test_resync_through_make_runner_embeds_only_changes(tmp_path: Path) -> None:
 
 
 def test_progress_within_a_claim_comes_from_polling_the_actor() -> None:
-    """A throttled actor (stopped 0.3 s of every 0.32 s) takes seconds for one claim: the driver's polls
-    see its batches, and report them through on_batch before the claim ends."""
-    runner = ray_runner(1)
+    """A throttled actor (stopped 0.3 s of every 0.31 s, batches of one text) takes seconds for one
+    claim: the driver's polls see its batches, and report them through on_batch before the claim ends."""
+    runner = make_runner("ray", MODEL, batch_size=1, workers=1)
+    assert isinstance(runner, RayRunner)
     texts = [d["text"] for d in BIG[:BIG_CHUNK]]
     calls: list[int] = []
-    throttle = Throttle(runner.slots[0].pid, stopped=0.3, running=0.02)
+    throttle = Throttle(runner.slots[0].pid, stopped=0.3, running=0.01)
     try:
         throttle.start()
         vectors, failures = runner.submit(texts, calls.append).result(timeout=120)

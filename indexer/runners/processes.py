@@ -308,7 +308,8 @@ class _Worker:
     spec: WorkerSpec
     label: str
     process: BaseProcess | None = None
-    tasks: Connection | None = None  # driver -> worker
+    tasks: Connection | None = None  # driver -> worker, written by its sender thread only
+    outbox: queue.SimpleQueue[Any] | None = None  # what the sender thread sends next
     results: Connection | None = None  # worker -> driver
     state: str = "starting"  # starting | ready | dead
     held: list[_Task] = field(default_factory=list)  # sent to it, in order, not yet answered
@@ -446,18 +447,28 @@ class ProcessRunner:
         result_w.close()
         worker.process, worker.tasks, worker.results = process, task_w, result_r
         worker.state, worker.pid, worker.held = "starting", process.pid or 0, []
+        # A claim is bigger than a pipe's buffer: a send to a worker that does not read (hung, stopped)
+        # blocks. Its own thread sends, so that nothing holding the runner's lock ever waits on it.
+        worker.outbox = queue.SimpleQueue()
+        threading.Thread(target=_send_tasks, args=(task_w, worker.outbox), daemon=True,
+                         name=f"indexer-send-{worker.index}").start()
+
+    @staticmethod
+    def _close_pipes(worker: _Worker) -> None:
+        if worker.outbox is not None:
+            worker.outbox.put(_STOP_SENDING)
+        for conn in (worker.tasks, worker.results):
+            if conn is not None:
+                conn.close()
 
     def _stop_all(self, grace: float = 5.0) -> None:
         """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
         live = [w for w in self.workers if w.process is not None and w.state != "dead"]
         for worker in live:
             assert worker.process is not None
-            told = False
-            if worker.state == "ready" and not worker.held and worker.tasks is not None:
-                with contextlib.suppress(OSError):
-                    worker.tasks.send(None)
-                    told = True
-            if not told:
+            if worker.state == "ready" and not worker.held and worker.outbox is not None:
+                worker.outbox.put(None)  # its pipe is empty: the sender sends this at once
+            else:
                 worker.process.terminate()
         deadline = time.monotonic() + grace
         for worker in live:
@@ -468,9 +479,7 @@ class ProcessRunner:
                 worker.process.join()
         for worker in live:
             worker.state = "dead"
-            for conn in (worker.tasks, worker.results):
-                if conn is not None:
-                    conn.close()
+            self._close_pipes(worker)
             with contextlib.suppress(ValueError):
                 worker.process.close()  # type: ignore[union-attr]
 
@@ -657,9 +666,7 @@ class ProcessRunner:
             self.lost += 1
             self.hung += hung
             death = (id(self), worker.index, worker.deaths)
-            for conn in (worker.tasks, worker.results):
-                if conn is not None:
-                    conn.close()
+            self._close_pipes(worker)
             if self._broken is not None:  # the run has failed already: no restart
                 for task in lost:
                     _fail(task.future, self._broken)
@@ -704,11 +711,21 @@ class ProcessRunner:
             if not worker.held:  # the hang clock starts when work starts
                 worker.last_beat = time.monotonic()
             worker.held.append(task)
-            try:
-                assert worker.tasks is not None
-                worker.tasks.send((task.id, task.texts))
-            except OSError:  # it died just now; its sentinel will say so and fail the task
-                pass
+            assert worker.outbox is not None
+            worker.outbox.put((task.id, task.texts))  # if it died just now, its sentinel fails the task
+
+
+_STOP_SENDING = object()
+
+
+def _send_tasks(conn: Connection, outbox: queue.SimpleQueue[Any]) -> None:
+    """A worker's sender thread: claims to its pipe, in order, until told to stop or the pipe breaks
+    (the worker died)."""
+    while (item := outbox.get()) is not _STOP_SENDING:
+        try:
+            conn.send(item)
+        except Exception:  # the pipe broke (the worker died) or was closed under us (it was stopped)
+            return
 
 
 def _fail(future: Future[EmbedResult], error: BaseException) -> None:
