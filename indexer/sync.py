@@ -107,7 +107,8 @@ class _Meter:
         self._partial: dict[int, tuple[int, int]] = {}  # claim id -> (texts, chars) of finished batches
         self._lock = threading.Lock()
         self._driver = threading.get_ident()
-        self._last_report = 0.0
+        self._last_report = self.start
+        self._last_processed = -1
 
     def add(self, n: int, chars: int = 0) -> None:
         """`n` documents committed (`chars`: the characters of the texts their claim finished)."""
@@ -148,6 +149,9 @@ class _Meter:
         with self._lock:
             processed = self.processed + sum(t for t, _ in self._partial.values())
             chars = self.chars + sum(c for _, c in self._partial.values())
+        if processed == self._last_processed:  # e.g. a claim's batches were all reported: its commit
+            return
+        self._last_processed = processed
         elapsed = max(self._last_report - self.start, 1e-9)
         rate = processed / elapsed
         if self.total_chars and chars > 0:
