@@ -98,31 +98,53 @@ def resume_embeds_exactly_the_rest(src: Path, index_dir: Path, n: int) -> None:
     assert st["done"] == st["documents"] == n and st["pending"] == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_stop_signal_at_the_embed_phase_releases_claims_stops_workers_and_resumes(
-        tmp_path: Path, sig: signal.Signals) -> None:
-    n = 20_000
-    src = write_docs(tmp_path / "docs.jsonl", n)
+N = 20_000
+
+
+def stop_mid_embed(tmp_path: Path, args: list[str], sig: signal.Signals, prefix: list[str] | None = None,
+                   watch: Callable[[psutil.Process], list[int]] = lambda p: [],
+                   timeout: float = 60) -> tuple[Path, Path, list[int]]:
+    """Sync N documents with the CLI; once a claim is committed, send `sig` to the sync (the process
+    itself, not its group, as `kill` does) and check it stopped cleanly. Returns the source, the index
+    and the pids `watch(sync process)` found just before the signal."""
+    src = write_docs(tmp_path / "docs.jsonl", N)
     index_dir = tmp_path / "idx"
-    proc = start_sync([str(src), "--index", str(index_dir), "--backend", "processes", "--workers", "2"],
-                      {"INDEXER_CHUNK_ROWS": "64"})
+    proc = start_sync([str(src), "--index", str(index_dir), *args], {"INDEXER_CHUNK_ROWS": "64"}, prefix)
     try:
-        assert wait_until(lambda: committed(index_dir) > 0, proc), proc.communicate()
-        workers = [c.pid for c in psutil.Process(proc.pid).children()
-                   if "resource_tracker" not in " ".join(c.cmdline())]
-        assert len(workers) == 2
-        proc.send_signal(sig)  # the driver alone, as `kill` does
+        assert wait_until(lambda: committed(index_dir) > 0, proc, timeout), proc.communicate()
+        driver = psutil.Process(proc.pid)
+        if prefix:  # `unshare` forks the sync: its child is PID 1 inside the namespace
+            (driver,) = driver.children()
+        pids = watch(driver)
+        driver.send_signal(sig)
         assert_stopped_cleanly(proc, sig, index_dir)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 10  # close() has joined them; give the kernel a moment to reap
-    while alive(workers) and time.monotonic() < deadline:
+    return src, index_dir, pids
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout  # stopped and joined, or torn down by Ray: give it a moment
+    while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(workers)
-    assert 0 < query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'") < n
-    resume_embeds_exactly_the_rest(src, index_dir, n)
+    assert not alive(pids)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_stop_signal_at_the_embed_phase_releases_claims_stops_workers_and_resumes(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    def workers(driver: psutil.Process) -> list[int]:
+        found = [c.pid for c in driver.children() if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(found) == 2
+        return found
+
+    src, index_dir, pids = stop_mid_embed(tmp_path, ["--backend", "processes", "--workers", "2"], sig,
+                                          watch=workers)
+    wait_gone(pids, 10)
+    assert 0 < query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'") < N
+    resume_embeds_exactly_the_rest(src, index_dir, N)
 
 
 def test_sigterm_at_the_scan_phase_records_the_run_and_resumes(tmp_path: Path) -> None:
@@ -158,43 +180,20 @@ def _pid_namespaces() -> bool:
 def test_sigterm_to_a_sync_running_as_pid_1(tmp_path: Path) -> None:
     """In a container without an init, the sync is PID 1: the kernel drops a SIGTERM that has no handler
     installed, so the sync used to run on. It installs its handler explicitly."""
-    n = 20_000
-    src = write_docs(tmp_path / "docs.jsonl", n)
-    index_dir = tmp_path / "idx"
-    proc = start_sync([str(src), "--index", str(index_dir)], {"INDEXER_CHUNK_ROWS": "64"},
-                      prefix=["unshare", "-Urpf", "--mount-proc"])
-    try:
-        assert wait_until(lambda: committed(index_dir) > 0, proc), proc.communicate()
-        (pid_1,) = psutil.Process(proc.pid).children()  # unshare's child: PID 1 inside
-        pid_1.send_signal(signal.SIGTERM)
-        assert_stopped_cleanly(proc, signal.SIGTERM, index_dir)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    resume_embeds_exactly_the_rest(src, index_dir, n)
+    src, index_dir, _ = stop_mid_embed(tmp_path, [], signal.SIGTERM,
+                                       prefix=["unshare", "-Urpf", "--mount-proc"])
+    resume_embeds_exactly_the_rest(src, index_dir, N)
 
 
 def test_sigterm_with_the_ray_backend_leaves_no_actor_behind(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    n = 20_000
-    src = write_docs(tmp_path / "docs.jsonl", n)
-    index_dir = tmp_path / "idx"
-    proc = start_sync([str(src), "--index", str(index_dir), "--backend", "ray", "--workers", "2"],
-                      {"INDEXER_CHUNK_ROWS": "64"})
-    try:
-        assert wait_until(lambda: committed(index_dir) > 0, proc, timeout=120), proc.communicate()
-        actors = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
-                  if p.name().startswith("ray::")]
-        assert actors, "no Ray actor process found"
-        proc.send_signal(signal.SIGTERM)
-        assert_stopped_cleanly(proc, signal.SIGTERM, index_dir)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    deadline = time.monotonic() + 30  # Ray tears its workers down asynchronously
-    while alive(actors) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(actors)
-    resume_embeds_exactly_the_rest(src, index_dir, n)
+
+    def actors(driver: psutil.Process) -> list[int]:
+        found = [p.pid for p in driver.children(recursive=True) if p.name().startswith("ray::")]
+        assert found, "no Ray actor process found"
+        return found
+
+    src, index_dir, pids = stop_mid_embed(tmp_path, ["--backend", "ray", "--workers", "2"], signal.SIGTERM,
+                                          watch=actors, timeout=120)
+    wait_gone(pids, 30)
+    resume_embeds_exactly_the_rest(src, index_dir, N)
