@@ -116,6 +116,19 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help="Keep the first D dimensions of each vector, renormalized (Matryoshka-style): less "
                    "disk and faster search, some loss of quality unless the model was trained for it. "
                    "New index: the model's full dimension; existing: its own.")
+@click.option("--prompt", default=None, metavar="TEXT",
+              help="Prepended to every document before embedding, as sentence-transformers' encode(text, "
+                   "prompt=...) does, e.g. \"passage: \" for e5 models. New index: none; existing: its own.")
+@click.option("--prompt-name", default=None, metavar="NAME",
+              help="Take the document prompt from the prompts the model defines in its sentence-transformers "
+                   "configuration (e.g. document).")
+@click.option("--query-prompt", default=None, metavar="TEXT",
+              help="The prompt queries get (e.g. \"query: \"), recorded in the index for search. New "
+                   "index: none; existing: its own.")
+@click.option("--template", default=None, metavar="TEMPLATE",
+              help="Compose the embedded text from fields of each record, e.g. \"{title}: {text}\" (JSONL "
+                   "keys, CSV/Parquet columns; {{ }} for literal braces). A record missing a field is "
+                   "skipped with a warning. New index: the --text-field alone; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
               help="At most this many texts per forward pass ([gpus] on CUDA and [openai]: only when "
                    "given).")
@@ -148,7 +161,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--no-truncate", is_flag=True, default=False,
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
-             runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
+             runtime: str | None, truncate_dim: int | None, prompt: str | None, prompt_name: str | None,
+             query_prompt: str | None, template: str | None, batch_size: int, id_field: str,
              text_field: str, delete_missing: bool, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at DIR.
@@ -178,7 +192,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens)
+                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
+                           prompt_name=prompt_name, query_prompt=query_prompt, template=template)
         finally:
             if bar is not None:
                 bar.close()

@@ -143,7 +143,8 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   chunk_rows=self.store.chunk_rows)
+                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
+                   template=self.config.template, chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:

@@ -14,11 +14,15 @@ from . import ModelInfo
 
 
 class FakeEmbedder:
-    def __init__(self, dim: int) -> None:
+    """A `prompt` is prepended to every text before it is hashed, as a real model would see it."""
+
+    def __init__(self, dim: int, prompt: str = "") -> None:
         self.info = ModelInfo(model=f"fake:{dim}", revision="fake", dim=dim, normalize=True,
-                              max_seq_length=0)
+                              max_seq_length=0, prompt=prompt)
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        if self.info.prompt:
+            texts = [self.info.prompt + t for t in texts]
         out = np.empty((len(texts), self.info.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             seed = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
