@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 
@@ -277,13 +278,17 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
-@click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
+@click.option("--out", required=True, metavar="FILE",
+              help="Where to write the vectors: FILE.npy (a matrix), or FILE.parquet (id and vector "
+                   "columns, readable by pyarrow, DuckDB, Polars).")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
+              help="npy or parquet; default: by the extension of --out (.parquet, else npy).")
 @click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="Also write the ids, one a line, in row order.")
-def export(index_dir: str, out: str, ids_out: str | None) -> None:
-    """Write every served vector to a .npy file, rows in the order of --ids."""
+              help="[npy] Also write the ids, one a line, in row order.")
+def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None) -> None:
+    """Write every served vector to a .npy file (rows in the order of --ids) or a Parquet file."""
     with _errors(), _open(index_dir) as idx:
-        n = idx.export(out, ids_out)
+        n = idx.export(out, ids_out, fmt)
     click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
                err=True)
 
