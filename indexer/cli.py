@@ -293,6 +293,34 @@ def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None) -> No
                err=True)
 
 
+@cli.command("push")
+@click.argument("index_dir", metavar="DIR")
+@click.option("--to", "to", required=True, metavar="lancedb:PATH",
+              help="The vector store to mirror the index into: lancedb:PATH (a LanceDB directory; needs "
+                   "pip install 'indexer[lancedb]').")
+@click.option("--table", default="vectors", show_default=True, help="Table name in the target.")
+@click.option("--replace", is_flag=True,
+              help="Drop the table and push everything (e.g. a table that was changed outside indexer).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) -> None:
+    """Mirror the index into a vector store table: id and vector of every served document.
+
+    The first push writes everything; each later one sends only what changed since the last push to
+    that table: new and changed documents, and deletes of deleted ones. A push that stops part-way is
+    finished by the next one. Safe while a sync runs (what it changes goes with the next push).
+    """
+    from .push import push
+
+    with _errors(), _open(index_dir) as idx:
+        report = push(idx, to, table=table, replace=replace)
+    for w in report.warnings:
+        click.echo(f"indexer: warning: {w}", err=True)
+    click.echo(f"pushed {index_dir} to {report.target}: upserted {report.upserted}, deleted "
+               f"{report.deleted}; the table has {report.rows} rows ({report.seconds:.1f}s)", err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+
+
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
 def compact(index_dir: str) -> None:
