@@ -4,7 +4,7 @@
     python bench/bench_export.py --n 20000 --no-results
 
 One index is built per dtype (fake:384, not timed). Each export then runs in a fresh child process,
-which opens the index, exports, and reports its wall time and its peak RSS (getrusage of that child);
+which opens the index, exports, and reports its wall time and its peak RSS (VmHWM of that child);
 an "open only" child (opens the index and reads the ids, no vectors) gives the baseline, so that the
 export's own memory is the difference. The vectors alone would take N x 384 x 4 bytes (146 MiB at
 100k float32): a bounded export stays far below that above the baseline. The Parquet file is read
@@ -36,7 +36,16 @@ def child(index: Path, out: Path | None, fmt: str) -> None:
             n = len(ids)
         else:
             n = idx.export(out, format=fmt)
-    child_result({"n": n, "seconds": time.perf_counter() - t})
+    child_result({"n": n, "seconds": time.perf_counter() - t, "peak_rss_mb": high_water_mb()})
+
+
+def high_water_mb() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage: Linux keeps ru_maxrss across exec, so a child
+    would report its parent's peak if that was higher."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def build(index: Path, n: int, dtype: str) -> None:
