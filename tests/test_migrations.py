@@ -240,7 +240,8 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
         assert idx.verify().to_dict()["problems"] == []
 
 
-def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path, fake_embedder: object) -> None:
+def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path,
+                                                                   fake_embedder: object) -> None:
     """0006 adds the push tables: an index last written by the schema before it, with a done content,
     a staged pending one and one claimed by a dead worker, migrates, syncs to the end and pushes."""
     pytest.importorskip("lancedb")
