@@ -67,6 +67,11 @@ def test_duckdb_reads_the_export(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == sorted(expected)
     for doc_id, vector in rows:
         assert np.asarray(vector, dtype=np.float32).tobytes() == expected[doc_id].tobytes()
+    # the README's query: nearest by cosine to a document's own vector is that document
+    query = expected["doc-0042"].tolist()
+    best = duckdb.execute(f"SELECT id, list_cosine_similarity(vector, $q) AS score FROM '{out}' "
+                          "ORDER BY score DESC LIMIT 1", {"q": query}).fetchall()
+    assert best[0][0] == "doc-0042" and best[0][1] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_format_flag_and_refusals(tmp_path: Path) -> None:
