@@ -540,8 +540,7 @@ class Manifest:
             ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
 
     def served_count(self) -> int:
-        return int(self.conn.execute("""SELECT count(*) FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0""").fetchone()[0])
+        return int(self.conn.execute(SERVED_COUNT_SQL).fetchone()[0])
 
     def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -663,7 +662,7 @@ PUSH_UPSERTS_SQL = """SELECT d.id, d.ready_hash, c.slot, p.doc_id IS NOT NULL AS
 PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NOT EXISTS (
     SELECT 1 FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
-PUSH_SERVED_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
+SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from ._faults import crash_point
 from .errors import IndexerError
 from .index import MANIFEST, Index, vector_array, vector_schema
-from .manifest import PUSH_DELETES_SQL, PUSH_SERVED_SQL, PUSH_UPSERTS_SQL
+from .manifest import PUSH_DELETES_SQL, PUSH_UPSERTS_SQL, SERVED_COUNT_SQL
 from .settings import Settings
 from .targets import Target, open_target
 
@@ -96,7 +96,7 @@ def _push(idx: Index, target: Target, replace: bool, batch_rows: int) -> PushRep
     snapshot = sqlite3.connect(idx.path / MANIFEST, isolation_level=None)
     try:
         snapshot.execute("BEGIN")
-        report.served = int(snapshot.execute(PUSH_SERVED_SQL).fetchone()[0])
+        report.served = int(snapshot.execute(SERVED_COUNT_SQL).fetchone()[0])
         for ids in _batches(snapshot.execute(PUSH_DELETES_SQL, (target_id,)), batch_rows):
             doc_ids = [r[0] for r in ids]
             manifest.mark_pushing(target_id, doc_ids)

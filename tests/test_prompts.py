@@ -235,3 +235,26 @@ def test_an_old_index_syncs_on_without_prompts(tmp_path: Path) -> None:
     assert s.embedded == 1
     assert served(ix)["b"].tobytes() == fake_vector("beta").tobytes()
     shutil.rmtree(ix)
+
+
+def test_the_openai_backend_sends_the_prompt_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API model sees what a local one would: the prompt, then the text (real HTTP server on
+    loopback, real openai client)."""
+    from openai_server import Behavior, EmbeddingServer
+    from openai_server import fake_vector as api_vector
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    docs = {"a": "alpha", "b": "beta"}
+    with EmbeddingServer(Behavior(api_key="sk-test-key")) as server:
+        indexer.sync(tmp_path / "ix", list(docs.items()), model="text-embedding-3-small", backend="openai",
+                     backend_options={"base_url": server.base_url}, prompt="search_document: ",
+                     settings=SETTINGS)
+        sent = set(server.embedded_texts())
+    assert {"search_document: alpha", "search_document: beta"} <= sent
+    assert not sent & set(docs.values())
+    got = served(tmp_path / "ix")
+    for doc_id, text in docs.items():
+        np.testing.assert_array_equal(got[doc_id], api_vector("search_document: " + text, len(got[doc_id])))
+    with indexer.open(tmp_path / "ix") as idx:
+        assert idx.config.prompt == "search_document: "
