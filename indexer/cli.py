@@ -235,6 +235,10 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
     click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']}{extra})\n"
                f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
                f"{st['failed']} failed; {st['deleted']} deleted")
+    if st["prompt"] or st["query_prompt"]:
+        click.echo(f"prompts   documents {st['prompt']!r}, queries {st['query_prompt']!r}")
+    if st["template"]:
+        click.echo(f"template  {st['template']!r}")
     if isinstance(run, dict):
         click.echo(f"last run  #{run['id']} {run['state']}")
     for doc_id, reason in failures:

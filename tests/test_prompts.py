@@ -173,6 +173,7 @@ def test_prompts_are_bound_to_the_index(tmp_path: Path) -> None:
     assert 'prompt = "passage: "' in toml and 'query_prompt = "query: "' in toml
     status = json.loads(invoke("status", ix, "--json").stdout)
     assert (status["prompt"], status["query_prompt"]) == ("passage: ", "query: ")
+    assert "prompts   documents 'passage: ', queries 'query: '" in invoke("status", ix).stdout
 
     for flag, value in (("--prompt", "other: "), ("--prompt", ""), ("--query-prompt", "q: ")):
         r = invoke("sync", str(src), "--index", ix, flag, value)
