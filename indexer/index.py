@@ -24,6 +24,7 @@ from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
 
 EXPORT_FORMATS = ("npy", "parquet")
+PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -214,7 +215,9 @@ class Index:
 
     def _export_parquet(self, out: Path) -> int:
         """One row group per step of rows, each read from the store and written before the next, so
-        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot)."""
+        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
+        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
+        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -222,7 +225,7 @@ class Index:
         ids, slots = vecs._snapshot.load()
         schema = vector_schema(self.store.dim, self.store.dtype)
         tmp = out.with_name(out.name + ".partial")
-        step = self.store.chunk_rows * 16
+        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
         try:
             with pq.ParquetWriter(tmp, schema) as writer:
                 for start in range(0, len(slots), step):
