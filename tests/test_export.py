@@ -18,7 +18,7 @@ from indexer.cli import cli
 from indexer.settings import Settings
 
 SETTINGS = Settings(chunk_rows=8)
-N = 300  # with chunk_rows 8, steps of 128 rows: three row groups
+N = 300
 
 
 def invoke(*args: str) -> Any:
@@ -35,8 +35,11 @@ def make_index(tmp_path: Path, dtype: str) -> Path:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_parquet_round_trip_equals_vectors_bit_for_bit(tmp_path: Path, dtype: str) -> None:
+def test_parquet_round_trip_equals_vectors_bit_for_bit(tmp_path: Path, dtype: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     ix = make_index(tmp_path, dtype)
+    # row groups of 128 rows, so that the 298 rows take three
+    monkeypatch.setattr("indexer.index.PARQUET_ROW_GROUP_BYTES", 128 * 16 * np.dtype(dtype).itemsize)
     out = tmp_path / "vectors.parquet"
     r = invoke("export", str(ix), "--out", str(out))
     assert r.exit_code == 0, r.output
