@@ -114,7 +114,7 @@ def main() -> None:
                     got = run_child([script, "--child", "--index", str(index), "--out", str(out),
                                      "--format", fmt])
                     assert got["n"] == n, got
-                    same = check(index, out) if fmt == "parquet" else "-"
+                    same = ("yes" if check(index, out) else "NO") if fmt == "parquet" else "-"
                     rows.append([f"{n:,}", dtype, fmt, f"{out.stat().st_size / 2**20:.1f}", got["seconds"],
                                  got["peak_rss_mb"], got["peak_anon_mb"],
                                  got["peak_anon_mb"] - base["peak_anon_mb"], same])
