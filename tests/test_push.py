@@ -225,3 +225,33 @@ def test_bad_targets_and_a_missing_lancedb(tmp_path: Path, monkeypatch: pytest.M
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
         "indexer: error: push to LanceDB needs the lancedb package: pip install 'indexer[lancedb]'"]
+
+
+def test_pushes_during_a_sync_end_equal(tmp_path: Path) -> None:
+    """Pushes run while a sync commits (threads, separate connections): each sends its snapshot, and
+    the push after the sync leaves the table equal to the index."""
+    import threading
+
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    sync(ix, docs(50))
+    big = {**docs(3000, version=1)}
+    del big["doc-001"]
+    errors: list[BaseException] = []
+
+    def run_sync() -> None:
+        try:
+            indexer.sync(ix, list(big.items()), delete_missing=True, settings=Settings(chunk_rows=64))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run_sync)
+    worker.start()
+    pushes = 0
+    while worker.is_alive() or pushes == 0:
+        push(ix, f"lancedb:{db}", batch_rows=500)
+        pushes += 1
+    worker.join()
+    assert not errors
+    push(ix, f"lancedb:{db}")
+    assert_mirrored(ix, db)
+    assert len(table_rows(db)) == 2999
