@@ -107,6 +107,17 @@ def test_ray_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st
     assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
 
 
+def test_gpus_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any) -> None:
+    """The gpus backend's workers (here on the CPU: this machine has no CUDA), tokenized path."""
+    texts = tiny_texts(20, seed=8)
+    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
+                     model=str(tiny_path), prompt="passage: ", backend="gpus",
+                     backend_options={"devices": "cpu"}, settings=SETTINGS)
+    assert (s.embedded, s.failed) == (20, 0)
+    expected = tiny_st.encode(texts, prompt="passage: ", convert_to_numpy=True)
+    assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
+
+
 def test_onnx_runtime_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
