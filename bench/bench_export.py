@@ -21,46 +21,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_result, contention_note, machine, machine_markdown, run_child, table, update_results
+from _common import (
+    anon_peak,
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
 
 DIM = 384
 
 
 def child(index: Path, out: Path | None, fmt: str) -> None:
-    import threading
-
     import indexer
 
-    peak_anon = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:  # RssAnon has no high-water mark of its own: sample it
-        while not done.wait(0.005):
-            peak_anon[0] = max(peak_anon[0], status_mb("RssAnon"))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t = time.perf_counter()
-    with indexer.open(index) as idx:
-        if out is None:
-            ids, _ = idx.vectors()
-            n = len(ids)
-        else:
-            n = idx.export(out, format=fmt)
-    seconds = time.perf_counter() - t
-    done.set()
-    sampler.join()
-    child_result({"n": n, "seconds": seconds, "peak_rss_mb": status_mb("VmHWM"),
-                  "peak_anon_mb": max(peak_anon[0], status_mb("RssAnon"))})
-
-
-def status_mb(key: str) -> float:
-    """A memory figure of this process from /proc/self/status. Not getrusage for the peak: Linux keeps
-    ru_maxrss across exec, so a child would report its parent's peak if that was higher."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
+    with anon_peak() as memory:
+        t = time.perf_counter()
+        with indexer.open(index) as idx:
+            if out is None:
+                ids, _ = idx.vectors()
+                n = len(ids)
+            else:
+                n = idx.export(out, format=fmt)
+        seconds = time.perf_counter() - t
+    child_result({"n": n, "seconds": seconds, **memory})
 
 
 def build(index: Path, n: int, dtype: str) -> None:

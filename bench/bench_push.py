@@ -16,21 +16,22 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_result, contention_note, machine, machine_markdown, run_child, table, update_results
+from _common import (
+    anon_peak,
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
 
 DIM = 384
-
-
-def status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def child(index: Path, target: str) -> None:
@@ -40,22 +41,12 @@ def child(index: Path, target: str) -> None:
     from indexer.push import push
 
     import_s = time.perf_counter() - t
-
-    peak_anon = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            peak_anon[0] = max(peak_anon[0], status_mb("RssAnon"))
-
-    threading.Thread(target=sample, daemon=True).start()
-    t = time.perf_counter()
-    report = push(index, target)
-    seconds = time.perf_counter() - t
-    done.set()
+    with anon_peak() as memory:
+        t = time.perf_counter()
+        report = push(index, target)
+        seconds = time.perf_counter() - t
     child_result({"seconds": seconds, "import_s": import_s, "upserted": report.upserted,
-                  "deleted": report.deleted, "rows": report.rows, "peak_rss_mb": status_mb("VmHWM"),
-                  "peak_anon_mb": max(peak_anon[0], status_mb("RssAnon"))})
+                  "deleted": report.deleted, "rows": report.rows, **memory})
 
 
 def sync(index: Path, n: int, changed: int = -1, deleted: int = 0) -> None:
