@@ -135,7 +135,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before_schema, before_ledger = schema_of(db), ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     bad = patched_migrations / f"{version:04d}_bad.sql"
     # creates a table and an index, alters another table, then fails on its last statement
     bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
@@ -168,7 +168,7 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before = ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
     with pytest.raises(ManifestError):
         Manifest(db, SETTINGS)
