@@ -64,6 +64,12 @@ def push(index: str | Path | Index, to: str, *, table: str = "vectors", replace:
     idx = Index.open(index, settings) if not isinstance(index, Index) else index
     try:
         report = _push(idx, target, replace, batch_rows)
+    except (IndexerError, sqlite3.Error, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the store's client raises its own kinds (I/O, schema, service errors)
+        reason = " ".join(str(exc).split())
+        raise IndexerError(f"{target.key}: {type(exc).__name__}: {reason}; the push stopped part-way, "
+                           "nothing is lost: fix that and push again to finish") from exc
     finally:
         target.close()
         if own:

@@ -255,3 +255,24 @@ def test_pushes_during_a_sync_end_equal(tmp_path: Path) -> None:
     push(ix, f"lancedb:{db}")
     assert_mirrored(ix, db)
     assert len(table_rows(db)) == 2999
+
+
+def test_a_failing_store_stops_the_push_with_one_line_and_the_next_push_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer.targets import lancedb as lancedb_target
+
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    sync(ix, docs(10))
+    real_insert = lancedb_target.LanceDBTarget.insert
+
+    def broken(self: Any, rows: Any) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(lancedb_target.LanceDBTarget, "insert", broken)
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1].endswith("OSError: disk on fire; the push stopped part-way, "
+                                                      "nothing is lost: fix that and push again to finish")
+    monkeypatch.setattr(lancedb_target.LanceDBTarget, "insert", real_insert)
+    assert push(ix, f"lancedb:{db}").upserted == 10
+    assert_mirrored(ix, db)
