@@ -58,11 +58,19 @@ class Heartbeats:
 
 
 def worker_peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (kernel-kept, so no peak is missed between
-    samples); 0 where the platform does not say."""
+    """This process's peak resident memory so far, in MiB, as the kernel keeps it (so no peak is missed
+    between samples); 0 where the platform does not say. Linux: VmHWM, which starts afresh at exec;
+    not ru_maxrss, which a spawned worker inherits from the process it was forked from."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux
+        pass
     try:
         import resource
-    except ImportError:  # not on a Unix
+    except ImportError:  # not a Unix
         return 0.0
     import sys
 

@@ -254,7 +254,7 @@ def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -
 def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
     """A worker process: load the model, say so, then embed one claim per message until told to stop
     (None) or the driver is gone (EOF). Messages to the driver:
-        ("ready", pid, ModelInfo, limits)      ("load_failed", reason)
+        ("ready", pid, ModelInfo, limits, peak rss MiB)      ("load_failed", reason)
         BatchFinished(task, texts) after each forward batch
         ("result", task, vectors, failures, limits, peak rss MiB)      ("error", task, reason)
     where limits is (batch size, token budget).
@@ -270,7 +270,7 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
             results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
             return
         _set_torch_threads(spec.threads)
-        results.send(("ready", os.getpid(), model.embedder.info, model.limits))
+        results.send(("ready", os.getpid(), model.embedder.info, model.limits, worker_peak_rss_mb()))
         ready: queue.Queue[Any] = queue.Queue(maxsize=1)
         threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
                          daemon=True).start()
@@ -581,7 +581,8 @@ class ProcessRunner:
             if self._closed:
                 return
             if kind == "ready":
-                _, worker.pid, info, limits = message
+                _, worker.pid, info, limits, peak = message
+                worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
                 self._remember_limits(worker, limits)
                 if self._info is not None and info != self._info:
                     self._break(IndexerError(
