@@ -8,6 +8,8 @@ Every message names the object (index, file and line, document), its state and w
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
+    ├── IndexBusyError             maintenance (compact) could not get the index to itself, or a sync
+    │                              or verify waited too long for a compact to finish; nothing changed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
@@ -20,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigMismatchError",
     "EmbeddingError",
+    "IndexBusyError",
     "IndexNotFoundError",
     "IndexerError",
     "LeaseLostError",
@@ -39,6 +42,10 @@ class IndexerError(Exception):
 
 class IndexNotFoundError(IndexerError):
     exit_code = 2
+
+
+class IndexBusyError(IndexerError):
+    """Another process holds the index's maintenance lock; the operation changed nothing."""
 
 
 class ConfigMismatchError(IndexerError):

@@ -8,13 +8,15 @@ import shutil
 import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._lock import maintenance_lock
 from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexerError, IndexNotFoundError, StoreError
+from .errors import IndexBusyError, IndexNotFoundError, StoreError
 from .manifest import Manifest
 from .settings import Settings
 from .store import VectorStore
@@ -131,6 +133,18 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def maintenance(self, exclusive: bool = False) -> AbstractContextManager[None]:
+        """The index's maintenance lock (indexer/_lock.py): shared by syncs and verifies, which wait up
+        to the busy timeout for a compact to finish; exclusive for compact, which never waits."""
+        if exclusive:
+            return maintenance_lock(self.path / STORE, exclusive=True, wait_s=0, busy=(
+                f"another process is using the index {self.path} (a sync, a verify or another "
+                "compact); nothing was changed. Run compact again when it has finished"))
+        wait_s = self.settings.busy_timeout_ms / 1000
+        return maintenance_lock(self.path / STORE, exclusive=False, wait_s=wait_s, busy=(
+            f"a compact has held the index {self.path} for over {wait_s:.0f} s; nothing was changed. "
+            "Run the same command again when it has finished"))
+
     def network_filesystem(self) -> str | None:
         fstype = filesystem_type(self.path)
         return fstype if fstype in _NETWORK_FILESYSTEMS else None
@@ -185,6 +199,12 @@ class Index:
         return self.manifest.retry_failed()
 
     def verify(self, repair: bool = False) -> VerifyReport:
+        """Check that manifest and store agree; with `repair`, re-queue what is missing or bad. Holds
+        the maintenance lock shared: a compact moving vectors meanwhile would look like lost chunks."""
+        with self.maintenance():
+            return self._verify(repair)
+
+    def _verify(self, repair: bool) -> VerifyReport:
         report = VerifyReport()
         integrity = self.manifest.integrity_check()
         if integrity != "ok":
@@ -233,11 +253,20 @@ class Index:
     def compact(self) -> CompactReport:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
         then one transaction moves the slots, then the old chunk files are removed. A crash in between
-        leaves only orphans, which the next compact removes."""
-        active_claims = self.manifest.expire_claims()
-        if active_claims:
-            raise IndexerError(f"a sync is running on {self.path} ({active_claims} active claim(s)); "
-                               "run compact when it has finished")
+        leaves only orphans, which the next compact removes.
+
+        It holds the maintenance lock exclusively for its whole run, or does nothing: a sync committing
+        a chunk, or another compact packing one, between this one's look at the manifest and its
+        deletions would lose those vectors."""
+        with self.maintenance(exclusive=True):
+            active_claims = self.manifest.expire_claims()
+            if active_claims:  # a sync that holds no lock: an older indexer, or another host
+                raise IndexBusyError(f"another process is using the index {self.path} ({active_claims} "
+                                     "active claim(s)); nothing was changed. Run compact again when "
+                                     "it has finished")
+            return self._compact()
+
+    def _compact(self) -> CompactReport:
         report = CompactReport()
         report.contents_dropped = self.manifest.drop_unreferenced_contents()
         for p in self.store.partial_files():

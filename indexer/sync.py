@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
@@ -278,7 +278,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
-    run_id = None if dry_run else manifest.start_run()
+    # Held shared for the whole run: a compact (exclusive) never runs next to a sync.
+    held = ExitStack()
+    if index is not None:
+        held.enter_context(index.maintenance())
+    try:
+        run_id = None if dry_run else manifest.start_run()
+    except BaseException:
+        held.close()
+        raise
     state = "failed"
     try:
         _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
@@ -299,6 +307,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
                                                 if k != "warnings"})
         manifest.close()
+        held.close()
     return summary
 
 
