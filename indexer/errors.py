@@ -13,6 +13,7 @@ Every message names the object (index, file and line, document), its state and w
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
+    │   └── ChunkMissingError      a chunk that holds served vectors is missing or torn
     └── EmbeddingError             an embedder failed for a whole batch; per-document failures
                                    are recorded in the manifest, not raised
 """
@@ -20,6 +21,7 @@ Every message names the object (index, file and line, document), its state and w
 from __future__ import annotations
 
 __all__ = [
+    "ChunkMissingError",
     "ConfigMismatchError",
     "EmbeddingError",
     "IndexBusyError",
@@ -76,6 +78,14 @@ class LeaseLostError(ManifestError):
 
 class StoreError(IndexerError):
     pass
+
+
+class ChunkMissingError(StoreError):
+    """A chunk file that should hold vectors is missing or has the wrong size."""
+
+    def __init__(self, message: str, chunk: int) -> None:
+        super().__init__(message)
+        self.chunk = chunk
 
 
 class EmbeddingError(IndexerError):

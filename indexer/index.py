@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -165,32 +164,29 @@ class Index:
 
     def vectors(self) -> tuple[DocumentIds, VectorView]:
         """(ids, vecs) of every live document with a vector. Nothing is read until used."""
-        conn = sqlite3.connect(self.path / MANIFEST, isolation_level=None, check_same_thread=False)
-        snapshot = _Snapshot(conn)
+        snapshot = _Snapshot(self.manifest.reader, self.path)
         return DocumentIds(snapshot), VectorView(snapshot, self.store)
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors of `ids`, in that order. KeyError names the ids that have none."""
-        ids = list(ids)
-        return vectors_of(ids, self.manifest.slots_of(ids), self.store)
+        return vectors_of(list(ids), self.manifest.slots_of, self.store)
 
     def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
         """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
         ids, vecs = self.vectors()
-        slots = vecs._snapshot.load()[1]
+        n = len(vecs)
         out = Path(out)
         tmp = out.with_name(out.name + ".partial")
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
-                                           shape=(len(slots), self.store.dim))
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype, shape=(n, self.store.dim))
         step = self.store.chunk_rows * 64
-        for start in range(0, len(slots), step):
-            self.store.read_slots(slots[start:start + step], out=matrix[start:start + step])
+        for start in range(0, n, step):
+            vecs.read_into(slice(start, start + step), matrix[start:start + step])
         matrix.flush()
         del matrix
         tmp.replace(out)
         if ids_out is not None:
             Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-        return len(slots)
+        return n
 
     # -- maintenance ----------------------------------------------------------------------------
 

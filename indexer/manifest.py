@@ -106,6 +106,11 @@ class Manifest:
     def close(self) -> None:
         self.conn.close()
 
+    def reader(self) -> sqlite3.Connection:
+        """A new connection of its own, for a reader's snapshot (`Index.vectors`)."""
+        return sqlite3.connect(self.path, isolation_level=None, timeout=self.settings.busy_timeout_ms / 1000,
+                               check_same_thread=False)
+
     # -- transactions ---------------------------------------------------------------------------
 
     @contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .errors import StoreError
+from .errors import ChunkMissingError, StoreError
 
 __all__ = ["VectorStore"]
 
@@ -141,8 +141,8 @@ class VectorStore:
         if m is None:
             state = self.chunk_state(chunk)
             if state != "ok":
-                raise StoreError(f"chunk {chunk} of {self.path} is {state}; run `indexer verify "
-                                 f"{self.path.parent} --repair` to re-queue its documents")
+                raise ChunkMissingError(f"chunk {chunk} of {self.path} is {state}; run `indexer verify "
+                                        f"{self.path.parent} --repair` to re-queue its documents", chunk)
             m = np.memmap(self.chunk_path(chunk), dtype=self.dtype, mode="r",
                           shape=(self.chunk_rows, self.dim))
             self._maps[chunk] = m
