@@ -15,7 +15,7 @@ import numpy as np
 
 from ._lock import maintenance_lock
 from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexBusyError, IndexNotFoundError, StoreError
+from .errors import ChunkMissingError, IndexBusyError, IndexNotFoundError, StoreError
 from .manifest import Manifest
 from .settings import Settings
 from .store import VectorStore
@@ -61,12 +61,24 @@ class VerifyReport:
 
 
 @dataclass
+class _ChunkCheck:
+    lost: str | None  # why the whole chunk is lost (missing, torn, changed since written), or None
+    not_finite: list[int] = field(default_factory=list)  # done slots that are not finite
+    actual: bytes | None = None  # the checksum of the file as it is
+
+    @property
+    def sound(self) -> bool:
+        return self.lost is None and not self.not_finite
+
+
+@dataclass
 class CompactReport:
     contents_dropped: int = 0
     orphan_chunks_removed: int = 0
     partial_files_removed: int = 0
     chunks_packed: int = 0
     chunks_written: int = 0
+    damaged_chunks_left: int = 0  # sparse chunks that fail verify: left for `verify --repair`
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -169,6 +181,7 @@ class Index:
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors of `ids`, in that order. KeyError names the ids that have none."""
+        self.store.expected.update(self.manifest.chunk_checksums())
         return vectors_of(list(ids), self.manifest.slots_of, self.store)
 
     def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
@@ -213,27 +226,32 @@ class Index:
             report.problem(str(exc))
         bad: list[bytes] = []
         by_chunk: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
-        for h, slot in self.manifest.done_slots():
+        done, active = self.manifest.done_slots_and_active_chunks()
+        for h, slot in done:
             if slot is None:
                 report.problem(f"content {h.hex()} is done without a slot")
                 bad.append(h)
                 continue
             by_chunk[slot // self.store.chunk_rows].append((h, slot))
+        checksums = self.manifest.chunk_checksums()
+        unrecorded: dict[int, bytes] = {}  # chunks written before checksums were kept, found sound
         for chunk, rows in sorted(by_chunk.items()):
-            state = self.store.chunk_state(chunk)
             report.checked += len(rows)
-            if state != "ok":
-                report.problem(f"chunk {chunk} is {state}: {len(rows)} done vector(s) lost")
+            check = self._check_chunk(chunk, [s for _, s in rows], checksums.get(chunk))
+            if check.lost is not None:
+                report.problem(check.lost)
                 bad.extend(h for h, _ in rows)
                 continue
-            data = self.store.read_chunk(chunk)
-            offsets = np.array([s for _, s in rows]) - chunk * self.store.chunk_rows
-            finite = np.isfinite(data[offsets]).all(axis=1)
-            for (h, slot), ok in zip(rows, finite, strict=True):
-                if not ok:
-                    report.problem(f"slot {slot} (content {h.hex()}) is done but its vector is not finite")
-                    bad.append(h)
-        referenced = set(by_chunk) | self.manifest.active_chunks()
+            for slot in check.not_finite:
+                report.problem(f"slot {slot} is done but its vector is not finite")
+            bad.extend(h for h, s in rows if s in check.not_finite)
+            if chunk not in checksums and check.sound and check.actual is not None:
+                unrecorded[chunk] = check.actual
+        if unrecorded and not repair:
+            report.notes.append(f"{len(unrecorded)} chunk(s) were written before checksums were kept: "
+                                "checked for missing values only; `indexer verify --repair` records "
+                                "their checksums")
+        referenced = set(by_chunk) | active
         orphans = [c for c in self.store.chunk_files() if c not in referenced]
         if orphans:
             report.notes.append(f"{len(orphans)} chunk file(s) hold no done vector; `indexer compact` "
@@ -244,7 +262,26 @@ class Index:
                                 "`indexer compact` removes them")
         if repair and bad:
             report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
+        if repair and unrecorded:
+            self.manifest.record_checksums(unrecorded)
+            report.notes.append(f"recorded the checksums of {len(unrecorded)} chunk(s) written before "
+                                "checksums were kept")
         return report
+
+    def _check_chunk(self, chunk: int, slots: Sequence[int], recorded: bytes | None) -> _ChunkCheck:
+        """Check a chunk that holds done `slots` against its `recorded` checksum (None: not kept)."""
+        try:
+            data, actual = self.store.read_chunk_checked(chunk)
+        except FileNotFoundError:
+            return _ChunkCheck(f"chunk {chunk} is missing: {len(slots)} done vector(s) lost")
+        except ChunkMissingError:
+            return _ChunkCheck(f"chunk {chunk} is torn (wrong size): {len(slots)} done vector(s) lost")
+        if recorded is not None and actual != recorded:
+            return _ChunkCheck(f"chunk {chunk} does not match its checksum (it changed after it was "
+                               f"written): {len(slots)} done vector(s) damaged")
+        offsets = np.asarray(slots) - chunk * self.store.chunk_rows
+        finite = np.isfinite(data[offsets]).all(axis=1)
+        return _ChunkCheck(None, [int(s) for s, ok in zip(slots, finite, strict=True) if not ok], actual)
 
     def compact(self) -> CompactReport:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
@@ -273,25 +310,36 @@ class Index:
         for _, slot in self.manifest.done_slots():
             by_chunk[slot // rows_per_chunk].append(slot)
         active = self.manifest.active_chunks()
-        for chunk in list(self.store.chunk_files()):
-            if chunk not in by_chunk and chunk not in active:
-                self.store.delete_chunk(chunk)
-                report.orphan_chunks_removed += 1
-        sparse = sorted(c for c, slots in by_chunk.items() if len(slots) < rows_per_chunk)
+        orphans = [c for c in self.store.chunk_files() if c not in by_chunk and c not in active]
+        for chunk in orphans:
+            self.store.delete_chunk(chunk)
+        self.manifest.forget_chunks(orphans)
+        report.orphan_chunks_removed = len(orphans)
+        checksums = self.manifest.chunk_checksums()
+        sparse = []
+        for c, slots in sorted(by_chunk.items()):
+            if len(slots) < rows_per_chunk:
+                # Never copy a damaged chunk's rows into a new chunk with a fresh checksum: it stays
+                # for `verify --repair`.
+                if self._check_chunk(c, slots, checksums.get(c)).sound:
+                    sparse.append(c)
+                else:
+                    report.damaged_chunks_left += 1
         live = sorted(s for c in sparse for s in by_chunk[c])
         needed = -(-len(live) // rows_per_chunk)
         if needed >= len(sparse):
             return report
         moves: list[tuple[int, int]] = []
+        written: dict[int, bytes] = {}
         for start in range(0, len(live), rows_per_chunk):
             group = live[start:start + rows_per_chunk]
             chunk = self.manifest.allocate_chunk(lambda c: self.store.ensure_chunks(c + 1))
             block = np.full((rows_per_chunk, self.store.dim), np.nan, dtype=self.store.dtype)
             block[:len(group)] = self.store.read_slots(group)
-            self.store.write_chunk(chunk, block)
+            written[chunk] = self.store.write_chunk(chunk, block)
             moves.extend((old, chunk * rows_per_chunk + i) for i, old in enumerate(group))
             report.chunks_written += 1
-        self.manifest.move_slots(moves)
+        self.manifest.move_slots(moves, written, sparse)
         for chunk in sparse:
             self.store.delete_chunk(chunk)
         report.chunks_packed = len(sparse)

@@ -446,13 +446,16 @@ class Manifest:
                                  "and its contents went back to pending; this worker's result is dropped")
 
     def commit(self, claim: Claim, done: Iterable[tuple[bytes, int]],
-               failed: Iterable[tuple[bytes, str]] = ()) -> int:
+               failed: Iterable[tuple[bytes, str]] = (), checksum: bytes | None = None) -> int:
         """Mark `done` (hash, slot) pairs done and count `failed` (hash, reason) attempts, in one
         transaction, only if the claim's token still matches (fencing). Raises LeaseLostError if not.
+        `checksum` is that of the claim's chunk file, recorded with its rows.
         Returns how many failed contents ran out of attempts and are now `failed`."""
         try:
             with self._write() as conn:
                 self._check_token(conn, claim)
+                if checksum is not None:
+                    conn.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?)", (claim.chunk, checksum))
                 done = sorted(done)  # key order: consecutive updates land on neighbouring pages
                 conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
                                     claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""",
@@ -560,6 +563,43 @@ class Manifest:
     def done_slots(self) -> list[tuple[bytes, int]]:
         return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done'").fetchall()
 
+    def done_slots_and_active_chunks(self) -> tuple[list[tuple[bytes, int]], set[int]]:
+        """Both from one snapshot: a claim committed between two separate reads would be in neither."""
+        with self._snapshot():
+            return self.done_slots(), self.active_chunks()
+
+    def _has_table(self, name: str) -> bool:
+        """False for a table of a later migration that a read-only manifest has not had applied."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
+    def chunk_checksums(self) -> dict[int, bytes]:
+        if not self._has_table("chunks"):
+            return {}
+        return dict(self.conn.execute("SELECT chunk, checksum FROM chunks").fetchall())
+
+    def record_checksums(self, checksums: dict[int, bytes]) -> None:
+        """Record checksums of chunks written before checksums were kept (verify --repair)."""
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
+
+    def forget_chunks(self, chunks: Iterable[int]) -> None:
+        """Drop the checksums of chunk files that are deleted (compact)."""
+        with self._write() as conn:
+            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in chunks))
+
+    def stored_config(self) -> str | None:
+        """The text of index.toml kept in the manifest, if any."""
+        if not self._has_table("config"):
+            return None
+        row = self.conn.execute("SELECT value FROM config WHERE key = 'index.toml'").fetchone()
+        return None if row is None else str(row[0])
+
+    def store_config(self, text: str) -> None:
+        """Keep a copy of index.toml (at creation; for an older index, the first time a writer opens it)."""
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO config VALUES ('index.toml', ?)", (text,))
+
     def active_chunks(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
 
@@ -606,9 +646,13 @@ class Manifest:
                 on_chunk(chunk)
             return chunk
 
-    def move_slots(self, moves: Sequence[tuple[int, int]]) -> None:
-        """Repoint done contents from old to new slots in one transaction (compact)."""
+    def move_slots(self, moves: Sequence[tuple[int, int]], checksums: dict[int, bytes],
+                   emptied: Iterable[int]) -> None:
+        """Repoint done contents from old to new slots in one transaction (compact), with the
+        checksums of the new chunks; the `emptied` chunks lose theirs."""
         with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
+            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in emptied))
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS slot_moves (old INTEGER PRIMARY KEY, new INTEGER)")
             conn.execute("DELETE FROM slot_moves")
             conn.executemany("INSERT INTO slot_moves VALUES (?, ?)", moves)

@@ -180,10 +180,11 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
+    checksum = None
     if done:
-        store.write_chunk(claim.chunk, block)
+        checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()])
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()], checksum)
     return len(done), gave_up
 
 

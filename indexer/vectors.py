@@ -35,12 +35,14 @@ class _Snapshot:
         self._ids: list[str] | None = None
         self._slots: np.ndarray | None = None
         self._hashes: list[bytes] = []
+        self.checksums: dict[int, bytes] = {}
 
     def load(self) -> tuple[list[str], np.ndarray]:
         if self._ids is None or self._slots is None:
             assert self._conn is not None
             rows = self._conn.execute("""SELECT d.id, c.slot, c.hash FROM documents d JOIN contents c
                 ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
+            self.checksums = self._read_checksums(self._conn)
             self._conn.execute("COMMIT")
             self._conn.close()
             self._conn = None
@@ -49,6 +51,13 @@ class _Snapshot:
             self._hashes = [r[2] for r in rows]
         return self._ids, self._slots
 
+    @staticmethod
+    def _read_checksums(conn: sqlite3.Connection) -> dict[int, bytes]:
+        """The chunks' checksums (none in a read-only manifest from before they were kept)."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone() is None:
+            return {}
+        return dict(conn.execute("SELECT chunk, checksum FROM chunks").fetchall())
+
     def relocate(self) -> bool:
         """Look every content of the snapshot up again (after a compact). True if a slot moved.
         Raises StoreError if a content is gone altogether (compact dropped it)."""
@@ -56,6 +65,7 @@ class _Snapshot:
         conn = self._connect()
         try:
             now = dict(conn.execute("SELECT hash, slot FROM contents WHERE state = 'done'").fetchall())
+            self.checksums.update(self._read_checksums(conn))
         finally:
             conn.close()
         moved = np.fromiter((now.get(h, -1) for h in self._hashes), dtype=np.int64, count=len(slots))
@@ -144,12 +154,15 @@ class VectorView:
 
     def _read(self, key: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Rows `key` of the view; looked up again once if a compact moved them since the snapshot."""
+        slots = self._snapshot.load()[1]
+        self._store.expected.update(self._snapshot.checksums)
         try:
-            return read_served(self._store, self._snapshot.load()[1][key], out=out)
+            return read_served(self._store, slots[key], out=out)
         except ChunkMissingError:
             if not self._snapshot.relocate():  # nothing moved: the chunk is really missing
                 raise
-        return read_served(self._store, self._snapshot.load()[1][key], out=out)
+        self._store.expected.update(self._snapshot.checksums)
+        return read_served(self._store, slots[key], out=out)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self._read(slice(None))

@@ -47,3 +47,15 @@ CREATE TABLE runs (
     state       TEXT NOT NULL CHECK (state IN ('running', 'finished', 'failed', 'interrupted')),
     summary     TEXT                     -- JSON of the run's summary once it ends
 );
+
+CREATE TABLE chunks (
+    chunk    INTEGER PRIMARY KEY,        -- the chunk number: slots chunk * chunk_rows ...
+    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file's bytes, 8 bytes big-endian
+);
+
+CREATE TABLE config (
+    key   TEXT PRIMARY KEY,              -- 'index.toml': its text, to recover a lost or empty one
+    value TEXT NOT NULL
+);
+-- "IDXR": a manifest.sqlite with another application_id is not ours, and is never written to.
+PRAGMA application_id = 1229215826;
