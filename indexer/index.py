@@ -62,13 +62,15 @@ class VerifyReport:
 
 @dataclass
 class _ChunkCheck:
-    lost: str | None  # why the whole chunk is lost (missing, torn, changed since written), or None
-    not_finite: list[int] = field(default_factory=list)  # done slots that are not finite
-    actual: bytes | None = None  # the checksum of the file as it is
+    """What `Index.verify` found in one chunk file that holds done vectors."""
+
+    lost: str | list[int]  # why the whole chunk is lost (missing, torn); or the done slots not finite
+    changed: list[int] = field(default_factory=list)  # done slots whose row checksum differs
+    actual: bytes | None = None  # the checksums of the file as it is
 
     @property
     def sound(self) -> bool:
-        return self.lost is None and not self.not_finite
+        return not self.lost and not self.changed
 
 
 @dataclass
@@ -181,7 +183,7 @@ class Index:
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors of `ids`, in that order. KeyError names the ids that have none."""
-        self.store.expected.update(self.manifest.chunk_checksums())
+        self.store.expected.update(self.manifest.chunk_checksums(whole_only=True))
         return vectors_of(list(ids), self.manifest.slots_of, self.store)
 
     def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
@@ -238,17 +240,25 @@ class Index:
         for chunk, rows in sorted(by_chunk.items()):
             report.checked += len(rows)
             check = self._check_chunk(chunk, [s for _, s in rows], checksums.get(chunk))
-            if check.lost is not None:
+            if isinstance(check.lost, str):
                 report.problem(check.lost)
                 bad.extend(h for h, _ in rows)
                 continue
-            for slot in check.not_finite:
+            for slot in check.lost:
                 report.problem(f"slot {slot} is done but its vector is not finite")
-            bad.extend(h for h, s in rows if s in check.not_finite)
-            if chunk not in checksums and check.sound and check.actual is not None:
+            if check.changed:
+                report.problem(f"chunk {chunk} does not match its checksum: {len(check.changed)} done "
+                               "vector(s) changed after they were written")
+            damaged = set(check.lost) | set(check.changed)
+            bad.extend(h for h, s in rows if s in damaged)
+            if check.actual is not None and ((chunk not in checksums and check.sound) or damaged):
+                # A chunk from before checksums; or one whose damaged rows --repair re-queues: the
+                # rows it goes on serving match their own recorded checksums, so the file as it is
+                # is their new record, and readers can map it again.
                 unrecorded[chunk] = check.actual
-        if unrecorded and not repair:
-            report.notes.append(f"{len(unrecorded)} chunk(s) were written before checksums were kept: "
+        old_chunks = sum(1 for c in unrecorded if c not in checksums)
+        if old_chunks and not repair:
+            report.notes.append(f"{old_chunks} chunk(s) were written before checksums were kept: "
                                 "checked for missing values only; `indexer verify --repair` records "
                                 "their checksums")
         referenced = set(by_chunk) | active
@@ -264,24 +274,24 @@ class Index:
             report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
         if repair and unrecorded:
             self.manifest.record_checksums(unrecorded)
-            report.notes.append(f"recorded the checksums of {len(unrecorded)} chunk(s) written before "
-                                "checksums were kept")
+            if old_chunks:
+                report.notes.append(f"recorded the checksums of {old_chunks} chunk(s) written before "
+                                    "checksums were kept")
         return report
 
     def _check_chunk(self, chunk: int, slots: Sequence[int], recorded: bytes | None) -> _ChunkCheck:
-        """Check a chunk that holds done `slots` against its `recorded` checksum (None: not kept)."""
+        """Check a chunk that holds done `slots` against its `recorded` checksums (None: not kept)."""
         try:
-            data, actual = self.store.read_chunk_checked(chunk)
+            data, actual, changed_rows = self.store.read_chunk_checked(chunk, recorded)
         except FileNotFoundError:
             return _ChunkCheck(f"chunk {chunk} is missing: {len(slots)} done vector(s) lost")
         except ChunkMissingError:
-            return _ChunkCheck(f"chunk {chunk} is torn (wrong size): {len(slots)} done vector(s) lost")
-        if recorded is not None and actual != recorded:
-            return _ChunkCheck(f"chunk {chunk} does not match its checksum (it changed after it was "
-                               f"written): {len(slots)} done vector(s) damaged")
-        offsets = np.asarray(slots) - chunk * self.store.chunk_rows
-        finite = np.isfinite(data[offsets]).all(axis=1)
-        return _ChunkCheck(None, [int(s) for s, ok in zip(slots, finite, strict=True) if not ok], actual)
+            return _ChunkCheck(f"chunk {chunk} is torn: {len(slots)} done vector(s) lost")
+        first = chunk * self.store.chunk_rows
+        finite = np.isfinite(data[np.asarray(slots, dtype=np.int64) - first]).all(axis=1)
+        not_finite = [int(s) for s, ok in zip(slots, finite, strict=True) if not ok]
+        changed = sorted({first + r for r in changed_rows} & set(slots) - set(not_finite))
+        return _ChunkCheck(not_finite, changed, actual)
 
     def compact(self) -> CompactReport:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,

@@ -28,7 +28,7 @@ _NUMPY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
 def checksum(data: bytes | memoryview) -> bytes:
-    """XXH3-64 of a chunk file's bytes: many times faster than the chunk's write (bench/RESULTS.md)."""
+    """XXH3-64 of bytes: many times faster than the chunk's write (bench/RESULTS.md)."""
     return xxhash.xxh3_64_digest(data)
 
 
@@ -52,9 +52,9 @@ class VectorStore:
         self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
         self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
-        # Checksums recorded in the manifest (the readers fill this in): a chunk is checked against its
-        # own the first time it is mapped, so that a chunk changed after it was written (zeroed, bits
-        # flipped) is never served. A chunk number is written once, so an entry never goes stale.
+        # Whole-chunk checksums recorded in the manifest (the readers fill this in): a chunk is checked
+        # against its own the first time it is mapped, so that a chunk changed after it was written
+        # (zeroed, bits flipped) is never served. A chunk number is written once: no entry goes stale.
         self.expected: dict[int, bytes] = {}
         self._checked: set[int] = set()
         self._rows_known = 0  # the array holds at least this many rows (set by ensure_chunks)
@@ -108,7 +108,7 @@ class VectorStore:
 
     def write_chunk(self, chunk: int, block: np.ndarray) -> bytes:
         """Write one whole chunk durably. `block` has shape (chunk_rows, dim); unused rows are NaN.
-        Returns the checksum of the bytes written, for the manifest."""
+        Returns the checksums of the bytes written (`checksums_of`), for the manifest."""
         if block.shape != (self.chunk_rows, self.dim):
             raise StoreError(f"chunk {chunk}: block of shape {block.shape}, expected "
                              f"{(self.chunk_rows, self.dim)}")
@@ -130,7 +130,7 @@ class VectorStore:
                              "free space or fix permissions, then sync again (nothing was marked done)"
                              ) from exc
         self._maps.pop(chunk, None)
-        return checksum(data)
+        return self.checksums_of(data)
 
     def delete_chunk(self, chunk: int) -> None:
         path = self.chunk_path(chunk)
@@ -149,13 +149,30 @@ class VectorStore:
             return "missing"
         return "ok" if size == self.chunk_bytes else "torn"
 
-    def read_chunk_checked(self, chunk: int) -> tuple[np.ndarray, bytes]:
-        """The chunk's rows, read from its file once, and the checksum of its bytes (verify)."""
+    def checksums_of(self, data: bytes | memoryview) -> bytes:
+        """What the manifest records for a chunk: the XXH3-64 of its bytes, then that of each of its
+        rows (8 bytes each), so that `verify` can tell which rows of a changed chunk changed."""
+        view = memoryview(data).cast("B")
+        row_bytes = self.dim * self.dtype.itemsize
+        return checksum(view) + b"".join(checksum(view[i:i + row_bytes])
+                                         for i in range(0, len(view), row_bytes))
+
+    def read_chunk_checked(self, chunk: int, recorded: bytes | None) -> tuple[np.ndarray, bytes, list[int]]:
+        """The chunk's rows, read from its file once; the checksums of its bytes; and the rows whose
+        checksum is not the `recorded` one (all of them when the record does not fit: never silent)."""
         data = self.chunk_path(chunk).read_bytes()
         if len(data) != self.chunk_bytes:
             raise ChunkMissingError(f"chunk {chunk} of {self.path} is torn", chunk)
         rows = np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_rows, self.dim)
-        return rows, checksum(data)
+        actual = self.checksums_of(data)
+        changed: list[int] = []
+        if recorded is not None and recorded[:8] != actual[:8]:
+            if len(recorded) != len(actual):
+                changed = list(range(self.chunk_rows))
+            else:
+                changed = [r for r in range(self.chunk_rows)
+                           if recorded[8 + 8 * r:16 + 8 * r] != actual[8 + 8 * r:16 + 8 * r]]
+        return rows, actual, changed
 
     def _map(self, chunk: int) -> np.ndarray:
         m = self._maps.get(chunk)
@@ -167,7 +184,7 @@ class VectorStore:
             m = np.memmap(self.chunk_path(chunk), dtype=self.dtype, mode="r",
                           shape=(self.chunk_rows, self.dim))
             if chunk not in self._checked and chunk in self.expected:
-                if checksum(m.data) != self.expected[chunk]:
+                if checksum(m.data) != self.expected[chunk][:8]:
                     raise StoreError(f"chunk {chunk} of {self.path} does not match its checksum (it changed "
                                      f"after it was written); run `indexer verify {self.path.parent} "
                                      "--repair`, then sync the same sources again")

@@ -53,10 +53,10 @@ class _Snapshot:
 
     @staticmethod
     def _read_checksums(conn: sqlite3.Connection) -> dict[int, bytes]:
-        """The chunks' checksums (none in a read-only manifest from before they were kept)."""
+        """The chunks' whole-file checksums (none in a read-only manifest from before they were kept)."""
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone() is None:
             return {}
-        return dict(conn.execute("SELECT chunk, checksum FROM chunks").fetchall())
+        return dict(conn.execute("SELECT chunk, substr(checksum, 1, 8) FROM chunks").fetchall())
 
     def relocate(self) -> bool:
         """Look every content of the snapshot up again (after a compact). True if a slot moved.

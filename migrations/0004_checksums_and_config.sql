@@ -5,7 +5,7 @@
 -- rows. Chunks written before this migration have none until `verify --repair` records them.
 CREATE TABLE chunks (
     chunk    INTEGER PRIMARY KEY,        -- the chunk number: slots chunk * chunk_rows ...
-    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file's bytes, 8 bytes big-endian
+    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file, then of each of its rows: 8 bytes each
 );
 -- The text of index.toml: an index whose index.toml is lost or empty (a power cut) is recovered from
 -- it, never created again over its own data.

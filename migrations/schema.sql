@@ -50,7 +50,7 @@ CREATE TABLE runs (
 
 CREATE TABLE chunks (
     chunk    INTEGER PRIMARY KEY,        -- the chunk number: slots chunk * chunk_rows ...
-    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file's bytes, 8 bytes big-endian
+    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file, then of each of its rows: 8 bytes each
 );
 
 CREATE TABLE config (
