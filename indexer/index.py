@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ._lock import maintenance_lock
-from .config import EmbeddingConfig, read_config, write_config
-from .errors import ChunkMissingError, IndexBusyError, IndexNotFoundError, StoreError
-from .manifest import Manifest
+from .config import EmbeddingConfig, config_text, parse_config, read_config, write_config
+from .errors import ChunkMissingError, IndexBusyError, IndexNotFoundError, ManifestError, StoreError
+from .manifest import Manifest, identify
 from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
@@ -41,6 +42,87 @@ def filesystem_type(path: Path) -> str | None:
                 and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
     return fstype
+
+
+@contextlib.contextmanager
+def _creation_lock(path: Path) -> Iterator[None]:
+    """Held while an index is made or its creation finished (flock on the index directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _not_an_index(path: Path, why: str) -> IndexNotFoundError:
+    return IndexNotFoundError(f"{path} is not an index: its {MANIFEST} is not an indexer manifest ({why}). "
+                              "Nothing was changed; point --index at another directory")
+
+
+def _store_without_manifest(path: Path) -> IndexNotFoundError:
+    return IndexNotFoundError(f"{path} is not an index: it holds a {STORE} but no {MANIFEST}. Nothing was "
+                              "changed; point --index at another directory (or restore the manifest of "
+                              "the index it belongs to)")
+
+
+def _remove_unfinished_store(store: Path) -> None:
+    """A store made by a creation that stopped before the end: removed, but only if it holds no chunk."""
+    if (store / "c").exists() and any((store / "c").iterdir()):
+        raise StoreError(f"{store} holds chunk files but its manifest holds nothing: it is not this "
+                         "index's. Nothing was changed; move it away or point --index elsewhere")
+    shutil.rmtree(store)
+
+
+def _load_config(path: Path, manifest: Manifest) -> EmbeddingConfig:
+    """The configuration from index.toml; where that is missing, empty or unreadable, from the copy in
+    the manifest (written back to index.toml, atomically, unless read-only)."""
+    toml = path / CONFIG
+    try:
+        text = toml.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {toml} ({exc}); check its permissions. Nothing was changed"
+                            ) from exc
+    copy = manifest.stored_config()
+    problem = "is missing or empty"
+    if text.strip():
+        try:
+            config = parse_config(text, str(toml))
+        except ValueError as exc:
+            problem = f"is unreadable ({exc})"
+        else:
+            if copy is None and not manifest.read_only:  # an index made before the copy was kept
+                manifest.store_config(config_text(config))
+            return config
+    if copy is None:
+        if not text and manifest.is_blank():
+            raise IndexNotFoundError(f"the creation of the index at {path} stopped before its end (an older "
+                                     "indexer) and nothing was stored in it: remove the directory, then "
+                                     "sync again")
+        raise ManifestError(f"{toml} {problem}, and this manifest (made by an older indexer) holds no copy "
+                            f"of it: restore {toml} from a backup. Nothing was changed")
+    config = parse_config(copy, f"the copy of {CONFIG} in {manifest.path}")
+    if not manifest.read_only:
+        with _creation_lock(path):
+            write_config(toml, config)
+    return config
+
+
+def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, settings: Settings) -> VectorStore:
+    """The store; made where a creation stopped before it (nothing stored yet), unless read-only."""
+    try:
+        return VectorStore(path / STORE)
+    except StoreError:
+        if manifest.read_only or not manifest.is_blank():
+            raise
+    with _creation_lock(path):
+        with contextlib.suppress(StoreError):  # another process finished it meanwhile
+            return VectorStore(path / STORE)
+        if (path / STORE).exists():
+            _remove_unfinished_store(path / STORE)
+        return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
 @dataclass
@@ -97,42 +179,70 @@ class Index:
 
     @staticmethod
     def exists(path: str | Path) -> bool:
-        return (Path(path) / CONFIG).is_file()
+        """Whether `path` holds an index: its index.toml, or, where that was lost or left empty (a power
+        cut), an indexer manifest, from which `open` recovers the configuration."""
+        path = Path(path)
+        with contextlib.suppress(OSError):
+            if (path / CONFIG).stat().st_size > 0:
+                return True
+        return identify(path / MANIFEST)[0] == "ours"
 
     @classmethod
     def create(cls, path: str | Path, config: EmbeddingConfig, settings: Settings | None = None) -> Index:
-        """Make a new index bound to `config`. index.toml is written last: a directory without it is
-        an index whose creation never finished, and is created again."""
+        """Make a new index bound to `config`: the manifest (with a copy of the configuration, in the
+        transaction that makes its schema), then the store, then index.toml.
+
+        Only where nothing is, or where a creation stopped before anything was stored in it: a
+        directory holding a file of that name that is not ours is refused untouched."""
         path, settings = Path(path), settings or Settings()
         if cls.exists(path):
             raise FileExistsError(f"{path} is already an index")
         path.mkdir(parents=True, exist_ok=True)
         # Two first syncs at once: one creates, the other waits here, then finds the index made.
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with _creation_lock(path):
             if cls.exists(path):
                 raise FileExistsError(f"{path} is already an index")
+            kind, why = identify(path / MANIFEST)
+            if kind == "foreign":
+                raise _not_an_index(path, why)
             if (path / STORE).exists():
-                shutil.rmtree(path / STORE)
-            manifest = Manifest(path / MANIFEST, settings, create=True)
+                if kind == "absent":
+                    raise _store_without_manifest(path)
+                _remove_unfinished_store(path / STORE)
+            manifest = Manifest(path / MANIFEST, settings, create=True, config_text=config_text(config))
             store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
             write_config(path / CONFIG, config)
-        finally:
-            os.close(fd)  # releases the lock
         return cls(path, config, manifest, store, settings)
 
     @classmethod
-    def open(cls, path: str | Path, settings: Settings | None = None) -> Index:
+    def open(cls, path: str | Path, settings: Settings | None = None, *,
+             read_only: bool | None = None) -> Index:
+        """Open the index at `path`. `read_only` (default: where the directory or the manifest cannot be
+        written, as on read-only media) opens it without any write: no migration, no recovery."""
         path, settings = Path(path), settings or Settings()
-        if not cls.exists(path):
-            what = "does not exist" if not path.exists() else f"has no {CONFIG}"
+        kind, why = identify(path / MANIFEST)
+        if kind == "foreign":
+            raise _not_an_index(path, why)
+        if kind != "ours":
+            if cls.exists(path):  # index.toml without its manifest
+                raise ManifestError(f"{path / MANIFEST} is missing ({why}) but {CONFIG} is there: restore "
+                                    "the manifest from a backup. Nothing was changed")
+            if (path / STORE).exists():
+                raise _store_without_manifest(path)
+            what = "does not exist" if not path.exists() else "holds no index"
             raise IndexNotFoundError(f"no index at {path}: the directory {what}. "
                                      f"Create one with `indexer sync SOURCE --index {path}`")
-        config = read_config(path / CONFIG)
-        manifest = Manifest(path / MANIFEST, settings)
-        store = VectorStore(path / STORE)
+        if read_only is None:
+            read_only = not (os.access(path, os.W_OK) and os.access(path / MANIFEST, os.W_OK))
+        manifest = Manifest(path / MANIFEST, settings, read_only=read_only)
+        try:
+            config = _load_config(path, manifest)
+            store = _load_store(path, config, manifest, settings)
+        except BaseException:
+            manifest.close()
+            raise
         if (store.dim, store.dtype.name) != (config.dim, config.dtype):
+            manifest.close()
             raise StoreError(f"{path / STORE} holds {store.dtype.name} vectors of dim {store.dim} but "
                              f"{CONFIG} says {config.dtype} of dim {config.dim}; the index is damaged")
         return cls(path, config, manifest, store, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -29,7 +30,7 @@ from .errors import LeaseLostError, ManifestError
 from .settings import Settings
 from .sources import Record, Skip
 
-__all__ = ["Claim", "Manifest", "ScanCounts", "content_hash", "migrations_dir"]
+__all__ = ["APPLICATION_ID", "Claim", "Manifest", "ScanCounts", "content_hash", "identify", "migrations_dir"]
 
 
 def content_hash(text: str) -> bytes:
@@ -82,34 +83,115 @@ _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
 
 
+APPLICATION_ID = 0x49445852  # "IDXR" in the SQLite header (migration 0004): this file is a manifest
+_OUR_TABLES = {"contents", "documents", "meta", "schema_migrations"}
+
+
+def identify(path: Path) -> tuple[str, str]:
+    """What `path` is, without writing to it: ("absent" | "unfinished" | "ours" | "foreign", why).
+
+    "ours": an indexer manifest (our application_id, or, before 0004 set it, our tables and ledger).
+    "unfinished": nothing in it yet (empty, or the ledger alone: a creation killed before its schema).
+    "foreign": anything else; it must never be written to.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return "absent", "it does not exist"
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path} ({exc.strerror or exc}); check its permissions. Nothing "
+                            "was changed") from exc
+    if not header:
+        return "unfinished", "it is empty"
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "foreign", "it is not an SQLite database"
+    app_id = int.from_bytes(header[68:72], "big")
+    if app_id == APPLICATION_ID:
+        return "ours", "its application_id says so"
+    if app_id != 0:
+        return "foreign", f"its SQLite application_id is {app_id:#x}, not indexer's"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ledger = (conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+                      if "schema_migrations" in tables else 0)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return "foreign", f"it cannot be read as an SQLite database ({exc})"
+    if tables <= {"schema_migrations"} and not ledger:
+        return "unfinished", "it holds no schema yet"
+    if tables >= _OUR_TABLES and ledger:
+        return "ours", "it holds indexer's tables"
+    return "foreign", f"it holds other tables ({', '.join(sorted(tables)[:5])})"
+
+
 class Manifest:
-    def __init__(self, path: Path, settings: Settings, *, create: bool = False) -> None:
+    def __init__(self, path: Path, settings: Settings, *, create: bool = False,
+                 read_only: bool = False, config_text: str | None = None) -> None:
+        """Open (with `create`, make) the manifest at `path`, migrating it to the current schema.
+
+        `read_only`: no write at all, no migration (for read-only media, or a reader that must not
+        change anything); the queries readers use work on every schema version. `config_text` (with
+        `create`): the copy of index.toml to keep, written with the schema, in one transaction."""
         self.path = path
         self.settings = settings
+        self.read_only = read_only
         if not create and not path.exists():
             raise ManifestError(f"{path} does not exist")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None, timeout=settings.busy_timeout_ms / 1000,
-                                        check_same_thread=False)
-            self.conn.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may lose
-            # the last commits, which only returns their contents to pending (their chunks stay).
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.execute("PRAGMA temp_store = FILE")
-            self._migrate(fresh=create)
+            self.conn = self._connect()
+            if read_only:
+                self._check_version()
+            else:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may
+                # lose the last commits, which only returns their contents to pending (their chunks
+                # stay).
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self.conn.execute("PRAGMA temp_store = FILE")
+                self._migrate(fresh=create, config_text=config_text)
         except sqlite3.DatabaseError as exc:
-            raise ManifestError(f"{path} is not a readable manifest ({exc}); "
-                                "restore it from a backup or rebuild the index") from exc
+            raise _database_error(path, exc) from exc
         self._scan_tables_ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        timeout = self.settings.busy_timeout_ms / 1000
+        if not self.read_only:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout, check_same_thread=False)
+        else:
+            # mode=ro reads beside live writers. Where neither the directory nor the file can be
+            # written, no writer can exist (one needs both), and SQLite could not make the shared
+            # memory file mode=ro needs for a WAL database: read it as immutable.
+            writable = os.access(self.path.parent, os.W_OK) or os.access(self.path, os.W_OK)
+            mode = "mode=ro" if writable else "immutable=1"
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None,
+                                   timeout=timeout, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self.settings.busy_timeout_ms}")
+        return conn
+
+    def _check_version(self) -> None:
+        known = {v for v, _, _ in _numbered_migrations()}
+        applied = ({r[0] for r in self.conn.execute("SELECT version FROM schema_migrations")}
+                   if self._has_table("schema_migrations") else set())
+        if applied - known:
+            raise ManifestError(f"{self.path} was written by a newer indexer (schema version "
+                                f"{max(applied)}); upgrade indexer to open it")
 
     def close(self) -> None:
         self.conn.close()
 
     def reader(self) -> sqlite3.Connection:
         """A new connection of its own, for a reader's snapshot (`Index.vectors`)."""
-        return sqlite3.connect(self.path, isolation_level=None, timeout=self.settings.busy_timeout_ms / 1000,
-                               check_same_thread=False)
+        return self._connect()
+
+    def is_blank(self) -> bool:
+        """Nothing was ever scanned or claimed into it: a creation that stopped before its end."""
+        return bool(self.conn.execute("""SELECT NOT EXISTS (SELECT 1 FROM documents)
+            AND NOT EXISTS (SELECT 1 FROM contents)
+            AND (SELECT value FROM meta WHERE key = 'next_chunk') = 0""").fetchone()[0])
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -146,7 +228,7 @@ class Manifest:
 
     # -- migrations -----------------------------------------------------------------------------
 
-    def _migrate(self, fresh: bool) -> None:
+    def _migrate(self, fresh: bool, config_text: str | None = None) -> None:
         self.conn.execute(_LEDGER)
         applied = {row[0] for row in self.conn.execute("SELECT version FROM schema_migrations")}
         migrations = _numbered_migrations()
@@ -158,6 +240,9 @@ class Manifest:
             schema = (migrations_dir() / "schema.sql").read_text(encoding="utf-8")
             ledger = "".join(f"INSERT INTO schema_migrations VALUES ({v}, '{n}', {time.time()});\n"
                              for v, n, _ in migrations)
+            if config_text is not None:
+                quoted = config_text.replace("'", "''")
+                ledger += f"INSERT INTO config VALUES ('index.toml', '{quoted}');\n"
             self._run_script(schema + ledger)
             return
         for version, name, sql in migrations:
@@ -171,6 +256,8 @@ class Manifest:
                     if self.conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
                                          (version,)).fetchone() is None:
                         raise
+        if config_text is not None:
+            self.store_config(config_text)
 
     def _run_script(self, sql: str) -> None:
         """Run a migration script and its ledger row in one transaction."""
@@ -520,7 +607,7 @@ class Manifest:
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
-                                  ORDER BY id DESC LIMIT 1""").fetchone()
+                                  ORDER BY id DESC LIMIT 1""").fetchone() if self._has_table("runs") else None
         last_run = None
         if run is not None:
             state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
@@ -663,6 +750,19 @@ class Manifest:
             conn.execute("UPDATE contents SET slot = -1 - slot WHERE slot IN (SELECT old FROM slot_moves)")
             conn.execute("""UPDATE contents SET slot = (SELECT new FROM slot_moves WHERE old = -1 - slot)
                             WHERE slot < 0""")
+
+
+def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ManifestError:
+    """A message that fits the failure: a file that cannot be opened or written (permissions, a
+    read-only disk, a lock) is not a damaged one, and destroying it would be the wrong advice."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and any(
+            word in text for word in ("unable to open", "readonly", "read-only", "locked", "disk I/O")):
+        return ManifestError(f"cannot open {path} ({text}); check that this user may read (and, to "
+                             "change the index, write) it and its directory, or wait for the process "
+                             "holding it. Nothing was changed")
+    return ManifestError(f"{path} is not a readable manifest ({text}): it is damaged, or not indexer's. "
+                         "Nothing was changed; keep a copy of it, and restore it from a backup")
 
 
 def _printable(s: str) -> str:

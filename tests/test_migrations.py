@@ -238,3 +238,62 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
         assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_0004_migrates_keeps_working_and_gets_its_marks(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0004 adds chunk checksums, the copy of index.toml and the application_id. An index last written
+    by the 0003 schema, with work in every state (done, pending with its text staged, claimed by a dead
+    worker, failed), opens, migrates, and syncs to the end. Its old chunks have no checksum: verify is
+    clean and says so, `verify --repair` records them; the manifest now holds the copy of index.toml
+    and says it is indexer's."""
+    from conftest import fake_vector, served
+
+    from indexer.manifest import APPLICATION_ID, identify
+
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha"), ("f", "failing")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS)
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 3])
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
+    conn.executescript("""BEGIN;
+        INSERT INTO contents SELECT * FROM new.contents;
+        INSERT INTO documents SELECT * FROM new.documents;
+        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
+            WHERE key = 'next_chunk';
+        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
+        COMMIT;""")
+    conn.execute("DETACH new")
+    beta, gamma = content_hash("beta"), content_hash("gamma")
+    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
+                     [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
+    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
+    conn.execute("UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing', "
+                 "slot = NULL WHERE hash = ?", (content_hash("failing"),))
+    conn.execute("UPDATE documents SET ready_hash = NULL WHERE id = 'f'")
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, ix / "manifest.sqlite")
+    assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
+
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 2
+    got = served(ix)
+    assert sorted(got) == ["a", "b", "c"]
+    for key, text in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
+        assert got[key].tobytes() == fake_vector(text).tobytes(), key
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+    with indexer.open(ix) as idx:
+        assert idx.status()["failed"] == 1
+        report = idx.verify()
+        assert report.ok and any("written before checksums were kept" in n for n in report.notes), report
+        assert idx.verify(repair=True).repaired == 0
+        assert idx.verify().notes == []
+        assert idx.manifest.stored_config() == (ix / "index.toml").read_text()
+    conn = sqlite3.connect(ix / "manifest.sqlite")
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.close()
