@@ -16,7 +16,14 @@ import numpy as np
 
 from ._lock import maintenance_lock
 from .config import EmbeddingConfig, config_text, parse_config, read_config, write_config
-from .errors import ChunkMissingError, IndexBusyError, IndexNotFoundError, ManifestError, StoreError
+from .errors import (
+    ChunkMissingError,
+    IndexBusyError,
+    IndexerError,
+    IndexNotFoundError,
+    ManifestError,
+    StoreError,
+)
 from .manifest import Manifest, identify
 from .settings import Settings
 from .store import VectorStore
@@ -256,6 +263,13 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def require_writable(self, action: str) -> None:
+        """Refuse `action` (a sync, a repair, a compact) on an index opened read-only."""
+        if self.manifest.read_only:
+            raise IndexerError(f"{action} writes to the index, and {self.path} is open read-only (the "
+                               "directory or its manifest cannot be written here). Nothing was changed; "
+                               "run it where the index is writable. Reading it works as it is")
+
     def maintenance(self, exclusive: bool = False) -> AbstractContextManager[None]:
         """The index's maintenance lock (indexer/_lock.py): shared by syncs and verifies, which wait up
         to the busy timeout for a compact to finish; exclusive for compact, which never waits."""
@@ -317,11 +331,14 @@ class Index:
 
     def retry(self) -> int:
         """Send failed contents back to pending; the next sync embeds them again."""
+        self.require_writable("retry")
         return self.manifest.retry_failed()
 
     def verify(self, repair: bool = False) -> VerifyReport:
         """Check that manifest and store agree; with `repair`, re-queue what is missing or bad. Holds
         the maintenance lock shared: a compact moving vectors meanwhile would look like lost chunks."""
+        if repair:
+            self.require_writable("verify --repair")
         with self.maintenance():
             return self._verify(repair)
 
@@ -411,6 +428,7 @@ class Index:
         It holds the maintenance lock exclusively for its whole run, or does nothing: a sync committing
         a chunk, or another compact packing one, between this one's look at the manifest and its
         deletions would lose those vectors."""
+        self.require_writable("compact")
         with self.maintenance(exclusive=True):
             active_claims = self.manifest.expire_claims()
             if active_claims:  # a sync that holds no lock: an older indexer, or another host

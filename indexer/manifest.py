@@ -163,10 +163,12 @@ class Manifest:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout, check_same_thread=False)
         else:
             # mode=ro reads beside live writers. Where neither the directory nor the file can be
-            # written, no writer can exist (one needs both), and SQLite could not make the shared
-            # memory file mode=ro needs for a WAL database: read it as immutable.
+            # written (read-only media), no writer can exist, and SQLite could not make the shared
+            # memory file mode=ro needs for a WAL database: read it as immutable, unless a write-ahead
+            # log was left beside it (a copy taken mid-sync), whose commits only mode=ro reads.
             writable = os.access(self.path.parent, os.W_OK) or os.access(self.path, os.W_OK)
-            mode = "mode=ro" if writable else "immutable=1"
+            wal = self.path.with_name(self.path.name + "-wal")
+            mode = "mode=ro" if writable or (wal.exists() and wal.stat().st_size > 0) else "immutable=1"
             conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None,
                                    timeout=timeout, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self.settings.busy_timeout_ms}")

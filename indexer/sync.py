@@ -262,6 +262,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     index: Index | None = None
     if Index.exists(index_dir):
         index = Index.open(index_dir, settings)
+        if not dry_run and index.manifest.read_only:
+            index.close()
+            index.require_writable("sync")
         seam = runner or embedder
         if seam is None:
             _check_names(index, model, dtype, runtime, truncate_dim)
