@@ -170,6 +170,7 @@ class CompactReport:
     chunks_packed: int = 0
     chunks_written: int = 0
     damaged_chunks_left: int = 0  # sparse chunks that fail verify: left for `verify --repair`
+    manifest_bytes_freed: int = 0  # by VACUUM
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -435,7 +436,11 @@ class Index:
                 raise IndexBusyError(f"another process is using the index {self.path} ({active_claims} "
                                      "active claim(s)); nothing was changed. Run compact again when "
                                      "it has finished")
-            return self._compact()
+            report = self._compact()
+            before = self.manifest.path.stat().st_size
+            self.manifest.vacuum()
+            report.manifest_bytes_freed = max(0, before - self.manifest.path.stat().st_size)
+            return report
 
     def _compact(self) -> CompactReport:
         report = CompactReport()

@@ -152,6 +152,12 @@ class Manifest:
                 # stay).
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 self.conn.execute("PRAGMA temp_store = FILE")
+                # A checkpointed WAL is reused from its start, but keeps its size on disk unless cut.
+                self.conn.execute(f"PRAGMA journal_size_limit = {settings.wal_limit_mib * 2**20}")
+                self._wal_pages = settings.wal_limit_mib * 2**20 // int(
+                    self.conn.execute("PRAGMA page_size").fetchone()[0])
+                if self._wal_pages < 1000:  # SQLite's default checkpoint, kept where the limit allows
+                    self.conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
                 self._migrate(fresh=create, config_text=config_text)
         except sqlite3.DatabaseError as exc:
             raise _database_error(path, exc) from exc
@@ -467,10 +473,11 @@ class Manifest:
         over the whole file (contents and documents are keyed by hash and id, claims go by length).
         A larger page cache keeps those pages between claims; a rarer checkpoint writes a page that
         many commits changed back to the database once (and fsyncs once). The price: a WAL of up to
-        256 MiB on disk while the sync runs, and a power cut (not a crash) may return more of the last
-        commits to pending. Only here: a scan reads once through and should keep its memory flat."""
+        `Settings.wal_limit_mib` on disk while the sync runs (it ends emptied: `finish_run`), and a
+        power cut (not a crash) may return more of the last commits to pending. Only here: a scan
+        reads once through and should keep its memory flat."""
         self.conn.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB, allocated as pages are read
-        self.conn.execute("PRAGMA wal_autocheckpoint = 65536")  # pages of 4 KiB
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
 
     def claim(self, limit: int, owner: str | None = None, on_chunk: object = None) -> Claim | None:
         """Lease up to `limit` pending contents of similar length and give them one fresh chunk.
@@ -596,6 +603,23 @@ class Manifest:
         with self._write() as conn:
             conn.execute("UPDATE runs SET finished_at = ?, state = ?, summary = ? WHERE id = ?",
                          (time.time(), state, json.dumps(summary), run_id))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and empty it, if no reader needs it now (never waits for
+        one: a reader's snapshot may be held for long; the next writer's checkpoint will do)."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass  # busy: another writer is at work
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.settings.busy_timeout_ms}")
+
+    def vacuum(self) -> None:
+        """Rewrite the manifest without its free pages (compact), then empty the WAL."""
+        self.conn.execute("VACUUM")
+        self.checkpoint()
 
     # -- queries --------------------------------------------------------------------------------
 
