@@ -182,3 +182,22 @@ def test_a_snapshot_whose_vectors_compact_dropped_says_so(tmp_path: Path) -> Non
             np.asarray(vecs)
     message = str(exc.value)
     assert "compact" in message and "vectors()" in message and "repair" not in message, message
+
+
+def test_a_sync_waits_for_a_compact_to_finish(tmp_path: Path) -> None:
+    """A sync started while a compact holds the index waits for it (up to the busy timeout), then runs."""
+    index = tmp_path / "idx"
+    docs = make_docs(100, 7)
+    sync_ok(write_source(tmp_path / "a.jsonl", docs), index)
+    more = docs | make_docs(50, 8, prefix="m")
+    source = write_source(tmp_path / "b.jsonl", more)
+    with indexer.open(index) as idx, idx.maintenance(exclusive=True):  # what a compact holds
+        sync = subprocess.Popen(cli("sync", str(source), "--index", str(index), "--model", "fake:16", "-q"),
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert sync.poll() is None  # still waiting
+        with indexer.open(index) as other:
+            assert other.status()["documents"] == len(docs)  # it has not scanned anything
+    _, err = sync.communicate(timeout=120)
+    assert sync.returncode == 0, err
+    check_whole(index, more)
