@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, ROOT, contention_note, machine, machine_markdown, table, update_results
-from bench_driver import baseline_tree, corpus_of
+from _common import DATA, contention_note, machine, machine_markdown, table, update_results
+from bench_driver import corpus_of, libraries
 
 MB = 1e6
 
@@ -95,14 +95,7 @@ def main() -> None:
     note = contention_note()
     tmp = Path(tempfile.mkdtemp(prefix="bench-wal-"))
     try:
-        libs: list[tuple[str, Path]] = [("this tree", ROOT)]
-        if args.baseline:
-            ref = args.baseline
-            if ref == "merge-base":
-                ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
-                                     text=True, check=True).stdout.strip()
-            path, sha = baseline_tree(ref, tmp)
-            libs.insert(0, (f"baseline {sha}", path))
+        libs = libraries(args.baseline, tmp)
         corpus = corpus_of(args.n, args.data, tmp)
         half = corpus_of(args.n // 2, args.data, tmp)
         rows = []

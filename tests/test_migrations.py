@@ -197,17 +197,11 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
-def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
-    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
-    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
-    from conftest import fake_vector, served
-
-    ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
+def install_old_manifest(ix: Path, old: Path, version: int, more_sql: str = "") -> None:
+    """Replace the manifest of the index `ix` by one at schema `version` (migrations applied by hand)
+    holding its contents and documents, plus a pending content with its text staged ('b': "beta"), one
+    claimed by a dead worker ('c': "gamma"), and `more_sql`."""
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= version])
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
@@ -223,30 +217,22 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
                      [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
     conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
+    conn.executescript(more_sql)
     conn.close()
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(old, ix / "manifest.sqlite")
 
-    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    assert summary.embedded == 2
-    got = served(ix)
-    assert sorted(got) == ["a", "b", "c"]
-    for key, text in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
-        assert got[key].tobytes() == fake_vector(text).tobytes(), key
-    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
-    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
-    with indexer.open(ix) as idx:
-        assert idx.verify().to_dict()["problems"] == []
 
-
-def test_an_index_from_before_0004_migrates_keeps_working_and_gets_its_marks(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0004 adds chunk checksums, the copy of index.toml and the application_id. An index last written
-    by the 0003 schema, with work in every state (done, pending with its text staged, claimed by a dead
-    worker, failed), opens, migrates, and syncs to the end. Its old chunks have no checksum: verify is
-    clean and says so, `verify --repair` records them; the manifest now holds the copy of index.toml
-    and says it is indexer's."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
+        tmp_path: Path, fake_embedder: object, version: int) -> None:
+    """0003 rebuilds `contents`; 0004 adds chunk checksums, the copy of index.toml and the
+    application_id. An index last written by the 0002 or the 0003 schema, with a done content, a
+    pending one whose text is staged, one claimed by a dead worker and a failed one, opens, migrates,
+    and a sync that reads no source finishes the staged and the claimed work from the texts the
+    manifest kept. Its old chunks have no checksum: verify is clean and says so, `verify --repair`
+    records them; the manifest now holds the copy of index.toml and says it is indexer's."""
     from conftest import fake_vector, served
 
     from indexer.manifest import APPLICATION_ID, identify
@@ -254,29 +240,10 @@ def test_an_index_from_before_0004_migrates_keeps_working_and_gets_its_marks(
     ix = tmp_path / "ix"
     indexer.sync(ix, [("a", "alpha"), ("f", "failing")], embedder=fake_embedder,  # type: ignore[arg-type]
                  settings=SETTINGS)
-    old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 3])
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
-    conn.executescript("""BEGIN;
-        INSERT INTO contents SELECT * FROM new.contents;
-        INSERT INTO documents SELECT * FROM new.documents;
-        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
-            WHERE key = 'next_chunk';
-        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
-        COMMIT;""")
-    conn.execute("DETACH new")
-    beta, gamma = content_hash("beta"), content_hash("gamma")
-    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
-                     [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
-    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
-    conn.execute("UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing', "
-                 "slot = NULL WHERE hash = ?", (content_hash("failing"),))
-    conn.execute("UPDATE documents SET ready_hash = NULL WHERE id = 'f'")
-    conn.close()
-    for suffix in ("", "-wal", "-shm"):
-        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, ix / "manifest.sqlite")
+    install_old_manifest(ix, tmp_path / "old.sqlite", version, """
+        UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing', slot = NULL
+            WHERE hash = (SELECT hash FROM documents WHERE id = 'f');
+        UPDATE documents SET ready_hash = NULL WHERE id = 'f';""")
     assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
 
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
