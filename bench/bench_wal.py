@@ -42,7 +42,8 @@ def tree_size(path: Path) -> int:
 
 
 def timed_cli(args: list[str], env: dict[str, str], watch: Path | None = None) -> tuple[float, int]:
-    """Run `python -m indexer ARGS`; (seconds, peak size of `watch` while it ran)."""
+    """Run `python -m indexer ARGS` (from a directory of its own: `-m` puts the working directory first
+    on the path, which would shadow the library under test); (seconds, peak size of `watch`)."""
     peak, done = 0, threading.Event()
 
     def sample() -> None:
@@ -57,17 +58,21 @@ def timed_cli(args: list[str], env: dict[str, str], watch: Path | None = None) -
     t = time.perf_counter()
     try:
         subprocess.run([sys.executable, "-m", "indexer", *args], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     finally:
         done.set()
         sampler.join()
     return time.perf_counter() - t, peak
 
 
-def measure(lib: Path, corpus: Path, half: Path, dim: int, chunk_rows: int, tmp: Path) -> dict[str, float]:
+def measure(lib: Path, corpus: Path, half: Path, dim: int, chunk_rows: int, tmp: Path,
+            wal_limit_mib: int | None) -> dict[str, float]:
     ix = tmp / "ix"
     shutil.rmtree(ix, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(lib), INDEXER_CHUNK_ROWS=str(chunk_rows))
+    env.pop("INDEXER_WAL_LIMIT_MIB", None)
+    if wal_limit_mib is not None:
+        env["INDEXER_WAL_LIMIT_MIB"] = str(wal_limit_mib)
     sync_s, wal_peak = timed_cli(["sync", str(corpus), "--index", str(ix), "--model", f"fake:{dim}", "-q"],
                                  env, ix / "manifest.sqlite-wal")
     out = {"sync_s": sync_s, "wal_peak": wal_peak, "wal_after": size(ix / "manifest.sqlite-wal"),
@@ -90,6 +95,8 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=256)
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding corpus_100000.jsonl")
     ap.add_argument("--baseline", default="merge-base", help="git ref to compare with; '' for none")
+    ap.add_argument("--wal-limits", type=int, nargs="*", default=[],
+                    help="also run this tree with these INDEXER_WAL_LIMIT_MIB values")
     ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     args = ap.parse_args()
     note = contention_note()
@@ -98,9 +105,11 @@ def main() -> None:
         libs = libraries(args.baseline, tmp)
         corpus = corpus_of(args.n, args.data, tmp)
         half = corpus_of(args.n // 2, args.data, tmp)
+        runs: list[tuple[str, Path, int | None]] = [(label, lib, None) for label, lib in libs]
+        runs += [(f"this tree, wal_limit_mib={m}", libs[-1][1], m) for m in args.wal_limits]
         rows = []
-        for label, lib in libs:
-            got = measure(lib, corpus, half, args.dim, args.chunk_rows, tmp)
+        for label, lib, limit in runs:
+            got = measure(lib, corpus, half, args.dim, args.chunk_rows, tmp, limit)
             print(label, got, flush=True)
             rows.append([label, f"{got['wal_peak'] / MB:.1f}", f"{got['wal_after'] / MB:.1f}",
                          f"{got['manifest'] / MB:.1f}", f"{got['store'] / MB:.1f}", f"{got['sync_s']:.1f}",

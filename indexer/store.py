@@ -45,9 +45,12 @@ class VectorStore:
         self.path = path
         try:
             self._array = zarr.open_array(path, mode="r")
+        except PermissionError as exc:
+            raise StoreError(f"cannot read {path} ({exc.strerror or exc}); check that this user may read "
+                             "it. Nothing was changed") from exc
         except (FileNotFoundError, ValueError, KeyError) as exc:
-            raise StoreError(f"{path} is not a readable Zarr array ({exc}); "
-                             "restore it or rebuild the index") from exc
+            raise StoreError(f"{path} is not a readable Zarr array ({exc}). Nothing was changed; restore "
+                             "it from a backup") from exc
         self.chunk_rows, self.dim = (int(n) for n in self._array.chunks)
         self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
         self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
