@@ -137,3 +137,26 @@ def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path
     found = run("verify", str(ix))
     assert found.returncode == 1, found.stdout
     assert f"chunk 3 does not match its checksum: {CHUNK_ROWS} done vector(s) changed" in found.stdout
+
+
+def test_readers_never_serve_a_nan_row_as_a_vector(index: tuple[Path, Path]) -> None:
+    """Without a checksum to catch it (a chunk from before checksums were kept), a served row that
+    reads as NaN is still refused, naming its slot and the repair."""
+    ix, _ = index
+    conn = sqlite3.connect(ix / "manifest.sqlite")
+    conn.execute("DELETE FROM chunks")
+    conn.commit()
+    conn.close()
+    with indexer.open(ix) as idx:
+        slot = idx.manifest.slots_of(["d003"])["d003"]
+    chunk_file = ix / "vectors.zarr" / "c" / str(slot // CHUNK_ROWS) / "0"
+    rows = np.fromfile(chunk_file, dtype="<f4").reshape(CHUNK_ROWS, 16)
+    rows[slot % CHUNK_ROWS, 5] = np.nan
+    rows.tofile(chunk_file)
+    with indexer.open(ix) as idx:
+        _, vecs = idx.vectors()
+        with pytest.raises(indexer.StoreError, match=rf"read as NaN \(slot\(s\) {slot}\).*--repair"):
+            np.asarray(vecs)
+        with pytest.raises(indexer.StoreError, match="read as NaN"):
+            idx.get(["d003"])
+        assert np.array_equal(idx.get(["d000"])[0], FakeEmbedder(16).embed([DOCS["d000"]])[0])
