@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,10 @@ from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
-__all__ = ["CompactReport", "Index", "VerifyReport"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
+
+EXPORT_FORMATS = ("npy", "parquet")
+PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -132,6 +136,25 @@ def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, setting
         return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
+def vector_schema(dim: int, dtype: np.dtype) -> Any:
+    """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
+
+
+def vector_array(block: np.ndarray) -> Any:
+    """An (n, dim) matrix as an Arrow fixed-size list array, without copying the values."""
+    import pyarrow as pa
+
+    flat = np.ascontiguousarray(block).reshape(-1)
+    # from_buffers wraps the memory as it is; pa.array converts float16 value by value (slow).
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
+    return pa.FixedSizeListArray.from_arrays(values, block.shape[1])
+
+
 @dataclass
 class VerifyReport:
     ok: bool = True
@@ -194,6 +217,19 @@ class Index:
             if (path / CONFIG).stat().st_size > 0:
                 return True
         return identify(path / MANIFEST)[0] == "ours"
+
+    @classmethod
+    def bound_config(cls, path: str | Path, settings: Settings | None = None) -> EmbeddingConfig | None:
+        """The configuration the index at `path` is bound to (from index.toml, or the manifest's copy
+        where that is lost), read without writing anything; None where there is no index."""
+        path = Path(path)
+        if not cls.exists(path):
+            return None
+        manifest = Manifest(path / MANIFEST, settings or Settings(), read_only=True)
+        try:
+            return _load_config(path, manifest)
+        finally:
+            manifest.close()
 
     @classmethod
     def create(cls, path: str | Path, config: EmbeddingConfig, settings: Settings | None = None) -> Index:
@@ -295,7 +331,8 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   chunk_rows=self.store.chunk_rows)
+                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
+                   template=self.config.template, chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
@@ -311,11 +348,22 @@ class Index:
         self.store.expected.update(self.manifest.chunk_checksums(whole_only=True))
         return vectors_of(list(ids), self.manifest.slots_of, self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
+    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
+        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`), or to a Parquet
+        file with an id and a vector column. `format` ("npy" or "parquet") defaults to `out`'s
+        extension. Returns the number of rows."""
+        out = Path(out)
+        if format is None:
+            format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
+        if format not in EXPORT_FORMATS:
+            raise IndexerError(f"export format {format!r} is not known; choose one of "
+                               f"{', '.join(EXPORT_FORMATS)}")
+        if format == "parquet":
+            if ids_out is not None:
+                raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
+            return self._export_parquet(out)
         ids, vecs = self.vectors()
         n = len(vecs)
-        out = Path(out)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype, shape=(n, self.store.dim))
         step = self.store.chunk_rows * 64
@@ -326,6 +374,31 @@ class Index:
         tmp.replace(out)
         if ids_out is not None:
             Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        return n
+
+    def _export_parquet(self, out: Path) -> int:
+        """One row group per step of rows, each read from the store and written before the next, so
+        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
+        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
+        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids, vecs = self.vectors()
+        n = len(vecs)
+        schema = vector_schema(self.store.dim, self.store.dtype)
+        tmp = out.with_name(out.name + ".partial")
+        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for start in range(0, n, step):
+                    block = vecs[start:start + step]  # checked, and followed across a compact
+                    writer.write_batch(pa.record_batch(
+                        [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
+                        schema=schema), row_group_size=step)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         return n
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before_schema, before_ledger = schema_of(db), ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     bad = patched_migrations / f"{version:04d}_bad.sql"
     # creates a table and an index, alters another table, then fails on its last statement
     bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
@@ -168,7 +168,7 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before = ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
     with pytest.raises(ManifestError):
         Manifest(db, SETTINGS)
@@ -197,11 +197,16 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
-def install_old_manifest(ix: Path, old: Path, version: int, more_sql: str = "") -> None:
-    """Replace the manifest of the index `ix` by one at schema `version` (migrations applied by hand)
-    holding its contents and documents, plus a pending content with its text staged ('b': "beta"), one
-    claimed by a dead worker ('c': "gamma"), and `more_sql`."""
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= version])
+def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int,
+                              failed: bool = False) -> Path:
+    """An index whose manifest was last written by the schema of migrations 1..last_version, holding
+    "a" done, "b" pending with its text staged, and "c" claimed by a dead worker (and, with `failed`,
+    "f" failed for good)."""
+    ix = tmp_path / "ix"
+    docs = [("a", "alpha"), ("f", "failing")] if failed else [("a", "alpha")]
+    indexer.sync(ix, docs, embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
@@ -217,11 +222,16 @@ def install_old_manifest(ix: Path, old: Path, version: int, more_sql: str = "") 
     conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
                      [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
     conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
-    conn.executescript(more_sql)
+    if failed:
+        conn.executescript("""
+            UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing',
+                slot = NULL WHERE hash = (SELECT hash FROM documents WHERE id = 'f');
+            UPDATE documents SET ready_hash = NULL WHERE id = 'f';""")
     conn.close()
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(old, ix / "manifest.sqlite")
+    return ix
 
 
 @pytest.mark.parametrize("version", [2, 3])
@@ -237,15 +247,8 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
 
     from indexer.manifest import APPLICATION_ID, identify
 
-    ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha"), ("f", "failing")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS)
-    install_old_manifest(ix, tmp_path / "old.sqlite", version, """
-        UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing', slot = NULL
-            WHERE hash = (SELECT hash FROM documents WHERE id = 'f');
-        UPDATE documents SET ready_hash = NULL WHERE id = 'f';""")
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=version, failed=True)
     assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
-
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
@@ -264,3 +267,20 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     conn = sqlite3.connect(ix / "manifest.sqlite")
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     conn.close()
+
+
+def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path,
+                                                                   fake_embedder: object) -> None:
+    """0006 adds the push tables: an index last written by the schema before it, with work in every
+    state, migrates, syncs to the end and pushes."""
+    pytest.importorskip("lancedb")
+    from conftest import served
+
+    from indexer.push import push
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=5)
+    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    report = push(ix, f"lancedb:{tmp_path / 'lance'}")
+    assert (report.upserted, report.rows) == (3, 3)
+    assert sorted(served(ix)) == ["a", "b", "c"]
