@@ -194,6 +194,7 @@ class CompactReport:
     chunks_written: int = 0
     damaged_chunks_left: int = 0  # sparse chunks that fail verify: left for `verify --repair`
     manifest_bytes_freed: int = 0  # by VACUUM
+    checksums_recorded: int = 0  # of chunks written before checksums were kept
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -460,8 +461,8 @@ class Index:
         old_chunks = sum(1 for c in unrecorded if c not in checksums)
         if old_chunks and not repair:
             report.notes.append(f"{old_chunks} chunk(s) were written before checksums were kept: "
-                                "checked for missing values only; `indexer verify --repair` records "
-                                "their checksums")
+                                "checked for missing values only; `indexer compact` or `indexer verify "
+                                "--repair` records their checksums")
         referenced = set(by_chunk) | active
         orphans = [c for c in self.store.chunk_files() if c not in referenced]
         if orphans:
@@ -532,15 +533,23 @@ class Index:
         self.manifest.forget_chunks(orphans)
         report.orphan_chunks_removed = len(orphans)
         checksums = self.manifest.chunk_checksums()
-        sparse = []
+        sparse, adopted = [], {}
         for c, slots in sorted(by_chunk.items()):
+            if len(slots) == rows_per_chunk and c in checksums:
+                continue
+            check = self._check_chunk(c, slots, checksums.get(c))
+            if not check.sound:
+                # Never copy a damaged chunk's rows into a new chunk with a fresh checksum, nor record
+                # its bytes as right: it stays for `verify --repair`.
+                report.damaged_chunks_left += 1
+                continue
+            if c not in checksums and check.actual is not None:
+                adopted[c] = check.actual  # written before checksums were kept: sound, so recorded now
             if len(slots) < rows_per_chunk:
-                # Never copy a damaged chunk's rows into a new chunk with a fresh checksum: it stays
-                # for `verify --repair`.
-                if self._check_chunk(c, slots, checksums.get(c)).sound:
-                    sparse.append(c)
-                else:
-                    report.damaged_chunks_left += 1
+                sparse.append(c)
+        if adopted:
+            self.manifest.record_checksums(adopted)
+            report.checksums_recorded = len(adopted)
         live = sorted(s for c in sparse for s in by_chunk[c])
         needed = -(-len(live) // rows_per_chunk)
         if needed >= len(sparse):

@@ -120,7 +120,9 @@ def test_compact_never_copies_a_damaged_chunk(index: tuple[Path, Path], tmp_path
     assert report.returncode == 1 and f"chunk {chunk} does not match its checksum" in report.stdout
 
 
-def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("records", ["verify --repair", "compact"])
+def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path, Path],
+                                                               records: str) -> None:
     ix, _ = index
     conn = sqlite3.connect(ix / "manifest.sqlite")
     conn.execute("DELETE FROM chunks")  # as an index migrated from schema 3 has it
@@ -130,9 +132,16 @@ def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path
     assert first.returncode == 0, first.stdout
     assert "written before checksums were kept" in first.stdout, first.stdout
     assert served(ix)  # readers work without checksums
-    recorded = run("verify", str(ix), "--repair")
-    assert recorded.returncode == 0, recorded.stdout
-    assert "recorded the checksums of 7 chunk(s)" in recorded.stdout, recorded.stdout
+    if records == "compact":
+        recorded = run("compact", str(ix))
+        assert recorded.returncode == 0, recorded.stderr
+        assert json.loads(recorded.stdout)["checksums_recorded"] == 7
+    else:
+        recorded = run("verify", str(ix), "--repair")
+        assert recorded.returncode == 0, recorded.stdout
+        assert "recorded the checksums of 7 chunk(s)" in recorded.stdout, recorded.stdout
+    again = run("verify", str(ix))
+    assert again.returncode == 0 and "note" not in again.stdout, again.stdout
     damage(ix / "vectors.zarr" / "c" / "3" / "0", "zeroed")  # now found like any other
     found = run("verify", str(ix))
     assert found.returncode == 1, found.stdout
