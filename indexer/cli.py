@@ -7,6 +7,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .errors import StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
@@ -32,8 +34,9 @@ def _errors() -> Iterator[None]:
         yield
     except IndexerError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; claims in flight were released. Run the same command to resume.", 130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a StopSignal (SIGTERM, SIGHUP): exit 128 + signal
+        by, code = (f" by {exc.name}", exc.exit_code) if isinstance(exc, StopSignal) else ("", 130)
+        _fail(f"interrupted{by}; claims in flight were released. Run the same command to resume.", code)
     except sqlite3.OperationalError as exc:
         # e.g. "database or disk is full": what was committed stays; the same command resumes.
         _fail(f"manifest: {exc}; free space (or wait for the other writer) and run the same command "
@@ -70,10 +73,15 @@ class _Bar:
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
+            # The time left is the sync's own estimate (from characters left; tqdm's would count
+            # documents, and claims go shortest first), so tqdm's {remaining} is left out.
+            with_total = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
             self.bar = self._tqdm(total=p.total, unit="doc", desc=p.phase, file=sys.stderr,
-                                  dynamic_ncols=True, smoothing=0.1)
+                                  dynamic_ncols=True, smoothing=0.1,
+                                  bar_format=with_total if p.total is not None else None)
         self.bar.update(p.processed - self.bar.n)
-        self.bar.set_postfix_str(f"rss {p.rss_mb:.0f} MB", refresh=False)
+        left = f"left {self._tqdm.format_interval(p.eta_s)}, " if p.eta_s is not None else ""
+        self.bar.set_postfix_str(f"{left}rss {p.rss_mb:.0f} MB", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -151,6 +159,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help=f"Padded tokens (texts x longest) per forward pass, texts of similar token length "
                    f"together; 0: --batch-size alone. Default {_DEFAULTS.batch_tokens}; [gpus] on CUDA "
                    "65536, halved on out-of-memory.")
+@click.option("--hang-seconds", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="[processes, gpus, ray] A worker that finishes no batch for max(S, 10x the median gap "
+                   f"between batches) is killed and replaced, its claim redone (default "
+                   f"{_DEFAULTS.hang_seconds:g}; 0: never).")
 @click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
 @click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
@@ -179,6 +191,9 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
             batch_tokens = backend_flags.pop("batch_tokens")
+            settings = Settings.from_env()
+            if (hang_seconds := backend_flags.pop("hang_seconds")) is not None:
+                settings = replace(settings, hang_seconds=hang_seconds)
             options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
             batch_size_given = click.get_current_context().get_parameter_source(
                 "batch_size") is ParameterSource.COMMANDLINE
@@ -192,7 +207,7 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options, settings=Settings.from_env(), runtime=runtime,
+                           backend_options=options, settings=settings, runtime=runtime,
                            truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
                            prompt_name=prompt_name, query_prompt=query_prompt, template=template)
         finally:

@@ -16,6 +16,10 @@ Every message names the object (index, file and line, document), its state and w
     │   └── ChunkMissingError      a chunk that holds served vectors is missing or torn
     └── EmbeddingError             an embedder failed for a whole batch; per-document failures
                                    are recorded in the manifest, not raised
+
+    KeyboardInterrupt
+    └── StopSignal                 SIGTERM or SIGHUP during a sync: handled like Ctrl-C (claims released,
+                                   run recorded `interrupted`); exit status 128 + the signal's number
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "SourceError",
+    "StopSignal",
     "StoreError",
 ]
 
@@ -90,3 +95,18 @@ class ChunkMissingError(StoreError):
 
 class EmbeddingError(IndexerError):
     pass
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) arrived during a sync; everything that handles Ctrl-C handles it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -7,6 +7,7 @@ embedded, its chunk written durably, and only then committed.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import queue
 import threading
@@ -22,12 +23,14 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
+from ._signals import stoppable
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
-from .runners import Runner, WorkerLost, make_runner
+from .runners import Runner, WorkerHung, WorkerLost, make_runner
+from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
 from .sources import IterableSource, Record, Skip, Source, Template, open_sources
@@ -40,7 +43,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """What a sync reports to `on_progress` after each scan batch and each committed claim."""
+    """What a sync reports to `on_progress`: after each scan batch; in the embed phase after each
+    committed claim and, within claims, as workers finish batches (about twice a second at most).
+
+    In the embed phase `processed` counts texts embedded (committed, or in a finished batch of a claim
+    in flight) and `eta_s` comes from characters done vs left: claims go shortest texts first, so a
+    rate in documents would promise too early an end."""
 
     phase: str  # "scan" or "embed"
     processed: int
@@ -68,8 +76,12 @@ class SyncSummary:
     would_embed: int = 0
     claims: int = 0
     fencing_refusals: int = 0
-    workers_lost: int = 0
-    peak_rss_mb: float = 0.0
+    workers_lost: int = 0  # worker deaths (however many claims each took), hangs included
+    workers_hung: int = 0  # workers killed because they finished no batch within the hang deadline
+    peak_rss_mb: float = 0.0  # this (the driver's) process
+    # Worker processes (processes, gpus, ray backends): the sum of each worker's peak, an upper bound of
+    # their peak together; per worker in backend_stats["peak_rss_mb_per_worker"].
+    workers_peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
     # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
@@ -80,22 +92,73 @@ class SyncSummary:
 
 
 class _Meter:
-    def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None) -> None:
+    """A phase's progress: what is committed plus, in the embed phase, the finished batches of claims in
+    flight (reported by the runner's threads through `on_batch`, so under a lock). Reports go to the
+    callback from the driver's thread only, at most every `interval` seconds between commits."""
+
+    def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None,
+                 total_chars: int | None = None, interval: float = 0.5) -> None:
         self.phase, self.total, self.callback = phase, total, callback
+        self.total_chars, self.interval = total_chars, interval
         self.start = time.perf_counter()
         self.processed = 0
+        self.chars = 0
         self.peak_rss_mb = 0.0
+        self._partial: dict[int, tuple[int, int]] = {}  # claim id -> (texts, chars) of finished batches
+        self._lock = threading.Lock()
+        self._driver = threading.get_ident()
+        self._last_report = self.start
+        self._last_processed = -1
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, chars: int = 0) -> None:
+        """`n` documents committed (`chars`: the characters of the texts their claim finished)."""
         self.processed += n
+        self.chars += chars
+        self._report()
+
+    def on_batch(self, claim: Claim) -> Callable[[int], None]:
+        """The runner's callback for `claim`: a batch of n of its texts finished. The worker sorts a
+        claim by length, so the n done are counted as its n shortest texts."""
+        lengths = np.fromiter((len(t) for t in claim.texts), np.int64, len(claim.texts))
+        done_chars = np.cumsum(np.sort(lengths))
+
+        def batch_done(n: int) -> None:
+            with self._lock:
+                texts = min(self._partial.get(claim.id, (0, 0))[0] + n, len(done_chars))
+                self._partial[claim.id] = (texts, int(done_chars[texts - 1]) if texts else 0)
+            if threading.get_ident() == self._driver:  # the inline runner: no other chance to report
+                self.tick()
+
+        return batch_done
+
+    def settle(self, claim: Claim) -> None:
+        """The claim is committed or lost: its batches no longer count as in flight."""
+        with self._lock:
+            self._partial.pop(claim.id, None)
+
+    def tick(self) -> None:
+        if time.perf_counter() - self._last_report >= self.interval:
+            self._report()
+
+    def _report(self) -> None:
+        self._last_report = time.perf_counter()
         rss = psutil.Process().memory_info().rss / 2**20
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         if self.callback is None:
             return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.processed / elapsed
-        eta = (self.total - self.processed) / rate if self.total is not None and rate > 0 else None
-        self.callback(Progress(self.phase, self.processed, self.total, rate, eta, rss))
+        with self._lock:
+            processed = self.processed + sum(t for t, _ in self._partial.values())
+            chars = self.chars + sum(c for _, c in self._partial.values())
+        if processed == self._last_processed:  # e.g. a claim's batches were all reported: its commit
+            return
+        self._last_processed = processed
+        elapsed = max(self._last_report - self.start, 1e-9)
+        rate = processed / elapsed
+        if self.total_chars and chars > 0:
+            eta: float | None = max(0, self.total_chars - chars) / (chars / elapsed)
+        else:
+            eta = (self.total - processed) / rate if self.total is not None and rate > 0 else None
+        self.callback(Progress(self.phase, processed, self.total, rate, eta, rss))
 
 
 def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
@@ -209,6 +272,7 @@ def _check_names(index: Index, **asked: object) -> None:
             + "\nSync with the index's settings, or build a new index in another --index directory.")
 
 
+@stoppable  # SIGTERM and SIGHUP stop a sync like Ctrl-C (indexer/_signals.py)
 def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None = None, *,
          paths: Iterable[str] | None = None, model: str | None = None, dtype: str | None = None,
          batch_size: int | None = None, delete_missing: bool = False, dry_run: bool = False,
@@ -407,8 +471,9 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest, store = index.manifest, index.store
     # Claims of a killed or timed-out worker go back to pending first: they may be all that is left.
     manifest.expire_claims()
-    pending = int(manifest.conn.execute(
-        "SELECT count(*) FROM contents WHERE state = 'pending' AND text IS NOT NULL").fetchone()[0])
+    pending, pending_chars = (int(v) for v in manifest.conn.execute(
+        "SELECT count(*), coalesce(sum(chars), 0) FROM contents WHERE state = 'pending' "
+        "AND text IS NOT NULL").fetchone())
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()
@@ -420,7 +485,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
         ours.require_same(_requested_config(runner.info, ours.dtype, ours.query_prompt, ours.template),
                           index.path)
         manifest.prepare_for_claims()
-        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
+        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, pending_chars))
     finally:
         _collect_stats(runner, summary)
         runner.close()
@@ -435,19 +500,32 @@ def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
     warnings = found.pop("warnings", [])
     if isinstance(warnings, list):
         summary.warnings.extend(str(w) for w in warnings)
+    peaks = found.get("peak_rss_mb_per_worker")
+    if isinstance(peaks, list):
+        summary.workers_peak_rss_mb = round(sum(float(p) for p in peaks), 1)
     summary.backend_stats = found
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
-    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive."""
+    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive.
+
+    A worker that dies or hangs fails its claims with WorkerLost (WorkerHung): they go back to pending
+    at once, and the summary counts the worker once however many claims it held."""
     # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
     # zarr.json for every claim cost 4-8 ms a claim (cProfile of a 20k and a 100k sync).
     grow = lambda chunk: store.ensure_chunks(chunk + 1, spare=16 + chunk // 8)  # noqa: E731
     in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], Claim] = {}
-    renew_every = manifest.settings.lease_seconds / 3
+    settings = manifest.settings
+    watch_for_hangs = getattr(runner, "watch_for_hangs", None)
+    if callable(watch_for_hangs):
+        watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
+    renew_every = settings.lease_seconds / 3
     last_renew = time.monotonic()
     exhausted = False
+    deaths: set[object] = set()
+    # A runner written before `on_batch` existed still works; its progress moves once per claim.
+    batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
@@ -456,13 +534,18 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     exhausted = True
                     break
                 try:
-                    in_flight[runner.submit(claim.texts)] = claim
+                    future = runner.submit(claim.texts, meter.on_batch(claim)) if batch_progress \
+                        else runner.submit(claim.texts)
+                    in_flight[future] = claim
                 except BaseException:  # Ctrl-C (or a runner error) before the claim was in flight
                     manifest.release(claim)
                     raise
             if not in_flight:
                 break
-            finished, _ = wait(in_flight, timeout=renew_every, return_when=FIRST_COMPLETED)
+            # Short waits: the progress of batches within claims is reported between them.
+            finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
+                               return_when=FIRST_COMPLETED)
+            meter.tick()
             if time.monotonic() - last_renew > renew_every:
                 for future, claim in list(in_flight.items()):
                     try:
@@ -475,10 +558,15 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if future not in in_flight:
                     continue
                 claim = in_flight.pop(future)
+                meter.settle(claim)
                 try:
                     vectors, failures = future.result()
                 except WorkerLost as exc:
-                    summary.workers_lost += 1
+                    death = exc.death if exc.death is not None else object()
+                    if death not in deaths:
+                        deaths.add(death)
+                        summary.workers_lost += 1
+                        summary.workers_hung += isinstance(exc, WorkerHung)
                     summary.warnings.append(f"claim {claim.id}: {exc}; its documents go back to pending")
                     manifest.release(claim)
                     exhausted = False
@@ -497,7 +585,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 summary.claims += 1
                 summary.embedded += done
                 summary.failed += failed
-                meter.add(done)
+                meter.add(done, sum(len(t) for t in claim.texts))
     finally:
         for claim in in_flight.values():
             manifest.release(claim)

@@ -13,6 +13,9 @@ Fixtures (all cheap; use them instead of building your own):
     fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
                     Pass it as `indexer.sync(..., embedder=fake_embedder)`; its model name is "fake:16".
     fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
+
+Helpers: `Throttle(pid, stopped, running)`, a thread that makes a process slow but alive (SIGSTOP and
+SIGCONT in turn), for the hang-watch and progress tests.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import contextlib
 import json
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -119,3 +126,24 @@ def downgrade_to_schema_1(manifest: Path) -> None:
     conn.executescript("BEGIN; " + "".join(f'DROP TABLE "{n}"; ' for n in later)
                        + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()
+
+
+class Throttle(threading.Thread):
+    """Makes a worker slow but alive: SIGSTOP for `stopped` seconds, SIGCONT for `running`, over and over."""
+
+    def __init__(self, pid: int, stopped: float, running: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stopped, self.running, self.done = pid, stopped, running, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                os.kill(self.pid, signal.SIGSTOP)
+                time.sleep(self.stopped)
+                os.kill(self.pid, signal.SIGCONT)
+                time.sleep(self.running)
+        except ProcessLookupError:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)

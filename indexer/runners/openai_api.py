@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import email.utils
 import math
 import os
@@ -86,7 +87,7 @@ import xxhash
 
 from ..embedders import ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
-from . import EmbedResult
+from . import BatchDone, EmbedResult
 from ._ratelimit import RateLimiter
 from ._tokens import TokenCounter, cut_utf8, token_counter
 
@@ -106,6 +107,8 @@ _TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|pay
 _CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
                       r"max(imum)? (number of )?tokens|less than \d+ tokens", re.I)
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
+# The claim's progress callback, seen by every request task of the claim (tasks copy the context).
+_ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on_batch", default=None)
 
 
 class _BadAnswer(Exception):
@@ -202,10 +205,10 @@ class OpenAIRunner:
 
     # -- the Runner protocol ---------------------------------------------------------------------
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
         if self.prompt:  # the API sees the text as a local model would: prompt first
             texts = [self.prompt + t for t in texts]
-        return asyncio.run_coroutine_threadsafe(self._embed(texts), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._embed(texts, on_batch), self._loop)
 
     def close(self) -> None:
         loop = self._loop
@@ -286,7 +289,8 @@ class OpenAIRunner:
         raise ModelLoadError(f"the API at {self.host} refused a test request for model {self.model!r}: "
                              f"{reason}")
 
-    async def _embed(self, texts: list[str]) -> EmbedResult:
+    async def _embed(self, texts: list[str], on_batch: BatchDone | None = None) -> EmbedResult:
+        _ON_BATCH.set(on_batch)  # this coroutine runs as its own task: the setting stays with the claim
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         failures: dict[int, str] = {}
         items = self._prepare(texts, failures)
@@ -397,6 +401,9 @@ class OpenAIRunner:
                     out[[it.pos for it in batch]] = vectors
                 s.inputs_embedded += len(batch)
                 s.tokens_embedded += server_tokens if server_tokens is not None else ticket.reserved
+                report = _ON_BATCH.get()
+                if report is not None:
+                    report(len(batch))
                 return
             kind = self._kind(status, message)
             if kind == "rate_limited":
