@@ -163,8 +163,9 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     with _errors():
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
+            # (`is not`: 0 and 0.0 are values given, like --max-retries 0; `0 in (None, False)` is true.)
             batch_tokens = backend_flags.pop("batch_tokens")
-            options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
+            options = {k: v for k, v in backend_flags.items() if v is not None and v is not False}
             batch_size_given = click.get_current_context().get_parameter_source(
                 "batch_size") is ParameterSource.COMMANDLINE
             # These backends pack by tokens; --batch-size, when given, caps the texts of one batch.
@@ -172,7 +173,7 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                 options["max_batch_inputs"] = batch_size
             if backend == "gpus" and batch_size_given:
                 options["max_batch_texts"] = batch_size
-            if backend == "gpus" and batch_tokens:  # on CUDA the backend sizes batches itself
+            if backend == "gpus" and batch_tokens is not None:  # else on CUDA the backend sizes them
                 options["batch_tokens"] = batch_tokens
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
