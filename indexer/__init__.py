@@ -22,7 +22,7 @@ from .errors import (
     SourceError,
     StoreError,
 )
-from .index import CompactReport, Index, VerifyReport
+from .index import CompactReport, Index, VerifyReport, read_ids
 from .settings import DEFAULT_MODEL, Settings
 from .sync import Progress, SyncSummary, sync
 from .vectors import DocumentIds, VectorView
@@ -48,6 +48,7 @@ __all__ = [
     "VectorView",
     "VerifyReport",
     "open",
+    "read_ids",
     "sync",
 ]
 

@@ -264,8 +264,10 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
 @click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
-@click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="Also write the ids, one a line, in row order.")
+@click.option("--ids", "ids_out", default=None, metavar="FILE.jsonl",
+              help="Also write the ids in row order, as JSON lines: one JSON string a line, e.g. "
+                   "\"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the rows). "
+                   "Read them with json.loads per line, or indexer.read_ids(FILE).")
 def export(index_dir: str, out: str, ids_out: str | None) -> None:
     """Write every served vector to a .npy file, rows in the order of --ids."""
     with _errors(), _open(index_dir) as idx:

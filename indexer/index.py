@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import sqlite3
@@ -20,7 +21,7 @@ from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
-__all__ = ["CompactReport", "Index", "VerifyReport"]
+__all__ = ["CompactReport", "Index", "VerifyReport", "read_ids"]
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -69,6 +70,12 @@ class CompactReport:
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """The ids `Index.export` wrote to `path`, in row order."""
+    with Path(path).open(encoding="ascii") as f:
+        return [json.loads(line) for line in f]
 
 
 class Index:
@@ -161,7 +168,10 @@ class Index:
         return vectors_of(ids, self.manifest.slots_of(ids), self.store)
 
     def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
+        """Write the vectors to a .npy file, and the ids in row order to `ids_out` as JSON lines: one
+        JSON string a line, ASCII only (`read_ids` reads them back). An id may hold any character, a
+        line break, U+2028 or NUL included, so plain lines could split one id in two and misalign
+        every row after it; in a JSON string every such character is escaped."""
         ids, vecs = self.vectors()
         slots = vecs._snapshot.load()[1]
         out = Path(out)
@@ -175,7 +185,8 @@ class Index:
         del matrix
         tmp.replace(out)
         if ids_out is not None:
-            Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+            with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
+                f.writelines(f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
         return len(slots)
 
     # -- maintenance ----------------------------------------------------------------------------

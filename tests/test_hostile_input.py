@@ -424,7 +424,7 @@ def test_hostile_ids(tmp_path: Path) -> None:
         idx.export(tmp_path / "x.npy", tmp_path / "ids.txt")
         np.testing.assert_array_equal(idx.get(["../../etc/passwd"])[0],
                                       FAKE.embed(["text of ../../etc/passwd"])[0])
-    assert sorted((tmp_path / "ids.txt").read_text(encoding="utf-8").split("\n")[:-1]) == sorted(hostile)
+    assert sorted(indexer.read_ids(tmp_path / "ids.txt")) == sorted(hostile)
 
 
 def test_hostile_paths_in_a_directory(tmp_path: Path) -> None:
