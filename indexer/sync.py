@@ -168,15 +168,33 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
 
 # -- the shared claim -> embed -> write -> commit step ------------------------------------------------
 
+# A real embedding is never (nearly) all zeros: a model or an API that answers zeros has failed (an API
+# answering zeros for an outage, a model that overflowed to zero in float16). Norms of real vectors are
+# about 1 (normalized) or at least orders of magnitude above this.
+MIN_VECTOR_NORM = 1e-6
+
+
+def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
+    """The rows (as stored: after the cast to the store's dtype) that must not be marked done, with
+    their reason: a non-finite value, or a norm of (nearly) zero."""
+    finite = np.isfinite(rows).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(rows.astype(np.float32), axis=1)
+    bad: dict[int, str] = {}
+    for i in np.flatnonzero(~finite | ~(norms > MIN_VECTOR_NORM)):
+        bad[int(i)] = ("the model produced a non-finite vector; not stored" if not finite[i] else
+                       f"the model produced a zero vector (norm {norms[i]:.3g}); not stored")
+    return bad
+
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
                      failures: dict[int, str]) -> tuple[int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
     Returns (done, failed for good): a failure with attempts left goes back to pending."""
     block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
-    block[:len(vectors)] = vectors
-    finite = np.isfinite(block[:len(vectors)]).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        failures.setdefault(int(i), "the model produced a non-finite vector")
+    with np.errstate(over="ignore"):  # a value too large for float16 becomes inf: failed just below
+        block[:len(vectors)] = vectors
+    for i, reason in unusable_vectors(block[:len(vectors)]).items():
+        failures.setdefault(i, reason)
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
