@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import EmbeddingConfig
 from .errors import (
+    BackendUnavailableError,
     ConfigMismatchError,
     EmbeddingError,
     IndexerError,
@@ -29,6 +30,7 @@ from .vectors import DocumentIds, VectorView
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BackendUnavailableError",
     "CompactReport",
     "ConfigMismatchError",
     "DocumentIds",

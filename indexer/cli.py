@@ -157,6 +157,10 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
     duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
     all stops the sync before anything is written.
+
+    Exit codes: 0 done; 1 error; 2 bad input or missing index/model; 3 configuration mismatch; 4 the
+    backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's attempt used
+    up; run the same command again later); 130 interrupted (run the same command to resume).
     """
     bar = _Bar() if not quiet and sys.stderr.isatty() else None
     progress: Callable[[Progress], None] | None = bar

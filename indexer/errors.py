@@ -12,12 +12,15 @@ Every message names the object (index, file and line, document), its state and w
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
     └── EmbeddingError             an embedder failed for a whole batch; per-document failures
-                                   are recorded in the manifest, not raised
+        │                          are recorded in the manifest, not raised
+        └── BackendUnavailableError  the embedding backend is down (outage, timeouts, rate limits,
+                                   unusable answers): nothing lost, no attempt used up; exit 4
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "ConfigMismatchError",
     "EmbeddingError",
     "IndexNotFoundError",
@@ -73,3 +76,12 @@ class StoreError(IndexerError):
 
 class EmbeddingError(IndexerError):
     pass
+
+
+class BackendUnavailableError(EmbeddingError):
+    """The backend kept failing for reasons that are not the documents' (5xx, timeouts, dropped
+    connections, rate limits, unusable answers). Claims are released and no document used up an
+    attempt: the same sync resumes once the backend answers. Its own exit code, so that a cron job
+    can tell an outage from bad input."""
+
+    exit_code = 4

@@ -24,10 +24,10 @@ import psutil
 from ._faults import crash_point
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
-from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
+from .errors import BackendUnavailableError, ConfigMismatchError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
-from .runners import Runner, WorkerLost, make_runner
+from .runners import BackendFailure, Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
 from .sources import IterableSource, Record, Skip, Source, open_sources
@@ -69,6 +69,7 @@ class SyncSummary:
     claims: int = 0
     fencing_refusals: int = 0
     workers_lost: int = 0
+    returned: int = 0  # documents the backend failed (outage, timeout, ...): pending again, no attempt used
     peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
@@ -187,9 +188,10 @@ def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
     return bad
 
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
-                     failures: dict[int, str]) -> tuple[int, int]:
+                     failures: dict[int, str]) -> tuple[int, int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
-    Returns (done, failed for good): a failure with attempts left goes back to pending."""
+    Returns (done, failed for good, returned): a failure with attempts left goes back to pending, and
+    so does a `BackendFailure` (returned), without using up an attempt."""
     block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
     with np.errstate(over="ignore"):  # a value too large for float16 becomes inf: failed just below
         block[:len(vectors)] = vectors
@@ -201,8 +203,9 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     if done:
         store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()])
-    return len(done), gave_up
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
+                                            if not isinstance(r, BackendFailure)])
+    return len(done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
 
 
 # -- the sync ------------------------------------------------------------------------------------------
@@ -405,6 +408,33 @@ def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
     summary.backend_stats = found
 
 
+class _OutageWatch:
+    """Stops a sync whose backend keeps failing claims for reasons not the documents' own: their
+    contents go back to pending without an attempt and are claimed again, so without this a backend
+    that is down would be asked for ever. (The openai runner stops sooner, by its own count of
+    requests; this is the rule for every backend.)"""
+
+    LIMIT = 3  # claims in a row that came back with nothing embedded and something returned
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def reset(self) -> None:
+        self.in_a_row = 0
+
+    def failed_claim(self, done: int, failures: dict[int, str]) -> None:
+        if done:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.LIMIT:
+            last = next(r for r in reversed(failures.values()) if isinstance(r, BackendFailure))
+            raise BackendUnavailableError(
+                f"the embedding backend keeps failing: {last}; {self.in_a_row} claims in a row came back "
+                "with nothing embedded. Nothing is lost and no document used up an attempt: run the same "
+                "sync again once the backend answers")
+
+
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
     """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive."""
@@ -415,6 +445,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     renew_every = manifest.settings.lease_seconds / 3
     last_renew = time.monotonic()
     exhausted = False
+    outage = _OutageWatch()
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
@@ -454,7 +485,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     manifest.release(claim)
                     raise
                 try:
-                    done, failed = write_and_commit(manifest, store, claim, vectors, failures)
+                    done, failed, returned = write_and_commit(manifest, store, claim, vectors, failures)
                 except LeaseLostError:
                     summary.fencing_refusals += 1
                     continue
@@ -464,7 +495,13 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 summary.claims += 1
                 summary.embedded += done
                 summary.failed += failed
+                summary.returned += returned
                 meter.add(done)
+                if returned:  # pending again: claim them again in this run, unless the backend is down
+                    exhausted = False
+                    outage.failed_claim(done, failures)
+                else:
+                    outage.reset()
     finally:
         for claim in in_flight.values():
             manifest.release(claim)

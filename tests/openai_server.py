@@ -84,6 +84,7 @@ class Behavior:
     api_key: str = "test"
     always_status: int | None = None  # every request answers this status (a server that is down)
     always_retry_after: float | None = None  # with always_status: this Retry-After (seconds) too
+    healthy_first: int = 0  # always_status and hang_every spare the first k requests (the probe passes)
     zero_marker: str | None = None
     text_element_every: int = 0
 
@@ -269,14 +270,15 @@ class EmbeddingServer:
         rec.tokens = sum(counts)
         if b.latency_s:
             await asyncio.sleep(b.latency_s)
-        if b.always_status is not None:
+        down = n > b.healthy_first
+        if b.always_status is not None and down:
             rec.status, rec.outcome = b.always_status, str(b.always_status)
             retry = None if b.always_retry_after is None else {"Retry-After": f"{b.always_retry_after:g}"}
             return _error(b.always_status, f"the server is unavailable ({b.always_status})", "server_error",
                           headers=retry)
         if b.drop_every and n % b.drop_every == 0:
             raise _Dropped
-        if b.hang_every and n % b.hang_every == 0:
+        if b.hang_every and n % b.hang_every == 0 and down:
             await asyncio.sleep(b.hang_s)
             rec.status, rec.outcome = 0, "hang"
             return _error(504, "too late")

@@ -19,10 +19,17 @@ import numpy as np
 
 from ..embedders import ModelInfo
 
-__all__ = ["EmbedResult", "Runner", "WorkerLost", "make_runner"]
+__all__ = ["BackendFailure", "EmbedResult", "Runner", "WorkerLost", "make_runner"]
 
 # (vectors of shape (n, dim), float32; failures by position with their reasons)
 EmbedResult = tuple[np.ndarray, dict[int, str]]
+
+
+class BackendFailure(str):
+    """A failure reason that is the backend's fault, not the document's: an outage, a timeout, a
+    dropped connection, a rate limit, an unusable answer. The document goes back to pending without
+    using up an attempt (only a failure that is the document's own, like a 400 on that input, counts
+    towards `Settings.retry_attempts`). A plain `str` everywhere else, so it pickles across processes."""
 
 
 class WorkerLost(Exception):
