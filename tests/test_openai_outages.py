@@ -8,6 +8,7 @@ error, the run recorded as failed, no attempt used up, and the next sync after t
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import sqlite3
@@ -201,3 +202,39 @@ def test_json_summary_counts_returned_documents(server: EmbeddingServer, tmp_pat
     assert summary.failed == 0 and summary.embedded == 8 and summary.returned == 8
     assert json.loads(json.dumps(summary.to_dict()))["returned"] == 8
     assert_all_served(tmp_path / "idx", 8)
+
+
+class _DownRunner:
+    """A runner (a fake, unit test only) whose backend is down: every text comes back as a
+    BackendFailure, as the openai runner reports a request that gave up. No runner of this project
+    loops like this without stopping itself; the driver's own rule must stop it anyway."""
+
+    def __init__(self) -> None:
+        from indexer.embedders import ModelInfo
+
+        self.info = ModelInfo(model="down", revision="down", dim=8, normalize=True, max_seq_length=0)
+        self.capacity = 1
+        self.calls = 0
+
+    def submit(self, texts: list[str]) -> concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]]:
+        from indexer.runners import BackendFailure
+
+        self.calls += 1
+        future: concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]] = concurrent.futures.Future()
+        reason = BackendFailure(f"connection refused (call {self.calls})")
+        failures: dict[int, str] = dict.fromkeys(range(len(texts)), reason)
+        future.set_result((np.full((len(texts), 8), np.nan, np.float32), failures))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def test_driver_stops_any_backend_that_keeps_returning_work(tmp_path: Path) -> None:
+    runner = _DownRunner()
+    docs = [{"id": f"d{i}", "text": f"document {i} text"} for i in range(20)]
+    with pytest.raises(BackendUnavailableError, match=r"connection refused \(call 3\)"):
+        indexer.sync(tmp_path / "idx", docs, runner=runner, settings=Settings(chunk_rows=8))
+    assert runner.calls == 3
+    st = contents(tmp_path / "idx")
+    assert (st.get("failed", 0), st["pending"], st["max_attempts"]) == (0, 20, 0)
