@@ -7,6 +7,9 @@ all raises `SourceError` from `open_source`, before anything is written.
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ Source = JsonlSource | CsvSource | ParquetSource | TextDirSource
 def open_source(spec: str, id_field: str = "id", text_field: str = "text") -> Source:
     """Check that `spec` can be read and return its reader; raises SourceError naming what to fix."""
     if spec == "-":
+        _require_stdin()
         return JsonlSource(None, id_field, text_field)
     path = Path(spec)
     if not path.exists():
@@ -46,6 +50,23 @@ def open_source(spec: str, id_field: str = "id", text_field: str = "text") -> So
         return ParquetSource(path, id_field, text_field)
     raise SourceError(f"source {spec} has an unknown format; use .jsonl, .jsonl.gz, .csv, .parquet, "
                       "a directory of text files, or - for JSONL on stdin")
+
+
+def _require_stdin() -> None:
+    """Refuse `-` when there is no stdin to read (`indexer sync - <&-`, a daemon with fd 0 closed):
+    Python then has sys.stdin None. A stdin that is not a real file (a test's buffer) is fine."""
+    stdin = sys.stdin
+    closed = stdin is None or getattr(stdin, "buffer", None) is None
+    if not closed:
+        try:
+            os.fstat(stdin.fileno())
+        except OSError:  # EBADF: closed after start-up
+            closed = True
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            pass  # no file descriptor (an in-memory stream): readable all the same
+    if closed:
+        raise SourceError("source - means JSONL on stdin, but stdin is closed; pipe the documents in "
+                          "(producer | indexer sync - --index DIR) or name a file")
 
 
 def open_sources(specs: Iterable[str], id_field: str = "id", text_field: str = "text") -> list[Source]:
