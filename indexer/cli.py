@@ -7,13 +7,14 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .errors import IncompleteSourceError
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 
@@ -156,7 +157,10 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
     path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
     duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
-    all stops the sync before anything is written.
+    all stops the sync before anything is written. --delete-missing deletes nothing when a source is
+    cut (its last record unterminated: a JSONL line that is not a whole object, a CSV quote never
+    closed or last row without a line end) or held no record: the documents read are synced, a
+    warning names the file and line, and the sync exits 2.
 
     Exit codes: 0 done; 1 error; 2 bad input or missing index/model; 3 configuration mismatch; 4 the
     backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's attempt used
@@ -179,11 +183,15 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                 options["max_batch_texts"] = batch_size
             if backend == "gpus" and batch_tokens is not None:  # else on CUDA the backend sizes them
                 options["batch_tokens"] = batch_tokens
-            summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                           delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                           text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens)
+            refused: IncompleteSourceError | None = None
+            try:
+                summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
+                               delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
+                               text_field=text_field, on_progress=progress, backend=backend,
+                               backend_options=options, settings=Settings.from_env(), runtime=runtime,
+                               truncate_dim=truncate_dim, batch_tokens=batch_tokens)
+            except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
+                refused, summary = exc, cast(SyncSummary, exc.summary)
         finally:
             if bar is not None:
                 bar.close()
@@ -202,6 +210,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         click.echo(_final_line(summary, index_dir), err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
+    if refused is not None:
+        _fail(str(refused), refused.exit_code)
 
 
 @cli.command()

@@ -6,6 +6,8 @@ Every message names the object (index, file and line, document), its state and w
     ├── IndexNotFoundError         no index at DIR
     ├── ConfigMismatchError        a sync asked for another embedding configuration than the index's
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
+    │   └── IncompleteSourceError  --delete-missing with a source cut short or empty: nothing
+    │                              deleted; what was read is synced (the error holds the summary)
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
@@ -23,6 +25,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigMismatchError",
     "EmbeddingError",
+    "IncompleteSourceError",
     "IndexNotFoundError",
     "IndexerError",
     "LeaseLostError",
@@ -50,6 +53,16 @@ class ConfigMismatchError(IndexerError):
 
 class SourceError(IndexerError):
     exit_code = 2
+
+
+class IncompleteSourceError(SourceError):
+    """A sync asked to delete missing documents read a source that is not whole: its last record is
+    cut, or it held no record. Nothing was deleted; the documents read were synced. `summary` is the
+    sync's SyncSummary."""
+
+    def __init__(self, message: str, summary: object) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class ModelLoadError(IndexerError):

@@ -24,7 +24,14 @@ import psutil
 from ._faults import crash_point
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
-from .errors import BackendUnavailableError, ConfigMismatchError, IndexerError, LeaseLostError, SourceError
+from .errors import (
+    BackendUnavailableError,
+    ConfigMismatchError,
+    IncompleteSourceError,
+    IndexerError,
+    LeaseLostError,
+    SourceError,
+)
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import BackendFailure, Runner, WorkerLost, make_runner
@@ -72,6 +79,9 @@ class SyncSummary:
     returned: int = 0  # documents the backend failed (outage, timeout, ...): pending again, no attempt used
     peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # Sources that cannot tell which documents are missing (cut mid-record, or no record read), each
+    # as "file:line: why": with any, --delete-missing deletes nothing.
+    incomplete_sources: list[str] = field(default_factory=list)
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
     # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
     backend_stats: dict[str, object] = field(default_factory=dict)
@@ -310,6 +320,10 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                 backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
                                                truncate_dim or index.config.truncate_dim))))
         state = "finished"
+        if delete_missing and summary.incomplete_sources:
+            raise IncompleteSourceError(
+                "--delete-missing deleted nothing: " + "; ".join(summary.incomplete_sources)
+                + ". The documents read were synced; re-create the source whole and sync again", summary)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -335,18 +349,37 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         # works on the batch before. A Python iterable is read in the caller's thread: it may not
         # allow another (a sqlite3 cursor does not).
         batches = _batches(reader, settings.scan_batch)
+        records_before = counts.scanned + counts.duplicates
+        last: Record | Skip | None = None
         with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
             for batch in it:
                 manifest.scan_batch(batch, counts, dry_run=dry_run)
                 meter.add(len(batch))
-    # Only a scan that read every source to its end may decide what is missing.
-    if delete_missing:
+                last = batch[-1]
+        why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
+        if why is not None:
+            summary.incomplete_sources.append(why)
+    # Only a scan that read every source whole, to its end, may decide what is missing.
+    if delete_missing and not summary.incomplete_sources:
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
         setattr(summary, name, getattr(counts, name))
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
+
+
+def why_incomplete(source: str, last: Record | Skip | None, records: int) -> str | None:
+    """Why a source read to its end still cannot tell which documents are missing ("file:line: why"),
+    or None when it can. It cannot when its last record is cut (the reader marks that Skip `cut`: a
+    JSONL line that is not a whole object, a CSV quote never closed or last row without a line end)
+    or when it held no record at all (an empty stdin, `< /dev/null`, a producer that died first):
+    --delete-missing on it would delete every document it did not reach."""
+    if isinstance(last, Skip) and last.cut:
+        return f"{last.where}: {last.reason}"
+    if records == 0:
+        return f"{source}: no record was read, so the source is empty or cut before its first record"
+    return None
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,

@@ -60,10 +60,10 @@ def _require_stdin() -> None:
     if not closed:
         try:
             os.fstat(stdin.fileno())
-        except OSError:  # EBADF: closed after start-up
-            closed = True
-        except (AttributeError, ValueError, io.UnsupportedOperation):
+        except (AttributeError, io.UnsupportedOperation):  # (an OSError: before the next line)
             pass  # no file descriptor (an in-memory stream): readable all the same
+        except (OSError, ValueError):  # EBADF: fd 0 closed after start-up; a closed stream
+            closed = True
     if closed:
         raise SourceError("source - means JSONL on stdin, but stdin is closed; pipe the documents in "
                           "(producer | indexer sync - --index DIR) or name a file")
