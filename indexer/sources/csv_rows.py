@@ -33,7 +33,8 @@ class _Lines:
     def __iter__(self) -> Iterator[str]:
         first = True
         for raw in self.f:
-            for piece in _LONE_CR.split(raw) if b"\r" in raw else (raw,):
+            lone_cr = b"\r" in raw and raw.count(b"\r") != raw.count(b"\r\n")  # (most lines: none)
+            for piece in _LONE_CR.split(raw) if lone_cr else (raw,):
                 if not piece:
                     continue
                 self.count += 1
@@ -117,16 +118,15 @@ class CsvSource:
                                                      "quotes, commas or line breaks")
                         continue
                     line, row_start = row_start, lines.count + 1
-                    bad = lines.bad_in(lines.count)
-                    doc_id = row.get(id_field)
-                    known = doc_id if isinstance(doc_id, str) and doc_id and _is_unicode(doc_id) else None
+                    bad = lines.bad_in(lines.count) if lines.bad else None
                     if lines.unterminated:
                         yield Skip(f"{name}:{line}", "the last row has no line end, so it may have been cut "
                                    "mid-field: not read, and --delete-missing deletes nothing from this "
-                                   "file. If the file is whole, end it with a newline", known, cut=True)
+                                   "file. If the file is whole, end it with a newline",
+                                   _known_id(row, id_field), cut=True)
                     elif bad is not None:
                         yield Skip(f"{name}:{bad[0]}", f"not valid UTF-8 ({bad[1]}); re-save the file as "
-                                                       "UTF-8", known)
+                                                       "UTF-8", _known_id(row, id_field))
                     elif None in row:
                         yield Skip(f"{name}:{line}", "more fields than the header has")
                     else:
@@ -134,3 +134,9 @@ class CsvSource:
             except OSError as exc:
                 raise SourceError(f"{name} broke off after line {lines.count}: {exc}; the lines before it "
                                   "were read. Fix the file and sync again (no document was deleted)") from exc
+
+
+def _known_id(row: dict[str | None, object], id_field: str) -> str | None:
+    """The id of a row skipped for its text or its end: such a document is not "missing"."""
+    doc_id = row.get(id_field)
+    return doc_id if isinstance(doc_id, str) and doc_id and _is_unicode(doc_id) else None
