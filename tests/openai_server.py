@@ -55,6 +55,9 @@ def count_tokens(text: str, bytes_per_token: float = 4.0) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / bytes_per_token))
 
 
+API_KEY = "sk-test-0123456789abcdefKEY"  # what the tests' `server` fixture (conftest.py) accepts
+
+
 @dataclass
 class Behavior:
     dim: int = 64

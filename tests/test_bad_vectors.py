@@ -7,19 +7,16 @@ reason (an attempt counts: the answer for that input was wrong), the others are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from openai_server import Behavior, EmbeddingServer, fake_vector
+from openai_server import EmbeddingServer, fake_vector
 
 import indexer
 from indexer import Settings
 from indexer.embedders import ModelInfo
 from indexer.embedders.fake import FakeEmbedder
-
-KEY = "sk-test-zero-vectors"
 
 
 class _OddVectors(FakeEmbedder):
@@ -67,15 +64,8 @@ def test_zero_tiny_and_nonfinite_vectors_fail_with_a_reason(tmp_path: Path, dtyp
         assert expected in reason, (doc_id, reason)
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with EmbeddingServer(Behavior(api_key=KEY, zero_marker="ZERO")) as srv:
-        yield srv
-
-
 def test_openai_server_answering_zeros_is_not_stored(server: EmbeddingServer, tmp_path: Path) -> None:
+    server.behavior.zero_marker = "ZERO"  # a well-formed answer, all zeros for these inputs
     docs = [{"id": f"d{i}", "text": f"{'ZERO ' if i % 3 == 0 else ''}text {i}"} for i in range(60)]
     zero = {d["id"] for d in docs if d["text"].startswith("ZERO")}
     summary = indexer.sync(tmp_path / "idx", docs, model="text-embedding-3-small", backend="openai",

@@ -15,29 +15,19 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from openai_server import Behavior, EmbeddingServer, fake_vector
+from openai_server import API_KEY, EmbeddingServer, fake_vector
 
 import indexer
 from indexer import BackendUnavailableError, Settings
 from indexer.cli import cli
 
-KEY = "sk-test-outage-0123456789"
 MODEL = "text-embedding-3-small"
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with EmbeddingServer(Behavior(api_key=KEY)) as srv:
-        yield srv
 
 
 def write_docs(path: Path, n: int, start: int = 0) -> Path:
@@ -153,7 +143,7 @@ def test_429_asking_for_a_day_gives_up_at_once(server: EmbeddingServer, tmp_path
     b = server.behavior
     b.always_status, b.always_retry_after = 429, 100_000
     src = write_docs(tmp_path / "a.jsonl", 5)
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "OPENAI_API_KEY": API_KEY, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.run([sys.executable, "-m", "indexer", "sync", str(src), "--index", str(tmp_path / "idx"),
                         "--backend", "openai", "--model", MODEL, "--base-url", server.base_url],
                        env=env, capture_output=True, text=True, timeout=120)
