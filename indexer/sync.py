@@ -197,6 +197,7 @@ def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
                        f"the model produced a zero vector (norm {norms[i]:.3g}); not stored")
     return bad
 
+
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
                      failures: dict[int, str]) -> tuple[int, int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
@@ -452,16 +453,14 @@ class _OutageWatch:
     def __init__(self) -> None:
         self.in_a_row = 0
 
-    def reset(self) -> None:
-        self.in_a_row = 0
-
-    def failed_claim(self, done: int, failures: dict[int, str]) -> None:
-        if done:
+    def after_claim(self, done: int, failures: dict[int, str]) -> None:
+        returned = [r for r in failures.values() if isinstance(r, BackendFailure)]
+        if done or not returned:
             self.in_a_row = 0
             return
         self.in_a_row += 1
         if self.in_a_row >= self.LIMIT:
-            last = next(r for r in reversed(failures.values()) if isinstance(r, BackendFailure))
+            last = returned[-1]
             raise BackendUnavailableError(
                 f"the embedding backend keeps failing: {last}; {self.in_a_row} claims in a row came back "
                 "with nothing embedded. Nothing is lost and no document used up an attempt: run the same "
@@ -532,9 +531,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 meter.add(done)
                 if returned:  # pending again: claim them again in this run, unless the backend is down
                     exhausted = False
-                    outage.failed_claim(done, failures)
-                else:
-                    outage.reset()
+                outage.after_claim(done, failures)
     finally:
         for claim in in_flight.values():
             manifest.release(claim)
