@@ -38,6 +38,12 @@ class EmbeddingConfig:
     # Matryoshka-style truncation: the first `truncate_dim` dims of the model's vector, L2-renormalized
     # (then dim == truncate_dim). 0 means no truncation: TOML has no null, and 0 is never a valid D.
     truncate_dim: int = 0
+    # The prompt a query gets before it is embedded (`prompt` is the documents'). It changes no stored
+    # vector, but searching with another one than the index was built for gives worse results silently.
+    query_prompt: str = ""
+    # How the embedded text is composed from a record's fields ("{title}: {text}"); "" means the text
+    # field alone (sources/_template.py).
+    template: str = ""
 
     def fingerprint(self) -> str:
         # Later fields enter the hash only when they differ from their defaults, so an old config's
@@ -68,10 +74,14 @@ class EmbeddingConfig:
             )
 
 
-_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0}
+_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "query_prompt": "",
+                                   "template": ""}
 _WHY = {
     "runtime": " (these runtimes give different vectors)",
     "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
+    "prompt": " (the documents' prompt changes every vector)",
+    "query_prompt": " (queries must be embedded as the index was meant to be searched)",
+    "template": " (the template decides which text each document's vector is of)",
 }
 
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,11 @@ from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
-__all__ = ["CompactReport", "Index", "VerifyReport", "read_ids"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
+           "vector_schema"]
+
+EXPORT_FORMATS = ("npy", "parquet")
+PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -41,6 +46,25 @@ def filesystem_type(path: Path) -> str | None:
                 and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
     return fstype
+
+
+def vector_schema(dim: int, dtype: np.dtype) -> Any:
+    """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
+
+
+def vector_array(block: np.ndarray) -> Any:
+    """An (n, dim) matrix as an Arrow fixed-size list array, without copying the values."""
+    import pyarrow as pa
+
+    flat = np.ascontiguousarray(block).reshape(-1)
+    # from_buffers wraps the memory as it is; pa.array converts float16 value by value (slow).
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
+    return pa.FixedSizeListArray.from_arrays(values, block.shape[1])
 
 
 @dataclass
@@ -150,7 +174,8 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   chunk_rows=self.store.chunk_rows)
+                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
+                   template=self.config.template, chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
@@ -167,14 +192,26 @@ class Index:
         ids = list(ids)
         return vectors_of(ids, self.manifest.slots_of(ids), self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
-        """Write the vectors to a .npy file, and the ids in row order to `ids_out` as JSON lines: one
-        JSON string a line, ASCII only (`read_ids` reads them back). An id may hold any character, a
-        line break, U+2028 or NUL included, so plain lines could split one id in two and misalign
-        every row after it; in a JSON string every such character is escaped."""
+    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
+        """Write the vectors to a .npy file, or to a Parquet file with an id and a vector column.
+        `format` ("npy" or "parquet") defaults to `out`'s extension. Returns the number of rows.
+
+        With .npy, `ids_out` gets the ids in row order as JSON lines: one JSON string a line, ASCII
+        only (`read_ids` reads them back). An id may hold any character, a line break, U+2028 or NUL
+        included, so plain lines could split one id in two and misalign every row after it; in a JSON
+        string every such character is escaped."""
+        out = Path(out)
+        if format is None:
+            format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
+        if format not in EXPORT_FORMATS:
+            raise IndexerError(f"export format {format!r} is not known; choose one of "
+                               f"{', '.join(EXPORT_FORMATS)}")
+        if format == "parquet":
+            if ids_out is not None:
+                raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
+            return self._export_parquet(out)
         ids, vecs = self.vectors()
         slots = vecs._snapshot.load()[1]
-        out = Path(out)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
                                            shape=(len(slots), self.store.dim))
@@ -187,6 +224,31 @@ class Index:
         if ids_out is not None:
             with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
                 f.writelines(f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
+        return len(slots)
+
+    def _export_parquet(self, out: Path) -> int:
+        """One row group per step of rows, each read from the store and written before the next, so
+        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
+        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
+        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        _, vecs = self.vectors()
+        ids, slots = vecs._snapshot.load()
+        schema = vector_schema(self.store.dim, self.store.dtype)
+        tmp = out.with_name(out.name + ".partial")
+        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for start in range(0, len(slots), step):
+                    block = self.store.read_slots(slots[start:start + step])
+                    writer.write_batch(pa.record_batch(
+                        [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
+                        schema=schema), row_group_size=step)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         return len(slots)
 
     # -- maintenance ----------------------------------------------------------------------------

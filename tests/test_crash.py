@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import downgrade_to_schema_1
 
 import indexer
 from indexer.cli import cli
@@ -529,9 +530,7 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     """A manifest at schema version 1 (no runs table) upgraded by a sync killed inside the migration:
     the migration is atomic (still version 1 after the kill), and the next sync upgrades and finishes."""
     shutil.copytree(ref.index, index)
-    conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
+    downgrade_to_schema_1(index / "manifest.sqlite")
     env = dict(ENV, INDEXER_CRASH_AT="mid-migration")
     run = subprocess.run(sync_cmd(ref.source, index), env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr

@@ -135,7 +135,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before_schema, before_ledger = schema_of(db), ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     bad = patched_migrations / f"{version:04d}_bad.sql"
     # creates a table and an index, alters another table, then fails on its last statement
     bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
@@ -168,7 +168,7 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before = ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
     with pytest.raises(ManifestError):
         Manifest(db, SETTINGS)
@@ -197,17 +197,13 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
-def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
-    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
-    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
-    from conftest import fake_vector, served
-
+def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int) -> Path:
+    """An index whose manifest was last written by the schema of migrations 1..last_version, holding
+    "a" done, "b" pending with its text staged, and "c" claimed by a dead worker."""
     ix = tmp_path / "ix"
     indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
@@ -227,7 +223,17 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(old, ix / "manifest.sqlite")
+    return ix
 
+
+def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
+    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
+    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
+    from conftest import fake_vector, served
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=2)
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
@@ -238,3 +244,20 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
         assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path,
+                                                                   fake_embedder: object) -> None:
+    """0006 adds the push tables: an index last written by the schema before it, with work in every
+    state, migrates, syncs to the end and pushes."""
+    pytest.importorskip("lancedb")
+    from conftest import served
+
+    from indexer.push import push
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=5)
+    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    report = push(ix, f"lancedb:{tmp_path / 'lance'}")
+    assert (report.upserted, report.rows) == (3, 3)
+    assert sorted(served(ix)) == ["a", "b", "c"]

@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from ..errors import SourceError
 from ._records import Record, Skip, _is_unicode, record_from_fields
+from ._template import Template
 
 csv.field_size_limit(sys.maxsize)
 
@@ -68,8 +69,9 @@ class CsvSource:
     the last row has no line end (it may have been cut mid-field; it is skipped, not read in part).
     """
 
-    def __init__(self, path: Path, id_field: str, text_field: str) -> None:
+    def __init__(self, path: Path, id_field: str, text_field: str, template: Template | None = None) -> None:
         self.path = path
+        self.template = template
         self.name = str(path)
         self.id_field = id_field
         self.text_field = text_field
@@ -79,11 +81,13 @@ class CsvSource:
         if not header:
             raise SourceError(f"{path} is empty: a CSV source needs a header row naming the "
                               f"{id_field!r} and {text_field!r} columns")
-        missing = [c for c in (id_field, text_field) if c not in header]
+        needed = (id_field, *(template.fields if template else (text_field,)))
+        missing = [c for c in dict.fromkeys(needed) if c not in header]
         if missing:
+            fix = "fix the --template or the file" if template else "name them with --id-field/--text-field"
             raise SourceError(
                 f"{path}: header has no column {', '.join(map(repr, missing))} "
-                f"(columns: {', '.join(header) or 'none'}); name them with --id-field/--text-field"
+                f"(columns: {', '.join(header) or 'none'}); {fix}"
             )
 
     def __iter__(self) -> Iterator[Record | Skip]:
@@ -130,7 +134,7 @@ class CsvSource:
                     elif None in row:
                         yield Skip(f"{name}:{line}", "more fields than the header has")
                     else:
-                        yield record_from_fields(row, id_field, self.text_field, name, line)
+                        yield record_from_fields(row, id_field, self.text_field, name, line, self.template)
             except OSError as exc:
                 raise SourceError(f"{name} broke off after line {lines.count}: {exc}; the lines before it "
                                   "were read. Fix the file and sync again (no document was deleted)") from exc

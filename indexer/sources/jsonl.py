@@ -11,6 +11,7 @@ import orjson
 
 from ..errors import SourceError
 from ._records import Record, Skip, record_from_fields
+from ._template import Template
 
 _CUT = ("; it is the last line, so the source looks cut mid-record (a copy cut short, a producer killed "
         "mid-stream?): --delete-missing deletes nothing from it")
@@ -19,8 +20,10 @@ _CUT = ("; it is the last line, so the source looks cut mid-record (a copy cut s
 class JsonlSource:
     """One JSON object a line, optionally gzipped; `None` reads stdin."""
 
-    def __init__(self, path: Path | None, id_field: str, text_field: str) -> None:
+    def __init__(self, path: Path | None, id_field: str, text_field: str,
+                 template: Template | None = None) -> None:
         self.path = path
+        self.template = template
         self.name = "<stdin>" if path is None else str(path)
         self.id_field = id_field
         self.text_field = text_field
@@ -40,7 +43,7 @@ class JsonlSource:
         one. (A cut that falls exactly on a line end cannot be told from a whole file.)"""
         f = self._open()
         n = 0
-        name, id_field, text_field = self.name, self.id_field, self.text_field
+        name, id_field, text_field, template = self.name, self.id_field, self.text_field, self.template
         # A line that is not valid JSON is held until a later record shows that the file goes on.
         held: Skip | None = None
         try:
@@ -61,7 +64,7 @@ class JsonlSource:
                     yield Skip(f"{name}:{n}", f"expected a JSON object, got {type(row).__name__}"
                                + (_CUT if unterminated else ""), cut=unterminated)
                     continue
-                yield record_from_fields(row, id_field, text_field, name, n)
+                yield record_from_fields(row, id_field, text_field, name, n, template)
             if held is not None:
                 yield Skip(held.where, held.reason + _CUT, cut=True)
         except (OSError, EOFError, zlib.error) as exc:
