@@ -10,9 +10,12 @@ Every message names the object (index, file and line, document), its state and w
     │                              deleted; what was read is synced (the error holds the summary)
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
+    ├── IndexBusyError             maintenance (compact) could not get the index to itself, or a sync
+    │                              or verify waited too long for a compact to finish; nothing changed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
+    │   └── ChunkMissingError      a chunk that holds served vectors is missing or torn
     └── EmbeddingError             an embedder failed for a whole batch; per-document failures
         │                          are recorded in the manifest, not raised
         └── BackendUnavailableError  the embedding backend is down (outage, timeouts, rate limits,
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailableError",
+    "ChunkMissingError",
     "ConfigMismatchError",
     "EmbeddingError",
     "IncompleteSourceError",
+    "IndexBusyError",
     "IndexNotFoundError",
     "IndexerError",
     "LeaseLostError",
@@ -45,6 +50,10 @@ class IndexerError(Exception):
 
 class IndexNotFoundError(IndexerError):
     exit_code = 2
+
+
+class IndexBusyError(IndexerError):
+    """Another process holds the index's maintenance lock; the operation changed nothing."""
 
 
 class ConfigMismatchError(IndexerError):
@@ -85,6 +94,14 @@ class LeaseLostError(ManifestError):
 
 class StoreError(IndexerError):
     pass
+
+
+class ChunkMissingError(StoreError):
+    """A chunk file that should hold vectors is missing or has the wrong size."""
+
+    def __init__(self, message: str, chunk: int) -> None:
+        super().__init__(message)
+        self.chunk = chunk
 
 
 class EmbeddingError(IndexerError):
