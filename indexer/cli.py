@@ -8,14 +8,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import click
 from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
-from .errors import StopSignal
+from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
@@ -183,18 +183,26 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
     path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
     duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
-    all stops the sync before anything is written.
+    all stops the sync before anything is written. --delete-missing deletes nothing when a source is
+    cut (its last record unterminated: a JSONL line that is not a whole object, a CSV quote never
+    closed or last row without a line end) or held no record: the documents read are synced, a
+    warning names the file and line, and the sync exits 2.
+
+    Exit codes: 0 done; 1 error; 2 bad input or missing index/model; 3 configuration mismatch; 4 the
+    backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's attempt used
+    up; run the same command again later); 130 interrupted (run the same command to resume).
     """
     bar = _Bar() if not quiet and sys.stderr.isatty() else None
     progress: Callable[[Progress], None] | None = bar
     with _errors():
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
+            # (`is not`: 0 and 0.0 are values given, like --max-retries 0; `0 in (None, False)` is true.)
             batch_tokens = backend_flags.pop("batch_tokens")
             settings = Settings.from_env()
             if (hang_seconds := backend_flags.pop("hang_seconds")) is not None:
                 settings = replace(settings, hang_seconds=hang_seconds)
-            options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
+            options = {k: v for k, v in backend_flags.items() if v is not None and v is not False}
             batch_size_given = click.get_current_context().get_parameter_source(
                 "batch_size") is ParameterSource.COMMANDLINE
             # These backends pack by tokens; --batch-size, when given, caps the texts of one batch.
@@ -202,14 +210,18 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                 options["max_batch_inputs"] = batch_size
             if backend == "gpus" and batch_size_given:
                 options["max_batch_texts"] = batch_size
-            if backend == "gpus" and batch_tokens:  # on CUDA the backend sizes batches itself
+            if backend == "gpus" and batch_tokens is not None:  # else on CUDA the backend sizes them
                 options["batch_tokens"] = batch_tokens
-            summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                           delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                           text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options, settings=settings, runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
-                           prompt_name=prompt_name, query_prompt=query_prompt, template=template)
+            refused: IncompleteSourceError | None = None
+            try:
+                summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
+                               delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
+                               text_field=text_field, on_progress=progress, backend=backend,
+                               backend_options=options, settings=settings, runtime=runtime,
+                               truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
+                               prompt_name=prompt_name, query_prompt=query_prompt, template=template)
+            except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
+                refused, summary = exc, cast(SyncSummary, exc.summary)
         finally:
             if bar is not None:
                 bar.close()
@@ -228,6 +240,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         click.echo(_final_line(summary, index_dir), err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
+    if refused is not None:
+        _fail(str(refused), refused.exit_code)
 
 
 @cli.command()
@@ -302,8 +316,10 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
                    "columns, readable by pyarrow, DuckDB, Polars).")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
               help="npy or parquet; default: by the extension of --out (.parquet, else npy).")
-@click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="[npy] Also write the ids, one a line, in row order.")
+@click.option("--ids", "ids_out", default=None, metavar="FILE.jsonl",
+              help="[npy] Also write the ids in row order, as JSON lines: one JSON string a line, e.g. "
+                   "\"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the rows). "
+                   "Read them with json.loads per line, or indexer.read_ids(FILE).")
 def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None) -> None:
     """Write every served vector to a .npy file (rows in the order of --ids) or a Parquet file."""
     with _errors(), _open(index_dir) as idx:

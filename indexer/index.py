@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from collections import defaultdict
@@ -30,7 +31,8 @@ from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
-__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
+           "vector_schema"]
 
 EXPORT_FORMATS = ("npy", "parquet")
 PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
@@ -200,6 +202,12 @@ class CompactReport:
         return dict(self.__dict__)
 
 
+def read_ids(path: str | Path) -> list[str]:
+    """The ids `Index.export` wrote to `path`, in row order."""
+    with Path(path).open(encoding="ascii") as f:
+        return [json.loads(line) for line in f]
+
+
 class Index:
     def __init__(self, path: Path, config: EmbeddingConfig, manifest: Manifest, store: VectorStore,
                  settings: Settings) -> None:
@@ -350,9 +358,13 @@ class Index:
         return vectors_of(list(ids), self.manifest.slots_of, self.store)
 
     def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`), or to a Parquet
-        file with an id and a vector column. `format` ("npy" or "parquet") defaults to `out`'s
-        extension. Returns the number of rows."""
+        """Write the vectors to a .npy file, or to a Parquet file with an id and a vector column.
+        `format` ("npy" or "parquet") defaults to `out`'s extension. Returns the number of rows.
+
+        With .npy, `ids_out` gets the ids in row order as JSON lines: one JSON string a line, ASCII
+        only (`read_ids` reads them back). An id may hold any character, a line break, U+2028 or NUL
+        included, so plain lines could split one id in two and misalign every row after it; in a JSON
+        string every such character is escaped."""
         out = Path(out)
         if format is None:
             format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
@@ -374,7 +386,8 @@ class Index:
         del matrix
         tmp.replace(out)
         if ids_out is not None:
-            Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+            with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
+                f.writelines(f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
         return n
 
     def _export_parquet(self, out: Path) -> int:

@@ -26,10 +26,17 @@ from ._faults import crash_point
 from ._signals import stoppable
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
-from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
+from .errors import (
+    BackendUnavailableError,
+    ConfigMismatchError,
+    IncompleteSourceError,
+    IndexerError,
+    LeaseLostError,
+    SourceError,
+)
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
-from .runners import Runner, WorkerHung, WorkerLost, make_runner
+from .runners import BackendFailure, Runner, WorkerHung, WorkerLost, make_runner
 from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
@@ -77,12 +84,16 @@ class SyncSummary:
     claims: int = 0
     fencing_refusals: int = 0
     workers_lost: int = 0  # worker deaths (however many claims each took), hangs included
+    returned: int = 0  # documents the backend failed (outage, timeout, ...): pending again, no attempt used
     workers_hung: int = 0  # workers killed because they finished no batch within the hang deadline
     peak_rss_mb: float = 0.0  # this (the driver's) process
     # Worker processes (processes, gpus, ray backends): the sum of each worker's peak, an upper bound of
     # their peak together; per worker in backend_stats["peak_rss_mb_per_worker"].
     workers_peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # Sources that cannot tell which documents are missing (cut mid-record, or no record read), each
+    # as "file:line: why": with any, --delete-missing deletes nothing.
+    incomplete_sources: list[str] = field(default_factory=list)
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
     # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
     backend_stats: dict[str, object] = field(default_factory=dict)
@@ -231,15 +242,35 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
 
 # -- the shared claim -> embed -> write -> commit step ------------------------------------------------
 
+# A real embedding is never (nearly) all zeros: a model or an API that answers zeros has failed (an API
+# answering zeros for an outage, a model that overflowed to zero in float16). Norms of real vectors are
+# about 1 (normalized) or at least orders of magnitude above this.
+MIN_VECTOR_NORM = 1e-6
+
+
+def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
+    """The rows (as stored: after the cast to the store's dtype) that must not be marked done, with
+    their reason: a non-finite value, or a norm of (nearly) zero."""
+    finite = np.isfinite(rows).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(rows.astype(np.float32), axis=1)
+    bad: dict[int, str] = {}
+    for i in np.flatnonzero(~finite | ~(norms > MIN_VECTOR_NORM)):
+        bad[int(i)] = ("the model produced a non-finite vector; not stored" if not finite[i] else
+                       f"the model produced a zero vector (norm {norms[i]:.3g}); not stored")
+    return bad
+
+
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
-                     failures: dict[int, str]) -> tuple[int, int]:
+                     failures: dict[int, str]) -> tuple[int, int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
-    Returns (done, failed for good): a failure with attempts left goes back to pending."""
+    Returns (done, failed for good, returned): a failure with attempts left goes back to pending, and
+    so does a `BackendFailure` (returned), without using up an attempt."""
     block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
-    block[:len(vectors)] = vectors
-    finite = np.isfinite(block[:len(vectors)]).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        failures.setdefault(int(i), "the model produced a non-finite vector")
+    with np.errstate(over="ignore"):  # a value too large for float16 becomes inf: failed just below
+        block[:len(vectors)] = vectors
+    for i, reason in unusable_vectors(block[:len(vectors)]).items():
+        failures.setdefault(i, reason)
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
@@ -247,8 +278,9 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     if done:
         checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()], checksum)
-    return len(done), gave_up
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
+                                            if not isinstance(r, BackendFailure)], checksum)
+    return len(done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
 
 
 # -- the sync ------------------------------------------------------------------------------------------
@@ -386,6 +418,10 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                                                truncate_dim or index.config.truncate_dim,
                                                index.config.prompt if prompt is None else prompt))))
         state = "finished"
+        if delete_missing and summary.incomplete_sources:
+            raise IncompleteSourceError(
+                "--delete-missing deleted nothing: " + "; ".join(summary.incomplete_sources)
+                + ". The documents read were synced; re-create the source whole and sync again", summary)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -412,18 +448,37 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         # works on the batch before. A Python iterable is read in the caller's thread: it may not
         # allow another (a sqlite3 cursor does not).
         batches = _batches(reader, settings.scan_batch)
+        records_before = counts.scanned + counts.duplicates
+        last: Record | Skip | None = None
         with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
             for batch in it:
                 manifest.scan_batch(batch, counts, dry_run=dry_run)
                 meter.add(len(batch))
-    # Only a scan that read every source to its end may decide what is missing.
-    if delete_missing:
+                last = batch[-1]
+        why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
+        if why is not None:
+            summary.incomplete_sources.append(why)
+    # Only a scan that read every source whole, to its end, may decide what is missing.
+    if delete_missing and not summary.incomplete_sources:
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
         setattr(summary, name, getattr(counts, name))
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
+
+
+def why_incomplete(source: str, last: Record | Skip | None, records: int) -> str | None:
+    """Why a source read to its end still cannot tell which documents are missing ("file:line: why"),
+    or None when it can. It cannot when its last record is cut (the reader marks that Skip `cut`: a
+    JSONL line that is not a whole object, a CSV quote never closed or last row without a line end)
+    or when it held no record at all (an empty stdin, `< /dev/null`, a producer that died first):
+    --delete-missing on it would delete every document it did not reach."""
+    if isinstance(last, Skip) and last.cut:
+        return f"{last.where}: {last.reason}"
+    if records == 0:
+        return f"{source}: no record was read, so the source is empty or cut before its first record"
+    return None
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,
@@ -506,6 +561,31 @@ def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
     summary.backend_stats = found
 
 
+class _OutageWatch:
+    """Stops a sync whose backend keeps failing claims for reasons not the documents' own: their
+    contents go back to pending without an attempt and are claimed again, so without this a backend
+    that is down would be asked for ever. (The openai runner stops sooner, by its own count of
+    requests; this is the rule for every backend.)"""
+
+    LIMIT = 3  # claims in a row that came back with nothing embedded and something returned
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def after_claim(self, done: int, failures: dict[int, str]) -> None:
+        returned = [r for r in failures.values() if isinstance(r, BackendFailure)]
+        if done or not returned:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.LIMIT:
+            last = returned[-1]
+            raise BackendUnavailableError(
+                f"the embedding backend keeps failing: {last}; {self.in_a_row} claims in a row came back "
+                "with nothing embedded. Nothing is lost and no document used up an attempt: run the same "
+                "sync again once the backend answers")
+
+
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
     """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive.
@@ -526,6 +606,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     deaths: set[object] = set()
     # A runner written before `on_batch` existed still works; its progress moves once per claim.
     batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
+    outage = _OutageWatch()
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
@@ -575,7 +656,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     manifest.release(claim)
                     raise
                 try:
-                    done, failed = write_and_commit(manifest, store, claim, vectors, failures)
+                    done, failed, returned = write_and_commit(manifest, store, claim, vectors, failures)
                 except LeaseLostError:
                     summary.fencing_refusals += 1
                     continue
@@ -585,7 +666,11 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 summary.claims += 1
                 summary.embedded += done
                 summary.failed += failed
+                summary.returned += returned
                 meter.add(done, sum(len(t) for t in claim.texts))
+                if returned:  # pending again: claim them again in this run, unless the backend is down
+                    exhausted = False
+                outage.after_claim(done, failures)
     finally:
         for claim in in_flight.values():
             manifest.release(claim)

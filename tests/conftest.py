@@ -13,6 +13,8 @@ Fixtures (all cheap; use them instead of building your own):
     fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
                     Pass it as `indexer.sync(..., embedder=fake_embedder)`; its model name is "fake:16".
     fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
+    server          a running tests/openai_server.py EmbeddingServer (Behavior(api_key=API_KEY)), with
+                    OPENAI_API_KEY set to API_KEY and OPENAI_BASE_URL unset; turn its `behavior` knobs.
 
 Helpers: `Throttle(pid, stopped, running)`, a thread that makes a process slow but alive (SIGSTOP and
 SIGCONT in turn), for the hang-watch and progress tests.
@@ -30,14 +32,18 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import Settings
+
+if TYPE_CHECKING:
+    from openai_server import EmbeddingServer
 
 FAKE_DIM = 16
 
@@ -83,6 +89,16 @@ def small_settings() -> Settings:
 @pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder(FAKE_DIM)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
+    from openai_server import API_KEY, Behavior, EmbeddingServer  # aiohttp: only where it is used
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with EmbeddingServer(Behavior(api_key=API_KEY)) as srv:
+        yield srv
 
 
 def corpus(n: int, distinct: int) -> list[dict[str, str]]:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..embedders import ModelInfo
 
-__all__ = ["BatchDone", "EmbedResult", "Runner", "WorkerHung", "WorkerLost", "make_runner"]
+__all__ = ["BackendFailure", "BatchDone", "EmbedResult", "Runner", "WorkerHung", "WorkerLost",
+           "make_runner"]
 
 # (vectors of shape (n, dim), float32; failures by position with their reasons)
 EmbedResult = tuple[np.ndarray, dict[int, str]]
@@ -29,6 +30,13 @@ EmbedResult = tuple[np.ndarray, dict[int, str]]
 # driver uses it for progress within a claim, for the ETA and as the worker's sign of life; runners call
 # it from their own threads, so it must be thread-safe and quick.
 BatchDone = Callable[[int], None]
+
+
+class BackendFailure(str):
+    """A failure reason that is the backend's fault, not the document's: an outage, a timeout, a
+    dropped connection, a rate limit, an unusable answer. The document goes back to pending without
+    using up an attempt (only a failure that is the document's own, like a 400 on that input, counts
+    towards `Settings.retry_attempts`). A plain `str` everywhere else, so it pickles across processes."""
 
 
 class WorkerLost(Exception):
