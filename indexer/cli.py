@@ -16,6 +16,7 @@ from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
+from .sources import FolderFilter
 
 _DEFAULTS = Settings()
 
@@ -121,6 +122,15 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    "given).")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="[directory sources] Take only files whose relative path matches GLOB (gitignore-style: "
+                   "'*.md' at any depth, 'docs/' a directory, '/top.txt' at the top). Repeatable.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="[directory sources] Leave out files and directories matching GLOB (gitignore-style). "
+                   "Repeatable.")
+@click.option("--hidden", is_flag=True,
+              help="[directory sources] Also read hidden files and directories (names starting with '.'); "
+                   ".git/ and the index's own directory are never read.")
 @click.option("--delete-missing", is_flag=True,
               help="Mark documents absent from the sources deleted (default: keep them).")
 @click.option("--dry-run", is_flag=True, help="Scan and report what would change; write nothing.")
@@ -149,14 +159,16 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
              runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
-             text_field: str, delete_missing: bool, dry_run: bool,
+             text_field: str, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool,
+             delete_missing: bool, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
-    """Embed new and changed documents of SOURCES into the index at DIR.
+    """Embed new and changed documents of SOURCES into the index at --index DIR.
 
-    SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
-    path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
-    duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
-    all stops the sync before anything is written.
+    SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, single .txt/.md/.rst files (one document,
+    id = file name), directories of text files (id = relative path; hidden files, .git/, binary files
+    and the index's own directory are left out), or - for JSONL on stdin. Records that cannot be used
+    (bad JSON, missing fields, empty text, duplicate ids) are skipped with a warning naming the file
+    and line; a file that cannot be read at all stops the sync before anything is written.
     """
     bar = _Bar() if not quiet and sys.stderr.isatty() else None
     progress: Callable[[Progress], None] | None = bar
@@ -178,7 +190,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens)
+                           truncate_dim=truncate_dim, batch_tokens=batch_tokens,
+                           folder=FolderFilter(include, exclude, hidden))
         finally:
             if bar is not None:
                 bar.close()

@@ -70,6 +70,12 @@ class ScanCounts:
     duplicates: int = 0
     to_embed: int = 0  # distinct contents that became pending
     warnings: list[str] = field(default_factory=list)
+    # Skips with a group (Skip.group, e.g. binary files): group -> [count, first place], one warning each.
+    grouped: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def group_warnings(self) -> list[str]:
+        return [f"skipped {n} {group}(s), e.g. {first}; leave them out with --exclude to silence this"
+                for group, (n, first) in self.grouped.items()]
 
 
 _NO_HASH = bytes(16)
@@ -245,7 +251,12 @@ class Manifest:
         for k, item in enumerate(items):
             if isinstance(item, Skip):
                 places.append(item.where)
-                warn(f"{item.where}: skipped: {item.reason}")
+                if item.group is not None:
+                    counts.skipped += 1
+                    n, first_place = counts.grouped.get(item.group, (0, item.where))
+                    counts.grouped[item.group] = (n + 1, first_place)
+                else:
+                    warn(f"{item.where}: skipped: {item.reason}")
                 if item.id is not None:
                     seen_only.append((item.id, first + k))
                 continue

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -30,7 +30,7 @@ from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
-from .sources import IterableSource, Record, Skip, Source, open_sources
+from .sources import FolderFilter, IterableSource, Record, Skip, Source, open_sources
 from .store import VectorStore
 
 __all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
@@ -217,7 +217,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
-         batch_tokens: int | None = None) -> SyncSummary:
+         batch_tokens: int | None = None, folder: FolderFilter | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -231,6 +231,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
     of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
+
+    `folder` picks the files of directory sources (include/exclude patterns, hidden files); the index's
+    own directory is never read as a source, whatever `folder` says.
     """
     settings = settings or Settings()
     if batch_tokens is not None and batch_tokens < 0:
@@ -252,7 +255,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            "truncate_dim=...) instead")
     readers: list[Source | IterableSource] = []
     if paths is not None:
-        readers.extend(open_sources(paths, id_field, text_field))
+        folder = folder or FolderFilter()
+        folder = replace(folder, skip_dirs=(*folder.skip_dirs, Path(index_dir)))
+        readers.extend(open_sources(paths, id_field, text_field, folder))
     if sources is not None:
         readers.append(IterableSource(sources, id_field, text_field))
     t0 = time.perf_counter()
@@ -323,6 +328,7 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
         setattr(summary, name, getattr(counts, name))
+    summary.warnings.extend(counts.group_warnings())
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t

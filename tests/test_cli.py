@@ -395,3 +395,33 @@ def test_python_m_indexer_help() -> None:
 def test_sync_help_names_the_formats() -> None:
     r = ok("sync", "--help")
     assert ".jsonl" in r.stdout and ".parquet" in r.stdout and "stdin" in r.stdout
+
+
+# -- directory sources (issue 15) -----------------------------------------------------------------------
+
+def test_sync_folder_flags_pick_files_and_skip_the_index_inside(tmp_path: Path) -> None:
+    root = tmp_path / "notes"
+    for rel, text in {"a.md": "alpha", "b.txt": "beta", "drafts/c.md": "gamma", ".hidden.md": "secret",
+                      ".git/HEAD": "ref: refs/heads/main"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    idx = root / "idx"  # inside the source: its own files must never become documents
+    r = ok("sync", str(root), "--index", str(idx), "--model", MODEL, "--include", "*.md",
+           "--exclude", "drafts/", "--json")
+    assert json.loads(r.stdout)["scanned"] == 1 and sorted(served(idx)) == ["a.md"]
+    r = ok("sync", str(root), "--index", str(idx), "--hidden", "--json")
+    assert json.loads(r.stdout)["new"] == 3
+    assert sorted(served(idx)) == [".hidden.md", "a.md", "b.txt", "drafts/c.md"]
+    assert "warning" not in r.stderr
+
+
+def test_sync_a_single_markdown_file_and_an_unknown_format(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Title\n\nbody\n", encoding="utf-8")
+    ok("sync", str(notes), "--index", str(tmp_path / "idx"), "--model", MODEL, "--quiet")
+    assert list(served(tmp_path / "idx")) == ["notes.md"]
+    weird = tmp_path / "notes.docx"
+    weird.write_bytes(b"PK\x03\x04")
+    r = invoke("sync", str(weird), "--index", str(tmp_path / "idx2"), "--model", MODEL)
+    assert r.exit_code == 2 and "unknown format" in r.stderr and ".md" in r.stderr and ".jsonl" in r.stderr
+    assert not (tmp_path / "idx2").exists()

@@ -15,23 +15,38 @@ from ._records import Record, Skip, record_from_fields
 from .csv_rows import CsvSource
 from .jsonl import JsonlSource
 from .parquet import ParquetSource
-from .textdir import TextDirSource
+from .textdir import BINARY, TEXT_FILE_SUFFIXES, FolderFilter, TextDirSource, TextFileSource
 
-__all__ = ["IterableSource", "Record", "Skip", "Source", "open_source", "open_sources"]
+__all__ = [
+    "BINARY",
+    "UNDERSTOOD",
+    "FolderFilter",
+    "IterableSource",
+    "Record",
+    "Skip",
+    "Source",
+    "open_source",
+    "open_sources",
+]
 
-Source = JsonlSource | CsvSource | ParquetSource | TextDirSource
+Source = JsonlSource | CsvSource | ParquetSource | TextDirSource | TextFileSource
+
+# What a source can be, for messages.
+UNDERSTOOD = (".jsonl, .jsonl.gz, .ndjson, .csv, .parquet, a single " + ", ".join(TEXT_FILE_SUFFIXES)
+              + " file (one document), a directory of text files, or - for JSONL on stdin")
 
 
-def open_source(spec: str, id_field: str = "id", text_field: str = "text") -> Source:
-    """Check that `spec` can be read and return its reader; raises SourceError naming what to fix."""
+def open_source(spec: str, id_field: str = "id", text_field: str = "text",
+                folder: FolderFilter | None = None) -> Source:
+    """Check that `spec` can be read and return its reader; raises SourceError naming what to fix.
+    `folder` picks the files of a directory source."""
     if spec == "-":
         return JsonlSource(None, id_field, text_field)
     path = Path(spec)
     if not path.exists():
-        raise SourceError(f"source {spec} does not exist; give a .jsonl, .jsonl.gz, .csv, .parquet "
-                          "file, a directory of text files, or - for JSONL on stdin")
+        raise SourceError(f"source {spec} does not exist; give {UNDERSTOOD}")
     if path.is_dir():
-        return TextDirSource(path)
+        return TextDirSource(path, folder)
     name = path.name.lower()
     try:
         with path.open("rb"):
@@ -44,16 +59,18 @@ def open_source(spec: str, id_field: str = "id", text_field: str = "text") -> So
         return CsvSource(path, id_field, text_field)
     if name.endswith(".parquet"):
         return ParquetSource(path, id_field, text_field)
-    raise SourceError(f"source {spec} has an unknown format; use .jsonl, .jsonl.gz, .csv, .parquet, "
-                      "a directory of text files, or - for JSONL on stdin")
+    if name.endswith(TEXT_FILE_SUFFIXES):
+        return TextFileSource(path)
+    raise SourceError(f"source {spec} has an unknown format; give {UNDERSTOOD}")
 
 
-def open_sources(specs: Iterable[str], id_field: str = "id", text_field: str = "text") -> list[Source]:
+def open_sources(specs: Iterable[str], id_field: str = "id", text_field: str = "text",
+                 folder: FolderFilter | None = None) -> list[Source]:
     """Open every source first, so that one unreadable source stops the sync before any write."""
     specs = list(specs)
     if not specs:
         raise SourceError("no source given; name at least one file, directory, or - for stdin")
-    return [open_source(s, id_field, text_field) for s in specs]
+    return [open_source(s, id_field, text_field, folder) for s in specs]
 
 
 class IterableSource:

@@ -27,6 +27,8 @@ class Skip:
     where: str
     reason: str
     id: str | None = None  # known when only the text was bad: such a document is not "missing"
+    # Skips of one group (e.g. binary files) are counted and reported in one warning, not one each.
+    group: str | None = None
 
 
 def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str,
