@@ -17,6 +17,7 @@ from .config import DTYPES, RUNTIMES
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter
+from .sync import DEFAULT_MAX_DELETE
 
 _DEFAULTS = Settings()
 
@@ -83,8 +84,12 @@ class _Bar:
 
 def _final_line(s: SyncSummary, index_dir: str) -> str:
     if s.dry_run:
+        kept = s.missing - s.deleted
         return (f"dry run: scanned {s.scanned}: {s.new} new, {s.changed} changed, {s.unchanged} unchanged; "
-                f"would embed {s.would_embed}, would delete {s.deleted}; nothing was written")
+                f"would embed {s.would_embed}, would delete {s.deleted}"
+                + (f"; {kept} live document(s) missing from the sources would be kept (--delete-missing "
+                   "deletes them; --json lists their ids)" if kept else "")
+                + "; nothing was written")
     line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
             f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
     if s.failed:
@@ -133,7 +138,13 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    ".git/ and the index's own directory are never read.")
 @click.option("--delete-missing", is_flag=True,
               help="Mark documents absent from the sources deleted (default: keep them).")
-@click.option("--dry-run", is_flag=True, help="Scan and report what would change; write nothing.")
+@click.option("--max-delete", type=click.FloatRange(0, 1), default=DEFAULT_MAX_DELETE, show_default=True,
+              metavar="FRACTION",
+              help="With --delete-missing: refuse (exit 4) a sync that would delete more than this "
+                   "fraction of the live documents, as an empty or cut source would. 1: no limit.")
+@click.option("--dry-run", is_flag=True,
+              help="Scan and report what would change, and how many documents the sources no longer "
+                   "hold (their ids with --json); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no final line.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
@@ -160,7 +171,7 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
              runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
              text_field: str, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool,
-             delete_missing: bool, dry_run: bool,
+             delete_missing: bool, max_delete: float, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at --index DIR.
 
@@ -187,8 +198,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
             if backend == "gpus" and batch_tokens:  # on CUDA the backend sizes batches itself
                 options["batch_tokens"] = batch_tokens
             summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                           delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                           text_field=text_field, on_progress=progress, backend=backend,
+                           delete_missing=delete_missing, max_delete=max_delete, dry_run=dry_run,
+                           id_field=id_field, text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
                            truncate_dim=truncate_dim, batch_tokens=batch_tokens,
                            folder=FolderFilter(include, exclude, hidden))

@@ -6,6 +6,7 @@ Every message names the object (index, file and line, document), its state and w
     ├── IndexNotFoundError         no index at DIR
     ├── ConfigMismatchError        a sync asked for another embedding configuration than the index's
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
+    ├── DeleteRefusedError         a sync would delete more of the index than --max-delete allows
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigMismatchError",
+    "DeleteRefusedError",
     "EmbeddingError",
     "IndexNotFoundError",
     "IndexerError",
@@ -47,6 +49,12 @@ class ConfigMismatchError(IndexerError):
 
 class SourceError(IndexerError):
     exit_code = 2
+
+
+class DeleteRefusedError(IndexerError):
+    """Names how many documents would go, out of how many, and how to go on."""
+
+    exit_code = 4
 
 
 class ModelLoadError(IndexerError):

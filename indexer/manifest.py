@@ -350,6 +350,15 @@ class Manifest:
             WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""").fetchone()
         return int(row[0])
 
+    def live_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0])
+
+    def missing_ids(self, limit: int) -> list[str]:
+        """Up to `limit` ids (in id order) of live documents the scan that just ran did not see."""
+        self._ensure_scan_tables()
+        return [r[0] for r in self.conn.execute("""SELECT id FROM documents
+            WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen) ORDER BY id LIMIT ?""", (limit,))]
+
     def delete_missing(self) -> int:
         """Mark deleted every live document the scan that just ran did not see."""
         self._ensure_scan_tables()

@@ -24,7 +24,7 @@ import psutil
 from ._faults import crash_point
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
-from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
+from .errors import ConfigMismatchError, DeleteRefusedError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
@@ -33,7 +33,12 @@ from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter, IterableSource, Record, Skip, Source, open_sources
 from .store import VectorStore
 
-__all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
+__all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncSummary", "sync", "write_and_commit"]
+
+# A sync may delete at most this fraction of the live documents unless told otherwise: an empty or cut
+# source must not wipe the index.
+DEFAULT_MAX_DELETE = 0.5
+MISSING_IDS_LISTED = 10_000
 
 T = TypeVar("T")
 
@@ -66,6 +71,10 @@ class SyncSummary:
     embed_seconds: float = 0.0
     dry_run: bool = False
     would_embed: int = 0
+    # Live documents the sources no longer hold (counted when deleting, and by a dry run); a dry run
+    # lists the first MISSING_IDS_LISTED of their ids.
+    missing: int = 0
+    missing_ids: list[str] = field(default_factory=list)
     claims: int = 0
     fencing_refusals: int = 0
     workers_lost: int = 0
@@ -217,7 +226,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
-         batch_tokens: int | None = None, folder: FolderFilter | None = None) -> SyncSummary:
+         batch_tokens: int | None = None, folder: FolderFilter | None = None,
+         max_delete: float = DEFAULT_MAX_DELETE) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -231,6 +241,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
     of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
+
+    With `delete_missing`, a sync that would delete more than `max_delete` (a fraction) of the live
+    documents is refused (DeleteRefusedError) before it deletes or embeds anything.
 
     `folder` picks the files of directory sources (include/exclude patterns, hidden files); the index's
     own directory is never read as a source, whatever `folder` says.
@@ -249,6 +262,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            f"{truncate_dim!r})")
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
+    if not 0 <= max_delete <= 1:
+        raise IndexerError(f"--max-delete must be a fraction from 0 to 1 (got {max_delete})")
     if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
         raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
                            "embedder or runner, give them to load_embedder(name, runtime=..., "
@@ -286,7 +301,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
     try:
-        _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
+        _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress)
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
@@ -302,15 +317,16 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         summary.peak_rss_mb = max(summary.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
         if run_id is not None:
             manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
-                                                if k != "warnings"})
+                                                if k not in ("warnings", "missing_ids")})
         manifest.close()
     return summary
 
 
 def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: SyncSummary,
-          settings: Settings, dry_run: bool, delete_missing: bool,
+          settings: Settings, dry_run: bool, delete_missing: bool, max_delete: float,
           on_progress: Callable[[Progress], None] | None) -> None:
     t = time.perf_counter()
+    live_before = manifest.live_count() if delete_missing else 0
     counts = ScanCounts()
     meter = _Meter("scan", None, on_progress)
     manifest.begin_scan()
@@ -324,14 +340,32 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
                 manifest.scan_batch(batch, counts, dry_run=dry_run)
                 meter.add(len(batch))
     # Only a scan that read every source to its end may decide what is missing.
+    if delete_missing or dry_run:
+        summary.missing = manifest.missing_ids_count()
+    if dry_run:
+        summary.missing_ids = manifest.missing_ids(MISSING_IDS_LISTED)
     if delete_missing:
-        summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
+        refuse_large_delete(summary.missing, live_before, max_delete, dry_run)
+        summary.deleted = summary.missing if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
         setattr(summary, name, getattr(counts, name))
     summary.warnings.extend(counts.group_warnings())
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
+
+
+def refuse_large_delete(missing: int, live: int, max_delete: float, dry_run: bool) -> None:
+    """Refuse to delete more than `max_delete` of the `live` documents: an empty, truncated or wrong
+    source looks like a mass deletion."""
+    if missing == 0 or missing <= max_delete * live:
+        return
+    done = ("nothing was written" if dry_run else
+            "nothing was deleted or embedded (new and changed documents were recorded as pending)")
+    raise DeleteRefusedError(
+        f"this sync would delete {missing} of {live} live documents ({missing / live:.0%}), more than "
+        f"--max-delete {max_delete:g} allows; {done}. Check that the sources are complete; if the "
+        "documents are really gone, run the same command with --max-delete 1.")
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,

@@ -142,7 +142,8 @@ def test_dry_run_on_new_index_writes_nothing(tmp_path: Path, corpus: Path) -> No
 def test_dry_run_on_existing_index_changes_nothing(tmp_path: Path, index: Path) -> None:
     before = status_of(index)
     changed = docs(tmp_path / "changed.jsonl", {"d0": "a new text", "new1": "brand new"})
-    r = ok("sync", str(changed), "--index", str(index), "--dry-run", "--delete-missing", "--json")
+    r = ok("sync", str(changed), "--index", str(index), "--dry-run", "--delete-missing", "--max-delete", "1",
+           "--json")
     s = json.loads(r.stdout)
     assert (s["new"], s["changed"], s["deleted"], s["would_embed"]) == (1, 1, 4, 2)
     assert status_of(index) == before
@@ -153,7 +154,7 @@ def test_delete_missing(tmp_path: Path, index: Path) -> None:
     fewer = docs(tmp_path / "fewer.jsonl", {"d0": "document number 0"})
     r = ok("sync", str(fewer), "--index", str(index), "--json")
     assert json.loads(r.stdout)["deleted"] == 0  # kept by default
-    r = ok("sync", str(fewer), "--index", str(index), "--delete-missing", "--json")
+    r = ok("sync", str(fewer), "--index", str(index), "--delete-missing", "--max-delete", "0.8", "--json")
     assert json.loads(r.stdout)["deleted"] == 4
     assert sorted(served(index)) == ["d0"]
     assert status_of(index)["deleted"] == 4
@@ -425,3 +426,55 @@ def test_sync_a_single_markdown_file_and_an_unknown_format(tmp_path: Path) -> No
     r = invoke("sync", str(weird), "--index", str(tmp_path / "idx2"), "--model", MODEL)
     assert r.exit_code == 2 and "unknown format" in r.stderr and ".md" in r.stderr and ".jsonl" in r.stderr
     assert not (tmp_path / "idx2").exists()
+
+
+# -- guards (issue 15) ------------------------------------------------------------------------------------
+
+def test_a_source_with_no_usable_record_exits_2_naming_its_fields(tmp_path: Path) -> None:
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"doc_id": f"r{i}", "body": "text", "lang": "en"}) + b"\n"
+                             for i in range(30)))
+    for args, data in (([str(src)], None), (["-"], src.read_bytes())):
+        r = invoke("sync", *args, "--index", str(tmp_path / "idx"), "--model", MODEL, input=data)
+        no_traceback(r)
+        assert r.exit_code == 2, r.output
+        assert "fields found: doc_id, body, lang" in r.stderr and "--id-field" in r.stderr
+        assert not (tmp_path / "idx").exists()
+    # named right, the same file syncs
+    r = ok("sync", str(src), "--index", str(tmp_path / "idx"), "--model", MODEL, "--id-field", "doc_id",
+           "--text-field", "body", "--json")
+    assert json.loads(r.stdout)["scanned"] == 30
+
+
+def test_delete_missing_refuses_to_delete_more_than_max_delete(tmp_path: Path, index: Path) -> None:
+    before = status_of(index)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    r = invoke("sync", str(empty), "--index", str(index), "--delete-missing")
+    no_traceback(r)
+    assert r.exit_code == 4
+    assert "would delete 5 of 5 live documents (100%)" in r.stderr and "--max-delete 1" in r.stderr
+    assert (status_of(index)["deleted"], status_of(index)["done"]) == (0, before["done"])
+    # 2 of 5 is within the default half; 3 of 5 is not, until allowed
+    two_gone = docs(tmp_path / "three.jsonl", {f"d{i}": f"document number {i}" for i in range(3)})
+    r = ok("sync", str(two_gone), "--index", str(index), "--delete-missing", "--json")
+    assert json.loads(r.stdout)["deleted"] == 2
+    one = docs(tmp_path / "one.jsonl", {"d0": "document number 0"})
+    assert invoke("sync", str(one), "--index", str(index), "--delete-missing").exit_code == 4
+    r = ok("sync", str(one), "--index", str(index), "--delete-missing", "--max-delete", "1", "--json")
+    assert json.loads(r.stdout)["deleted"] == 2 and sorted(served(index)) == ["d0"]
+
+
+def test_dry_run_says_how_many_documents_are_missing_and_lists_them_in_json(tmp_path: Path,
+                                                                           index: Path) -> None:
+    fewer = docs(tmp_path / "fewer.jsonl", {"d0": "document number 0", "d2": "document number 2"})
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run")
+    assert "3 live document(s) missing from the sources would be kept" in r.stderr
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run", "--json")
+    s = json.loads(r.stdout)
+    assert (s["missing"], s["missing_ids"], s["deleted"]) == (3, ["d1", "d3", "d4"], 0)
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run", "--delete-missing", "--max-delete", "1",
+           "--json")
+    s = json.loads(r.stdout)
+    assert (s["missing"], s["deleted"]) == (3, 3) and "missing from the sources" not in r.stderr
+    assert status_of(index)["deleted"] == 0

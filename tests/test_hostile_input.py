@@ -110,7 +110,11 @@ def test_jsonl_reader_on_arbitrary_lines(lines: list[tuple[object, ...]]) -> Non
         src = d / "fuzz.jsonl"
         src.write_bytes(b"".join(jsonl_line({"id": ln[1], "text": ln[2]}) if ln[0] == "good"
                                  else ln[1] + b"\n" for ln in lines))  # type: ignore[operator]
-        items = list(open_source(str(src)))  # must not raise: a readable file never breaks off
+        try:
+            items = list(open_source(str(src)))  # a readable file never breaks off
+        except SourceError as exc:  # ... but one with no usable record at all is refused at open
+            assert not any(ln[0] == "good" for ln in lines) and "none of its" in str(exc)
+            return
         by_where: dict[str, list[Record | Skip]] = {}
         for item in items:
             assert isinstance(item, (Record, Skip))
@@ -137,6 +141,10 @@ def test_jsonl_reader_on_arbitrary_json_values(rows: list[object]) -> None:
     with scratch() as d:
         src = d / "fuzz.jsonl"
         src.write_bytes(b"".join(jsonl_line(r) for r in rows))
+        if all(_expect(row) is None for row in rows):  # nothing usable: refused at open, naming why
+            with pytest.raises(SourceError, match="none of its"):
+                open_source(str(src))
+            return
         items = list(open_source(str(src)))
         assert len(items) == len(rows)
         for n, (row, item) in enumerate(zip(rows, items, strict=True), 1):
@@ -160,7 +168,9 @@ def test_jsonl_reader_on_arbitrary_bytes(data: bytes) -> None:
                 items = list(open_source(str(src)))
             except SourceError as exc:
                 assert str(src) in str(exc)
-                assert name == "raw.jsonl.gz"  # only a file that is not whole gzip may break off
+                # only a file that is not whole gzip may break off; one with lines but no usable
+                # record is refused at open
+                assert name == "raw.jsonl.gz" or "none of its" in str(exc)
                 continue
             assert all(isinstance(i, (Record, Skip)) for i in items)
             assert len(items) <= data.count(b"\n") + 1
@@ -266,6 +276,11 @@ def test_sync_keeps_every_good_record_and_counts_every_bad_one(lines: list[tuple
             junk.append(f"{src}:{n}")
             out.append(payload + b"\n")
         src.write_bytes(b"".join(out))
+        if junk and not good:  # nothing usable: refused before anything is written
+            with pytest.raises(SourceError, match="none of its"):
+                run(d / "idx", src)
+            assert not (d / "idx").exists()
+            return
         summary = run(d / "idx", src)
         assert summary.scanned == len(good)
         assert_skipped(summary, *junk)

@@ -153,8 +153,9 @@ class IndexMachine(RuleBasedStateMachine):
 
     def _sync(self, delete_missing: bool) -> indexer.SyncSummary:
         docs = [{"id": k, "text": v} for k, v in self.source.items()]
+        # max_delete=1: the model deletes whatever the source lost (the guard is tested in test_cli.py)
         return indexer.sync(self.index, docs, embedder=self.embedder, settings=SETTINGS,
-                            delete_missing=delete_missing)
+                            delete_missing=delete_missing, max_delete=1.0)
 
     @rule(delete_missing=st.booleans())
     def sync(self, delete_missing: bool) -> None:
