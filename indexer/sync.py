@@ -349,7 +349,9 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         summary.deleted = summary.missing if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
         setattr(summary, name, getattr(counts, name))
-    summary.warnings.extend(counts.group_warnings())
+    summary.warnings.extend(counts.summary_warnings())
+    if not dry_run:
+        manifest.remember_skips()
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t

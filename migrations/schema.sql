@@ -47,3 +47,8 @@ CREATE TABLE runs (
     state       TEXT NOT NULL CHECK (state IN ('running', 'finished', 'failed', 'interrupted')),
     summary     TEXT                     -- JSON of the run's summary once it ends
 );
+
+CREATE TABLE skips (
+    place  TEXT PRIMARY KEY,         -- "file:line", "file row N" or a path: where the record was read
+    reason TEXT NOT NULL
+) WITHOUT ROWID;

@@ -478,3 +478,23 @@ def test_dry_run_says_how_many_documents_are_missing_and_lists_them_in_json(tmp_
     s = json.loads(r.stdout)
     assert (s["missing"], s["deleted"]) == (3, 3) and "missing from the sources" not in r.stderr
     assert status_of(index)["deleted"] == 0
+
+
+def test_skipped_records_are_warned_about_once_and_then_summarized(tmp_path: Path) -> None:
+    src = tmp_path / "rows.jsonl"
+    rows = [{"id": "a", "text": "alpha"}, {"id": "b", "text": " "}, {"id": "c", "text": ""}, {"id": "d"}]
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    idx = tmp_path / "idx"
+    first = ok("sync", str(src), "--index", str(idx), "--model", MODEL)
+    assert first.stderr.count(": skipped: ") == 3 and "reported by an earlier sync" not in first.stderr
+    again = ok("sync", str(src), "--index", str(idx), "--json")
+    assert ": skipped: " not in again.stderr
+    assert "3 more skipped record(s) were reported by an earlier sync" in again.stderr
+    assert json.loads(again.stdout)["skipped"] == 3  # still counted
+    # a record whose reason changes is reported again; the others stay quiet
+    rows[3] = {"id": "d", "text": 5}
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    third = ok("sync", str(src), "--index", str(idx))
+    assert third.stderr.count(": skipped: ") == 1
+    assert f"{src}:4: skipped: 'text' must be a string" in third.stderr
+    assert "2 more skipped record(s) were reported" in third.stderr

@@ -238,3 +238,29 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
         assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_then_on(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0007 adds `skips`: an index written without it (work done, pending and failed) opens, migrates,
+    warns about a skipped record on its first sync after the upgrade and not on the next."""
+    from conftest import write_jsonl
+
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS)
+    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
+    conn.executescript("""BEGIN; DROP TABLE skips;
+        DELETE FROM schema_migrations WHERE name GLOB '[0-9][0-9][0-9][0-9]_skips';
+        INSERT INTO contents (hash, state, chars, text) VALUES (x'01', 'pending', 5, 'gamma');
+        INSERT INTO documents (id, hash) VALUES ('c', x'01');
+        INSERT INTO contents (hash, state, chars, error, attempts) VALUES (x'02', 'failed', 4, 'bad', 3);
+        INSERT INTO documents (id, hash) VALUES ('d', x'02'); COMMIT;""")
+    conn.close()
+    src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "}])
+    first = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    assert first.warnings == [f"{src}:2: skipped: empty text: nothing to embed"] and first.embedded == 1
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    second = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    assert second.skipped == 1 and len(second.warnings) == 1
+    assert "reported by an earlier sync" in second.warnings[0]
