@@ -23,7 +23,7 @@ import psutil
 
 from ._faults import crash_point
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
-from .embedders import Embedder, ModelInfo
+from .embedders import Embedder, ModelInfo, check_loadable
 from .errors import ConfigMismatchError, DeleteRefusedError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
@@ -297,6 +297,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
+    if dry_run and runner is None and embedder is None and backend != "openai":
+        # The dry run embeds nothing, but must not promise work with a model that cannot be loaded.
+        try:
+            check_loadable(model or (index.config.model if index else DEFAULT_MODEL),
+                           runtime or (index.config.runtime if index else "torch"))
+        except BaseException:
+            if index is not None:
+                index.close()
+            raise
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
     run_id = None if dry_run else manifest.start_run()
     state = "failed"

@@ -498,3 +498,45 @@ def test_skipped_records_are_warned_about_once_and_then_summarized(tmp_path: Pat
     assert third.stderr.count(": skipped: ") == 1
     assert f"{src}:4: skipped: 'text' must be a string" in third.stderr
     assert "2 more skipped record(s) were reported" in third.stderr
+
+
+def test_dry_run_with_a_model_that_is_not_installed_fails(tmp_path: Path, corpus: Path) -> None:
+    r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model", "some-org/not-installed",
+               "--dry-run")
+    no_traceback(r)
+    assert r.exit_code == 2 and "would embed" not in r.stderr
+    assert "cannot load model 'some-org/not-installed'" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model", str(empty), "--dry-run")
+    assert r.exit_code == 2 and "holds no model" in r.stderr
+    assert not (tmp_path / "idx").exists()
+
+
+def test_without_hf_hub_offline_a_missing_model_fails_at_once_with_one_probe(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # even if a connection got out: loopback
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise ConnectionRefusedError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    for extra in ([], ["--dry-run"]):
+        attempts.clear()
+        r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model",
+                   "bogus-org/no-such-model", *extra)
+        no_traceback(r)
+        assert r.exit_code == 2, r.output
+        assert "the Hugging Face hub (127.0.0.1:9) cannot be reached" in r.stderr
+        assert "HF_HUB_OFFLINE=1" in r.stderr
+        assert attempts == [("127.0.0.1", 9)]  # one probe, nothing else
+        assert "Retrying" not in r.output + caplog.text
+        assert not (tmp_path / "idx").exists()

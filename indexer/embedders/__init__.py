@@ -20,7 +20,7 @@ import numpy as np
 from ..config import RUNTIMES
 from ..errors import IndexerError, ModelLoadError
 
-__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "load_embedder"]
+__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,22 @@ class TruncatedEmbedder:
     def embed_tokenized(self, tokenized: Any, **options: Any) -> np.ndarray:
         """The inner embedder's tokenized path (process and GPU workers use it), truncated too."""
         return self._truncate(self.inner.embed_tokenized(tokenized, **options))  # type: ignore[attr-defined]
+
+
+def check_loadable(name: str, runtime: str = "torch") -> None:
+    """Raise what `load_embedder(name, runtime=runtime)` would raise for a model that cannot be found
+    or a runtime that is not installed, without loading any weights (a dry run promises no work it
+    cannot do)."""
+    if name.startswith("fake:"):
+        load_embedder(name, runtime=runtime)  # no weights: parsing the name is the whole load
+        return
+    if runtime != "torch":
+        from .onnx_runtime import import_onnxruntime
+
+        import_onnxruntime()
+    from .sentence_transformers import check_model_available
+
+    check_model_available(name)
 
 
 def load_embedder(name: str, *, batch_size: int = 32, batch_tokens: int | None = None,
