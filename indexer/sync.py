@@ -22,8 +22,9 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
-from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
-from .embedders import Embedder, ModelInfo, check_loadable
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
+from .embedders import Embedder, ModelInfo, check_loadable, truncation_warning
+from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
 from .errors import ConfigMismatchError, DeleteRefusedError, IndexerError, LeaseLostError, SourceError
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
@@ -71,6 +72,7 @@ class SyncSummary:
     embed_seconds: float = 0.0
     dry_run: bool = False
     would_embed: int = 0
+    model: str = ""  # the name this sync knew the model by (another name of the index's weights is fine)
     # Live documents the sources no longer hold (counted when deleting, and by a dry run); a dry run
     # lists the first MISSING_IDS_LISTED of their ids.
     missing: int = 0
@@ -205,16 +207,57 @@ def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
 
 
 def _check_names(index: Index, model: str | None, dtype: str | None, runtime: str | None = None,
-                 truncate_dim: int | None = None) -> None:
-    """Refuse a different model, dtype, runtime or truncation before anything is read or loaded."""
-    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim}
-    diffs = [difference_line(name, getattr(index.config, name), value) for name, value in asked.items()
-             if value is not None and value != getattr(index.config, name)]
+                 truncate_dim: int | None = None, revision: str | None = None) -> bool:
+    """Refuse a different dtype, runtime or truncation, or a model whose weights are known to differ,
+    before anything is read or loaded. A model is bound by its weights, not its name: another name of
+    the default model passes at once; another name with a known `revision` (an embedder given) passes
+    if the weights hash is the index's. Returns True when the model goes by another name whose weights
+    must be loaded to tell (a local path, another hub name)."""
+    config = index.config
+    asked = {"dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim}
+    diffs = [difference_line(name, getattr(config, name), value) for name, value in asked.items()
+             if value is not None and not equivalent(name, getattr(config, name), value)]
+    load_to_compare = False
+    if model is not None and model != config.model \
+            and not {model, config.model} <= set(DEFAULT_MODEL_NAMES):
+        if revision is not None:
+            if not same_weights(config, replace(config, model=model, revision=revision)):
+                diffs.insert(0, difference_line("model", config.model, model))
+        elif same_weights(config, config) and not model.startswith("fake:"):
+            load_to_compare = True
+        else:  # the fake and API models have no weights hash: their names bind
+            diffs.insert(0, difference_line("model", config.model, model))
     if diffs:
         raise ConfigMismatchError(
             f"index {index.path} is bound to another embedding configuration; nothing was changed.\n  "
             + "\n  ".join(diffs)
             + "\nSync with the index's settings, or build a new index in another --index directory.")
+    return load_to_compare
+
+
+def _bind_to_index(index: Index, seam: Runner | Embedder | None, model: str | None, dtype: str | None,
+                   runtime: str | None, truncate_dim: int | None, dry_run: bool, summary: SyncSummary,
+                   make_runner: Callable[[], Runner]) -> Runner | None:
+    """Refuse a configuration the index is not bound to (see _check_names). A model given by another
+    name is loaded now (by `make_runner`, returned for the sync to use), so that other weights are
+    refused even by a sync with nothing to embed; a dry run loads nothing and says so."""
+    if seam is not None:
+        _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim,
+                     seam.info.revision)
+        return None
+    if not _check_names(index, model, dtype, runtime, truncate_dim) or model is None:
+        return None
+    if dry_run:
+        summary.warnings.append(f"model {model!r} is another name than the index's {index.config.model!r}; "
+                                "a sync loads it and compares their weights")
+        return None
+    runner = make_runner()
+    try:
+        index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+    except BaseException:
+        runner.close()
+        raise
+    return runner
 
 
 def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None = None, *,
@@ -280,13 +323,22 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     index_dir = Path(index_dir)
     index: Index | None = None
     if Index.exists(index_dir):
-        index = Index.open(index_dir, settings)
-        seam = runner or embedder
-        if seam is None:
-            _check_names(index, model, dtype, runtime, truncate_dim)
-        else:
-            _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim)
-    elif not dry_run:
+        index = opened = Index.open(index_dir, settings)
+        try:
+            runner = _bind_to_index(opened, runner or embedder, model, dtype, runtime, truncate_dim, dry_run,
+                                    summary, lambda: _make_runner(
+                                        model or opened.config.model, batch_size or settings.batch_size,
+                                        batch_tokens, None, backend, backend_options, _with_runtime(
+                                            embedder_options, runtime or opened.config.runtime,
+                                            truncate_dim or opened.config.truncate_dim))) or runner
+        except BaseException:
+            opened.close()
+            raise
+    elif truncate_dim:
+        warning = truncation_warning(model or DEFAULT_MODEL, truncate_dim)
+        if warning:
+            summary.warnings.append(warning)
+    if index is None and not dry_run:
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
@@ -297,6 +349,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
+    seam = runner or embedder
+    summary.model = seam.info.model if seam else model or (index.config.model if index else DEFAULT_MODEL)
     if dry_run and runner is None and embedder is None and backend != "openai":
         # The dry run embeds nothing, but must not promise work with a model that cannot be loaded.
         try:
@@ -356,9 +410,9 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     if delete_missing:
         refuse_large_delete(summary.missing, live_before, max_delete, dry_run)
         summary.deleted = summary.missing if dry_run else manifest.delete_missing()
-    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
+    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates"):
         setattr(summary, name, getattr(counts, name))
-    summary.warnings.extend(counts.summary_warnings())
+    summary.warnings.extend([*counts.warnings, *counts.summary_warnings()])
     if not dry_run:
         manifest.remember_skips()
     summary.would_embed = counts.to_embed

@@ -20,7 +20,8 @@ import numpy as np
 from ..config import RUNTIMES
 from ..errors import IndexerError, ModelLoadError
 
-__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder"]
+__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder",
+           "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,25 @@ class TruncatedEmbedder:
     def embed_tokenized(self, tokenized: Any, **options: Any) -> np.ndarray:
         """The inner embedder's tokenized path (process and GPU workers use it), truncated too."""
         return self._truncate(self.inner.embed_tokenized(tokenized, **options))  # type: ignore[attr-defined]
+
+
+# Models known to be trained for Matryoshka truncation (their first dims carry the most); names compared
+# without the organisation, in lower case. Any other model may lose much by --truncate-dim.
+MATRYOSHKA_MODELS = frozenset({
+    "nomic-embed-text-v1.5", "mxbai-embed-large-v1", "mxbai-embed-2d-large-v1", "gte-modernbert-base",
+    "gte-multilingual-base", "snowflake-arctic-embed-m-v1.5", "snowflake-arctic-embed-l-v2.0",
+    "jina-embeddings-v3", "embeddinggemma-300m", "text-embedding-3-small", "text-embedding-3-large",
+    "qwen3-embedding-0.6b", "qwen3-embedding-4b", "qwen3-embedding-8b"})
+
+
+def truncation_warning(name: str, truncate_dim: int) -> str | None:
+    """A warning for --truncate-dim on a model not known to be trained for it, else None."""
+    short = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    if short in MATRYOSHKA_MODELS or "matryoshka" in short:
+        return None
+    return (f"--truncate-dim {truncate_dim}: model {name!r} is not known to be trained for Matryoshka "
+            "truncation, so its first dimensions may keep much less of its quality than the full "
+            "vector; compare search results on a sample before relying on it")
 
 
 def check_loadable(name: str, runtime: str = "torch") -> None:
