@@ -54,6 +54,15 @@ def cli() -> None:
     """Keep the embeddings of a large, changing document collection in sync on disk.
 
     Run `indexer sync` as often as you like: only new and changed documents are embedded.
+
+    \b
+    Exit codes:
+      0    done
+      1    error (verify: problems found)
+      2    bad input: unreadable source, missing index or model, bad option
+      3    the index is bound to another embedding configuration
+      4    sync refused to delete more than --max-delete of the documents
+      130  interrupted (claims released; run the same command to resume)
     """
 
 
@@ -114,10 +123,11 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="What runs the model. torch: sentence-transformers. onnx: ONNX Runtime (CPU), fp32, the "
-                   "same vectors (cosine >= 0.9999 to torch). onnx-int8: int8 weights, other vectors (mean "
-                   "cosine about 0.99 to torch). Speed and quality measured: docs/RUNTIMES.md. The onnx "
-                   "runtimes export the model once (seconds) to INDEXER_CACHE_DIR or ~/.cache/indexer/onnx "
-                   "and need pip install 'indexer[onnx]'. New index: torch; existing: its own.")
+                   "same vectors (cosine >= 0.9999 to torch), so torch and onnx serve the same index. "
+                   "onnx-int8: int8 weights, other vectors (mean cosine about 0.998 to torch), an index of "
+                   "its own. Speed and quality measured: docs/RUNTIMES.md. The onnx runtimes export the "
+                   "model once (seconds) to INDEXER_CACHE_DIR or ~/.cache/indexer/onnx and need pip install "
+                   "'indexer[onnx]'. New index: torch; existing: its own.")
 @click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
               help="Keep the first D dimensions of each vector, renormalized (Matryoshka-style): less "
                    "disk and faster search, some loss of quality unless the model was trained for it. "
@@ -180,6 +190,9 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     and the index's own directory are left out), or - for JSONL on stdin. Records that cannot be used
     (bad JSON, missing fields, empty text, duplicate ids) are skipped with a warning naming the file
     and line; a file that cannot be read at all stops the sync before anything is written.
+
+    Exit codes: 0 done, 1 error, 2 bad input (source, model, option), 3 configuration mismatch,
+    4 deletion refused (--max-delete), 130 interrupted (run the same command to resume).
     """
     bar = _Bar() if not quiet and sys.stderr.isatty() else None
     progress: Callable[[Progress], None] | None = bar
@@ -286,11 +299,12 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
-@click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
+@click.option("--out", required=True, metavar="FILE.npy",
+              help="Where to write the vectors: a NumPy .npy file (its directory must exist).")
 @click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="Also write the ids, one a line, in row order.")
+              help="Also write the document ids to FILE, one a line: line N is the id of row N of --out.")
 def export(index_dir: str, out: str, ids_out: str | None) -> None:
-    """Write every served vector to a .npy file, rows in the order of --ids."""
+    """Write every served vector to a .npy matrix (and, with --ids, their ids in the same order)."""
     with _errors(), _open(index_dir) as idx:
         n = idx.export(out, ids_out)
     click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
@@ -299,11 +313,18 @@ def export(index_dir: str, out: str, ids_out: str | None) -> None:
 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
-def compact(index_dir: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compact(index_dir: str, as_json: bool) -> None:
     """Reclaim dead slots, orphan chunks and unfinished writes. Run it when no sync is running."""
     with _errors(), _open(index_dir) as idx:
         report = idx.compact()
-    click.echo(json.dumps(report.to_dict()))
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    r = report
+    click.echo(f"compacted {index_dir}: dropped {r.contents_dropped} unused content(s), removed "
+               f"{r.orphan_chunks_removed} orphan chunk(s) and {r.partial_files_removed} unfinished "
+               f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}")
 
 
 def main() -> None:

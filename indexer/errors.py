@@ -6,6 +6,7 @@ Every message names the object (index, file and line, document), its state and w
     ├── IndexNotFoundError         no index at DIR
     ├── ConfigMismatchError        a sync asked for another embedding configuration than the index's
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
+    ├── UsageError                 an argument cannot work (an output in a missing directory, unknown format)
     ├── DeleteRefusedError         a sync would delete more of the index than --max-delete allows
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
@@ -30,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "SourceError",
     "StoreError",
+    "UsageError",
 ]
 
 
@@ -48,6 +50,10 @@ class ConfigMismatchError(IndexerError):
 
 
 class SourceError(IndexerError):
+    exit_code = 2
+
+
+class UsageError(IndexerError):
     exit_code = 2
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexerError, IndexNotFoundError, StoreError
+from .errors import IndexerError, IndexNotFoundError, StoreError, UsageError
 from .manifest import Manifest
 from .settings import Settings
 from .store import VectorStore
@@ -23,6 +23,7 @@ from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 __all__ = ["CompactReport", "Index", "VerifyReport"]
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
+EXPORT_FORMATS = (".npy",)
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
                         "ceph", "fuse.s3fs", "fuse.gcsfuse", "lustre"}
 
@@ -162,9 +163,16 @@ class Index:
 
     def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
         """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
+        out = Path(out)
+        if out.suffix.lower() not in EXPORT_FORMATS:
+            raise UsageError(f"cannot write {out}: export writes {', '.join(EXPORT_FORMATS)} files; give "
+                             f"--out a name ending in {' or '.join(EXPORT_FORMATS)}")
+        for target in (out, ids_out):
+            if target is not None and not Path(target).parent.is_dir():
+                raise UsageError(f"cannot write {target}: the directory {Path(target).parent} does not "
+                                 "exist; create it first")
         ids, vecs = self.vectors()
         slots = vecs._snapshot.load()[1]
-        out = Path(out)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
                                            shape=(len(slots), self.store.dim))

@@ -294,7 +294,7 @@ def test_compact_packs_and_keeps_vectors(tmp_path: Path, index: Path) -> None:
                    | {"d0": "rewritten zero"})
     ok("sync", str(changed), "--index", str(index), "-q")
     assert _chunk_file(index, 1)
-    r = ok("compact", str(index))
+    r = ok("compact", str(index), "--json")
     report = json.loads(r.stdout)
     assert report["contents_dropped"] == 1  # the old text of d0
     assert report["chunks_packed"] == 2 and report["chunks_written"] == 1
@@ -540,3 +540,51 @@ def test_without_hf_hub_offline_a_missing_model_fails_at_once_with_one_probe(
         assert attempts == [("127.0.0.1", 9)]  # one probe, nothing else
         assert "Retrying" not in r.output + caplog.text
         assert not (tmp_path / "idx").exists()
+
+
+# -- messages and help (issue 15) --------------------------------------------------------------------------
+
+def test_compact_prints_a_sentence_and_json_with_json(tmp_path: Path, index: Path) -> None:
+    changed = docs(tmp_path / "v2.jsonl", {f"d{i}": f"document number {i}" for i in range(5)}
+                   | {"d0": "rewritten zero"})
+    ok("sync", str(changed), "--index", str(index), "-q")
+    r = ok("compact", str(index))
+    assert r.stdout == (f"compacted {index}: dropped 1 unused content(s), removed 0 orphan chunk(s) and 0 "
+                        "unfinished write(s), packed 2 sparse chunk(s) into 1\n")
+    assert json.loads(ok("compact", str(index), "--json").stdout)["chunks_packed"] == 0
+
+
+def test_export_to_a_missing_directory_or_an_unknown_format_is_refused_clearly(tmp_path: Path,
+                                                                              index: Path) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "x.npy"
+    r = invoke("export", str(index), "--out", str(out))
+    no_traceback(r)
+    assert r.exit_code == 2
+    assert r.stderr == (f"indexer: error: cannot write {out}: the directory {out.parent} does not exist; "
+                        "create it first\n")
+    r = invoke("export", str(index), "--out", str(tmp_path / "x.npy"), "--ids", str(out.parent / "ids.txt"))
+    assert r.exit_code == 2 and f"the directory {out.parent} does not exist" in r.stderr
+    assert not (tmp_path / "x.npy").exists()
+    for name in ("x.parquet", "x.csv", "x"):
+        r = invoke("export", str(index), "--out", str(tmp_path / name))
+        assert r.exit_code == 2 and "writes .npy files" in r.stderr, r.stderr
+        assert not (tmp_path / name).exists()
+
+
+def test_help_says_what_the_options_are() -> None:
+    top = ok("--help").stdout
+    assert "Exit codes:" in top and "130" in top and "4    sync refused to delete" in top
+    sync_help = " ".join(ok("sync", "--help").stdout.split())
+    assert "into the index at --index DIR" in sync_help and "Exit codes: 0 done" in sync_help
+    assert "mean cosine about 0.998 to torch" in sync_help
+    export_help = " ".join(ok("export", "--help").stdout.split())
+    assert "line N is the id of row N of --out" in export_help
+    assert "in the order of --ids" not in export_help
+
+
+def test_the_default_model_path_is_a_str_sentence_transformers_loads() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    path = indexer.default_model_path()
+    assert isinstance(path, str)
+    assert SentenceTransformer(path, device="cpu").get_sentence_embedding_dimension() == 384

