@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .embedders import quiet_libraries
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter
@@ -77,6 +78,11 @@ class _Bar:
         self.phase = ""
 
     def __call__(self, p: Progress) -> None:
+        if p.phase == "load":  # a line of its own: the scan's bar stops before the model starts
+            self.close()
+            self.phase = p.phase
+            self._tqdm.write(f"indexer: loading {p.detail} ...", file=sys.stderr)
+            return
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
@@ -105,6 +111,9 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
         line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
     if s.skipped:
         line += f", skipped {s.skipped} input record(s)"
+    if s.backend and s.backend_settings:
+        line += f"; backend {s.backend} (" + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in s.backend_settings.items()) + ")"
     b = s.backend_stats
     if "tokens_per_minute" in b:
         line += (f"; API: {b['requests']} requests, {b['retries']} retries, {b['tokens_sent']} tokens sent, "
@@ -194,9 +203,10 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     Exit codes: 0 done, 1 error, 2 bad input (source, model, option), 3 configuration mismatch,
     4 deletion refused (--max-delete), 130 interrupted (run the same command to resume).
     """
-    bar = _Bar() if not quiet and sys.stderr.isatty() else None
+    on_terminal = sys.stderr.isatty()
+    bar = _Bar() if not quiet and on_terminal else None
     progress: Callable[[Progress], None] | None = bar
-    with _errors():
+    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet):
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
             batch_tokens = backend_flags.pop("batch_tokens")

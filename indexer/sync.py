@@ -48,12 +48,13 @@ T = TypeVar("T")
 class Progress:
     """What a sync reports to `on_progress` after each scan batch and each committed claim."""
 
-    phase: str  # "scan" or "embed"
+    phase: str  # "load" (the model starts; once, before its first use), "scan" or "embed"
     processed: int
     total: int | None
     docs_per_s: float
     eta_s: float | None
     rss_mb: float
+    detail: str = ""  # "load": what is loading (model, runtime, backend and its workers)
 
 
 @dataclass
@@ -73,6 +74,10 @@ class SyncSummary:
     dry_run: bool = False
     would_embed: int = 0
     model: str = ""  # the name this sync knew the model by (another name of the index's weights is fine)
+    # The backend that ran the model and its layout (workers, threads, devices), as chosen by
+    # --backend auto where asked; empty when no model was loaded.
+    backend: str = ""
+    backend_settings: dict[str, object] = field(default_factory=dict)
     # Live documents the sources no longer hold (counted when deleting, and by a dry run); a dry run
     # lists the first MISSING_IDS_LISTED of their ids.
     missing: int = 0
@@ -330,7 +335,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                                         model or opened.config.model, batch_size or settings.batch_size,
                                         batch_tokens, None, backend, backend_options, _with_runtime(
                                             embedder_options, runtime or opened.config.runtime,
-                                            truncate_dim or opened.config.truncate_dim))) or runner
+                                            truncate_dim or opened.config.truncate_dim),
+                                        summary, on_progress)) or runner
         except BaseException:
             opened.close()
             raise
@@ -342,7 +348,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
-                                  _with_runtime(embedder_options, runtime, truncate_dim))
+                                  _with_runtime(embedder_options, runtime, truncate_dim), summary,
+                                  on_progress)
         requested = _requested_config(runner.info, dtype or settings.dtype)
         try:
             index = Index.create(index_dir, requested, settings)
@@ -370,7 +377,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
                 model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
                 backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
-                                               truncate_dim or index.config.truncate_dim))))
+                                               truncate_dim or index.config.truncate_dim),
+                summary, on_progress)))
         state = "finished"
     except KeyboardInterrupt:
         state = "interrupted"
@@ -447,14 +455,48 @@ def _with_runtime(options: dict[str, object] | None, runtime: str | None,
 
 def _make_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
                  backend: str, options: dict[str, object] | None,
-                 embedder_options: dict[str, object] | None) -> Runner:
+                 embedder_options: dict[str, object] | None, summary: SyncSummary | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> Runner:
+    """The runner that loads `model` (or runs `embedder`). `--backend auto` is decided here, so that
+    the summary and the "load" progress event can say what was chosen."""
     if embedder is not None:
         return InlineRunner(embedder)
     embedder_options = dict(embedder_options or {})
     if batch_tokens and backend != "openai":  # the API packs its own requests
         embedder_options["batch_tokens"] = batch_tokens
-    return make_runner(backend, model, batch_size=batch_size, embedder_options=embedder_options,
-                       **(options or {}))
+    options = dict(options or {})
+    runtime = str(embedder_options.get("runtime", "torch"))
+    chosen = backend
+    if backend == "auto":
+        from .runners import auto
+
+        chosen, options = auto.choose(model, options, runtime)
+    layout = _layout(chosen, options)
+    if backend == "auto":
+        layout["chosen_by"] = "auto"
+    if summary is not None:
+        summary.backend, summary.backend_settings = chosen, layout
+    if on_progress is not None:
+        how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in layout.items())
+        on_progress(Progress("load", 0, None, 0.0, None, psutil.Process().memory_info().rss / 2**20,
+                             detail=f"model {model} (runtime {runtime}; backend {chosen}"
+                                    + (f": {how}" if how else "") + ")"))
+    return make_runner(chosen, model, batch_size=batch_size, embedder_options=embedder_options, **options)
+
+
+def _layout(backend: str, options: dict[str, object]) -> dict[str, object]:
+    """What a backend will run: workers and threads, devices, or the options given."""
+    if backend == "processes":
+        from .runners.processes import default_layout, usable_cpus
+
+        workers, threads = options.get("workers"), options.get("threads_per_worker")
+        n, t = default_layout(usable_cpus(), workers if isinstance(workers, int) else None,
+                              threads if isinstance(threads, int) else None)
+        return {"workers": n, "threads_per_worker": t}
+    if backend == "gpus":
+        return {"devices": options.get("devices") or "all"}
+    return {k: v for k, v in options.items() if k in ("workers", "threads_per_worker", "devices",
+                                                       "concurrency", "ray_address")}
 
 
 def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progress], None] | None,

@@ -12,6 +12,12 @@ and runs it on a runtime (`runtime=`, see config.RUNTIMES): "torch" (sentence-tr
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +27,7 @@ from ..config import RUNTIMES
 from ..errors import IndexerError, ModelLoadError
 
 __all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder",
-           "truncation_warning"]
+           "quiet_libraries", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,55 @@ def truncation_warning(name: str, truncate_dim: int) -> str | None:
     return (f"--truncate-dim {truncate_dim}: model {name!r} is not known to be trained for Matryoshka "
             "truncation, so its first dimensions may keep much less of its quality than the full "
             "vector; compare search results on a sample before relying on it")
+
+
+@contextlib.contextmanager
+def quiet_libraries(no_bars: bool, *, errors_only: bool = False) -> Iterator[None]:
+    """With `no_bars`, the Hugging Face libraries draw no progress bars ("Loading weights", downloads);
+    with `errors_only`, also no warnings or log records below ERROR from any library. Set through the
+    environment too, so that worker processes started meanwhile inherit it; all restored on exit."""
+    if not no_bars and not errors_only:
+        yield
+        return
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if errors_only:
+        env.update(TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+                   PYTHONWARNINGS="ignore", INDEXER_QUIET="1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    undo: list[Callable[[], None]] = []
+    # Modules imported before this point read the environment already: switch them directly.
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None and not hub.are_progress_bars_disabled():
+        hub.disable_progress_bars()
+        undo.append(hub.enable_progress_bars)
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        if tf_logging.is_progress_bar_enabled():
+            tf_logging.disable_progress_bar()
+            undo.append(tf_logging.enable_progress_bar)
+        if errors_only:
+            level = tf_logging.get_verbosity()
+            tf_logging.set_verbosity_error()
+            undo.append(lambda: tf_logging.set_verbosity(level))
+    try:
+        with warnings.catch_warnings():
+            if errors_only:
+                warnings.simplefilter("ignore")
+                logging.disable(logging.WARNING)
+            try:
+                yield
+            finally:
+                if errors_only:
+                    logging.disable(logging.NOTSET)
+    finally:
+        for fn in reversed(undo):
+            fn()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def check_loadable(name: str, runtime: str = "torch") -> None:
