@@ -13,6 +13,8 @@ Fixtures (all cheap; use them instead of building your own):
     fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
                     Pass it as `indexer.sync(..., embedder=fake_embedder)`; its model name is "fake:16".
     fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
+    no_network      every socket connection in this process fails (OSError); the list of addresses
+                    tried, for asserting that nothing (or only what is unavoidable) was tried.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import json
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -66,6 +69,19 @@ def write_jsonl_fixture() -> Callable[[Path, Docs], Path]:
 @pytest.fixture(name="fake_vector")
 def fake_vector_fixture() -> Callable[..., np.ndarray]:
     return fake_vector
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
 
 
 @pytest.fixture

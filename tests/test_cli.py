@@ -514,21 +514,12 @@ def test_dry_run_with_a_model_that_is_not_installed_fails(tmp_path: Path, corpus
 
 
 def test_without_hf_hub_offline_a_missing_model_fails_at_once_with_one_probe(
-        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[object],
         caplog: pytest.LogCaptureFixture) -> None:
-    import socket
-
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # even if a connection got out: loopback
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise ConnectionRefusedError("no network in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    attempts = no_network
     for extra in ([], ["--dry-run"]):
         attempts.clear()
         r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model",
