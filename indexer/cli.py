@@ -165,7 +165,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help="Scan and report what would change, and how many documents the sources no longer "
                    "hold (their ids with --json); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no final line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Nothing on stderr but errors: no progress, warnings or final line.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
               help="Where the model runs: this process, a CPU process pool, one process per GPU, Ray "
                    "actors, an OpenAI-compatible API, or auto.")
