@@ -257,9 +257,10 @@ class Manifest:
 
         def warn(where: str, reason: str) -> None:
             counts.skipped += 1
-            skips.append((where, reason))
+            key = (_printable(where), _printable(reason))  # an undecodable file name's surrogates
+            skips.append(key)
             if self._known_skips and self.conn.execute("SELECT 1 FROM skips WHERE place = ? AND reason = ?",
-                                                       (where, reason)).fetchone():
+                                                       key).fetchone():
                 counts.repeated += 1
             elif len(counts.warnings) < max_warnings:
                 counts.warnings.append(f"{where}: skipped: {reason}")

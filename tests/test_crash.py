@@ -530,7 +530,9 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     the migration is atomic (still version 1 after the kill), and the next sync upgrades and finishes."""
     shutil.copytree(ref.index, index)
     conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
+    # back to schema 1: the tables later migrations add go too
+    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE skips; DELETE FROM schema_migrations "
+                       "WHERE version >= 2; COMMIT;")
     conn.close()
     env = dict(ENV, INDEXER_CRASH_AT="mid-migration")
     run = subprocess.run(sync_cmd(ref.source, index), env=env, capture_output=True, text=True, timeout=120)
