@@ -40,6 +40,12 @@ class EmbeddingConfig:
     # Matryoshka-style truncation: the first `truncate_dim` dims of the model's vector, L2-renormalized
     # (then dim == truncate_dim). 0 means no truncation: TOML has no null, and 0 is never a valid D.
     truncate_dim: int = 0
+    # The prompt a query gets before it is embedded (`prompt` is the documents'). It changes no stored
+    # vector, but searching with another one than the index was built for gives worse results silently.
+    query_prompt: str = ""
+    # How the embedded text is composed from a record's fields ("{title}: {text}"); "" means the text
+    # field alone (sources/_template.py).
+    template: str = ""
 
     def fingerprint(self) -> str:
         # Later fields enter the hash only when they differ from their defaults, so an old config's
@@ -72,7 +78,8 @@ class EmbeddingConfig:
             )
 
 
-_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0}
+_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "query_prompt": "",
+                                   "template": ""}
 # Runtimes that give the same vectors (fp32 ONNX reproduces torch to cosine >= 0.9999 on every document,
 # checked at export and measured in docs/RUNTIMES.md): an index made with one syncs on with the other.
 SAME_VECTOR_RUNTIMES = frozenset({"torch", "onnx"})
@@ -93,6 +100,9 @@ def same_weights(a: EmbeddingConfig, b: EmbeddingConfig) -> bool:
 _WHY = {
     "runtime": " (these runtimes give different vectors; only torch and onnx give the same)",
     "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
+    "prompt": " (the documents' prompt changes every vector)",
+    "query_prompt": " (queries must be embedded as the index was meant to be searched)",
+    "template": " (the template decides which text each document's vector is of)",
 }
 
 

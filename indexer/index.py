@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +21,12 @@ from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
-__all__ = ["CompactReport", "Index", "VerifyReport"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
+
+EXPORT_FORMATS = ("npy", "parquet")
+PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
-EXPORT_FORMATS = (".npy",)
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
                         "ceph", "fuse.s3fs", "fuse.gcsfuse", "lustre"}
 
@@ -41,6 +44,25 @@ def filesystem_type(path: Path) -> str | None:
                 and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
     return fstype
+
+
+def vector_schema(dim: int, dtype: np.dtype) -> Any:
+    """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
+
+
+def vector_array(block: np.ndarray) -> Any:
+    """An (n, dim) matrix as an Arrow fixed-size list array, without copying the values."""
+    import pyarrow as pa
+
+    flat = np.ascontiguousarray(block).reshape(-1)
+    # from_buffers wraps the memory as it is; pa.array converts float16 value by value (slow).
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
+    return pa.FixedSizeListArray.from_arrays(values, block.shape[1])
 
 
 @dataclass
@@ -144,7 +166,8 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   chunk_rows=self.store.chunk_rows)
+                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
+                   template=self.config.template, chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
@@ -161,16 +184,28 @@ class Index:
         ids = list(ids)
         return vectors_of(ids, self.manifest.slots_of(ids), self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
+    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
+        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`), or to a Parquet
+        file with an id and a vector column. `format` ("npy" or "parquet") defaults to `out`'s
+        extension, which must then be one of them. Returns the number of rows."""
         out = Path(out)
-        if out.suffix.lower() not in EXPORT_FORMATS:
-            raise UsageError(f"cannot write {out}: export writes {', '.join(EXPORT_FORMATS)} files; give "
-                             f"--out a name ending in {' or '.join(EXPORT_FORMATS)}")
+        if format is None:
+            format = out.suffix.lower().lstrip(".")
+            if format not in EXPORT_FORMATS:
+                raise UsageError(f"cannot write {out}: export writes "
+                                 f"{' or '.join('.' + f for f in EXPORT_FORMATS)} files; give --out a name "
+                                 "ending in one of them")
+        if format not in EXPORT_FORMATS:
+            raise IndexerError(f"export format {format!r} is not known; choose one of "
+                               f"{', '.join(EXPORT_FORMATS)}")
         for target in (out, ids_out):
             if target is not None and not Path(target).parent.is_dir():
                 raise UsageError(f"cannot write {target}: the directory {Path(target).parent} does not "
                                  "exist; create it first")
+        if format == "parquet":
+            if ids_out is not None:
+                raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
+            return self._export_parquet(out)
         ids, vecs = self.vectors()
         slots = vecs._snapshot.load()[1]
         tmp = out.with_name(out.name + ".partial")
@@ -184,6 +219,31 @@ class Index:
         tmp.replace(out)
         if ids_out is not None:
             Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        return len(slots)
+
+    def _export_parquet(self, out: Path) -> int:
+        """One row group per step of rows, each read from the store and written before the next, so
+        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
+        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
+        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        _, vecs = self.vectors()
+        ids, slots = vecs._snapshot.load()
+        schema = vector_schema(self.store.dim, self.store.dtype)
+        tmp = out.with_name(out.name + ".partial")
+        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for start in range(0, len(slots), step):
+                    block = self.store.read_slots(slots[start:start + step])
+                    writer.write_batch(pa.record_batch(
+                        [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
+                        schema=schema), row_group_size=step)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
         return len(slots)
 
     # -- maintenance ----------------------------------------------------------------------------

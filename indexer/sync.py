@@ -22,16 +22,24 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
-from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
+from .config import (
+    DTYPES,
+    RUNTIMES,
+    EmbeddingConfig,
+    difference_line,
+    equivalent,
+    read_config,
+    same_weights,
+)
 from .embedders import Embedder, ModelInfo, check_loadable, truncation_warning
 from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
 from .errors import ConfigMismatchError, DeleteRefusedError, IndexerError, LeaseLostError, SourceError
-from .index import Index
+from .index import CONFIG, Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
-from .sources import FolderFilter, IterableSource, Record, Skip, Source, open_sources
+from .sources import FolderFilter, IterableSource, Record, Skip, Source, Template, open_sources
 from .store import VectorStore
 
 __all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncSummary", "sync", "write_and_commit"]
@@ -205,25 +213,26 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
 
 # -- the sync ------------------------------------------------------------------------------------------
 
-def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
+def _requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str) -> EmbeddingConfig:
     return EmbeddingConfig(model=i.model, revision=i.revision, dim=i.dim, dtype=dtype,
                            normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt,
-                           runtime=i.runtime, truncate_dim=i.truncate_dim)
+                           runtime=i.runtime, truncate_dim=i.truncate_dim, query_prompt=query_prompt,
+                           template=template)
 
 
-def _check_names(index: Index, model: str | None, dtype: str | None, runtime: str | None = None,
-                 truncate_dim: int | None = None, revision: str | None = None) -> bool:
-    """Refuse a different dtype, runtime or truncation, or a model whose weights are known to differ,
-    before anything is read or loaded. A model is bound by its weights, not its name: another name of
-    the default model passes at once; another name with a known `revision` (an embedder given) passes
-    if the weights hash is the index's. Returns True when the model goes by another name whose weights
-    must be loaded to tell (a local path, another hub name)."""
+def _check_names(index: Index, asked: dict[str, object], revision: str | None = None) -> bool:
+    """Refuse a different dtype, runtime, truncation, prompt or template (`asked`: field -> value, None:
+    not asked), or a model whose weights are known to differ, before anything is read or loaded. A model
+    is bound by its weights, not its name: another name of the default model passes at once; another
+    name with a known `revision` (an embedder given) passes if the weights hash is the index's. Returns
+    True when the model goes by another name whose weights must be loaded to tell (a local path,
+    another hub name)."""
     config = index.config
-    asked = {"dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim}
+    model = asked.get("model")
     diffs = [difference_line(name, getattr(config, name), value) for name, value in asked.items()
-             if value is not None and not equivalent(name, getattr(config, name), value)]
+             if name != "model" and value is not None and not equivalent(name, getattr(config, name), value)]
     load_to_compare = False
-    if model is not None and model != config.model \
+    if isinstance(model, str) and model != config.model \
             and not {model, config.model} <= set(DEFAULT_MODEL_NAMES):
         if revision is not None:
             if not same_weights(config, replace(config, model=model, revision=revision)):
@@ -240,25 +249,29 @@ def _check_names(index: Index, model: str | None, dtype: str | None, runtime: st
     return load_to_compare
 
 
-def _bind_to_index(index: Index, seam: Runner | Embedder | None, model: str | None, dtype: str | None,
-                   runtime: str | None, truncate_dim: int | None, dry_run: bool, summary: SyncSummary,
-                   make_runner: Callable[[], Runner]) -> Runner | None:
-    """Refuse a configuration the index is not bound to (see _check_names). A model given by another
-    name is loaded now (by `make_runner`, returned for the sync to use), so that other weights are
-    refused even by a sync with nothing to embed; a dry run loads nothing and says so."""
+def _bind_to_index(index: Index, seam: Runner | Embedder | None, dry_run: bool, summary: SyncSummary,
+                   make_runner: Callable[[], Runner], **asked: object) -> Runner | None:
+    """Refuse a configuration the index is not bound to (see _check_names; `asked`: its keywords). A
+    model given by another name is loaded now (by `make_runner`, returned for the sync to use), so that
+    other weights are refused even by a sync with nothing to embed; a dry run loads nothing and says
+    so."""
+    config = index.config
     if seam is not None:
-        _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim,
+        _check_names(index, {**asked, "model": seam.info.model, "runtime": seam.info.runtime,
+                             "truncate_dim": seam.info.truncate_dim, "prompt": seam.info.prompt},
                      seam.info.revision)
         return None
-    if not _check_names(index, model, dtype, runtime, truncate_dim) or model is None:
+    model = asked.get("model")
+    if not _check_names(index, asked) or not isinstance(model, str):
         return None
     if dry_run:
-        summary.warnings.append(f"model {model!r} is another name than the index's {index.config.model!r}; "
+        summary.warnings.append(f"model {model!r} is another name than the index's {config.model!r}; "
                                 "a sync loads it and compares their weights")
         return None
     runner = make_runner()
     try:
-        index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        config.require_same(_requested_config(runner.info, config.dtype, config.query_prompt,
+                                              config.template), index.path)
     except BaseException:
         runner.close()
         raise
@@ -274,8 +287,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
-         batch_tokens: int | None = None, folder: FolderFilter | None = None,
-         max_delete: float = DEFAULT_MAX_DELETE) -> SyncSummary:
+         batch_tokens: int | None = None, prompt: str | None = None, prompt_name: str | None = None,
+         query_prompt: str | None = None, template: str | None = None,
+         folder: FolderFilter | None = None, max_delete: float = DEFAULT_MAX_DELETE) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -289,6 +303,12 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
     of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
+
+    `prompt` is prepended to every document as sentence-transformers' `encode(text, prompt=...)` does;
+    `prompt_name` takes it from the prompts the model defines; `query_prompt` is the one queries get.
+    `template` ("{title}: {text}") composes the embedded text from each record's fields. All four are
+    part of the index's configuration, like `runtime`: None means "" for a new index and the index's
+    own for an existing one; anything else must match.
 
     With `delete_missing`, a sync that would delete more than `max_delete` (a fraction) of the live
     documents is refused (DeleteRefusedError) before it deletes or embeds anything.
@@ -312,31 +332,43 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         raise IndexerError("--batch-size must be at least 1")
     if not 0 <= max_delete <= 1:
         raise IndexerError(f"--max-delete must be a fraction from 0 to 1 (got {max_delete})")
-    if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
-        raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
-                           "embedder or runner, give them to load_embedder(name, runtime=..., "
-                           "truncate_dim=...) instead")
+    seam = runner or embedder
+    if seam is not None and (runtime is not None or truncate_dim is not None or prompt is not None
+                             or prompt_name is not None):
+        raise IndexerError("runtime, truncate_dim and prompt choose how a model is loaded by name; with "
+                           "your own embedder or runner, give them to load_embedder(name, runtime=..., "
+                           "truncate_dim=..., prompt=...) instead")
+    index_dir = Path(index_dir)
+    existing = read_config(index_dir / CONFIG) if Index.exists(index_dir) else None
+    if prompt_name is not None:
+        if prompt is not None:
+            raise IndexerError("give --prompt or --prompt-name, not both")
+        prompt = _named_prompt(model or (existing.model if existing else DEFAULT_MODEL), prompt_name)
+    if template is None and existing is not None:
+        template = existing.template
+    parsed_template = Template.parse(template) if template else None  # a bad one stops us here
     readers: list[Source | IterableSource] = []
     if paths is not None:
         folder = folder or FolderFilter()
-        folder = replace(folder, skip_dirs=(*folder.skip_dirs, Path(index_dir)))
-        readers.extend(open_sources(paths, id_field, text_field, folder))
+        folder = replace(folder, skip_dirs=(*folder.skip_dirs, index_dir))
+        readers.extend(open_sources(paths, id_field, text_field, parsed_template, folder))
     if sources is not None:
-        readers.append(IterableSource(sources, id_field, text_field))
+        readers.append(IterableSource(sources, id_field, text_field, parsed_template))
     t0 = time.perf_counter()
     summary = SyncSummary(dry_run=dry_run)
-    index_dir = Path(index_dir)
     index: Index | None = None
-    if Index.exists(index_dir):
+    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
+             "prompt": prompt, "query_prompt": query_prompt, "template": template}
+    if existing is not None:
         index = opened = Index.open(index_dir, settings)
         try:
-            runner = _bind_to_index(opened, runner or embedder, model, dtype, runtime, truncate_dim, dry_run,
-                                    summary, lambda: _make_runner(
-                                        model or opened.config.model, batch_size or settings.batch_size,
-                                        batch_tokens, None, backend, backend_options, _with_runtime(
-                                            embedder_options, runtime or opened.config.runtime,
-                                            truncate_dim or opened.config.truncate_dim),
-                                        summary, on_progress)) or runner
+            runner = _bind_to_index(opened, seam, dry_run, summary, lambda: _make_runner(
+                model or opened.config.model, batch_size or settings.batch_size, batch_tokens, None,
+                backend, backend_options, _with_runtime(
+                    embedder_options, runtime or opened.config.runtime,
+                    truncate_dim or opened.config.truncate_dim,
+                    opened.config.prompt if prompt is None else prompt),
+                summary, on_progress), **asked) or runner
         except BaseException:
             opened.close()
             raise
@@ -348,9 +380,10 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
-                                  _with_runtime(embedder_options, runtime, truncate_dim), summary,
+                                  _with_runtime(embedder_options, runtime, truncate_dim, prompt), summary,
                                   on_progress)
-        requested = _requested_config(runner.info, dtype or settings.dtype)
+        requested = _requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
+                                      template or "")
         try:
             index = Index.create(index_dir, requested, settings)
         except FileExistsError:  # another sync created it meanwhile
@@ -377,7 +410,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
                 model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
                 backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
-                                               truncate_dim or index.config.truncate_dim),
+                                               truncate_dim or index.config.truncate_dim,
+                                               index.config.prompt if prompt is None else prompt),
                 summary, on_progress)))
         state = "finished"
     except KeyboardInterrupt:
@@ -442,15 +476,30 @@ def refuse_large_delete(missing: int, live: int, max_delete: float, dry_run: boo
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,
-                  truncate_dim: int | None) -> dict[str, object]:
-    """The embedder options with the runtime and the truncation, where they are not the defaults (so
-    that a backend which takes no embedder options, like openai, is asked for none by default)."""
+                  truncate_dim: int | None, prompt: str | None = None) -> dict[str, object]:
+    """The embedder options with the runtime, the truncation and the prompt, where they are not the
+    defaults (so that a backend which takes no embedder options is asked for none by default)."""
     out = dict(options or {})
     if runtime is not None and runtime != "torch":
         out["runtime"] = runtime
     if truncate_dim:
         out["truncate_dim"] = truncate_dim
+    if prompt:
+        out["prompt"] = prompt
     return out
+
+
+def _named_prompt(model: str, name: str) -> str:
+    """The prompt called `name` in the model's sentence-transformers configuration."""
+    from .embedders.sentence_transformers import model_prompts
+    from .errors import ModelLoadError
+
+    prompts = {} if model.startswith("fake:") else model_prompts(model)
+    if name not in prompts:
+        have = ", ".join(repr(k) for k in prompts) if prompts else "none"
+        raise ModelLoadError(f"--prompt-name {name!r}: model {model!r} defines no prompt of that name "
+                             f"(its prompts: {have}); give the text with --prompt instead")
+    return prompts[name]
 
 
 def _make_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
@@ -514,7 +563,9 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     if callable(runner):
         runner = runner()
     try:
-        index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        ours = index.config
+        ours.require_same(_requested_config(runner.info, ours.dtype, ours.query_prompt, ours.template),
+                          index.path)
         manifest.prepare_for_claims()
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
     finally:

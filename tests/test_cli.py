@@ -556,10 +556,12 @@ def test_export_to_a_missing_directory_or_an_unknown_format_is_refused_clearly(t
     r = invoke("export", str(index), "--out", str(tmp_path / "x.npy"), "--ids", str(out.parent / "ids.txt"))
     assert r.exit_code == 2 and f"the directory {out.parent} does not exist" in r.stderr
     assert not (tmp_path / "x.npy").exists()
-    for name in ("x.parquet", "x.csv", "x"):
+    for name in ("x.csv", "x"):
         r = invoke("export", str(index), "--out", str(tmp_path / name))
-        assert r.exit_code == 2 and "writes .npy files" in r.stderr, r.stderr
+        assert r.exit_code == 2 and "export writes .npy or .parquet files" in r.stderr, r.stderr
         assert not (tmp_path / name).exists()
+    ok("export", str(index), "--out", str(tmp_path / "x"), "--format", "npy")  # named, any file name
+    assert np.load(tmp_path / "x", allow_pickle=False).shape == (5, 8)
 
 
 def test_help_says_what_the_options_are() -> None:

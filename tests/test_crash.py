@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import downgrade_to_schema_1
 
 import indexer
 from indexer.cli import cli
@@ -331,7 +332,7 @@ def check_same_then_compact(index: Path, ref: Reference) -> None:
     verify_clean(index)
     ids, vectors = read_vectors(index)
     assert ids == ref.ids and np.array_equal(vectors, ref.vectors)
-    code, out = invoke("compact", str(index), "--json")
+    code, out = invoke("compact", str(index))
     assert code == 0, out
     report = json.loads(out)
     tally(TOTALS, "orphan chunks removed", report["orphan_chunks_removed"])
@@ -529,11 +530,7 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     """A manifest at schema version 1 (no runs table) upgraded by a sync killed inside the migration:
     the migration is atomic (still version 1 after the kill), and the next sync upgrades and finishes."""
     shutil.copytree(ref.index, index)
-    conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    # back to schema 1: the tables later migrations add go too
-    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE skips; DELETE FROM schema_migrations "
-                       "WHERE version >= 2; COMMIT;")
-    conn.close()
+    downgrade_to_schema_1(index / "manifest.sqlite")
     env = dict(ENV, INDEXER_CRASH_AT="mid-migration")
     run = subprocess.run(sync_cmd(ref.source, index), env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr

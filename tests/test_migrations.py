@@ -135,7 +135,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before_schema, before_ledger = schema_of(db), ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     bad = patched_migrations / f"{version:04d}_bad.sql"
     # creates a table and an index, alters another table, then fails on its last statement
     bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
@@ -168,7 +168,7 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before = ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
     with pytest.raises(ManifestError):
         Manifest(db, SETTINGS)
@@ -197,17 +197,13 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
-def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
-    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
-    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
-    from conftest import fake_vector, served
-
+def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int) -> Path:
+    """An index whose manifest was last written by the schema of migrations 1..last_version, holding
+    "a" done, "b" pending with its text staged, and "c" claimed by a dead worker."""
     ix = tmp_path / "ix"
     indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
@@ -227,7 +223,17 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(old, ix / "manifest.sqlite")
+    return ix
 
+
+def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
+    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
+    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
+    from conftest import fake_vector, served
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=2)
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
@@ -240,26 +246,36 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
         assert idx.verify().to_dict()["problems"] == []
 
 
+def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path,
+                                                                   fake_embedder: object) -> None:
+    """0006 adds the push tables: an index last written by the schema before it, with work in every
+    state, migrates, syncs to the end and pushes."""
+    pytest.importorskip("lancedb")
+    from conftest import served
+
+    from indexer.push import push
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=5)
+    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    report = push(ix, f"lancedb:{tmp_path / 'lance'}")
+    assert (report.upserted, report.rows) == (3, 3)
+    assert sorted(served(ix)) == ["a", "b", "c"]
+
+
 def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_then_on(
         tmp_path: Path, fake_embedder: object) -> None:
-    """0007 adds `skips`: an index written without it (work done, pending and failed) opens, migrates,
-    warns about a skipped record on its first sync after the upgrade and not on the next."""
+    """The skips migration adds `skips`: an index last written by the schema before it, with work in
+    every state, migrates, syncs to the end, warns about a skipped record on its first sync after the
+    upgrade and not on the next."""
     from conftest import write_jsonl
 
-    ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS)
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.executescript("""BEGIN; DROP TABLE skips;
-        DELETE FROM schema_migrations WHERE name GLOB '[0-9][0-9][0-9][0-9]_skips';
-        INSERT INTO contents (hash, state, chars, text) VALUES (x'01', 'pending', 5, 'gamma');
-        INSERT INTO documents (id, hash) VALUES ('c', x'01');
-        INSERT INTO contents (hash, state, chars, error, attempts) VALUES (x'02', 'failed', 4, 'bad', 3);
-        INSERT INTO documents (id, hash) VALUES ('d', x'02'); COMMIT;""")
-    conn.close()
-    src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "}])
+    skips_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_skips"))
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=skips_version - 1)
+    src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "},
+                                             {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
     first = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
-    assert first.warnings == [f"{src}:2: skipped: empty text: nothing to embed"] and first.embedded == 1
+    assert first.warnings == [f"{src}:2: skipped: empty text: nothing to embed"] and first.embedded == 2
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
     second = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
     assert second.skipped == 1 and len(second.warnings) == 1

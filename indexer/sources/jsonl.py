@@ -12,6 +12,7 @@ import orjson
 
 from ..errors import SourceError
 from ._records import Record, Skip, record_from_fields
+from ._template import Template
 
 # Stdin cannot be read twice: at most this many lines are held back while looking for a usable record.
 _STDIN_LOOKAHEAD = 10_000
@@ -24,8 +25,10 @@ class JsonlSource:
     usual cause: a wrong --id-field or --text-field) is refused then, naming the fields it has, before
     anything is written."""
 
-    def __init__(self, path: Path | None, id_field: str, text_field: str) -> None:
+    def __init__(self, path: Path | None, id_field: str, text_field: str,
+                 template: Template | None = None) -> None:
         self.path = path
+        self.template = template
         self.name = "<stdin>" if path is None else str(path)
         self.id_field = id_field
         self.text_field = text_field
@@ -50,7 +53,8 @@ class JsonlSource:
                 if type(row) is not dict:
                     continue
                 seen += 1
-                if isinstance(record_from_fields(row, self.id_field, self.text_field, self.name), Record):
+                if isinstance(record_from_fields(row, self.id_field, self.text_field, self.name,
+                                                 template=self.template), Record):
                     return
                 fields.update(dict.fromkeys(map(str, row)))
                 if self.path is None and lines >= _STDIN_LOOKAHEAD:
@@ -78,7 +82,7 @@ class JsonlSource:
     def __iter__(self) -> Iterator[Record | Skip]:
         f = self._open()
         n = 0
-        name, id_field, text_field = self.name, self.id_field, self.text_field
+        name, id_field, text_field, template = self.name, self.id_field, self.text_field, self.template
         head, self._head = self._head, []
         try:
             for n, line in enumerate(itertools.chain(head, f), 1):
@@ -91,7 +95,7 @@ class JsonlSource:
                 if type(row) is not dict:
                     yield Skip(f"{name}:{n}", f"expected a JSON object, got {type(row).__name__}")
                     continue
-                yield record_from_fields(row, id_field, text_field, name, n)
+                yield record_from_fields(row, id_field, text_field, name, n, template)
         except (OSError, EOFError, zlib.error) as exc:
             raise SourceError(
                 f"{self.name} broke off after line {n}: {exc}; the lines before it were read. "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ._records import Record, Skip, _is_unicode, record_from_fields
+from ._template import Template
 
 __all__ = ["BINARY", "TEXT_FILE_SUFFIXES", "FolderFilter", "TextDirSource", "TextFileSource"]
 
@@ -59,7 +60,9 @@ class TextDirSource:
     that cannot be listed stops the scan with a SourceError: its files would otherwise look deleted.
     """
 
-    def __init__(self, root: Path, folder: FolderFilter | None = None) -> None:
+    def __init__(self, root: Path, template: Template | None = None,
+                 folder: FolderFilter | None = None) -> None:
+        self.template = _only_id_and_text(template, root)
         self.root = root
         self.name = str(root)
         self._real_root = root.resolve()
@@ -110,10 +113,20 @@ class TextDirSource:
                     continue
                 if not self._wanted(fname, rel):
                     continue
-                yield from _read_text_file(path, rel, where, self._real_root)
+                yield from _read_text_file(path, rel, where, self._real_root, self.template)
 
 
-def _read_text_file(path: Path, doc_id: str, where: str, within: Path | None) -> Iterator[Record | Skip]:
+def _only_id_and_text(template: Template | None, source: Path) -> Template | None:
+    """A text file's record has the fields id and text alone: a template asking for more is refused."""
+    unknown = [f for f in template.fields if f not in ("id", "text")] if template else []
+    if unknown:
+        raise SourceError(f"source {source} is text files, whose records have only the fields id (the "
+                          f"file's path) and text; the --template asks for {', '.join(map(repr, unknown))}")
+    return template
+
+
+def _read_text_file(path: Path, doc_id: str, where: str, within: Path | None,
+                    template: Template | None) -> Iterator[Record | Skip]:
     """The file at `path` as one document `doc_id`, or the Skip that says why not. Links are followed
     only to a target inside `within` (when given)."""
     try:
@@ -143,15 +156,16 @@ def _read_text_file(path: Path, doc_id: str, where: str, within: Path | None) ->
         else:  # text in another encoding, likely: worth a warning of its own
             yield Skip(where, f"not valid UTF-8 at byte {exc.start}", doc_id)
         return
-    yield record_from_fields({"id": doc_id, "text": text}, "id", "text", where)
+    yield record_from_fields({"id": doc_id, "text": text}, "id", "text", where, template=template)
 
 
 class TextFileSource:
     """One text file (.txt, .md, .rst) as one document: id = the file's name, text = its UTF-8 content."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, template: Template | None = None) -> None:
         self.path = path
         self.name = str(path)
+        self.template = _only_id_and_text(template, path)
 
     def __iter__(self) -> Iterator[Record | Skip]:
-        yield from _read_text_file(self.path, self.path.name, self.name, None)
+        yield from _read_text_file(self.path, self.path.name, self.name, None, self.template)
