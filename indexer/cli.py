@@ -380,7 +380,11 @@ def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) 
 @click.argument("index_dir", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compact(index_dir: str, as_json: bool) -> None:
-    """Reclaim dead slots, orphan chunks and unfinished writes. Run it when no sync is running."""
+    """Reclaim dead slots, orphan chunks and unfinished writes, and VACUUM the manifest.
+
+    It needs the index to itself: while a sync, a verify or another compact runs, it changes nothing
+    and exits 1 saying so; run it again when they have finished.
+    """
     with _errors(), _open(index_dir) as idx:
         report = idx.compact()
     if as_json:
@@ -389,7 +393,12 @@ def compact(index_dir: str, as_json: bool) -> None:
     r = report
     click.echo(f"compacted {index_dir}: dropped {r.contents_dropped} unused content(s), removed "
                f"{r.orphan_chunks_removed} orphan chunk(s) and {r.partial_files_removed} unfinished "
-               f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}")
+               f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}, freed "
+               f"{r.manifest_bytes_freed / 2**20:.1f} MiB of the manifest"
+               + (f", recorded the checksums of {r.checksums_recorded} older chunk(s)"
+                  if r.checksums_recorded else "")
+               + (f"; {r.damaged_chunks_left} damaged chunk(s) left: run `indexer verify {index_dir} "
+                  "--repair`" if r.damaged_chunks_left else ""))
 
 
 def main() -> None:

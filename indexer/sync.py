@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
@@ -22,19 +22,11 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
-from .config import (
-    DTYPES,
-    RUNTIMES,
-    EmbeddingConfig,
-    difference_line,
-    equivalent,
-    read_config,
-    same_weights,
-)
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
 from .embedders import Embedder, ModelInfo, check_loadable, truncation_warning
 from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
 from .errors import ConfigMismatchError, DeleteRefusedError, IndexerError, LeaseLostError, SourceError
-from .index import CONFIG, Index
+from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
@@ -204,10 +196,11 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
+    checksum = None
     if done:
-        store.write_chunk(claim.chunk, block)
+        checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()])
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()], checksum)
     return len(done), gave_up
 
 
@@ -339,7 +332,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            "your own embedder or runner, give them to load_embedder(name, runtime=..., "
                            "truncate_dim=..., prompt=...) instead")
     index_dir = Path(index_dir)
-    existing = read_config(index_dir / CONFIG) if Index.exists(index_dir) else None
+    existing = Index.bound_config(index_dir, settings)
     if prompt_name is not None:
         if prompt is not None:
             raise IndexerError("give --prompt or --prompt-name, not both")
@@ -361,6 +354,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
              "prompt": prompt, "query_prompt": query_prompt, "template": template}
     if existing is not None:
         index = opened = Index.open(index_dir, settings)
+        if not dry_run and opened.manifest.read_only:
+            opened.close()
+            opened.require_writable("sync")
         try:
             runner = _bind_to_index(opened, seam, dry_run, summary, lambda: _make_runner(
                 model or opened.config.model, batch_size or settings.batch_size, batch_tokens, None,
@@ -401,7 +397,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                 index.close()
             raise
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
-    run_id = None if dry_run else manifest.start_run()
+    # Held shared for the whole run: a compact (exclusive) never runs next to a sync.
+    held = ExitStack()
+    if index is not None:
+        held.enter_context(index.maintenance())
+    try:
+        run_id = None if dry_run else manifest.start_run()
+    except BaseException:
+        held.close()
+        raise
     state = "failed"
     try:
         _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress)
@@ -424,6 +428,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
                                                 if k not in ("warnings", "missing_ids")})
         manifest.close()
+        held.close()
     return summary
 
 
