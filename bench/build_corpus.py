@@ -2,6 +2,7 @@
 
     python bench/build_corpus.py --n 3000              # bench/data/corpus_3000.jsonl
     python bench/build_corpus.py --n 1000000 --no-tokens
+    python bench/build_corpus.py --n 1000 --stdlib-sample --out sample.jsonl   # quick: stdlib only
 
 Text comes from (no network, nothing downloaded):
   - docstrings of the Python standard library: every module, class and function docstring of the
@@ -169,6 +170,23 @@ def build_pool(verbose: bool = True) -> list[dict[str, str]]:
     return pool
 
 
+def stdlib_sample(n: int) -> list[str]:
+    """The first `n` distinct paragraphs of the standard library's docstrings, files in path order: a
+    quick sample (it stops reading once it has them), the same on every machine with the same Python."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for f in _py_files(Path(sysconfig.get_paths()["stdlib"])):
+        for doc in _docstrings_of_file(f):
+            for para in paragraphs(doc):
+                key = " ".join(para.split())
+                if key not in seen:
+                    seen.add(key)
+                    out.append(para)
+                    if len(out) == n:
+                        return out
+    return out
+
+
 def load_pool(rebuild: bool = False) -> list[dict[str, str]]:
     if POOL.exists() and not rebuild:
         with POOL.open("rb") as f:
@@ -287,7 +305,20 @@ def main() -> None:
     ap.add_argument("--rebuild-pool", action="store_true", help="walk the machine's text again")
     ap.add_argument("--force", action="store_true", help="rewrite the corpus file if it exists")
     ap.add_argument("--no-tokens", action="store_true", help="skip the token-length statistics")
+    ap.add_argument("--stdlib-sample", action="store_true",
+                    help="quick: the first N distinct paragraphs of the standard library's docstrings "
+                         "(no pool, no statistics); needs --out")
     args = ap.parse_args()
+    if args.stdlib_sample:
+        if args.out is None:
+            ap.error("--stdlib-sample needs --out")
+        texts = stdlib_sample(args.n)
+        with args.out.open("w", encoding="utf-8") as f:
+            for i, text in enumerate(texts):
+                f.write(json.dumps({"id": f"stdlib-{i:05d}", "text": text}, ensure_ascii=False) + "\n")
+        print(f"corpus: {args.out}: {len(texts):,} paragraphs of Python {sys.version.split()[0]} "
+              "standard library docstrings")
+        return
     pool = load_pool(args.rebuild_pool)
     kinds = Counter(r["source"] for r in pool)
     print(f"paragraph pool: {len(pool):,} distinct paragraphs ("

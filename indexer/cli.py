@@ -15,10 +15,13 @@ from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .embedders import quiet_libraries
 from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
+from .sources import FolderFilter
+from .sync import DEFAULT_MAX_DELETE
 
 _DEFAULTS = Settings()
 
@@ -56,6 +59,17 @@ def cli() -> None:
     """Keep the embeddings of a large, changing document collection in sync on disk.
 
     Run `indexer sync` as often as you like: only new and changed documents are embedded.
+
+    \b
+    Exit codes:
+      0    done
+      1    error (verify: problems found)
+      2    bad input: unreadable source, missing index or model, bad option
+      3    the index is bound to another embedding configuration
+      4    the embedding backend is unavailable (nothing lost; run the same command later)
+      5    sync refused to delete more than --max-delete of the documents
+      129  stopped by SIGHUP, 130 by Ctrl-C, 143 by SIGTERM (claims released; run the same
+           command to resume)
     """
 
 
@@ -70,6 +84,11 @@ class _Bar:
         self.phase = ""
 
     def __call__(self, p: Progress) -> None:
+        if p.phase == "load":  # a line of its own: the scan's bar stops before the model starts
+            self.close()
+            self.phase = p.phase
+            self._tqdm.write(f"indexer: loading {p.detail} ...", file=sys.stderr)
+            return
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
@@ -91,14 +110,21 @@ class _Bar:
 
 def _final_line(s: SyncSummary, index_dir: str) -> str:
     if s.dry_run:
+        kept = s.missing - s.deleted
         return (f"dry run: scanned {s.scanned}: {s.new} new, {s.changed} changed, {s.unchanged} unchanged; "
-                f"would embed {s.would_embed}, would delete {s.deleted}; nothing was written")
+                f"would embed {s.would_embed}, would delete {s.deleted}"
+                + (f"; {kept} live document(s) missing from the sources would be kept (--delete-missing "
+                   "deletes them; --json lists their ids)" if kept else "")
+                + "; nothing was written")
     line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
             f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
     if s.failed:
         line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
     if s.skipped:
         line += f", skipped {s.skipped} input record(s)"
+    if s.backend and s.backend_settings:
+        line += f"; backend {s.backend} (" + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in s.backend_settings.items()) + ")"
     b = s.backend_stats
     if "tokens_per_minute" in b:
         line += (f"; API: {b['requests']} requests, {b['retries']} retries, {b['tokens_sent']} tokens sent, "
@@ -117,10 +143,11 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help=f"Stored vector type. New index: {_DEFAULTS.dtype}; existing: its own.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="What runs the model. torch: sentence-transformers. onnx: ONNX Runtime (CPU), fp32, the "
-                   "same vectors (cosine >= 0.9999 to torch). onnx-int8: int8 weights, other vectors (mean "
-                   "cosine about 0.99 to torch). Speed and quality measured: docs/RUNTIMES.md. The onnx "
-                   "runtimes export the model once (seconds) to INDEXER_CACHE_DIR or ~/.cache/indexer/onnx "
-                   "and need pip install 'indexer[onnx]'. New index: torch; existing: its own.")
+                   "same vectors (cosine >= 0.9999 to torch), so torch and onnx serve the same index. "
+                   "onnx-int8: int8 weights, other vectors (mean cosine about 0.998 to torch), an index of "
+                   "its own. Speed and quality measured: docs/RUNTIMES.md. The onnx runtimes export the "
+                   "model once (seconds) to INDEXER_CACHE_DIR or ~/.cache/indexer/onnx and need pip install "
+                   "'indexer[onnx]'. New index: torch; existing: its own.")
 @click.option("--truncate-dim", type=click.IntRange(min=1), default=None, metavar="D",
               help="Keep the first D dimensions of each vector, renormalized (Matryoshka-style): less "
                    "disk and faster search, some loss of quality unless the model was trained for it. "
@@ -143,11 +170,27 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                    "given).")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="[directory sources] Take only files whose relative path matches GLOB (gitignore-style: "
+                   "'*.md' at any depth, 'docs/' a directory, '/top.txt' at the top). Repeatable.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="[directory sources] Leave out files and directories matching GLOB (gitignore-style). "
+                   "Repeatable.")
+@click.option("--hidden", is_flag=True,
+              help="[directory sources] Also read hidden files and directories (names starting with '.'); "
+                   ".git/ and the index's own directory are never read.")
 @click.option("--delete-missing", is_flag=True,
               help="Mark documents absent from the sources deleted (default: keep them).")
-@click.option("--dry-run", is_flag=True, help="Scan and report what would change; write nothing.")
+@click.option("--max-delete", type=click.FloatRange(0, 1), default=DEFAULT_MAX_DELETE, show_default=True,
+              metavar="FRACTION",
+              help="With --delete-missing: refuse (exit 5) a sync that would delete more than this "
+                   "fraction of the live documents, as an empty or cut source would. 1: no limit.")
+@click.option("--dry-run", is_flag=True,
+              help="Scan and report what would change, and how many documents the sources no longer "
+                   "hold (their ids with --json); write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no final line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Nothing on stderr but errors: no progress, warnings or final line.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
               help="Where the model runs: this process, a CPU process pool, one process per GPU, Ray "
                    "actors, an OpenAI-compatible API, or auto.")
@@ -176,25 +219,29 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
              runtime: str | None, truncate_dim: int | None, prompt: str | None, prompt_name: str | None,
              query_prompt: str | None, template: str | None, batch_size: int, id_field: str,
-             text_field: str, delete_missing: bool, dry_run: bool,
+             text_field: str, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool,
+             delete_missing: bool, max_delete: float, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
-    """Embed new and changed documents of SOURCES into the index at DIR.
+    """Embed new and changed documents of SOURCES into the index at --index DIR.
 
-    SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
-    path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
-    duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
-    all stops the sync before anything is written. --delete-missing deletes nothing when a source is
-    cut (its last record unterminated: a JSONL line that is not a whole object, a CSV quote never
-    closed or last row without a line end) or held no record: the documents read are synced, a
-    warning names the file and line, and the sync exits 2.
+    SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, single .txt/.md/.rst files (one document,
+    id = file name), directories of text files (id = relative path; hidden files, .git/, binary files
+    and the index's own directory are left out), or - for JSONL on stdin. Records that cannot be used
+    (bad JSON, missing fields, empty text, duplicate ids) are skipped with a warning naming the file
+    and line; a file that cannot be read at all stops the sync before anything is written.
+    --delete-missing deletes nothing when a source is cut (its last record unterminated: a JSONL line
+    that is not a whole object, a CSV quote never closed or last row without a line end) or held no
+    record: the documents read are synced, a warning names the file and line, and the sync exits 2.
 
-    Exit codes: 0 done; 1 error; 2 bad input or missing index/model; 3 configuration mismatch; 4 the
-    backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's attempt used
-    up; run the same command again later); 130 interrupted (run the same command to resume).
+    Exit codes: 0 done; 1 error; 2 bad input (source, model, option) or missing index; 3 configuration
+    mismatch; 4 the backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's
+    attempt used up; run the same command again later); 5 deletion refused (--max-delete); 130
+    interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (run the same command to resume).
     """
-    bar = _Bar() if not quiet and sys.stderr.isatty() else None
+    on_terminal = sys.stderr.isatty()
+    bar = _Bar() if not quiet and on_terminal else None
     progress: Callable[[Progress], None] | None = bar
-    with _errors():
+    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet):
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
             # (`is not`: 0 and 0.0 are values given, like --max-retries 0; `0 in (None, False)` is true.)
@@ -215,11 +262,12 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
             refused: IncompleteSourceError | None = None
             try:
                 summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                               delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                               text_field=text_field, on_progress=progress, backend=backend,
-                               backend_options=options, settings=settings, runtime=runtime,
-                               truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
-                               prompt_name=prompt_name, query_prompt=query_prompt, template=template)
+                               delete_missing=delete_missing, max_delete=max_delete, dry_run=dry_run,
+                               id_field=id_field, text_field=text_field, on_progress=progress,
+                               backend=backend, backend_options=options, settings=settings,
+                               runtime=runtime, truncate_dim=truncate_dim, batch_tokens=batch_tokens,
+                               prompt=prompt, prompt_name=prompt_name, query_prompt=query_prompt,
+                               template=template, folder=FolderFilter(include, exclude, hidden))
             except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
                 refused, summary = exc, cast(SyncSummary, exc.summary)
         finally:
@@ -312,16 +360,18 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
 @click.option("--out", required=True, metavar="FILE",
-              help="Where to write the vectors: FILE.npy (a matrix), or FILE.parquet (id and vector "
-                   "columns, readable by pyarrow, DuckDB, Polars).")
+              help="Where to write the vectors (its directory must exist): FILE.npy (a matrix), or "
+                   "FILE.parquet (id and vector columns, readable by pyarrow, DuckDB, Polars).")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
-              help="npy or parquet; default: by the extension of --out (.parquet, else npy).")
+              help="npy or parquet; default: by the extension of --out, which must then be .npy or "
+                   ".parquet.")
 @click.option("--ids", "ids_out", default=None, metavar="FILE.jsonl",
-              help="[npy] Also write the ids in row order, as JSON lines: one JSON string a line, e.g. "
-                   "\"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the rows). "
-                   "Read them with json.loads per line, or indexer.read_ids(FILE).")
+              help="[npy] Also write the ids in row order (an output), as JSON lines: one JSON string a "
+                   "line, e.g. \"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the "
+                   "rows). Read them with json.loads per line, or indexer.read_ids(FILE).")
 def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None) -> None:
-    """Write every served vector to a .npy file (rows in the order of --ids) or a Parquet file."""
+    """Write every served vector to a .npy matrix (with --ids, their ids in the same order) or a
+    Parquet file (an id and a vector column)."""
     with _errors(), _open(index_dir) as idx:
         n = idx.export(out, ids_out, fmt)
     click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
@@ -358,7 +408,8 @@ def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) 
 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
-def compact(index_dir: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compact(index_dir: str, as_json: bool) -> None:
     """Reclaim dead slots, orphan chunks and unfinished writes, and VACUUM the manifest.
 
     It needs the index to itself: while a sync, a verify or another compact runs, it changes nothing
@@ -366,7 +417,18 @@ def compact(index_dir: str) -> None:
     """
     with _errors(), _open(index_dir) as idx:
         report = idx.compact()
-    click.echo(json.dumps(report.to_dict()))
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    r = report
+    click.echo(f"compacted {index_dir}: dropped {r.contents_dropped} unused content(s), removed "
+               f"{r.orphan_chunks_removed} orphan chunk(s) and {r.partial_files_removed} unfinished "
+               f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}, freed "
+               f"{r.manifest_bytes_freed / 2**20:.1f} MiB of the manifest"
+               + (f", recorded the checksums of {r.checksums_recorded} older chunk(s)"
+                  if r.checksums_recorded else "")
+               + (f"; {r.damaged_chunks_left} damaged chunk(s) left: run `indexer verify {index_dir} "
+                  "--repair`" if r.damaged_chunks_left else ""))
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,8 +14,8 @@ import xxhash
 
 from .errors import ConfigMismatchError, ManifestError
 
-__all__ = ["DTYPES", "RUNTIMES", "EmbeddingConfig", "config_text", "difference_line", "parse_config",
-           "read_config", "write_config"]
+__all__ = ["DTYPES", "RUNTIMES", "SAME_VECTOR_RUNTIMES", "EmbeddingConfig", "config_text", "difference_line",
+           "equivalent", "parse_config", "read_config", "same_weights", "write_config"]
 
 DTYPES = ("float32", "float16")
 # "torch": the model's own runtime (sentence-transformers on torch; the fake and API models' only one).
@@ -58,11 +59,13 @@ class EmbeddingConfig:
         return xxhash.xxh3_128_hexdigest(blob)
 
     def differences(self, other: EmbeddingConfig) -> list[str]:
-        """Human-readable 'field: ours -> theirs' for every field that differs."""
+        """Human-readable 'field: ours -> theirs' for every field that gives other vectors. Two names of
+        the same weights (a hub name, its short name, a local copy) are no difference: the weights hash
+        is compared; nor are the torch and onnx (fp32) runtimes, which give the same vectors."""
         out = []
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            if a != b:
+            if not equivalent(f.name, a, b) and not (f.name == "model" and same_weights(self, other)):
                 out.append(difference_line(f.name, a, b))
         return out
 
@@ -78,8 +81,25 @@ class EmbeddingConfig:
 
 _LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "query_prompt": "",
                                    "template": ""}
+# Runtimes that give the same vectors (fp32 ONNX reproduces torch to cosine >= 0.9999 on every document,
+# checked at export and measured in docs/RUNTIMES.md): an index made with one syncs on with the other.
+SAME_VECTOR_RUNTIMES = frozenset({"torch", "onnx"})
+_WEIGHTS_HASH = re.compile(r"[0-9a-f]{32}")
+
+
+def equivalent(name: str, ours: object, theirs: object) -> bool:
+    """Whether two values of a configuration field give the same vectors."""
+    if name == "runtime":
+        return ours == theirs or {ours, theirs} <= SAME_VECTOR_RUNTIMES
+    return ours == theirs
+
+
+def same_weights(a: EmbeddingConfig, b: EmbeddingConfig) -> bool:
+    """Both configs name models by the same weights hash (not the fake or an API model, whose revision
+    says nothing about the weights)."""
+    return a.revision == b.revision and bool(_WEIGHTS_HASH.fullmatch(a.revision))
 _WHY = {
-    "runtime": " (these runtimes give different vectors)",
+    "runtime": " (these runtimes give different vectors; only torch and onnx give the same)",
     "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
     "prompt": " (the documents' prompt changes every vector)",
     "query_prompt": " (queries must be embedded as the index was meant to be searched)",

@@ -8,6 +8,8 @@ Every message names the object (index, file and line, document), its state and w
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
     │   └── IncompleteSourceError  --delete-missing with a source cut short or empty: nothing
     │                              deleted; what was read is synced (the error holds the summary)
+    ├── UsageError                 an argument cannot work (an output in a missing directory, unknown format)
+    ├── DeleteRefusedError         a sync would delete more of the index than --max-delete allows
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
     ├── IndexBusyError             maintenance (compact) could not get the index to itself, or a sync
@@ -32,6 +34,7 @@ __all__ = [
     "BackendUnavailableError",
     "ChunkMissingError",
     "ConfigMismatchError",
+    "DeleteRefusedError",
     "EmbeddingError",
     "IncompleteSourceError",
     "IndexBusyError",
@@ -44,6 +47,7 @@ __all__ = [
     "SourceError",
     "StopSignal",
     "StoreError",
+    "UsageError",
 ]
 
 
@@ -77,6 +81,16 @@ class IncompleteSourceError(SourceError):
     def __init__(self, message: str, summary: object) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class UsageError(IndexerError):
+    exit_code = 2
+
+
+class DeleteRefusedError(IndexerError):
+    """Names how many documents would go, out of how many, and how to go on."""
+
+    exit_code = 5
 
 
 class ModelLoadError(IndexerError):

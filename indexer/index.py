@@ -25,6 +25,7 @@ from .errors import (
     IndexNotFoundError,
     ManifestError,
     StoreError,
+    UsageError,
 )
 from .manifest import Manifest, identify
 from .settings import Settings
@@ -359,7 +360,8 @@ class Index:
 
     def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
         """Write the vectors to a .npy file, or to a Parquet file with an id and a vector column.
-        `format` ("npy" or "parquet") defaults to `out`'s extension. Returns the number of rows.
+        `format` ("npy" or "parquet") defaults to `out`'s extension, which must then be one of them.
+        Returns the number of rows.
 
         With .npy, `ids_out` gets the ids in row order as JSON lines: one JSON string a line, ASCII
         only (`read_ids` reads them back). An id may hold any character, a line break, U+2028 or NUL
@@ -367,10 +369,18 @@ class Index:
         string every such character is escaped."""
         out = Path(out)
         if format is None:
-            format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
+            format = out.suffix.lower().lstrip(".")
+            if format not in EXPORT_FORMATS:
+                raise UsageError(f"cannot write {out}: export writes "
+                                 f"{' or '.join('.' + f for f in EXPORT_FORMATS)} files; give --out a name "
+                                 "ending in one of them")
         if format not in EXPORT_FORMATS:
             raise IndexerError(f"export format {format!r} is not known; choose one of "
                                f"{', '.join(EXPORT_FORMATS)}")
+        for target in (out, ids_out):
+            if target is not None and not Path(target).parent.is_dir():
+                raise UsageError(f"cannot write {target}: the directory {Path(target).parent} does not "
+                                 "exist; create it first")
         if format == "parquet":
             if ids_out is not None:
                 raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")

@@ -70,7 +70,19 @@ class ScanCounts:
     skipped: int = 0
     duplicates: int = 0
     to_embed: int = 0  # distinct contents that became pending
+    repeated: int = 0  # skips an earlier scan reported already (same place, same reason): not warned
     warnings: list[str] = field(default_factory=list)
+    # Skips with a group (Skip.group, e.g. binary files): group -> [count, first place], one warning each.
+    grouped: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def summary_warnings(self) -> list[str]:
+        """One line for each group of skips and one for the skips reported by an earlier sync."""
+        out = [f"skipped {n} {group}(s), e.g. {first}; leave them out with --exclude to silence this"
+               for group, (n, first) in self.grouped.items()]
+        if self.repeated:
+            out.append(f"{self.repeated} more skipped record(s) were reported by an earlier sync and are "
+                       "not repeated (a record is reported again when its place or reason changes)")
+        return out
 
 
 _NO_HASH = bytes(16)
@@ -299,8 +311,12 @@ class Manifest:
                 places TEXT NOT NULL);
             CREATE TEMP TABLE IF NOT EXISTS scan_odd (key INTEGER PRIMARY KEY, id TEXT NOT NULL);
             CREATE TEMP TABLE IF NOT EXISTS scan_new_hashes (hash BLOB PRIMARY KEY) WITHOUT ROWID;
+            CREATE TEMP TABLE IF NOT EXISTS scan_skips (place TEXT PRIMARY KEY, reason TEXT NOT NULL)
+                WITHOUT ROWID;
             DELETE FROM scan_seen; DELETE FROM scan_wheres; DELETE FROM scan_new_hashes;
+            DELETE FROM scan_skips;
         """)
+        self._known_skips = self.conn.execute("SELECT 1 FROM skips LIMIT 1").fetchone() is not None
         self._scan_next = 0
         self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
@@ -337,23 +353,36 @@ class Manifest:
         at = next((item.at for item in items if isinstance(item, Record)), None)
         digest = xxhash.xxh3_128_digest
 
-        def warn(msg: str) -> None:
+        skips: list[tuple[str, str]] = []
+
+        def warn(where: str, reason: str, always: bool = False) -> None:
             counts.skipped += 1
-            if len(counts.warnings) < max_warnings:
-                counts.warnings.append(msg)
+            key = (_printable(where), _printable(reason))  # an undecodable file name's surrogates
+            skips.append(key)
+            # A cut source is told every time: it holds back --delete-missing on every sync.
+            if not always and self._known_skips and self.conn.execute(
+                    "SELECT 1 FROM skips WHERE place = ? AND reason = ?", key).fetchone():
+                counts.repeated += 1
+            elif len(counts.warnings) < max_warnings:
+                counts.warnings.append(f"{where}: skipped: {reason}")
 
         for k, item in enumerate(items):
             if isinstance(item, Skip):
                 places.append(item.where)
-                warn(f"{item.where}: skipped: {item.reason}")
+                if item.group is not None:
+                    counts.skipped += 1
+                    n, first_place = counts.grouped.get(item.group, (0, item.where))
+                    counts.grouped[item.group] = (n + 1, first_place)
+                else:
+                    warn(item.where, item.reason, always=item.cut)
                 if item.id is not None:
                     seen_only.append((item.id, first + k))
                 continue
             places.append(item.line if item.line is not None and item.at == at else item.where)
             if item.id in batch:
                 counts.duplicates += 1
-                warn(f"{item.where}: skipped: duplicate id {item.id!r}, first seen at "
-                     f"{items[batch[item.id]].where}; the first is kept")
+                warn(item.where, f"duplicate id {item.id!r}, first seen at {items[batch[item.id]].where}; "
+                     "the first is kept")
                 continue
             batch[item.id] = k
             ids[k] = item.id
@@ -384,14 +413,16 @@ class Manifest:
                         params).fetchall():
                     item = items[k]
                     counts.duplicates += 1
-                    warn(f"{item.where}: skipped: duplicate id {item.id!r}, first seen at "
-                         f"{self._seen_where(seen_at)}; the first is kept")
+                    warn(item.where, f"duplicate id {item.id!r}, first seen at {self._seen_where(seen_at)}; "
+                         "the first is kept")
                     conn.execute("DELETE FROM scan_odd WHERE key = ?", (k,))
                     del batch[item.id]
                     ids[k] = None
                 params["ids"] = orjson.dumps(ids)
             if seen_only:
                 conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
+            if skips:
+                conn.executemany("INSERT OR REPLACE INTO scan_skips VALUES (?, ?)", skips)
         counts.scanned += len(batch)
 
         todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted
@@ -438,6 +469,22 @@ class Manifest:
         row = self.conn.execute("""SELECT count(*) FROM documents
             WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""").fetchone()
         return int(row[0])
+
+    def remember_skips(self) -> None:
+        """Keep the skips of the scan that just ran (read to its end) for the next one to compare."""
+        self._ensure_scan_tables()
+        with self._write() as conn:
+            conn.execute("DELETE FROM skips")
+            conn.execute("INSERT INTO skips SELECT place, reason FROM scan_skips")
+
+    def live_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0])
+
+    def missing_ids(self, limit: int) -> list[str]:
+        """Up to `limit` ids (in id order) of live documents the scan that just ran did not see."""
+        self._ensure_scan_tables()
+        return [r[0] for r in self.conn.execute("""SELECT id FROM documents
+            WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen) ORDER BY id LIMIT ?""", (limit,))]
 
     def delete_missing(self) -> int:
         """Mark deleted every live document the scan that just ran did not see."""

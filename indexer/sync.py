@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -24,11 +24,13 @@ import psutil
 
 from ._faults import crash_point
 from ._signals import stoppable
-from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
-from .embedders import Embedder, ModelInfo
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
+from .embedders import Embedder, ModelInfo, check_loadable, truncation_warning
+from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
 from .errors import (
     BackendUnavailableError,
     ConfigMismatchError,
+    DeleteRefusedError,
     IncompleteSourceError,
     IndexerError,
     LeaseLostError,
@@ -40,10 +42,15 @@ from .runners import BackendFailure, Runner, WorkerHung, WorkerLost, make_runner
 from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
-from .sources import IterableSource, Record, Skip, Source, Template, open_sources
+from .sources import FolderFilter, IterableSource, Record, Skip, Source, Template, open_sources
 from .store import VectorStore
 
-__all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
+__all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncSummary", "sync", "write_and_commit"]
+
+# A sync may delete at most this fraction of the live documents unless told otherwise: an empty or cut
+# source must not wipe the index.
+DEFAULT_MAX_DELETE = 0.5
+MISSING_IDS_LISTED = 10_000
 
 T = TypeVar("T")
 
@@ -57,12 +64,13 @@ class Progress:
     in flight) and `eta_s` comes from characters done vs left: claims go shortest texts first, so a
     rate in documents would promise too early an end."""
 
-    phase: str  # "scan" or "embed"
+    phase: str  # "load" (the model starts; once, before its first use), "scan" or "embed"
     processed: int
     total: int | None
     docs_per_s: float
     eta_s: float | None
     rss_mb: float
+    detail: str = ""  # "load": what is loading (model, runtime, backend and its workers)
 
 
 @dataclass
@@ -81,6 +89,15 @@ class SyncSummary:
     embed_seconds: float = 0.0
     dry_run: bool = False
     would_embed: int = 0
+    model: str = ""  # the name this sync knew the model by (another name of the index's weights is fine)
+    # The backend that ran the model and its layout (workers, threads, devices), as chosen by
+    # --backend auto where asked; empty when no model was loaded.
+    backend: str = ""
+    backend_settings: dict[str, object] = field(default_factory=dict)
+    # Live documents the sources no longer hold (counted when deleting, and by a dry run); a dry run
+    # lists the first MISSING_IDS_LISTED of their ids.
+    missing: int = 0
+    missing_ids: list[str] = field(default_factory=list)
     claims: int = 0
     fencing_refusals: int = 0
     workers_lost: int = 0  # worker deaths (however many claims each took), hangs included
@@ -292,16 +309,62 @@ def _requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str
                            template=template)
 
 
-def _check_names(index: Index, **asked: object) -> None:
-    """Refuse a different model, dtype, runtime, truncation, prompt or template (each given as a
-    keyword, None: not asked) before anything is read or loaded."""
-    diffs = [difference_line(name, getattr(index.config, name), value) for name, value in asked.items()
-             if value is not None and value != getattr(index.config, name)]
+def _check_names(index: Index, asked: dict[str, object], revision: str | None = None) -> bool:
+    """Refuse a different dtype, runtime, truncation, prompt or template (`asked`: field -> value, None:
+    not asked), or a model whose weights are known to differ, before anything is read or loaded. A model
+    is bound by its weights, not its name: another name of the default model passes at once; another
+    name with a known `revision` (an embedder given) passes if the weights hash is the index's. Returns
+    True when the model goes by another name whose weights must be loaded to tell (a local path,
+    another hub name)."""
+    config = index.config
+    model = asked.get("model")
+    diffs = [difference_line(name, getattr(config, name), value) for name, value in asked.items()
+             if name != "model" and value is not None and not equivalent(name, getattr(config, name), value)]
+    load_to_compare = False
+    if isinstance(model, str) and model != config.model \
+            and not {model, config.model} <= set(DEFAULT_MODEL_NAMES):
+        if revision is not None:
+            if not same_weights(config, replace(config, model=model, revision=revision)):
+                diffs.insert(0, difference_line("model", config.model, model))
+        elif same_weights(config, config) and not model.startswith("fake:"):
+            load_to_compare = True
+        else:  # the fake and API models have no weights hash: their names bind
+            diffs.insert(0, difference_line("model", config.model, model))
     if diffs:
         raise ConfigMismatchError(
             f"index {index.path} is bound to another embedding configuration; nothing was changed.\n  "
             + "\n  ".join(diffs)
             + "\nSync with the index's settings, or build a new index in another --index directory.")
+    return load_to_compare
+
+
+def _bind_to_index(index: Index, seam: Runner | Embedder | None, dry_run: bool, summary: SyncSummary,
+                   make_runner: Callable[[], Runner], **asked: object) -> Runner | None:
+    """Refuse a configuration the index is not bound to (see _check_names; `asked`: its keywords). A
+    model given by another name is loaded now (by `make_runner`, returned for the sync to use), so that
+    other weights are refused even by a sync with nothing to embed; a dry run loads nothing and says
+    so."""
+    config = index.config
+    if seam is not None:
+        _check_names(index, {**asked, "model": seam.info.model, "runtime": seam.info.runtime,
+                             "truncate_dim": seam.info.truncate_dim, "prompt": seam.info.prompt},
+                     seam.info.revision)
+        return None
+    model = asked.get("model")
+    if not _check_names(index, asked) or not isinstance(model, str):
+        return None
+    if dry_run:
+        summary.warnings.append(f"model {model!r} is another name than the index's {config.model!r}; "
+                                "a sync loads it and compares their weights")
+        return None
+    runner = make_runner()
+    try:
+        config.require_same(_requested_config(runner.info, config.dtype, config.query_prompt,
+                                              config.template), index.path)
+    except BaseException:
+        runner.close()
+        raise
+    return runner
 
 
 @stoppable  # SIGTERM and SIGHUP stop a sync like Ctrl-C (indexer/_signals.py)
@@ -315,7 +378,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
          batch_tokens: int | None = None, prompt: str | None = None, prompt_name: str | None = None,
-         query_prompt: str | None = None, template: str | None = None) -> SyncSummary:
+         query_prompt: str | None = None, template: str | None = None,
+         folder: FolderFilter | None = None, max_delete: float = DEFAULT_MAX_DELETE) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -335,6 +399,12 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     `template` ("{title}: {text}") composes the embedded text from each record's fields. All four are
     part of the index's configuration, like `runtime`: None means "" for a new index and the index's
     own for an existing one; anything else must match.
+
+    With `delete_missing`, a sync that would delete more than `max_delete` (a fraction) of the live
+    documents is refused (DeleteRefusedError) before it deletes or embeds anything.
+
+    `folder` picks the files of directory sources (include/exclude patterns, hidden files); the index's
+    own directory is never read as a source, whatever `folder` says.
     """
     settings = settings or Settings()
     if batch_tokens is not None and batch_tokens < 0:
@@ -350,6 +420,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            f"{truncate_dim!r})")
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
+    if not 0 <= max_delete <= 1:
+        raise IndexerError(f"--max-delete must be a fraction from 0 to 1 (got {max_delete})")
     seam = runner or embedder
     if seam is not None and (runtime is not None or truncate_dim is not None or prompt is not None
                              or prompt_name is not None):
@@ -367,29 +439,42 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     parsed_template = Template.parse(template) if template else None  # a bad one stops us here
     readers: list[Source | IterableSource] = []
     if paths is not None:
-        readers.extend(open_sources(paths, id_field, text_field, parsed_template))
+        folder = folder or FolderFilter()
+        folder = replace(folder, skip_dirs=(*folder.skip_dirs, index_dir))
+        readers.extend(open_sources(paths, id_field, text_field, parsed_template, folder))
     if sources is not None:
         readers.append(IterableSource(sources, id_field, text_field, parsed_template))
     t0 = time.perf_counter()
     summary = SyncSummary(dry_run=dry_run)
     index: Index | None = None
+    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
+             "prompt": prompt, "query_prompt": query_prompt, "template": template}
     if existing is not None:
-        index = Index.open(index_dir, settings)
-        if not dry_run and index.manifest.read_only:
-            index.close()
-            index.require_writable("sync")
-        if seam is None:
-            _check_names(index, model=model, dtype=dtype, runtime=runtime, truncate_dim=truncate_dim,
-                         prompt=prompt, query_prompt=query_prompt, template=template)
-        else:
-            _check_names(index, model=seam.info.model, dtype=dtype, runtime=seam.info.runtime,
-                         truncate_dim=seam.info.truncate_dim, prompt=seam.info.prompt,
-                         query_prompt=query_prompt, template=template)
-    elif not dry_run:
+        index = opened = Index.open(index_dir, settings)
+        if not dry_run and opened.manifest.read_only:
+            opened.close()
+            opened.require_writable("sync")
+        try:
+            runner = _bind_to_index(opened, seam, dry_run, summary, lambda: _make_runner(
+                model or opened.config.model, batch_size or settings.batch_size, batch_tokens, None,
+                backend, backend_options, _with_runtime(
+                    embedder_options, runtime or opened.config.runtime,
+                    truncate_dim or opened.config.truncate_dim,
+                    opened.config.prompt if prompt is None else prompt),
+                summary, on_progress), **asked) or runner
+        except BaseException:
+            opened.close()
+            raise
+    elif truncate_dim:
+        warning = truncation_warning(model or DEFAULT_MODEL, truncate_dim)
+        if warning:
+            summary.warnings.append(warning)
+    if index is None and not dry_run:
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
-                                  _with_runtime(embedder_options, runtime, truncate_dim, prompt))
+                                  _with_runtime(embedder_options, runtime, truncate_dim, prompt), summary,
+                                  on_progress)
         requested = _requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
                                       template or "")
         try:
@@ -397,6 +482,17 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
+    seam = runner or embedder
+    summary.model = seam.info.model if seam else model or (index.config.model if index else DEFAULT_MODEL)
+    if dry_run and runner is None and embedder is None and backend != "openai":
+        # The dry run embeds nothing, but must not promise work with a model that cannot be loaded.
+        try:
+            check_loadable(model or (index.config.model if index else DEFAULT_MODEL),
+                           runtime or (index.config.runtime if index else "torch"))
+        except BaseException:
+            if index is not None:
+                index.close()
+            raise
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
     # Held shared for the whole run: a compact (exclusive) never runs next to a sync.
     held = ExitStack()
@@ -409,14 +505,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         raise
     state = "failed"
     try:
-        _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
+        _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress)
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
                 model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
                 backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
                                                truncate_dim or index.config.truncate_dim,
-                                               index.config.prompt if prompt is None else prompt))))
+                                               index.config.prompt if prompt is None else prompt),
+                summary, on_progress)))
         state = "finished"
         if delete_missing and summary.incomplete_sources:
             raise IncompleteSourceError(
@@ -430,16 +527,17 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         summary.peak_rss_mb = max(summary.peak_rss_mb, psutil.Process().memory_info().rss / 2**20)
         if run_id is not None:
             manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
-                                                if k != "warnings"})
+                                                if k not in ("warnings", "missing_ids")})
         manifest.close()
         held.close()
     return summary
 
 
 def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: SyncSummary,
-          settings: Settings, dry_run: bool, delete_missing: bool,
+          settings: Settings, dry_run: bool, delete_missing: bool, max_delete: float,
           on_progress: Callable[[Progress], None] | None) -> None:
     t = time.perf_counter()
+    live_before = manifest.live_count() if delete_missing else 0
     counts = ScanCounts()
     meter = _Meter("scan", None, on_progress)
     manifest.begin_scan()
@@ -459,10 +557,18 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         if why is not None:
             summary.incomplete_sources.append(why)
     # Only a scan that read every source whole, to its end, may decide what is missing.
+    if delete_missing or dry_run:
+        summary.missing = manifest.missing_ids_count()
+    if dry_run:
+        summary.missing_ids = manifest.missing_ids(MISSING_IDS_LISTED)
     if delete_missing and not summary.incomplete_sources:
-        summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
-    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
+        refuse_large_delete(summary.missing, live_before, max_delete, dry_run)
+        summary.deleted = summary.missing if dry_run else manifest.delete_missing()
+    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates"):
         setattr(summary, name, getattr(counts, name))
+    summary.warnings.extend([*counts.warnings, *counts.summary_warnings()])
+    if not dry_run:
+        manifest.remember_skips()
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
@@ -479,6 +585,19 @@ def why_incomplete(source: str, last: Record | Skip | None, records: int) -> str
     if records == 0:
         return f"{source}: no record was read, so the source is empty or cut before its first record"
     return None
+
+
+def refuse_large_delete(missing: int, live: int, max_delete: float, dry_run: bool) -> None:
+    """Refuse to delete more than `max_delete` of the `live` documents: an empty, truncated or wrong
+    source looks like a mass deletion."""
+    if missing == 0 or missing <= max_delete * live:
+        return
+    done = ("nothing was written" if dry_run else
+            "nothing was deleted or embedded (new and changed documents were recorded as pending)")
+    raise DeleteRefusedError(
+        f"this sync would delete {missing} of {live} live documents ({missing / live:.0%}), more than "
+        f"--max-delete {max_delete:g} allows; {done}. Check that the sources are complete; if the "
+        "documents are really gone, run the same command with --max-delete 1.")
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,
@@ -510,14 +629,48 @@ def _named_prompt(model: str, name: str) -> str:
 
 def _make_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
                  backend: str, options: dict[str, object] | None,
-                 embedder_options: dict[str, object] | None) -> Runner:
+                 embedder_options: dict[str, object] | None, summary: SyncSummary | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> Runner:
+    """The runner that loads `model` (or runs `embedder`). `--backend auto` is decided here, so that
+    the summary and the "load" progress event can say what was chosen."""
     if embedder is not None:
         return InlineRunner(embedder)
     embedder_options = dict(embedder_options or {})
     if batch_tokens and backend != "openai":  # the API packs its own requests
         embedder_options["batch_tokens"] = batch_tokens
-    return make_runner(backend, model, batch_size=batch_size, embedder_options=embedder_options,
-                       **(options or {}))
+    options = dict(options or {})
+    runtime = str(embedder_options.get("runtime", "torch"))
+    chosen = backend
+    if backend == "auto":
+        from .runners import auto
+
+        chosen, options = auto.choose(model, options, runtime)
+    layout = _layout(chosen, options)
+    if backend == "auto":
+        layout["chosen_by"] = "auto"
+    if summary is not None:
+        summary.backend, summary.backend_settings = chosen, layout
+    if on_progress is not None:
+        how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in layout.items())
+        on_progress(Progress("load", 0, None, 0.0, None, psutil.Process().memory_info().rss / 2**20,
+                             detail=f"model {model} (runtime {runtime}; backend {chosen}"
+                                    + (f": {how}" if how else "") + ")"))
+    return make_runner(chosen, model, batch_size=batch_size, embedder_options=embedder_options, **options)
+
+
+def _layout(backend: str, options: dict[str, object]) -> dict[str, object]:
+    """What a backend will run: workers and threads, devices, or the options given."""
+    if backend == "processes":
+        from .runners.processes import default_layout, usable_cpus
+
+        workers, threads = options.get("workers"), options.get("threads_per_worker")
+        n, t = default_layout(usable_cpus(), workers if isinstance(workers, int) else None,
+                              threads if isinstance(threads, int) else None)
+        return {"workers": n, "threads_per_worker": t}
+    if backend == "gpus":
+        return {"devices": options.get("devices") or "all"}
+    return {k: v for k, v in options.items() if k in ("workers", "threads_per_worker", "devices",
+                                                       "concurrency", "ray_address")}
 
 
 def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progress], None] | None,

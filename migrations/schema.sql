@@ -78,3 +78,8 @@ CREATE TABLE pushed (
     hash      BLOB,
     PRIMARY KEY (target_id, doc_id)
 ) WITHOUT ROWID;
+
+CREATE TABLE skips (
+    place  TEXT PRIMARY KEY,         -- "file:line", "file row N" or a path: where the record was read
+    reason TEXT NOT NULL
+) WITHOUT ROWID;

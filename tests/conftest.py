@@ -15,6 +15,8 @@ Fixtures (all cheap; use them instead of building your own):
     fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
     server          a running tests/openai_server.py EmbeddingServer (Behavior(api_key=API_KEY)), with
                     OPENAI_API_KEY set to API_KEY and OPENAI_BASE_URL unset; turn its `behavior` knobs.
+    no_network      every socket connection in this process fails (OSError); the list of addresses
+                    tried, for asserting that nothing (or only what is unavoidable) was tried.
 
 Helpers: `Throttle(pid, stopped, running)`, a thread that makes a process slow but alive (SIGSTOP and
 SIGCONT in turn), for the hang-watch and progress tests.
@@ -30,6 +32,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import contextlib
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -79,6 +82,19 @@ def write_jsonl_fixture() -> Callable[[Path, Docs], Path]:
 @pytest.fixture(name="fake_vector")
 def fake_vector_fixture() -> Callable[..., np.ndarray]:
     return fake_vector
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
 
 
 @pytest.fixture

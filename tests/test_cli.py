@@ -142,7 +142,8 @@ def test_dry_run_on_new_index_writes_nothing(tmp_path: Path, corpus: Path) -> No
 def test_dry_run_on_existing_index_changes_nothing(tmp_path: Path, index: Path) -> None:
     before = status_of(index)
     changed = docs(tmp_path / "changed.jsonl", {"d0": "a new text", "new1": "brand new"})
-    r = ok("sync", str(changed), "--index", str(index), "--dry-run", "--delete-missing", "--json")
+    r = ok("sync", str(changed), "--index", str(index), "--dry-run", "--delete-missing", "--max-delete", "1",
+           "--json")
     s = json.loads(r.stdout)
     assert (s["new"], s["changed"], s["deleted"], s["would_embed"]) == (1, 1, 4, 2)
     assert status_of(index) == before
@@ -153,7 +154,7 @@ def test_delete_missing(tmp_path: Path, index: Path) -> None:
     fewer = docs(tmp_path / "fewer.jsonl", {"d0": "document number 0"})
     r = ok("sync", str(fewer), "--index", str(index), "--json")
     assert json.loads(r.stdout)["deleted"] == 0  # kept by default
-    r = ok("sync", str(fewer), "--index", str(index), "--delete-missing", "--json")
+    r = ok("sync", str(fewer), "--index", str(index), "--delete-missing", "--max-delete", "0.8", "--json")
     assert json.loads(r.stdout)["deleted"] == 4
     assert sorted(served(index)) == ["d0"]
     assert status_of(index)["deleted"] == 4
@@ -293,7 +294,7 @@ def test_compact_packs_and_keeps_vectors(tmp_path: Path, index: Path) -> None:
                    | {"d0": "rewritten zero"})
     ok("sync", str(changed), "--index", str(index), "-q")
     assert _chunk_file(index, 1)
-    r = ok("compact", str(index))
+    r = ok("compact", str(index), "--json")
     report = json.loads(r.stdout)
     assert report["contents_dropped"] == 1  # the old text of d0
     assert report["chunks_packed"] == 2 and report["chunks_written"] == 1
@@ -395,3 +396,189 @@ def test_python_m_indexer_help() -> None:
 def test_sync_help_names_the_formats() -> None:
     r = ok("sync", "--help")
     assert ".jsonl" in r.stdout and ".parquet" in r.stdout and "stdin" in r.stdout
+
+
+# -- directory sources (issue 15) -----------------------------------------------------------------------
+
+def test_sync_folder_flags_pick_files_and_skip_the_index_inside(tmp_path: Path) -> None:
+    root = tmp_path / "notes"
+    for rel, text in {"a.md": "alpha", "b.txt": "beta", "drafts/c.md": "gamma", ".hidden.md": "secret",
+                      ".git/HEAD": "ref: refs/heads/main"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    idx = root / "idx"  # inside the source: its own files must never become documents
+    r = ok("sync", str(root), "--index", str(idx), "--model", MODEL, "--include", "*.md",
+           "--exclude", "drafts/", "--json")
+    assert json.loads(r.stdout)["scanned"] == 1 and sorted(served(idx)) == ["a.md"]
+    r = ok("sync", str(root), "--index", str(idx), "--hidden", "--json")
+    assert json.loads(r.stdout)["new"] == 3
+    assert sorted(served(idx)) == [".hidden.md", "a.md", "b.txt", "drafts/c.md"]
+    assert "warning" not in r.stderr
+
+
+def test_sync_a_single_markdown_file_and_an_unknown_format(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Title\n\nbody\n", encoding="utf-8")
+    ok("sync", str(notes), "--index", str(tmp_path / "idx"), "--model", MODEL, "--quiet")
+    assert list(served(tmp_path / "idx")) == ["notes.md"]
+    weird = tmp_path / "notes.docx"
+    weird.write_bytes(b"PK\x03\x04")
+    r = invoke("sync", str(weird), "--index", str(tmp_path / "idx2"), "--model", MODEL)
+    assert r.exit_code == 2 and "unknown format" in r.stderr and ".md" in r.stderr and ".jsonl" in r.stderr
+    assert not (tmp_path / "idx2").exists()
+
+
+# -- guards (issue 15) ------------------------------------------------------------------------------------
+
+def test_a_source_with_no_usable_record_exits_2_naming_its_fields(tmp_path: Path) -> None:
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"doc_id": f"r{i}", "body": "text", "lang": "en"}) + b"\n"
+                             for i in range(30)))
+    for args, data in (([str(src)], None), (["-"], src.read_bytes())):
+        r = invoke("sync", *args, "--index", str(tmp_path / "idx"), "--model", MODEL, input=data)
+        no_traceback(r)
+        assert r.exit_code == 2, r.output
+        assert "fields found: doc_id, body, lang" in r.stderr and "--id-field" in r.stderr
+        assert not (tmp_path / "idx").exists()
+    # named right, the same file syncs
+    r = ok("sync", str(src), "--index", str(tmp_path / "idx"), "--model", MODEL, "--id-field", "doc_id",
+           "--text-field", "body", "--json")
+    assert json.loads(r.stdout)["scanned"] == 30
+
+
+def test_delete_missing_refuses_to_delete_more_than_max_delete(tmp_path: Path, index: Path) -> None:
+    before = status_of(index)
+    only_d0 = docs(tmp_path / "only_d0.jsonl", {"d0": "document number 0"})
+    r = invoke("sync", str(only_d0), "--index", str(index), "--delete-missing")
+    no_traceback(r)
+    assert r.exit_code == 5
+    assert "would delete 4 of 5 live documents (80%)" in r.stderr and "--max-delete 1" in r.stderr
+    assert (status_of(index)["deleted"], status_of(index)["done"]) == (0, before["done"])
+    # 2 of 5 is within the default half; 3 of 5 is not, until allowed
+    two_gone = docs(tmp_path / "three.jsonl", {f"d{i}": f"document number {i}" for i in range(3)})
+    r = ok("sync", str(two_gone), "--index", str(index), "--delete-missing", "--json")
+    assert json.loads(r.stdout)["deleted"] == 2
+    one = docs(tmp_path / "one.jsonl", {"d0": "document number 0"})
+    assert invoke("sync", str(one), "--index", str(index), "--delete-missing").exit_code == 5
+    r = ok("sync", str(one), "--index", str(index), "--delete-missing", "--max-delete", "1", "--json")
+    assert json.loads(r.stdout)["deleted"] == 2 and sorted(served(index)) == ["d0"]
+
+
+def test_dry_run_says_how_many_documents_are_missing_and_lists_them_in_json(tmp_path: Path,
+                                                                           index: Path) -> None:
+    fewer = docs(tmp_path / "fewer.jsonl", {"d0": "document number 0", "d2": "document number 2"})
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run")
+    assert "3 live document(s) missing from the sources would be kept" in r.stderr
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run", "--json")
+    s = json.loads(r.stdout)
+    assert (s["missing"], s["missing_ids"], s["deleted"]) == (3, ["d1", "d3", "d4"], 0)
+    r = ok("sync", str(fewer), "--index", str(index), "--dry-run", "--delete-missing", "--max-delete", "1",
+           "--json")
+    s = json.loads(r.stdout)
+    assert (s["missing"], s["deleted"]) == (3, 3) and "missing from the sources" not in r.stderr
+    assert status_of(index)["deleted"] == 0
+
+
+def test_skipped_records_are_warned_about_once_and_then_summarized(tmp_path: Path) -> None:
+    src = tmp_path / "rows.jsonl"
+    rows = [{"id": "a", "text": "alpha"}, {"id": "b", "text": " "}, {"id": "c", "text": ""}, {"id": "d"}]
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    idx = tmp_path / "idx"
+    first = ok("sync", str(src), "--index", str(idx), "--model", MODEL)
+    assert first.stderr.count(": skipped: ") == 3 and "reported by an earlier sync" not in first.stderr
+    again = ok("sync", str(src), "--index", str(idx), "--json")
+    assert ": skipped: " not in again.stderr
+    assert "3 more skipped record(s) were reported by an earlier sync" in again.stderr
+    assert json.loads(again.stdout)["skipped"] == 3  # still counted
+    # a record whose reason changes is reported again; the others stay quiet
+    rows[3] = {"id": "d", "text": 5}
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    third = ok("sync", str(src), "--index", str(idx))
+    assert third.stderr.count(": skipped: ") == 1
+    assert f"{src}:4: skipped: 'text' must be a string" in third.stderr
+    assert "2 more skipped record(s) were reported" in third.stderr
+
+
+def test_dry_run_with_a_model_that_is_not_installed_fails(tmp_path: Path, corpus: Path) -> None:
+    r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model", "some-org/not-installed",
+               "--dry-run")
+    no_traceback(r)
+    assert r.exit_code == 2 and "would embed" not in r.stderr
+    assert "cannot load model 'some-org/not-installed'" in r.stderr and "HF_HUB_OFFLINE is set" in r.stderr
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model", str(empty), "--dry-run")
+    assert r.exit_code == 2 and "holds no model" in r.stderr
+    assert not (tmp_path / "idx").exists()
+
+
+def test_without_hf_hub_offline_a_missing_model_fails_at_once_with_one_probe(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[object],
+        caplog: pytest.LogCaptureFixture) -> None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # even if a connection got out: loopback
+    attempts = no_network
+    for extra in ([], ["--dry-run"]):
+        attempts.clear()
+        r = invoke("sync", str(corpus), "--index", str(tmp_path / "idx"), "--model",
+                   "bogus-org/no-such-model", *extra)
+        no_traceback(r)
+        assert r.exit_code == 2, r.output
+        assert "the Hugging Face hub (127.0.0.1:9) cannot be reached" in r.stderr
+        assert "HF_HUB_OFFLINE=1" in r.stderr
+        assert attempts == [("127.0.0.1", 9)]  # one probe, nothing else
+        assert "Retrying" not in r.output + caplog.text
+        assert not (tmp_path / "idx").exists()
+
+
+# -- messages and help (issue 15) --------------------------------------------------------------------------
+
+def test_compact_prints_a_sentence_and_json_with_json(tmp_path: Path, index: Path) -> None:
+    changed = docs(tmp_path / "v2.jsonl", {f"d{i}": f"document number {i}" for i in range(5)}
+                   | {"d0": "rewritten zero"})
+    ok("sync", str(changed), "--index", str(index), "-q")
+    r = ok("compact", str(index))
+    assert r.stdout.startswith(f"compacted {index}: dropped 1 unused content(s), removed 0 orphan chunk(s) "
+                               "and 0 unfinished write(s), packed 2 sparse chunk(s) into 1, freed ")
+    assert r.stdout.endswith(" MiB of the manifest\n")
+    assert json.loads(ok("compact", str(index), "--json").stdout)["chunks_packed"] == 0
+
+
+def test_export_to_a_missing_directory_or_an_unknown_format_is_refused_clearly(tmp_path: Path,
+                                                                              index: Path) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "x.npy"
+    r = invoke("export", str(index), "--out", str(out))
+    no_traceback(r)
+    assert r.exit_code == 2
+    assert r.stderr == (f"indexer: error: cannot write {out}: the directory {out.parent} does not exist; "
+                        "create it first\n")
+    r = invoke("export", str(index), "--out", str(tmp_path / "x.npy"), "--ids", str(out.parent / "ids.txt"))
+    assert r.exit_code == 2 and f"the directory {out.parent} does not exist" in r.stderr
+    assert not (tmp_path / "x.npy").exists()
+    for name in ("x.csv", "x"):
+        r = invoke("export", str(index), "--out", str(tmp_path / name))
+        assert r.exit_code == 2 and "export writes .npy or .parquet files" in r.stderr, r.stderr
+        assert not (tmp_path / name).exists()
+    ok("export", str(index), "--out", str(tmp_path / "x"), "--format", "npy")  # named, any file name
+    assert np.load(tmp_path / "x", allow_pickle=False).shape == (5, 8)
+
+
+def test_help_says_what_the_options_are() -> None:
+    top = ok("--help").stdout
+    assert "Exit codes:" in top and "130" in top and "5    sync refused to delete" in top
+    assert "4    the embedding backend is unavailable" in top and "143 by SIGTERM" in top
+    sync_help = " ".join(ok("sync", "--help").stdout.split())
+    assert "into the index at --index DIR" in sync_help and "Exit codes: 0 done" in sync_help
+    assert "mean cosine about 0.998 to torch" in sync_help
+    export_help = " ".join(ok("export", "--help").stdout.split())
+    assert "Also write the ids in row order (an output)" in export_help
+    assert "in the order of --ids" not in export_help
+
+
+def test_the_default_model_path_is_a_str_sentence_transformers_loads() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    path = indexer.default_model_path()
+    assert isinstance(path, str)
+    assert SentenceTransformer(path, device="cpu").get_sentence_embedding_dimension() == 384

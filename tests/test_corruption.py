@@ -113,7 +113,7 @@ def test_compact_never_copies_a_damaged_chunk(index: tuple[Path, Path], tmp_path
         slots = dict(idx.manifest.done_slots())
     chunk = sorted(s // CHUNK_ROWS for s in slots.values())[0]
     damage(ix / "vectors.zarr" / "c" / str(chunk) / "0", "flipped")
-    compact = run("compact", str(ix))
+    compact = run("compact", str(ix), "--json")
     assert compact.returncode == 0, compact.stderr
     assert json.loads(compact.stdout)["damaged_chunks_left"] == 1
     report = run("verify", str(ix))
@@ -133,7 +133,7 @@ def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path
     assert "written before checksums were kept" in first.stdout, first.stdout
     assert served(ix)  # readers work without checksums
     if records == "compact":
-        recorded = run("compact", str(ix))
+        recorded = run("compact", str(ix), "--json")
         assert recorded.returncode == 0, recorded.stderr
         assert json.loads(recorded.stdout)["checksums_recorded"] == 7
     else:

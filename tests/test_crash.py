@@ -332,7 +332,7 @@ def check_same_then_compact(index: Path, ref: Reference) -> None:
     verify_clean(index)
     ids, vectors = read_vectors(index)
     assert ids == ref.ids and np.array_equal(vectors, ref.vectors)
-    code, out = invoke("compact", str(index))
+    code, out = invoke("compact", str(index), "--json")
     assert code == 0, out
     report = json.loads(out)
     tally(TOTALS, "orphan chunks removed", report["orphan_chunks_removed"])

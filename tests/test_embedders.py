@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -237,19 +236,6 @@ def test_a_sync_with_the_tiny_model(tiny_path: Path, tiny: SentenceTransformerEm
 
 
 # -- loading ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
-
 
 @pytest.mark.parametrize("name", ["no-such-model-xyz", "some-org/does-not-exist", "/nonexistent/dir/model",
                                   "./relative/missing-model"])

@@ -27,7 +27,7 @@ import indexer
 from indexer import Index, SourceError
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
-from indexer.sources import Record, Skip, open_source
+from indexer.sources import FolderFilter, Record, Skip, open_source
 
 MODEL = "fake:8"
 FAKE = FakeEmbedder(8)
@@ -110,7 +110,11 @@ def test_jsonl_reader_on_arbitrary_lines(lines: list[tuple[object, ...]]) -> Non
         src = d / "fuzz.jsonl"
         src.write_bytes(b"".join(jsonl_line({"id": ln[1], "text": ln[2]}) if ln[0] == "good"
                                  else ln[1] + b"\n" for ln in lines))  # type: ignore[operator]
-        items = list(open_source(str(src)))  # must not raise: a readable file never breaks off
+        try:
+            items = list(open_source(str(src)))  # a readable file never breaks off
+        except SourceError as exc:  # ... but one with no usable record at all is refused at open
+            assert not any(ln[0] == "good" for ln in lines) and "none of its" in str(exc)
+            return
         by_where: dict[str, list[Record | Skip]] = {}
         for item in items:
             assert isinstance(item, (Record, Skip))
@@ -137,6 +141,10 @@ def test_jsonl_reader_on_arbitrary_json_values(rows: list[object]) -> None:
     with scratch() as d:
         src = d / "fuzz.jsonl"
         src.write_bytes(b"".join(jsonl_line(r) for r in rows))
+        if all(_expect(row) is None for row in rows):  # nothing usable: refused at open, naming why
+            with pytest.raises(SourceError, match="none of its"):
+                open_source(str(src))
+            return
         items = list(open_source(str(src)))
         assert len(items) == len(rows)
         for n, (row, item) in enumerate(zip(rows, items, strict=True), 1):
@@ -160,7 +168,9 @@ def test_jsonl_reader_on_arbitrary_bytes(data: bytes) -> None:
                 items = list(open_source(str(src)))
             except SourceError as exc:
                 assert str(src) in str(exc)
-                assert name == "raw.jsonl.gz"  # only a file that is not whole gzip may break off
+                # only a file that is not whole gzip may break off; one with lines but no usable
+                # record is refused at open
+                assert name == "raw.jsonl.gz" or "none of its" in str(exc)
                 continue
             assert all(isinstance(i, (Record, Skip)) for i in items)
             assert len(items) <= data.count(b"\n") + 1
@@ -201,6 +211,9 @@ def test_text_file_with_any_bytes(data: bytes) -> None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
+            if b"\x00" in data:  # binary: skipped, counted in one warning for all such files (group)
+                assert isinstance(item, Skip) and item.group == "binary file" and item.id == "f.txt"
+                return
             assert isinstance(item, Skip) and "not valid UTF-8" in item.reason and item.id == "f.txt"
             return
         if text.strip():
@@ -263,6 +276,11 @@ def test_sync_keeps_every_good_record_and_counts_every_bad_one(lines: list[tuple
             junk.append(f"{src}:{n}")
             out.append(payload + b"\n")
         src.write_bytes(b"".join(out))
+        if junk and not good:  # nothing usable: refused before anything is written
+            with pytest.raises(SourceError, match="none of its"):
+                run(d / "idx", src)
+            assert not (d / "idx").exists()
+            return
         summary = run(d / "idx", src)
         assert summary.scanned == len(good)
         assert_skipped(summary, *junk)
@@ -434,10 +452,10 @@ def test_hostile_paths_in_a_directory(tmp_path: Path) -> None:
     for rel in ["..hidden/..dots", "ü日本/🙂.txt", "a b/c d", ".git/config", "x/y/z/w/v/u.txt"]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(f"content of {rel}", encoding="utf-8")
-    s = run(tmp_path / "idx", root)
+    s = run(tmp_path / "idx", root, folder=FolderFilter(hidden=True))  # .git/ is never read
     assert s.skipped == 0
     assert_index_holds(tmp_path / "idx", {rel: f"content of {rel}" for rel in
-                                          ["..hidden/..dots", "ü日本/🙂.txt", "a b/c d", ".git/config",
+                                          ["..hidden/..dots", "ü日本/🙂.txt", "a b/c d",
                                            "x/y/z/w/v/u.txt"]})
 
 

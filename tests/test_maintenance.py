@@ -87,7 +87,8 @@ def test_compact_loop_during_a_sync_loses_nothing(tmp_path: Path) -> None:
     new = {k: v for i, (k, v) in enumerate(old.items()) if i % 2} | make_docs(5000, 2, prefix="n")
     source = write_source(tmp_path / "new.jsonl", new)
     sync = subprocess.Popen(cli("sync", str(source), "--index", str(index), "--model", "fake:16",
-                                "--delete-missing", "-q"), env=ENV, stdout=subprocess.PIPE,
+                                "--delete-missing", "--max-delete", "1", "-q"), env=ENV,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     outcomes: list[str] = []
     packed = 0
@@ -103,7 +104,7 @@ def test_compact_loop_during_a_sync_loses_nothing(tmp_path: Path) -> None:
     _, err = sync.communicate(timeout=300)
     assert sync.returncode == 0, err
     assert outcomes and "locked" in outcomes, outcomes  # compacts ran while the sync held the index
-    packed += json.loads(run_ok("compact", str(index)).stdout)["chunks_packed"]
+    packed += json.loads(run_ok("compact", str(index), "--json").stdout)["chunks_packed"]
     assert packed > 0  # the dead slots the sync made were packed, by a compact once the sync ended
     check_whole(index, new)
     print(f"\ncompact during sync: {outcomes.count('locked')} refused, {outcomes.count('done')} done")
@@ -118,7 +119,8 @@ def test_two_compacts_at_once_lose_nothing(tmp_path: Path) -> None:
         # Delete a third of the documents and add others: sparse chunks everywhere.
         keep = {k: v for i, (k, v) in enumerate(docs.items()) if (i + trial) % 3}
         docs = keep | make_docs(500, 10 + trial, prefix=f"t{trial}-")
-        sync_ok(write_source(tmp_path / f"s{trial + 1}.jsonl", docs), index, "--delete-missing")
+        sync_ok(write_source(tmp_path / f"s{trial + 1}.jsonl", docs), index, "--delete-missing",
+                "--max-delete", "1")
         procs = [subprocess.Popen(cli("compact", str(index)), env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
         for proc in procs:
@@ -134,7 +136,7 @@ def test_compact_refused_while_the_index_is_held_changes_nothing(tmp_path: Path)
     docs = make_docs(200, 4)
     sync_ok(write_source(tmp_path / "a.jsonl", docs), index)
     half = dict(list(docs.items())[::2])
-    sync_ok(write_source(tmp_path / "b.jsonl", half), index, "--delete-missing")
+    sync_ok(write_source(tmp_path / "b.jsonl", half), index, "--delete-missing", "--max-delete", "1")
     before = {p: p.read_bytes() for p in (index / "vectors.zarr").rglob("*") if p.is_file()}
     with indexer.open(index) as idx:
         slots_before = sorted(idx.manifest.done_slots())
@@ -155,11 +157,11 @@ def test_a_snapshot_taken_before_compact_still_reads(tmp_path: Path) -> None:
     docs = make_docs(300, 5)
     sync_ok(write_source(tmp_path / "a.jsonl", docs), index)
     kept = {k: v for i, (k, v) in enumerate(docs.items()) if i % 3 == 0}
-    sync_ok(write_source(tmp_path / "b.jsonl", kept), index, "--delete-missing")
+    sync_ok(write_source(tmp_path / "b.jsonl", kept), index, "--delete-missing", "--max-delete", "1")
     with indexer.open(index) as idx:
         ids, vecs = idx.vectors()
         first = vecs[0]  # reads (and maps) one chunk before the compact
-        report = json.loads(run_ok("compact", str(index)).stdout)
+        report = json.loads(run_ok("compact", str(index), "--json").stdout)
         assert report["chunks_packed"] > 0, report
         matrix = np.asarray(vecs)  # every other chunk it needs was removed by the compact
         assert np.array_equal(matrix[0], first)
@@ -176,7 +178,7 @@ def test_a_snapshot_whose_vectors_compact_dropped_says_so(tmp_path: Path) -> Non
         ids, vecs = idx.vectors()
         assert len(ids) == len(docs)
         kept = dict(list(docs.items())[:1])
-        sync_ok(write_source(tmp_path / "b.jsonl", kept), index, "--delete-missing")
+        sync_ok(write_source(tmp_path / "b.jsonl", kept), index, "--delete-missing", "--max-delete", "1")
         run_ok("compact", str(index))
         with pytest.raises(indexer.StoreError) as exc:
             np.asarray(vecs)

@@ -284,3 +284,22 @@ def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Pat
     report = push(ix, f"lancedb:{tmp_path / 'lance'}")
     assert (report.upserted, report.rows) == (3, 3)
     assert sorted(served(ix)) == ["a", "b", "c"]
+
+
+def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_then_on(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """The skips migration adds `skips`: an index last written by the schema before it, with work in
+    every state, migrates, syncs to the end, warns about a skipped record on its first sync after the
+    upgrade and not on the next."""
+    from conftest import write_jsonl
+
+    skips_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_skips"))
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=skips_version - 1)
+    src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "},
+                                             {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
+    first = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    assert first.warnings == [f"{src}:2: skipped: empty text: nothing to embed"] and first.embedded == 2
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    second = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    assert second.skipped == 1 and len(second.warnings) == 1
+    assert "reported by an earlier sync" in second.warnings[0]

@@ -61,9 +61,10 @@ def docs(n: int, version: int = 0) -> dict[str, str]:
 
 def sync(ix: Path, documents: dict[str, str], **kw: Any) -> indexer.SyncSummary:
     # An empty source cannot delete (it may be a cut stdin: issue 10, item 4); --delete-missing on it
-    # is refused, so an empty step syncs without it and changes nothing.
+    # is refused, so an empty step syncs without it and changes nothing. max_delete=1: these tests
+    # delete whatever the source lost (the guard is tested in test_cli.py).
     return indexer.sync(ix, list(documents.items()), model="fake:16", delete_missing=bool(documents),
-                        settings=SETTINGS, **kw)
+                        max_delete=1.0, settings=SETTINGS, **kw)
 
 
 def test_first_push_writes_everything_later_ones_only_the_changes(tmp_path: Path) -> None:

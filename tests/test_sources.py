@@ -367,11 +367,94 @@ def test_missing_path_leaves_an_existing_index_untouched(tmp_path: Path) -> None
         assert idx.status() == before  # no run recorded, nothing deleted
 
 
-def test_unknown_extension(tmp_path: Path) -> None:
-    weird = tmp_path / "notes.txt"
-    weird.write_text("id,text\na,b\n", encoding="utf-8")
+def test_unknown_extension_lists_the_understood_ones(tmp_path: Path) -> None:
+    weird = tmp_path / "notes.xml"
+    weird.write_text("<a>b</a>\n", encoding="utf-8")
     err = _refused(tmp_path, weird, match="unknown format")
     assert str(weird) in str(err)
+    for ext in (".jsonl", ".csv", ".parquet", ".txt", ".md", ".rst", "directory"):
+        assert ext in str(err)
+
+
+@pytest.mark.parametrize("name", ["notes.md", "README.txt", "guide.rst"])
+def test_a_single_text_file_is_one_document_named_by_its_file_name(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "sub" / name
+    src.parent.mkdir()
+    src.write_text("# Notes\n\nSome text, with a second paragraph.\n", encoding="utf-8")
+    s = run(tmp_path / "idx", src)
+    assert (s.scanned, s.new, s.skipped) == (1, 1, 0)
+    assert_index_holds(tmp_path / "idx", {name: src.read_text(encoding="utf-8")})
+
+
+def test_an_empty_single_text_file_is_skipped_with_its_name(tmp_path: Path) -> None:
+    src = tmp_path / "empty.md"
+    src.write_text("  \n", encoding="utf-8")
+    assert [(i.where, i.reason) for i in read_all(str(src))] == [  # type: ignore[union-attr]
+        (str(src), "empty text: nothing to embed")]
+
+
+# -- which files of a directory are documents ------------------------------------------------------------
+
+def _tree(root: Path, files: dict[str, bytes | str]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            path.write_text(data, encoding="utf-8")
+        else:
+            path.write_bytes(data)
+    return root
+
+
+def _ids(spec: Path, **folder: Any) -> list[str]:
+    from indexer.sources import FolderFilter
+
+    return sorted(i.id for i in open_source(str(spec), folder=FolderFilter(**folder))
+                  if isinstance(i, Record))
+
+
+def test_git_and_hidden_files_are_left_out_by_default(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "repo", {
+        "README.md": "readme", ".git/HEAD": "ref: refs/heads/main", ".git/objects/ab/cd": "blob",
+        ".env": "SECRET=1", ".github/workflows/ci.yml": "on: push", "src/.cache/x.txt": "cached",
+        "src/a.py": "print(1)"})
+    assert _ids(root) == ["README.md", "src/a.py"]
+    # --hidden takes hidden files and directories, but never .git/
+    assert _ids(root, hidden=True) == [".env", ".github/workflows/ci.yml", "README.md", "src/.cache/x.txt",
+                                       "src/a.py"]
+
+
+def test_include_and_exclude_match_the_relative_path_gitignore_style(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "docs", {
+        "top.md": "t", "a/b.md": "b", "a/c.txt": "c", "build/out.md": "o", "a/build/deep.md": "d",
+        "notes/top.md": "n"})
+    assert _ids(root, include=["*.md"]) == ["a/b.md", "a/build/deep.md", "build/out.md", "notes/top.md",
+                                            "top.md"]
+    assert _ids(root, include=["*.md"], exclude=["build/"]) == ["a/b.md", "notes/top.md", "top.md"]
+    assert _ids(root, exclude=["/top.md", "*.txt"]) == ["a/b.md", "a/build/deep.md", "build/out.md",
+                                                        "notes/top.md"]
+    assert _ids(root, include=["a/**"], exclude=["**/build/**"]) == ["a/b.md", "a/c.txt"]
+
+
+def test_the_index_inside_the_source_directory_is_never_read(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "notes", {"a.txt": "alpha", "b.txt": "beta"})
+    s1 = run(root / ".." / "notes" / "idx", root)  # the same directory, spelled another way
+    s2 = run(root / "idx", root)
+    assert (s1.scanned, s2.scanned, s2.new, s2.unchanged) == (2, 2, 0, 2)
+    assert_index_holds(root / "idx", {"a.txt": "alpha", "b.txt": "beta"})
+
+
+def test_binary_files_are_skipped_with_one_counted_warning(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "mixed", {
+        "a.txt": "text", "img/x.png": b"\x89PNG\r\n\x1a\n\x00\x00", "img/y.png": b"\x00\xff",
+        "lib.so": b"\x7fELF\x00\xc3", "latin1.txt": "caf\xe9".encode("latin-1")})
+    s = run(tmp_path / "idx", root)
+    assert (s.scanned, s.skipped) == (1, 4)
+    # Text in another encoding keeps a warning of its own: the user can re-save it as UTF-8.
+    assert s.warnings == [f"{root / 'latin1.txt'}: skipped: not valid UTF-8 at byte 3",
+                          f"skipped 3 binary file(s), e.g. {root / 'lib.so'}; leave them out with "
+                          "--exclude to silence this"]
+    assert_index_holds(tmp_path / "idx", {"a.txt": "text"})
 
 
 def test_no_source_given(tmp_path: Path) -> None:

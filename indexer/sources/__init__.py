@@ -19,26 +19,41 @@ from ._template import Template
 from .csv_rows import CsvSource
 from .jsonl import JsonlSource
 from .parquet import ParquetSource
-from .textdir import TextDirSource
+from .textdir import BINARY, TEXT_FILE_SUFFIXES, FolderFilter, TextDirSource, TextFileSource
 
-__all__ = ["IterableSource", "Record", "Skip", "Source", "Template", "open_source", "open_sources"]
+__all__ = [
+    "BINARY",
+    "UNDERSTOOD",
+    "FolderFilter",
+    "IterableSource",
+    "Record",
+    "Skip",
+    "Source",
+    "Template",
+    "open_source",
+    "open_sources",
+]
 
-Source = JsonlSource | CsvSource | ParquetSource | TextDirSource
+Source = JsonlSource | CsvSource | ParquetSource | TextDirSource | TextFileSource
+
+# What a source can be, for messages.
+UNDERSTOOD = (".jsonl, .jsonl.gz, .ndjson, .csv, .parquet, a single " + ", ".join(TEXT_FILE_SUFFIXES)
+              + " file (one document), a directory of text files, or - for JSONL on stdin")
 
 
 def open_source(spec: str, id_field: str = "id", text_field: str = "text",
-                template: Template | None = None) -> Source:
+                template: Template | None = None, folder: FolderFilter | None = None) -> Source:
     """Check that `spec` can be read and return its reader; raises SourceError naming what to fix.
-    With a `template`, each record's text is composed from its fields (sources/_template.py)."""
+    With a `template`, each record's text is composed from its fields (sources/_template.py); `folder`
+    picks the files of a directory source."""
     if spec == "-":
         _require_stdin()
         return JsonlSource(None, id_field, text_field, template)
     path = Path(spec)
     if not path.exists():
-        raise SourceError(f"source {spec} does not exist; give a .jsonl, .jsonl.gz, .csv, .parquet "
-                          "file, a directory of text files, or - for JSONL on stdin")
+        raise SourceError(f"source {spec} does not exist; give {UNDERSTOOD}")
     if path.is_dir():
-        return TextDirSource(path, template)
+        return TextDirSource(path, template, folder)
     name = path.name.lower()
     try:
         with path.open("rb"):
@@ -51,8 +66,9 @@ def open_source(spec: str, id_field: str = "id", text_field: str = "text",
         return CsvSource(path, id_field, text_field, template)
     if name.endswith(".parquet"):
         return ParquetSource(path, id_field, text_field, template)
-    raise SourceError(f"source {spec} has an unknown format; use .jsonl, .jsonl.gz, .csv, .parquet, "
-                      "a directory of text files, or - for JSONL on stdin")
+    if name.endswith(TEXT_FILE_SUFFIXES):
+        return TextFileSource(path, template)
+    raise SourceError(f"source {spec} has an unknown format; give {UNDERSTOOD}")
 
 
 def _require_stdin() -> None:
@@ -73,12 +89,12 @@ def _require_stdin() -> None:
 
 
 def open_sources(specs: Iterable[str], id_field: str = "id", text_field: str = "text",
-                 template: Template | None = None) -> list[Source]:
+                 template: Template | None = None, folder: FolderFilter | None = None) -> list[Source]:
     """Open every source first, so that one unreadable source stops the sync before any write."""
     specs = list(specs)
     if not specs:
         raise SourceError("no source given; name at least one file, directory, or - for stdin")
-    return [open_source(s, id_field, text_field, template) for s in specs]
+    return [open_source(s, id_field, text_field, template, folder) for s in specs]
 
 
 class IterableSource:

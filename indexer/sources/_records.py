@@ -32,6 +32,8 @@ class Skip:
     # The source's last item, and not a whole record: the source looks cut there (a copy cut short, a
     # producer killed mid-stream), so it cannot tell which documents are missing. Set only by readers.
     cut: bool = False
+    # Skips of one group (e.g. binary files) are counted and reported in one warning, not one each.
+    group: str | None = None
 
 
 def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str,

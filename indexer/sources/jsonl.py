@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import sys
 import zlib
 from collections.abc import Iterator
@@ -15,10 +16,16 @@ from ._template import Template
 
 _CUT = ("; it is the last line, so the source looks cut mid-record (a copy cut short, a producer killed "
         "mid-stream?): --delete-missing deletes nothing from it")
+# Stdin cannot be read twice: at most this many lines are held back while looking for a usable record.
+_STDIN_LOOKAHEAD = 10_000
 
 
 class JsonlSource:
-    """One JSON object a line, optionally gzipped; `None` reads stdin."""
+    """One JSON object a line, optionally gzipped; `None` reads stdin.
+
+    Opening reads ahead to the first usable record: a source none of whose records can be used (the
+    usual cause: a wrong --id-field or --text-field) is refused then, naming the fields it has, before
+    anything is written."""
 
     def __init__(self, path: Path | None, id_field: str, text_field: str,
                  template: Template | None = None) -> None:
@@ -27,6 +34,45 @@ class JsonlSource:
         self.name = "<stdin>" if path is None else str(path)
         self.id_field = id_field
         self.text_field = text_field
+        self._head: list[bytes] = []  # stdin lines read by the check, served first
+        self._require_a_usable_record()
+
+    def _require_a_usable_record(self) -> None:
+        f = self._open()
+        lines = seen = 0
+        fields: dict[str, None] = {}  # in the order first seen
+        try:
+            for line in f:
+                if self.path is None:
+                    self._head.append(line)
+                if not line.strip():  # a blank line is not a record
+                    continue
+                lines += 1
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if type(row) is not dict:
+                    continue
+                seen += 1
+                if isinstance(record_from_fields(row, self.id_field, self.text_field, self.name,
+                                                 template=self.template), Record):
+                    return
+                fields.update(dict.fromkeys(map(str, row)))
+                if self.path is None and lines >= _STDIN_LOOKAHEAD:
+                    return
+        except (OSError, EOFError, zlib.error):
+            return  # a file that breaks off: the scan reads what it can and says where it broke
+        finally:
+            if self.path is not None:
+                f.close()
+        if not lines:
+            return  # an empty source is no mistake
+        found = f"fields found: {', '.join(fields)}" if fields else "no line is a JSON object"
+        raise SourceError(
+            f"{self.name}: none of its {seen or lines} record(s) has a usable {self.id_field!r} and "
+            f"{self.text_field!r} ({found}); name the fields with --id-field/--text-field. Nothing "
+            "was written")
 
     def _open(self) -> BinaryIO:
         if self.path is None:
@@ -46,8 +92,9 @@ class JsonlSource:
         name, id_field, text_field, template = self.name, self.id_field, self.text_field, self.template
         # A line that is not valid JSON is held until a later record shows that the file goes on.
         held: Skip | None = None
+        head, self._head = self._head, []
         try:
-            for n, line in enumerate(f, 1):
+            for n, line in enumerate(itertools.chain(head, f), 1):
                 try:
                     row = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
