@@ -578,6 +578,9 @@ class Manifest:
         return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done' AND parts = 0"
                                  ).fetchall()
 
+    def broken_wholes(self) -> list[tuple[bytes, str]]:
+        return _wholes.broken_wholes(self.conn)
+
     def active_chunks(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
 
