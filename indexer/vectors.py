@@ -1,7 +1,7 @@
 """Read-only, lazily read views of an index's vectors: document rows aligned with ids, and chunk rows.
 
 A document that fits the model's window has one vector, its own. A long document, embedded as chunks,
-is read as one row too: the L2-normalized mean of its chunk vectors (computed in float32 when its row is
+is read as one row too: the L2-normalized mean of its chunk vectors (computed in float64 when its row is
 read, never stored), so `vectors()` and `get()` keep one row a document whatever the chunking. The
 chunks themselves, with their character spans, are `chunks()`: search them to find the passage.
 """
