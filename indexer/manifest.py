@@ -609,8 +609,9 @@ class Manifest:
             # One pass over documents: no index on ready_hash (commits would pay for it on every row).
             conn.execute("UPDATE documents SET ready_hash = NULL "
                          "WHERE ready_hash IN (SELECT hash FROM requeued)")
-            return wholes + int(conn.execute("""UPDATE contents SET state = 'pending', slot = NULL,
-                error = ? WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount)
+            contents = conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
+                WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount
+            return wholes + int(contents)
 
     def drop_unreferenced_contents(self) -> int:
         """Forget contents no live or served document points at (their slots become free)."""

@@ -208,12 +208,10 @@ def _chunking_of(config: EmbeddingConfig, chunking: bool | None, chunk_tokens: i
 
 
 def _chunker_for(config: EmbeddingConfig) -> Chunker | None:
-    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model's
-    tokens are counted by its backend, which cuts over-long inputs itself (docs/OPENAI.md)."""
-    if config.revision.startswith("api:"):
-        return None
+    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model
+    (revision "api:HOST") is chunked at its per-input limit, counted as its backend counts."""
     return make_chunker(config.model, config.max_seq_length, config.prompt, config.chunk_tokens,
-                        config.chunk_overlap)
+                        config.chunk_overlap, api=config.revision.startswith("api:"))
 
 
 def _check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
