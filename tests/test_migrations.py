@@ -238,3 +238,55 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
         assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0005 (long documents in chunks) adds columns and a table: an index last written by the 0003
+    schema, with a done, a staged pending, a claimed (dead worker) and a failed content, opens, migrates
+    (every old content is a plain one: parts 0), keeps serving what it served, and a sync finishes the
+    rest; `retry` re-queues the failure; the schema is a fresh one's."""
+    from conftest import fake_vector, served
+
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 3])
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
+    conn.executescript("""BEGIN;
+        INSERT INTO contents SELECT hash, state, chars, text, slot, claim_id, attempts, error
+            FROM new.contents;
+        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
+        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
+            WHERE key = 'next_chunk';
+        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
+        COMMIT;""")
+    conn.execute("DETACH new")
+    beta, gamma, bad = content_hash("beta"), content_hash("gamma"), content_hash("bad")
+    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id, attempts, error) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [(beta, "pending", 4, "beta", None, 0, None), (gamma, "claimed", 5, "gamma", 5, 0, None),
+                      (bad, "failed", 3, "bad", None, 3, "it failed")])
+    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)",
+                     [("b", beta), ("c", gamma), ("d", bad)])
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, ix / "manifest.sqlite")
+
+    with indexer.open(ix) as idx:  # migrates
+        assert idx.status()["failed"] == 1 and idx.status()["chunks"] == 4
+        assert idx.manifest.conn.execute("SELECT count(*) FROM contents WHERE parts != 0").fetchone()[0] == 0
+        assert list(idx.vectors()[0]) == ["a"]
+        assert idx.retry() == 1
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 3
+    got = served(ix)
+    assert sorted(got) == ["a", "b", "c", "d"]
+    for key, text in (("a", "alpha"), ("b", "beta"), ("c", "gamma"), ("d", "bad")):
+        assert got[key].tobytes() == fake_vector(text).tobytes(), key
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+    with indexer.open(ix) as idx:
+        assert idx.verify().to_dict()["problems"] == []
