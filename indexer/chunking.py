@@ -81,6 +81,10 @@ class TokenCounter(Protocol):
         """Start and end character of every token of `text` (no special tokens), in order."""
         ...
 
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`offsets` of each text (a tokenizer may do them in one call)."""
+        ...
+
 
 class WordCounter:
     """Whitespace-separated words as tokens: the fake model's count (it has no tokenizer)."""
@@ -93,6 +97,9 @@ class WordCounter:
         spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
         a = np.array(spans, dtype=np.int64).reshape(-1, 2)
         return a[:, 0], a[:, 1]
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.offsets(t) for t in texts]
 
 
 class HFTokenCounter:
@@ -112,9 +119,15 @@ class HFTokenCounter:
         self.specials = int(post.num_special_tokens_to_add(False)) if post is not None else 0
 
     def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tokenizer.encode(text, add_special_tokens=False)
-        a = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        return a[:, 0], a[:, 1]
+        return self.offsets_many([text])[0]
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        # One call for many texts: the Rust side works on them in parallel, without a round trip each.
+        out = []
+        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+            a = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            out.append((a[:, 0], a[:, 1]))
+        return out
 
 
 class ApiTokenCounter:
@@ -147,6 +160,9 @@ class ApiTokenCounter:
         token_bytes = np.arange(0, int(utf8.sum()), BYTES_PER_TOKEN_ESTIMATE)
         starts = np.searchsorted(char_bytes, token_bytes, side="right") - 1
         return starts, np.append(starts[1:], len(text))
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.offsets(t) for t in texts]
 
 
 def load_token_counter(model: str) -> HFTokenCounter:
@@ -214,19 +230,36 @@ class Chunker:
         counter = self._ready()
         return counter.cheap and len(text) <= self._budget and _EXPANDING.search(text) is None
 
+    def _counted(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The token offsets of each text that does not fit cheaply (None for those that do)."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+        need = [i for i, text in enumerate(texts) if not self.fits_cheaply(text)]
+        if need:
+            for i, found in zip(need, self.counter.offsets_many([texts[i] for i in need]), strict=True):
+                out[i] = found
+        return out
+
+    def over_budget_many(self, texts: list[str]) -> list[bool]:
+        """Whether each text has more tokens than the budget: embedded whole, it would be truncated."""
+        return [found is not None and len(found[0]) > self._budget for found in self._counted(texts)]
+
     def over_budget(self, text: str) -> bool:
-        """Whether `text` has more tokens than the budget: embedded whole, it would be truncated."""
-        return not self.fits_cheaply(text) and len(self.counter.offsets(text)[0]) > self._budget
+        return self.over_budget_many([text])[0]
+
+    def split_many(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """`split` of each text, the texts that need counting tokenized in one call."""
+        out = []
+        for text, found in zip(texts, self._counted(texts), strict=True):
+            if found is None or len(found[0]) <= self._budget:
+                out.append([(0, len(text))])
+            else:
+                out.append(_Packing(self, text, *found).spans())
+        return out
 
     def split(self, text: str) -> list[tuple[int, int]]:
         """Character spans (start, end) of the chunks of `text`, in order. A text that fits is one span,
         the whole text, so that it gets the very vector it gets unchunked."""
-        if self.fits_cheaply(text):
-            return [(0, len(text))]
-        starts, ends = self.counter.offsets(text)
-        if len(starts) <= self._budget:
-            return [(0, len(text))]
-        return _Packing(self, text, starts, ends).spans()
+        return self.split_many([text])[0]
 
 
 class _Packing:
