@@ -64,20 +64,20 @@ def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: 
           split: bool) -> Staged:
     """What the new and changed texts `todo` (hash, text) add; a text known already adds nothing."""
     out = Staged()
-    known: dict[bytes, tuple[int, int]] = {}  # hash -> (chunks, truncated)
-    new: dict[bytes, str] = {}
-    for h, text in todo:
-        if h not in known and h not in new:
-            row = conn.execute("SELECT parts, truncated FROM contents WHERE hash = ?", (h,)).fetchone()
-            if row is None:
-                new[h] = text
-            else:
-                known[h] = (max(row[0], 1), row[1])
+    if chunker is None:  # an index that neither chunks nor counts: every text is one plain content
+        out.contents = [(h, len(text), text, 0) for h, text in todo]
+        out.chunks = len(todo)
+        return out
+    distinct = dict(todo)
+    known: dict[bytes, tuple[int, int]] = {}  # hash -> (chunks, truncated) of the contents known already
+    hashes = list(distinct)
+    for start in range(0, len(hashes), 500):
+        part = hashes[start:start + 500]
+        known.update((h, (max(parts, 1), cut)) for h, parts, cut in conn.execute(
+            f"SELECT hash, parts, truncated FROM contents WHERE hash IN ({','.join('?' * len(part))})", part))
+    new = {h: text for h, text in distinct.items() if h not in known}
     texts = list(new.values())
-    if chunker is None:
-        out.contents += [(h, len(text), text, 0) for h, text in new.items()]
-        known.update((h, (1, 0)) for h in new)
-    elif not split:
+    if not split:
         for (h, text), cut in zip(new.items(), chunker.over_budget_many(texts), strict=True):
             out.contents.append((h, len(text), text, int(cut)))
             known[h] = (1, int(cut))
