@@ -197,17 +197,15 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
-def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
-    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
-    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
-    from conftest import fake_vector, served
-
+def old_index(tmp_path: Path, fake_embedder: object, schema: int,
+              contents: list[tuple[str, str, str | None]]) -> Path:
+    """An index whose manifest was last written by the schema of migrations 1..`schema`: document "a"
+    done ("alpha"), a claim (id 5) of a dead worker, and for each (id, text, state) a document and its
+    content in that state (staged text, claimed by claim 5, or failed after 3 attempts)."""
     ix = tmp_path / "ix"
     indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= schema])
     conn = sqlite3.connect(old, isolation_level=None)
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
@@ -219,14 +217,28 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
         INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
         COMMIT;""")
     conn.execute("DETACH new")
-    beta, gamma = content_hash("beta"), content_hash("gamma")
-    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
-                     [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
-    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
+    for doc_id, text, state in contents:
+        h = content_hash(text)
+        conn.execute("INSERT INTO contents (hash, state, chars, text, claim_id, attempts, error) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (h, state, len(text), text, 5 if state == "claimed" else None,
+                      3 if state == "failed" else 0, "it failed" if state == "failed" else None))
+        conn.execute("INSERT INTO documents (id, hash) VALUES (?, ?)", (doc_id, h))
     conn.close()
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
     shutil.copy(old, ix / "manifest.sqlite")
+    return ix
+
+
+def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
+    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
+    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
+    from conftest import fake_vector, served
+
+    ix = old_index(tmp_path, fake_embedder, 2, [("b", "beta", "pending"), ("c", "gamma", "claimed")])
 
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
@@ -248,32 +260,8 @@ def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
     rest; `retry` re-queues the failure; the schema is a fresh one's."""
     from conftest import fake_vector, served
 
-    ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 3])
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
-    conn.executescript("""BEGIN;
-        INSERT INTO contents SELECT hash, state, chars, text, slot, claim_id, attempts, error
-            FROM new.contents;
-        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
-        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
-            WHERE key = 'next_chunk';
-        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
-        COMMIT;""")
-    conn.execute("DETACH new")
-    beta, gamma, bad = content_hash("beta"), content_hash("gamma"), content_hash("bad")
-    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id, attempts, error) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     [(beta, "pending", 4, "beta", None, 0, None), (gamma, "claimed", 5, "gamma", 5, 0, None),
-                      (bad, "failed", 3, "bad", None, 3, "it failed")])
-    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)",
-                     [("b", beta), ("c", gamma), ("d", bad)])
-    conn.close()
-    for suffix in ("", "-wal", "-shm"):
-        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, ix / "manifest.sqlite")
+    ix = old_index(tmp_path, fake_embedder, 3, [("b", "beta", "pending"), ("c", "gamma", "claimed"),
+                                                ("d", "bad", "failed")])
 
     with indexer.open(ix) as idx:  # migrates
         assert idx.status()["failed"] == 1 and idx.status()["chunks"] == 4
