@@ -215,11 +215,9 @@ def _chunker_for(config: EmbeddingConfig) -> Chunker | None:
 
 
 def _check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
-    for name, value in (("--chunk-tokens", chunk_tokens), ("--chunk-overlap", chunk_overlap)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (1 if name == "--chunk-tokens" else 0)):
-            raise IndexerError(f"{name} must be a whole number of tokens, at least "
-                               f"{1 if name == '--chunk-tokens' else 0} (got {value!r})")
+    for name, value, least in (("--chunk-tokens", chunk_tokens, 1), ("--chunk-overlap", chunk_overlap, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise IndexerError(f"{name} must be a whole number of tokens, at least {least} (got {value!r})")
     if chunking is False and (chunk_tokens or chunk_overlap):
         raise IndexerError("--no-chunking embeds whole documents: --chunk-tokens and --chunk-overlap apply "
                            "to chunked indexes only; give one or the other")
@@ -299,6 +297,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     summary = SyncSummary(dry_run=dry_run)
     index_dir = Path(index_dir)
     index: Index | None = None
+    chunker: Chunker | None = None
     if Index.exists(index_dir):
         index = Index.open(index_dir, settings)
         seam = runner or embedder
@@ -315,16 +314,17 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                                   _with_runtime(embedder_options, runtime, truncate_dim))
         requested = _chunking_of(_requested_config(runner.info, dtype or settings.dtype), chunking,
                                  chunk_tokens, chunk_overlap)
-        new_chunker = _chunker_for(requested)
-        if new_chunker is not None and chunk_tokens:
-            new_chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
+        chunker = _chunker_for(requested)
+        if chunker is not None and chunk_tokens:
+            chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
         try:
             index = Index.create(index_dir, requested, settings)
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
-    chunker = _chunker_for(index.config) if index is not None else None
+    if chunker is None and index is not None:
+        chunker = _chunker_for(index.config)
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
     try:
@@ -422,10 +422,9 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     if callable(runner):
         runner = runner()
     try:
-        asked = _requested_config(runner.info, index.config.dtype)
-        index.config.require_same(replace(asked, chunking=index.config.chunking,
-                                          chunk_tokens=index.config.chunk_tokens,
-                                          chunk_overlap=index.config.chunk_overlap), index.path)
+        own = index.config
+        index.config.require_same(_chunking_of(_requested_config(runner.info, own.dtype), own.chunking,
+                                               own.chunk_tokens, own.chunk_overlap), index.path)
         manifest.prepare_for_claims()
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, "chunks"))
     finally:
