@@ -557,9 +557,10 @@ class Manifest:
             WHERE d.deleted = 0 AND c.state = 'failed' ORDER BY d.id LIMIT ?""", (limit,)).fetchall()
 
     def served_slots(self) -> list[tuple[str, int]]:
-        """(id, slot) of every live document with a vector, in slot order (one snapshot)."""
+        """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
+        a long document, served as the mean of its chunks, has none (`Index.chunks()` has them)."""
         return self.conn.execute("""SELECT d.id, c.slot FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
+            ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
 
     def served_count(self) -> int:
         return int(self.conn.execute("""SELECT count(*) FROM documents d JOIN contents c
@@ -571,7 +572,8 @@ class Manifest:
             part = ids[start:start + 500]
             marks = ",".join("?" * len(part))
             out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
-                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND d.id IN ({marks})""", part).fetchall())
+                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
+                part).fetchall())
         return out
 
     def done_slots(self) -> list[tuple[bytes, int]]:
