@@ -253,6 +253,8 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
 def _chunking_line(st: dict[str, Any]) -> str:
     if not st["chunking"]:
         return "unchunked: one vector a document"
+    if not st["chunk_tokens"] and str(st["model"]).startswith("fake:"):
+        return "the fake model has no window: it chunks only with --chunk-tokens"
     line = f"at most {st['chunk_tokens']} tokens" if st["chunk_tokens"] else "at the model's window"
     return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
 
