@@ -328,7 +328,8 @@ def test_two_processes_upgrade_an_old_manifest_at_once(corpus: tuple[Path, dict[
     run = subprocess.run(sync_cmd(small, index), env=ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
+    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE text_chunks; "
+                       "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()
     status = [sys.executable, "-m", "indexer", "status", str(index), "--json"]
     first = subprocess.Popen(status, env=dict(ENV, INDEXER_PAUSE_AT="mid-migration"),
