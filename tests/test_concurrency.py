@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import downgrade_to_schema_1
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
@@ -327,10 +328,7 @@ def test_two_processes_upgrade_an_old_manifest_at_once(corpus: tuple[Path, dict[
     small.write_text("".join(source.read_text().splitlines(keepends=True)[:50]))
     run = subprocess.run(sync_cmd(small, index), env=ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE text_chunks; "
-                       "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
+    downgrade_to_schema_1(index / "manifest.sqlite")
     status = [sys.executable, "-m", "indexer", "status", str(index), "--json"]
     first = subprocess.Popen(status, env=dict(ENV, INDEXER_PAUSE_AT="mid-migration"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
