@@ -92,6 +92,20 @@ def baseline_tree(ref: str, tmp: Path) -> tuple[Path, str]:
     return out, sha
 
 
+def libraries(baseline: str, tmp: Path) -> list[tuple[str, Path]]:
+    """(label, library root) to run: the baseline ref's (`git archive`; "merge-base": the merge base
+    with main; "": none) first, then this tree's."""
+    libs: list[tuple[str, Path]] = [("this tree", ROOT)]
+    if baseline:
+        ref = baseline
+        if ref == "merge-base":
+            ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
+                                 text=True, check=True).stdout.strip()
+        path, sha = baseline_tree(ref, tmp)
+        libs.insert(0, (f"baseline {sha}", path))
+    return libs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
@@ -112,14 +126,7 @@ def main() -> None:
     script = str(Path(__file__).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="bench-driver-"))
     try:
-        libs: list[tuple[str, Path]] = [("this tree", ROOT)]
-        if args.baseline:
-            ref = args.baseline
-            if ref == "merge-base":
-                ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
-                                     text=True, check=True).stdout.strip()
-            path, sha = baseline_tree(ref, tmp)
-            libs.insert(0, (f"baseline {sha}", path))
+        libs = libraries(args.baseline, tmp)
         rows, ratio_rows = [], []
         for n in args.sizes:
             corpus = corpus_of(n, args.data, tmp)

@@ -54,6 +54,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def open(path: str | Path, settings: Settings | None = None) -> Index:
-    """Open the index at `path`. Raises IndexNotFoundError if there is none."""
-    return Index.open(path, settings)
+def open(path: str | Path, settings: Settings | None = None, *, read_only: bool | None = None) -> Index:
+    """Open the index at `path`. Raises IndexNotFoundError if there is none. `read_only`: never write
+    to it (the default where it cannot be written, as on read-only media)."""
+    return Index.open(path, settings, read_only=read_only)

@@ -367,7 +367,11 @@ def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
 def compact(index_dir: str) -> None:
-    """Reclaim dead slots, orphan chunks and unfinished writes. Run it when no sync is running."""
+    """Reclaim dead slots, orphan chunks and unfinished writes, and VACUUM the manifest.
+
+    It needs the index to itself: while a sync, a verify or another compact runs, it changes nothing
+    and exits 1 saying so; run it again when they have finished.
+    """
     with _errors(), _open(index_dir) as idx:
         report = idx.compact()
     click.echo(json.dumps(report.to_dict()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -12,7 +13,8 @@ import xxhash
 
 from .errors import ConfigMismatchError, ManifestError
 
-__all__ = ["DTYPES", "RUNTIMES", "EmbeddingConfig", "difference_line", "read_config", "write_config"]
+__all__ = ["DTYPES", "RUNTIMES", "EmbeddingConfig", "config_text", "difference_line", "parse_config",
+           "read_config", "write_config"]
 
 DTYPES = ("float32", "float16")
 # "torch": the model's own runtime (sentence-transformers on torch; the fake and API models' only one).
@@ -109,23 +111,45 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def write_config(path: Path, config: EmbeddingConfig) -> None:
+def config_text(config: EmbeddingConfig) -> str:
+    """The text of index.toml for `config` (the manifest keeps a copy of it)."""
     lines = ["# The embedding configuration this index is bound to. Do not edit.", "[embedding]"]
     lines += [f"{f.name} = {_toml_value(getattr(config, f.name))}" for f in fields(config)]
     lines.append(f'fingerprint = "{config.fingerprint()}"')
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, config: EmbeddingConfig) -> None:
+    """Replace index.toml atomically and durably (temp file, fsync, rename, fsync of the directory): a
+    power cut leaves the old file or the new one, never an empty one."""
     tmp = path.with_suffix(".toml.partial")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config_text(config))
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
-
-
-def read_config(path: Path) -> EmbeddingConfig:
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))["embedding"]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def parse_config(text: str, where: str) -> EmbeddingConfig:
+    """The configuration in an index.toml text; ValueError naming `where` if it is not one."""
+    try:
+        data = tomllib.loads(text)["embedding"]
         # A key added after the index was written is absent: its default is what the index meant.
         values: dict[str, Any] = {f.name: data[f.name] if f.name in data or f.name not in _LATER_DEFAULTS
                                   else _LATER_DEFAULTS[f.name] for f in fields(EmbeddingConfig)}
         return EmbeddingConfig(**values)
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
-        raise ManifestError(
-            f"{path} is unreadable ({exc}); restore it from a backup or rebuild the index"
-        ) from exc
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{where} is not an embedding configuration ({exc!r})") from exc
+
+
+def read_config(path: Path) -> EmbeddingConfig:
+    try:
+        return parse_config(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is unreadable ({exc}); nothing was changed. Restore it from a "
+                            "backup") from exc

@@ -8,9 +8,12 @@ Every message names the object (index, file and line, document), its state and w
     ├── SourceError                a source cannot be read at all (missing file, unknown format)
     ├── ModelLoadError             the embedding model cannot be loaded (offline, bad path)
     ├── MissingDependencyError     an optional package a chosen feature needs is not installed
+    ├── IndexBusyError             maintenance (compact) could not get the index to itself, or a sync
+    │                              or verify waited too long for a compact to finish; nothing changed
     ├── ManifestError              manifest.sqlite is unreadable, too new, or on an unsafe filesystem
     │   └── LeaseLostError         a commit whose claim token no longer matches (fencing refusal)
     ├── StoreError                 vectors.zarr is missing, unwritable or has torn chunks
+    │   └── ChunkMissingError      a chunk that holds served vectors is missing or torn
     └── EmbeddingError             an embedder failed for a whole batch; per-document failures
                                    are recorded in the manifest, not raised
 """
@@ -18,8 +21,10 @@ Every message names the object (index, file and line, document), its state and w
 from __future__ import annotations
 
 __all__ = [
+    "ChunkMissingError",
     "ConfigMismatchError",
     "EmbeddingError",
+    "IndexBusyError",
     "IndexNotFoundError",
     "IndexerError",
     "LeaseLostError",
@@ -39,6 +44,10 @@ class IndexerError(Exception):
 
 class IndexNotFoundError(IndexerError):
     exit_code = 2
+
+
+class IndexBusyError(IndexerError):
+    """Another process holds the index's maintenance lock; the operation changed nothing."""
 
 
 class ConfigMismatchError(IndexerError):
@@ -69,6 +78,14 @@ class LeaseLostError(ManifestError):
 
 class StoreError(IndexerError):
     pass
+
+
+class ChunkMissingError(StoreError):
+    """A chunk file that should hold vectors is missing or has the wrong size."""
+
+    def __init__(self, message: str, chunk: int) -> None:
+        super().__init__(message)
+        self.chunk = chunk
 
 
 class EmbeddingError(IndexerError):

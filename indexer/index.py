@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
-import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexerError, IndexNotFoundError, StoreError
-from .manifest import Manifest
+from ._lock import maintenance_lock
+from .config import EmbeddingConfig, config_text, parse_config, read_config, write_config
+from .errors import (
+    ChunkMissingError,
+    IndexBusyError,
+    IndexerError,
+    IndexNotFoundError,
+    ManifestError,
+    StoreError,
+)
+from .manifest import Manifest, identify
 from .settings import Settings
 from .store import VectorStore
 from .vectors import (
@@ -26,7 +35,6 @@ from .vectors import (
     VectorView,
     chunks_snapshot,
     documents_snapshot,
-    read_rows,
     vectors_of,
 )
 
@@ -53,6 +61,87 @@ def filesystem_type(path: Path) -> str | None:
                 and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
     return fstype
+
+
+@contextlib.contextmanager
+def _creation_lock(path: Path) -> Iterator[None]:
+    """Held while an index is made or its creation finished (flock on the index directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _not_an_index(path: Path, why: str) -> IndexNotFoundError:
+    return IndexNotFoundError(f"{path} is not an index: its {MANIFEST} is not an indexer manifest ({why}). "
+                              "Nothing was changed; point --index at another directory")
+
+
+def _store_without_manifest(path: Path) -> IndexNotFoundError:
+    return IndexNotFoundError(f"{path} is not an index: it holds a {STORE} but no {MANIFEST}. Nothing was "
+                              "changed; point --index at another directory (or restore the manifest of "
+                              "the index it belongs to)")
+
+
+def _remove_unfinished_store(store: Path) -> None:
+    """A store made by a creation that stopped before the end: removed, but only if it holds no chunk."""
+    if (store / "c").exists() and any((store / "c").iterdir()):
+        raise StoreError(f"{store} holds chunk files but its manifest holds nothing: it is not this "
+                         "index's. Nothing was changed; move it away or point --index elsewhere")
+    shutil.rmtree(store)
+
+
+def _load_config(path: Path, manifest: Manifest) -> EmbeddingConfig:
+    """The configuration from index.toml; where that is missing, empty or unreadable, from the copy in
+    the manifest (written back to index.toml, atomically, unless read-only)."""
+    toml = path / CONFIG
+    try:
+        text = toml.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {toml} ({exc}); check its permissions. Nothing was changed"
+                            ) from exc
+    copy = manifest.stored_config()
+    problem = "is missing or empty"
+    if text.strip():
+        try:
+            config = parse_config(text, str(toml))
+        except ValueError as exc:
+            problem = f"is unreadable ({exc})"
+        else:
+            if copy is None and not manifest.read_only:  # an index made before the copy was kept
+                manifest.store_config(config_text(config))
+            return config
+    if copy is None:
+        if not text and manifest.is_blank():
+            raise IndexNotFoundError(f"the creation of the index at {path} stopped before its end (an older "
+                                     "indexer) and nothing was stored in it: remove the directory, then "
+                                     "sync again")
+        raise ManifestError(f"{toml} {problem}, and this manifest (made by an older indexer) holds no copy "
+                            f"of it: restore {toml} from a backup. Nothing was changed")
+    config = parse_config(copy, f"the copy of {CONFIG} in {manifest.path}")
+    if not manifest.read_only:
+        with _creation_lock(path):
+            write_config(toml, config)
+    return config
+
+
+def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, settings: Settings) -> VectorStore:
+    """The store; made where a creation stopped before it (nothing stored yet), unless read-only."""
+    try:
+        return VectorStore(path / STORE)
+    except StoreError:
+        if manifest.read_only or not manifest.is_blank():
+            raise
+    with _creation_lock(path):
+        with contextlib.suppress(StoreError):  # another process finished it meanwhile
+            return VectorStore(path / STORE)
+        if (path / STORE).exists():
+            _remove_unfinished_store(path / STORE)
+        return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
 def vector_schema(dim: int, dtype: np.dtype) -> Any:
@@ -92,12 +181,28 @@ class VerifyReport:
 
 
 @dataclass
+class _ChunkCheck:
+    """What `Index.verify` found in one chunk file that holds done vectors."""
+
+    lost: str | list[int]  # why the whole chunk is lost (missing, torn); or the done slots not finite
+    changed: list[int] = field(default_factory=list)  # done slots whose row checksum differs
+    actual: bytes | None = None  # the checksums of the file as it is
+
+    @property
+    def sound(self) -> bool:
+        return not self.lost and not self.changed
+
+
+@dataclass
 class CompactReport:
     contents_dropped: int = 0
     orphan_chunks_removed: int = 0
     partial_files_removed: int = 0
     chunks_packed: int = 0
     chunks_written: int = 0
+    damaged_chunks_left: int = 0  # sparse chunks that fail verify: left for `verify --repair`
+    manifest_bytes_freed: int = 0  # by VACUUM
+    checksums_recorded: int = 0  # of chunks written before checksums were kept
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -114,42 +219,83 @@ class Index:
 
     @staticmethod
     def exists(path: str | Path) -> bool:
-        return (Path(path) / CONFIG).is_file()
+        """Whether `path` holds an index: its index.toml, or, where that was lost or left empty (a power
+        cut), an indexer manifest, from which `open` recovers the configuration."""
+        path = Path(path)
+        with contextlib.suppress(OSError):
+            if (path / CONFIG).stat().st_size > 0:
+                return True
+        return identify(path / MANIFEST)[0] == "ours"
+
+    @classmethod
+    def bound_config(cls, path: str | Path, settings: Settings | None = None) -> EmbeddingConfig | None:
+        """The configuration the index at `path` is bound to (from index.toml, or the manifest's copy
+        where that is lost), read without writing anything; None where there is no index."""
+        path = Path(path)
+        if not cls.exists(path):
+            return None
+        manifest = Manifest(path / MANIFEST, settings or Settings(), read_only=True)
+        try:
+            return _load_config(path, manifest)
+        finally:
+            manifest.close()
 
     @classmethod
     def create(cls, path: str | Path, config: EmbeddingConfig, settings: Settings | None = None) -> Index:
-        """Make a new index bound to `config`. index.toml is written last: a directory without it is
-        an index whose creation never finished, and is created again."""
+        """Make a new index bound to `config`: the manifest (with a copy of the configuration, in the
+        transaction that makes its schema), then the store, then index.toml.
+
+        Only where nothing is, or where a creation stopped before anything was stored in it: a
+        directory holding a file of that name that is not ours is refused untouched."""
         path, settings = Path(path), settings or Settings()
         if cls.exists(path):
             raise FileExistsError(f"{path} is already an index")
         path.mkdir(parents=True, exist_ok=True)
         # Two first syncs at once: one creates, the other waits here, then finds the index made.
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with _creation_lock(path):
             if cls.exists(path):
                 raise FileExistsError(f"{path} is already an index")
+            kind, why = identify(path / MANIFEST)
+            if kind == "foreign":
+                raise _not_an_index(path, why)
             if (path / STORE).exists():
-                shutil.rmtree(path / STORE)
-            manifest = Manifest(path / MANIFEST, settings, create=True)
+                if kind == "absent":
+                    raise _store_without_manifest(path)
+                _remove_unfinished_store(path / STORE)
+            manifest = Manifest(path / MANIFEST, settings, create=True, config_text=config_text(config))
             store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
             write_config(path / CONFIG, config)
-        finally:
-            os.close(fd)  # releases the lock
         return cls(path, config, manifest, store, settings)
 
     @classmethod
-    def open(cls, path: str | Path, settings: Settings | None = None) -> Index:
+    def open(cls, path: str | Path, settings: Settings | None = None, *,
+             read_only: bool | None = None) -> Index:
+        """Open the index at `path`. `read_only` (default: where the directory or the manifest cannot be
+        written, as on read-only media) opens it without any write: no migration, no recovery."""
         path, settings = Path(path), settings or Settings()
-        if not cls.exists(path):
-            what = "does not exist" if not path.exists() else f"has no {CONFIG}"
+        kind, why = identify(path / MANIFEST)
+        if kind == "foreign":
+            raise _not_an_index(path, why)
+        if kind != "ours":
+            if cls.exists(path):  # index.toml without its manifest
+                raise ManifestError(f"{path / MANIFEST} is missing ({why}) but {CONFIG} is there: restore "
+                                    "the manifest from a backup. Nothing was changed")
+            if (path / STORE).exists():
+                raise _store_without_manifest(path)
+            what = "does not exist" if not path.exists() else "holds no index"
             raise IndexNotFoundError(f"no index at {path}: the directory {what}. "
                                      f"Create one with `indexer sync SOURCE --index {path}`")
-        config = read_config(path / CONFIG)
-        manifest = Manifest(path / MANIFEST, settings)
-        store = VectorStore(path / STORE)
+        if read_only is None:
+            read_only = not (os.access(path, os.W_OK) and os.access(path / MANIFEST, os.W_OK))
+        manifest = Manifest(path / MANIFEST, settings, read_only=read_only)
+        try:
+            config = _load_config(path, manifest)
+            store = _load_store(path, config, manifest, settings)
+        except BaseException:
+            manifest.close()
+            raise
         if (store.dim, store.dtype.name) != (config.dim, config.dtype):
+            manifest.close()
             raise StoreError(f"{path / STORE} holds {store.dtype.name} vectors of dim {store.dim} but "
                              f"{CONFIG} says {config.dtype} of dim {config.dim}; the index is damaged")
         return cls(path, config, manifest, store, settings)
@@ -162,6 +308,25 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def require_writable(self, action: str) -> None:
+        """Refuse `action` (a sync, a repair, a compact) on an index opened read-only."""
+        if self.manifest.read_only:
+            raise IndexerError(f"{action} writes to the index, and {self.path} is open read-only (the "
+                               "directory or its manifest cannot be written here). Nothing was changed; "
+                               "run it where the index is writable. Reading it works as it is")
+
+    def maintenance(self, exclusive: bool = False) -> AbstractContextManager[None]:
+        """The index's maintenance lock (indexer/_lock.py): shared by syncs and verifies, which wait up
+        to the busy timeout for a compact to finish; exclusive for compact, which never waits."""
+        if exclusive:
+            return maintenance_lock(self.path / STORE, exclusive=True, wait_s=0, busy=(
+                f"another process is using the index {self.path} (a sync, a verify or another "
+                "compact); nothing was changed. Run compact again when it has finished"))
+        wait_s = self.settings.busy_timeout_ms / 1000
+        return maintenance_lock(self.path / STORE, exclusive=False, wait_s=wait_s, busy=(
+            f"a compact has held the index {self.path} for over {wait_s:.0f} s; nothing was changed. "
+            "Run the same command again when it has finished"))
 
     def network_filesystem(self) -> str | None:
         fstype = filesystem_type(self.path)
@@ -184,21 +349,18 @@ class Index:
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         return self.manifest.failures(limit)
 
-    def _reader(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path / MANIFEST, isolation_level=None, check_same_thread=False)
-
     def vectors(self) -> tuple[DocumentIds, VectorView]:
         """(ids, vecs) of every live document with a vector, one row a document. A long document,
         embedded as chunks, is the L2-normalized mean of its chunk vectors (computed as its row is
         read). Nothing is read until used."""
-        snapshot = documents_snapshot(self._reader())
+        snapshot = documents_snapshot(self.manifest.reader, self.path)
         return DocumentIds(snapshot), VectorView(snapshot, self.store)
 
     def chunks(self) -> Chunks:
         """Every chunk of every live document with a vector: `.ids`, `.ordinals`, `.starts`, `.ends`
         (character span in the document's text) and `.vectors` (lazily read), row by row. A document
         that fits the model's window is one chunk. Nothing is read until used."""
-        return Chunks(chunks_snapshot(self._reader()), self.store)
+        return Chunks(chunks_snapshot(self.manifest.reader, self.path), self.store)
 
     def get(self, ids: Sequence[str]) -> np.ndarray:
         """Vectors of `ids`, in that order, as rows of `vectors()`. KeyError names the ids that have none."""
@@ -228,13 +390,12 @@ class Index:
             return self._export_parquet(out)
         chunks = self.chunks() if level == "chunks" else None
         ids, vecs = (chunks.ids, chunks.vectors) if chunks is not None else self.vectors()
-        rows = vecs._rows()
+        n = len(vecs)
         tmp = out.with_name(out.name + ".partial")
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
-                                           shape=(len(rows.slots), self.store.dim))
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype, shape=(n, self.store.dim))
         step = self.store.chunk_rows * 64
-        for start in range(0, len(rows.slots), step):
-            read_rows(self.store, rows, rows.slots[start:start + step], out=matrix[start:start + step])
+        for start in range(0, n, step):
+            vecs.read_into(slice(start, start + step), matrix[start:start + step])
         matrix.flush()
         del matrix
         tmp.replace(out)
@@ -245,7 +406,7 @@ class Index:
                 lines = (json.dumps({"id": i, "chunk": int(k), "start": int(a), "end": int(b)}) + "\n"
                          for i, k, a, b in zip(ids, chunks.ordinals, chunks.starts, chunks.ends, strict=True))
             Path(ids_out).write_text("".join(lines), encoding="utf-8")
-        return len(rows.slots)
+        return n
 
     def _export_parquet(self, out: Path) -> int:
         """One row group per step of rows, each read from the store and written before the next, so
@@ -255,31 +416,39 @@ class Index:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        _, vecs = self.vectors()
-        rows = vecs._rows()
-        ids, slots = rows.ids, rows.slots
+        ids, vecs = self.vectors()
+        n = len(vecs)
         schema = vector_schema(self.store.dim, self.store.dtype)
         tmp = out.with_name(out.name + ".partial")
         step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
         try:
             with pq.ParquetWriter(tmp, schema) as writer:
-                for start in range(0, len(slots), step):
-                    block = read_rows(self.store, rows, slots[start:start + step])
+                for start in range(0, n, step):
+                    block = vecs[start:start + step]  # checked, and followed across a compact
                     writer.write_batch(pa.record_batch(
                         [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
                         schema=schema), row_group_size=step)
             tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)
-        return len(slots)
+        return n
 
     # -- maintenance ----------------------------------------------------------------------------
 
     def retry(self) -> int:
         """Send failed contents back to pending; the next sync embeds them again."""
+        self.require_writable("retry")
         return self.manifest.retry_failed()
 
     def verify(self, repair: bool = False) -> VerifyReport:
+        """Check that manifest and store agree; with `repair`, re-queue what is missing or bad. Holds
+        the maintenance lock shared: a compact moving vectors meanwhile would look like lost chunks."""
+        if repair:
+            self.require_writable("verify --repair")
+        with self.maintenance():
+            return self._verify(repair)
+
+    def _verify(self, repair: bool) -> VerifyReport:
         report = VerifyReport()
         integrity = self.manifest.integrity_check()
         if integrity != "ok":
@@ -292,30 +461,45 @@ class Index:
             report.problem(str(exc))
         bad: list[bytes] = []
         by_chunk: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
-        for h, slot in self.manifest.done_slots():
+        done, active = self.manifest.done_slots_and_active_chunks()
+        for h, slot in done:
             if slot is None:
                 report.problem(f"content {h.hex()} is done without a slot")
                 bad.append(h)
                 continue
             by_chunk[slot // self.store.chunk_rows].append((h, slot))
+        checksums = self.manifest.chunk_checksums()
+        unrecorded: dict[int, bytes] = {}  # chunks written before checksums were kept, found sound
         for chunk, rows in sorted(by_chunk.items()):
-            state = self.store.chunk_state(chunk)
             report.checked += len(rows)
-            if state != "ok":
-                report.problem(f"chunk {chunk} is {state}: {len(rows)} done vector(s) lost")
+            check = self._check_chunk(chunk, [s for _, s in rows], checksums.get(chunk))
+            if isinstance(check.lost, str):
+                report.problem(check.lost)
                 bad.extend(h for h, _ in rows)
                 continue
-            data = self.store.read_chunk(chunk)
-            offsets = np.array([s for _, s in rows]) - chunk * self.store.chunk_rows
-            finite = np.isfinite(data[offsets]).all(axis=1)
-            for (h, slot), ok in zip(rows, finite, strict=True):
-                if not ok:
-                    report.problem(f"slot {slot} (content {h.hex()}) is done but its vector is not finite")
-                    bad.append(h)
+            hash_of = dict((s, h) for h, s in rows)
+            for slot in check.lost:
+                report.problem(f"slot {slot} (content {hash_of[slot].hex()}) is done but its vector is "
+                               "not finite")
+            if check.changed:
+                report.problem(f"chunk {chunk} does not match its checksum: {len(check.changed)} done "
+                               "vector(s) changed after they were written")
+            damaged = set(check.lost) | set(check.changed)
+            bad.extend(h for h, s in rows if s in damaged)
+            if check.actual is not None and ((chunk not in checksums and check.sound) or damaged):
+                # A chunk from before checksums; or one whose damaged rows --repair re-queues: the
+                # rows it goes on serving match their own recorded checksums, so the file as it is
+                # is their new record, and readers can map it again.
+                unrecorded[chunk] = check.actual
         for whole, what in self.manifest.broken_wholes():
             report.problem(f"long document content {whole.hex()} is done but {what}")
             bad.append(whole)
-        referenced = set(by_chunk) | self.manifest.active_chunks()
+        old_chunks = sum(1 for c in unrecorded if c not in checksums)
+        if old_chunks and not repair:
+            report.notes.append(f"{old_chunks} chunk(s) were written before checksums were kept: "
+                                "checked for missing values only; `indexer compact` or `indexer verify "
+                                "--repair` records their checksums")
+        referenced = set(by_chunk) | active
         orphans = [c for c in self.store.chunk_files() if c not in referenced]
         if orphans:
             report.notes.append(f"{len(orphans)} chunk file(s) hold no done vector; `indexer compact` "
@@ -326,16 +510,49 @@ class Index:
                                 "`indexer compact` removes them")
         if repair and bad:
             report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
+        if repair and unrecorded:
+            self.manifest.record_checksums(unrecorded)
+            if old_chunks:
+                report.notes.append(f"recorded the checksums of {old_chunks} chunk(s) written before "
+                                    "checksums were kept")
         return report
+
+    def _check_chunk(self, chunk: int, slots: Sequence[int], recorded: bytes | None) -> _ChunkCheck:
+        """Check a chunk that holds done `slots` against its `recorded` checksums (None: not kept)."""
+        try:
+            data, actual, changed_rows = self.store.read_chunk_checked(chunk, recorded)
+        except FileNotFoundError:
+            return _ChunkCheck(f"chunk {chunk} is missing: {len(slots)} done vector(s) lost")
+        except ChunkMissingError:
+            return _ChunkCheck(f"chunk {chunk} is torn: {len(slots)} done vector(s) lost")
+        first = chunk * self.store.chunk_rows
+        finite = np.isfinite(data[np.asarray(slots, dtype=np.int64) - first]).all(axis=1)
+        not_finite = [int(s) for s, ok in zip(slots, finite, strict=True) if not ok]
+        changed = sorted({first + r for r in changed_rows} & set(slots) - set(not_finite))
+        return _ChunkCheck(not_finite, changed, actual)
 
     def compact(self) -> CompactReport:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
         then one transaction moves the slots, then the old chunk files are removed. A crash in between
-        leaves only orphans, which the next compact removes."""
-        active_claims = self.manifest.expire_claims()
-        if active_claims:
-            raise IndexerError(f"a sync is running on {self.path} ({active_claims} active claim(s)); "
-                               "run compact when it has finished")
+        leaves only orphans, which the next compact removes.
+
+        It holds the maintenance lock exclusively for its whole run, or does nothing: a sync committing
+        a chunk, or another compact packing one, between this one's look at the manifest and its
+        deletions would lose those vectors."""
+        self.require_writable("compact")
+        with self.maintenance(exclusive=True):
+            active_claims = self.manifest.expire_claims()
+            if active_claims:  # a sync that holds no lock: an older indexer, or another host
+                raise IndexBusyError(f"another process is using the index {self.path} ({active_claims} "
+                                     "active claim(s)); nothing was changed. Run compact again when "
+                                     "it has finished")
+            report = self._compact()
+            before = self.manifest.path.stat().st_size
+            self.manifest.vacuum()
+            report.manifest_bytes_freed = max(0, before - self.manifest.path.stat().st_size)
+            return report
+
+    def _compact(self) -> CompactReport:
         report = CompactReport()
         report.contents_dropped = self.manifest.drop_unreferenced_contents()
         for p in self.store.partial_files():
@@ -346,25 +563,44 @@ class Index:
         for _, slot in self.manifest.done_slots():
             by_chunk[slot // rows_per_chunk].append(slot)
         active = self.manifest.active_chunks()
-        for chunk in list(self.store.chunk_files()):
-            if chunk not in by_chunk and chunk not in active:
-                self.store.delete_chunk(chunk)
-                report.orphan_chunks_removed += 1
-        sparse = sorted(c for c, slots in by_chunk.items() if len(slots) < rows_per_chunk)
+        orphans = [c for c in self.store.chunk_files() if c not in by_chunk and c not in active]
+        for chunk in orphans:
+            self.store.delete_chunk(chunk)
+        self.manifest.forget_chunks(orphans)
+        report.orphan_chunks_removed = len(orphans)
+        checksums = self.manifest.chunk_checksums()
+        sparse, adopted = [], {}
+        for c, slots in sorted(by_chunk.items()):
+            if len(slots) == rows_per_chunk and c in checksums:
+                continue
+            check = self._check_chunk(c, slots, checksums.get(c))
+            if not check.sound:
+                # Never copy a damaged chunk's rows into a new chunk with a fresh checksum, nor record
+                # its bytes as right: it stays for `verify --repair`.
+                report.damaged_chunks_left += 1
+                continue
+            if c not in checksums and check.actual is not None:
+                adopted[c] = check.actual  # written before checksums were kept: sound, so recorded now
+            if len(slots) < rows_per_chunk:
+                sparse.append(c)
+        if adopted:
+            self.manifest.record_checksums(adopted)
+            report.checksums_recorded = len(adopted)
         live = sorted(s for c in sparse for s in by_chunk[c])
         needed = -(-len(live) // rows_per_chunk)
         if needed >= len(sparse):
             return report
         moves: list[tuple[int, int]] = []
+        written: dict[int, bytes] = {}
         for start in range(0, len(live), rows_per_chunk):
             group = live[start:start + rows_per_chunk]
             chunk = self.manifest.allocate_chunk(lambda c: self.store.ensure_chunks(c + 1))
             block = np.full((rows_per_chunk, self.store.dim), np.nan, dtype=self.store.dtype)
             block[:len(group)] = self.store.read_slots(group)
-            self.store.write_chunk(chunk, block)
+            written[chunk] = self.store.write_chunk(chunk, block)
             moves.extend((old, chunk * rows_per_chunk + i) for i, old in enumerate(group))
             report.chunks_written += 1
-        self.manifest.move_slots(moves)
+        self.manifest.move_slots(moves, written, sparse)
         for chunk in sparse:
             self.store.delete_chunk(chunk)
         report.chunks_packed = len(sparse)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -33,7 +34,7 @@ from .sources import Record, Skip
 if TYPE_CHECKING:
     from .chunking import Chunker
 
-__all__ = ["Claim", "Manifest", "ScanCounts", "content_hash", "migrations_dir"]
+__all__ = ["APPLICATION_ID", "Claim", "Manifest", "ScanCounts", "content_hash", "identify", "migrations_dir"]
 
 
 def content_hash(text: str) -> bytes:
@@ -88,29 +89,123 @@ _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
 
 
+APPLICATION_ID = 0x49445852  # "IDXR" in the SQLite header (migration 0004): this file is a manifest
+_OUR_TABLES = {"contents", "documents", "meta", "schema_migrations"}
+
+
+def identify(path: Path) -> tuple[str, str]:
+    """What `path` is, without writing to it: ("absent" | "unfinished" | "ours" | "foreign", why).
+
+    "ours": an indexer manifest (our application_id, or, before 0004 set it, our tables and ledger).
+    "unfinished": nothing in it yet (empty, or the ledger alone: a creation killed before its schema).
+    "foreign": anything else; it must never be written to.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return "absent", "it does not exist"
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path} ({exc.strerror or exc}); check its permissions. Nothing "
+                            "was changed") from exc
+    if not header:
+        return "unfinished", "it is empty"
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "foreign", "it is not an SQLite database"
+    app_id = int.from_bytes(header[68:72], "big")
+    if app_id == APPLICATION_ID:
+        return "ours", "its application_id says so"
+    if app_id != 0:
+        return "foreign", f"its SQLite application_id is {app_id:#x}, not indexer's"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ledger = (conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+                      if "schema_migrations" in tables else 0)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return "foreign", f"it cannot be read as an SQLite database ({exc})"
+    if tables <= {"schema_migrations"} and not ledger:
+        return "unfinished", "it holds no schema yet"
+    if tables >= _OUR_TABLES and ledger:
+        return "ours", "it holds indexer's tables"
+    return "foreign", f"it holds other tables ({', '.join(sorted(tables)[:5])})"
+
+
 class Manifest:
-    def __init__(self, path: Path, settings: Settings, *, create: bool = False) -> None:
+    def __init__(self, path: Path, settings: Settings, *, create: bool = False,
+                 read_only: bool = False, config_text: str | None = None) -> None:
+        """Open (with `create`, make) the manifest at `path`, migrating it to the current schema.
+
+        `read_only`: no write at all, no migration (for read-only media, or a reader that must not
+        change anything); the queries readers use work on every schema version. `config_text` (with
+        `create`): the copy of index.toml to keep, written with the schema, in one transaction."""
         self.path = path
         self.settings = settings
+        self.read_only = read_only
         if not create and not path.exists():
             raise ManifestError(f"{path} does not exist")
         try:
-            self.conn = sqlite3.connect(path, isolation_level=None, timeout=settings.busy_timeout_ms / 1000,
-                                        check_same_thread=False)
-            self.conn.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may lose
-            # the last commits, which only returns their contents to pending (their chunks stay).
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.execute("PRAGMA temp_store = FILE")
-            self._migrate(fresh=create)
+            self.conn = self._connect()
+            if read_only:
+                self._check_version()
+            else:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may
+                # lose the last commits, which only returns their contents to pending (their chunks
+                # stay).
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self.conn.execute("PRAGMA temp_store = FILE")
+                # A checkpointed WAL is reused from its start, but keeps its size on disk unless cut.
+                self.conn.execute(f"PRAGMA journal_size_limit = {settings.wal_limit_mib * 2**20}")
+                self._wal_pages = settings.wal_limit_mib * 2**20 // int(
+                    self.conn.execute("PRAGMA page_size").fetchone()[0])
+                if self._wal_pages < 1000:  # SQLite's default checkpoint, kept where the limit allows
+                    self.conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
+                self._migrate(fresh=create, config_text=config_text)
         except sqlite3.DatabaseError as exc:
-            raise ManifestError(f"{path} is not a readable manifest ({exc}); "
-                                "restore it from a backup or rebuild the index") from exc
+            raise _database_error(path, exc) from exc
         self._scan_tables_ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        timeout = self.settings.busy_timeout_ms / 1000
+        if not self.read_only:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout, check_same_thread=False)
+        else:
+            # mode=ro reads beside live writers. Where neither the directory nor the file can be
+            # written (read-only media), no writer can exist, and SQLite could not make the shared
+            # memory file mode=ro needs for a WAL database: read it as immutable, unless a write-ahead
+            # log was left beside it (a copy taken mid-sync), whose commits only mode=ro reads.
+            writable = os.access(self.path.parent, os.W_OK) or os.access(self.path, os.W_OK)
+            wal = self.path.with_name(self.path.name + "-wal")
+            mode = "mode=ro" if writable or (wal.exists() and wal.stat().st_size > 0) else "immutable=1"
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None,
+                                   timeout=timeout, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {self.settings.busy_timeout_ms}")
+        return conn
+
+    def _check_version(self) -> None:
+        known = {v for v, _, _ in _numbered_migrations()}
+        applied = ({r[0] for r in self.conn.execute("SELECT version FROM schema_migrations")}
+                   if self._has_table("schema_migrations") else set())
+        if applied - known:
+            raise ManifestError(f"{self.path} was written by a newer indexer (schema version "
+                                f"{max(applied)}); upgrade indexer to open it")
 
     def close(self) -> None:
         self.conn.close()
+
+    def reader(self) -> sqlite3.Connection:
+        """A new connection of its own, for a reader's snapshot (`Index.vectors`)."""
+        return self._connect()
+
+    def is_blank(self) -> bool:
+        """Nothing was ever scanned or claimed into it: a creation that stopped before its end."""
+        return bool(self.conn.execute("""SELECT NOT EXISTS (SELECT 1 FROM documents)
+            AND NOT EXISTS (SELECT 1 FROM contents)
+            AND (SELECT value FROM meta WHERE key = 'next_chunk') = 0""").fetchone()[0])
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -147,7 +242,7 @@ class Manifest:
 
     # -- migrations -----------------------------------------------------------------------------
 
-    def _migrate(self, fresh: bool) -> None:
+    def _migrate(self, fresh: bool, config_text: str | None = None) -> None:
         self.conn.execute(_LEDGER)
         applied = {row[0] for row in self.conn.execute("SELECT version FROM schema_migrations")}
         migrations = _numbered_migrations()
@@ -159,6 +254,9 @@ class Manifest:
             schema = (migrations_dir() / "schema.sql").read_text(encoding="utf-8")
             ledger = "".join(f"INSERT INTO schema_migrations VALUES ({v}, '{n}', {time.time()});\n"
                              for v, n, _ in migrations)
+            if config_text is not None:
+                quoted = config_text.replace("'", "''")
+                ledger += f"INSERT INTO config VALUES ('index.toml', '{quoted}');\n"
             self._run_script(schema + ledger)
             return
         for version, name, sql in migrations:
@@ -172,6 +270,8 @@ class Manifest:
                     if self.conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
                                          (version,)).fetchone() is None:
                         raise
+        if config_text is not None:
+            self.store_config(config_text)
 
     def _run_script(self, sql: str) -> None:
         """Run a migration script and its ledger row in one transaction."""
@@ -385,10 +485,11 @@ class Manifest:
         over the whole file (contents and documents are keyed by hash and id, claims go by length).
         A larger page cache keeps those pages between claims; a rarer checkpoint writes a page that
         many commits changed back to the database once (and fsyncs once). The price: a WAL of up to
-        256 MiB on disk while the sync runs, and a power cut (not a crash) may return more of the last
-        commits to pending. Only here: a scan reads once through and should keep its memory flat."""
+        `Settings.wal_limit_mib` on disk while the sync runs (it ends emptied: `finish_run`), and a
+        power cut (not a crash) may return more of the last commits to pending. Only here: a scan
+        reads once through and should keep its memory flat."""
         self.conn.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB, allocated as pages are read
-        self.conn.execute("PRAGMA wal_autocheckpoint = 65536")  # pages of 4 KiB
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
 
     def claim(self, limit: int, owner: str | None = None, on_chunk: object = None) -> Claim | None:
         """Lease up to `limit` pending contents of similar length and give them one fresh chunk.
@@ -453,13 +554,16 @@ class Manifest:
                                  "and its contents went back to pending; this worker's result is dropped")
 
     def commit(self, claim: Claim, done: Iterable[tuple[bytes, int]],
-               failed: Iterable[tuple[bytes, str]] = ()) -> int:
+               failed: Iterable[tuple[bytes, str]] = (), checksum: bytes | None = None) -> int:
         """Mark `done` (hash, slot) pairs done and count `failed` (hash, reason) attempts, in one
         transaction, only if the claim's token still matches (fencing). Raises LeaseLostError if not.
+        `checksum` is that of the claim's chunk file, recorded with its rows.
         Returns how many failed contents ran out of attempts and are now `failed`."""
         try:
             with self._write() as conn:
                 self._check_token(conn, claim)
+                if checksum is not None:
+                    conn.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?)", (claim.chunk, checksum))
                 done = sorted(done)  # key order: consecutive updates land on neighbouring pages
                 conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
                                     claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""",
@@ -515,6 +619,23 @@ class Manifest:
         with self._write() as conn:
             conn.execute("UPDATE runs SET finished_at = ?, state = ?, summary = ? WHERE id = ?",
                          (time.time(), state, json.dumps(summary), run_id))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and empty it, if no reader needs it now (never waits for
+        one: a reader's snapshot may be held for long; the next writer's checkpoint will do)."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass  # busy: another writer is at work
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.settings.busy_timeout_ms}")
+
+    def vacuum(self) -> None:
+        """Rewrite the manifest without its free pages (compact), then empty the WAL."""
+        self.conn.execute("VACUUM")
+        self.checkpoint()
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -532,7 +653,7 @@ class Manifest:
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
-                                  ORDER BY id DESC LIMIT 1""").fetchone()
+                                  ORDER BY id DESC LIMIT 1""").fetchone() if self._has_table("runs") else None
         last_run = None
         if run is not None:
             state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
@@ -581,6 +702,46 @@ class Manifest:
 
     def broken_wholes(self) -> list[tuple[bytes, str]]:
         return _wholes.broken_wholes(self.conn)
+
+    def done_slots_and_active_chunks(self) -> tuple[list[tuple[bytes, int]], set[int]]:
+        """Both from one snapshot: a claim committed between two separate reads would be in neither."""
+        with self._snapshot():
+            return self.done_slots(), self.active_chunks()
+
+    def _has_table(self, name: str) -> bool:
+        """False for a table of a later migration that a read-only manifest has not had applied."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
+    def chunk_checksums(self, whole_only: bool = False) -> dict[int, bytes]:
+        """What `VectorStore.checksums_of` gave for each chunk when it was written; with `whole_only`,
+        only the whole file's (what a reader checks)."""
+        if not self._has_table("chunks"):
+            return {}
+        column = "substr(checksum, 1, 8)" if whole_only else "checksum"
+        return dict(self.conn.execute(f"SELECT chunk, {column} FROM chunks").fetchall())
+
+    def record_checksums(self, checksums: dict[int, bytes]) -> None:
+        """Record checksums of chunks written before checksums were kept (verify --repair)."""
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
+
+    def forget_chunks(self, chunks: Iterable[int]) -> None:
+        """Drop the checksums of chunk files that are deleted (compact)."""
+        with self._write() as conn:
+            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in chunks))
+
+    def stored_config(self) -> str | None:
+        """The text of index.toml kept in the manifest, if any."""
+        if not self._has_table("config"):
+            return None
+        row = self.conn.execute("SELECT value FROM config WHERE key = 'index.toml'").fetchone()
+        return None if row is None else str(row[0])
+
+    def store_config(self, text: str) -> None:
+        """Keep a copy of index.toml (at creation; for an older index, the first time a writer opens it)."""
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO config VALUES ('index.toml', ?)", (text,))
 
     def active_chunks(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
@@ -642,9 +803,13 @@ class Manifest:
                 on_chunk(chunk)
             return chunk
 
-    def move_slots(self, moves: Sequence[tuple[int, int]]) -> None:
-        """Repoint done contents from old to new slots in one transaction (compact)."""
+    def move_slots(self, moves: Sequence[tuple[int, int]], checksums: dict[int, bytes],
+                   emptied: Iterable[int]) -> None:
+        """Repoint done contents from old to new slots in one transaction (compact), with the
+        checksums of the new chunks; the `emptied` chunks lose theirs."""
         with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
+            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in emptied))
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS slot_moves (old INTEGER PRIMARY KEY, new INTEGER)")
             conn.execute("DELETE FROM slot_moves")
             conn.executemany("INSERT INTO slot_moves VALUES (?, ?)", moves)
@@ -706,6 +871,19 @@ PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NO
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
 SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
+
+
+def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ManifestError:
+    """A message that fits the failure: a file that cannot be opened or written (permissions, a
+    read-only disk, a lock) is not a damaged one, and destroying it would be the wrong advice."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and any(
+            word in text for word in ("unable to open", "readonly", "read-only", "locked", "disk I/O")):
+        return ManifestError(f"cannot open {path} ({text}); check that this user may read (and, to "
+                             "change the index, write) it and its directory, or wait for the process "
+                             "holding it. Nothing was changed")
+    return ManifestError(f"{path} is not a readable manifest ({text}): it is damaged, or not indexer's. "
+                         "Nothing was changed; keep a copy of it, and restore it from a backup")
 
 
 def _printable(s: str) -> str:

@@ -64,7 +64,8 @@ def push(index: str | Path | Index, to: str, *, table: str = "vectors", replace:
     own = not isinstance(index, Index)
     idx = Index.open(index, settings) if not isinstance(index, Index) else index
     try:
-        report = _push(idx, target, replace, batch_rows)
+        with idx.maintenance():  # a compact moving vectors meanwhile would stop the push part-way
+            report = _push(idx, target, replace, batch_rows)
     except (IndexerError, sqlite3.Error, KeyboardInterrupt):
         raise
     except Exception as exc:  # the store's client raises its own kinds (I/O, schema, service errors)

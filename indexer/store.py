@@ -17,13 +17,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import xxhash
 import zarr
 
-from .errors import StoreError
+from .errors import ChunkMissingError, StoreError
 
-__all__ = ["VectorStore"]
+__all__ = ["VectorStore", "checksum"]
 
 _NUMPY_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+
+def checksum(data: bytes | memoryview) -> bytes:
+    """XXH3-64 of bytes: many times faster than the chunk's write (bench/RESULTS.md)."""
+    return xxhash.xxh3_64_digest(data)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,13 +45,21 @@ class VectorStore:
         self.path = path
         try:
             self._array = zarr.open_array(path, mode="r")
+        except PermissionError as exc:
+            raise StoreError(f"cannot read {path} ({exc.strerror or exc}); check that this user may read "
+                             "it. Nothing was changed") from exc
         except (FileNotFoundError, ValueError, KeyError) as exc:
-            raise StoreError(f"{path} is not a readable Zarr array ({exc}); "
-                             "restore it or rebuild the index") from exc
+            raise StoreError(f"{path} is not a readable Zarr array ({exc}). Nothing was changed; restore "
+                             "it from a backup") from exc
         self.chunk_rows, self.dim = (int(n) for n in self._array.chunks)
         self.dtype = np.dtype(self._array.dtype).newbyteorder("<")
         self.chunk_bytes = self.chunk_rows * self.dim * self.dtype.itemsize
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        # Whole-chunk checksums recorded in the manifest (the readers fill this in): a chunk is checked
+        # against its own the first time it is mapped, so that a chunk changed after it was written
+        # (zeroed, bits flipped) is never served. A chunk number is written once: no entry goes stale.
+        self.expected: dict[int, bytes] = {}
+        self._checked: set[int] = set()
         self._rows_known = 0  # the array holds at least this many rows (set by ensure_chunks)
 
     @classmethod
@@ -95,8 +109,9 @@ class VectorStore:
 
     # -- write ----------------------------------------------------------------------------------
 
-    def write_chunk(self, chunk: int, block: np.ndarray) -> None:
-        """Write one whole chunk durably. `block` has shape (chunk_rows, dim); unused rows are NaN."""
+    def write_chunk(self, chunk: int, block: np.ndarray) -> bytes:
+        """Write one whole chunk durably. `block` has shape (chunk_rows, dim); unused rows are NaN.
+        Returns the checksums of the bytes written (`checksums_of`), for the manifest."""
         if block.shape != (self.chunk_rows, self.dim):
             raise StoreError(f"chunk {chunk}: block of shape {block.shape}, expected "
                              f"{(self.chunk_rows, self.dim)}")
@@ -118,6 +133,7 @@ class VectorStore:
                              "free space or fix permissions, then sync again (nothing was marked done)"
                              ) from exc
         self._maps.pop(chunk, None)
+        return self.checksums_of(data)
 
     def delete_chunk(self, chunk: int) -> None:
         path = self.chunk_path(chunk)
@@ -136,15 +152,46 @@ class VectorStore:
             return "missing"
         return "ok" if size == self.chunk_bytes else "torn"
 
+    def checksums_of(self, data: bytes | memoryview) -> bytes:
+        """What the manifest records for a chunk: the XXH3-64 of its bytes, then that of each of its
+        rows (8 bytes each), so that `verify` can tell which rows of a changed chunk changed."""
+        view = memoryview(data).cast("B")
+        row_bytes = self.dim * self.dtype.itemsize
+        return checksum(view) + b"".join(checksum(view[i:i + row_bytes])
+                                         for i in range(0, len(view), row_bytes))
+
+    def read_chunk_checked(self, chunk: int, recorded: bytes | None) -> tuple[np.ndarray, bytes, list[int]]:
+        """The chunk's rows, read from its file once; the checksums of its bytes; and the rows whose
+        checksum is not the `recorded` one (all of them when the record does not fit: never silent)."""
+        data = self.chunk_path(chunk).read_bytes()
+        if len(data) != self.chunk_bytes:
+            raise ChunkMissingError(f"chunk {chunk} of {self.path} is torn", chunk)
+        rows = np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_rows, self.dim)
+        actual = self.checksums_of(data)
+        changed: list[int] = []
+        if recorded is not None and recorded[:8] != actual[:8]:
+            if len(recorded) != len(actual):
+                changed = list(range(self.chunk_rows))
+            else:
+                changed = [r for r in range(self.chunk_rows)
+                           if recorded[8 + 8 * r:16 + 8 * r] != actual[8 + 8 * r:16 + 8 * r]]
+        return rows, actual, changed
+
     def _map(self, chunk: int) -> np.ndarray:
         m = self._maps.get(chunk)
         if m is None:
             state = self.chunk_state(chunk)
             if state != "ok":
-                raise StoreError(f"chunk {chunk} of {self.path} is {state}; run `indexer verify "
-                                 f"{self.path.parent} --repair` to re-queue its documents")
+                raise ChunkMissingError(f"chunk {chunk} of {self.path} is {state}; run `indexer verify "
+                                        f"{self.path.parent} --repair` to re-queue its documents", chunk)
             m = np.memmap(self.chunk_path(chunk), dtype=self.dtype, mode="r",
                           shape=(self.chunk_rows, self.dim))
+            if chunk not in self._checked and chunk in self.expected:
+                if checksum(m.data) != self.expected[chunk][:8]:
+                    raise StoreError(f"chunk {chunk} of {self.path} does not match its checksum (it changed "
+                                     f"after it was written); run `indexer verify {self.path.parent} "
+                                     "--repair`, then sync the same sources again")
+                self._checked.add(chunk)
             self._maps[chunk] = m
             if len(self._maps) > 256:  # bound the open file descriptors
                 self._maps.popitem(last=False)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
@@ -23,10 +23,10 @@ import psutil
 
 from ._faults import crash_point
 from .chunking import Chunker, make_chunker
-from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, read_config
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
-from .index import CONFIG, Index
+from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
@@ -185,10 +185,11 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
+    checksum = None
     if done:
-        store.write_chunk(claim.chunk, block)
+        checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()])
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()], checksum)
     return len(done), gave_up
 
 
@@ -295,7 +296,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            "your own embedder or runner, give them to load_embedder(name, runtime=..., "
                            "truncate_dim=..., prompt=...) instead")
     index_dir = Path(index_dir)
-    existing = read_config(index_dir / CONFIG) if Index.exists(index_dir) else None
+    existing = Index.bound_config(index_dir, settings)
     if prompt_name is not None:
         if prompt is not None:
             raise IndexerError("give --prompt or --prompt-name, not both")
@@ -314,6 +315,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     chunker: Chunker | None = None
     if existing is not None:
         index = Index.open(index_dir, settings)
+        if not dry_run and index.manifest.read_only:
+            index.close()
+            index.require_writable("sync")
         chunk_asked = {"chunking": chunking, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
         if seam is None:
             _check_names(index, model=model, dtype=dtype, runtime=runtime, truncate_dim=truncate_dim,
@@ -340,7 +344,15 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
     if chunker is None and index is not None:
         chunker = _chunker_for(index.config)
-    run_id = None if dry_run else manifest.start_run()
+    # Held shared for the whole run: a compact (exclusive) never runs next to a sync.
+    held = ExitStack()
+    if index is not None:
+        held.enter_context(index.maintenance())
+    try:
+        run_id = None if dry_run else manifest.start_run()
+    except BaseException:
+        held.close()
+        raise
     state = "failed"
     try:
         _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress, chunker,
@@ -363,6 +375,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             manifest.finish_run(run_id, state, {k: v for k, v in summary.to_dict().items()
                                                 if k != "warnings"})
         manifest.close()
+        held.close()
     return summary
 
 

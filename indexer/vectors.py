@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
+from .errors import ChunkMissingError, StoreError
 from .store import VectorStore
 
 __all__ = ["Chunks", "DocumentIds", "VectorView"]
@@ -29,31 +31,39 @@ _CHUNKED = """FROM documents d JOIN contents w ON w.hash = d.ready_hash AND w.pa
 @dataclass(frozen=True)
 class _Rows:
     """Rows to read. `slots[i] >= 0` is row i's slot; `slots[i] < 0` makes row i the mean of the chunk
-    slots `parts[starts[g]:starts[g + 1]]`, g = -1 - slots[i]."""
+    slots `parts[starts[g]:starts[g + 1]]`, g = -1 - slots[i]. `hashes` and `part_hashes` are the
+    contents at `slots` (None for a mean) and at `parts`: a snapshot relocates them after a compact."""
 
     ids: list[str]
     slots: np.ndarray
     starts: np.ndarray
     parts: np.ndarray
+    hashes: list[bytes | None]
+    part_hashes: list[bytes]
 
 
 def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] = ()) -> _Rows:
-    single = conn.execute(f"SELECT d.id, c.slot {_SINGLE}{where} ORDER BY c.slot, d.id", params).fetchall()
-    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot {_CHUNKED}{where} ORDER BY d.id, t.ordinal",
-                           params).fetchall()
+    single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
+                          params).fetchall()
+    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} "
+                           "ORDER BY d.id, t.ordinal", params).fetchall()
     ids = [r[0] for r in single]
     slots = [r[1] for r in single]
+    hashes: list[bytes | None] = [r[2] for r in single]
     starts: list[int] = []
     parts: list[int] = []
-    for k, (doc_id, ordinal, slot) in enumerate(chunked):
+    part_hashes: list[bytes] = []
+    for k, (doc_id, ordinal, slot, h) in enumerate(chunked):
         if ordinal == 0 or chunked[k - 1][0] != doc_id:
             slots.append(-1 - len(starts))
+            hashes.append(None)
             starts.append(len(parts))
             ids.append(doc_id)
         parts.append(slot)
+        part_hashes.append(h)
     starts.append(len(parts))
     return _Rows(ids, np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
-                 np.array(parts, dtype=np.int64))
+                 np.array(parts, dtype=np.int64), hashes, part_hashes)
 
 
 def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
@@ -62,11 +72,12 @@ def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
 
 def _chunks(conn: sqlite3.Connection) -> tuple[_Rows, np.ndarray, np.ndarray, np.ndarray]:
     # In slot order, so that reading all of them walks the store's chunk files once, in order.
-    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars {_SINGLE}
-        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end {_CHUNKED}
+    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars, c.hash {_SINGLE}
+        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end, p.hash {_CHUNKED}
         ORDER BY 3, 1, 2""").fetchall()
-    columns = np.array([r[1:] for r in found], dtype=np.int64).reshape(-1, 4)  # ordinal, slot, start, end
-    rows = _Rows([r[0] for r in found], columns[:, 1].copy(), np.zeros(1, np.int64), np.zeros(0, np.int64))
+    columns = np.array([r[1:5] for r in found], dtype=np.int64).reshape(-1, 4)  # ordinal, slot, start, end
+    rows = _Rows([r[0] for r in found], columns[:, 1].copy(), np.zeros(1, np.int64), np.zeros(0, np.int64),
+                 [r[5] for r in found], [])
     return rows, columns[:, 0].copy(), columns[:, 2].copy(), columns[:, 3].copy()
 
 
@@ -75,42 +86,103 @@ class _Snapshot:
 
     The read transaction is opened when the view is made and held until the rows are read, so that ids
     and vectors always come from the same state of the manifest, even while a sync commits.
+
+    `compact` may move vectors after that moment, and removes the chunk files it packed: `relocate`
+    looks the snapshot's contents (a long document's chunks included) up again by hash. That is safe
+    because a content keeps its hash when it moves and a chunk number is never used twice, so an old
+    slot reads its own vector or nothing.
     """
 
-    def __init__(self, conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], Any]) -> None:
-        self._conn: sqlite3.Connection | None = conn
+    def __init__(self, connect: Callable[[], sqlite3.Connection], index_dir: Path,
+                 read: Callable[[sqlite3.Connection], Any]) -> None:
+        self._connect = connect
+        self._index_dir = index_dir
         self._read = read
-        conn.execute("BEGIN")
-        conn.execute("SELECT 1 FROM documents LIMIT 1").fetchall()  # pins the WAL snapshot
+        self._conn: sqlite3.Connection | None = connect()
+        self._conn.execute("BEGIN")
+        self._conn.execute("SELECT 1 FROM documents LIMIT 1").fetchall()  # pins the WAL snapshot
         self._value: Any = None
+        self.checksums: dict[int, bytes] = {}
 
     def load(self) -> Any:
         if self._conn is not None:
             self._value = self._read(self._conn)
+            self.checksums = chunk_checksums(self._conn)
             self._conn.execute("COMMIT")
             self._conn.close()
             self._conn = None
         return self._value
 
+    def relocate(self) -> bool:
+        """Look every content of the snapshot up again (after a compact). True if a slot moved.
+        Raises StoreError if a content is gone altogether (compact dropped it)."""
+        rows: _Rows = self.load()[0]
+        conn = self._connect()
+        try:
+            now = dict(conn.execute("SELECT hash, slot FROM contents WHERE state = 'done' "
+                                    "AND slot IS NOT NULL").fetchall())
+            self.checksums.update(chunk_checksums(conn))
+        finally:
+            conn.close()
+        # A mean's row (no hash of its own) keeps its group; its chunks are looked up in `parts`.
+        slots = np.fromiter((s if h is None else now.get(h, -1)
+                             for s, h in zip(rows.slots.tolist(), rows.hashes, strict=True)),
+                            dtype=np.int64, count=len(rows.slots))
+        parts = np.fromiter((now.get(h, -1) for h in rows.part_hashes), dtype=np.int64,
+                            count=len(rows.parts))
+        gone = sum(1 for h in rows.hashes if h is not None and h not in now) + int((parts < 0).sum())
+        if gone:
+            raise StoreError(
+                f"{gone} vector(s) of this snapshot of {self._index_dir} were removed by `indexer compact` "
+                "after it was taken (their documents were deleted or changed since); take a new snapshot "
+                "with vectors()")
+        if np.array_equal(slots, rows.slots) and np.array_equal(parts, rows.parts):
+            return False
+        rows.slots[:] = slots
+        rows.parts[:] = parts
+        return True
+
+
+def chunk_checksums(conn: sqlite3.Connection) -> dict[int, bytes]:
+    """The chunks' whole-file checksums (none in a read-only manifest from before they were kept)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone() is None:
+        return {}
+    return dict(conn.execute("SELECT chunk, substr(checksum, 1, 8) FROM chunks").fetchall())
+
+
+def read_served(store: VectorStore, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The vectors at `slots`, which served documents point at: a row that reads as NaN (a chunk
+    damaged since it was written) is an error, never returned as a vector."""
+    rows = store.read_slots(slots, out=out)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        bad = slots[~finite]
+        shown = ", ".join(str(int(s)) for s in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise StoreError(f"{len(bad)} served vector(s) of {store.path.parent} read as NaN (slot(s) {shown}): "
+                         f"the store is damaged. Run `indexer verify {store.path.parent} --repair`, then "
+                         "sync the same sources again")
+    return rows
+
 
 def read_rows(store: VectorStore, rows: _Rows, selected: np.ndarray,
               out: np.ndarray | None = None) -> np.ndarray:
     """The vectors of the rows whose `rows.slots` are `selected`: a chunked document's row is the
-    normalized mean of its chunks, computed in float64 and given in the store's dtype."""
+    normalized mean of its chunks, computed in float64 and given in the store's dtype. A slot that
+    reads as NaN, a chunk of a long document included, is refused (`read_served`)."""
     selected = np.asarray(selected, dtype=np.int64).reshape(-1)
     single = selected >= 0
     if single.all():
-        return store.read_slots(selected, out=out)
+        return read_served(store, selected, out=out)
     if out is None:
         out = np.empty((len(selected), store.dim), dtype=store.dtype)
     if single.any():
-        out[single] = store.read_slots(selected[single])
+        out[single] = read_served(store, selected[single])
     groups = -1 - selected[~single]
     lengths = rows.starts[groups + 1] - rows.starts[groups]
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     # Every chunk of every selected document, in one gather: the positions in rows.parts.
     positions = np.repeat(rows.starts[groups] - offsets, lengths) + np.arange(int(lengths.sum()))
-    vectors = store.read_slots(rows.parts[positions]).astype(np.float64)
+    vectors = read_served(store, rows.parts[positions]).astype(np.float64)
     sums = np.add.reduceat(vectors, offsets, axis=0)
     sums /= np.linalg.norm(sums, axis=1, keepdims=True)
     out[~single] = sums
@@ -168,19 +240,33 @@ class VectorView:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        rows = self._rows()
         if isinstance(key, tuple):
             first, cols = key[0], key[1:]
             if isinstance(first, (int, np.integer)):  # one row: it is 1-D, the rest index its columns
                 return self[first][cols]
             return self[first][(slice(None), *cols)]
         if isinstance(key, (int, np.integer)):
-            return self._readonly(read_rows(self._store, rows, rows.slots[[int(key)]])[0])
-        return self._readonly(read_rows(self._store, rows, rows.slots[key]))
+            return self._readonly(self._read([int(key)])[0])
+        return self._readonly(self._read(key))
+
+    def read_into(self, rows: slice, out: np.ndarray) -> None:
+        """Read rows `rows` into `out` (export writes a memory-mapped .npy this way)."""
+        self._read(rows, out=out)
+
+    def _read(self, key: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows `key` of the view; looked up again once if a compact moved them since the snapshot."""
+        rows = self._rows()
+        self._store.expected.update(self._snapshot.checksums)
+        try:
+            return read_rows(self._store, rows, rows.slots[key], out=out)
+        except ChunkMissingError:
+            if not self._snapshot.relocate():  # nothing moved: the chunk is really missing
+                raise
+        self._store.expected.update(self._snapshot.checksums)
+        return read_rows(self._store, rows, rows.slots[key], out=out)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        rows = self._rows()
-        out = read_rows(self._store, rows, rows.slots)
+        out = self._read(slice(None))
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -230,16 +316,25 @@ class Chunks:
         return f"Chunks(n={len(self)}, dim={self.vectors.shape[1]})"
 
 
-def documents_snapshot(conn: sqlite3.Connection) -> _Snapshot:
-    return _Snapshot(conn, _document_rows)
+def documents_snapshot(connect: Callable[[], sqlite3.Connection], index_dir: Path) -> _Snapshot:
+    return _Snapshot(connect, index_dir, _document_rows)
 
 
-def chunks_snapshot(conn: sqlite3.Connection) -> _Snapshot:
-    return _Snapshot(conn, _chunks)
+def chunks_snapshot(connect: Callable[[], sqlite3.Connection], index_dir: Path) -> _Snapshot:
+    return _Snapshot(connect, index_dir, _chunks)
 
 
 def vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore) -> np.ndarray:
-    """The rows of `ids`, in that order. KeyError names the ids that have none."""
+    """The rows of `ids`, in that order, checked as `vectors()` checks them; looked up again once if a
+    compact moved them. KeyError names the ids that have none."""
+    try:
+        return _vectors_of(conn, ids, store)
+    except ChunkMissingError:
+        return _vectors_of(conn, ids, store)
+
+
+def _vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore) -> np.ndarray:
+    store.expected.update(chunk_checksums(conn))
     found: dict[str, int] = {}
     parts: list[_Rows] = []
     for start in range(0, len(ids), 500):
@@ -261,7 +356,9 @@ def content_vectors(conn: sqlite3.Connection, store: VectorStore,
                     contents: Sequence[tuple[bytes, int | None]]) -> np.ndarray:
     """The vectors of served contents given as (hash, slot): a whole (a long document, slot None) is
     the normalized mean of its chunks, as `vectors()` gives it. A chunk without a slot (moved or
-    re-queued since the caller's snapshot) reads as NaN, which the caller must refuse."""
+    re-queued since the caller's snapshot) reads as NaN, which the caller must refuse; a slot that
+    reads as NaN in the store (damaged) or a chunk that fails its checksum is an error."""
+    store.expected.update(chunk_checksums(conn))
     slots: list[int] = []
     starts: list[int] = []
     parts: list[int] = []
@@ -280,17 +377,21 @@ def content_vectors(conn: sqlite3.Connection, store: VectorStore,
         return np.full((len(slots), store.dim), np.nan, dtype=store.dtype)
     starts.append(len(parts))
     rows = _Rows([], np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
-                 np.array(parts, dtype=np.int64))
+                 np.array(parts, dtype=np.int64), [], [])
     return read_rows(store, rows, rows.slots)
 
 
 def _merge(parts: list[_Rows]) -> _Rows:
     """Several _Rows as one, their group numbers and chunk positions shifted to match."""
     ids: list[str] = []
+    hashes: list[bytes | None] = []
+    part_hashes: list[bytes] = []
     slots, starts, chunk_slots = [], [], []
     groups = offset = 0
     for rows in parts:
         ids.extend(rows.ids)
+        hashes.extend(rows.hashes)
+        part_hashes.extend(rows.part_hashes)
         slots.append(np.where(rows.slots >= 0, rows.slots, rows.slots - groups))
         starts.append(rows.starts[:-1] + offset)
         chunk_slots.append(rows.parts)
@@ -298,4 +399,4 @@ def _merge(parts: list[_Rows]) -> _Rows:
         offset += len(rows.parts)
     starts.append(np.array([offset], dtype=np.int64))
     return _Rows(ids, np.concatenate(slots) if slots else np.zeros(0, np.int64), np.concatenate(starts),
-                 np.concatenate(chunk_slots) if chunk_slots else np.zeros(0, np.int64))
+                 np.concatenate(chunk_slots) if chunk_slots else np.zeros(0, np.int64), hashes, part_hashes)

@@ -62,6 +62,18 @@ CREATE TABLE runs (
     summary     TEXT                     -- JSON of the run's summary once it ends
 );
 
+CREATE TABLE chunks (
+    chunk    INTEGER PRIMARY KEY,        -- the chunk number: slots chunk * chunk_rows ...
+    checksum BLOB NOT NULL               -- XXH3-64 of the chunk file, then of each of its rows: 8 bytes each
+);
+
+CREATE TABLE config (
+    key   TEXT PRIMARY KEY,              -- 'index.toml': its text, to recover a lost or empty one
+    value TEXT NOT NULL
+);
+-- "IDXR": a manifest.sqlite with another application_id is not ours, and is never written to.
+PRAGMA application_id = 1229215826;
+
 -- What each push target (`indexer push DIR --to lancedb:PATH`) holds, so that a push sends only what
 -- changed since the last one: upserts of documents whose served content differs from the one pushed,
 -- deletes of pushed documents the index no longer serves.

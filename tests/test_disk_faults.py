@@ -95,9 +95,10 @@ def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.Monke
         monkeypatch.setattr(indexer.store.os, "replace", _fail_on_call(
             os.replace, 3, counts=lambda src, dst: f"{os.sep}c{os.sep}" in str(dst)))
     else:
-        # Creating the store fsyncs its directory once; each chunk write fsyncs the file and two
-        # directories: the 8th call is the third chunk's file.
-        monkeypatch.setattr(indexer.store.os, "fsync", _fail_on_call(os.fsync, 8, errno.EIO))
+        # Creating the store fsyncs its directory once, writing index.toml the file and the index
+        # directory; each chunk write fsyncs the file and two directories: the 10th call is the third
+        # chunk's file.
+        monkeypatch.setattr(indexer.store.os, "fsync", _fail_on_call(os.fsync, 10, errno.EIO))
 
     with pytest.raises(IndexerError, match="cannot write chunk"):
         indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)

@@ -200,13 +200,15 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
 
 def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int,
                               contents: Sequence[tuple[str, str, str]] = (("b", "beta", "pending"),
-                                                                         ("c", "gamma", "claimed"))
-                              ) -> Path:
+                                                                         ("c", "gamma", "claimed")),
+                              failed: bool = False) -> Path:
     """An index whose manifest was last written by the schema of migrations 1..last_version, holding
     "a" done, and for each (id, text, state) of `contents` a document and its content in that state:
-    pending with its text staged, claimed by a dead worker (claim 5), or failed after 3 attempts."""
+    pending with its text staged, claimed by a dead worker (claim 5), or failed after 3 attempts (and,
+    with `failed`, "f" failed for good after it had been embedded once)."""
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    docs = [("a", "alpha"), ("f", "failing")] if failed else [("a", "alpha")]
+    indexer.sync(ix, docs, embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     old = tmp_path / "old.sqlite"
     apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
     conn = sqlite3.connect(old, isolation_level=None)
@@ -227,6 +229,11 @@ def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_versio
                      (h, state, len(text), text, 5 if state == "claimed" else None,
                       3 if state == "failed" else 0, "it failed" if state == "failed" else None))
         conn.execute("INSERT INTO documents (id, hash) VALUES (?, ?)", (doc_id, h))
+    if failed:
+        conn.executescript("""
+            UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing',
+                slot = NULL WHERE hash = (SELECT hash FROM documents WHERE id = 'f');
+            UPDATE documents SET ready_hash = NULL WHERE id = 'f';""")
     conn.close()
     for suffix in ("", "-wal", "-shm"):
         (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
@@ -234,14 +241,21 @@ def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_versio
     return ix
 
 
+@pytest.mark.parametrize("version", [2, 3])
 def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
-        tmp_path: Path, fake_embedder: object) -> None:
-    """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
-    pending one whose text is staged, and one claimed by a dead worker, opens, migrates, and a sync
-    that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
+        tmp_path: Path, fake_embedder: object, version: int) -> None:
+    """0003 rebuilds `contents`; 0004 adds chunk checksums, the copy of index.toml and the
+    application_id. An index last written by the 0002 or the 0003 schema, with a done content, a
+    pending one whose text is staged, one claimed by a dead worker and a failed one, opens, migrates,
+    and a sync that reads no source finishes the staged and the claimed work from the texts the
+    manifest kept. Its old chunks have no checksum: verify is clean and says so, `verify --repair`
+    records them; the manifest now holds the copy of index.toml and says it is indexer's."""
     from conftest import fake_vector, served
 
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=2)
+    from indexer.manifest import APPLICATION_ID, identify
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=version, failed=True)
+    assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
@@ -251,7 +265,15 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
-        assert idx.verify().to_dict()["problems"] == []
+        assert idx.status()["failed"] == 1
+        report = idx.verify()
+        assert report.ok and any("written before checksums were kept" in n for n in report.notes), report
+        assert idx.verify(repair=True).repaired == 0
+        assert idx.verify().notes == []
+        assert idx.manifest.stored_config() == (ix / "index.toml").read_text()
+    conn = sqlite3.connect(ix / "manifest.sqlite")
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.close()
 
 
 def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
