@@ -11,6 +11,9 @@
   version; chunks() and export --level chunks give the chunk rows; compact drops dead chunks; verify
   finds a whole marked done with a chunk that is not and --repair re-queues it; a chunking mismatch is
   refused with exit 3 naming the field; an index from before chunking keeps working unchunked.
+- With the maintenance features (issue 10): vectors()/chunks() snapshots follow a compact that moves a
+  long document's chunk rows; a NaN in one chunk row is refused by vectors(), get() and chunks() (with
+  and without a checksum), named by verify and re-queued by --repair.
 - The real default model: a document that fits gets what SentenceTransformer.encode gives it (cosine
   >= 0.9999), a long one's chunks get what encode gives each chunk; --no-chunking counts and warns
   about truncated documents.
@@ -445,3 +448,84 @@ def test_no_chunking_counts_and_warns_about_truncated_documents(tmp_path: Path) 
     assert (status["truncated"], status["chunks"], status["chunking"]) == (2, 3, False)
     r = CliRunner().invoke(cli, ["status", ix])
     assert "truncated 2 document(s)" in r.stdout
+
+
+# -- long documents with the maintenance features: compact relocation, checksums, NaN rows -------------
+
+def long_slots(idx: indexer.Index, doc_id: str) -> list[int]:
+    return [s for (s,) in idx.manifest.conn.execute("""SELECT c.slot FROM documents d
+        JOIN text_chunks t ON t.whole = d.ready_hash JOIN contents c ON c.hash = t.hash
+        WHERE d.id = ? ORDER BY t.ordinal""", (doc_id,))]
+
+
+def test_snapshots_of_long_documents_follow_a_compact_that_moves_their_chunks(tmp_path: Path) -> None:
+    """A vectors() and a chunks() snapshot taken before a compact that moves a long document's chunk
+    rows (and removes the chunk files they were in) read the same rows after it, by content hash."""
+    rng = random.Random(21)
+    short = {f"s{i:02d}": paragraph(rng, (3, 6)) for i in range(40)}
+    docs = {"long": long_document(rng, 12), **short}
+    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    kept = {"long": docs["long"], **{k: v for i, (k, v) in enumerate(short.items()) if i % 5 == 0}}
+    indexer.sync(tmp_path / "ix", list(kept.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS,
+                 delete_missing=True)
+    with indexer.open(tmp_path / "ix") as idx:
+        before = long_slots(idx, "long")
+        ids, vecs = idx.vectors()
+        chunks = idx.chunks()
+        assert len(ids) == len(kept) and len(chunks) > len(kept)
+        with indexer.open(tmp_path / "ix") as other:
+            report = other.compact()
+        assert report.chunks_packed > 0, report
+        after = long_slots(idx, "long")
+        assert len(after) == len(before) >= 4 and after != before
+        gone = {s // SETTINGS.chunk_rows for s in before} - {s // SETTINGS.chunk_rows for s in after}
+        assert gone and not any(idx.store.chunk_path(c).exists() for c in gone)
+        rows = dict(zip(ids, np.asarray(vecs), strict=True))
+        spans = zip(chunks.ids, chunks.starts, chunks.ends, strict=True)
+        long_chunks = [docs["long"][a:b] for i, a, b in spans if i == "long"]
+        np.testing.assert_allclose(rows["long"], mean_vector(long_chunks), atol=1e-6)
+        for key in kept:
+            if key != "long":
+                np.testing.assert_array_equal(rows[key], FAKE.embed([kept[key]])[0])
+        texts = [docs[i][a:b] for i, a, b in zip(chunks.ids, chunks.starts, chunks.ends, strict=True)]
+        np.testing.assert_array_equal(np.asarray(chunks.vectors), FAKE.embed(texts))
+        np.testing.assert_array_equal(idx.get(["long"])[0], rows["long"])
+        assert idx.verify().ok
+
+
+def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path: Path) -> None:
+    """A long document's row is never the mean of a damaged chunk row: vectors(), get() and chunks()
+    refuse it naming the slot (with and without a checksum to catch it), verify names it, and
+    --repair re-queues that chunk, after which a sync serves the document again."""
+    rng = random.Random(22)
+    docs = {"long": long_document(rng, 10), "short": "a few words"}
+    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    with indexer.open(tmp_path / "ix") as idx:
+        good = idx.get(["long"])[0]
+        slot = long_slots(idx, "long")[2]
+        chunk_file = idx.store.chunk_path(slot // SETTINGS.chunk_rows)
+    rows = np.fromfile(chunk_file, dtype="<f4").reshape(SETTINGS.chunk_rows, 16)
+    rows[slot % SETTINGS.chunk_rows, 3] = np.nan
+    rows.tofile(chunk_file)
+    with indexer.open(tmp_path / "ix") as idx:  # the chunk's checksum no longer matches
+        with pytest.raises(indexer.StoreError):
+            np.asarray(idx.vectors()[1])
+        with pytest.raises(indexer.StoreError):
+            idx.get(["long"])
+    with indexer.open(tmp_path / "ix") as idx:
+        idx.manifest.conn.execute("DELETE FROM chunks")  # as if written before checksums were kept
+        _, vecs = idx.vectors()
+        with pytest.raises(indexer.StoreError, match=rf"read as NaN \(slot\(s\) {slot}\)"):
+            np.asarray(vecs)
+        with pytest.raises(indexer.StoreError, match="read as NaN"):
+            idx.get(["long"])
+        with pytest.raises(indexer.StoreError, match="read as NaN"):
+            np.asarray(idx.chunks().vectors)
+        np.testing.assert_array_equal(idx.get(["short"])[0], FAKE.embed(["a few words"])[0])
+        report = idx.verify()
+        assert not report.ok and any(f"slot {slot}" in p for p in report.problems), report.problems
+        assert idx.verify(repair=True).repaired >= 1
+    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    with indexer.open(tmp_path / "ix") as idx:
+        np.testing.assert_allclose(idx.get(["long"])[0], good, atol=1e-6)
+        assert idx.verify().ok
