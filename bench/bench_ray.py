@@ -84,8 +84,8 @@ class _KeepOpen:
     def capacity(self) -> int:
         return int(self.runner.capacity)
 
-    def submit(self, texts: list[str]) -> Any:
-        return self.runner.submit(texts)
+    def submit(self, texts: list[str], on_batch: Any = None) -> Any:
+        return self.runner.submit(texts, on_batch)
 
     def close(self) -> None:
         pass

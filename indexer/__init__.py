@@ -12,8 +12,10 @@ from pathlib import Path
 
 from .config import EmbeddingConfig
 from .errors import (
+    BackendUnavailableError,
     ConfigMismatchError,
     EmbeddingError,
+    IncompleteSourceError,
     IndexerError,
     IndexNotFoundError,
     LeaseLostError,
@@ -22,18 +24,20 @@ from .errors import (
     SourceError,
     StoreError,
 )
-from .index import CompactReport, Index, VerifyReport
+from .index import CompactReport, Index, VerifyReport, read_ids
 from .settings import DEFAULT_MODEL, Settings
 from .sync import Progress, SyncSummary, sync
 from .vectors import DocumentIds, VectorView
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BackendUnavailableError",
     "CompactReport",
     "ConfigMismatchError",
     "DocumentIds",
     "EmbeddingConfig",
     "EmbeddingError",
+    "IncompleteSourceError",
     "Index",
     "IndexNotFoundError",
     "IndexerError",
@@ -48,6 +52,7 @@ __all__ = [
     "VectorView",
     "VerifyReport",
     "open",
+    "read_ids",
     "sync",
 ]
 

@@ -7,13 +7,15 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import click
 from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .settings import DEFAULT_MODEL, Settings
@@ -32,8 +34,9 @@ def _errors() -> Iterator[None]:
         yield
     except IndexerError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; claims in flight were released. Run the same command to resume.", 130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a StopSignal (SIGTERM, SIGHUP): exit 128 + signal
+        by, code = (f" by {exc.name}", exc.exit_code) if isinstance(exc, StopSignal) else ("", 130)
+        _fail(f"interrupted{by}; claims in flight were released. Run the same command to resume.", code)
     except sqlite3.OperationalError as exc:
         # e.g. "database or disk is full": what was committed stays; the same command resumes.
         _fail(f"manifest: {exc}; free space (or wait for the other writer) and run the same command "
@@ -70,11 +73,16 @@ class _Bar:
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
+            # The time left is the sync's own estimate (from characters left; tqdm's would count
+            # documents, and claims go shortest first), so tqdm's {remaining} is left out.
+            with_total = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
             unit = "chunk" if p.unit == "chunks" else "doc"
             self.bar = self._tqdm(total=p.total, unit=unit, desc=p.phase, file=sys.stderr,
-                                  dynamic_ncols=True, smoothing=0.1)
+                                  dynamic_ncols=True, smoothing=0.1,
+                                  bar_format=with_total if p.total is not None else None)
         self.bar.update(p.processed - self.bar.n)
-        self.bar.set_postfix_str(f"rss {p.rss_mb:.0f} MB", refresh=False)
+        left = f"left {self._tqdm.format_interval(p.eta_s)}, " if p.eta_s is not None else ""
+        self.bar.set_postfix_str(f"{left}rss {p.rss_mb:.0f} MB", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -156,6 +164,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help=f"Padded tokens (texts x longest) per forward pass, texts of similar token length "
                    f"together; 0: --batch-size alone. Default {_DEFAULTS.batch_tokens}; [gpus] on CUDA "
                    "65536, halved on out-of-memory.")
+@click.option("--hang-seconds", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="[processes, gpus, ray] A worker that finishes no batch for max(S, 10x the median gap "
+                   f"between batches) is killed and replaced, its claim redone (default "
+                   f"{_DEFAULTS.hang_seconds:g}; 0: never).")
 @click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
 @click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
@@ -191,15 +203,26 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
     path), or - for JSONL on stdin. Records that cannot be used (bad JSON, missing fields, empty text,
     duplicate ids) are skipped with a warning naming the file and line; a file that cannot be read at
-    all stops the sync before anything is written.
+    all stops the sync before anything is written. --delete-missing deletes nothing when a source is
+    cut (its last record unterminated: a JSONL line that is not a whole object, a CSV quote never
+    closed or last row without a line end) or held no record: the documents read are synced, a
+    warning names the file and line, and the sync exits 2.
+
+    Exit codes: 0 done; 1 error; 2 bad input or missing index/model; 3 configuration mismatch; 4 the
+    backend is unavailable (outage, timeouts, rate limits: nothing lost, no document's attempt used
+    up; run the same command again later); 130 interrupted (run the same command to resume).
     """
     bar = _Bar() if not quiet and sys.stderr.isatty() else None
     progress: Callable[[Progress], None] | None = bar
     with _errors():
         try:
             # Only the flags the user gave reach the backend, which refuses those it does not take.
+            # (`is not`: 0 and 0.0 are values given, like --max-retries 0; `0 in (None, False)` is true.)
             batch_tokens = backend_flags.pop("batch_tokens")
-            options = {k: v for k, v in backend_flags.items() if v not in (None, False)}
+            settings = Settings.from_env()
+            if (hang_seconds := backend_flags.pop("hang_seconds")) is not None:
+                settings = replace(settings, hang_seconds=hang_seconds)
+            options = {k: v for k, v in backend_flags.items() if v is not None and v is not False}
             batch_size_given = click.get_current_context().get_parameter_source(
                 "batch_size") is ParameterSource.COMMANDLINE
             # These backends pack by tokens; --batch-size, when given, caps the texts of one batch.
@@ -207,15 +230,19 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                 options["max_batch_inputs"] = batch_size
             if backend == "gpus" and batch_size_given:
                 options["max_batch_texts"] = batch_size
-            if backend == "gpus" and batch_tokens:  # on CUDA the backend sizes batches itself
+            if backend == "gpus" and batch_tokens is not None:  # else on CUDA the backend sizes them
                 options["batch_tokens"] = batch_tokens
-            summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                           delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
-                           text_field=text_field, on_progress=progress, backend=backend,
-                           backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
-                           prompt_name=prompt_name, query_prompt=query_prompt, template=template,
-                           chunking=chunking, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+            refused: IncompleteSourceError | None = None
+            try:
+                summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
+                               delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
+                               text_field=text_field, on_progress=progress, backend=backend,
+                               backend_options=options, settings=settings, runtime=runtime,
+                               truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
+                               prompt_name=prompt_name, query_prompt=query_prompt, template=template,
+                               chunking=chunking, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+            except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
+                refused, summary = exc, cast(SyncSummary, exc.summary)
         finally:
             if bar is not None:
                 bar.close()
@@ -234,6 +261,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
         click.echo(_final_line(summary, index_dir), err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
+    if refused is not None:
+        _fail(str(refused), refused.exit_code)
 
 
 @cli.command()
@@ -321,9 +350,12 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
                    "columns, readable by pyarrow, DuckDB, Polars).")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
               help="npy or parquet; default: by the extension of --out (.parquet, else npy).")
-@click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="[npy] Also write the ids, one a line, in row order (chunks: one JSON object a line, "
-                   '{"id", "chunk", "start", "end"}: the chunk\'s number and character span in the text).')
+@click.option("--ids", "ids_out", default=None, metavar="FILE.jsonl",
+              help="[npy] Also write the ids in row order, as JSON lines: one JSON string a line, e.g. "
+                   "\"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the rows). "
+                   "Read them with json.loads per line, or indexer.read_ids(FILE). With --level chunks, "
+                   'one JSON object a line, {"id", "chunk", "start", "end"}: the chunk\'s number and '
+                   "character span in the text.")
 @click.option("--level", type=click.Choice(["documents", "chunks"]), default="documents", show_default=True,
               help="One row a document (a long one: the normalized mean of its chunk vectors) or one row "
                    "a chunk (npy only).")

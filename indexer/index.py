@@ -38,7 +38,8 @@ from .vectors import (
     vectors_of,
 )
 
-__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
+           "vector_schema"]
 
 EXPORT_FORMATS = ("npy", "parquet")
 PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
@@ -208,6 +209,12 @@ class CompactReport:
         return dict(self.__dict__)
 
 
+def read_ids(path: str | Path) -> list[str]:
+    """The ids `Index.export` wrote to `path`, in row order."""
+    with Path(path).open(encoding="ascii") as f:
+        return [json.loads(line) for line in f]
+
+
 class Index:
     def __init__(self, path: Path, config: EmbeddingConfig, manifest: Manifest, store: VectorStore,
                  settings: Settings) -> None:
@@ -368,11 +375,16 @@ class Index:
 
     def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None,
                level: str = "documents") -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`), or to a Parquet
-        file with an id and a vector column. `format` ("npy" or "parquet") defaults to `out`'s
-        extension. One row a document (`level="documents"`; a long one: the normalized mean of its
-        chunks) or a chunk (`level="chunks"`, .npy only; `ids_out` then holds one JSON object a line,
-        {"id", "chunk", "start", "end"}). Returns the number of rows."""
+        """Write the vectors to a .npy file, or to a Parquet file with an id and a vector column.
+        `format` ("npy" or "parquet") defaults to `out`'s extension. One row a document
+        (`level="documents"`; a long one: the normalized mean of its chunks) or a chunk
+        (`level="chunks"`, .npy only). Returns the number of rows.
+
+        With .npy, `ids_out` gets the rows' ids in order as JSON lines, ASCII only: one JSON string a
+        line (`read_ids` reads them back), or for chunks one JSON object a line, {"id", "chunk",
+        "start", "end"}. An id may hold any character, a line break, U+2028 or NUL included, so plain
+        lines could split one id in two and misalign every row after it; in JSON every such character
+        is escaped."""
         out = Path(out)
         if format is None:
             format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
@@ -401,11 +413,12 @@ class Index:
         tmp.replace(out)
         if ids_out is not None:
             if chunks is None:
-                lines = (f"{i}\n" for i in ids)
+                lines = (f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
             else:
                 lines = (json.dumps({"id": i, "chunk": int(k), "start": int(a), "end": int(b)}) + "\n"
                          for i, k, a, b in zip(ids, chunks.ordinals, chunks.starts, chunks.ends, strict=True))
-            Path(ids_out).write_text("".join(lines), encoding="utf-8")
+            with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
+                f.writelines(lines)
         return n
 
     def _export_parquet(self, out: Path) -> int:

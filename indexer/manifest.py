@@ -557,7 +557,8 @@ class Manifest:
                failed: Iterable[tuple[bytes, str]] = (), checksum: bytes | None = None) -> int:
         """Mark `done` (hash, slot) pairs done and count `failed` (hash, reason) attempts, in one
         transaction, only if the claim's token still matches (fencing). Raises LeaseLostError if not.
-        `checksum` is that of the claim's chunk file, recorded with its rows.
+        `checksum` is that of the claim's chunk file, recorded with its rows. The claim's other contents
+        (the backend failed them, not their text) go back to pending without an attempt.
         Returns how many failed contents ran out of attempts and are now `failed`."""
         try:
             with self._write() as conn:
@@ -577,6 +578,8 @@ class Manifest:
                         WHERE hash = ?1 AND claim_id = ?4 RETURNING state""",
                         (h, reason, self.settings.retry_attempts, claim.id)).fetchone()
                     gave_up += row is not None and row[0] == "failed"
+                conn.execute("UPDATE contents SET state = 'pending', claim_id = NULL "
+                             "WHERE claim_id = ? AND state = 'claimed'", (claim.id,))
                 # Long documents whose last chunk this was are served now (or failed, with it).
                 _wholes.settle(conn, [h for h, _ in done] + [h for h, _ in failed])
                 crash_point("mid-commit")

@@ -27,19 +27,26 @@ class Settings:
     lease_seconds: float = 900.0
     # SQLite waits this long for a lock held by another process before it gives up.
     busy_timeout_ms: int = 60_000
+    # A worker (processes, gpus, ray) that holds a claim and finishes no batch for max(hang_seconds,
+    # hang_factor x the median gap between batches so far) is taken to hang: killed and replaced, its
+    # claim back to pending. Progress is batches, so a slow worker on a long claim is never killed.
+    # hang_seconds = 0 turns the watch off.
+    hang_seconds: float = 60.0
+    hang_factor: float = 10.0
     # The manifest's write-ahead log is checkpointed once it holds this much (MiB) and cut back to it
     # afterwards; a sync ends with it emptied. Larger: fewer checkpoints while claims commit.
     wal_limit_mib: int = 64
 
     @classmethod
     def from_env(cls) -> Settings:
-        """The defaults, with INDEXER_CHUNK_ROWS, INDEXER_LEASE_SECONDS, INDEXER_SCAN_BATCH and
-        INDEXER_WAL_LIMIT_MIB from the environment where set. For tests and tuning (small chunks,
-        short leases); the CLI reads them."""
+        """The defaults, with INDEXER_CHUNK_ROWS, INDEXER_LEASE_SECONDS, INDEXER_SCAN_BATCH,
+        INDEXER_HANG_SECONDS and INDEXER_WAL_LIMIT_MIB from the environment where set. For tests and
+        tuning (small chunks, short leases); the CLI reads them."""
         env = {name: os.environ.get(f"INDEXER_{name.upper()}") for name in _ENV_FIELDS}
         given: dict[str, Any] = {name: _ENV_FIELDS[name](v) for name, v in env.items() if v is not None}
         return replace(cls(), **given)
 
 
 _ENV_FIELDS: dict[str, type[int] | type[float]] = {
-    "chunk_rows": int, "lease_seconds": float, "scan_batch": int, "wal_limit_mib": int}
+    "chunk_rows": int, "lease_seconds": float, "scan_batch": int, "hang_seconds": float,
+    "wal_limit_mib": int}

@@ -7,6 +7,7 @@ embedded, its chunk written durably, and only then committed.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import queue
 import threading
@@ -22,13 +23,22 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
+from ._signals import stoppable
 from .chunking import Chunker, make_chunker
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
-from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
+from .errors import (
+    BackendUnavailableError,
+    ConfigMismatchError,
+    IncompleteSourceError,
+    IndexerError,
+    LeaseLostError,
+    SourceError,
+)
 from .index import Index
 from .manifest import Claim, Manifest, ScanCounts
-from .runners import Runner, WorkerLost, make_runner
+from .runners import BackendFailure, Runner, WorkerHung, WorkerLost, make_runner
+from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
 from .sources import IterableSource, Record, Skip, Source, Template, open_sources
@@ -41,7 +51,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
-    """What a sync reports to `on_progress` after each scan batch and each committed claim."""
+    """What a sync reports to `on_progress`: after each scan batch; in the embed phase after each
+    committed claim and, within claims, as workers finish batches (about twice a second at most).
+
+    In the embed phase `processed` counts texts embedded (committed, or in a finished batch of a claim
+    in flight) and `eta_s` comes from characters done vs left: claims go shortest texts first, so a
+    rate in documents would promise too early an end."""
 
     phase: str  # "scan" or "embed"
     processed: int
@@ -72,9 +87,17 @@ class SyncSummary:
     would_embed: int = 0
     claims: int = 0
     fencing_refusals: int = 0
-    workers_lost: int = 0
-    peak_rss_mb: float = 0.0
+    workers_lost: int = 0  # worker deaths (however many claims each took), hangs included
+    returned: int = 0  # documents the backend failed (outage, timeout, ...): pending again, no attempt used
+    workers_hung: int = 0  # workers killed because they finished no batch within the hang deadline
+    peak_rss_mb: float = 0.0  # this (the driver's) process
+    # Worker processes (processes, gpus, ray backends): the sum of each worker's peak, an upper bound of
+    # their peak together; per worker in backend_stats["peak_rss_mb_per_worker"].
+    workers_peak_rss_mb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # Sources that cannot tell which documents are missing (cut mid-record, or no record read), each
+    # as "file:line: why": with any, --delete-missing deletes nothing.
+    incomplete_sources: list[str] = field(default_factory=list)
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
     # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
     backend_stats: dict[str, object] = field(default_factory=dict)
@@ -84,23 +107,75 @@ class SyncSummary:
 
 
 class _Meter:
+    """A phase's progress: what is committed plus, in the embed phase, the finished batches of claims in
+    flight (reported by the runner's threads through `on_batch`, so under a lock). Reports go to the
+    callback from the driver's thread only, at most every `interval` seconds between commits. `unit`
+    is what it counts: documents scanned, or chunks (plain documents and long documents' chunks)
+    embedded."""
+
     def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None,
-                 unit: str = "documents") -> None:
+                 total_chars: int | None = None, interval: float = 0.5, unit: str = "documents") -> None:
         self.phase, self.total, self.callback, self.unit = phase, total, callback, unit
+        self.total_chars, self.interval = total_chars, interval
         self.start = time.perf_counter()
         self.processed = 0
+        self.chars = 0
         self.peak_rss_mb = 0.0
+        self._partial: dict[int, tuple[int, int]] = {}  # claim id -> (texts, chars) of finished batches
+        self._lock = threading.Lock()
+        self._driver = threading.get_ident()
+        self._last_report = self.start
+        self._last_processed = -1
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, chars: int = 0) -> None:
+        """`n` documents committed (`chars`: the characters of the texts their claim finished)."""
         self.processed += n
+        self.chars += chars
+        self._report()
+
+    def on_batch(self, claim: Claim) -> Callable[[int], None]:
+        """The runner's callback for `claim`: a batch of n of its texts finished. The worker sorts a
+        claim by length, so the n done are counted as its n shortest texts."""
+        lengths = np.fromiter((len(t) for t in claim.texts), np.int64, len(claim.texts))
+        done_chars = np.cumsum(np.sort(lengths))
+
+        def batch_done(n: int) -> None:
+            with self._lock:
+                texts = min(self._partial.get(claim.id, (0, 0))[0] + n, len(done_chars))
+                self._partial[claim.id] = (texts, int(done_chars[texts - 1]) if texts else 0)
+            if threading.get_ident() == self._driver:  # the inline runner: no other chance to report
+                self.tick()
+
+        return batch_done
+
+    def settle(self, claim: Claim) -> None:
+        """The claim is committed or lost: its batches no longer count as in flight."""
+        with self._lock:
+            self._partial.pop(claim.id, None)
+
+    def tick(self) -> None:
+        if time.perf_counter() - self._last_report >= self.interval:
+            self._report()
+
+    def _report(self) -> None:
+        self._last_report = time.perf_counter()
         rss = psutil.Process().memory_info().rss / 2**20
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         if self.callback is None:
             return
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.processed / elapsed
-        eta = (self.total - self.processed) / rate if self.total is not None and rate > 0 else None
-        self.callback(Progress(self.phase, self.processed, self.total, rate, eta, rss, self.unit))
+        with self._lock:
+            processed = self.processed + sum(t for t, _ in self._partial.values())
+            chars = self.chars + sum(c for _, c in self._partial.values())
+        if processed == self._last_processed:  # e.g. a claim's batches were all reported: its commit
+            return
+        self._last_processed = processed
+        elapsed = max(self._last_report - self.start, 1e-9)
+        rate = processed / elapsed
+        if self.total_chars and chars > 0:
+            eta: float | None = max(0, self.total_chars - chars) / (chars / elapsed)
+        else:
+            eta = (self.total - processed) / rate if self.total is not None and rate > 0 else None
+        self.callback(Progress(self.phase, processed, self.total, rate, eta, rss, self.unit))
 
 
 def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
@@ -173,15 +248,35 @@ def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[Iterator[T]]:
 
 # -- the shared claim -> embed -> write -> commit step ------------------------------------------------
 
+# A real embedding is never (nearly) all zeros: a model or an API that answers zeros has failed (an API
+# answering zeros for an outage, a model that overflowed to zero in float16). Norms of real vectors are
+# about 1 (normalized) or at least orders of magnitude above this.
+MIN_VECTOR_NORM = 1e-6
+
+
+def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
+    """The rows (as stored: after the cast to the store's dtype) that must not be marked done, with
+    their reason: a non-finite value, or a norm of (nearly) zero."""
+    finite = np.isfinite(rows).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(rows.astype(np.float32), axis=1)
+    bad: dict[int, str] = {}
+    for i in np.flatnonzero(~finite | ~(norms > MIN_VECTOR_NORM)):
+        bad[int(i)] = ("the model produced a non-finite vector; not stored" if not finite[i] else
+                       f"the model produced a zero vector (norm {norms[i]:.3g}); not stored")
+    return bad
+
+
 def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
-                     failures: dict[int, str]) -> tuple[int, int]:
+                     failures: dict[int, str]) -> tuple[int, int, int]:
     """Write the claim's chunk whole and durably, then commit (fenced).
-    Returns (done, failed for good): a failure with attempts left goes back to pending."""
+    Returns (done, failed for good, returned): a failure with attempts left goes back to pending, and
+    so does a `BackendFailure` (returned), without using up an attempt."""
     block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
-    block[:len(vectors)] = vectors
-    finite = np.isfinite(block[:len(vectors)]).all(axis=1)
-    for i in np.flatnonzero(~finite):
-        failures.setdefault(int(i), "the model produced a non-finite vector")
+    with np.errstate(over="ignore"):  # a value too large for float16 becomes inf: failed just below
+        block[:len(vectors)] = vectors
+    for i, reason in unusable_vectors(block[:len(vectors)]).items():
+        failures.setdefault(i, reason)
     block[list(failures)] = np.nan
     done = [(h, claim.chunk * store.chunk_rows + i) for i, h in enumerate(claim.hashes)
             if i not in failures]
@@ -189,8 +284,9 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     if done:
         checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()], checksum)
-    return len(done), gave_up
+    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
+                                            if not isinstance(r, BackendFailure)], checksum)
+    return len(done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
 
 
 # -- the sync ------------------------------------------------------------------------------------------
@@ -237,6 +333,7 @@ def _check_names(index: Index, **asked: object) -> None:
             + "\nSync with the index's settings, or build a new index in another --index directory.")
 
 
+@stoppable  # SIGTERM and SIGHUP stop a sync like Ctrl-C (indexer/_signals.py)
 def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None = None, *,
          paths: Iterable[str] | None = None, model: str | None = None, dtype: str | None = None,
          batch_size: int | None = None, delete_missing: bool = False, dry_run: bool = False,
@@ -365,6 +462,10 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                                                truncate_dim or index.config.truncate_dim,
                                                index.config.prompt if prompt is None else prompt))))
         state = "finished"
+        if delete_missing and summary.incomplete_sources:
+            raise IncompleteSourceError(
+                "--delete-missing deleted nothing: " + "; ".join(summary.incomplete_sources)
+                + ". The documents read were synced; re-create the source whole and sync again", summary)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -392,12 +493,18 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         # works on the batch before. A Python iterable is read in the caller's thread: it may not
         # allow another (a sqlite3 cursor does not).
         batches = _batches(reader, settings.scan_batch)
+        records_before = counts.scanned + counts.duplicates
+        last: Record | Skip | None = None
         with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
             for batch in it:
                 manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
                 meter.add(len(batch))
-    # Only a scan that read every source to its end may decide what is missing.
-    if delete_missing:
+                last = batch[-1]
+        why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
+        if why is not None:
+            summary.incomplete_sources.append(why)
+    # Only a scan that read every source whole, to its end, may decide what is missing.
+    if delete_missing and not summary.incomplete_sources:
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
     for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings", "chunks",
                  "truncated"):
@@ -410,6 +517,19 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
+
+
+def why_incomplete(source: str, last: Record | Skip | None, records: int) -> str | None:
+    """Why a source read to its end still cannot tell which documents are missing ("file:line: why"),
+    or None when it can. It cannot when its last record is cut (the reader marks that Skip `cut`: a
+    JSONL line that is not a whole object, a CSV quote never closed or last row without a line end)
+    or when it held no record at all (an empty stdin, `< /dev/null`, a producer that died first):
+    --delete-missing on it would delete every document it did not reach."""
+    if isinstance(last, Skip) and last.cut:
+        return f"{last.where}: {last.reason}"
+    if records == 0:
+        return f"{source}: no record was read, so the source is empty or cut before its first record"
+    return None
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,
@@ -457,8 +577,9 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest, store = index.manifest, index.store
     # Claims of a killed or timed-out worker go back to pending first: they may be all that is left.
     manifest.expire_claims()
-    pending = int(manifest.conn.execute("SELECT count(*) FROM contents WHERE state = 'pending' "
-                                        "AND parts = 0 AND text IS NOT NULL").fetchone()[0])
+    pending, pending_chars = (int(v) for v in manifest.conn.execute(
+        "SELECT count(*), coalesce(sum(chars), 0) FROM contents WHERE state = 'pending' "
+        "AND parts = 0 AND text IS NOT NULL").fetchone())
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()
@@ -471,7 +592,8 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
                                                          ours.template),
                                        ours.chunking, ours.chunk_tokens, ours.chunk_overlap), index.path)
         manifest.prepare_for_claims()
-        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, "chunks"))
+        _drive(manifest, store, runner, summary,
+               _Meter("embed", pending, on_progress, pending_chars, unit="chunks"))
     finally:
         _collect_stats(runner, summary)
         runner.close()
@@ -486,19 +608,58 @@ def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
     warnings = found.pop("warnings", [])
     if isinstance(warnings, list):
         summary.warnings.extend(str(w) for w in warnings)
+    peaks = found.get("peak_rss_mb_per_worker")
+    if isinstance(peaks, list):
+        summary.workers_peak_rss_mb = round(sum(float(p) for p in peaks), 1)
     summary.backend_stats = found
+
+
+class _OutageWatch:
+    """Stops a sync whose backend keeps failing claims for reasons not the documents' own: their
+    contents go back to pending without an attempt and are claimed again, so without this a backend
+    that is down would be asked for ever. (The openai runner stops sooner, by its own count of
+    requests; this is the rule for every backend.)"""
+
+    LIMIT = 3  # claims in a row that came back with nothing embedded and something returned
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+
+    def after_claim(self, done: int, failures: dict[int, str]) -> None:
+        returned = [r for r in failures.values() if isinstance(r, BackendFailure)]
+        if done or not returned:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= self.LIMIT:
+            last = returned[-1]
+            raise BackendUnavailableError(
+                f"the embedding backend keeps failing: {last}; {self.in_a_row} claims in a row came back "
+                "with nothing embedded. Nothing is lost and no document used up an attempt: run the same "
+                "sync again once the backend answers")
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
-    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive."""
+    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive.
+
+    A worker that dies or hangs fails its claims with WorkerLost (WorkerHung): they go back to pending
+    at once, and the summary counts the worker once however many claims it held."""
     # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
     # zarr.json for every claim cost 4-8 ms a claim (cProfile of a 20k and a 100k sync).
     grow = lambda chunk: store.ensure_chunks(chunk + 1, spare=16 + chunk // 8)  # noqa: E731
     in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], Claim] = {}
-    renew_every = manifest.settings.lease_seconds / 3
+    settings = manifest.settings
+    watch_for_hangs = getattr(runner, "watch_for_hangs", None)
+    if callable(watch_for_hangs):
+        watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
+    renew_every = settings.lease_seconds / 3
     last_renew = time.monotonic()
     exhausted = False
+    deaths: set[object] = set()
+    # A runner written before `on_batch` existed still works; its progress moves once per claim.
+    batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
+    outage = _OutageWatch()
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
@@ -507,13 +668,18 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     exhausted = True
                     break
                 try:
-                    in_flight[runner.submit(claim.texts)] = claim
+                    future = runner.submit(claim.texts, meter.on_batch(claim)) if batch_progress \
+                        else runner.submit(claim.texts)
+                    in_flight[future] = claim
                 except BaseException:  # Ctrl-C (or a runner error) before the claim was in flight
                     manifest.release(claim)
                     raise
             if not in_flight:
                 break
-            finished, _ = wait(in_flight, timeout=renew_every, return_when=FIRST_COMPLETED)
+            # Short waits: the progress of batches within claims is reported between them.
+            finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
+                               return_when=FIRST_COMPLETED)
+            meter.tick()
             if time.monotonic() - last_renew > renew_every:
                 for future, claim in list(in_flight.items()):
                     try:
@@ -526,10 +692,15 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if future not in in_flight:
                     continue
                 claim = in_flight.pop(future)
+                meter.settle(claim)
                 try:
                     vectors, failures = future.result()
                 except WorkerLost as exc:
-                    summary.workers_lost += 1
+                    death = exc.death if exc.death is not None else object()
+                    if death not in deaths:
+                        deaths.add(death)
+                        summary.workers_lost += 1
+                        summary.workers_hung += isinstance(exc, WorkerHung)
                     summary.warnings.append(f"claim {claim.id}: {exc}; its documents go back to pending")
                     manifest.release(claim)
                     exhausted = False
@@ -538,7 +709,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     manifest.release(claim)
                     raise
                 try:
-                    done, failed = write_and_commit(manifest, store, claim, vectors, failures)
+                    done, failed, returned = write_and_commit(manifest, store, claim, vectors, failures)
                 except LeaseLostError:
                     summary.fencing_refusals += 1
                     continue
@@ -548,7 +719,11 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 summary.claims += 1
                 summary.embedded += done
                 summary.failed += failed
-                meter.add(done)
+                summary.returned += returned
+                meter.add(done, sum(len(t) for t in claim.texts))
+                if returned:  # pending again: claim them again in this run, unless the backend is down
+                    exhausted = False
+                outage.after_claim(done, failures)
     finally:
         for claim in in_flight.values():
             manifest.release(claim)

@@ -13,6 +13,11 @@ Fixtures (all cheap; use them instead of building your own):
     fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
                     Pass it as `indexer.sync(..., embedder=fake_embedder)`; its model name is "fake:16".
     fake_vector     the function `fake_vector(text, dim=16) -> np.ndarray`: the fake model's vector.
+    server          a running tests/openai_server.py EmbeddingServer (Behavior(api_key=API_KEY)), with
+                    OPENAI_API_KEY set to API_KEY and OPENAI_BASE_URL unset; turn its `behavior` knobs.
+
+Helpers: `Throttle(pid, stopped, running)`, a thread that makes a process slow but alive (SIGSTOP and
+SIGCONT in turn), for the hang-watch and progress tests.
 """
 
 from __future__ import annotations
@@ -22,15 +27,23 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import Settings
+
+if TYPE_CHECKING:
+    from openai_server import EmbeddingServer
 
 FAKE_DIM = 16
 
@@ -78,6 +91,16 @@ def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder(FAKE_DIM)
 
 
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
+    from openai_server import API_KEY, Behavior, EmbeddingServer  # aiohttp: only where it is used
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with EmbeddingServer(Behavior(api_key=API_KEY)) as srv:
+        yield srv
+
+
 def corpus(n: int, distinct: int) -> list[dict[str, str]]:
     """n documents over `distinct` texts: identical texts must share one content, embedded once."""
     return [{"id": f"d{i:05d}", "text": f"text number {i % distinct} " + "x" * (i % distinct % 50)}
@@ -119,3 +142,24 @@ def downgrade_to_schema_1(manifest: Path) -> None:
     conn.executescript("BEGIN; " + "".join(f'DROP TABLE "{n}"; ' for n in later)
                        + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()
+
+
+class Throttle(threading.Thread):
+    """Makes a worker slow but alive: SIGSTOP for `stopped` seconds, SIGCONT for `running`, over and over."""
+
+    def __init__(self, pid: int, stopped: float, running: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stopped, self.running, self.done = pid, stopped, running, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                os.kill(self.pid, signal.SIGSTOP)
+                time.sleep(self.stopped)
+                os.kill(self.pid, signal.SIGCONT)
+                time.sleep(self.running)
+        except ProcessLookupError:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)

@@ -15,6 +15,8 @@ recompute every vector it expects. `Behavior` holds the knobs a test turns, also
     max_request_tokens        a request over it -> 400 "max 300000 tokens per request"
     shuffle                   `data` comes back in a shuffled order (the `index` field stays right)
     wrong_dim_every / wrong_count_every / nan_every   every k-th answer is garbage of that kind
+    zero_marker               an input containing this marker gets an all-zero vector (200, well formed)
+    text_element_every        every k-th answer has a string where a number should be (float encoding)
     rate_limit_429_first      the first k requests get 429 with `retry_after_s` (any length)
     api_key                   the bearer token it accepts (401 otherwise)
 
@@ -53,6 +55,9 @@ def count_tokens(text: str, bytes_per_token: float = 4.0) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / bytes_per_token))
 
 
+API_KEY = "sk-test-0123456789abcdefKEY"  # what the tests' `server` fixture (conftest.py) accepts
+
+
 @dataclass
 class Behavior:
     dim: int = 64
@@ -81,6 +86,10 @@ class Behavior:
     bytes_per_token: float = 4.0
     api_key: str = "test"
     always_status: int | None = None  # every request answers this status (a server that is down)
+    always_retry_after: float | None = None  # with always_status: this Retry-After (seconds) too
+    healthy_first: int = 0  # always_status and hang_every spare the first k requests (the probe passes)
+    zero_marker: str | None = None
+    text_element_every: int = 0
 
 
 @dataclass
@@ -264,12 +273,15 @@ class EmbeddingServer:
         rec.tokens = sum(counts)
         if b.latency_s:
             await asyncio.sleep(b.latency_s)
-        if b.always_status is not None:
+        down = n > b.healthy_first
+        if b.always_status is not None and down:
             rec.status, rec.outcome = b.always_status, str(b.always_status)
-            return _error(b.always_status, f"the server is unavailable ({b.always_status})", "server_error")
+            retry = None if b.always_retry_after is None else {"Retry-After": f"{b.always_retry_after:g}"}
+            return _error(b.always_status, f"the server is unavailable ({b.always_status})", "server_error",
+                          headers=retry)
         if b.drop_every and n % b.drop_every == 0:
             raise _Dropped
-        if b.hang_every and n % b.hang_every == 0:
+        if b.hang_every and n % b.hang_every == 0 and down:
             await asyncio.sleep(b.hang_s)
             rec.status, rec.outcome = 0, "hang"
             return _error(504, "too late")
@@ -312,7 +324,8 @@ class EmbeddingServer:
                           "tokens", "rate_limit_exceeded",
                           headers={**self._retry_headers(wait, b.retry_header), **self._limit_headers()})
         dim = int(body.get("dimensions") or b.dim)
-        vectors = [fake_vector(t, dim) for t in inputs]
+        vectors = [np.zeros(dim, np.float32) if b.zero_marker and b.zero_marker in t else fake_vector(t, dim)
+                   for t in inputs]
         outcome = "ok"
         if b.wrong_dim_every and n % b.wrong_dim_every == 0:
             vectors = [np.concatenate([v, v[:1]]) for v in vectors]
@@ -325,9 +338,13 @@ class EmbeddingServer:
             vectors[len(vectors) // 2][0] = np.nan
             outcome = "garbage:nan"
         b64 = body.get("encoding_format") == "base64"
-        data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if b64
-                 else [float(x) for x in v]} for i, v in enumerate(vectors)]
+        data: list[dict[str, object]] = [
+            {"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if b64
+             else [float(x) for x in v]} for i, v in enumerate(vectors)]
+        if b.text_element_every and n % b.text_element_every == 0:
+            data[0]["embedding"] = ["not a number", *(float(x) for x in vectors[0][1:])]
+            outcome = "garbage:text"
         if b.shuffle:
             self._rng.shuffle(data)
         rec.status, rec.outcome = 200, outcome

@@ -153,7 +153,7 @@ def test_export_writes_the_vectors_and_ids(tmp_path: Path, small_settings: Setti
     assert exported.dtype == np.dtype(dtype) and exported.shape == (len(DOCS), FAKE_DIM)
     np.testing.assert_array_equal(exported, expected)
     np.testing.assert_array_equal(exported, expected_matrix(id_list).astype(dtype))
-    assert ids_out.read_text(encoding="utf-8").splitlines() == id_list
+    assert indexer.read_ids(ids_out) == id_list
     assert sorted(p.name for p in out.parent.iterdir()) == ["ids.txt", "vectors.npy"]  # no .partial
 
 

@@ -299,9 +299,9 @@ def test_chunks_and_export_levels(tmp_path: Path) -> None:
     for line, row in zip(lines, exported, strict=True):
         np.testing.assert_array_equal(row, FAKE.embed([docs[line["id"]][line["start"]:line["end"]]])[0])
     r = runner.invoke(cli, ["export", str(tmp_path / "ix"), "--out", str(tmp_path / "docs.npy"), "--ids",
-                            str(tmp_path / "docs.txt")])
+                            str(tmp_path / "docs.jsonl")])
     assert r.exit_code == 0, r.output
-    doc_ids = (tmp_path / "docs.txt").read_text().splitlines()
+    doc_ids = indexer.read_ids(tmp_path / "docs.jsonl")  # one JSON string a line
     np.testing.assert_array_equal(np.load(tmp_path / "docs.npy"), np.stack([rows[i] for i in doc_ids]))
 
 

@@ -281,7 +281,7 @@ def test_export(tmp_path: Path, index: Path) -> None:
     r = ok("export", str(index), "--out", str(out), "--ids", str(ids_file))
     assert f"exported 5 vectors to {out}" in r.stderr
     matrix = np.load(out)
-    ids = ids_file.read_text(encoding="utf-8").splitlines()
+    ids = [json.loads(line) for line in ids_file.read_text(encoding="ascii").splitlines()]
     assert matrix.shape == (5, 8) and matrix.dtype == np.float32
     assert sorted(ids) == [f"d{i}" for i in range(5)]
     for row, doc_id in zip(matrix, ids, strict=True):

@@ -14,13 +14,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from openai_server import Behavior, EmbeddingServer, count_tokens, fake_vector
+from openai_server import API_KEY, EmbeddingServer, count_tokens, fake_vector
 
 import indexer
 from indexer import ConfigMismatchError, EmbeddingError, ModelLoadError, Settings
@@ -28,16 +27,8 @@ from indexer.runners._ratelimit import RateLimiter
 from indexer.runners._tokens import EstimateCounter, token_counter
 from indexer.runners.openai_api import PROBE_TEXT
 
-KEY = "sk-test-0123456789abcdefKEY"
+KEY = API_KEY  # the `server` fixture (conftest.py) sets it in OPENAI_API_KEY
 MODEL = "text-embedding-3-small"
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with EmbeddingServer(Behavior(api_key=KEY)) as srv:
-        yield srv
 
 
 def make_docs(n: int, prefix: str = "doc", seed: int = 0) -> list[dict[str, str]]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import assert_same_vectors, corpus, served
+from conftest import Throttle, assert_same_vectors, corpus, served
 
 try:
     from tiny_model import build_tiny_model, tiny_texts
@@ -36,8 +36,9 @@ except ImportError:  # tests/ imported as a package
 from indexer import Index, IndexerError, Progress, sync
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ModelLoadError
-from indexer.runners import EmbedResult, make_runner
+from indexer.runners import BatchDone, EmbedResult, make_runner
 from indexer.runners import auto as auto_backend
+from indexer.runners._liveness import HangRule
 from indexer.runners.gpus import parse_devices
 from indexer.runners.processes import ProcessRunner, default_layout
 from indexer.settings import Settings
@@ -45,9 +46,8 @@ from indexer.settings import Settings
 MODEL = "fake:16"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The kill tests need claims that take a while: the fake model spends ~30 µs of CPU a text, so a claim of
-# 4,096 texts keeps a worker busy for about 0.12 s of its own CPU time; the killer strikes after the
-# worker has used 20 ms of it on the claim, i.e. while it works.
+# The kill tests strike while a worker holds a claim: Watched stops the worker, and kills it only if it
+# still holds the claim once the driver has read what it sent (so a claim's speed does not matter).
 BIG_CHUNK = 4096
 BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
 BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
@@ -105,10 +105,11 @@ def processes(workers: int = 2, **options: Any) -> ProcessRunner:
 
 class Watched:
     """A Runner around a ProcessRunner that counts the texts each successful claim delivered and may
-    SIGKILL the first worker seen working on a claim."""
+    SIGKILL (or `sig`) the first worker seen working on a claim."""
 
-    def __init__(self, inner: ProcessRunner, kill: bool = False) -> None:
-        self.inner, self.kill = inner, kill
+    def __init__(self, inner: ProcessRunner, kill: bool = False,
+                 sig: signal.Signals = signal.SIGKILL) -> None:
+        self.inner, self.kill, self.sig = inner, kill, sig
         self.info = inner.info
         self.delivered: Counter[str] = Counter()
         self.victims: list[int] = []
@@ -119,32 +120,39 @@ class Watched:
     def capacity(self) -> int:
         return self.inner.capacity
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
-        future = self.inner.submit(texts)
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        future = self.inner.submit(texts, on_batch)
         future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
         if self.kill and self._killer is None:
             self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
             self._killer.start()
         return future
 
-    def _kill_when_busy(self, cpu_s: float = 0.02, timeout: float = 60.0) -> None:
+    def _kill_when_busy(self, timeout: float = 60.0) -> None:
+        """Stop the first worker seen holding a claim; if it still holds it once the driver has read
+        what the worker sent before it stopped, it is mid-claim: send it `sig` (it stays stopped for
+        SIGSTOP). Else let it go on and look again. No timing assumption about the model's speed."""
         deadline = time.monotonic() + timeout
-        base: dict[int, float] = {}
         while time.monotonic() < deadline:
             for pid in self.inner.busy_pids():
                 try:
-                    used = sum(psutil.Process(pid).cpu_times()[:2])
-                except psutil.NoSuchProcess:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
                     continue
-                base.setdefault(pid, used)
-                if used - base[pid] >= cpu_s and pid in self.inner.busy_pids():  # embedding right now
+                time.sleep(0.1)
+                if pid in self.inner.busy_pids():
                     self.victims.append(pid)
-                    os.kill(pid, signal.SIGKILL)
+                    if self.sig != signal.SIGSTOP:
+                        os.kill(pid, self.sig)
                     return
+                os.kill(pid, signal.SIGCONT)
             time.sleep(0.002)
 
     def stats(self) -> dict[str, object]:
         return self.inner.stats()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        self.inner.watch_for_hangs(rule)
 
     def close(self) -> None:
         self.pids_at_close = self.inner.pids
@@ -179,6 +187,11 @@ def test_processes_equal_inline_bit_for_bit_and_embed_each_content_once(tmp_path
     assert set(watched.delivered) == {d["text"] for d in docs}
     assert max(watched.delivered.values()) == 1
     assert_same_vectors(tmp_path / "pool", tmp_path / "inline")
+    # Issue 15: the workers' memory is reported, not only the driver's (each worker's own peak).
+    peaks = summary.backend_stats["peak_rss_mb_per_worker"]
+    assert isinstance(peaks, list) and len(peaks) == 2 and all(p > 10 for p in peaks), peaks
+    assert summary.workers_peak_rss_mb == pytest.approx(sum(peaks), abs=0.1)
+    assert last_run(tmp_path / "pool")[1]["workers_peak_rss_mb"] == summary.workers_peak_rss_mb
     state, recorded = last_run(tmp_path / "pool")
     assert state == "finished" and recorded["claims"] == summary.claims and recorded["embedded"] == 1700
     st = check_consistent(tmp_path / "pool")
@@ -272,22 +285,38 @@ def test_worker_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path)
 
 def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_inline: Path) -> None:
     """A per-device worker holds its next claim while it embeds one: killed, it loses both to pending,
-    where they are embedded again, once."""
+    where they are embedded again, once, and the one death counts once.
+
+    Deterministic on any load (it failed on a loaded machine, workers_lost 2: the driver counted each
+    lost claim as a lost worker): the worker is SIGSTOPped before the sync, so it cannot finish a claim
+    before it holds two; then it is SIGKILLed."""
     runner = make_runner("gpus", MODEL, batch_size=32, devices="cpu")
     assert isinstance(runner, ProcessRunner)
-    held: list[int] = []
-    inner_dispatch = runner._dispatch
+    (victim,) = runner.pids
+    os.kill(victim, signal.SIGSTOP)
+    held_at_kill: list[int] = []
 
-    def dispatch_and_count() -> None:
-        inner_dispatch()
-        held.append(len(runner.workers[0].held))
+    def kill_when_holding_two() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with runner._lock:
+                held = len(runner.workers[0].held)
+                if held == 2:
+                    held_at_kill.append(held)
+                    os.kill(victim, signal.SIGKILL)
+                    return
+            time.sleep(0.005)
+        os.kill(victim, signal.SIGCONT)
 
-    runner._dispatch = dispatch_and_count  # type: ignore[method-assign]
-    watched = Watched(runner, kill=True)
+    killer = threading.Thread(target=kill_when_holding_two, daemon=True)
+    killer.start()
+    watched = Watched(runner)
     summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    killer.join()
 
-    assert max(held) == 2, held  # the worker was sent a second claim while it worked on the first
-    assert len(watched.victims) == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert held_at_kill == [2]  # killed while it held a claim and the next one
+    assert summary.workers_lost == 1 and summary.failed == 0 and runner.restarts == 1
+    assert sum("SIGKILL" in w and "pending" in w for w in summary.warnings) == 2, summary.warnings
     assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
     assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
     assert_same_vectors(tmp_path / "idx", big_inline)
@@ -312,6 +341,73 @@ def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, 
     check_consistent(tmp_path / "idx")
 
 
+# -- a worker that hangs ---------------------------------------------------------------------------------
+
+def test_a_sigstopped_worker_is_taken_for_hung_replaced_and_its_claim_redone(
+        tmp_path: Path, big_inline: Path) -> None:
+    """Issue 14: one of two workers SIGSTOPped mid-claim hung the sync forever. Now, past the hang
+    deadline (1.5 s here, via Settings) it is killed and replaced and its claim goes back to pending."""
+    runner = processes(2)
+    pids_before = runner.pids
+    watched = Watched(runner, kill=True, sig=signal.SIGSTOP)
+    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=1.5)
+    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+
+    assert len(watched.victims) == 1, "no worker was seen working"
+    victim = watched.victims[0]
+    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert summary.backend_stats["workers_hung"] == 1 and summary.backend_stats["restarts"] == 1
+    assert any(f"pid {victim}" in w and "finished no batch" in w for w in summary.warnings), summary.warnings
+    assert any("hung" in w and "back to pending" in w for w in summary.warnings), summary.warnings
+    # Each text went out in exactly one successful claim: only the hung claim was embedded again.
+    assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
+    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
+    assert_same_vectors(tmp_path / "idx", big_inline)
+    assert victim in pids_before and victim not in watched.pids_at_close and gone([victim])
+    state, recorded = last_run(tmp_path / "idx")
+    assert state == "finished" and recorded["workers_hung"] == 1
+    st = check_consistent(tmp_path / "idx")
+    assert st["done"] == len(BIG) and st["pending"] == 0
+
+
+def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> None:
+    """Progress is batches, not claims: a worker stopped 0.4 s of every 0.42 s, with batches of one text,
+    takes longer than the hang deadline for its one claim, but finishes batches in between, so it is
+    left alone. The driver reports its progress within the claim."""
+    chunk = 8192
+    docs = [{"id": f"s{i}", "text": f"slow document {i}"} for i in range(chunk)]
+    settings = Settings(chunk_rows=chunk, hang_seconds=2.0)
+    runner = make_runner("processes", MODEL, batch_size=1, workers=1)
+    assert isinstance(runner, ProcessRunner)
+    seen: list[tuple[float, int]] = []
+    throttle = Throttle(runner.pids[0], stopped=0.4, running=0.02)
+    throttle.start()
+    try:
+        summary = sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=lambda p:
+                       seen.append((time.monotonic(), p.processed)) if p.phase == "embed" else None)
+    finally:
+        throttle.done.set()
+        throttle.join()
+    counts = [n for _, n in seen]
+    assert any(0 < n < chunk for n in counts), counts  # the bar moved within the one claim
+    assert counts == sorted(counts) and counts[-1] == chunk
+    within = seen[-1][0] - next(t for t, n in seen if n > 0)  # a lower bound of the claim's time
+    assert within > settings.hang_seconds, f"the claim took {within:.1f}s: the test proves nothing"
+    assert summary.workers_hung == summary.workers_lost == 0 and summary.backend_stats["restarts"] == 0
+    assert summary.embedded == chunk and summary.claims == 1
+
+
+def test_heartbeat_deadline_rule() -> None:
+    from indexer.runners._liveness import Heartbeats
+
+    beats = Heartbeats(HangRule(seconds=60, factor=10))
+    assert beats.deadline() == 60  # nothing measured: the floor
+    for gap in (1.0, 9.0, 8.0):
+        beats.gap(gap)
+    assert beats.deadline() == 80  # 10 x the median gap, above the floor
+    assert Heartbeats(HangRule(seconds=0, factor=10)).deadline() is None  # off
+
+
 def test_model_that_fails_to_load_in_the_workers_is_a_model_load_error() -> None:
     with pytest.raises(ModelLoadError, match=r"fake:0.*could not be loaded in worker"):
         make_runner("processes", "fake:0", batch_size=32, workers=2)
@@ -325,8 +421,8 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     runner = processes(2)
     pids = runner.pids
 
-    def interrupt(p: Progress) -> None:
-        if p.phase == "embed":
+    def interrupt(p: Progress) -> None:  # progress comes within claims too: wait for a first commit
+        if p.phase == "embed" and committed_claims(tmp_path / "idx"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

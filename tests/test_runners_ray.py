@@ -22,25 +22,24 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import assert_same_vectors, corpus, write_jsonl  # noqa: E402
+from conftest import Throttle, assert_same_vectors, corpus, write_jsonl  # noqa: E402
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
-from indexer.runners import EmbedResult, make_runner  # noqa: E402
+from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
+from indexer.runners._liveness import HangRule  # noqa: E402
 from indexer.runners.ray_actors import INSTALL_HINT, RayRunner  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 
 MODEL = "fake:16"
 ROOT = Path(__file__).resolve().parent.parent
 
-# The kill tests need claims that take a while: the fake model spends ~30 µs of CPU a text, so a claim
-# of 8,192 texts keeps an actor busy for about a quarter of a second of its own CPU time; the killer
-# strikes after it has used 20 ms of it, i.e. while it works.
+# The kill tests strike while an actor holds a claim: Watched stops the actor's process, and kills it
+# only if it still holds the claim a moment later (so a claim's speed does not matter).
 BIG_CHUNK = 8192
 BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
 BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
@@ -74,7 +73,7 @@ def check_consistent(index_dir: Path) -> dict[str, Any]:
 class Watched:
     """A Runner around a RayRunner that counts the texts each successful claim delivered, and may kill
     the first actor seen working (`how`: "signal" = SIGKILL of its process, Ray restarts it;
-    "ray" = ray.kill without restart)."""
+    "ray" = ray.kill without restart; "stop" = SIGSTOP of its process, a hang)."""
 
     def __init__(self, inner: RayRunner, kill: str | None = None) -> None:
         self.inner, self.kill = inner, kill
@@ -88,37 +87,51 @@ class Watched:
     def capacity(self) -> int:
         return self.inner.capacity
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
-        future = self.inner.submit(texts)
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        future = self.inner.submit(texts, on_batch)
         future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
         if self.kill and self._killer is None:
             self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
             self._killer.start()
         return future
 
-    def _kill_when_busy(self, cpu_s: float = 0.02, timeout: float = 60.0) -> None:
-        procs = {s.index: psutil.Process(s.pid) for s in self.inner.slots}
-        base = {i: sum(p.cpu_times()[:2]) for i, p in procs.items()}
+    def _kill_when_busy(self, timeout: float = 60.0) -> None:
+        """Stop the first actor seen holding a claim; if it still holds it a moment later (what it sent
+        before it stopped has arrived by then), it is mid-claim: kill it (or, for "stop", leave it
+        stopped). Else let it go on and look again. No timing assumption about the model's speed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for i, p in procs.items():
-                if sum(p.cpu_times()[:2]) - base[i] >= cpu_s:  # it is embedding a claim right now
-                    self.victims.append(i)
-                    if self.kill == "signal":
-                        os.kill(p.pid, signal.SIGKILL)
-                    else:
-                        ray.kill(self.inner.slots[i].handle, no_restart=True)
-                    return
+            for slot in list(self.inner.slots):
+                if not slot.busy or slot.state != "ready":
+                    continue
+                os.kill(slot.pid, signal.SIGSTOP)
+                time.sleep(0.1)
+                if not slot.busy:
+                    os.kill(slot.pid, signal.SIGCONT)
+                    continue
+                self.victims.append(slot.index)
+                if self.kill == "signal":
+                    os.kill(slot.pid, signal.SIGKILL)
+                elif self.kill == "ray":
+                    ray.kill(slot.handle, no_restart=True)
+                    os.kill(slot.pid, signal.SIGCONT)  # a stopped process cannot take Ray's kill
+                return
             time.sleep(0.002)
 
     def close(self) -> None:
-        if self.kill == "signal" and self.victims:  # wait for Ray to bring the actor back, then look
+        if self.kill in ("signal", "stop") and self.victims:  # wait for Ray to bring the actor back
             slot = self.inner.slots[self.victims[0]]
             deadline = time.monotonic() + 60
             while slot.state == "restarting" and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.at_close = [(s.state, s.pid, s.deaths) for s in self.inner.slots]
         self.inner.close()
+
+    def stats(self) -> dict[str, object]:
+        return self.inner.stats()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        self.inner.watch_for_hangs(rule)
 
 
 def ray_runner(workers: int = 2, **options: Any) -> RayRunner:
@@ -172,6 +185,25 @@ def test_resync_through_make_runner_embeds_only_changes(tmp_path: Path) -> None:
     assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
 
 
+def test_progress_within_a_claim_comes_from_polling_the_actor() -> None:
+    """A throttled actor (stopped 0.3 s of every 0.31 s, batches of one text) takes seconds for one
+    claim: the driver's polls see its batches, and report them through on_batch before the claim ends."""
+    runner = make_runner("ray", MODEL, batch_size=1, workers=1)
+    assert isinstance(runner, RayRunner)
+    texts = [d["text"] for d in BIG[:BIG_CHUNK]]
+    calls: list[int] = []
+    throttle = Throttle(runner.slots[0].pid, stopped=0.3, running=0.01)
+    try:
+        throttle.start()
+        vectors, failures = runner.submit(texts, calls.append).result(timeout=120)
+    finally:
+        throttle.done.set()
+        throttle.join()
+        runner.close()
+    assert failures == {} and vectors.shape == (BIG_CHUNK, 16)
+    assert len(calls) >= 2 and 0 < sum(calls) <= BIG_CHUNK, calls  # several reports, never too many
+
+
 # -- workers lost --------------------------------------------------------------------------------------
 
 def test_actor_process_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path) -> None:
@@ -187,6 +219,25 @@ def test_actor_process_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline
     victim = watched.victims[0]
     state, _pid, deaths = watched.at_close[victim]
     assert (state, deaths) == ("ready", 1)
+    assert_same_vectors(tmp_path / "idx", big_inline)
+    assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
+
+
+def test_a_sigstopped_actor_is_taken_for_hung_and_its_claims_redone(tmp_path: Path, big_inline: Path) -> None:
+    """An actor stopped mid-claim answers neither its claim nor the progress poll: past the hang deadline
+    (2 s here) it is killed, Ray restarts it, and its claims go back to pending and are embedded once."""
+    watched = Watched(ray_runner(2), kill="stop")
+    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=2.0)
+    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+
+    assert len(watched.victims) == 1, "no actor was seen working"
+    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
+    assert summary.backend_stats["workers_hung"] == 1
+    assert any("finished no batch" in w for w in summary.warnings), summary.warnings
+    assert summary.embedded == len(BIG) and summary.claims == committed_claims(tmp_path / "idx") == 3
+    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
+    state, _pid, deaths = watched.at_close[watched.victims[0]]
+    assert (state, deaths) == ("ready", 1)  # restarted by Ray, in a new process
     assert_same_vectors(tmp_path / "idx", big_inline)
     assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
 

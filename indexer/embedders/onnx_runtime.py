@@ -32,7 +32,7 @@ import logging
 import os
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -323,8 +323,10 @@ class OnnxEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embed_tokenized(self.tokenize(texts))
 
-    def embed_tokenized(self, tok: Tokenized, **_: object) -> np.ndarray:
-        """Batches cut from one tokenization exactly as SentenceTransformerEmbedder cuts them."""
+    def embed_tokenized(self, tok: Tokenized, *, on_batch: Callable[[int], None] | None = None,
+                        **_: object) -> np.ndarray:
+        """Batches cut from one tokenization exactly as SentenceTransformerEmbedder cuts them;
+        `on_batch(n)` after each, as there."""
         n = len(tok.lengths)
         out = np.empty((n, self.info.dim), dtype=np.float32)
         sorted_lengths = tok.lengths[tok.order]
@@ -335,5 +337,7 @@ class OnnxEmbedder:
             features = tok.batch(idx)
             out[idx] = self.session.run(None, {k: features[k].numpy().astype(np.int64, copy=False)
                                                for k in self.input_names})[0]
+            if on_batch is not None:
+                on_batch(end - start)
             start = end
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,10 +232,12 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embed_tokenized(self.tokenize(texts))
 
-    def embed_tokenized(self, tok: Tokenized, *, shrink_on_oom: bool = False) -> np.ndarray:
+    def embed_tokenized(self, tok: Tokenized, *, shrink_on_oom: bool = False,
+                        on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Vectors for tokenized texts, rows in their order. With `shrink_on_oom`, a batch that runs out
         of device memory halves `batch_size` and `batch_tokens` (down to one text), which stay so for
-        later calls, and is redone; without it, or at one text, the error propagates."""
+        later calls, and is redone; without it, or at one text, the error propagates. `on_batch(n)` is
+        called after each forward pass with its number of texts (progress, and a sign of life)."""
         import torch
 
         n = len(tok.lengths)
@@ -257,6 +260,8 @@ class SentenceTransformerEmbedder:
                     self.shrink(end - start)
                     continue
                 out[torch.from_numpy(idx).to(device)] = vectors.float()
+                if on_batch is not None:
+                    on_batch(end - start)
                 start = end
         return out.cpu().numpy()
 

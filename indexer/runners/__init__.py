@@ -12,6 +12,7 @@ therefore never touches SQLite or Zarr: the same claim/write/commit core serves 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -19,14 +20,38 @@ import numpy as np
 
 from ..embedders import ModelInfo
 
-__all__ = ["EmbedResult", "Runner", "WorkerLost", "make_runner"]
+__all__ = ["BackendFailure", "BatchDone", "EmbedResult", "Runner", "WorkerHung", "WorkerLost",
+           "make_runner"]
 
 # (vectors of shape (n, dim), float32; failures by position with their reasons)
 EmbedResult = tuple[np.ndarray, dict[int, str]]
 
+# Called with the number of texts a finished forward batch (or API request) of a claim embedded. The
+# driver uses it for progress within a claim, for the ETA and as the worker's sign of life; runners call
+# it from their own threads, so it must be thread-safe and quick.
+BatchDone = Callable[[int], None]
+
+
+class BackendFailure(str):
+    """A failure reason that is the backend's fault, not the document's: an outage, a timeout, a
+    dropped connection, a rate limit, an unusable answer. The document goes back to pending without
+    using up an attempt (only a failure that is the document's own, like a 400 on that input, counts
+    towards `Settings.retry_attempts`). A plain `str` everywhere else, so it pickles across processes."""
+
 
 class WorkerLost(Exception):
-    """The worker that held a claim died or was lost; the claim is released and embedded again."""
+    """The worker that held a claim died or was lost; the claim is released and embedded again.
+
+    `death` tells deaths apart: the claims one death took share it, so that the driver counts the
+    worker once however many claims it held (None: count each claim)."""
+
+    def __init__(self, message: str, death: object = None) -> None:
+        super().__init__(message)
+        self.death = death
+
+
+class WorkerHung(WorkerLost):
+    """The worker finished no batch for longer than the hang deadline: it was killed and replaced."""
 
 
 class Runner(Protocol):
@@ -34,7 +59,7 @@ class Runner(Protocol):
     # How many claims the driver keeps in flight: enough to keep every worker busy.
     capacity: int
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]: ...
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]: ...
 
     def close(self) -> None: ...
 

@@ -102,8 +102,8 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
     names = parse_devices(devices)
     if threads_per_worker is not None and threads_per_worker < 1:
         raise IndexerError("--threads-per-worker must be at least 1")
-    if batch_tokens is not None and batch_tokens < 1:
-        raise IndexerError("--batch-tokens must be at least 1")
+    if batch_tokens is not None and batch_tokens < 0:
+        raise IndexerError("--batch-tokens must be at least 1 (or 0: batches by --batch-size alone)")
     if oom_above is None and os.environ.get(OOM_ENV):
         oom_above = int(os.environ[OOM_ENV])
     share = max(1, usable_cpus() // len(names))
@@ -115,7 +115,9 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
             threads=threads_per_worker or (min(4, share) if cuda else share),
             tokenizer_threads=share if cuda else 1,
             batch_size=max_batch_texts or (CUDA_MAX_BATCH_TEXTS if cuda else batch_size),
-            batch_tokens=batch_tokens or (CUDA_BATCH_TOKENS if cuda else None),
+            # None: the CUDA default; 0: by count alone, like every other backend.
+            batch_tokens=((CUDA_BATCH_TOKENS if cuda else None) if batch_tokens is None
+                          else batch_tokens or None),
             adaptive=True, oom_above=oom_above))
     return ProcessRunner(specs, [f"worker {i} on {name}" for i, name in enumerate(names)], kind="gpus",
                          prefetch=prefetch, claims_per_worker=claims_per_worker, max_restarts=max_restarts)

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
 from ..embedders import Embedder
-from . import EmbedResult
+from . import BatchDone, EmbedResult
 
 
-def embed_texts(embedder: Embedder, texts: list[str]) -> EmbedResult:
+def embed_texts(embedder: Embedder, texts: list[str], on_batch: BatchDone | None = None,
+                batch_size: int | None = None) -> EmbedResult:
     """Vectors for `texts` and the failures by position. A batch that raises is retried text by text,
-    so one bad document fails alone; the driver also fails any non-finite vector, never stores it."""
+    so one bad document fails alone; the driver also fails any non-finite vector, never stores it.
+
+    `on_batch(n)` is called as batches finish: per forward pass where the embedder tokenizes apart
+    (its `embed` is exactly tokenize + embed_tokenized), else per slice of `batch_size` texts (the
+    embedder's own `batch_size` if not given; one call for the whole claim without either)."""
     try:
-        return np.asarray(embedder.embed(texts), dtype=np.float32), {}
+        return np.asarray(_embed_batches(embedder, texts, on_batch, batch_size), dtype=np.float32), {}
     except Exception:
-        return embed_text_by_text(embedder, texts)
+        return embed_text_by_text(embedder, texts, on_batch)
 
 
-def embed_text_by_text(embedder: Embedder, texts: list[str]) -> EmbedResult:
+def _embed_batches(embedder: Embedder, texts: list[str], on_batch: BatchDone | None,
+                   batch_size: int | None) -> Any:
+    if on_batch is None:
+        return embedder.embed(texts)
+    tokenize = getattr(embedder, "tokenize", None)
+    embed_tokenized = getattr(embedder, "embed_tokenized", None)
+    if callable(tokenize) and callable(embed_tokenized):
+        return embed_tokenized(tokenize(texts), on_batch=on_batch)
+    size = batch_size or getattr(embedder, "batch_size", None) or max(1, len(texts))
+    parts = []
+    for start in range(0, len(texts), size):
+        parts.append(np.asarray(embedder.embed(texts[start:start + size]), dtype=np.float32))
+        on_batch(len(parts[-1]))
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.info.dim), np.float32)
+
+
+def embed_text_by_text(embedder: Embedder, texts: list[str],
+                       on_batch: BatchDone | None = None) -> EmbedResult:
     """One call per text, so that a text that fails fails alone, with its reason."""
     failures: dict[int, str] = {}
     vectors = np.full((len(texts), embedder.info.dim), np.nan, dtype=np.float32)
@@ -28,6 +51,8 @@ def embed_text_by_text(embedder: Embedder, texts: list[str]) -> EmbedResult:
             vectors[i] = embedder.embed([text])[0]
         except Exception as exc:  # the document's own failure, recorded with its reason
             failures[i] = f"embedding failed: {type(exc).__name__}: {exc}"
+        if on_batch is not None:
+            on_batch(1)
     return vectors, failures
 
 
@@ -38,10 +63,10 @@ class InlineRunner:
         self.embedder = embedder
         self.info = embedder.info
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
         future: Future[EmbedResult] = Future()
         try:
-            future.set_result(embed_texts(self.embedder, texts))
+            future.set_result(embed_texts(self.embedder, texts, on_batch))
         except BaseException as exc:
             future.set_exception(exc)
         return future

@@ -45,10 +45,13 @@ Limits and retries
     out, they do not use up --max-retries (at most `max_rate_limit_wait` seconds per request, 1 hour by
     default). A 429 that says the account is out of quota stops the sync. 5xx, 408, 409, timeouts,
     dropped connections and unusable answers are retried up to --max-retries times with exponential
-    backoff and jitter (Retry-After honoured when given). A request that runs out of retries fails its
-    documents for this attempt (the manifest retries them up to its attempt limit); three such requests
-    in a row with no success between them mean the server is down, and the sync stops (EmbeddingError,
-    claims released, nothing lost). 401, 403, 404 and other unexpected statuses stop the sync at once.
+    backoff and jitter (Retry-After honoured when given). A Retry-After is waited at most backoff_max
+    (60 s) at a time; a 429 whose Retry-After is longer than the rate-limit wait left gives up at once.
+    A request that gives up this way returns its documents to pending WITHOUT using up an attempt (an
+    outage is not the documents' fault; only a 400 on an input counts); three such requests in a row
+    with no success between them mean the server is down, and the sync stops (BackendUnavailableError,
+    exit 4, claims released, nothing lost), as does a start-up probe that gives up. 401, 403, 404 and
+    other unexpected statuses stop the sync at once.
 
 Bad inputs and bad answers
     A 400 (or 422) on a request of several inputs is bisected (split at the input the message names as
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import email.utils
 import math
 import os
@@ -85,8 +89,8 @@ import orjson
 import xxhash
 
 from ..embedders import ModelInfo
-from ..errors import EmbeddingError, IndexerError, ModelLoadError
-from . import EmbedResult
+from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
+from . import BackendFailure, BatchDone, EmbedResult
 from ._ratelimit import RateLimiter
 from ._tokens import TokenCounter, cut_utf8, token_counter
 
@@ -106,6 +110,8 @@ _TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|pay
 _CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
                       r"max(imum)? (number of )?tokens|less than \d+ tokens", re.I)
 _KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
+# The claim's progress callback, seen by every request task of the claim (tasks copy the context).
+_ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on_batch", default=None)
 
 
 class _BadAnswer(Exception):
@@ -202,10 +208,10 @@ class OpenAIRunner:
 
     # -- the Runner protocol ---------------------------------------------------------------------
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
         if self.prompt:  # the API sees the text as a local model would: prompt first
             texts = [self.prompt + t for t in texts]
-        return asyncio.run_coroutine_threadsafe(self._embed(texts), self._loop)
+        return asyncio.run_coroutine_threadsafe(self._embed(texts, on_batch), self._loop)
 
     def close(self) -> None:
         loop = self._loop
@@ -279,6 +285,10 @@ class OpenAIRunner:
                                          "does this model take --dimensions?")
                 return dim
             reason = failures[0]
+            if isinstance(reason, BackendFailure):  # down, not refusing: the same exit as mid-sync
+                raise BackendUnavailableError(
+                    f"the API at {self.host} is unavailable: a test request for model {self.model!r} "
+                    f"{reason}. Nothing was changed: run the same sync again once it answers")
             if self.encoding == "base64" and "encoding_format" in reason:
                 self.encoding = "float"  # a server that refuses base64: ask for floats
                 continue
@@ -286,7 +296,8 @@ class OpenAIRunner:
         raise ModelLoadError(f"the API at {self.host} refused a test request for model {self.model!r}: "
                              f"{reason}")
 
-    async def _embed(self, texts: list[str]) -> EmbedResult:
+    async def _embed(self, texts: list[str], on_batch: BatchDone | None = None) -> EmbedResult:
+        _ON_BATCH.set(on_batch)  # this coroutine runs as its own task: the setting stays with the claim
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         failures: dict[int, str] = {}
         items = self._prepare(texts, failures)
@@ -389,6 +400,11 @@ class OpenAIRunner:
             if headers is not None:
                 self._learn_limits(headers)
                 delay_hint = _retry_after(headers)
+            asked = delay_hint
+            if delay_hint is not None:
+                # A server's Retry-After is honoured up to backoff_max (60 s) a wait: one that asks
+                # for a day (or sends garbage) must not hang the sync, or stop every request with it.
+                delay_hint = min(delay_hint, self.backoff_max)
             if status == 0:  # embedded
                 self._failing_in_a_row = 0
                 if isinstance(out, list):
@@ -397,6 +413,9 @@ class OpenAIRunner:
                     out[[it.pos for it in batch]] = vectors
                 s.inputs_embedded += len(batch)
                 s.tokens_embedded += server_tokens if server_tokens is not None else ticket.reserved
+                report = _ON_BATCH.get()
+                if report is not None:
+                    report(len(batch))
                 return
             kind = self._kind(status, message)
             if kind == "rate_limited":
@@ -405,7 +424,11 @@ class OpenAIRunner:
                 self.limiter.rate_limited(delay_hint)
                 delay = delay_hint if delay_hint is not None else self._backoff(limited)
                 waited_429 += delay
-                if waited_429 <= self.max_rate_limit_wait:
+                if asked is not None and waited_429 - delay + asked > self.max_rate_limit_wait:
+                    # It asks for longer than this sync waits for a rate limit in all: give up now.
+                    message += f"; Retry-After {asked:g} s is beyond the {self.max_rate_limit_wait:g} s " \
+                               "a sync waits for a rate limit"
+                elif waited_429 <= self.max_rate_limit_wait:
                     s.retries += 1
                     await asyncio.sleep(delay)
                     continue
@@ -471,9 +494,14 @@ class OpenAIRunner:
                 except ValueError as exc:
                     raise _BadAnswer(f"a vector that does not decode ({exc})") from None
             elif isinstance(emb, list):
-                v = np.asarray(emb, dtype=np.float32)
+                try:
+                    v = np.asarray(emb, dtype=np.float32)
+                except (TypeError, ValueError) as exc:  # "abc", null, a nested list
+                    raise _BadAnswer(f"a vector with a value that is not a number ({exc})") from None
             else:
                 raise _BadAnswer("an item with no embedding")
+            if v.ndim != 1:
+                raise _BadAnswer(f"a vector of shape {v.shape}, not a list of numbers")
             if dim and v.shape != (dim,):
                 raise _BadAnswer(f"a vector of {v.size} dimensions, {dim} expected")
             dim = dim or v.size
@@ -572,15 +600,20 @@ class OpenAIRunner:
         failures[item.pos] = reason
 
     def _give_up(self, batch: list[_Item], failures: dict[int, str], message: str) -> None:
+        """A request out of retries for reasons that are not its inputs' (5xx, timeouts, dropped
+        connections, rate limits, unusable answers): its documents go back to pending without using
+        up an attempt; three such requests in a row with no success between them mean the server is
+        down, and the sync stops (BackendUnavailableError, exit 4)."""
         self._stats.gave_up_requests += 1
         self._failing_in_a_row += 1
         if self._failing_in_a_row >= 3:
-            raise EmbeddingError(
-                f"the API at {self.host} keeps failing ({message}); {self._failing_in_a_row} requests in a "
-                f"row gave up after {self.max_retries} retries each. Nothing is lost: run the same sync "
-                "again to resume")
+            raise BackendUnavailableError(
+                f"the API at {self.host} keeps failing: {message}; {self._failing_in_a_row} requests in a "
+                f"row gave up after {self.max_retries} retries each. Nothing is lost and no document used "
+                "up an attempt: run the same sync again once it answers")
+        reason = BackendFailure(f"failed after {self.max_retries} retries: {message}")
         for it in batch:
-            failures[it.pos] = f"API request failed after {self.max_retries} retries: {message}"
+            failures[it.pos] = reason
 
     def _scrub(self, text: str) -> str:
         if self._secret:

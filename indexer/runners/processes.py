@@ -29,9 +29,17 @@ A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process 
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
 worker is restarted. The restarts of one run are bounded (`max_restarts`, default 3 x workers, shared
 by all workers); one more death fails the run with an IndexerError (a document that crashes the model
-every time must not loop forever). A worker that hangs without dying is not detected (its claim's lease
-is renewed while the driver waits). Workers ignore SIGINT: on Ctrl-C the driver releases its claims and
-`close()` stops the workers (idle ones are told to exit, busy ones are terminated) and joins them.
+every time must not loop forever).
+
+A worker reports each finished forward batch (a `BatchFinished` message): the driver's progress and ETA
+move within a claim, and it is the worker's sign of life. A worker that holds a claim and finishes no batch
+for longer than the hang deadline (runners/_liveness.py: max(hang_seconds, hang_factor x the median gap
+between batches), set by the driver from Settings with `watch_for_hangs`) is taken to hang (a stuck CUDA
+call, a deadlocked tokenizer, SIGSTOP): it is killed with SIGKILL and restarted like a dead one, and its
+claims fail with `WorkerHung`, so they go back to pending. Workers ignore SIGINT, SIGTERM and SIGHUP
+(the driver's to handle) and die with the driver (PR_SET_PDEATHSIG on Linux): on a stop signal the
+driver releases its claims and `close()` stops the workers (idle ones are told to exit, busy ones are
+terminated) and joins them.
 
 The per-GPU runner (runners/gpus.py) is this machinery with one worker per device.
 """
@@ -58,7 +66,8 @@ import numpy as np
 
 from ..embedders import Embedder, ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
-from . import EmbedResult, WorkerLost
+from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
+from ._liveness import HangRule, Heartbeats, worker_peak_rss_mb
 
 __all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make", "usable_cpus"]
 
@@ -190,16 +199,37 @@ class _WorkerModel:
         except Exception:
             return None
 
-    def embed(self, texts: list[str], prepared: Any) -> EmbedResult:
+    def embed(self, texts: list[str], prepared: Any, on_batch: BatchDone) -> EmbedResult:
         from .inline import embed_text_by_text, embed_texts
 
         if prepared is None:
-            return embed_texts(self.embedder, texts)
+            return embed_texts(self.embedder, texts, on_batch, batch_size=self.limits[0])
         try:
-            vectors = self.embedder.embed_tokenized(prepared, shrink_on_oom=self.spec.adaptive)  # type: ignore[attr-defined]
+            vectors = self.embedder.embed_tokenized(  # type: ignore[attr-defined]
+                prepared, shrink_on_oom=self.spec.adaptive, on_batch=on_batch)
         except Exception:
-            return embed_text_by_text(self.embedder, texts)
+            return embed_text_by_text(self.embedder, texts, on_batch)
         return np.asarray(vectors, dtype=np.float32), {}
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    """Worker -> driver: a forward batch of claim `task` finished, embedding `texts` texts."""
+
+    task: int
+    texts: int
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the driver dies, however it dies (SIGKILL included), so
+    that no worker outlives it. Elsewhere the worker ends at its next read of the closed pipe."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 _EOF = object()
@@ -224,11 +254,14 @@ def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -
 def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
     """A worker process: load the model, say so, then embed one claim per message until told to stop
     (None) or the driver is gone (EOF). Messages to the driver:
-        ("ready", pid, ModelInfo, limits)      ("load_failed", reason)
-        ("result", task, vectors, failures, limits)      ("error", task, reason)
+        ("ready", pid, ModelInfo, limits, peak rss MiB)      ("load_failed", reason)
+        BatchFinished(task, texts) after each forward batch
+        ("result", task, vectors, failures, limits, peak rss MiB)      ("error", task, reason)
     where limits is (batch size, token budget).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _die_with_parent()
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.SIG_IGN)  # stop signals are the driver's to handle
     _pin_threads(spec.threads, spec.tokenizer_threads)
     try:
         try:
@@ -237,18 +270,22 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
             results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
             return
         _set_torch_threads(spec.threads)
-        results.send(("ready", os.getpid(), model.embedder.info, model.limits))
+        results.send(("ready", os.getpid(), model.embedder.info, model.limits, worker_peak_rss_mb()))
         ready: queue.Queue[Any] = queue.Queue(maxsize=1)
         threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
                          daemon=True).start()
         while (item := ready.get()) is not _EOF:
             task_id, texts, prepared = item
+
+            def batch_done(n: int, task: int = task_id) -> None:
+                results.send(BatchFinished(task, n))
+
             try:
-                vectors, failures = model.embed(texts, prepared)
+                vectors, failures = model.embed(texts, prepared, batch_done)
             except Exception as exc:
                 results.send(("error", task_id, f"{type(exc).__name__}: {exc}"))
                 continue
-            results.send(("result", task_id, vectors, failures, model.limits))
+            results.send(("result", task_id, vectors, failures, model.limits, worker_peak_rss_mb()))
     except (EOFError, OSError):  # the driver is gone: nobody waits for us
         return
 
@@ -260,6 +297,7 @@ class _Task:
     id: int
     texts: list[str]
     future: Future[EmbedResult]
+    on_batch: BatchDone | None = None
 
 
 @dataclass(eq=False)
@@ -270,12 +308,16 @@ class _Worker:
     spec: WorkerSpec
     label: str
     process: BaseProcess | None = None
-    tasks: Connection | None = None  # driver -> worker
+    tasks: Connection | None = None  # driver -> worker, written by its sender thread only
+    outbox: queue.SimpleQueue[Any] | None = None  # what the sender thread sends next
     results: Connection | None = None  # worker -> driver
     state: str = "starting"  # starting | ready | dead
     held: list[_Task] = field(default_factory=list)  # sent to it, in order, not yet answered
     pid: int = 0
     deaths: int = 0
+    last_beat: float | None = None  # when it last finished a batch (or started work); None when idle
+    hung: bool = False  # killed by the hang watch: its death fails its claims with WorkerHung
+    peak_rss_mb: float = 0.0  # the largest peak any of its processes reported
 
     def name(self) -> str:
         return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
@@ -309,6 +351,8 @@ class ProcessRunner:
         self.max_restarts = 3 * len(specs) if max_restarts is None else max_restarts
         self.restarts = 0
         self.lost = 0  # worker deaths noticed
+        self.hung = 0  # of which the hang watch caused
+        self.heartbeats = Heartbeats()
         self.info: ModelInfo
         self._info: ModelInfo | None = None
         self._ready = threading.Condition()
@@ -331,8 +375,8 @@ class ProcessRunner:
 
     # -- the Runner protocol
 
-    def submit(self, texts: list[str]) -> Future[EmbedResult]:
-        task = _Task(next(self._ids), texts, Future())
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        task = _Task(next(self._ids), texts, Future(), on_batch)
         with self._lock:
             if self._broken is not None or self._closed:
                 task.future.set_exception(self._broken or IndexerError(f"the {self.kind} runner is closed"))
@@ -361,6 +405,10 @@ class ProcessRunner:
         self._stop_all()
         for conn in (self._wake_r, self._wake_w):
             conn.close()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        """Take a worker for hung by `rule` (the driver sets it from its Settings)."""
+        self.heartbeats = Heartbeats(rule)
 
     # -- for diagnostics and tests
 
@@ -399,18 +447,28 @@ class ProcessRunner:
         result_w.close()
         worker.process, worker.tasks, worker.results = process, task_w, result_r
         worker.state, worker.pid, worker.held = "starting", process.pid or 0, []
+        # A claim is bigger than a pipe's buffer: a send to a worker that does not read (hung, stopped)
+        # blocks. Its own thread sends, so that nothing holding the runner's lock ever waits on it.
+        worker.outbox = queue.SimpleQueue()
+        threading.Thread(target=_send_tasks, args=(task_w, worker.outbox), daemon=True,
+                         name=f"indexer-send-{worker.index}").start()
+
+    @staticmethod
+    def _close_pipes(worker: _Worker) -> None:
+        if worker.outbox is not None:
+            worker.outbox.put(_STOP_SENDING)
+        for conn in (worker.tasks, worker.results):
+            if conn is not None:
+                conn.close()
 
     def _stop_all(self, grace: float = 5.0) -> None:
         """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
         live = [w for w in self.workers if w.process is not None and w.state != "dead"]
         for worker in live:
             assert worker.process is not None
-            told = False
-            if worker.state == "ready" and not worker.held and worker.tasks is not None:
-                with contextlib.suppress(OSError):
-                    worker.tasks.send(None)
-                    told = True
-            if not told:
+            if worker.state == "ready" and not worker.held and worker.outbox is not None:
+                worker.outbox.put(None)  # its pipe is empty: the sender sends this at once
+            else:
                 worker.process.terminate()
         deadline = time.monotonic() + grace
         for worker in live:
@@ -421,9 +479,7 @@ class ProcessRunner:
                 worker.process.join()
         for worker in live:
             worker.state = "dead"
-            for conn in (worker.tasks, worker.results):
-                if conn is not None:
-                    conn.close()
+            self._close_pipes(worker)
             with contextlib.suppress(ValueError):
                 worker.process.close()  # type: ignore[union-attr]
 
@@ -463,11 +519,12 @@ class ProcessRunner:
                 for w in live:
                     waitables += [w.results, w.process.sentinel]  # type: ignore[union-attr]
             try:
-                ready = wait_for(waitables, timeout=1.0)
+                ready = wait_for(waitables, timeout=self.heartbeats.poll_interval())
             except (OSError, ValueError):  # a connection closed under us by close()
                 if self._closed:
                     return
                 continue
+            self._kill_hung(live)
             for w in live:
                 process = w.process
                 assert process is not None
@@ -486,14 +543,46 @@ class ProcessRunner:
             if process is not None:
                 self._died(worker, process)
 
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _kill_hung(self, live: list[_Worker]) -> None:
+        """SIGKILL every busy worker past the hang deadline; its death (the sentinel) does the rest."""
+        deadline = self.heartbeats.deadline()
+        if deadline is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for w in live:
+                if (w.held and w.last_beat is not None and now - w.last_beat > deadline and not w.hung
+                        and w.process is not None and w.state == "ready"):
+                    w.hung = True
+                    self._warnings.append(
+                        f"{self.kind}: {w.name()} finished no batch for {now - w.last_beat:.0f}s (the hang "
+                        f"deadline is {deadline:.0f}s); killed it and gave its claims back to pending")
+                    with contextlib.suppress(OSError):
+                        w.process.kill()
+
+    def _beat(self, worker: _Worker) -> None:
+        """The worker finished a batch or a claim (under the lock)."""
+        now = time.monotonic()
+        if worker.last_beat is not None:
+            self.heartbeats.gap(now - worker.last_beat)
+        worker.last_beat = now if worker.held else None
+
+    def _handle(self, worker: _Worker, message: BatchFinished | tuple[Any, ...]) -> None:
+        if isinstance(message, BatchFinished):
+            with self._lock:
+                task = next((t for t in worker.held if t.id == message.task), None)
+                self._beat(worker)
+            if task is not None and task.on_batch is not None:
+                task.on_batch(message.texts)
+            return
         kind = message[0]
         settle: tuple[_Task, EmbedResult | BaseException] | None = None
         with self._lock:
             if self._closed:
                 return
             if kind == "ready":
-                _, worker.pid, info, limits = message
+                _, worker.pid, info, limits, peak = message
+                worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
                 self._remember_limits(worker, limits)
                 if self._info is not None and info != self._info:
                     self._break(IndexerError(
@@ -513,8 +602,10 @@ class ProcessRunner:
                 task = next((t for t in worker.held if t.id == message[1]), None)
                 if task is not None:
                     worker.held.remove(task)
+                    self._beat(worker)
                     if kind == "result":
-                        vectors, failures, limits = message[2:]
+                        vectors, failures, limits, peak = message[2:]
+                        worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
                         self._remember_limits(worker, limits)
                         settle = (task, (vectors, failures))
                     else:
@@ -545,7 +636,8 @@ class ProcessRunner:
             out: dict[str, object] = {
                 "backend": self.kind, "workers": len(self.workers),
                 "threads_per_worker": [w.spec.threads for w in self.workers],
-                "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "restarts": self.restarts,
+                "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "workers_hung": self.hung,
+                "restarts": self.restarts, "peak_rss_mb_per_worker": [w.peak_rss_mb for w in self.workers],
                 "warnings": list(self._warnings)}
             if any(w.spec.device is not None for w in self.workers):
                 out["devices"] = [w.spec.device for w in self.workers]
@@ -563,16 +655,19 @@ class ProcessRunner:
             if worker.process is not process or worker.state == "dead" or self._closed:
                 return  # noticed already (the pipe's EOF and the sentinel both tell)
             process.join(1.0)
-            reason = _exit_reason(process.exitcode)
+            hung, worker.hung = worker.hung, False
+            reason = "hung (no batch finished within the hang deadline) and was killed" if hung \
+                else _exit_reason(process.exitcode)
             name = worker.name()
             lost, worker.held = worker.held, []
             was_loading = worker.state == "starting"
             worker.state = "dead"
             worker.deaths += 1
+            worker.last_beat = None
             self.lost += 1
-            for conn in (worker.tasks, worker.results):
-                if conn is not None:
-                    conn.close()
+            self.hung += hung
+            death = (id(self), worker.index, worker.deaths)
+            self._close_pipes(worker)
             if self._broken is not None:  # the run has failed already: no restart
                 for task in lost:
                     _fail(task.future, self._broken)
@@ -589,8 +684,9 @@ class ProcessRunner:
             self.restarts += 1
             self._start(worker)
         what = "while loading the model" if was_loading else "while embedding a claim"
+        lost_as = WorkerHung if hung else WorkerLost
         for task in lost:
-            _fail(task.future, WorkerLost(f"{name} {reason} {what}; restarted it"))
+            _fail(task.future, lost_as(f"{name} {reason} {what}; restarted it", death))
 
     def _break(self, error: IndexerError, *extra: _Task) -> None:
         """Fail the run: every claim waiting or in work fails with `error`, and so does every later one."""
@@ -613,12 +709,24 @@ class ProcessRunner:
                 return
             worker = min(ready, key=lambda w: len(w.held))  # an idle worker first
             task = self._queue.pop(0)
+            if not worker.held:  # the hang clock starts when work starts
+                worker.last_beat = time.monotonic()
             worker.held.append(task)
-            try:
-                assert worker.tasks is not None
-                worker.tasks.send((task.id, task.texts))
-            except OSError:  # it died just now; its sentinel will say so and fail the task
-                pass
+            assert worker.outbox is not None
+            worker.outbox.put((task.id, task.texts))  # if it died just now, its sentinel fails the task
+
+
+_STOP_SENDING = object()
+
+
+def _send_tasks(conn: Connection, outbox: queue.SimpleQueue[Any]) -> None:
+    """A worker's sender thread: claims to its pipe, in order, until told to stop or the pipe breaks
+    (the worker died)."""
+    while (item := outbox.get()) is not _STOP_SENDING:
+        try:
+            conn.send(item)
+        except Exception:  # the pipe broke (the worker died) or was closed under us (it was stopped)
+            return
 
 
 def _fail(future: Future[EmbedResult], error: BaseException) -> None:

@@ -7,6 +7,9 @@ all raises `SourceError` from `open_source`, before anything is written.
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -28,6 +31,7 @@ def open_source(spec: str, id_field: str = "id", text_field: str = "text",
     """Check that `spec` can be read and return its reader; raises SourceError naming what to fix.
     With a `template`, each record's text is composed from its fields (sources/_template.py)."""
     if spec == "-":
+        _require_stdin()
         return JsonlSource(None, id_field, text_field, template)
     path = Path(spec)
     if not path.exists():
@@ -49,6 +53,23 @@ def open_source(spec: str, id_field: str = "id", text_field: str = "text",
         return ParquetSource(path, id_field, text_field, template)
     raise SourceError(f"source {spec} has an unknown format; use .jsonl, .jsonl.gz, .csv, .parquet, "
                       "a directory of text files, or - for JSONL on stdin")
+
+
+def _require_stdin() -> None:
+    """Refuse `-` when there is no stdin to read (`indexer sync - <&-`, a daemon with fd 0 closed):
+    Python then has sys.stdin None. A stdin that is not a real file (a test's buffer) is fine."""
+    stdin = sys.stdin
+    closed = stdin is None or getattr(stdin, "buffer", None) is None
+    if not closed:
+        try:
+            os.fstat(stdin.fileno())
+        except (AttributeError, io.UnsupportedOperation):  # (an OSError: before the next line)
+            pass  # no file descriptor (an in-memory stream): readable all the same
+        except (OSError, ValueError):  # EBADF: fd 0 closed after start-up; a closed stream
+            closed = True
+    if closed:
+        raise SourceError("source - means JSONL on stdin, but stdin is closed; pipe the documents in "
+                          "(producer | indexer sync - --index DIR) or name a file")
 
 
 def open_sources(specs: Iterable[str], id_field: str = "id", text_field: str = "text",

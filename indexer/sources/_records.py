@@ -29,6 +29,9 @@ class Skip:
     where: str
     reason: str
     id: str | None = None  # known when only the text was bad: such a document is not "missing"
+    # The source's last item, and not a whole record: the source looks cut there (a copy cut short, a
+    # producer killed mid-stream), so it cannot tell which documents are missing. Set only by readers.
+    cut: bool = False
 
 
 def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str,

@@ -1,0 +1,78 @@
+"""When a worker that holds a claim is taken to hang, shared by the processes, gpus and ray runners.
+
+A worker shows it is alive by finishing batches (forward passes), not claims: a worker that is slow on a
+long claim but keeps finishing batches is never taken for hung. The deadline is measured, not guessed:
+the gaps between a busy worker's batches so far (all workers of the run together), and a worker is hung
+when its current gap exceeds max(`seconds`, `factor` x their median). Before any gap is measured the
+floor `seconds` alone applies, and `seconds` = 0 turns the watch off.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["HangRule", "Heartbeats", "worker_peak_rss_mb"]
+
+
+@dataclass(frozen=True)
+class HangRule:
+    seconds: float  # the floor; 0: never take a worker for hung
+    factor: float
+
+    @classmethod
+    def default(cls) -> HangRule:
+        from ..settings import Settings
+
+        s = Settings()
+        return cls(s.hang_seconds, s.hang_factor)
+
+
+class Heartbeats:
+    """The measured gaps between batches, and the deadline they give (thread-safe)."""
+
+    def __init__(self, rule: HangRule | None = None, window: int = 512) -> None:
+        self.rule = rule or HangRule.default()
+        self._gaps: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def gap(self, seconds: float) -> None:
+        with self._lock:
+            self._gaps.append(seconds)
+
+    def deadline(self) -> float | None:
+        """Seconds without a batch after which a busy worker is hung; None when the watch is off."""
+        if self.rule.seconds <= 0:
+            return None
+        with self._lock:
+            median = statistics.median(self._gaps) if self._gaps else 0.0
+        return max(self.rule.seconds, self.rule.factor * median)
+
+    def poll_interval(self) -> float:
+        """How often to look: often enough to notice a hang soon after its deadline, at most once a
+        second otherwise."""
+        deadline = self.deadline()
+        return 1.0 if deadline is None else min(1.0, max(0.05, deadline / 4))
+
+
+def worker_peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB, as the kernel keeps it (so no peak is missed
+    between samples); 0 where the platform does not say. Linux: VmHWM, which starts afresh at exec;
+    not ru_maxrss, which a spawned worker inherits from the process it was forked from."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux
+        pass
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 0.0
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere

@@ -1,0 +1,81 @@
+"""A zero or non-finite vector is never stored as done, whatever the backend (issue 10, item 6).
+
+A server that answered all-zero embeddings had 3,000 rows marked done and `verify` said ok. The check
+lives in `sync.write_and_commit`, which every backend goes through: such a document fails with its
+reason (an attempt counts: the answer for that input was wrong), the others are stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai_server import EmbeddingServer, fake_vector
+
+import indexer
+from indexer import Settings
+from indexer.embedders import ModelInfo
+from indexer.embedders.fake import FakeEmbedder
+
+
+class _OddVectors(FakeEmbedder):
+    """A fake model (unit tests only): the fake vector, except for texts that ask for a bad one."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.info = ModelInfo(model="odd", revision="odd", dim=dim, normalize=False, max_seq_length=0)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = super().embed(texts)
+        for i, text in enumerate(texts):
+            if text.startswith("ZERO"):
+                out[i] = 0.0
+            elif text.startswith("TINY"):  # a real float32 norm of 1e-8 underflows to 0 in float16
+                out[i] *= 1e-8
+            elif text.startswith("NAN"):
+                out[i, 1] = np.nan
+            elif text.startswith("HUGE"):  # finite in float32, inf in float16
+                out[i] *= 1e6
+        return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_zero_tiny_and_nonfinite_vectors_fail_with_a_reason(tmp_path: Path, dtype: str) -> None:
+    bad = {"z1": "ZERO one", "z2": "ZERO two", "n1": "NAN one"}
+    if dtype == "float16":
+        bad |= {"t1": "TINY one", "h1": "HUGE one"}
+    good = {f"g{i}": f"good text {i}" for i in range(20)}
+    docs = [{"id": k, "text": v} for k, v in {**good, **bad}.items()]
+    summary = indexer.sync(tmp_path / "idx", docs, embedder=_OddVectors(16), dtype=dtype,
+                           settings=Settings(chunk_rows=8, retry_attempts=1))
+    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    with indexer.open(tmp_path / "idx") as idx:
+        reasons = dict(idx.failures())
+        ids, vecs = idx.vectors()
+        assert idx.verify().ok
+        assert idx.status()["done"] == len(good)
+    assert sorted(ids) == sorted(good)
+    stored = np.asarray(vecs, np.float32)
+    assert np.isfinite(stored).all() and (np.linalg.norm(stored, axis=1) > 0.5).all()
+    assert set(reasons) == set(bad)
+    for doc_id, reason in reasons.items():
+        expected = "non-finite" if doc_id[0] in "nh" else "zero vector"
+        assert expected in reason, (doc_id, reason)
+
+
+def test_openai_server_answering_zeros_is_not_stored(server: EmbeddingServer, tmp_path: Path) -> None:
+    server.behavior.zero_marker = "ZERO"  # a well-formed answer, all zeros for these inputs
+    docs = [{"id": f"d{i}", "text": f"{'ZERO ' if i % 3 == 0 else ''}text {i}"} for i in range(60)]
+    zero = {d["id"] for d in docs if d["text"].startswith("ZERO")}
+    summary = indexer.sync(tmp_path / "idx", docs, model="text-embedding-3-small", backend="openai",
+                           backend_options={"base_url": server.base_url},
+                           settings=Settings(chunk_rows=16, retry_attempts=1))
+    assert (summary.embedded, summary.failed) == (len(docs) - len(zero), len(zero))
+    with indexer.open(tmp_path / "idx") as idx:
+        reasons = dict(idx.failures(limit=1000))
+        ids, vecs = idx.vectors()
+        assert idx.verify().ok
+    assert set(reasons) == zero and all("zero vector" in r for r in reasons.values())
+    text_of = {d["id"]: d["text"] for d in docs}
+    np.testing.assert_array_equal(np.asarray(vecs), np.stack([fake_vector(text_of[i], 64) for i in ids]))
