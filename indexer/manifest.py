@@ -716,13 +716,12 @@ class Manifest:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (name,)).fetchone() is not None
 
-    def chunk_checksums(self, whole_only: bool = False) -> dict[int, bytes]:
-        """What `VectorStore.checksums_of` gave for each chunk when it was written; with `whole_only`,
-        only the whole file's (what a reader checks)."""
+    def chunk_checksums(self) -> dict[int, bytes]:
+        """What `VectorStore.checksums_of` gave for each chunk when it was written (readers take the
+        whole file's part through `vectors.chunk_checksums`)."""
         if not self._has_table("chunks"):
             return {}
-        column = "substr(checksum, 1, 8)" if whole_only else "checksum"
-        return dict(self.conn.execute(f"SELECT chunk, {column} FROM chunks").fetchall())
+        return dict(self.conn.execute("SELECT chunk, checksum FROM chunks").fetchall())
 
     def record_checksums(self, checksums: dict[int, bytes]) -> None:
         """Record checksums of chunks written before checksums were kept (verify --repair)."""
