@@ -95,7 +95,8 @@ class _Bar:
             # The time left is the sync's own estimate (from characters left; tqdm's would count
             # documents, and claims go shortest first), so tqdm's {remaining} is left out.
             with_total = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
-            self.bar = self._tqdm(total=p.total, unit="doc", desc=p.phase, file=sys.stderr,
+            unit = "chunk" if p.unit == "chunks" else "doc"
+            self.bar = self._tqdm(total=p.total, unit=unit, desc=p.phase, file=sys.stderr,
                                   dynamic_ncols=True, smoothing=0.1,
                                   bar_format=with_total if p.total is not None else None)
         self.bar.update(p.processed - self.bar.n)
@@ -118,6 +119,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                 + "; nothing was written")
     line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
             f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
+    if s.chunks > s.new + s.changed:  # some are long documents: say what `embedded` counts
+        line += f" ({s.chunks} chunks in the new and changed documents; embedded counts chunks)"
+    if s.truncated:
+        line += f", {s.truncated} TRUNCATED at the model's window"
     if s.failed:
         line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
     if s.skipped:
@@ -214,6 +219,20 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="[openai] Requests per minute limit.")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="[openai] Tokens per minute limit.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=None, help="[openai] Retries a request.")
+@click.option("--chunking/--no-chunking", default=None,
+              help="Split documents longer than the model's window into chunks at paragraph, sentence and "
+                   "word breaks, each embedded (an edit re-embeds only the chunks it changed); a document "
+                   "that fits is one chunk, with the vector it gets unchunked. --no-chunking: one vector a "
+                   "document, its text past the window not embedded (counted and warned about). New index: "
+                   "on; existing: its own.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Chunks of at most N tokens of the model's tokenizer (less than its window: more, "
+                   "shorter chunks). The fake model chunks only when given, counting words. New index: the "
+                   "model's window less its special tokens; existing: its own.")
+@click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, metavar="T",
+              help="Repeat up to T tokens of the text before each chunk at its start, so that a passage "
+                   "cut by a boundary is whole in one chunk; costs about N/(N-T) times the chunks, and an "
+                   "edit may re-embed one more. New index: 0; existing: its own.")
 @click.option("--no-truncate", is_flag=True, default=False,
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
@@ -221,7 +240,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
              query_prompt: str | None, template: str | None, batch_size: int, id_field: str,
              text_field: str, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool,
              delete_missing: bool, max_delete: float, dry_run: bool,
-             as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
+             as_json: bool, quiet: bool, backend: str, chunking: bool | None, chunk_tokens: int | None,
+             chunk_overlap: int | None, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at --index DIR.
 
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, single .txt/.md/.rst files (one document,
@@ -267,7 +287,9 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                                backend=backend, backend_options=options, settings=settings,
                                runtime=runtime, truncate_dim=truncate_dim, batch_tokens=batch_tokens,
                                prompt=prompt, prompt_name=prompt_name, query_prompt=query_prompt,
-                               template=template, folder=FolderFilter(include, exclude, hidden))
+                               template=template, folder=FolderFilter(include, exclude, hidden),
+                               chunking=chunking, chunk_tokens=chunk_tokens,
+                               chunk_overlap=chunk_overlap)
             except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
                 refused, summary = exc, cast(SyncSummary, exc.summary)
         finally:
@@ -311,7 +333,11 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
                      f", truncated to {st['truncate_dim']} dims" if st["truncate_dim"] else ""])
     click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']}{extra})\n"
                f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
-               f"{st['failed']} failed; {st['deleted']} deleted")
+               f"{st['failed']} failed; {st['deleted']} deleted\n"
+               f"chunks    {st['chunks']} ({_chunking_line(st)})")
+    if st["truncated"]:
+        click.echo(f"truncated {st['truncated']} document(s) longer than the model's window: their text "
+                   "past it is not embedded (an unchunked index)")
     if st["prompt"] or st["query_prompt"]:
         click.echo(f"prompts   documents {st['prompt']!r}, queries {st['query_prompt']!r}")
     if st["template"]:
@@ -320,6 +346,15 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
         click.echo(f"last run  #{run['id']} {run['state']}")
     for doc_id, reason in failures:
         click.echo(f"failed    {doc_id}: {reason}")
+
+
+def _chunking_line(st: dict[str, Any]) -> str:
+    if not st["chunking"]:
+        return "unchunked: one vector a document"
+    if not st["chunk_tokens"] and str(st["model"]).startswith("fake:"):
+        return "the fake model has no window: it chunks only with --chunk-tokens"
+    line = f"at most {st['chunk_tokens']} tokens" if st["chunk_tokens"] else "at the model's window"
+    return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
 
 
 @cli.command()
@@ -368,13 +403,19 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 @click.option("--ids", "ids_out", default=None, metavar="FILE.jsonl",
               help="[npy] Also write the ids in row order (an output), as JSON lines: one JSON string a "
                    "line, e.g. \"doc-1\" (ASCII, escaped, so an id holding a line break cannot shift the "
-                   "rows). Read them with json.loads per line, or indexer.read_ids(FILE).")
-def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None) -> None:
+                   "rows). Read them with json.loads per line, or indexer.read_ids(FILE). With --level "
+                   'chunks, one JSON object a line, {"id", "chunk", "start", "end"}: the chunk\'s number and '
+                   "character span in the text.")
+@click.option("--level", type=click.Choice(["documents", "chunks"]), default="documents", show_default=True,
+              help="One row a document (a long one: the normalized mean of its chunk vectors) or one row "
+                   "a chunk (npy only).")
+def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None, level: str) -> None:
     """Write every served vector to a .npy matrix (with --ids, their ids in the same order) or a
     Parquet file (an id and a vector column)."""
     with _errors(), _open(index_dir) as idx:
-        n = idx.export(out, ids_out, fmt)
-    click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
+        n = idx.export(out, ids_out, fmt, level=level)
+    what = "chunk vectors" if level == "chunks" else "vectors"
+    click.echo(f"exported {n} {what} to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
                err=True)
 
 

@@ -47,6 +47,13 @@ class EmbeddingConfig:
     # How the embedded text is composed from a record's fields ("{title}: {text}"); "" means the text
     # field alone (sources/_template.py).
     template: str = ""
+    # Long documents split into chunks of at most `chunk_tokens` tokens (0: the model's window less its
+    # special tokens), each embedded; False (an index from before chunking, or --no-chunking): one
+    # vector a document, its text cut at the window. `chunk_overlap`: tokens of the text before a chunk
+    # repeated at its start.
+    chunking: bool = False
+    chunk_tokens: int = 0
+    chunk_overlap: int = 0
 
     def fingerprint(self) -> str:
         # Later fields enter the hash only when they differ from their defaults, so an old config's
@@ -80,7 +87,7 @@ class EmbeddingConfig:
 
 
 _LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "query_prompt": "",
-                                   "template": ""}
+                                   "template": "", "chunking": False, "chunk_tokens": 0, "chunk_overlap": 0}
 # Runtimes that give the same vectors (fp32 ONNX reproduces torch to cosine >= 0.9999 on every document,
 # checked at export and measured in docs/RUNTIMES.md): an index made with one syncs on with the other.
 SAME_VECTOR_RUNTIMES = frozenset({"torch", "onnx"})
@@ -104,6 +111,10 @@ _WHY = {
     "prompt": " (the documents' prompt changes every vector)",
     "query_prompt": " (queries must be embedded as the index was meant to be searched)",
     "template": " (the template decides which text each document's vector is of)",
+    "chunking": " (--no-chunking: one vector a document, cut at the model's window; chunked documents "
+                "have other vectors)",
+    "chunk_tokens": " (0 means the model's window; other chunks have other vectors)",
+    "chunk_overlap": " (other overlaps make other chunks)",
 }
 
 

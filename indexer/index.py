@@ -30,7 +30,14 @@ from .errors import (
 from .manifest import Manifest, identify
 from .settings import Settings
 from .store import VectorStore
-from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
+from .vectors import (
+    Chunks,
+    DocumentIds,
+    VectorView,
+    chunks_snapshot,
+    documents_snapshot,
+    vectors_of,
+)
 
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
            "vector_schema"]
@@ -342,31 +349,43 @@ class Index:
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
                    prompt=self.config.prompt, query_prompt=self.config.query_prompt,
-                   template=self.config.template, chunk_rows=self.store.chunk_rows)
+                   template=self.config.template, chunking=self.config.chunking,
+                   chunk_tokens=self.config.chunk_tokens, chunk_overlap=self.config.chunk_overlap,
+                   chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         return self.manifest.failures(limit)
 
     def vectors(self) -> tuple[DocumentIds, VectorView]:
-        """(ids, vecs) of every live document with a vector. Nothing is read until used."""
-        snapshot = _Snapshot(self.manifest.reader, self.path)
+        """(ids, vecs) of every live document with a vector, one row a document. A long document,
+        embedded as chunks, is the L2-normalized mean of its chunk vectors (computed as its row is
+        read). Nothing is read until used."""
+        snapshot = documents_snapshot(self.manifest.reader, self.path)
         return DocumentIds(snapshot), VectorView(snapshot, self.store)
 
-    def get(self, ids: Sequence[str]) -> np.ndarray:
-        """Vectors of `ids`, in that order. KeyError names the ids that have none."""
-        self.store.expected.update(self.manifest.chunk_checksums(whole_only=True))
-        return vectors_of(list(ids), self.manifest.slots_of, self.store)
+    def chunks(self) -> Chunks:
+        """Every chunk of every live document with a vector: `.ids`, `.ordinals`, `.starts`, `.ends`
+        (character span in the document's text) and `.vectors` (lazily read), row by row. A document
+        that fits the model's window is one chunk. Nothing is read until used."""
+        return Chunks(chunks_snapshot(self.manifest.reader, self.path), self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None) -> int:
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Vectors of `ids`, in that order, as rows of `vectors()`. KeyError names the ids that have none."""
+        return vectors_of(self.manifest.conn, list(ids), self.store)
+
+    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None,
+               level: str = "documents") -> int:
         """Write the vectors to a .npy file, or to a Parquet file with an id and a vector column.
         `format` ("npy" or "parquet") defaults to `out`'s extension, which must then be one of them.
-        Returns the number of rows.
+        One row a document (`level="documents"`; a long one: the normalized mean of its chunks) or a
+        chunk (`level="chunks"`, .npy only). Returns the number of rows.
 
-        With .npy, `ids_out` gets the ids in row order as JSON lines: one JSON string a line, ASCII
-        only (`read_ids` reads them back). An id may hold any character, a line break, U+2028 or NUL
-        included, so plain lines could split one id in two and misalign every row after it; in a JSON
-        string every such character is escaped."""
+        With .npy, `ids_out` gets the rows' ids in order as JSON lines, ASCII only: one JSON string a
+        line (`read_ids` reads them back), or for chunks one JSON object a line, {"id", "chunk",
+        "start", "end"}. An id may hold any character, a line break, U+2028 or NUL included, so plain
+        lines could split one id in two and misalign every row after it; in JSON every such character
+        is escaped."""
         out = Path(out)
         if format is None:
             format = out.suffix.lower().lstrip(".")
@@ -377,6 +396,8 @@ class Index:
         if format not in EXPORT_FORMATS:
             raise IndexerError(f"export format {format!r} is not known; choose one of "
                                f"{', '.join(EXPORT_FORMATS)}")
+        if level not in ("documents", "chunks"):
+            raise IndexerError(f"export level {level!r}: choose documents or chunks")
         for target in (out, ids_out):
             if target is not None and not Path(target).parent.is_dir():
                 raise UsageError(f"cannot write {target}: the directory {Path(target).parent} does not "
@@ -384,8 +405,12 @@ class Index:
         if format == "parquet":
             if ids_out is not None:
                 raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
+            if level == "chunks":
+                raise IndexerError("a chunk-level export is written as .npy (with --ids for the chunks' "
+                                   "ids and spans); Parquet holds one row a document")
             return self._export_parquet(out)
-        ids, vecs = self.vectors()
+        chunks = self.chunks() if level == "chunks" else None
+        ids, vecs = (chunks.ids, chunks.vectors) if chunks is not None else self.vectors()
         n = len(vecs)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype, shape=(n, self.store.dim))
@@ -396,8 +421,13 @@ class Index:
         del matrix
         tmp.replace(out)
         if ids_out is not None:
+            if chunks is None:
+                lines = (f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
+            else:
+                lines = (json.dumps({"id": i, "chunk": int(k), "start": int(a), "end": int(b)}) + "\n"
+                         for i, k, a, b in zip(ids, chunks.ordinals, chunks.starts, chunks.ends, strict=True))
             with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
-                f.writelines(f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
+                f.writelines(lines)
         return n
 
     def _export_parquet(self, out: Path) -> int:
@@ -469,8 +499,10 @@ class Index:
                 report.problem(check.lost)
                 bad.extend(h for h, _ in rows)
                 continue
+            hash_of = dict((s, h) for h, s in rows)
             for slot in check.lost:
-                report.problem(f"slot {slot} is done but its vector is not finite")
+                report.problem(f"slot {slot} (content {hash_of[slot].hex()}) is done but its vector is "
+                               "not finite")
             if check.changed:
                 report.problem(f"chunk {chunk} does not match its checksum: {len(check.changed)} done "
                                "vector(s) changed after they were written")
@@ -481,6 +513,9 @@ class Index:
                 # rows it goes on serving match their own recorded checksums, so the file as it is
                 # is their new record, and readers can map it again.
                 unrecorded[chunk] = check.actual
+        for whole, what in self.manifest.broken_wholes():
+            report.problem(f"long document content {whole.hex()} is done but {what}")
+            bad.append(whole)
         old_chunks = sum(1 for c in unrecorded if c not in checksums)
         if old_chunks and not repair:
             report.notes.append(f"{old_chunks} chunk(s) were written before checksums were kept: "

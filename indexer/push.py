@@ -32,6 +32,7 @@ from .index import MANIFEST, Index, vector_array, vector_schema
 from .manifest import PUSH_DELETES_SQL, PUSH_UPSERTS_SQL, SERVED_COUNT_SQL
 from .settings import Settings
 from .targets import Target, open_target
+from .vectors import content_vectors
 
 __all__ = ["PushReport", "push"]
 
@@ -130,7 +131,9 @@ def _send(idx: Index, target: Target, target_id: int, rows: list[Any]) -> int:
     """Send one batch of (id, hash, slot, known) rows; returns how many went."""
     manifest = idx.manifest
     doc_ids = [r[0] for r in rows]
-    vectors = idx.store.read_slots(np.array([r[2] for r in rows], dtype=np.int64))
+    # A long document (its served content a whole of chunks, no slot of its own) is sent as the
+    # normalized mean of its chunks, the row `vectors()` gives it.
+    vectors = content_vectors(manifest.conn, idx.store, [(r[1], r[2]) for r in rows])
     if not np.isfinite(vectors).all():  # a slot moved by a compact since the snapshot: never send it
         raise IndexerError(f"{idx.path} changed under the push (was `indexer compact` run?); nothing "
                            "wrong was sent. Run the push again")

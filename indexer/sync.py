@@ -24,6 +24,7 @@ import psutil
 
 from ._faults import crash_point
 from ._signals import stoppable
+from .chunking import Chunker, make_chunker
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
 from .embedders import Embedder, ModelInfo, check_loadable, truncation_warning
 from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
@@ -67,10 +68,11 @@ class Progress:
     phase: str  # "load" (the model starts; once, before its first use), "scan" or "embed"
     processed: int
     total: int | None
-    docs_per_s: float
+    docs_per_s: float  # `unit`s a second
     eta_s: float | None
     rss_mb: float
     detail: str = ""  # "load": what is loading (model, runtime, backend and its workers)
+    unit: str = "documents"  # what `processed` counts: documents scanned, or chunks embedded
 
 
 @dataclass
@@ -80,7 +82,9 @@ class SyncSummary:
     changed: int = 0
     unchanged: int = 0
     deleted: int = 0
-    embedded: int = 0
+    embedded: int = 0  # chunks embedded (a document that fits the model's window is one chunk)
+    chunks: int = 0  # chunks of the new and changed documents
+    truncated: int = 0  # new and changed documents cut at the model's window (an unchunked index)
     failed: int = 0
     skipped: int = 0
     duplicates: int = 0
@@ -122,11 +126,13 @@ class SyncSummary:
 class _Meter:
     """A phase's progress: what is committed plus, in the embed phase, the finished batches of claims in
     flight (reported by the runner's threads through `on_batch`, so under a lock). Reports go to the
-    callback from the driver's thread only, at most every `interval` seconds between commits."""
+    callback from the driver's thread only, at most every `interval` seconds between commits. `unit`
+    is what it counts: documents scanned, or chunks (plain documents and long documents' chunks)
+    embedded."""
 
     def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None,
-                 total_chars: int | None = None, interval: float = 0.5) -> None:
-        self.phase, self.total, self.callback = phase, total, callback
+                 total_chars: int | None = None, interval: float = 0.5, unit: str = "documents") -> None:
+        self.phase, self.total, self.callback, self.unit = phase, total, callback, unit
         self.total_chars, self.interval = total_chars, interval
         self.start = time.perf_counter()
         self.processed = 0
@@ -186,7 +192,7 @@ class _Meter:
             eta: float | None = max(0, self.total_chars - chars) / (chars / elapsed)
         else:
             eta = (self.total - processed) / rate if self.total is not None and rate > 0 else None
-        self.callback(Progress(self.phase, processed, self.total, rate, eta, rss))
+        self.callback(Progress(self.phase, processed, self.total, rate, eta, rss, self.unit))
 
 
 def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
@@ -309,6 +315,29 @@ def _requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str
                            template=template)
 
 
+def _chunking_of(config: EmbeddingConfig, chunking: bool | None, chunk_tokens: int | None,
+                 chunk_overlap: int | None) -> EmbeddingConfig:
+    """`config` with the chunking settings of a new index: on unless turned off, at the window."""
+    return replace(config, chunking=True if chunking is None else chunking,
+                   chunk_tokens=chunk_tokens or 0, chunk_overlap=chunk_overlap or 0)
+
+
+def _chunker_for(config: EmbeddingConfig) -> Chunker | None:
+    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model
+    (revision "api:HOST") is chunked at its per-input limit, counted as its backend counts."""
+    return make_chunker(config.model, config.max_seq_length, config.prompt, config.chunk_tokens,
+                        config.chunk_overlap, api=config.revision.startswith("api:"))
+
+
+def _check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
+    for name, value, least in (("--chunk-tokens", chunk_tokens, 1), ("--chunk-overlap", chunk_overlap, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise IndexerError(f"{name} must be a whole number of tokens, at least {least} (got {value!r})")
+    if chunking is False and (chunk_tokens or chunk_overlap):
+        raise IndexerError("--no-chunking embeds whole documents: --chunk-tokens and --chunk-overlap apply "
+                           "to chunked indexes only; give one or the other")
+
+
 def _check_names(index: Index, asked: dict[str, object], revision: str | None = None) -> bool:
     """Refuse a different dtype, runtime, truncation, prompt or template (`asked`: field -> value, None:
     not asked), or a model whose weights are known to differ, before anything is read or loaded. A model
@@ -379,7 +408,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          runtime: str | None = None, truncate_dim: int | None = None,
          batch_tokens: int | None = None, prompt: str | None = None, prompt_name: str | None = None,
          query_prompt: str | None = None, template: str | None = None,
-         folder: FolderFilter | None = None, max_delete: float = DEFAULT_MAX_DELETE) -> SyncSummary:
+         folder: FolderFilter | None = None, max_delete: float = DEFAULT_MAX_DELETE,
+         chunking: bool | None = None, chunk_tokens: int | None = None,
+         chunk_overlap: int | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -405,6 +436,11 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     `folder` picks the files of directory sources (include/exclude patterns, hidden files); the index's
     own directory is never read as a source, whatever `folder` says.
+
+    `chunking` (default True for a new index), `chunk_tokens` (default: the model's window) and
+    `chunk_overlap` (default 0) are part of the configuration too: a document longer than the budget
+    is embedded as chunks cut at paragraph, sentence and word breaks (indexer/chunking.py). None means
+    the index's own for an existing index. The fake model chunks only by `chunk_tokens` (words).
     """
     settings = settings or Settings()
     if batch_tokens is not None and batch_tokens < 0:
@@ -422,6 +458,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         raise IndexerError("--batch-size must be at least 1")
     if not 0 <= max_delete <= 1:
         raise IndexerError(f"--max-delete must be a fraction from 0 to 1 (got {max_delete})")
+    _check_chunking(chunking, chunk_tokens, chunk_overlap)
     seam = runner or embedder
     if seam is not None and (runtime is not None or truncate_dim is not None or prompt is not None
                              or prompt_name is not None):
@@ -448,7 +485,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     summary = SyncSummary(dry_run=dry_run)
     index: Index | None = None
     asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
-             "prompt": prompt, "query_prompt": query_prompt, "template": template}
+             "prompt": prompt, "query_prompt": query_prompt, "template": template, "chunking": chunking,
+             "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
+    chunker: Chunker | None = None
     if existing is not None:
         index = opened = Index.open(index_dir, settings)
         if not dry_run and opened.manifest.read_only:
@@ -475,8 +514,11 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                                   embedder, backend, backend_options,
                                   _with_runtime(embedder_options, runtime, truncate_dim, prompt), summary,
                                   on_progress)
-        requested = _requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
-                                      template or "")
+        requested = _chunking_of(_requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
+                                                   template or ""), chunking, chunk_tokens, chunk_overlap)
+        chunker = _chunker_for(requested)
+        if chunker is not None and chunk_tokens:
+            chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
         try:
             index = Index.create(index_dir, requested, settings)
         except FileExistsError:  # another sync created it meanwhile
@@ -494,6 +536,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                 index.close()
             raise
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
+    if chunker is None and index is not None:
+        chunker = _chunker_for(index.config)
     # Held shared for the whole run: a compact (exclusive) never runs next to a sync.
     held = ExitStack()
     if index is not None:
@@ -505,7 +549,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
         raise
     state = "failed"
     try:
-        _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress)
+        _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress, chunker,
+              index is not None and index.config.chunking)
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
@@ -535,7 +580,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
 def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: SyncSummary,
           settings: Settings, dry_run: bool, delete_missing: bool, max_delete: float,
-          on_progress: Callable[[Progress], None] | None) -> None:
+          on_progress: Callable[[Progress], None] | None, chunker: Chunker | None = None,
+          split: bool = False) -> None:
     t = time.perf_counter()
     live_before = manifest.live_count() if delete_missing else 0
     counts = ScanCounts()
@@ -550,7 +596,7 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         last: Record | Skip | None = None
         with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
             for batch in it:
-                manifest.scan_batch(batch, counts, dry_run=dry_run)
+                manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
                 meter.add(len(batch))
                 last = batch[-1]
         why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
@@ -564,11 +610,16 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     if delete_missing and not summary.incomplete_sources:
         refuse_large_delete(summary.missing, live_before, max_delete, dry_run)
         summary.deleted = summary.missing if dry_run else manifest.delete_missing()
-    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates"):
+    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "chunks", "truncated"):
         setattr(summary, name, getattr(counts, name))
     summary.warnings.extend([*counts.warnings, *counts.summary_warnings()])
     if not dry_run:
         manifest.remember_skips()
+    if counts.truncated:
+        summary.warnings.append(
+            f"{counts.truncated} document(s) are longer than the model's window: this index embeds one "
+            "vector a document (--no-chunking, or built before chunking), so their text past the window "
+            "is not embedded. A new index chunks long documents by default.")
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
@@ -681,7 +732,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest.expire_claims()
     pending, pending_chars = (int(v) for v in manifest.conn.execute(
         "SELECT count(*), coalesce(sum(chars), 0) FROM contents WHERE state = 'pending' "
-        "AND text IS NOT NULL").fetchone())
+        "AND parts = 0 AND text IS NOT NULL").fetchone())
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()
@@ -690,10 +741,12 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
         runner = runner()
     try:
         ours = index.config
-        ours.require_same(_requested_config(runner.info, ours.dtype, ours.query_prompt, ours.template),
-                          index.path)
+        ours.require_same(_chunking_of(_requested_config(runner.info, ours.dtype, ours.query_prompt,
+                                                         ours.template),
+                                       ours.chunking, ours.chunk_tokens, ours.chunk_overlap), index.path)
         manifest.prepare_for_claims()
-        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, pending_chars))
+        _drive(manifest, store, runner, summary,
+               _Meter("embed", pending, on_progress, pending_chars, unit="chunks"))
     finally:
         _collect_stats(runner, summary)
         runner.close()

@@ -142,8 +142,8 @@ def assert_same_vectors(a: Path, b: Path) -> None:
 
 def downgrade_to_schema_1(manifest: Path) -> None:
     """Make a manifest look as an indexer of schema version 1 left it: drop every table that a later
-    migration created and the ledger rows of those migrations. (No later migration so far added a
-    column to a table of 0001 that it would have to remove too.)"""
+    migration created and the ledger rows of those migrations. (0005 adds columns to `contents`, which
+    0003 rebuilds from its first eight columns anyway, so they need not be removed here.)"""
     import sqlite3
 
     from indexer.manifest import migrations_dir

@@ -279,3 +279,19 @@ def test_a_failing_store_stops_the_push_with_one_line_and_the_next_push_finishes
     monkeypatch.setattr(lancedb_target.LanceDBTarget, "insert", real_insert)
     assert push(ix, f"lancedb:{db}").upserted == 10
     assert_mirrored(ix, db)
+
+
+def test_long_documents_are_pushed_as_the_mean_of_their_chunks(tmp_path: Path) -> None:
+    """A chunked index (--chunk-tokens, words): a long document is served, and pushed, as the
+    normalized mean of its chunk vectors; an edit of one of its chunks pushes its new row."""
+    ix, db = tmp_path / "ix", tmp_path / "db"
+    documents = {**docs(5), "long": "alpha beta gamma.\n\ndelta epsilon zeta.\n\neta theta iota."}
+    sync(ix, documents, chunk_tokens=3)
+    with indexer.open(ix) as idx:
+        assert idx.status()["chunks"] == 5 + 3
+    assert push(ix, f"lancedb:{db}").upserted == 6
+    assert_mirrored(ix, db)
+    documents["long"] = documents["long"].replace("epsilon", "omega")
+    sync(ix, documents, chunk_tokens=3)
+    assert push(ix, f"lancedb:{db}").upserted == 1
+    assert_mirrored(ix, db)
