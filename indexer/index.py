@@ -10,12 +10,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import EmbeddingConfig, read_config, write_config
-from .errors import IndexerError, IndexNotFoundError, StoreError
+from .errors import EmbeddingError, IndexerError, IndexNotFoundError, StoreError
 from .manifest import Manifest
+from .search import ChunkRows, DocumentRows, Hit, check_k, load_query_embedder, query_texts, search_rows
 from .settings import Settings
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
@@ -79,6 +81,7 @@ class Index:
         self.manifest = manifest
         self.store = store
         self.settings = settings
+        self._query_embedder: Any = None  # loaded on the first search
 
     @staticmethod
     def exists(path: str | Path) -> bool:
@@ -177,6 +180,41 @@ class Index:
         if ids_out is not None:
             Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
         return len(slots)
+
+    # -- search (indexer/search.py) ------------------------------------------------------------
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """(queries, dim) float32 vectors of `queries` from the index's own model and configuration,
+        normalized as its vectors are. ModelLoadError when that model cannot be loaded here as it was."""
+        texts = query_texts(self.config, queries)
+        if self._query_embedder is None:
+            self._query_embedder = load_query_embedder(self.config, self.path)
+        vectors = np.asarray(self._query_embedder.embed(texts), dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            raise EmbeddingError(f"model {self.config.model!r} gave a non-finite vector for query "
+                                 f"{bad[0] + 1} ({texts[bad[0]]!r}); reword it")
+        return vectors
+
+    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The `k` documents most similar to each query, best first: every chunk scored exactly
+        (cosine), a document ranked by its best chunk. One list of hits per query, in order."""
+        rows = self._searchable(k)
+        return search_rows(rows, self.embed_queries(queries), k, normalized=self.config.normalize)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """`search` for query vectors made elsewhere (e.g. by the API an index was embedded with)."""
+        return search_rows(self._searchable(k), vectors, k, normalized=self.config.normalize)
+
+    def _searchable(self, k: int) -> ChunkRows:
+        """The chunk rows search reads, checked before any model is loaded."""
+        check_k(k)
+        rows = DocumentRows.read(self.manifest.conn, self.store)
+        if not rows.ids:
+            counts = self.manifest.status_counts()
+            raise IndexerError(f"index {self.path} has no embedded documents to search ({counts['pending']} "
+                               f"pending); run `indexer sync` first")
+        return rows
 
     # -- maintenance ----------------------------------------------------------------------------
 

@@ -1,0 +1,242 @@
+"""Exact search over an index's chunk rows: every row scored, documents ranked by their best chunk.
+
+The rows are read in blocks (a bounded number of rows at a time, never the whole matrix), upcast to
+float32, multiplied by the queries, and each block keeps only its best `k` documents per query
+(`argpartition`, then the first `k` distinct documents among the best rows). Merging the blocks' best
+documents by their maximum gives the exact top `k`: a document among the final top `k` has, in the block
+holding its best chunk, fewer than `k` other documents scoring above it, so that block kept it.
+
+Rows that were never written are NaN in the store; their scores are not finite and they are never
+returned. Scores are cosine similarities: the dot product for an index of normalized vectors, and the
+dot product divided by both norms otherwise.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import EmbeddingConfig
+from .errors import IndexerError, ModelLoadError
+from .store import VectorStore
+
+__all__ = ["BLOCK_BYTES", "ChunkRows", "DocumentRows", "Hit", "check_k", "load_query_embedder", "query_texts",
+           "search_rows"]
+
+# Working memory of one block: its rows (float32) plus its score matrix and the selection's temporaries.
+BLOCK_BYTES = 128 * 2**20
+# Queries scored together; more are searched in turns, so the score matrix stays bounded too.
+QUERY_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A document found by a query: its id, the score of its best chunk, and that chunk's ordinal and
+    character span [start, end) in the document's text."""
+
+    id: str
+    score: float
+    chunk: int
+    start: int
+    end: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "score": self.score, "chunk": self.chunk, "start": self.start, "end": self.end}
+
+
+class _Rows(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: slice) -> np.ndarray: ...
+
+
+class ChunkRows(Protocol):
+    """What search reads: one row per chunk, its document's id, ordinal, character span and vector."""
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+    @property
+    def ordinals(self) -> np.ndarray: ...
+    @property
+    def starts(self) -> np.ndarray: ...
+    @property
+    def ends(self) -> np.ndarray: ...
+    @property
+    def vectors(self) -> _Rows: ...
+
+
+def query_texts(config: EmbeddingConfig, queries: Sequence[str]) -> list[str]:
+    """The texts the model embeds for `queries`. The one place where a query prompt (an instruction
+    prefix some models want on queries but not on documents) is applied."""
+    if isinstance(queries, str):
+        raise TypeError("queries must be a sequence of strings, not one string: search([query])")
+    out = []
+    for n, q in enumerate(queries, 1):
+        if not isinstance(q, str) or not q.strip():
+            raise IndexerError(f"query {n} is empty ({q!r}); give the text to search for")
+        out.append(getattr(config, "query_prompt", "") + q)
+    return out
+
+
+def load_query_embedder(config: EmbeddingConfig, index_dir: object) -> Any:
+    """The index's own model, loaded as the sync loads it (runtime, truncation). Refused when the model
+    loaded here is not the one the index was built with: other weights make vectors that cannot be
+    compared with the index's."""
+    from .embedders import load_embedder
+
+    if config.revision.startswith("api:"):
+        raise ModelLoadError(
+            f"index {index_dir} was embedded through an API ({config.model}, {config.revision[4:]}); search "
+            "embeds queries with a local model and cannot reach it. Embed the queries with the same API "
+            "and model and pass them to Index.search_vectors(vectors)")
+    embedder = load_embedder(config.model, runtime=config.runtime, truncate_dim=config.truncate_dim or None)
+    info = embedder.info
+    loaded = {"revision": info.revision, "dim": info.dim, "normalize": info.normalize,
+              "max_seq_length": info.max_seq_length}
+    diffs = [f"{name}: index has {getattr(config, name)!r}, the model loaded here has {value!r}"
+             for name, value in loaded.items() if getattr(config, name) != value]
+    if diffs:
+        raise ModelLoadError(
+            f"model {config.model!r} loads here, but not as index {index_dir} was built with it; its query "
+            "vectors would not be comparable.\n  " + "\n  ".join(diffs)
+            + "\nInstall the model the index was built with (same weights), or search on that machine.")
+    return embedder
+
+
+def check_k(k: object) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise IndexerError(f"k must be a whole number, at least 1 (got {k!r})")
+
+
+def _block_rows(dim: int, n_queries: int) -> int:
+    # per row: its float32 vector, a float32 score and an int64 partition index per query
+    return max(1, BLOCK_BYTES // (4 * dim + 13 * n_queries))
+
+
+def _distinct(cand: np.ndarray, cand_scores: np.ndarray, row_ids: Sequence[str], base: int, k: int,
+              every_row: bool) -> list[tuple[float, int]] | None:
+    """(score, row) of the best row of each of the `k` best documents among candidate rows of one
+    block, best first (ties: row order); None when the candidates, not `every_row` of the block, hold
+    fewer than `k` documents with a finite score and could be missing some."""
+    order = np.lexsort((cand, -cand_scores))
+    seen: set[str] = set()
+    out: list[tuple[float, int]] = []
+    for j in order:
+        s = float(cand_scores[j])
+        if s == -np.inf:
+            return out  # the rest score no better: unwritten rows
+        row = base + int(cand[j])
+        doc = row_ids[row]
+        if doc not in seen:
+            seen.add(doc)
+            out.append((s, row))
+            if len(out) == k:
+                return out
+    return out if every_row else None
+
+
+def _block_best(scores: np.ndarray, row_ids: Sequence[str], base: int, k: int
+                ) -> list[list[tuple[float, int]]]:
+    """For each query (row of `scores`), its `k` best documents in this block (`_distinct`)."""
+    n = scores.shape[1]
+    take = min(n, 2 * k)  # a document often has several chunks among its query's best rows
+    cand = np.argpartition(scores, n - take, axis=1)[:, n - take:] if take < n \
+        else np.broadcast_to(np.arange(n), scores.shape)
+    out = []
+    for i in range(len(scores)):
+        picks = _distinct(cand[i], scores[i, cand[i]], row_ids, base, k, take == n)
+        more = take
+        while picks is None:  # few documents own the best rows: widen this query's candidates
+            more = min(n, more * 4)
+            wide = np.argpartition(scores[i], n - more)[n - more:] if more < n else np.arange(n)
+            picks = _distinct(wide, scores[i, wide], row_ids, base, k, more == n)
+        out.append(picks)
+    return out
+
+
+def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized: bool = True,
+                block_rows: int | None = None) -> list[list[Hit]]:
+    """The `k` best documents for each query vector (rows of `queries`), best first, exact.
+
+    `normalized`: the rows are unit vectors (scores are dot products); otherwise both sides are
+    normalized on the fly. `block_rows` overrides the rows read at a time (tests)."""
+    check_k(k)
+    q = np.asarray(queries, dtype=np.float32)
+    vectors = rows.vectors
+    n_rows = len(vectors)
+    if q.ndim != 2:
+        raise IndexerError(f"query vectors must be a 2-D array (queries, dim), got shape {q.shape}")
+    if n_rows and q.shape[1] != vectors[0:1].shape[1]:
+        raise IndexerError(f"query vectors have {q.shape[1]} dims but the index's have "
+                           f"{vectors[0:1].shape[1]}")
+    if not normalized:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    ids = rows.ids
+    best: list[dict[str, tuple[float, int]]] = [{} for _ in range(len(q))]
+    for q0 in range(0, len(q), QUERY_BATCH):
+        qb = q[q0:q0 + QUERY_BATCH]
+        step = block_rows or _block_rows(q.shape[1], len(qb))
+        for start in range(0, n_rows, step):
+            block = np.asarray(vectors[start:start + step], dtype=np.float32)
+            scores = qb @ block.T  # (queries, rows)
+            if not normalized:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    scores /= np.linalg.norm(block, axis=1)
+            scores[~np.isfinite(scores)] = -np.inf  # unwritten (NaN) rows, zero vectors
+            per_query = _block_best(scores, ids, start, k)
+            for i in range(len(qb)):
+                found = best[q0 + i]
+                for s, r in per_query[i]:
+                    doc = ids[r]
+                    if doc not in found or s > found[doc][0]:
+                        found[doc] = (s, r)
+                if len(found) > k:  # a document dropped here is back if a later block scores it higher
+                    kept = heapq.nsmallest(k, found.items(), key=lambda item: (-item[1][0], item[1][1]))
+                    best[q0 + i] = dict(kept)
+    ordinals, starts, ends = rows.ordinals, rows.starts, rows.ends
+    out = []
+    for found in best:
+        ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[1][1]))[:k]
+        out.append([Hit(doc, s, int(ordinals[r]), int(starts[r]), int(ends[r])) for doc, (s, r) in ranked])
+    return out
+
+
+class _SlotRows:
+    """Rows of the store gathered by slot, read only when sliced."""
+
+    def __init__(self, store: VectorStore, slots: np.ndarray) -> None:
+        self._store, self._slots = store, slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self._store.read_slots(self._slots[key])
+
+
+@dataclass(frozen=True)
+class DocumentRows:
+    """An index with one vector per document, seen as chunk rows: each document one chunk (ordinal 0)
+    spanning its whole text."""
+
+    ids: list[str]
+    ordinals: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    vectors: _SlotRows
+
+    @classmethod
+    def read(cls, conn: sqlite3.Connection, store: VectorStore) -> DocumentRows:
+        """The served documents as of one moment (one SELECT), in slot order so that blocks read the
+        store's chunk files in turn."""
+        rows = conn.execute("""SELECT d.id, c.slot, c.chars FROM documents d JOIN contents c
+            ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
+        slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        chars = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+        return cls([r[0] for r in rows], np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64),
+                   chars, _SlotRows(store, slots))
