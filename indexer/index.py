@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import shutil
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,18 @@ import numpy as np
 from .config import EmbeddingConfig, read_config, write_config
 from .errors import EmbeddingError, IndexerError, IndexNotFoundError, StoreError
 from .manifest import Manifest
-from .search import ChunkRows, DocumentRows, Hit, check_k, load_query_embedder, query_texts, search_rows
+from .search import (
+    ChunkRows,
+    DocumentRows,
+    Hit,
+    check_k,
+    load_query_embedder,
+    query_texts,
+    search_rows,
+    served_texts,
+)
 from .settings import Settings
+from .sources import open_sources
 from .store import VectorStore
 from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
 
@@ -205,6 +216,13 @@ class Index:
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """`search` for query vectors made elsewhere (e.g. by the API an index was embedded with)."""
         return search_rows(self._searchable(k), vectors, k, normalized=self.config.normalize)
+
+    def passages(self, hits: Iterable[Hit], sources: Sequence[str], id_field: str = "id",
+                 text_field: str = "text") -> dict[str, str]:
+        """{id: text} for the hits' documents, re-read from `sources` (the manifest keeps no text once
+        embedded), only where the source still holds the version the index serves."""
+        records = itertools.chain.from_iterable(open_sources(sources, id_field, text_field))
+        return served_texts(self.manifest.conn, (h.id for h in hits), records)
 
     def _searchable(self, k: int) -> ChunkRows:
         """The chunk rows search reads, checked before any model is loaded."""

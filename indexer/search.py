@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,10 +23,12 @@ import numpy as np
 
 from .config import EmbeddingConfig
 from .errors import IndexerError, ModelLoadError
+from .manifest import content_hash
+from .sources import Record
 from .store import VectorStore
 
 __all__ = ["BLOCK_BYTES", "ChunkRows", "DocumentRows", "Hit", "check_k", "load_query_embedder", "query_texts",
-           "search_rows"]
+           "search_rows", "served_texts", "snippet"]
 
 # Working memory of one block: its rows (float32) plus its score matrix and the selection's temporaries.
 BLOCK_BYTES = 128 * 2**20
@@ -240,3 +242,28 @@ class DocumentRows:
         chars = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
         return cls([r[0] for r in rows], np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64),
                    chars, _SlotRows(store, slots))
+
+
+def served_texts(conn: sqlite3.Connection, ids: Iterable[str], records: Iterable[object]) -> dict[str, str]:
+    """The texts of `ids` found in `records` (a source re-read), kept only where the text is the version
+    the index serves (same content hash): a span is an offset into that version and into no other."""
+    wanted: dict[str, bytes] = {}
+    ids = list(dict.fromkeys(ids))
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        wanted.update(conn.execute(f"""SELECT id, ready_hash FROM documents WHERE deleted = 0 AND
+            ready_hash IS NOT NULL AND id IN ({",".join("?" * len(part))})""", part).fetchall())
+    out: dict[str, str] = {}
+    for rec in records:
+        if isinstance(rec, Record) and rec.id in wanted and rec.id not in out \
+                and content_hash(rec.text) == wanted[rec.id]:
+            out[rec.id] = rec.text
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+def snippet(text: str, hit: Hit, width: int = 160) -> str:
+    """The hit's passage, whitespace collapsed, cut to about `width` characters."""
+    passage = " ".join(text[hit.start:hit.end].split())
+    return passage if len(passage) <= width else passage[:width - 1].rstrip() + "…"
