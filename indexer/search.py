@@ -186,10 +186,16 @@ def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized
         for start in range(0, n_rows, step):
             block = np.asarray(vectors[start:start + step], dtype=np.float32)
             scores = qb @ block.T  # (queries, rows)
+            # A row with a non-finite value (never written: NaN) scores non-finite against any query, so
+            # one query's scores find them all; such rows are never returned.
+            unusable = ~np.isfinite(scores[0])
             if not normalized:
+                norms = np.linalg.norm(block, axis=1)
+                unusable |= norms == 0
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    scores /= np.linalg.norm(block, axis=1)
-            scores[~np.isfinite(scores)] = -np.inf  # unwritten (NaN) rows, zero vectors
+                    scores /= norms
+            if unusable.any():
+                scores[:, unusable] = -np.inf
             per_query = _block_best(scores, ids, start, k)
             for i in range(len(qb)):
                 found = best[q0 + i]
@@ -209,7 +215,8 @@ def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized
 
 
 class _SlotRows:
-    """Rows of the store gathered by slot, read only when sliced."""
+    """Rows of the store gathered by slot, read only when sliced. A run of consecutive slots in one
+    chunk file (the usual case: rows come in slot order) is copied as one slice of its memory map."""
 
     def __init__(self, store: VectorStore, slots: np.ndarray) -> None:
         self._store, self._slots = store, slots
@@ -218,7 +225,19 @@ class _SlotRows:
         return len(self._slots)
 
     def __getitem__(self, key: slice) -> np.ndarray:
-        return self._store.read_slots(self._slots[key])
+        slots = self._slots[key]
+        store = self._store
+        out = np.empty((len(slots), store.dim), dtype=store.dtype)
+        chunks = slots // store.chunk_rows
+        bounds = np.flatnonzero(np.diff(chunks)) + 1
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True):
+            first, last = int(slots[a]), int(slots[b - 1])
+            if last - first == b - a - 1 and (last >= first):  # consecutive
+                base = int(chunks[a]) * store.chunk_rows
+                out[a:b] = store.read_chunk(int(chunks[a]))[first - base:last - base + 1]
+            else:
+                out[a:b] = store.read_slots(slots[a:b])
+        return out
 
 
 @dataclass(frozen=True)

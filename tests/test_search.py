@@ -116,9 +116,11 @@ def test_nan_rows_are_never_returned() -> None:
     rng = np.random.default_rng(3)
     rows = _rows(40, 8, rng, max_chunks=1, shuffle=False)
     rows.vectors[::3] = np.nan  # unwritten slots read as NaN
+    rows.vectors[1, 5] = np.nan  # and a damaged row: one value is enough
+    rows.vectors[2, 0] = np.inf
     q = rng.standard_normal((4, 8)).astype(np.float32)
     hits = search_rows(rows, q, 40, block_rows=5)
-    unwritten = {rows.ids[i] for i in range(0, 40, 3)}
+    unwritten = {rows.ids[i] for i in [*range(0, 40, 3), 1, 2]}
     for got in hits:
         assert len(got) == 40 - len(unwritten)
         assert not unwritten & {h.id for h in got}
@@ -252,3 +254,19 @@ def test_api_indexes_point_to_search_vectors(tmp_path: Path, small_settings: Set
             idx.search(["document"])
         q = np.asarray(idx.vectors()[1][0:1])
         assert idx.search_vectors(q, k=1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_after_changes_reads_scattered_slots(tmp_path: Path, small_settings: Settings) -> None:
+    ix = _index(tmp_path, 40, small_settings, model="fake:16")
+    changed = [(f"d{i}", _text(i) + (" changed" if i % 3 == 0 else "")) for i in range(40) if i % 5]
+    indexer.sync(ix, changed, settings=small_settings, model="fake:16", delete_missing=True)
+    queries = [_text(6) + " changed", _text(7), "word word"]
+    with indexer.open(ix) as idx:
+        hits = idx.search(queries, k=9)
+        ids, vecs = idx.vectors()
+        scores = idx.embed_queries(queries) @ np.asarray(vecs).T
+    assert len(ids) == 32
+    for got, s in zip(hits, scores, strict=True):
+        best = np.argsort(-s, kind="stable")[:9]
+        assert [h.id for h in got] == [ids[i] for i in best]
+    assert hits[0][0].id == "d6" and hits[1][0].id == "d7"
