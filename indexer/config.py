@@ -38,6 +38,13 @@ class EmbeddingConfig:
     # Matryoshka-style truncation: the first `truncate_dim` dims of the model's vector, L2-renormalized
     # (then dim == truncate_dim). 0 means no truncation: TOML has no null, and 0 is never a valid D.
     truncate_dim: int = 0
+    # Long documents split into chunks of at most `chunk_tokens` tokens (0: the model's window less its
+    # special tokens), each embedded; False (an index from before chunking, or --no-chunking): one
+    # vector a document, its text cut at the window. `chunk_overlap`: tokens of the text before a chunk
+    # repeated at its start.
+    chunking: bool = False
+    chunk_tokens: int = 0
+    chunk_overlap: int = 0
 
     def fingerprint(self) -> str:
         # Later fields enter the hash only when they differ from their defaults, so an old config's
@@ -68,10 +75,15 @@ class EmbeddingConfig:
             )
 
 
-_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0}
+_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "chunking": False,
+                                   "chunk_tokens": 0, "chunk_overlap": 0}
 _WHY = {
     "runtime": " (these runtimes give different vectors)",
     "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
+    "chunking": " (--no-chunking: one vector a document, cut at the model's window; chunked documents "
+                "have other vectors)",
+    "chunk_tokens": " (0 means the model's window; other chunks have other vectors)",
+    "chunk_overlap": " (other overlaps make other chunks)",
 }
 
 

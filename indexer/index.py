@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 import shutil
 import sqlite3
@@ -20,7 +21,6 @@ from .errors import EmbeddingError, IndexerError, IndexNotFoundError, StoreError
 from .manifest import Manifest
 from .search import (
     ChunkRows,
-    DocumentRows,
     Hit,
     check_k,
     load_query_embedder,
@@ -31,7 +31,15 @@ from .search import (
 from .settings import Settings
 from .sources import open_sources
 from .store import VectorStore
-from .vectors import DocumentIds, VectorView, _Snapshot, vectors_of
+from .vectors import (
+    Chunks,
+    DocumentIds,
+    VectorView,
+    chunks_snapshot,
+    documents_snapshot,
+    read_rows,
+    vectors_of,
+)
 
 __all__ = ["CompactReport", "Index", "VerifyReport"]
 
@@ -157,40 +165,61 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
+                   chunking=self.config.chunking, chunk_tokens=self.config.chunk_tokens,
+                   chunk_overlap=self.config.chunk_overlap,
                    chunk_rows=self.store.chunk_rows)
         return out
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         return self.manifest.failures(limit)
 
+    def _reader(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path / MANIFEST, isolation_level=None, check_same_thread=False)
+
     def vectors(self) -> tuple[DocumentIds, VectorView]:
-        """(ids, vecs) of every live document with a vector. Nothing is read until used."""
-        conn = sqlite3.connect(self.path / MANIFEST, isolation_level=None, check_same_thread=False)
-        snapshot = _Snapshot(conn)
+        """(ids, vecs) of every live document with a vector, one row a document. A long document,
+        embedded as chunks, is the L2-normalized mean of its chunk vectors (computed as its row is
+        read). Nothing is read until used."""
+        snapshot = documents_snapshot(self._reader())
         return DocumentIds(snapshot), VectorView(snapshot, self.store)
 
-    def get(self, ids: Sequence[str]) -> np.ndarray:
-        """Vectors of `ids`, in that order. KeyError names the ids that have none."""
-        ids = list(ids)
-        return vectors_of(ids, self.manifest.slots_of(ids), self.store)
+    def chunks(self) -> Chunks:
+        """Every chunk of every live document with a vector: `.ids`, `.ordinals`, `.starts`, `.ends`
+        (character span in the document's text) and `.vectors` (lazily read), row by row. A document
+        that fits the model's window is one chunk. Nothing is read until used."""
+        return Chunks(chunks_snapshot(self._reader()), self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None) -> int:
-        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`)."""
-        ids, vecs = self.vectors()
-        slots = vecs._snapshot.load()[1]
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        """Vectors of `ids`, in that order, as rows of `vectors()`. KeyError names the ids that have none."""
+        return vectors_of(self.manifest.conn, list(ids), self.store)
+
+    def export(self, out: str | Path, ids_out: str | Path | None = None, level: str = "documents") -> int:
+        """Write the vectors to a .npy file, one row a document (`level="documents"`) or a chunk
+        (`level="chunks"`); with `ids_out`, the ids in row order, one a line (documents), or one JSON
+        object a line {"id", "chunk", "start", "end"} (chunks)."""
+        if level not in ("documents", "chunks"):
+            raise IndexerError(f"export level {level!r}: choose documents or chunks")
+        chunks = self.chunks() if level == "chunks" else None
+        ids, vecs = (chunks.ids, chunks.vectors) if chunks is not None else self.vectors()
+        rows = vecs._rows()
         out = Path(out)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
-                                           shape=(len(slots), self.store.dim))
+                                           shape=(len(rows.slots), self.store.dim))
         step = self.store.chunk_rows * 64
-        for start in range(0, len(slots), step):
-            self.store.read_slots(slots[start:start + step], out=matrix[start:start + step])
+        for start in range(0, len(rows.slots), step):
+            read_rows(self.store, rows, rows.slots[start:start + step], out=matrix[start:start + step])
         matrix.flush()
         del matrix
         tmp.replace(out)
         if ids_out is not None:
-            Path(ids_out).write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-        return len(slots)
+            if chunks is None:
+                lines = (f"{i}\n" for i in ids)
+            else:
+                lines = (json.dumps({"id": i, "chunk": int(k), "start": int(a), "end": int(b)}) + "\n"
+                         for i, k, a, b in zip(ids, chunks.ordinals, chunks.starts, chunks.ends, strict=True))
+            Path(ids_out).write_text("".join(lines), encoding="utf-8")
+        return len(rows.slots)
 
     # -- search (indexer/search.py) ------------------------------------------------------------
 
@@ -227,8 +256,8 @@ class Index:
     def _searchable(self, k: int) -> ChunkRows:
         """The chunk rows search reads, checked before any model is loaded."""
         check_k(k)
-        rows = DocumentRows.read(self.manifest.conn, self.store)
-        if not rows.ids:
+        rows = self.chunks()
+        if not len(rows.ids):
             counts = self.manifest.status_counts()
             raise IndexerError(f"index {self.path} has no embedded documents to search ({counts['pending']} "
                                f"pending); run `indexer sync` first")
@@ -273,6 +302,9 @@ class Index:
                 if not ok:
                     report.problem(f"slot {slot} (content {h.hex()}) is done but its vector is not finite")
                     bad.append(h)
+        for whole, what in self.manifest.broken_wholes():
+            report.problem(f"long document content {whole.hex()} is done but {what}")
+            bad.append(whole)
         referenced = set(by_chunk) | self.manifest.active_chunks()
         orphans = [c for c in self.store.chunk_files() if c not in referenced]
         if orphans:

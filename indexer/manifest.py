@@ -18,16 +18,20 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import orjson
 import xxhash
 
+from . import _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
 from .sources import Record, Skip
+
+if TYPE_CHECKING:
+    from .chunking import Chunker
 
 __all__ = ["Claim", "Manifest", "ScanCounts", "content_hash", "migrations_dir"]
 
@@ -68,7 +72,9 @@ class ScanCounts:
     unchanged: int = 0
     skipped: int = 0
     duplicates: int = 0
-    to_embed: int = 0  # distinct contents that became pending
+    to_embed: int = 0  # distinct contents that became pending (chunks of long documents)
+    chunks: int = 0  # chunks of the new and changed documents (1 for a document that fits)
+    truncated: int = 0  # new and changed documents cut at the model's window (an unchunked index)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -205,7 +211,7 @@ class Manifest:
         self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
         self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
-            WHERE state = 'pending' AND text IS NULL LIMIT 1""").fetchone() is not None
+            WHERE state = 'pending' AND text IS NULL AND parts = 0 LIMIT 1""").fetchone() is not None
         self._scan_tables_ready = True
 
     def begin_scan(self) -> None:
@@ -219,9 +225,12 @@ class Manifest:
         return f"{at}:{place}" if isinstance(place, int) else str(place)
 
     def scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, *, dry_run: bool = False,
-                   max_warnings: int = 1000) -> None:
+                   max_warnings: int = 1000, chunker: Chunker | None = None, split: bool = True) -> None:
         """Upsert one batch of source records: new id -> pending, same hash -> untouched,
-        changed hash -> pending (the old vector stays served until the new one is done)."""
+        changed hash -> pending (the old vector stays served until the new one is done).
+
+        With a `chunker`, a new text longer than its budget is stored as a whole of chunks
+        (`split`), or marked truncated (`split=False`: an unchunked index counts what it cuts)."""
         self._ensure_scan_tables()
         if not items:
             return
@@ -306,24 +315,27 @@ class Manifest:
             # A content re-queued by `verify --repair` lost its staged text when it was first done; a
             # scan that sees the text again stages it, so that the next claim can embed it.
             lost = conn.execute(_ITEMS + """SELECT i.key FROM items i JOIN contents c ON c.hash = i.hash
-                                WHERE c.state = 'pending' AND c.text IS NULL""", params).fetchall()
-            if lost:
+                                WHERE c.state = 'pending' AND c.text IS NULL AND c.parts = 0""",
+                                params).fetchall()
+            lost_parts = _wholes.lost_part_texts(conn, _ITEMS, params, records, chunker)
+            if lost or lost_parts:
                 with self._write():
                     conn.executemany("UPDATE contents SET text = ? WHERE hash = ? AND text IS NULL",
-                                     ((records[k].text, hashes[k]) for (k,) in lost))
+                                     [*((records[k].text, hashes[k]) for (k,) in lost), *lost_parts])
         if not todo:
             return
-        fresh_contents = [(hashes[k], len(records[k].text), records[k].text) for k, _ in todo]
+        staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _ in todo], chunker, split)
+        counts.chunks += staged.chunks
+        counts.truncated += staged.truncated
         with self._temp_writes():
             conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
                                 WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
-                             ((h,) for h, _, _ in fresh_contents))
+                             ((h,) for h, _, _, _ in staged.contents))
         counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
         if dry_run:
             return
         with self._write():
-            conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text) VALUES (?, ?, ?)",
-                             fresh_contents)
+            staged.write(conn)
             conn.executemany("""
                 INSERT INTO documents (id, hash, ready_hash) VALUES (?1, ?2,
                     (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
@@ -391,7 +403,7 @@ class Manifest:
                 self._expire_claims(conn, now)
                 # A pending content without its text (re-queued by verify --repair) waits for a scan.
                 rows = conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
-                                       AND text IS NOT NULL
+                                       AND parts = 0 AND text IS NOT NULL
                                        ORDER BY chars LIMIT ?""", (limit,)).fetchall()
                 if not rows:
                     return None
@@ -461,6 +473,8 @@ class Manifest:
                         WHERE hash = ?1 AND claim_id = ?4 RETURNING state""",
                         (h, reason, self.settings.retry_attempts, claim.id)).fetchone()
                     gave_up += row is not None and row[0] == "failed"
+                # Long documents whose last chunk this was are served now (or failed, with it).
+                _wholes.settle(conn, [h for h, _ in done] + [h for h, _ in failed])
                 crash_point("mid-commit")
                 conn.execute("UPDATE claims SET state = 'committed' WHERE id = ?", (claim.id,))
                 return gave_up
@@ -479,6 +493,8 @@ class Manifest:
 
     def retry_failed(self) -> int:
         with self._write() as conn:
+            conn.execute("UPDATE contents SET state = 'pending', error = NULL WHERE state = 'failed' "
+                         "AND parts > 0")
             return conn.execute("UPDATE contents SET state = 'pending', attempts = 0, error = NULL "
                                 "WHERE state = 'failed'").rowcount
 
@@ -508,7 +524,11 @@ class Manifest:
                 JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0 GROUP BY c.state""").fetchall())
             live, deleted = conn.execute("""SELECT coalesce(sum(deleted = 0), 0),
                 coalesce(sum(deleted = 1), 0) FROM documents""").fetchone()
-            contents = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
+            contents = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
+                                         "GROUP BY state").fetchall())
+            chunks, truncated = conn.execute("""SELECT coalesce(sum(max(c.parts, 1)), 0),
+                coalesce(sum(c.truncated), 0) FROM documents d JOIN contents c ON c.hash = d.hash
+                WHERE d.deleted = 0""").fetchone()
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
@@ -523,6 +543,8 @@ class Manifest:
             "done": by_state.get("done", 0),
             "failed": by_state.get("failed", 0),
             "deleted": deleted,
+            "chunks": chunks,
+            "truncated": truncated,
             "contents": {s: contents.get(s, 0) for s in ("pending", "claimed", "done", "failed")},
             "active_claims": active,
             "fencing_refusals": refusals,
@@ -553,7 +575,11 @@ class Manifest:
         return out
 
     def done_slots(self) -> list[tuple[bytes, int]]:
-        return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done'").fetchall()
+        return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done' AND parts = 0"
+                                 ).fetchall()
+
+    def broken_wholes(self) -> list[tuple[bytes, str]]:
+        return _wholes.broken_wholes(self.conn)
 
     def active_chunks(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
@@ -574,6 +600,11 @@ class Manifest:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS requeued (hash BLOB PRIMARY KEY) WITHOUT ROWID")
             conn.execute("DELETE FROM requeued")
             conn.executemany("INSERT OR IGNORE INTO requeued VALUES (?)", ((h,) for h in hashes))
+            # The long documents made of them: not whole any more, not served until embedded again.
+            conn.execute("""INSERT OR IGNORE INTO requeued SELECT whole FROM text_chunks
+                            WHERE hash IN (SELECT hash FROM requeued)""")
+            conn.execute("""UPDATE contents SET state = 'pending' WHERE parts > 0 AND state = 'done'
+                            AND hash IN (SELECT hash FROM requeued)""")
             # One pass over documents: no index on ready_hash (commits would pay for it on every row).
             conn.execute("UPDATE documents SET ready_hash = NULL "
                          "WHERE ready_hash IN (SELECT hash FROM requeued)")
@@ -583,10 +614,17 @@ class Manifest:
     def drop_unreferenced_contents(self) -> int:
         """Forget contents no live or served document points at (their slots become free)."""
         with self._write() as conn:
-            dropped = conn.execute("""DELETE FROM contents WHERE state != 'claimed'
-                AND hash NOT IN (SELECT hash FROM documents WHERE deleted = 0)
-                AND hash NOT IN (SELECT ready_hash FROM documents WHERE deleted = 0
-                                 AND ready_hash IS NOT NULL)""").rowcount
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+            conn.execute("DELETE FROM kept")
+            conn.execute("""INSERT OR IGNORE INTO kept SELECT hash FROM documents WHERE deleted = 0
+                UNION ALL SELECT ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL""")
+            # The chunks of the long documents kept.
+            conn.execute("""INSERT OR IGNORE INTO kept SELECT t.hash FROM text_chunks t
+                            WHERE t.whole IN (SELECT hash FROM kept)""")
+            dropped = conn.execute("""DELETE FROM contents WHERE state != 'claimed' AND parts = 0
+                AND hash NOT IN (SELECT hash FROM kept)""").rowcount
+            conn.execute("DELETE FROM contents WHERE parts > 0 AND hash NOT IN (SELECT hash FROM kept)")
+            conn.execute("DELETE FROM text_chunks WHERE whole NOT IN (SELECT hash FROM kept)")
             # Deleted documents served those: forget it, so that one coming back never points at a
             # content that is gone, or that comes back later not done, without a slot.
             conn.execute("""UPDATE documents SET ready_hash = NULL WHERE ready_hash IS NOT NULL

@@ -25,9 +25,8 @@ from .config import EmbeddingConfig
 from .errors import IndexerError, ModelLoadError
 from .manifest import content_hash
 from .sources import Record
-from .store import VectorStore
 
-__all__ = ["BLOCK_BYTES", "ChunkRows", "DocumentRows", "Hit", "check_k", "load_query_embedder", "query_texts",
+__all__ = ["BLOCK_BYTES", "ChunkRows", "Hit", "check_k", "load_query_embedder", "query_texts",
            "search_rows", "served_texts", "snippet"]
 
 # Working memory of one block: its rows (float32) plus its score matrix and the selection's temporaries.
@@ -212,55 +211,6 @@ def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized
         ranked = sorted(found.items(), key=lambda item: (-item[1][0], item[1][1]))[:k]
         out.append([Hit(doc, s, int(ordinals[r]), int(starts[r]), int(ends[r])) for doc, (s, r) in ranked])
     return out
-
-
-class _SlotRows:
-    """Rows of the store gathered by slot, read only when sliced. A run of consecutive slots in one
-    chunk file (the usual case: rows come in slot order) is copied as one slice of its memory map."""
-
-    def __init__(self, store: VectorStore, slots: np.ndarray) -> None:
-        self._store, self._slots = store, slots
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        slots = self._slots[key]
-        store = self._store
-        out = np.empty((len(slots), store.dim), dtype=store.dtype)
-        chunks = slots // store.chunk_rows
-        bounds = np.flatnonzero(np.diff(chunks)) + 1
-        for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(slots)], strict=True):
-            first, last = int(slots[a]), int(slots[b - 1])
-            if last - first == b - a - 1 and (last >= first):  # consecutive
-                base = int(chunks[a]) * store.chunk_rows
-                out[a:b] = store.read_chunk(int(chunks[a]))[first - base:last - base + 1]
-            else:
-                out[a:b] = store.read_slots(slots[a:b])
-        return out
-
-
-@dataclass(frozen=True)
-class DocumentRows:
-    """An index with one vector per document, seen as chunk rows: each document one chunk (ordinal 0)
-    spanning its whole text."""
-
-    ids: list[str]
-    ordinals: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-    vectors: _SlotRows
-
-    @classmethod
-    def read(cls, conn: sqlite3.Connection, store: VectorStore) -> DocumentRows:
-        """The served documents as of one moment (one SELECT), in slot order so that blocks read the
-        store's chunk files in turn."""
-        rows = conn.execute("""SELECT d.id, c.slot, c.chars FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
-        slots = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        chars = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-        return cls([r[0] for r in rows], np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64),
-                   chars, _SlotRows(store, slots))
 
 
 def served_texts(conn: sqlite3.Connection, ids: Iterable[str], records: Iterable[object]) -> dict[str, str]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
+from .chunking import Chunker, make_chunker
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
@@ -45,9 +46,10 @@ class Progress:
     phase: str  # "scan" or "embed"
     processed: int
     total: int | None
-    docs_per_s: float
+    docs_per_s: float  # `unit`s a second
     eta_s: float | None
     rss_mb: float
+    unit: str = "documents"  # what `processed` counts: documents scanned, or chunks embedded
 
 
 @dataclass
@@ -57,7 +59,9 @@ class SyncSummary:
     changed: int = 0
     unchanged: int = 0
     deleted: int = 0
-    embedded: int = 0
+    embedded: int = 0  # chunks embedded (a document that fits the model's window is one chunk)
+    chunks: int = 0  # chunks of the new and changed documents
+    truncated: int = 0  # new and changed documents cut at the model's window (an unchunked index)
     failed: int = 0
     skipped: int = 0
     duplicates: int = 0
@@ -80,8 +84,9 @@ class SyncSummary:
 
 
 class _Meter:
-    def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None) -> None:
-        self.phase, self.total, self.callback = phase, total, callback
+    def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None,
+                 unit: str = "documents") -> None:
+        self.phase, self.total, self.callback, self.unit = phase, total, callback, unit
         self.start = time.perf_counter()
         self.processed = 0
         self.peak_rss_mb = 0.0
@@ -95,7 +100,7 @@ class _Meter:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         rate = self.processed / elapsed
         eta = (self.total - self.processed) / rate if self.total is not None and rate > 0 else None
-        self.callback(Progress(self.phase, self.processed, self.total, rate, eta, rss))
+        self.callback(Progress(self.phase, self.processed, self.total, rate, eta, rss, self.unit))
 
 
 def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
@@ -195,10 +200,40 @@ def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
                            runtime=i.runtime, truncate_dim=i.truncate_dim)
 
 
+def _chunking_of(config: EmbeddingConfig, chunking: bool | None, chunk_tokens: int | None,
+                 chunk_overlap: int | None) -> EmbeddingConfig:
+    """`config` with the chunking settings of a new index: on unless turned off, at the window."""
+    return replace(config, chunking=True if chunking is None else chunking,
+                   chunk_tokens=chunk_tokens or 0, chunk_overlap=chunk_overlap or 0)
+
+
+def _chunker_for(config: EmbeddingConfig) -> Chunker | None:
+    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model's
+    tokens are counted by its backend, which cuts over-long inputs itself (docs/OPENAI.md)."""
+    if config.revision.startswith("api:"):
+        return None
+    return make_chunker(config.model, config.max_seq_length, config.prompt, config.chunk_tokens,
+                        config.chunk_overlap)
+
+
+def _check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
+    for name, value in (("--chunk-tokens", chunk_tokens), ("--chunk-overlap", chunk_overlap)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < (1 if name == "--chunk-tokens" else 0)):
+            raise IndexerError(f"{name} must be a whole number of tokens, at least "
+                               f"{1 if name == '--chunk-tokens' else 0} (got {value!r})")
+    if chunking is False and (chunk_tokens or chunk_overlap):
+        raise IndexerError("--no-chunking embeds whole documents: --chunk-tokens and --chunk-overlap apply "
+                           "to chunked indexes only; give one or the other")
+
+
 def _check_names(index: Index, model: str | None, dtype: str | None, runtime: str | None = None,
-                 truncate_dim: int | None = None) -> None:
-    """Refuse a different model, dtype, runtime or truncation before anything is read or loaded."""
-    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim}
+                 truncate_dim: int | None = None, chunking: bool | None = None,
+                 chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> None:
+    """Refuse a different model, dtype, runtime, truncation or chunking before anything is read or
+    loaded."""
+    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
+             "chunking": chunking, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
     diffs = [difference_line(name, getattr(index.config, name), value) for name, value in asked.items()
              if value is not None and value != getattr(index.config, name)]
     if diffs:
@@ -217,7 +252,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
-         batch_tokens: int | None = None) -> SyncSummary:
+         batch_tokens: int | None = None, chunking: bool | None = None, chunk_tokens: int | None = None,
+         chunk_overlap: int | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -231,6 +267,11 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
     of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
+
+    `chunking` (default True for a new index), `chunk_tokens` (default: the model's window) and
+    `chunk_overlap` (default 0) are part of the configuration too: a document longer than the budget
+    is embedded as chunks cut at paragraph, sentence and word breaks (indexer/chunking.py). None means
+    the index's own for an existing index. The fake model chunks only by `chunk_tokens` (words).
     """
     settings = settings or Settings()
     if batch_tokens is not None and batch_tokens < 0:
@@ -246,6 +287,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
                            f"{truncate_dim!r})")
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
+    _check_chunking(chunking, chunk_tokens, chunk_overlap)
     if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
         raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
                            "embedder or runner, give them to load_embedder(name, runtime=..., "
@@ -262,26 +304,34 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     if Index.exists(index_dir):
         index = Index.open(index_dir, settings)
         seam = runner or embedder
+        chunk_asked = (chunking, chunk_tokens, chunk_overlap)
         if seam is None:
-            _check_names(index, model, dtype, runtime, truncate_dim)
+            _check_names(index, model, dtype, runtime, truncate_dim, *chunk_asked)
         else:
-            _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim)
+            _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim,
+                         *chunk_asked)
     elif not dry_run:
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
                                   _with_runtime(embedder_options, runtime, truncate_dim))
-        requested = _requested_config(runner.info, dtype or settings.dtype)
+        requested = _chunking_of(_requested_config(runner.info, dtype or settings.dtype), chunking,
+                                 chunk_tokens, chunk_overlap)
+        new_chunker = _chunker_for(requested)
+        if new_chunker is not None and chunk_tokens:
+            new_chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
         try:
             index = Index.create(index_dir, requested, settings)
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
+    chunker = _chunker_for(index.config) if index is not None else None
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
     try:
-        _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress)
+        _scan(manifest, readers, summary, settings, dry_run, delete_missing, on_progress, chunker,
+              index is not None and index.config.chunking)
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
@@ -304,7 +354,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
 def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: SyncSummary,
           settings: Settings, dry_run: bool, delete_missing: bool,
-          on_progress: Callable[[Progress], None] | None) -> None:
+          on_progress: Callable[[Progress], None] | None, chunker: Chunker | None = None,
+          split: bool = False) -> None:
     t = time.perf_counter()
     counts = ScanCounts()
     meter = _Meter("scan", None, on_progress)
@@ -316,13 +367,19 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
         batches = _batches(reader, settings.scan_batch)
         with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
             for batch in it:
-                manifest.scan_batch(batch, counts, dry_run=dry_run)
+                manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
                 meter.add(len(batch))
     # Only a scan that read every source to its end may decide what is missing.
     if delete_missing:
         summary.deleted = manifest.missing_ids_count() if dry_run else manifest.delete_missing()
-    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings"):
+    for name in ("scanned", "new", "changed", "unchanged", "skipped", "duplicates", "warnings", "chunks",
+                 "truncated"):
         setattr(summary, name, getattr(counts, name))
+    if counts.truncated:
+        summary.warnings.append(
+            f"{counts.truncated} document(s) are longer than the model's window: this index embeds one "
+            "vector a document (--no-chunking, or built before chunking), so their text past the window "
+            "is not embedded. A new index chunks long documents by default.")
     summary.would_embed = counts.to_embed
     summary.peak_rss_mb = meter.peak_rss_mb
     summary.scan_seconds = time.perf_counter() - t
@@ -358,8 +415,8 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest, store = index.manifest, index.store
     # Claims of a killed or timed-out worker go back to pending first: they may be all that is left.
     manifest.expire_claims()
-    pending = int(manifest.conn.execute(
-        "SELECT count(*) FROM contents WHERE state = 'pending' AND text IS NOT NULL").fetchone()[0])
+    pending = int(manifest.conn.execute("SELECT count(*) FROM contents WHERE state = 'pending' "
+                                        "AND parts = 0 AND text IS NOT NULL").fetchone()[0])
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()
@@ -367,9 +424,12 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     if callable(runner):
         runner = runner()
     try:
-        index.config.require_same(_requested_config(runner.info, index.config.dtype), index.path)
+        asked = _requested_config(runner.info, index.config.dtype)
+        index.config.require_same(replace(asked, chunking=index.config.chunking,
+                                          chunk_tokens=index.config.chunk_tokens,
+                                          chunk_overlap=index.config.chunk_overlap), index.path)
         manifest.prepare_for_claims()
-        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress))
+        _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, "chunks"))
     finally:
         _collect_stats(runner, summary)
         runner.close()

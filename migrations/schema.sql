@@ -10,9 +10,13 @@ CREATE TABLE contents (
     claim_id  INTEGER,
     attempts  INTEGER NOT NULL DEFAULT 0,
     error     TEXT
+    -- added by 0005 (ALTER TABLE ADD COLUMN), written as SQLite stores it so the schemas compare equal
+    -- parts > 0: a long document's whole text, in text_chunks; truncated = 1: embedded whole though
+    -- longer than the model's window
+    , parts     INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
-CREATE INDEX contents_pending_by_chars ON contents (chars) WHERE state = 'pending';
+CREATE INDEX contents_pending_by_chars ON contents (chars) WHERE state = 'pending' AND parts = 0;
 CREATE INDEX contents_by_claim ON contents (claim_id) WHERE claim_id IS NOT NULL;
 
 CREATE TABLE documents (
@@ -22,6 +26,16 @@ CREATE TABLE documents (
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX documents_by_hash ON documents (hash);
+
+CREATE TABLE text_chunks (
+    whole      BLOB NOT NULL,            -- contents.hash of the whole document text (parts > 0)
+    ordinal    INTEGER NOT NULL,         -- 0, 1, ... in text order
+    hash       BLOB NOT NULL,            -- contents.hash of the chunk's text
+    char_start INTEGER NOT NULL,         -- the chunk is text[char_start:char_end] of the document
+    char_end   INTEGER NOT NULL,
+    PRIMARY KEY (whole, ordinal)
+) WITHOUT ROWID;
+CREATE INDEX text_chunks_by_hash ON text_chunks (hash);
 
 CREATE TABLE claims (
     id         INTEGER PRIMARY KEY,

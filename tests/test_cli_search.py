@@ -158,3 +158,18 @@ def test_real_model_finds_a_document_from_its_own_text(tmp_path: Path, write_jso
     assert lines[1]["hits"][0]["id"] == "rust" and lines[1]["hits"][0]["score"] == pytest.approx(1, abs=1e-4)
     assert lines[2]["hits"][0]["id"] == "bread"
     assert all(len(line["hits"]) == 5 for line in lines)
+
+
+def test_chunked_hits_show_their_passage(tmp_path: Path, write_jsonl: object) -> None:
+    paragraphs = [f"Paragraph {p} of the long page talks about topic{p} and nothing else." for p in range(6)]
+    docs = {"page": "\n\n".join(paragraphs), "other": "A short unrelated note."}
+    source = write_jsonl(tmp_path / "d.jsonl", docs)  # type: ignore[operator]
+    indexer.sync(tmp_path / "ix", paths=[str(source)], model="fake:8", chunk_tokens=14)
+    r = invoke("search", tmp_path / "ix", paragraphs[3], "-k", "2", "--source", source)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    _, score, doc, span, _, chunk = lines[1].split()
+    start, end = (int(x) for x in span.strip("[]").split(":"))
+    assert (doc, float(score)) == ("page", pytest.approx(1.0, abs=1e-4))
+    assert docs["page"][start:end] == paragraphs[3] and int(chunk) == 3
+    assert lines[2].strip() == paragraphs[3]

@@ -270,3 +270,37 @@ def test_search_after_changes_reads_scattered_slots(tmp_path: Path, small_settin
         best = np.argsort(-s, kind="stable")[:9]
         assert [h.id for h in got] == [ids[i] for i in best]
     assert hits[0][0].id == "d6" and hits[1][0].id == "d7"
+
+
+# -- chunked indexes ----------------------------------------------------------------------------------
+
+def _long_text(i: int) -> str:
+    return "\n\n".join(f"Doc {i} part {p} says {' '.join(f'w{(i * 7 + p * 3 + j) % 23}' for j in range(6))}."
+                       for p in range(5))
+
+
+def test_chunked_index_ranks_documents_by_their_best_chunk(tmp_path: Path, small_settings: Settings) -> None:
+    docs = {f"long{i}": _long_text(i) for i in range(12)} | {"short": "Doc short says hello."}
+    indexer.sync(tmp_path / "ix", docs.items(), settings=small_settings, model="fake:16", chunk_tokens=12)
+    with indexer.open(tmp_path / "ix") as idx:
+        chunks = idx.chunks()
+        ids, ordinals = list(chunks.ids), chunks.ordinals
+        assert len(ids) > 2 * len(docs)  # several chunks a long document
+        matrix = np.asarray(chunks.vectors)
+        # a query equal to the text of one chunk finds that chunk's document, at that chunk's span
+        row = next(r for r in range(len(ids)) if ids[r] == "long5" and ordinals[r] == 2)
+        passage = docs["long5"][chunks.starts[row]:chunks.ends[row]]
+        queries = [passage, "w3 w4 w5", "Doc short says hello."]
+        hits = idx.search(queries, k=6)
+        scores = idx.embed_queries(queries) @ matrix.T
+    assert hits[0][0].id == "long5" and hits[0][0].chunk == 2
+    assert hits[0][0].score == pytest.approx(1.0, abs=1e-5)
+    assert (hits[0][0].start, hits[0][0].end) == (chunks.starts[row], chunks.ends[row])
+    assert hits[2][0].id == "short" and (hits[2][0].chunk, hits[2][0].start) == (0, 0)
+    for got, s in zip(hits, scores, strict=True):  # brute force: each document's best chunk
+        best: dict[str, tuple[float, int]] = {}
+        for r in np.argsort(-s, kind="stable"):
+            best.setdefault(ids[r], (float(s[r]), int(ordinals[r])))
+        want = sorted(best.items(), key=lambda item: -item[1][0])[:6]
+        assert [(h.id, h.chunk) for h in got] == [(d, o) for d, (_, o) in want]
+        np.testing.assert_allclose([h.score for h in got], [sc for _, (sc, _) in want], rtol=1e-5)

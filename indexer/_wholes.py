@@ -1,0 +1,157 @@
+"""The manifest's bookkeeping of long documents: wholes and their chunks (migrations/0005).
+
+A document whose text fits the model's window is one content, as it always was. A longer text is a
+"whole": a contents row with `parts` chunks and no text of its own, listed in text_chunks, each chunk a
+content like any other (claimed, embedded, committed, shared by every document that has it). A whole
+is `done` once every chunk of it is done (then documents with its hash serve it), `failed` once a chunk
+failed for good, `pending` otherwise. These functions run inside the Manifest's transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import xxhash
+
+if TYPE_CHECKING:
+    from .chunking import Chunker
+    from .sources import Record
+
+# A whole's state from its chunks' states.
+_SETTLE = """UPDATE contents SET state = w.state, error = w.error FROM (
+    SELECT t.whole AS hash,
+        CASE WHEN sum(c.state != 'done') = 0 THEN 'done'
+             WHEN sum(c.state = 'failed') > 0 THEN 'failed' ELSE 'pending' END AS state,
+        (SELECT 'chunk ' || t2.ordinal || ': ' || c2.error FROM text_chunks t2 JOIN contents c2
+            ON c2.hash = t2.hash WHERE t2.whole = t.whole AND c2.state = 'failed'
+            ORDER BY t2.ordinal LIMIT 1) AS error
+    FROM text_chunks t JOIN contents c ON c.hash = t.hash
+    WHERE t.whole IN (SELECT hash FROM settling) GROUP BY t.whole) AS w
+    WHERE contents.hash = w.hash AND contents.parts > 0"""
+
+
+@dataclass
+class Staged:
+    """The contents a scan batch adds: texts to embed (plain documents and chunks), wholes and their
+    chunk lists."""
+
+    contents: list[tuple[bytes, int, str, int]] = field(default_factory=list)  # hash, chars, text, cut
+    wholes: list[tuple[bytes, int, int]] = field(default_factory=list)  # hash, chars, parts
+    chunk_rows: list[tuple[bytes, int, bytes, int, int]] = field(default_factory=list)
+    chunks: int = 0
+    truncated: int = 0
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) VALUES (?, ?, ?, ?)",
+                         self.contents)
+        if not self.wholes:
+            return
+        # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it
+        # stages it again.
+        conn.executemany("""UPDATE contents SET text = ?2 WHERE hash = ?1 AND text IS NULL
+                            AND state = 'pending' AND parts = 0""",
+                         ((h, text) for h, _, text, _ in self.contents))
+        conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, parts) VALUES (?, ?, ?)", self.wholes)
+        conn.executemany("INSERT OR IGNORE INTO text_chunks VALUES (?, ?, ?, ?, ?)", self.chunk_rows)
+        # All of a new whole's chunks may be done already (other documents have them).
+        _settle_wholes(conn, [h for h, _, _ in self.wholes])
+
+
+def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: Chunker | None,
+          split: bool) -> Staged:
+    """What the new and changed texts `todo` (hash, text) add; a text known already adds nothing."""
+    out = Staged()
+    seen: dict[bytes, tuple[int, int]] = {}
+    for h, text in todo:
+        known = seen.get(h)
+        if known is None:
+            row = conn.execute("SELECT parts, truncated FROM contents WHERE hash = ?", (h,)).fetchone()
+            known = (max(row[0], 1), row[1]) if row is not None else _add(out, h, text, chunker, split)
+            seen[h] = known
+        out.chunks += known[0]
+        out.truncated += known[1]
+    return out
+
+
+def _add(out: Staged, h: bytes, text: str, chunker: Chunker | None, split: bool) -> tuple[int, int]:
+    if chunker is None:
+        out.contents.append((h, len(text), text, 0))
+        return 1, 0
+    if not split:
+        cut = int(chunker.over_budget(text))
+        out.contents.append((h, len(text), text, cut))
+        return 1, cut
+    spans = chunker.split(text)
+    if len(spans) == 1:
+        out.contents.append((h, len(text), text, 0))
+        return 1, 0
+    out.wholes.append((h, len(text), len(spans)))
+    for ordinal, (start, end) in enumerate(spans):
+        piece = text[start:end]
+        piece_hash = xxhash.xxh3_128_digest(piece.encode("utf-8"))
+        out.contents.append((piece_hash, len(piece), piece, 0))
+        out.chunk_rows.append((h, ordinal, piece_hash, start, end))
+    return len(spans), 0
+
+
+def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[str, object],
+                    records: Sequence[Record], chunker: Chunker | None) -> list[tuple[str, bytes]]:
+    """(text, hash) of chunks re-queued by `verify --repair` (their staged text is gone) of the wholes
+    in this batch: the scan that sees the document again cuts it again and stages them."""
+    if chunker is None:
+        return []
+    keys = conn.execute(items_sql + """SELECT i.key FROM items i JOIN contents w ON w.hash = i.hash
+        WHERE w.parts > 0 AND EXISTS (SELECT 1 FROM text_chunks t JOIN contents c ON c.hash = t.hash
+            WHERE t.whole = w.hash AND c.state = 'pending' AND c.text IS NULL)""", params).fetchall()
+    out = []
+    for (k,) in keys:
+        text = records[k].text
+        for start, end in chunker.split(text):
+            piece = text[start:end]
+            out.append((piece, xxhash.xxh3_128_digest(piece.encode("utf-8"))))
+    return out
+
+
+def settle(conn: sqlite3.Connection, chunk_hashes: Iterable[bytes]) -> None:
+    """After a commit: the wholes with any of these chunks take their new state, and the documents
+    whose whole is now done serve it."""
+    chunk_hashes = list(chunk_hashes)
+    if not chunk_hashes or conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is None:
+        return  # an index without long documents pays one lookup a commit
+    _settling(conn)
+    conn.executemany("INSERT OR IGNORE INTO settling SELECT whole FROM text_chunks WHERE hash = ?",
+                     ((h,) for h in chunk_hashes))
+    _apply(conn)
+
+
+def _settle_wholes(conn: sqlite3.Connection, wholes: Iterable[bytes]) -> None:
+    _settling(conn)
+    conn.executemany("INSERT OR IGNORE INTO settling VALUES (?)", ((h,) for h in wholes))
+    _apply(conn)
+
+
+def _settling(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS settling (hash BLOB PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("DELETE FROM settling")
+
+
+def _apply(conn: sqlite3.Connection) -> None:
+    conn.execute(_SETTLE)
+    conn.execute("""UPDATE documents SET ready_hash = hash WHERE hash IN (SELECT s.hash FROM settling s
+                    JOIN contents c ON c.hash = s.hash WHERE c.state = 'done')""")
+
+
+def broken_wholes(conn: sqlite3.Connection) -> list[tuple[bytes, str]]:
+    """(whole, what is wrong) for every whole marked done with a chunk that is not done, or without
+    its chunk list: `verify` reports them, `verify --repair` re-queues them."""
+    return conn.execute("""
+        SELECT w.hash, 'chunk ' || t.ordinal || ' is ' || c.state FROM contents w
+            JOIN text_chunks t ON t.whole = w.hash JOIN contents c ON c.hash = t.hash
+            WHERE w.parts > 0 AND w.state = 'done' AND c.state != 'done' GROUP BY w.hash
+        UNION ALL
+        SELECT w.hash, 'its chunk list has ' || count(t.ordinal) || ' of ' || w.parts || ' chunks'
+            FROM contents w LEFT JOIN text_chunks t ON t.whole = w.hash
+            WHERE w.parts > 0 GROUP BY w.hash HAVING count(t.ordinal) != w.parts""").fetchall()
