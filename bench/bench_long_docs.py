@@ -11,13 +11,14 @@ past the page's first 256 tokens (the default model's window, counted with its o
 to 40 words, is mostly words, and occurs in no other page; its answer is its page. One query per page
 where such a sentence exists. Corpus and queries are written to bench/data/long_docs/ (deterministic).
 
-Arms, each a fresh index built by the command line with the real default model (inline, float32):
-  chunked     `indexer sync DOCS --index DIR --json`                 (the default: long pages chunked)
-  truncating  `indexer sync DOCS --index DIR --json --no-chunking`   (one vector of each page's start)
-Before chunking existed, a sync always truncated: then the truncating arm is a plain sync and the
-chunked arm is skipped (said in the output). Then `indexer search DIR --queries FILE --json -k 10`,
-and from its ranks: Recall@1, Recall@10 and MRR@10 (reciprocal rank of the page in the top 10, else 0).
-Sync throughput: pages/s and page tokens/s from the sync's own `seconds` (model load included).
+Arms, each a fresh index built by `indexer.sync(DIR, paths=[DOCS], chunking=...)` in a fresh process
+with the real default model (inline, float32), what `indexer sync DOCS --index DIR [--no-chunking]` runs:
+  chunked     chunking=True (the default: long pages chunked at the model's window)
+  truncating  chunking=False (`--no-chunking`: one vector of each page's start)
+Before chunking existed, a sync always truncated: then only the truncating arm runs (said in the
+output). Then `indexer search DIR --queries FILE --json -k 10`, and from its ranks: Recall@1, Recall@10
+and MRR@10 (reciprocal rank of the page in the top 10, else 0). Sync throughput: pages/s and page
+tokens/s from the sync's own `seconds` (model load included), and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -33,7 +34,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, ROOT, contention_note, machine, machine_markdown, table, update_results
+from _common import (
+    DATA,
+    ROOT,
+    child_result,
+    contention_note,
+    machine,
+    machine_markdown,
+    run_child,
+    table,
+    update_results,
+)
 from build_corpus import _doc_files, _read_doc, tokenizer
 
 WINDOW = 256  # the default model's max_seq_length, in tokens ([CLS] included)
@@ -115,15 +126,26 @@ def _indexer(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def has_chunking() -> bool:
-    return "--no-chunking" in _indexer("sync", "--help").stdout
+    import inspect
+
+    import indexer
+
+    return "chunking" in inspect.signature(indexer.sync).parameters
 
 
-def run_arm(arm: str, docs: Path, queries: Path, flags: list[str]) -> dict[str, object]:
+def child_sync(index: Path, docs: Path, chunking: str) -> None:
+    import indexer
+
+    kwargs = {} if chunking == "default" else {"chunking": chunking == "on"}
+    summary = indexer.sync(index, paths=[str(docs)], **kwargs)  # type: ignore[arg-type]
+    child_result(summary.to_dict())
+
+
+def run_arm(arm: str, docs: Path, queries: Path, chunking: str) -> dict[str, object]:
     index = OUT / f"index_{arm}"
     shutil.rmtree(index, ignore_errors=True)
-    t = time.perf_counter()
-    summary = json.loads(_indexer("sync", str(docs), "--index", str(index), "--json", "-q", *flags).stdout)
-    sync_wall = time.perf_counter() - t
+    summary = run_child([str(Path(__file__).resolve()), "--child-sync", str(index), str(docs), chunking])
+    sync_wall = float(summary["wall_s"])  # type: ignore[arg-type]
     qs = [json.loads(line) for line in queries.read_text(encoding="utf-8").splitlines()]
     qfile = OUT / "queries.txt"
     qfile.write_text("".join(q["query"] + "\n" for q in qs), encoding="utf-8")
@@ -137,15 +159,14 @@ def run_arm(arm: str, docs: Path, queries: Path, flags: list[str]) -> dict[str, 
         found = [h["id"] for h in r["hits"]]
         ranks.append(found.index(q["answer"]) + 1 if q["answer"] in found else None)
     n = len(ranks)
-    status = json.loads(_indexer("status", str(index), "--json").stdout)
     return {
         "arm": arm, "queries": n,
         "recall@1": sum(r == 1 for r in ranks) / n,
         "recall@10": sum(r is not None for r in ranks) / n,
         "mrr@10": sum(1 / r for r in ranks if r is not None) / n,
         "sync_s": float(summary["seconds"]), "sync_wall_s": sync_wall, "search_wall_s": search_wall,
-        "embedded": summary.get("embedded"), "chunks": status.get("chunks", status.get("done")),
-        "peak_rss_mb": summary.get("peak_rss_mb"),
+        "embedded": summary["embedded"],
+        "sync_peak_rss_mb": summary["peak_rss_mb"],
     }
 
 
@@ -154,15 +175,17 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-results", action="store_true", help="Leave bench/RESULTS.md alone.")
+    ap.add_argument("--child-sync", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child_sync:
+        child_sync(Path(a.child_sync[0]), Path(a.child_sync[1]), a.child_sync[2])
+        return
     note = contention_note()
     info = machine()
     docs, queries, corpus = build(a.docs, a.seed)
     print(f"corpus: {json.dumps(corpus)}", file=sys.stderr)
     chunking = has_chunking()
-    arms = [("truncating", ["--no-chunking"] if chunking else [])]
-    if chunking:
-        arms.insert(0, ("chunked", []))
+    arms = [("chunked", "on"), ("truncating", "off")] if chunking else [("truncating", "default")]
     rows = []
     for arm, flags in arms:
         r = run_arm(arm, docs, queries, flags)
@@ -176,12 +199,13 @@ def main() -> None:
         f"past the first {WINDOW} tokens of its page. Real default model (all-MiniLM-L6-v2), inline, "
         "float32; k=10.",
         "" if chunking else "\nChunking is not in this build: every sync truncates; only that arm ran.\n",
-        table(["index", "Recall@1", "Recall@10", "MRR@10", "vectors", "sync (s)", "pages/s",
-               "page tokens/s", "search all queries (s, CLI)"],
-              [[r["arm"], r["recall@1"], r["recall@10"], r["mrr@10"], r["chunks"], r["sync_s"],
-                corpus["pages"] / r["sync_s"], tokens / r["sync_s"], r["search_wall_s"]] for r in rows]),
+        table(["index", "Recall@1", "Recall@10", "MRR@10", "vectors embedded", "sync (s)", "pages/s",
+               "page tokens/s", "sync peak RSS (MB)", "search all queries (s, CLI)"],
+              [[r["arm"], r["recall@1"], r["recall@10"], r["mrr@10"], r["embedded"], r["sync_s"],
+                corpus["pages"] / r["sync_s"], tokens / r["sync_s"], r["sync_peak_rss_mb"],
+                r["search_wall_s"]] for r in rows]),
         "",
-        "Sync seconds are the sync's own (`seconds` of `--json`, model load included); search is the whole "
+        "Sync seconds are the sync's own (`SyncSummary.seconds`, model load included); search is the whole "
         "`indexer search --queries` process (interpreter start, model load, all queries).",
         "", "Machine:", "", machine_markdown(info),
     ])
