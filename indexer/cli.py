@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from click.core import ParameterSource
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
 from .runners import BACKENDS
-from .search import snippet
+from .search import QueryTruncatedWarning, snippet
 from .settings import DEFAULT_MODEL, Settings
 
 _DEFAULTS = Settings()
@@ -311,10 +312,14 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
     texts = list(queries) + (_read_queries(queries_file) if queries_file else [])
     if not texts:
         raise click.UsageError("give at least one query, as an argument or with --queries FILE")
-    with _errors(), _open(index_dir) as idx:
+    with _errors(), _open(index_dir) as idx, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QueryTruncatedWarning)
         results = idx.search(texts, k=k)
         found = [h for hits in results for h in hits]
         passages = idx.passages(found, sources, id_field, text_field) if sources and not as_json else {}
+    for w in caught:
+        if issubclass(w.category, QueryTruncatedWarning):
+            click.echo(f"indexer: warning: {w.message}", err=True)
     for n, (query, hits) in enumerate(zip(texts, results, strict=True), 1):
         if as_json:
             click.echo(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))

@@ -27,6 +27,7 @@ from .search import (
     query_texts,
     search_rows,
     served_texts,
+    warn_long_queries,
 )
 from .settings import Settings
 from .sources import open_sources
@@ -225,10 +226,12 @@ class Index:
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         """(queries, dim) float32 vectors of `queries` from the index's own model and configuration,
-        normalized as its vectors are. ModelLoadError when that model cannot be loaded here as it was."""
+        normalized as its vectors are. ModelLoadError when that model cannot be loaded here as it was;
+        a QueryTruncatedWarning for each query longer than the model's window."""
         texts = query_texts(self.config, queries)
         if self._query_embedder is None:
             self._query_embedder = load_query_embedder(self.config, self.path)
+        warn_long_queries(self.config, texts)
         vectors = np.asarray(self._query_embedder.embed(texts), dtype=np.float32)
         bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if len(bad):

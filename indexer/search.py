@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import sqlite3
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,8 +27,8 @@ from .errors import IndexerError, ModelLoadError
 from .manifest import content_hash
 from .sources import Record
 
-__all__ = ["BLOCK_BYTES", "ChunkRows", "Hit", "check_k", "load_query_embedder", "query_texts",
-           "search_rows", "served_texts", "snippet"]
+__all__ = ["BLOCK_BYTES", "ChunkRows", "Hit", "QueryTruncatedWarning", "check_k", "load_query_embedder",
+           "query_texts", "search_rows", "served_texts", "snippet", "warn_long_queries"]
 
 # Working memory of one block: its rows (float32) plus its score matrix and the selection's temporaries.
 BLOCK_BYTES = 128 * 2**20
@@ -81,6 +82,26 @@ def query_texts(config: EmbeddingConfig, queries: Sequence[str]) -> list[str]:
             raise IndexerError(f"query {n} is empty ({q!r}); give the text to search for")
         out.append(getattr(config, "query_prompt", "") + q)
     return out
+
+
+class QueryTruncatedWarning(UserWarning):
+    """A query longer than the model's window: only its first window of tokens was embedded."""
+
+
+def warn_long_queries(config: EmbeddingConfig, texts: Sequence[str]) -> None:
+    """Warn (QueryTruncatedWarning) for each query the model cuts at its window, counted with the
+    model's own tokenizer as the chunker counts documents; nothing for models without a window."""
+    from .chunking import make_chunker
+
+    chunker = make_chunker(config.model, config.max_seq_length, "", 0, 0)
+    if chunker is None:
+        return
+    for n, text in enumerate(texts, 1):
+        if chunker.over_budget(text):
+            warnings.warn(QueryTruncatedWarning(
+                f"query {n} is longer than the {config.max_seq_length}-token window of model "
+                f"{config.model!r}: only its beginning was embedded; shorten it to search by all of it"),
+                stacklevel=3)
 
 
 def load_query_embedder(config: EmbeddingConfig, index_dir: object) -> Any:

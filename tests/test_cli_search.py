@@ -158,6 +158,10 @@ def test_real_model_finds_a_document_from_its_own_text(tmp_path: Path, write_jso
     assert lines[1]["hits"][0]["id"] == "rust" and lines[1]["hits"][0]["score"] == pytest.approx(1, abs=1e-4)
     assert lines[2]["hits"][0]["id"] == "bread"
     assert all(len(line["hits"]) == 5 for line in lines)
+    assert "warning" not in r.stderr
+    r = invoke("search", tmp_path / "ix", "the tides " * 200, "--json")  # ~400 tokens: over the window
+    assert r.exit_code == 0 and json.loads(r.stdout)["hits"][0]["id"] == "tides"
+    assert "indexer: warning: query 1 is longer than the 256-token window" in r.stderr
 
 
 def test_chunked_hits_show_their_passage(tmp_path: Path, write_jsonl: object) -> None:

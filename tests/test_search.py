@@ -304,3 +304,23 @@ def test_chunked_index_ranks_documents_by_their_best_chunk(tmp_path: Path, small
         want = sorted(best.items(), key=lambda item: -item[1][0])[:6]
         assert [(h.id, h.chunk) for h in got] == [(d, o) for d, (_, o) in want]
         np.testing.assert_allclose([h.score for h in got], [sc for _, (sc, _) in want], rtol=1e-5)
+
+
+def test_a_query_longer_than_the_window_is_embedded_with_a_warning(tmp_path: Path,
+                                                                    small_settings: Settings) -> None:
+    from tiny_model import MAX_SEQ_LENGTH, build_tiny_model
+
+    from indexer.search import QueryTruncatedWarning
+
+    model = build_tiny_model(tmp_path / "m")
+    ix = _index(tmp_path, 4, small_settings, model=str(model))
+    long_query = " ".join(["function"] * (MAX_SEQ_LENGTH + 5))
+    with indexer.open(ix) as idx:
+        with pytest.warns(QueryTruncatedWarning, match="query 2 is longer than the 64-token window"):
+            hits = idx.search(["function", long_query], k=2)
+        assert len(hits[1]) == 2
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", QueryTruncatedWarning)
+            idx.search(["function " * (MAX_SEQ_LENGTH - 10)], k=1)  # fits: no warning
