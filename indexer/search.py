@@ -195,9 +195,12 @@ def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized
     if n_rows and q.shape[1] != vectors[0:1].shape[1]:
         raise IndexerError(f"query vectors have {q.shape[1]} dims but the index's have "
                            f"{vectors[0:1].shape[1]}")
+    norms = np.linalg.norm(q, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        raise IndexerError(f"query vector {bad[0] + 1} is zero or not finite; it can match nothing")
     if not normalized:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        q = q / norms[:, None]
     ids = rows.ids
     best: list[dict[str, tuple[float, int]]] = [{} for _ in range(len(q))]
     for q0 in range(0, len(q), QUERY_BATCH):

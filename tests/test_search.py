@@ -152,6 +152,17 @@ def test_k_must_be_a_positive_whole_number(k: object) -> None:
         search_rows(rows, np.ones((1, 4), np.float32), k)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.0])
+def test_query_vectors_that_are_zero_or_not_finite_are_refused(bad: float) -> None:
+    rows = _rows(3, 4, np.random.default_rng(0))
+    q = np.ones((2, 4), np.float32)
+    q[1] = 0 if bad == 0 else q[1]
+    q[1, 2] = bad
+    for normalized in (True, False):
+        with pytest.raises(IndexerError, match="query vector 2 is zero or not finite"):
+            search_rows(rows, q, 1, normalized=normalized)
+
+
 def test_query_vectors_of_another_dimension_are_refused() -> None:
     rows = _rows(3, 4, np.random.default_rng(0))
     with pytest.raises(IndexerError, match="5 dims but the index's have 4"):
