@@ -39,14 +39,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 from aiohttp import web
+
+from indexer.embedders.fake import FakeEmbedder
 
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
-    """The fake model's vector (indexer.embedders.fake): seeded with XXH3-64 of the UTF-8 text."""
-    v = np.random.default_rng(xxhash.xxh3_64_intdigest(text.encode("utf-8"))).standard_normal(dim)
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    """The fake model's vector (indexer.embedders.fake), so a test can compare what it stored."""
+    return FakeEmbedder(dim).embed([text])[0]
 
 
 def count_tokens(text: str, bytes_per_token: float = 4.0) -> int:

@@ -332,7 +332,8 @@ def test_fake_model_is_deterministic_across_processes() -> None:
 def test_fake_model_gives_distinct_unit_vectors() -> None:
     fake = load_embedder("fake:64")
     assert isinstance(fake, FakeEmbedder)
-    assert fake.info == ModelInfo(model="fake:64", revision="fake", dim=64, normalize=True, max_seq_length=0)
+    assert fake.info == ModelInfo(model="fake:64", revision="fake-2", dim=64, normalize=True,
+                                  max_seq_length=0)
     vecs = fake.embed(FAKE_TEXTS)
     assert vecs.dtype == np.float32 and vecs.shape == (len(FAKE_TEXTS), 64)
     assert np.isfinite(vecs).all()

@@ -92,7 +92,7 @@ def served(index_dir: Path) -> dict[str, np.ndarray]:
 OLD_TOML = """# The embedding configuration this index is bound to. Do not edit.
 [embedding]
 model = "fake:16"
-revision = "fake"
+revision = "{revision}"
 dim = 16
 dtype = "float32"
 normalize = true
@@ -108,10 +108,11 @@ def old_fingerprint(values: dict[str, object]) -> str:
 
 
 def test_an_index_toml_from_before_runtimes_reads_with_the_defaults(tmp_path: Path) -> None:
-    values: dict[str, object] = {"model": "fake:16", "revision": "fake", "dim": 16, "dtype": "float32",
-                                 "normalize": True, "max_seq_length": 0, "prompt": ""}
+    values: dict[str, object] = {"model": "fake:16", "revision": FakeEmbedder(16).info.revision, "dim": 16,
+                                 "dtype": "float32", "normalize": True, "max_seq_length": 0, "prompt": ""}
     path = tmp_path / "index.toml"
-    path.write_text(OLD_TOML.format(fingerprint=old_fingerprint(values)), encoding="utf-8")
+    toml = OLD_TOML.format(fingerprint=old_fingerprint(values), revision=values["revision"])
+    path.write_text(toml, encoding="utf-8")
     config = read_config(path)
     assert (config.runtime, config.truncate_dim) == ("torch", 0)
     # the same configuration, and the same fingerprint, as before the new fields
