@@ -56,6 +56,7 @@ def build(n: int, dim: int, dtype: str) -> float:
 
     from indexer import Index, Settings
     from indexer.config import EmbeddingConfig
+    from indexer.embedders.fake import FakeEmbedder
 
     path = index_path(n, dim, dtype)
     if (path / DONE_MARK).exists():
@@ -63,8 +64,9 @@ def build(n: int, dim: int, dtype: str) -> float:
     shutil.rmtree(path, ignore_errors=True)
     t = time.perf_counter()
     settings = Settings(dtype=dtype)
-    config = EmbeddingConfig(model=f"fake:{dim}", revision="fake", dim=dim, dtype=dtype, normalize=True,
-                             max_seq_length=0)
+    info = FakeEmbedder(dim).info  # the configuration a fake-model sync would record
+    config = EmbeddingConfig(model=info.model, revision=info.revision, dim=dim, dtype=dtype,
+                             normalize=True, max_seq_length=0)
     idx = Index.create(path, config, settings)
     rows = idx.store.chunk_rows
     n_chunks = -(-n // rows)
