@@ -333,9 +333,9 @@ def _read_queries(path: str) -> list[str]:
               help='One JSON line per query, in order: {"query", "hits": [{"id", "score", "chunk", '
                    '"start", "end"}]}.')
 @click.option("--source", "sources", multiple=True, metavar="SOURCE",
-              help="The sources the index was synced from (as given to sync; repeatable): shows each "
-                   "hit's passage. The index keeps no text; a document whose text changed since it was "
-                   "embedded shows its span only.")
+              help="The sources the index was synced from (as given to sync; repeatable): the plain "
+                   "output shows each hit's passage under it. The index keeps no text; a document whose "
+                   "text changed since it was embedded shows its span only.")
 @click.option("--id-field", default="id", show_default=True, help="[--source] Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="[--source] Text field or column.")
 def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str | None, as_json: bool,
@@ -344,7 +344,8 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
 
     Queries are embedded with the index's own model and configuration. A document scores as its best
     chunk (cosine similarity); each hit names the chunk and its character span [start, end) in the
-    document's text.
+    document's text. Each call reads every vector once (bounded memory); for fast single queries over
+    millions of rows build an approximate index instead (docs/SEARCH.md).
     """
     texts = list(queries) + (_read_queries(queries_file) if queries_file else [])
     if not texts:
