@@ -178,6 +178,40 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmHWM, RssAnon, ...). For a child's
+    peak, VmHWM rather than getrusage: Linux keeps ru_maxrss across exec, so a child started by a
+    larger parent reports the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+@contextmanager
+def anon_peak() -> Iterator[dict[str, float]]:
+    """Samples RssAnon (which has no high-water mark of its own) every 5 ms while the block runs;
+    afterwards the dict holds "peak_anon_mb" and "peak_rss_mb" (VmHWM)."""
+    import threading
+
+    out = {"peak_anon_mb": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            out["peak_anon_mb"] = max(out["peak_anon_mb"], status_mb("RssAnon"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        sampler.join()
+        out["peak_anon_mb"] = max(out["peak_anon_mb"], status_mb("RssAnon"))
+        out["peak_rss_mb"] = status_mb("VmHWM")
+
+
 def child_result(result: dict[str, object]) -> None:
     """A child's last word: its result on one marked line of stdout, with its own peak RSS."""
     result.setdefault("peak_rss_mb", peak_rss_mb())

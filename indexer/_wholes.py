@@ -64,37 +64,43 @@ def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: 
           split: bool) -> Staged:
     """What the new and changed texts `todo` (hash, text) add; a text known already adds nothing."""
     out = Staged()
-    seen: dict[bytes, tuple[int, int]] = {}
-    for h, text in todo:
-        known = seen.get(h)
-        if known is None:
-            row = conn.execute("SELECT parts, truncated FROM contents WHERE hash = ?", (h,)).fetchone()
-            known = (max(row[0], 1), row[1]) if row is not None else _add(out, h, text, chunker, split)
-            seen[h] = known
-        out.chunks += known[0]
-        out.truncated += known[1]
+    if chunker is None:  # an index that neither chunks nor counts: every text is one plain content
+        out.contents = [(h, len(text), text, 0) for h, text in todo]
+        out.chunks = len(todo)
+        return out
+    distinct = dict(todo)
+    known: dict[bytes, tuple[int, int]] = {}  # hash -> (chunks, truncated) of the contents known already
+    hashes = list(distinct)
+    for start in range(0, len(hashes), 500):
+        part = hashes[start:start + 500]
+        known.update((h, (max(parts, 1), cut)) for h, parts, cut in conn.execute(
+            f"SELECT hash, parts, truncated FROM contents WHERE hash IN ({','.join('?' * len(part))})", part))
+    new = {h: text for h, text in distinct.items() if h not in known}
+    texts = list(new.values())
+    if not split:
+        for (h, text), cut in zip(new.items(), chunker.over_budget_many(texts), strict=True):
+            out.contents.append((h, len(text), text, int(cut)))
+            known[h] = (1, int(cut))
+    else:
+        for (h, text), spans in zip(new.items(), chunker.split_many(texts), strict=True):
+            _add(out, h, text, spans)
+            known[h] = (len(spans), 0)
+    for h, _ in todo:
+        out.chunks += known[h][0]
+        out.truncated += known[h][1]
     return out
 
 
-def _add(out: Staged, h: bytes, text: str, chunker: Chunker | None, split: bool) -> tuple[int, int]:
-    if chunker is None:
-        out.contents.append((h, len(text), text, 0))
-        return 1, 0
-    if not split:
-        cut = int(chunker.over_budget(text))
-        out.contents.append((h, len(text), text, cut))
-        return 1, cut
-    spans = chunker.split(text)
+def _add(out: Staged, h: bytes, text: str, spans: list[tuple[int, int]]) -> None:
     if len(spans) == 1:
         out.contents.append((h, len(text), text, 0))
-        return 1, 0
+        return
     out.wholes.append((h, len(text), len(spans)))
     for ordinal, (start, end) in enumerate(spans):
         piece = text[start:end]
         piece_hash = xxhash.xxh3_128_digest(piece.encode("utf-8"))
         out.contents.append((piece_hash, len(piece), piece, 0))
         out.chunk_rows.append((h, ordinal, piece_hash, start, end))
-    return len(spans), 0
 
 
 def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[str, object],
@@ -106,10 +112,10 @@ def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[st
     keys = conn.execute(items_sql + """SELECT i.key FROM items i JOIN contents w ON w.hash = i.hash
         WHERE w.parts > 0 AND EXISTS (SELECT 1 FROM text_chunks t JOIN contents c ON c.hash = t.hash
             WHERE t.whole = w.hash AND c.state = 'pending' AND c.text IS NULL)""", params).fetchall()
+    texts = [records[k].text for (k,) in keys]
     out = []
-    for (k,) in keys:
-        text = records[k].text
-        for start, end in chunker.split(text):
+    for text, spans in zip(texts, chunker.split_many(texts), strict=True):
+        for start, end in spans:
             piece = text[start:end]
             out.append((piece, xxhash.xxh3_128_digest(piece.encode("utf-8"))))
     return out

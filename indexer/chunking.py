@@ -63,6 +63,8 @@ _WORD = re.compile(r"\s+")
 _LEVELS = (_PARAGRAPH, _SENTENCE, _WORD)
 # A segment (packed on its own, see the module docstring) holds about this many budgets of tokens.
 _SEGMENT_BUDGETS = 2.0
+# Tokens kept free in a chunk for a tokenizer whose count of a piece depends on its context.
+_MARGIN = 4
 
 
 class TokenCounter(Protocol):
@@ -79,6 +81,10 @@ class TokenCounter(Protocol):
         """Start and end character of every token of `text` (no special tokens), in order."""
         ...
 
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`offsets` of each text (a tokenizer may do them in one call)."""
+        ...
+
 
 class WordCounter:
     """Whitespace-separated words as tokens: the fake model's count (it has no tokenizer)."""
@@ -91,6 +97,9 @@ class WordCounter:
         spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
         a = np.array(spans, dtype=np.int64).reshape(-1, 2)
         return a[:, 0], a[:, 1]
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.offsets(t) for t in texts]
 
 
 class HFTokenCounter:
@@ -110,9 +119,50 @@ class HFTokenCounter:
         self.specials = int(post.num_special_tokens_to_add(False)) if post is not None else 0
 
     def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tokenizer.encode(text, add_special_tokens=False)
-        a = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        return a[:, 0], a[:, 1]
+        return self.offsets_many([text])[0]
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        # One call for many texts: the Rust side works on them in parallel, without a round trip each.
+        out = []
+        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
+            a = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            out.append((a[:, 0], a[:, 1]))
+        return out
+
+
+class ApiTokenCounter:
+    """An API model's tokens as its backend counts them (runners/_tokens.py): with a local
+    tokenizer.json for the model where one is found offline, else by the estimate of one token per
+    BYTES_PER_TOKEN_ESTIMATE UTF-8 bytes (which over-counts natural text, so chunks come out shorter
+    than the limit; the backend cuts further the rare input the server still finds too long). A
+    tiktoken encoding (no offsets) is counted by the estimate here."""
+
+    context_free = False
+    cheap = False
+
+    def __init__(self, model: str) -> None:
+        from .runners._tokens import token_counter
+
+        counter = token_counter(model)
+        self._hf: Any = getattr(counter, "tokenizer", None)  # a tokenizers.Tokenizer, or None
+        self.name = counter.name if self._hf is not None else "estimate"
+        self.specials = len(self._hf.encode("").ids) if self._hf is not None else 0
+
+    def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._hf is not None:
+            a = np.array(self._hf.encode(text, add_special_tokens=False).offsets, dtype=np.int64)
+            return a.reshape(-1, 2)[:, 0], a.reshape(-1, 2)[:, 1]
+        from .runners._tokens import BYTES_PER_TOKEN_ESTIMATE
+
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        utf8 = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+        char_bytes = np.concatenate(([0], np.cumsum(utf8)[:-1])).astype(np.int64)
+        token_bytes = np.arange(0, int(utf8.sum()), BYTES_PER_TOKEN_ESTIMATE)
+        starts = np.searchsorted(char_bytes, token_bytes, side="right") - 1
+        return starts, np.append(starts[1:], len(text))
+
+    def offsets_many(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.offsets(t) for t in texts]
 
 
 def load_token_counter(model: str) -> HFTokenCounter:
@@ -180,19 +230,36 @@ class Chunker:
         counter = self._ready()
         return counter.cheap and len(text) <= self._budget and _EXPANDING.search(text) is None
 
+    def _counted(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The token offsets of each text that does not fit cheaply (None for those that do)."""
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(texts)
+        need = [i for i, text in enumerate(texts) if not self.fits_cheaply(text)]
+        if need:
+            for i, found in zip(need, self.counter.offsets_many([texts[i] for i in need]), strict=True):
+                out[i] = found
+        return out
+
+    def over_budget_many(self, texts: list[str]) -> list[bool]:
+        """Whether each text has more tokens than the budget: embedded whole, it would be truncated."""
+        return [found is not None and len(found[0]) > self._budget for found in self._counted(texts)]
+
     def over_budget(self, text: str) -> bool:
-        """Whether `text` has more tokens than the budget: embedded whole, it would be truncated."""
-        return not self.fits_cheaply(text) and len(self.counter.offsets(text)[0]) > self._budget
+        return self.over_budget_many([text])[0]
+
+    def split_many(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """`split` of each text, the texts that need counting tokenized in one call."""
+        out = []
+        for text, found in zip(texts, self._counted(texts), strict=True):
+            if found is None or len(found[0]) <= self._budget:
+                out.append([(0, len(text))])
+            else:
+                out.append(_Packing(self, text, *found).spans())
+        return out
 
     def split(self, text: str) -> list[tuple[int, int]]:
         """Character spans (start, end) of the chunks of `text`, in order. A text that fits is one span,
         the whole text, so that it gets the very vector it gets unchunked."""
-        if self.fits_cheaply(text):
-            return [(0, len(text))]
-        starts, ends = self.counter.offsets(text)
-        if len(starts) <= self._budget:
-            return [(0, len(text))]
-        return _Packing(self, text, starts, ends).spans()
+        return self.split_many([text])[0]
 
 
 class _Packing:
@@ -201,7 +268,10 @@ class _Packing:
         self.text = text
         self.starts = starts.tolist()
         self.ends = ends.tolist()
-        self.limit = chunker.budget - chunker.overlap  # units are packed to this; overlap fills the rest
+        # Units are packed to this; overlap fills the rest. A count that depends on the context (a
+        # leading space, a byte-level merge across a cut) may differ alone by a token or two: a margin.
+        margin = 0 if chunker.counter.context_free else _MARGIN
+        self.limit = max(1, chunker.budget - chunker.overlap - margin)
 
     def tokens(self, a: int, b: int) -> int:
         return bisect_left(self.starts, b) - bisect_left(self.starts, a)
@@ -292,19 +362,20 @@ def _trimmed(text: str, a: int, b: int) -> Iterator[tuple[int, int]]:
 
 
 def make_chunker(model: str, max_seq_length: int, prompt: str, chunk_tokens: int,
-                 overlap: int) -> Chunker | None:
+                 overlap: int, *, api: bool = False) -> Chunker | None:
     """The chunker for an index's configuration, or None where there is nothing to chunk by.
 
     The fake model has no window: it chunks only by `chunk_tokens`, counting whitespace words. Any
     other model chunks at its window (less its special and prompt tokens) or at `chunk_tokens`, which
-    may only be less. The tokenizer is loaded on first use."""
+    may only be less; an API model (`api`) at its per-input limit, counted as its backend counts. The
+    tokenizer is loaded on first use."""
     if model.startswith("fake:"):
         return Chunker(lambda: (WordCounter(), chunk_tokens), overlap) if chunk_tokens else None
     if max_seq_length <= 0:
         return None
 
     def load() -> tuple[TokenCounter, int]:
-        tok = load_token_counter(model)
+        tok: HFTokenCounter | ApiTokenCounter = ApiTokenCounter(model) if api else load_token_counter(model)
         prompt_tokens = len(tok.offsets(prompt)[0]) if prompt else 0
         window = max_seq_length - tok.specials - prompt_tokens
         if chunk_tokens > window:

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
 from .config import DTYPES, RUNTIMES
+from .index import EXPORT_FORMATS
 from .runners import BACKENDS
 from .search import QueryTruncatedWarning, snippet
 from .settings import DEFAULT_MODEL, Settings
@@ -123,6 +124,19 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
               help="Keep the first D dimensions of each vector, renormalized (Matryoshka-style): less "
                    "disk and faster search, some loss of quality unless the model was trained for it. "
                    "New index: the model's full dimension; existing: its own.")
+@click.option("--prompt", default=None, metavar="TEXT",
+              help="Prepended to every document before embedding, as sentence-transformers' encode(text, "
+                   "prompt=...) does, e.g. \"passage: \" for e5 models. New index: none; existing: its own.")
+@click.option("--prompt-name", default=None, metavar="NAME",
+              help="Take the document prompt from the prompts the model defines in its sentence-transformers "
+                   "configuration (e.g. document).")
+@click.option("--query-prompt", default=None, metavar="TEXT",
+              help="The prompt queries get (e.g. \"query: \"), recorded in the index for search. New "
+                   "index: none; existing: its own.")
+@click.option("--template", default=None, metavar="TEMPLATE",
+              help="Compose the embedded text from fields of each record, e.g. \"{title}: {text}\" (JSONL "
+                   "keys, CSV/Parquet columns; {{ }} for literal braces). A record missing a field is "
+                   "skipped with a warning. New index: the --text-field alone; existing: its own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
               help="At most this many texts per forward pass ([gpus] on CUDA and [openai]: only when "
                    "given).")
@@ -169,7 +183,8 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
 @click.option("--no-truncate", is_flag=True, default=False,
               help="[openai] Fail inputs over the model's token limit instead of truncating them.")
 def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
-             runtime: str | None, truncate_dim: int | None, batch_size: int, id_field: str,
+             runtime: str | None, truncate_dim: int | None, prompt: str | None, prompt_name: str | None,
+             query_prompt: str | None, template: str | None, batch_size: int, id_field: str,
              text_field: str, delete_missing: bool, dry_run: bool,
              as_json: bool, quiet: bool, backend: str, chunking: bool | None, chunk_tokens: int | None,
              chunk_overlap: int | None, **backend_flags: Any) -> None:
@@ -200,8 +215,9 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
                            delete_missing=delete_missing, dry_run=dry_run, id_field=id_field,
                            text_field=text_field, on_progress=progress, backend=backend,
                            backend_options=options, settings=Settings.from_env(), runtime=runtime,
-                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, chunking=chunking,
-                           chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+                           truncate_dim=truncate_dim, batch_tokens=batch_tokens, prompt=prompt,
+                           prompt_name=prompt_name, query_prompt=query_prompt, template=template,
+                           chunking=chunking, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
         finally:
             if bar is not None:
                 bar.close()
@@ -246,6 +262,10 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
     if st["truncated"]:
         click.echo(f"truncated {st['truncated']} document(s) longer than the model's window: their text "
                    "past it is not embedded (an unchunked index)")
+    if st["prompt"] or st["query_prompt"]:
+        click.echo(f"prompts   documents {st['prompt']!r}, queries {st['query_prompt']!r}")
+    if st["template"]:
+        click.echo(f"template  {st['template']!r}")
     if isinstance(run, dict):
         click.echo(f"last run  #{run['id']} {run['state']}")
     for doc_id, reason in failures:
@@ -255,6 +275,8 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
 def _chunking_line(st: dict[str, Any]) -> str:
     if not st["chunking"]:
         return "unchunked: one vector a document"
+    if not st["chunk_tokens"] and str(st["model"]).startswith("fake:"):
+        return "the fake model has no window: it chunks only with --chunk-tokens"
     line = f"at most {st['chunk_tokens']} tokens" if st["chunk_tokens"] else "at the model's window"
     return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
 
@@ -296,17 +318,21 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("index_dir", metavar="DIR")
-@click.option("--out", required=True, metavar="FILE.npy", help="Where to write the vectors (.npy).")
+@click.option("--out", required=True, metavar="FILE",
+              help="Where to write the vectors: FILE.npy (a matrix), or FILE.parquet (id and vector "
+                   "columns, readable by pyarrow, DuckDB, Polars).")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
+              help="npy or parquet; default: by the extension of --out (.parquet, else npy).")
 @click.option("--ids", "ids_out", default=None, metavar="FILE",
-              help="Also write the ids, one a line, in row order (chunks: one JSON object a line, "
+              help="[npy] Also write the ids, one a line, in row order (chunks: one JSON object a line, "
                    '{"id", "chunk", "start", "end"}: the chunk\'s number and character span in the text).')
 @click.option("--level", type=click.Choice(["documents", "chunks"]), default="documents", show_default=True,
               help="One row a document (a long one: the normalized mean of its chunk vectors) or one row "
-                   "a chunk.")
-def export(index_dir: str, out: str, ids_out: str | None, level: str) -> None:
-    """Write every served vector to a .npy file, rows in the order of --ids."""
+                   "a chunk (npy only).")
+def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None, level: str) -> None:
+    """Write every served vector to a .npy file (rows in the order of --ids) or a Parquet file."""
     with _errors(), _open(index_dir) as idx:
-        n = idx.export(out, ids_out, level=level)
+        n = idx.export(out, ids_out, fmt, level=level)
     what = "chunk vectors" if level == "chunks" else "vectors"
     click.echo(f"exported {n} {what} to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
                err=True)
@@ -372,6 +398,34 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
         if stale:
             click.echo(f"indexer: warning: {len(stale)} hit document(s) not found in the sources with the "
                        "text the index serves (changed or missing since the sync): spans only", err=True)
+
+
+@cli.command("push")
+@click.argument("index_dir", metavar="DIR")
+@click.option("--to", "to", required=True, metavar="lancedb:PATH",
+              help="The vector store to mirror the index into: lancedb:PATH (a LanceDB directory; needs "
+                   "pip install 'indexer[lancedb]').")
+@click.option("--table", default="vectors", show_default=True, help="Table name in the target.")
+@click.option("--replace", is_flag=True,
+              help="Drop the table and push everything (e.g. a table that was changed outside indexer).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) -> None:
+    """Mirror the index into a vector store table: id and vector of every served document.
+
+    The first push writes everything; each later one sends only what changed since the last push to
+    that table: new and changed documents, and deletes of deleted ones. A push that stops part-way is
+    finished by the next one. Safe while a sync runs (what it changes goes with the next push).
+    """
+    from .push import push
+
+    with _errors(), _open(index_dir) as idx:
+        report = push(idx, to, table=table, replace=replace)
+    for w in report.warnings:
+        click.echo(f"indexer: warning: {w}", err=True)
+    click.echo(f"pushed {index_dir} to {report.target}: upserted {report.upserted}, deleted "
+               f"{report.deleted}; the table has {report.rows} rows ({report.seconds:.1f}s)", err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
 
 
 @cli.command()

@@ -38,6 +38,12 @@ class EmbeddingConfig:
     # Matryoshka-style truncation: the first `truncate_dim` dims of the model's vector, L2-renormalized
     # (then dim == truncate_dim). 0 means no truncation: TOML has no null, and 0 is never a valid D.
     truncate_dim: int = 0
+    # The prompt a query gets before it is embedded (`prompt` is the documents'). It changes no stored
+    # vector, but searching with another one than the index was built for gives worse results silently.
+    query_prompt: str = ""
+    # How the embedded text is composed from a record's fields ("{title}: {text}"); "" means the text
+    # field alone (sources/_template.py).
+    template: str = ""
     # Long documents split into chunks of at most `chunk_tokens` tokens (0: the model's window less its
     # special tokens), each embedded; False (an index from before chunking, or --no-chunking): one
     # vector a document, its text cut at the window. `chunk_overlap`: tokens of the text before a chunk
@@ -75,11 +81,14 @@ class EmbeddingConfig:
             )
 
 
-_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "chunking": False,
-                                   "chunk_tokens": 0, "chunk_overlap": 0}
+_LATER_DEFAULTS: dict[str, Any] = {"runtime": "torch", "truncate_dim": 0, "query_prompt": "",
+                                   "template": "", "chunking": False, "chunk_tokens": 0, "chunk_overlap": 0}
 _WHY = {
     "runtime": " (these runtimes give different vectors)",
     "truncate_dim": " (0 means none; vectors truncated to another dimension are different vectors)",
+    "prompt": " (the documents' prompt changes every vector)",
+    "query_prompt": " (queries must be embedded as the index was meant to be searched)",
+    "template": " (the template decides which text each document's vector is of)",
     "chunking": " (--no-chunking: one vector a document, cut at the model's window; chunked documents "
                 "have other vectors)",
     "chunk_tokens": " (0 means the model's window; other chunks have other vectors)",

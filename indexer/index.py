@@ -42,7 +42,10 @@ from .vectors import (
     vectors_of,
 )
 
-__all__ = ["CompactReport", "Index", "VerifyReport"]
+__all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "vector_array", "vector_schema"]
+
+EXPORT_FORMATS = ("npy", "parquet")
+PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -62,6 +65,25 @@ def filesystem_type(path: Path) -> str | None:
                 and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
     return fstype
+
+
+def vector_schema(dim: int, dtype: np.dtype) -> Any:
+    """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.string(), nullable=False),
+                      pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
+
+
+def vector_array(block: np.ndarray) -> Any:
+    """An (n, dim) matrix as an Arrow fixed-size list array, without copying the values."""
+    import pyarrow as pa
+
+    flat = np.ascontiguousarray(block).reshape(-1)
+    # from_buffers wraps the memory as it is; pa.array converts float16 value by value (slow).
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
+    return pa.FixedSizeListArray.from_arrays(values, block.shape[1])
 
 
 @dataclass
@@ -166,8 +188,9 @@ class Index:
         out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
                    normalize=self.config.normalize, revision=self.config.revision,
                    runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   chunking=self.config.chunking, chunk_tokens=self.config.chunk_tokens,
-                   chunk_overlap=self.config.chunk_overlap,
+                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
+                   template=self.config.template, chunking=self.config.chunking,
+                   chunk_tokens=self.config.chunk_tokens, chunk_overlap=self.config.chunk_overlap,
                    chunk_rows=self.store.chunk_rows)
         return out
 
@@ -194,16 +217,31 @@ class Index:
         """Vectors of `ids`, in that order, as rows of `vectors()`. KeyError names the ids that have none."""
         return vectors_of(self.manifest.conn, list(ids), self.store)
 
-    def export(self, out: str | Path, ids_out: str | Path | None = None, level: str = "documents") -> int:
-        """Write the vectors to a .npy file, one row a document (`level="documents"`) or a chunk
-        (`level="chunks"`); with `ids_out`, the ids in row order, one a line (documents), or one JSON
-        object a line {"id", "chunk", "start", "end"} (chunks)."""
+    def export(self, out: str | Path, ids_out: str | Path | None = None, format: str | None = None,
+               level: str = "documents") -> int:
+        """Write the vectors to a .npy file (and the ids, one a line, to `ids_out`), or to a Parquet
+        file with an id and a vector column. `format` ("npy" or "parquet") defaults to `out`'s
+        extension. One row a document (`level="documents"`; a long one: the normalized mean of its
+        chunks) or a chunk (`level="chunks"`, .npy only; `ids_out` then holds one JSON object a line,
+        {"id", "chunk", "start", "end"}). Returns the number of rows."""
+        out = Path(out)
+        if format is None:
+            format = "parquet" if out.suffix.lower() == ".parquet" else "npy"
+        if format not in EXPORT_FORMATS:
+            raise IndexerError(f"export format {format!r} is not known; choose one of "
+                               f"{', '.join(EXPORT_FORMATS)}")
         if level not in ("documents", "chunks"):
             raise IndexerError(f"export level {level!r}: choose documents or chunks")
+        if format == "parquet":
+            if ids_out is not None:
+                raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
+            if level == "chunks":
+                raise IndexerError("a chunk-level export is written as .npy (with --ids for the chunks' "
+                                   "ids and spans); Parquet holds one row a document")
+            return self._export_parquet(out)
         chunks = self.chunks() if level == "chunks" else None
         ids, vecs = (chunks.ids, chunks.vectors) if chunks is not None else self.vectors()
         rows = vecs._rows()
-        out = Path(out)
         tmp = out.with_name(out.name + ".partial")
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype,
                                            shape=(len(rows.slots), self.store.dim))
@@ -225,10 +263,11 @@ class Index:
     # -- search (indexer/search.py) ------------------------------------------------------------
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
-        """(queries, dim) float32 vectors of `queries` from the index's own model and configuration,
-        normalized as its vectors are. ModelLoadError when that model cannot be loaded here as it was;
-        a QueryTruncatedWarning for each query longer than the model's window."""
-        texts = query_texts(self.config, queries)
+        """(queries, dim) float32 vectors of `queries` from the index's own model and configuration
+        (with its query prompt), normalized as its vectors are. ModelLoadError when that model cannot
+        be loaded here as it was; a QueryTruncatedWarning for each query longer than the model's
+        window."""
+        texts = query_texts(queries)
         if self._query_embedder is None:
             self._query_embedder = load_query_embedder(self.config, self.path)
         warn_long_queries(self.config, texts)
@@ -265,6 +304,32 @@ class Index:
             raise IndexerError(f"index {self.path} has no embedded documents to search ({counts['pending']} "
                                f"pending); run `indexer sync` first")
         return rows
+
+    def _export_parquet(self, out: Path) -> int:
+        """One row group per step of rows, each read from the store and written before the next, so
+        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
+        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
+        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        _, vecs = self.vectors()
+        rows = vecs._rows()
+        ids, slots = rows.ids, rows.slots
+        schema = vector_schema(self.store.dim, self.store.dtype)
+        tmp = out.with_name(out.name + ".partial")
+        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
+        try:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for start in range(0, len(slots), step):
+                    block = read_rows(self.store, rows, slots[start:start + step])
+                    writer.write_batch(pa.record_batch(
+                        [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
+                        schema=schema), row_group_size=step)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(slots)
 
     # -- maintenance ----------------------------------------------------------------------------
 

@@ -557,13 +557,13 @@ class Manifest:
             WHERE d.deleted = 0 AND c.state = 'failed' ORDER BY d.id LIMIT ?""", (limit,)).fetchall()
 
     def served_slots(self) -> list[tuple[str, int]]:
-        """(id, slot) of every live document with a vector, in slot order (one snapshot)."""
+        """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
+        a long document, served as the mean of its chunks, has none (`Index.chunks()` has them)."""
         return self.conn.execute("""SELECT d.id, c.slot FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0 ORDER BY c.slot, d.id""").fetchall()
+            ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
 
     def served_count(self) -> int:
-        return int(self.conn.execute("""SELECT count(*) FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0""").fetchone()[0])
+        return int(self.conn.execute(SERVED_COUNT_SQL).fetchone()[0])
 
     def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -571,7 +571,8 @@ class Manifest:
             part = ids[start:start + 500]
             marks = ",".join("?" * len(part))
             out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
-                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND d.id IN ({marks})""", part).fetchall())
+                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
+                part).fetchall())
         return out
 
     def done_slots(self) -> list[tuple[bytes, int]]:
@@ -609,8 +610,9 @@ class Manifest:
             # One pass over documents: no index on ready_hash (commits would pay for it on every row).
             conn.execute("UPDATE documents SET ready_hash = NULL "
                          "WHERE ready_hash IN (SELECT hash FROM requeued)")
-            return wholes + int(conn.execute("""UPDATE contents SET state = 'pending', slot = NULL,
-                error = ? WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount)
+            contents = conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
+                WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount
+            return wholes + int(contents)
 
     def drop_unreferenced_contents(self) -> int:
         """Forget contents no live or served document points at (their slots become free)."""
@@ -650,6 +652,60 @@ class Manifest:
             conn.execute("UPDATE contents SET slot = -1 - slot WHERE slot IN (SELECT old FROM slot_moves)")
             conn.execute("""UPDATE contents SET slot = (SELECT new FROM slot_moves WHERE old = -1 - slot)
                             WHERE slot < 0""")
+
+    # -- push state (push.py): what each target holds -------------------------------------------
+
+    def push_target(self, key: str, *, create: bool = False) -> int | None:
+        """The id of the push target `key`, made if `create`; None if unknown."""
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM push_targets WHERE target = ?", (key,)).fetchone()
+            if row is None and create:
+                row = conn.execute("INSERT INTO push_targets (target, created_at) VALUES (?, ?) RETURNING id",
+                                   (key, time.time())).fetchone()
+        return None if row is None else int(row[0])
+
+    def forget_pushed(self, target_id: int) -> None:
+        """The target holds nothing (it was dropped or replaced): the next push sends everything."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM pushed WHERE target_id = ?", (target_id,))
+
+    def mark_pushing(self, target_id: int, ids: Sequence[str]) -> None:
+        """Before the target is touched for `ids`: what it holds of them becomes unknown (NULL)."""
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO pushed (target_id, doc_id, hash) VALUES (?, ?, NULL)",
+                             [(target_id, i) for i in ids])
+
+    def mark_pushed(self, target_id: int, rows: Sequence[tuple[str, bytes]]) -> None:
+        """After the target took (doc id, content hash) rows."""
+        with self._write() as conn:
+            conn.executemany("UPDATE pushed SET hash = ? WHERE target_id = ? AND doc_id = ?",
+                             [(h, target_id, i) for i, h in rows])
+
+    def mark_unpushed(self, target_id: int, ids: Sequence[str]) -> None:
+        """After the target deleted `ids`."""
+        with self._write() as conn:
+            conn.executemany("DELETE FROM pushed WHERE target_id = ? AND doc_id = ?",
+                             [(target_id, i) for i in ids])
+
+    def finish_push(self, target_id: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE push_targets SET last_push_at = ? WHERE id = ?", (time.time(), target_id))
+
+
+# What a push sends, read in one snapshot (push.py). Served documents whose content the target does
+# not hold (never sent, changed, or left unknown by a push that stopped), in slot order so that store
+# chunks are read in turn; `known` says whether the target may hold an older row of the document.
+PUSH_UPSERTS_SQL = """SELECT d.id, d.ready_hash, c.slot, p.doc_id IS NOT NULL AS known
+    FROM documents d JOIN contents c ON c.hash = d.ready_hash
+    LEFT JOIN pushed p ON p.target_id = ? AND p.doc_id = d.id
+    WHERE d.deleted = 0 AND (p.hash IS NULL OR p.hash != d.ready_hash)
+    ORDER BY c.slot"""
+# Documents the target may hold that the index does not serve (deleted, or gone from the documents).
+PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NOT EXISTS (
+    SELECT 1 FROM documents d JOIN contents c ON c.hash = d.ready_hash
+    WHERE d.id = p.doc_id AND d.deleted = 0)"""
+SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
+    WHERE d.deleted = 0"""
 
 
 def _printable(s: str) -> str:

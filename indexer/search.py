@@ -71,16 +71,15 @@ class ChunkRows(Protocol):
     def vectors(self) -> _Rows: ...
 
 
-def query_texts(config: EmbeddingConfig, queries: Sequence[str]) -> list[str]:
-    """The texts the model embeds for `queries`. The one place where a query prompt (an instruction
-    prefix some models want on queries but not on documents) is applied."""
+def query_texts(queries: Sequence[str]) -> list[str]:
+    """`queries` as a list, each checked to be a non-blank string."""
     if isinstance(queries, str):
         raise TypeError("queries must be a sequence of strings, not one string: search([query])")
     out = []
     for n, q in enumerate(queries, 1):
         if not isinstance(q, str) or not q.strip():
             raise IndexerError(f"query {n} is empty ({q!r}); give the text to search for")
-        out.append(getattr(config, "query_prompt", "") + q)
+        out.append(q)
     return out
 
 
@@ -93,7 +92,7 @@ def warn_long_queries(config: EmbeddingConfig, texts: Sequence[str]) -> None:
     model's own tokenizer as the chunker counts documents; nothing for models without a window."""
     from .chunking import make_chunker
 
-    chunker = make_chunker(config.model, config.max_seq_length, "", 0, 0)
+    chunker = make_chunker(config.model, config.max_seq_length, config.query_prompt, 0, 0)
     if chunker is None:
         return
     for n, text in enumerate(texts, 1):
@@ -105,9 +104,11 @@ def warn_long_queries(config: EmbeddingConfig, texts: Sequence[str]) -> None:
 
 
 def load_query_embedder(config: EmbeddingConfig, index_dir: object) -> Any:
-    """The index's own model, loaded as the sync loads it (runtime, truncation). Refused when the model
-    loaded here is not the one the index was built with: other weights make vectors that cannot be
-    compared with the index's."""
+    """The index's own model, loaded as the sync loads it (runtime, truncation), with the index's query
+    prompt in place of its document prompt: the one place where a query prompt is applied (as
+    sentence-transformers' `encode(query, prompt=...)` does). Refused when the model loaded here is not
+    the one the index was built with: other weights make vectors that cannot be compared with the
+    index's."""
     from .embedders import load_embedder
 
     if config.revision.startswith("api:"):
@@ -115,7 +116,8 @@ def load_query_embedder(config: EmbeddingConfig, index_dir: object) -> Any:
             f"index {index_dir} was embedded through an API ({config.model}, {config.revision[4:]}); search "
             "embeds queries with a local model and cannot reach it. Embed the queries with the same API "
             "and model and pass them to Index.search_vectors(vectors)")
-    embedder = load_embedder(config.model, runtime=config.runtime, truncate_dim=config.truncate_dim or None)
+    embedder = load_embedder(config.model, runtime=config.runtime, truncate_dim=config.truncate_dim or None,
+                             prompt=config.query_prompt)
     info = embedder.info
     loaded = {"revision": info.revision, "dim": info.dim, "normalize": info.normalize,
               "max_seq_length": info.max_seq_length}

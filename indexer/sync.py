@@ -23,15 +23,15 @@ import psutil
 
 from ._faults import crash_point
 from .chunking import Chunker, make_chunker
-from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line
+from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, read_config
 from .embedders import Embedder, ModelInfo
 from .errors import ConfigMismatchError, IndexerError, LeaseLostError, SourceError
-from .index import Index
+from .index import CONFIG, Index
 from .manifest import Claim, Manifest, ScanCounts
 from .runners import Runner, WorkerLost, make_runner
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL, Settings
-from .sources import IterableSource, Record, Skip, Source, open_sources
+from .sources import IterableSource, Record, Skip, Source, Template, open_sources
 from .store import VectorStore
 
 __all__ = ["Progress", "SyncSummary", "sync", "write_and_commit"]
@@ -194,10 +194,11 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
 
 # -- the sync ------------------------------------------------------------------------------------------
 
-def _requested_config(i: ModelInfo, dtype: str) -> EmbeddingConfig:
+def _requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str) -> EmbeddingConfig:
     return EmbeddingConfig(model=i.model, revision=i.revision, dim=i.dim, dtype=dtype,
                            normalize=i.normalize, max_seq_length=i.max_seq_length, prompt=i.prompt,
-                           runtime=i.runtime, truncate_dim=i.truncate_dim)
+                           runtime=i.runtime, truncate_dim=i.truncate_dim, query_prompt=query_prompt,
+                           template=template)
 
 
 def _chunking_of(config: EmbeddingConfig, chunking: bool | None, chunk_tokens: int | None,
@@ -208,32 +209,24 @@ def _chunking_of(config: EmbeddingConfig, chunking: bool | None, chunk_tokens: i
 
 
 def _chunker_for(config: EmbeddingConfig) -> Chunker | None:
-    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model's
-    tokens are counted by its backend, which cuts over-long inputs itself (docs/OPENAI.md)."""
-    if config.revision.startswith("api:"):
-        return None
+    """What cuts (or, in an unchunked index, counts) the long texts of an index. An API model
+    (revision "api:HOST") is chunked at its per-input limit, counted as its backend counts."""
     return make_chunker(config.model, config.max_seq_length, config.prompt, config.chunk_tokens,
-                        config.chunk_overlap)
+                        config.chunk_overlap, api=config.revision.startswith("api:"))
 
 
 def _check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
-    for name, value in (("--chunk-tokens", chunk_tokens), ("--chunk-overlap", chunk_overlap)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (1 if name == "--chunk-tokens" else 0)):
-            raise IndexerError(f"{name} must be a whole number of tokens, at least "
-                               f"{1 if name == '--chunk-tokens' else 0} (got {value!r})")
+    for name, value, least in (("--chunk-tokens", chunk_tokens, 1), ("--chunk-overlap", chunk_overlap, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise IndexerError(f"{name} must be a whole number of tokens, at least {least} (got {value!r})")
     if chunking is False and (chunk_tokens or chunk_overlap):
         raise IndexerError("--no-chunking embeds whole documents: --chunk-tokens and --chunk-overlap apply "
                            "to chunked indexes only; give one or the other")
 
 
-def _check_names(index: Index, model: str | None, dtype: str | None, runtime: str | None = None,
-                 truncate_dim: int | None = None, chunking: bool | None = None,
-                 chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> None:
-    """Refuse a different model, dtype, runtime, truncation or chunking before anything is read or
-    loaded."""
-    asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
-             "chunking": chunking, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
+def _check_names(index: Index, **asked: object) -> None:
+    """Refuse a different model, dtype, runtime, truncation, prompt, template or chunking (each given as
+    a keyword, None: not asked) before anything is read or loaded."""
     diffs = [difference_line(name, getattr(index.config, name), value) for name, value in asked.items()
              if value is not None and value != getattr(index.config, name)]
     if diffs:
@@ -252,8 +245,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
          embedder_options: dict[str, object] | None = None,
          embedder: Embedder | None = None, runner: Runner | None = None,
          runtime: str | None = None, truncate_dim: int | None = None,
-         batch_tokens: int | None = None, chunking: bool | None = None, chunk_tokens: int | None = None,
-         chunk_overlap: int | None = None) -> SyncSummary:
+         batch_tokens: int | None = None, prompt: str | None = None, prompt_name: str | None = None,
+         query_prompt: str | None = None, template: str | None = None, chunking: bool | None = None,
+         chunk_tokens: int | None = None, chunk_overlap: int | None = None) -> SyncSummary:
     """Bring the index at `index_dir` in line with the documents.
 
     Give documents either as `sources` (any iterable of {"id", "text"} dicts or (id, text) pairs) or as
@@ -267,6 +261,12 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
 
     A forward pass takes at most `batch_size` texts and `batch_tokens` padded tokens (count x longest)
     of texts of similar token length; `batch_tokens=0` batches by count alone. Neither changes a vector.
+
+    `prompt` is prepended to every document as sentence-transformers' `encode(text, prompt=...)` does;
+    `prompt_name` takes it from the prompts the model defines; `query_prompt` is the one queries get.
+    `template` ("{title}: {text}") composes the embedded text from each record's fields. All four are
+    part of the index's configuration, like `runtime`: None means "" for a new index and the index's
+    own for an existing one; anything else must match.
 
     `chunking` (default True for a new index), `chunk_tokens` (default: the model's window) and
     `chunk_overlap` (default 0) are part of the configuration too: a document longer than the budget
@@ -288,45 +288,58 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     if batch_size is not None and batch_size < 1:
         raise IndexerError("--batch-size must be at least 1")
     _check_chunking(chunking, chunk_tokens, chunk_overlap)
-    if (runner is not None or embedder is not None) and (runtime is not None or truncate_dim is not None):
-        raise IndexerError("runtime and truncate_dim choose how a model is loaded by name; with your own "
-                           "embedder or runner, give them to load_embedder(name, runtime=..., "
-                           "truncate_dim=...) instead")
+    seam = runner or embedder
+    if seam is not None and (runtime is not None or truncate_dim is not None or prompt is not None
+                             or prompt_name is not None):
+        raise IndexerError("runtime, truncate_dim and prompt choose how a model is loaded by name; with "
+                           "your own embedder or runner, give them to load_embedder(name, runtime=..., "
+                           "truncate_dim=..., prompt=...) instead")
+    index_dir = Path(index_dir)
+    existing = read_config(index_dir / CONFIG) if Index.exists(index_dir) else None
+    if prompt_name is not None:
+        if prompt is not None:
+            raise IndexerError("give --prompt or --prompt-name, not both")
+        prompt = _named_prompt(model or (existing.model if existing else DEFAULT_MODEL), prompt_name)
+    if template is None and existing is not None:
+        template = existing.template
+    parsed_template = Template.parse(template) if template else None  # a bad one stops us here
     readers: list[Source | IterableSource] = []
     if paths is not None:
-        readers.extend(open_sources(paths, id_field, text_field))
+        readers.extend(open_sources(paths, id_field, text_field, parsed_template))
     if sources is not None:
-        readers.append(IterableSource(sources, id_field, text_field))
+        readers.append(IterableSource(sources, id_field, text_field, parsed_template))
     t0 = time.perf_counter()
     summary = SyncSummary(dry_run=dry_run)
-    index_dir = Path(index_dir)
     index: Index | None = None
-    if Index.exists(index_dir):
+    chunker: Chunker | None = None
+    if existing is not None:
         index = Index.open(index_dir, settings)
-        seam = runner or embedder
-        chunk_asked = (chunking, chunk_tokens, chunk_overlap)
+        chunk_asked = {"chunking": chunking, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
         if seam is None:
-            _check_names(index, model, dtype, runtime, truncate_dim, *chunk_asked)
+            _check_names(index, model=model, dtype=dtype, runtime=runtime, truncate_dim=truncate_dim,
+                         prompt=prompt, query_prompt=query_prompt, template=template, **chunk_asked)
         else:
-            _check_names(index, seam.info.model, dtype, seam.info.runtime, seam.info.truncate_dim,
-                         *chunk_asked)
+            _check_names(index, model=seam.info.model, dtype=dtype, runtime=seam.info.runtime,
+                         truncate_dim=seam.info.truncate_dim, prompt=seam.info.prompt,
+                         query_prompt=query_prompt, template=template, **chunk_asked)
     elif not dry_run:
         if runner is None:
             runner = _make_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
                                   embedder, backend, backend_options,
-                                  _with_runtime(embedder_options, runtime, truncate_dim))
-        requested = _chunking_of(_requested_config(runner.info, dtype or settings.dtype), chunking,
-                                 chunk_tokens, chunk_overlap)
-        new_chunker = _chunker_for(requested)
-        if new_chunker is not None and chunk_tokens:
-            new_chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
+                                  _with_runtime(embedder_options, runtime, truncate_dim, prompt))
+        requested = _chunking_of(_requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
+                                                   template or ""), chunking, chunk_tokens, chunk_overlap)
+        chunker = _chunker_for(requested)
+        if chunker is not None and chunk_tokens:
+            chunker.budget  # noqa: B018 (loads the tokenizer: a budget over the window is refused here)
         try:
             index = Index.create(index_dir, requested, settings)
         except FileExistsError:  # another sync created it meanwhile
             index = Index.open(index_dir, settings)
             index.config.require_same(requested, index_dir)
     manifest = index.manifest if index is not None else Manifest(Path(":memory:"), settings, create=True)
-    chunker = _chunker_for(index.config) if index is not None else None
+    if chunker is None and index is not None:
+        chunker = _chunker_for(index.config)
     run_id = None if dry_run else manifest.start_run()
     state = "failed"
     try:
@@ -337,7 +350,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(
                 model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
                 backend, backend_options, _with_runtime(embedder_options, runtime or index.config.runtime,
-                                               truncate_dim or index.config.truncate_dim))))
+                                               truncate_dim or index.config.truncate_dim,
+                                               index.config.prompt if prompt is None else prompt))))
         state = "finished"
     except KeyboardInterrupt:
         state = "interrupted"
@@ -386,15 +400,30 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
 
 
 def _with_runtime(options: dict[str, object] | None, runtime: str | None,
-                  truncate_dim: int | None) -> dict[str, object]:
-    """The embedder options with the runtime and the truncation, where they are not the defaults (so
-    that a backend which takes no embedder options, like openai, is asked for none by default)."""
+                  truncate_dim: int | None, prompt: str | None = None) -> dict[str, object]:
+    """The embedder options with the runtime, the truncation and the prompt, where they are not the
+    defaults (so that a backend which takes no embedder options is asked for none by default)."""
     out = dict(options or {})
     if runtime is not None and runtime != "torch":
         out["runtime"] = runtime
     if truncate_dim:
         out["truncate_dim"] = truncate_dim
+    if prompt:
+        out["prompt"] = prompt
     return out
+
+
+def _named_prompt(model: str, name: str) -> str:
+    """The prompt called `name` in the model's sentence-transformers configuration."""
+    from .embedders.sentence_transformers import model_prompts
+    from .errors import ModelLoadError
+
+    prompts = {} if model.startswith("fake:") else model_prompts(model)
+    if name not in prompts:
+        have = ", ".join(repr(k) for k in prompts) if prompts else "none"
+        raise ModelLoadError(f"--prompt-name {name!r}: model {model!r} defines no prompt of that name "
+                             f"(its prompts: {have}); give the text with --prompt instead")
+    return prompts[name]
 
 
 def _make_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
@@ -424,10 +453,10 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     if callable(runner):
         runner = runner()
     try:
-        asked = _requested_config(runner.info, index.config.dtype)
-        index.config.require_same(replace(asked, chunking=index.config.chunking,
-                                          chunk_tokens=index.config.chunk_tokens,
-                                          chunk_overlap=index.config.chunk_overlap), index.path)
+        ours = index.config
+        ours.require_same(_chunking_of(_requested_config(runner.info, ours.dtype, ours.query_prompt,
+                                                         ours.template),
+                                       ours.chunking, ours.chunk_tokens, ours.chunk_overlap), index.path)
         manifest.prepare_for_claims()
         _drive(manifest, store, runner, summary, _Meter("embed", pending, on_progress, "chunks"))
     finally:

@@ -257,6 +257,33 @@ def vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore)
     return read_rows(store, merged, merged.slots[[found[i] for i in ids]])
 
 
+def content_vectors(conn: sqlite3.Connection, store: VectorStore,
+                    contents: Sequence[tuple[bytes, int | None]]) -> np.ndarray:
+    """The vectors of served contents given as (hash, slot): a whole (a long document, slot None) is
+    the normalized mean of its chunks, as `vectors()` gives it. A chunk without a slot (moved or
+    re-queued since the caller's snapshot) reads as NaN, which the caller must refuse."""
+    slots: list[int] = []
+    starts: list[int] = []
+    parts: list[int] = []
+    whole = True
+    for h, slot in contents:
+        if slot is not None:
+            slots.append(slot)
+            continue
+        chunk_slots = [s for (s,) in conn.execute("""SELECT c.slot FROM text_chunks t JOIN contents c
+            ON c.hash = t.hash WHERE t.whole = ? ORDER BY t.ordinal""", (h,))]
+        whole = whole and bool(chunk_slots) and None not in chunk_slots
+        slots.append(-1 - len(starts))
+        starts.append(len(parts))
+        parts.extend(s if s is not None else 0 for s in chunk_slots)
+    if not whole:
+        return np.full((len(slots), store.dim), np.nan, dtype=store.dtype)
+    starts.append(len(parts))
+    rows = _Rows([], np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
+                 np.array(parts, dtype=np.int64))
+    return read_rows(store, rows, rows.slots)
+
+
 def _merge(parts: list[_Rows]) -> _Rows:
     """Several _Rows as one, their group numbers and chunk positions shifted to match."""
     ids: list[str] = []

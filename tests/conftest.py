@@ -99,3 +99,23 @@ def assert_same_vectors(a: Path, b: Path) -> None:
     assert sorted(va) == sorted(vb)
     for key, vec in va.items():
         assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key
+
+
+def downgrade_to_schema_1(manifest: Path) -> None:
+    """Make a manifest look as an indexer of schema version 1 left it: drop every table that a later
+    migration created and the ledger rows of those migrations. (0005 adds columns to `contents`, which
+    0003 rebuilds from its first eight columns anyway, so they need not be removed here.)"""
+    import sqlite3
+
+    from indexer.manifest import migrations_dir
+
+    first = sqlite3.connect(":memory:")
+    first.executescript(next(migrations_dir().glob("0001_*.sql")).read_text(encoding="utf-8"))
+    original = {n for (n,) in first.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    first.close()
+    conn = sqlite3.connect(manifest, isolation_level=None)
+    later = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+             if n not in original and n != "schema_migrations" and not n.startswith("sqlite_")]
+    conn.executescript("BEGIN; " + "".join(f'DROP TABLE "{n}"; ' for n in later)
+                       + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
+    conn.close()

@@ -33,6 +33,8 @@ from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import itertools
+
 import indexer
 from indexer.chunking import _EXPANDING, Chunker, WordCounter, load_token_counter, make_chunker
 from indexer.cli import cli
@@ -130,7 +132,7 @@ def test_chunks_fit_the_window_alone_and_cover_every_token_in_order(tokenizer: A
             assert tokens(tokenizer, text[start:end]) <= 254
             assert text[start:end] == text[start:end].strip()
             assert start == 0 or text[start - 1].isspace()  # no word cut in two
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # in order, disjoint
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # in order, disjoint
         # every token of the text is in exactly one chunk
         starts = tokenizer.offsets(text)[0]
         inside = sum(((starts >= a) & (starts < b)).sum() for a, b in spans)
@@ -171,9 +173,9 @@ def test_overlap_repeats_at_most_t_tokens_and_chunks_still_fit(tokenizer: Any) -
     for text in docstrings():
         spans = made.split(text)
         assert all(tokens(tokenizer, text[a:b]) <= 254 for a, b in spans)
-        overlaps = [prev[1] - cur[0] for prev, cur in zip(spans, spans[1:], strict=False)]
+        overlaps = [prev[1] - cur[0] for prev, cur in itertools.pairwise(spans)]
         assert max(overlaps) > 0  # there is overlap
-        for prev, cur in zip(spans, spans[1:], strict=False):
+        for prev, cur in itertools.pairwise(spans):
             if cur[0] < prev[1]:
                 assert tokens(tokenizer, text[cur[0]:prev[1]]) <= 32
 
@@ -429,7 +431,8 @@ def test_the_default_model_gives_a_fitting_document_its_vector_and_a_long_one_it
 def test_no_chunking_counts_and_warns_about_truncated_documents(tmp_path: Path) -> None:
     source = tmp_path / "docs.jsonl"
     long = docstrings()[:2]
-    rows = [{"id": "short", "text": "a short text"}] + [{"id": f"long{i}", "text": t} for i, t in enumerate(long)]
+    rows = [{"id": "short", "text": "a short text"}]
+    rows += [{"id": f"long{i}", "text": t} for i, t in enumerate(long)]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ix = str(tmp_path / "ix")
     r = CliRunner().invoke(cli, ["sync", str(source), "--index", ix, "--no-chunking"])

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import downgrade_to_schema_1
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
@@ -112,6 +113,43 @@ def test_two_syncs_share_the_work(corpus: tuple[Path, dict[str, str]], tmp_path:
         assert runs == [("finished",)] * (2 + already)
         assert claims == {"committed": a["claims"] + b["claims"] + already}  # type: ignore[operator]
         print(f"\nround {round_}: embedded {a['embedded']} + {b['embedded']} = {distinct - already}")
+
+
+def test_two_syncs_share_the_chunks_of_long_documents(tmp_path: Path) -> None:
+    """Two syncs at once of a corpus with long documents (--chunk-tokens, words): each chunk is
+    embedded once between them, every long document is served once whole, with the normalized mean
+    of its chunks' vectors."""
+    from indexer.chunking import make_chunker
+
+    rng = random.Random(11)
+    words = ["one", "two", "three", "four", "five", "six", "seven", "lease", "claim", "chunk"]
+    sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + "."  # noqa: E731
+    docs = {f"s{i:04d}": f"{i} {sentence()}" for i in range(400)}
+    docs.update({f"l{i:03d}": f"long {i}\n\n" + "\n\n".join(" ".join(sentence() for _ in range(3))
+                                                                for _ in range(8)) for i in range(60)})
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
+    chunker = make_chunker("fake:16", 0, "", 20, 0)
+    assert chunker is not None
+    chunks = {d: [t[a:b] for a, b in chunker.split(t)] for d, t in docs.items()}
+    distinct = len({c for parts in chunks.values() for c in parts})
+    index = tmp_path / "idx"
+    cmd = [*sync_cmd(source, index), "--chunk-tokens", "20"]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    a, b = (finish(p) for p in procs)
+    assert a["embedded"] + b["embedded"] == distinct, (a, b)  # type: ignore[operator]
+    fake = FakeEmbedder(16)
+    with indexer.open(index) as idx:
+        assert idx.verify().ok
+        ids, vecs = idx.vectors()
+        rows = dict(zip(ids, np.asarray(vecs), strict=True))
+        assert idx.status()["chunks"] == sum(len(p) for p in chunks.values())
+    assert sorted(rows) == sorted(docs)
+    for doc_id, parts in chunks.items():
+        mean = fake.embed(parts).astype(np.float64).sum(axis=0)
+        assert np.allclose(rows[doc_id], mean / np.linalg.norm(mean), rtol=0, atol=1e-6), doc_id
+    assert sum(len(p) > 1 for p in chunks.values()) == 60
 
 
 def test_readers_during_a_sync(corpus: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
@@ -290,9 +328,7 @@ def test_two_processes_upgrade_an_old_manifest_at_once(corpus: tuple[Path, dict[
     small.write_text("".join(source.read_text().splitlines(keepends=True)[:50]))
     run = subprocess.run(sync_cmd(small, index), env=ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
+    downgrade_to_schema_1(index / "manifest.sqlite")
     status = [sys.executable, "-m", "indexer", "status", str(index), "--json"]
     first = subprocess.Popen(status, env=dict(ENV, INDEXER_PAUSE_AT="mid-migration"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

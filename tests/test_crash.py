@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import downgrade_to_schema_1
 
 import indexer
 from indexer.chunking import make_chunker
@@ -587,10 +588,7 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     migration: the migration is atomic (still version 1 after the kill), and the next sync upgrades and
     finishes. (`ref` is unchunked: an index from before chunking.)"""
     shutil.copytree(ref.index, index)
-    conn = sqlite3.connect(index / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN; DROP TABLE runs; DROP TABLE text_chunks; "
-                       "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
+    downgrade_to_schema_1(index / "manifest.sqlite")
     env = dict(ENV, INDEXER_CRASH_AT="mid-migration")
     run = subprocess.run(sync_cmd(ref.source, index, chunked=False), env=env, capture_output=True, text=True,
                          timeout=120)

@@ -226,14 +226,26 @@ def test_token_sorted_batches_equal_a_direct_forward(tiny: SentenceTransformerEm
 
 def test_a_sync_with_the_tiny_model(tiny_path: Path, tiny: SentenceTransformerEmbedder, texts: list[str],
                                     tmp_path: Path) -> None:
+    """Unchunked (one vector a document, as encode gives it), then chunked: texts past the tiny model's
+    window are embedded as chunks, each what encode gives that chunk's text."""
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts[:50])]
-    summary = indexer.sync(tmp_path / "ix", docs, model=str(tiny_path), batch_size=BATCH)
+    summary = indexer.sync(tmp_path / "ix", docs, model=str(tiny_path), batch_size=BATCH, chunking=False)
     assert summary.embedded == len({d["text"] for d in docs}) and summary.failed == 0
     with indexer.open(tmp_path / "ix") as index:
         assert (index.config.model, index.config.dim, index.config.revision) == \
             (str(tiny_path), 32, tiny.info.revision)
         got = index.get([d["id"] for d in docs])
     assert cosines(got, tiny.model.encode([d["text"] for d in docs])).min() >= 0.9999
+
+    summary = indexer.sync(tmp_path / "chunked", docs, model=str(tiny_path), batch_size=BATCH)
+    assert summary.failed == 0 and summary.chunks > len(docs)  # some are longer than the window
+    with indexer.open(tmp_path / "chunked") as index:
+        chunks = index.chunks()
+        by_id = {d["id"]: d["text"] for d in docs}
+        chunk_texts = [by_id[i][a:b] for i, a, b in zip(chunks.ids, chunks.starts, chunks.ends, strict=True)]
+        vectors = np.asarray(chunks.vectors)
+    assert all(len(tiny.model.tokenizer(t)["input_ids"]) <= tiny.info.max_seq_length for t in chunk_texts)
+    assert cosines(vectors, tiny.model.encode(chunk_texts)).min() >= 0.9999
 
 
 # -- loading ---------------------------------------------------------------------------------------

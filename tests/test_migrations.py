@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before_schema, before_ledger = schema_of(db), ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     bad = patched_migrations / f"{version:04d}_bad.sql"
     # creates a table and an index, alters another table, then fails on its last statement
     bad.write_text("CREATE TABLE half_done (x INTEGER);\n"
@@ -168,7 +169,7 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
         tmp_path: Path, patched_migrations: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     before = ledger(db)
-    version = len(numbered()) + 1
+    version = int(numbered()[-1].name[:4]) + 1  # the next after the last
     (patched_migrations / f"{version:04d}_broken.sql").write_text("THIS IS NOT SQL;\n", encoding="utf-8")
     with pytest.raises(ManifestError):
         Manifest(db, SETTINGS)
@@ -197,6 +198,42 @@ def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_em
         indexer.open(ix)
 
 
+def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int,
+                              contents: Sequence[tuple[str, str, str]] = (("b", "beta", "pending"),
+                                                                         ("c", "gamma", "claimed"))
+                              ) -> Path:
+    """An index whose manifest was last written by the schema of migrations 1..last_version, holding
+    "a" done, and for each (id, text, state) of `contents` a document and its content in that state:
+    pending with its text staged, claimed by a dead worker (claim 5), or failed after 3 attempts."""
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    old = tmp_path / "old.sqlite"
+    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
+    conn = sqlite3.connect(old, isolation_level=None)
+    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
+    conn.executescript("""BEGIN;
+        INSERT INTO contents (hash, state, chars, text, slot, claim_id, attempts, error)
+            SELECT hash, state, chars, text, slot, claim_id, attempts, error FROM new.contents;
+        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
+        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
+            WHERE key = 'next_chunk';
+        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
+        COMMIT;""")
+    conn.execute("DETACH new")
+    for doc_id, text, state in contents:
+        h = content_hash(text)
+        conn.execute("INSERT INTO contents (hash, state, chars, text, claim_id, attempts, error) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (h, state, len(text), text, 5 if state == "claimed" else None,
+                      3 if state == "failed" else 0, "it failed" if state == "failed" else None))
+        conn.execute("INSERT INTO documents (id, hash) VALUES (?, ?)", (doc_id, h))
+    conn.close()
+    for suffix in ("", "-wal", "-shm"):
+        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(old, ix / "manifest.sqlite")
+    return ix
+
+
 def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end(
         tmp_path: Path, fake_embedder: object) -> None:
     """0003 rebuilds `contents`: an index last written by the 0002 schema, with a done content, a
@@ -204,30 +241,7 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     that reads no source finishes the staged and the claimed work from the texts the manifest kept."""
     from conftest import fake_vector, served
 
-    ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= 2])
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
-    conn.executescript("""BEGIN;
-        INSERT INTO contents SELECT hash, state, chars, text, slot, claim_id, attempts, error
-            FROM new.contents;
-        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
-        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
-            WHERE key = 'next_chunk';
-        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
-        COMMIT;""")
-    conn.execute("DETACH new")
-    beta, gamma = content_hash("beta"), content_hash("gamma")
-    conn.executemany("INSERT INTO contents (hash, state, chars, text, claim_id) VALUES (?, ?, ?, ?, ?)",
-                     [(beta, "pending", 4, "beta", None), (gamma, "claimed", 5, "gamma", 5)])
-    conn.executemany("INSERT INTO documents (id, hash) VALUES (?, ?)", [("b", beta), ("c", gamma)])
-    conn.close()
-    for suffix in ("", "-wal", "-shm"):
-        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, ix / "manifest.sqlite")
-
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=2)
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
@@ -238,3 +252,47 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
     with indexer.open(ix) as idx:
         assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0005 (long documents in chunks) adds columns and a table: an index last written by the 0003
+    schema, with a done, a staged pending, a claimed (dead worker) and a failed content, opens, migrates
+    (every old content is a plain one: parts 0), keeps serving what it served, and a sync finishes the
+    rest; `retry` re-queues the failure; the schema is a fresh one's."""
+    from conftest import fake_vector, served
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, 3, [
+        ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")])
+    with indexer.open(ix) as idx:  # migrates
+        assert idx.status()["failed"] == 1 and idx.status()["chunks"] == 4
+        assert idx.manifest.conn.execute("SELECT count(*) FROM contents WHERE parts != 0").fetchone()[0] == 0
+        assert list(idx.vectors()[0]) == ["a"]
+        assert idx.retry() == 1
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 3
+    got = served(ix)
+    assert sorted(got) == ["a", "b", "c", "d"]
+    for key, text in (("a", "alpha"), ("b", "beta"), ("c", "gamma"), ("d", "bad")):
+        assert got[key].tobytes() == fake_vector(text).tobytes(), key
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+    with indexer.open(ix) as idx:
+        assert idx.verify().to_dict()["problems"] == []
+
+
+def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Path,
+                                                                   fake_embedder: object) -> None:
+    """0006 adds the push tables: an index last written by the schema before it, with work in every
+    state, migrates, syncs to the end and pushes."""
+    pytest.importorskip("lancedb")
+    from conftest import served
+
+    from indexer.push import push
+
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=5)
+    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    report = push(ix, f"lancedb:{tmp_path / 'lance'}")
+    assert (report.upserted, report.rows) == (3, 3)
+    assert sorted(served(ix)) == ["a", "b", "c"]

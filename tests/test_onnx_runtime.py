@@ -374,7 +374,7 @@ def test_processes_backend_runs_onnx_in_each_worker(tmp_path: Path, tiny_path: P
     texts = tiny_texts(60, seed=9)
     s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
                      runtime="onnx", backend="processes", backend_options={"workers": 2},
-                     settings=Settings(chunk_rows=8))
+                     settings=Settings(chunk_rows=8), chunking=False)  # whole texts, as embed gives them
     assert (s.embedded, s.failed) == (60, 0)
     assert s.backend_stats["workers"] == 2
     with indexer.open(tmp_path / "ix") as idx:
@@ -392,8 +392,9 @@ def test_truncation_holds_on_the_workers_tokenized_path(tmp_path: Path, tiny_pat
     docs = [(f"d{i:03d}", t) for i, t in enumerate(tiny_texts(40, seed=3))]
     settings = Settings(chunk_rows=8)
     pool = indexer.sync(tmp_path / "pool", docs, model=str(tiny_path), truncate_dim=16, settings=settings,
-                        backend="processes", backend_options={"workers": 2})
-    indexer.sync(tmp_path / "inline", docs, model=str(tiny_path), truncate_dim=16, settings=settings)
+                        backend="processes", backend_options={"workers": 2}, chunking=False)
+    indexer.sync(tmp_path / "inline", docs, model=str(tiny_path), truncate_dim=16, settings=settings,
+                 chunking=False)
     assert (pool.embedded, pool.failed) == (40, 0)
     got, want = served(tmp_path / "pool"), served(tmp_path / "inline")
     assert all(got[k].shape == (16,) and np.allclose(got[k], want[k], atol=1e-6) for k in want)

@@ -49,11 +49,12 @@ def make_docs(n: int, prefix: str = "doc", seed: int = 0) -> list[dict[str, str]
 
 
 def run(server: EmbeddingServer, index: Path, docs: list[dict[str, str]], chunk_rows: int = 32,
-        retry_attempts: int = 3, **options: Any) -> indexer.SyncSummary:
+        retry_attempts: int = 3, chunking: bool | None = None, **options: Any) -> indexer.SyncSummary:
     opts: dict[str, object] = {"base_url": server.base_url, "backoff_base": 0.05, **options}
     return indexer.sync(index, docs, model=options.pop("model", MODEL), backend="openai",
                         backend_options={k: v for k, v in opts.items() if k != "model"},
-                        settings=Settings(chunk_rows=chunk_rows, retry_attempts=retry_attempts))
+                        settings=Settings(chunk_rows=chunk_rows, retry_attempts=retry_attempts),
+                        chunking=chunking)
 
 
 def check(index: Path, docs: list[dict[str, str]], server: EmbeddingServer,
@@ -294,25 +295,48 @@ def test_batch_too_large_shrinks_packing(server: EmbeddingServer, tmp_path: Path
 
 
 def test_long_input_truncated_by_default_or_failed(server: EmbeddingServer, tmp_path: Path) -> None:
+    """An unchunked index (--no-chunking): the backend cuts an input over the limit, or fails it."""
     docs = make_docs(30)
     docs[5]["text"] = "long " + "x" * 40_000  # ~20k estimated tokens, ~10k as the server counts
-    summary = run(server, tmp_path / "a", docs)
+    summary = run(server, tmp_path / "a", docs, chunking=False)
     sent = next(t for t in server.embedded_texts() if t.startswith("long "))
     assert len(sent.encode()) <= 8192 * 2 and docs[5]["text"].startswith(sent)
     check(tmp_path / "a", docs, server, sent={"doc5": sent})
     assert summary.backend_stats["truncated"] == 1 and any("truncated 1 input" in w for w in summary.warnings)
 
-    summary = run(server, tmp_path / "b", docs, retry_attempts=1, no_truncate=True)
+    summary = run(server, tmp_path / "b", docs, retry_attempts=1, no_truncate=True, chunking=False)
     check(tmp_path / "b", docs, server, failed={"doc5": "over the model's limit of 8192"}, once=False)
     assert summary.backend_stats["too_long_failed"] == 1
     assert sum(t.startswith("long ") for t in server.embedded_texts()) == 1  # the first sync's only
+
+
+def test_a_chunked_index_embeds_a_long_input_in_chunks_at_the_limit(server: EmbeddingServer,
+                                                                    tmp_path: Path) -> None:
+    """A new index chunks at the model's per-input limit instead of truncating: every chunk is sent
+    whole (within the limit as the backend counts), nothing is truncated, and the document is served."""
+    docs = make_docs(30)
+    paragraphs = [" ".join(f"word{i}x{j}" for j in range(150)) for i in range(40)]
+    docs[5]["text"] = "\n\n".join(paragraphs)  # ~47k bytes: ~24k estimated tokens
+    summary = run(server, tmp_path / "a", docs, max_input_tokens=2048)
+    assert summary.failed == 0 and summary.backend_stats["truncated"] == 0
+    assert summary.chunks == summary.embedded >= 29 + 10  # the 29 short ones and 10+ chunks of doc5
+    with indexer.open(tmp_path / "a") as idx:
+        chunks = idx.chunks()
+        mine = [(int(k), int(a), int(b)) for i, k, a, b in zip(chunks.ids, chunks.ordinals, chunks.starts,
+                                                             chunks.ends, strict=True) if i == "doc5"]
+        assert idx.get(["doc5"]).shape == (1, idx.config.dim) and idx.config.chunking
+    texts = [docs[5]["text"][a:b] for _, a, b in sorted(mine)]
+    assert all(EstimateCounter().count(t) <= 2048 for t in texts)
+    assert " ".join(" ".join(t.split()) for t in texts) == " ".join(docs[5]["text"].split())
+    sent = set(server.embedded_texts())
+    assert all(t in sent for t in texts)  # each chunk sent as it is, not cut
 
 
 def test_input_the_server_finds_too_long_is_cut_further(server: EmbeddingServer, tmp_path: Path) -> None:
     server.behavior.bytes_per_token = 1.0  # a dense text: one token per byte, twice the estimate
     docs = make_docs(30)
     docs[2]["text"] = "dense " + "y" * 30_000
-    summary = run(server, tmp_path / "idx", docs)
+    summary = run(server, tmp_path / "idx", docs, chunking=False)
     sent = next(t for t in server.embedded_texts() if t.startswith("dense "))
     assert len(sent.encode()) <= 8192
     check(tmp_path / "idx", docs, server, sent={"doc2": sent})

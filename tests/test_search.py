@@ -335,3 +335,18 @@ def test_a_query_longer_than_the_window_is_embedded_with_a_warning(tmp_path: Pat
         with warnings.catch_warnings():
             warnings.simplefilter("error", QueryTruncatedWarning)
             idx.search(["function " * (MAX_SEQ_LENGTH - 10)], k=1)  # fits: no warning
+
+
+def test_queries_get_the_query_prompt_and_not_the_document_prompt(tmp_path: Path, small_settings: Settings,
+                                                                 fake_vector: object) -> None:
+    indexer.sync(tmp_path / "ix", [("a", "apples"), ("b", "bananas")], settings=small_settings,
+                 model="fake:16", prompt="passage: ", query_prompt="query: ")
+    with indexer.open(tmp_path / "ix") as idx:
+        q = idx.embed_queries(["apples"])
+        np.testing.assert_array_equal(q[0], fake_vector("query: apples"))  # type: ignore[operator]
+        ids, vecs = idx.vectors()
+        stored = dict(zip(ids, np.asarray(vecs), strict=True))
+        np.testing.assert_array_equal(stored["a"], fake_vector("passage: apples"))  # type: ignore[operator]
+        hits = idx.search(["apples"], k=2)[0]
+    want = sorted(((float(stored[d] @ q[0]), d) for d in stored), reverse=True)
+    assert [h.id for h in hits] == [d for _, d in want]

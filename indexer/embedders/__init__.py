@@ -8,6 +8,7 @@
 and runs it on a runtime (`runtime=`, see config.RUNTIMES): "torch" (sentence-transformers), "onnx"
 (ONNX Runtime fp32) or "onnx-int8" (dynamically quantized int8 weights), embedders/onnx_runtime.py.
 `truncate_dim=D` keeps the first D dims of every vector and renormalizes them (any model, any runtime).
+`prompt="passage: "` is prepended to every text as sentence-transformers' `encode(text, prompt=...)` does.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class TruncatedEmbedder:
 
 
 def load_embedder(name: str, *, batch_size: int = 32, batch_tokens: int | None = None,
-                  device: str | None = None, runtime: str = "torch", truncate_dim: int | None = None
-                  ) -> Embedder:
+                  device: str | None = None, runtime: str = "torch", truncate_dim: int | None = None,
+                  prompt: str = "") -> Embedder:
     """The embedder for a model name; `batch_size` caps the texts and `batch_tokens` the padded tokens
     of one forward pass (sentence-transformers models and their ONNX runtimes; the fake model has no
     batches)."""
@@ -96,17 +97,17 @@ def load_embedder(name: str, *, batch_size: int = 32, batch_tokens: int | None =
         if runtime != "torch":
             raise ModelLoadError(f"model {name!r}: the fake model has no {runtime} runtime; --runtime "
                                  "applies to sentence-transformers models")
-        embedder = FakeEmbedder(int(dim_text))
+        embedder = FakeEmbedder(int(dim_text), prompt)
     elif runtime == "torch":
         from .sentence_transformers import SentenceTransformerEmbedder
 
         embedder = SentenceTransformerEmbedder(name, batch_size=batch_size, batch_tokens=batch_tokens,
-                                               device=device)
+                                               device=device, prompt=prompt)
     else:
         from .onnx_runtime import OnnxEmbedder
 
         embedder = OnnxEmbedder(name, runtime=runtime, batch_size=batch_size, batch_tokens=batch_tokens,
-                                device=device)
+                                device=device, prompt=prompt)
     if truncate_dim is not None:
         embedder = TruncatedEmbedder(embedder, truncate_dim)
     return embedder

@@ -27,15 +27,18 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 class FakeEmbedder:
-    def __init__(self, dim: int) -> None:
+    """A `prompt` is prepended to every text before it is hashed, as a real model would see it."""
+
+    def __init__(self, dim: int, prompt: str = "") -> None:
         self.info = ModelInfo(model=f"fake:{dim}", revision="fake-2", dim=dim, normalize=True,
-                              max_seq_length=0)
+                              max_seq_length=0, prompt=prompt)
         # one 64-bit word gives two 32-bit components
         self._counters = np.arange(1, (dim + 1) // 2 + 1, dtype=np.uint64) * _GOLDEN
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        seeds = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in texts), np.uint64,
-                            len(texts))
+        prompt = self.info.prompt
+        seeds = np.fromiter((xxhash.xxh3_64_intdigest((prompt + t).encode("utf-8")) for t in texts),
+                            np.uint64, len(texts))
         with np.errstate(over="ignore"):
             words = _splitmix64(seeds[:, None] + self._counters[None, :])
         # little-endian explicitly, so the vectors are the same on any machine; each component odd, so

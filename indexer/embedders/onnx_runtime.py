@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch_end
+from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch_end, excludes_prompt
 
 __all__ = ["FILES", "OnnxEmbedder", "cache_dir", "ensure_exported", "import_onnxruntime"]
 
@@ -286,13 +286,18 @@ class OnnxEmbedder:
 
     def __init__(self, name: str, *, runtime: str = "onnx", batch_size: int = 32,
                  batch_tokens: int | None = None, device: str | None = None, model: Any = None,
-                 cache: Path | None = None, threads: int | None = None) -> None:
+                 cache: Path | None = None, threads: int | None = None, prompt: str = "") -> None:
         ort = import_onnxruntime()  # before the model loads: say what is missing at once
         if device not in (None, "cpu"):
             raise ModelLoadError(f"runtime {runtime!r} runs on the CPU only (asked for device {device!r}); "
                                  "use --runtime torch on GPUs")
         self.base = SentenceTransformerEmbedder(name, batch_size=batch_size, batch_tokens=batch_tokens,
-                                                device="cpu", model=model)
+                                                device="cpu", model=model, prompt=prompt)
+        if prompt and excludes_prompt(self.base.model):
+            # The exported graph pools over every token; it has no input for the prompt's length.
+            raise ModelLoadError(f"model {name!r} leaves the prompt out of its pooling "
+                                 f"(include_prompt=False), which runtime {runtime!r} cannot do; use "
+                                 "--runtime torch with --prompt")
         self.model = self.base.model  # its tokenizer; the weights stay loaded for the weights hash only
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
         self.path = ensure_exported(self.model, self.base.info.revision, runtime, name, cache)

@@ -193,7 +193,7 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, name: str, *, batch_size: int = 32, batch_tokens: int | None = None,
-                 device: str | None = None, model: Any = None) -> None:
+                 device: str | None = None, model: Any = None, prompt: str = "") -> None:
         if batch_size < 1 or (batch_tokens is not None and batch_tokens < 1):
             raise ValueError("batch_size and batch_tokens must be at least 1")
         self.batch_size = batch_size
@@ -205,14 +205,22 @@ class SentenceTransformerEmbedder:
         dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
             else model.get_sentence_embedding_dimension()
         self.info = ModelInfo(model=name, revision=weights_hash(model), dim=int(dim),
-                              normalize=normalize, max_seq_length=int(model.max_seq_length))
+                              normalize=normalize, max_seq_length=int(model.max_seq_length), prompt=prompt)
         # preprocess is sentence-transformers >= 5's name for tokenize
         self._preprocess = direct_tokenizer(model) or getattr(model, "preprocess", None) or model.tokenize
+        self.prompt = prompt
+        # What `encode(prompt=...)` adds to the features: the prompt's token count, which pooling that
+        # excludes the prompt (`include_prompt=False`, e.g. INSTRUCTOR-style models) leaves out.
+        self.prompt_length = prompt_token_length(model, prompt) if prompt else None
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         """The model's features for `texts`; thread-safe, so a worker can tokenize its next claim
         while this one runs on the GPU."""
+        if self.prompt:  # as sentence-transformers prepends it (`encode(text, prompt=...)`)
+            texts = [self.prompt + t for t in texts]
         features = self._preprocess(texts) if texts else {}
+        if texts and self.prompt_length is not None:
+            features["prompt_length"] = self.prompt_length
         lengths = features["attention_mask"].sum(dim=1).numpy() if texts else np.zeros(0, np.int64)
         return Tokenized(features, lengths, np.argsort(lengths, kind="stable"),
                          left_padded=getattr(self.model.tokenizer, "padding_side", "right") == "left")
@@ -257,6 +265,49 @@ class SentenceTransformerEmbedder:
         self.batch_size = max(1, min(self.batch_size, failed_batch) // 2)
         if self.batch_tokens is not None:
             self.batch_tokens = max(1, self.batch_tokens // 2)
+
+
+def prompt_token_length(model: Any, prompt: str) -> int | None:
+    """The prompt's length in tokens without a trailing special token, as sentence-transformers'
+    Transformer module measures it (`_get_prompt_length`) for `encode(text, prompt=...)`."""
+    prepare = getattr(model, "preprocess", None) or model.tokenize
+    ids = prepare([prompt]).get("input_ids")
+    if ids is None:
+        return None
+    length = int(ids.shape[-1])
+    special = getattr(getattr(model, "tokenizer", None), "all_special_ids", None) or []
+    if int(ids[..., -1].item()) in special:
+        length -= 1
+    return length
+
+
+def excludes_prompt(model: Any) -> bool:
+    """Whether the model's pooling leaves the prompt's tokens out (`include_prompt=False`)."""
+    return any(getattr(module, "include_prompt", True) is False for module in model)
+
+
+def model_prompts(name: str) -> dict[str, str]:
+    """The prompts a sentence-transformers model defines in its config_sentence_transformers.json, read
+    from its directory or the local Hugging Face cache without loading the model; {} if none."""
+    import json
+
+    path = Path(resolve_model_path(name))
+    config: Path | None = path / "config_sentence_transformers.json"
+    if not path.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, "config_sentence_transformers.json")
+        except Exception:  # not a repository name at all
+            found = None
+        config = Path(found) if isinstance(found, str) else None
+    if config is None or not config.is_file():
+        return {}
+    try:
+        prompts = json.loads(config.read_text(encoding="utf-8")).get("prompts") or {}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{config} is unreadable ({exc}); repair or re-download the model") from exc
+    return {str(k): str(v) for k, v in prompts.items()} if isinstance(prompts, dict) else {}
 
 
 def _load(name: str, device: str | None) -> Any:

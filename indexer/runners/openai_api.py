@@ -154,7 +154,7 @@ class OpenAIRunner:
                  backoff_base: float = 0.5, backoff_max: float = 60.0,
                  max_batch_inputs: int = MAX_BATCH_INPUTS, max_batch_tokens: int = MAX_BATCH_TOKENS,
                  max_input_tokens: int = MAX_INPUT_TOKENS, max_rate_limit_wait: float = 3600.0,
-                 tokenizer: str = "auto") -> None:
+                 tokenizer: str = "auto", prompt: str = "") -> None:
         key = os.environ.get("OPENAI_API_KEY", "")
         if not key:
             raise ModelLoadError("backend openai needs an API key in the OPENAI_API_KEY environment variable "
@@ -196,12 +196,15 @@ class OpenAIRunner:
         except BaseException:
             self.close()
             raise
+        self.prompt = prompt
         self.info = ModelInfo(model=model, revision=f"api:{self.host}", dim=self.dim, normalize=False,
-                              max_seq_length=max_input_tokens)
+                              max_seq_length=max_input_tokens, prompt=prompt)
 
     # -- the Runner protocol ---------------------------------------------------------------------
 
     def submit(self, texts: list[str]) -> Future[EmbedResult]:
+        if self.prompt:  # the API sees the text as a local model would: prompt first
+            texts = [self.prompt + t for t in texts]
         return asyncio.run_coroutine_threadsafe(self._embed(texts), self._loop)
 
     def close(self) -> None:
@@ -641,6 +644,8 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object], **opt
     if "truncate_dim" in embedder_options:
         raise IndexerError("backend openai does not take --truncate-dim; ask the API for fewer dimensions "
                            "with --dimensions")
+    embedder_options = dict(embedder_options)
+    prompt = str(embedder_options.pop("prompt", ""))
     if embedder_options:
         names = ", ".join(sorted(embedder_options))
         raise IndexerError(f"backend openai takes no embedder options (got {names})")
@@ -659,4 +664,4 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object], **opt
         if not ok:
             raise IndexerError(f"backend openai: {name} must be a {kind.__name__}, got {value!r}")
         kwargs[name] = value
-    return OpenAIRunner(model, **kwargs)
+    return OpenAIRunner(model, prompt=prompt, **kwargs)

@@ -3,6 +3,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._template import Template
+
 __all__ = ["Record", "Skip", "record_from_fields"]
 
 
@@ -30,8 +32,18 @@ class Skip:
 
 
 def record_from_fields(row: Mapping[str, object], id_field: str, text_field: str,
-                       at: str, line: int | None = None) -> Record | Skip:
-    """Validate one row: the one place that decides which ids and texts are usable."""
+                       at: str, line: int | None = None, template: Template | None = None) -> Record | Skip:
+    """Validate one row: the one place that decides which ids and texts are usable. With a `template`,
+    the text is composed from the row's fields instead of read from `text_field`."""
+    if template is not None:
+        composed = template.compose(row)
+        known = {id_field: row[id_field]} if id_field in row else {}
+        if isinstance(composed, str):
+            return record_from_fields({**known, text_field: composed}, id_field, text_field, at, line)
+        valid_id = _valid_id(row.get(id_field))
+        if valid_id is None:  # the id's own problem is reported first, as without a template
+            return record_from_fields(known, id_field, text_field, at, line)
+        return Skip(at if line is None else f"{at}:{line}", composed[1], valid_id)
     doc_id, text = row.get(id_field), row.get(text_field)
     # The common case in few steps: isascii() is O(1), so only non-ASCII strings pay for a UTF-8 check.
     if (type(doc_id) is str and doc_id and (doc_id.isascii() or _is_unicode(doc_id))

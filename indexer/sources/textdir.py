@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ._records import Record, Skip, _is_unicode, record_from_fields
+from ._template import Template
 
 
 class TextDirSource:
@@ -17,7 +18,13 @@ class TextDirSource:
     that cannot be listed stops the scan with a SourceError: its files would otherwise look deleted.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, template: Template | None = None) -> None:
+        unknown = [f for f in template.fields if f not in ("id", "text")] if template else []
+        if unknown:
+            raise SourceError(f"source {root} is a directory of text files, whose records have only the "
+                              f"fields id (the relative path) and text; the --template asks for "
+                              f"{', '.join(map(repr, unknown))}")
+        self.template = template
         self.root = root
         self.name = str(root)
         self._real_root = root.resolve()
@@ -70,4 +77,5 @@ class TextDirSource:
                 except UnicodeDecodeError as exc:
                     yield Skip(where, f"not valid UTF-8 at byte {exc.start}", rel)
                     continue
-                yield record_from_fields({"id": rel, "text": text}, "id", "text", where)
+                yield record_from_fields({"id": rel, "text": text}, "id", "text", where,
+                                         template=self.template)

@@ -1,0 +1,85 @@
+"""LanceDB: a table in a local (or object-store) LanceDB database, `--to lancedb:PATH`.
+
+Upserts are LanceDB's merge_insert on "id"; inserts, of ids the table has never held, are plain
+appends (far cheaper on a first push of a large index); deletes are SQL predicates on "id".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import IndexerError, MissingDependencyError
+
+INSTALL_HINT = "pip install 'indexer[lancedb]'"
+_DELETE_BATCH = 1000  # ids per delete predicate
+
+
+def make(location: str, table: str) -> LanceDBTarget:
+    return LanceDBTarget(location, table)
+
+
+def _quote(doc_id: str) -> str:
+    return "'" + doc_id.replace("'", "''") + "'"
+
+
+class LanceDBTarget:
+    def __init__(self, location: str, table: str) -> None:
+        try:
+            import lancedb
+        except ImportError as exc:
+            raise MissingDependencyError(f"push to LanceDB needs the lancedb package: {INSTALL_HINT}"
+                                         ) from exc
+        # A local path is made absolute, so that the key is the same from any working directory.
+        self.location = location if "://" in location else os.path.abspath(location)
+        self.name = table
+        self.key = f"lancedb:{self.location}#{table}"
+        self.db = lancedb.connect(self.location)
+        self._table: Any = None
+
+    def _open(self) -> Any:
+        if self._table is None:
+            try:
+                self._table = self.db.open_table(self.name)
+            except ValueError:  # LanceDB's "Table ... was not found"
+                return None
+        return self._table
+
+    def exists(self) -> bool:
+        return self._open() is not None
+
+    def create(self, schema: Any) -> None:
+        table = self._open()
+        if table is None:
+            self._table = self.db.create_table(self.name, schema=schema)
+            return
+        have = {f.name: f.type for f in table.schema}
+        wrong = [f"{f.name}: the table has {have.get(f.name, 'no such column')}, the index {f.type}"
+                 for f in schema if have.get(f.name) != f.type]
+        if wrong:
+            raise IndexerError(f"table {self.name!r} in {self.location} does not fit this index ("
+                               + "; ".join(wrong) + "); push to another --table, or --replace it")
+
+    def count(self) -> int:
+        table = self._open()
+        return 0 if table is None else int(table.count_rows())
+
+    def insert(self, rows: Any) -> None:
+        self._open().add(rows)
+
+    def upsert(self, rows: Any) -> None:
+        (self._open().merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+         .execute(rows))
+
+    def delete(self, ids: list[str]) -> None:
+        table = self._open()
+        for start in range(0, len(ids), _DELETE_BATCH):
+            table.delete("id IN (" + ", ".join(map(_quote, ids[start:start + _DELETE_BATCH])) + ")")
+
+    def drop(self) -> None:
+        if self.exists():
+            self.db.drop_table(self.name)
+        self._table = None
+
+    def close(self) -> None:
+        self._table = None

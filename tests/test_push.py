@@ -1,0 +1,294 @@
+"""`indexer push --to lancedb:PATH`: a real LanceDB directory kept equal to the index (ids and vectors)
+through syncs of new, changed and deleted documents, pushes that send only what changed, a Hypothesis
+sequence of both, and pushes killed with SIGKILL part-way (indexer/_faults.py crash points)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import indexer
+from indexer.cli import cli
+from indexer.push import push
+from indexer.settings import Settings
+
+lancedb = pytest.importorskip("lancedb")
+
+SETTINGS = Settings(chunk_rows=8)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+def table_rows(db: Path, table: str = "vectors") -> dict[str, bytes]:
+    rows = lancedb.connect(str(db)).open_table(table).to_arrow()
+    ids = rows.column("id").to_pylist()
+    dim = rows.schema.field("vector").type.list_size
+    vectors = rows.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    assert len(set(ids)) == len(ids), "a document is in the table twice"
+    return {i: v.tobytes() for i, v in zip(ids, vectors, strict=True)}
+
+
+def index_rows(ix: Path) -> dict[str, bytes]:
+    with indexer.open(ix) as idx:
+        ids, vecs = idx.vectors()
+        return {i: v.tobytes() for i, v in zip(list(ids), np.asarray(vecs), strict=True)}
+
+
+def assert_mirrored(ix: Path, db: Path, table: str = "vectors") -> None:
+    expected, got = index_rows(ix), table_rows(db, table)
+    assert sorted(got) == sorted(expected)
+    assert got == expected
+
+
+def docs(n: int, version: int = 0) -> dict[str, str]:
+    return {f"doc-{i:03d}": f"text {i} v{version}" for i in range(n)}
+
+
+def sync(ix: Path, documents: dict[str, str], **kw: Any) -> indexer.SyncSummary:
+    return indexer.sync(ix, list(documents.items()), model="fake:16", delete_missing=True,
+                        settings=SETTINGS, **kw)
+
+
+def test_first_push_writes_everything_later_ones_only_the_changes(tmp_path: Path) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = docs(30)
+    sync(ix, current)
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--json")
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.stdout)
+    assert (first["upserted"], first["deleted"], first["rows"], first["everything"]) == (30, 0, 30, True)
+    assert isinstance(first["seconds"], float)
+    assert_mirrored(ix, db)
+
+    current["doc-007"] = "one change"
+    sync(ix, current)
+    second = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (second["upserted"], second["deleted"]) == (1, 0)  # exactly that change
+    assert_mirrored(ix, db)
+
+    del current["doc-003"]
+    current["doc-100"] = "new"
+    sync(ix, current)
+    third = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (third["upserted"], third["deleted"], third["rows"]) == (1, 1, 30)
+    assert_mirrored(ix, db)
+    nothing = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (nothing["upserted"], nothing["deleted"]) == (0, 0)
+
+    # a second table of the same database is a target of its own
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--table", "other", "--json")
+    assert json.loads(r.stdout)["upserted"] == 30
+    assert_mirrored(ix, db, "other")
+
+
+def test_float16_index_and_awkward_ids(tmp_path: Path) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = {"it's": "quote", "back\\slash": "b", "東京": "tokyo", "a b,c": "spaces"}
+    indexer.sync(ix, list(current.items()), model="fake:16", dtype="float16", settings=SETTINGS)
+    push(ix, f"lancedb:{db}")
+    assert_mirrored(ix, db)
+    del current["it's"]
+    sync(ix, current)
+    report = push(ix, f"lancedb:{db}")
+    assert (report.deleted, report.rows) == (1, 3)
+    assert_mirrored(ix, db)
+
+
+settings_for_sequences = settings(max_examples=6, deadline=None, derandomize=True,
+                                  suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                         HealthCheck.too_slow])
+
+# A step: ("sync", {id number: text version, absent: deleted}) or ("push", None).
+step = st.one_of(
+    st.tuples(st.just("sync"), st.dictionaries(st.integers(0, 11), st.integers(0, 2), max_size=12)),
+    st.tuples(st.just("push"), st.none()))
+
+
+@settings_for_sequences
+@given(st.lists(step, min_size=1, max_size=6))
+def test_any_sequence_of_syncs_and_pushes_ends_equal(tmp_path_factory: pytest.TempPathFactory,
+                                                     steps: list[tuple[str, Any]]) -> None:
+    base = tmp_path_factory.mktemp("seq")
+    ix, db = base / "ix", base / "lance"
+    sync(ix, {"seed": "seed"})
+    for kind, state in steps:
+        if kind == "sync":
+            sync(ix, {f"d{i}": f"text {i} v{v}" for i, v in state.items()})
+        else:
+            push(ix, f"lancedb:{db}", batch_rows=4)
+            assert_mirrored(ix, db)
+    report = push(ix, f"lancedb:{db}", batch_rows=4)
+    assert_mirrored(ix, db)
+    assert report.rows == report.served and not report.warnings
+    again = push(ix, f"lancedb:{db}", batch_rows=4)
+    assert (again.upserted, again.deleted) == (0, 0)
+
+
+PUSH_CHILD = textwrap.dedent("""
+    import sys
+    from indexer.push import push
+    push(sys.argv[1], sys.argv[2], batch_rows=3)
+""")
+
+
+def push_killed_at(ix: Path, db: Path, crash_at: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INDEXER_CRASH_AT": crash_at}
+    proc = subprocess.run([sys.executable, "-c", PUSH_CHILD, str(ix), f"lancedb:{db}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("crash_at", ["push-after-upsert:2", "push-after-delete:1"])
+def test_a_push_killed_part_way_is_finished_by_the_next(tmp_path: Path, crash_at: str) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = docs(20)
+    sync(ix, current)
+    push(ix, f"lancedb:{db}")
+    changed = {**{k: v for k, v in current.items() if k >= "doc-005"}, **docs(26, version=1)}
+    del changed["doc-019"]
+    sync(ix, changed)  # 5 deleted, 25 changed or new
+    push_killed_at(ix, db, crash_at)
+    assert table_rows(db) != index_rows(ix)  # the kill left the table part-way
+
+    # The hard case: documents the killed push may have sent are deleted before the next push.
+    for doc_id in ("doc-000", "doc-006", "doc-007", "doc-020", "doc-021"):
+        changed.pop(doc_id, None)
+    sync(ix, changed)
+    report = push(ix, f"lancedb:{db}")
+    assert_mirrored(ix, db)
+    assert report.rows == report.served == len(changed)
+    one = dict(changed, **{"doc-010": "the one change"})
+    sync(ix, one)
+    last = push(ix, f"lancedb:{db}")
+    assert (last.upserted, last.deleted) == (1, 0)
+    assert_mirrored(ix, db)
+
+
+def test_a_table_this_index_never_pushed_is_not_overwritten_unless_replaced(tmp_path: Path) -> None:
+    ix, other, db = tmp_path / "ix", tmp_path / "other", tmp_path / "lance"
+    sync(ix, docs(5))
+    sync(other, {"x": "something else"})
+    push(other, f"lancedb:{db}")
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}")
+    assert r.exit_code == 1 and "already holds 1 rows that this index never pushed" in r.stderr
+    assert sorted(table_rows(db)) == ["x"]
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--replace", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["upserted"] == 5
+    assert_mirrored(ix, db)
+
+
+def test_a_dropped_table_is_pushed_again_whole(tmp_path: Path) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    sync(ix, docs(6))
+    push(ix, f"lancedb:{db}")
+    lancedb.connect(str(db)).drop_table("vectors")
+    report = push(ix, f"lancedb:{db}")
+    assert report.upserted == 6 and report.everything and "is gone" in report.warnings[0]
+    assert_mirrored(ix, db)
+
+
+def test_a_table_of_another_dimension_is_refused(tmp_path: Path) -> None:
+    ix, other, db = tmp_path / "ix", tmp_path / "other", tmp_path / "lance"
+    sync(ix, docs(3))
+    indexer.sync(other, [("x", "y")], model="fake:8", settings=SETTINGS)
+    push(other, f"lancedb:{db}")
+    with indexer.open(ix) as idx:
+        idx.manifest.push_target(f"lancedb:{db}#vectors", create=True)  # as if it had pushed there
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}")
+    assert r.exit_code == 1 and "does not fit this index" in r.stderr and "float>[8]" in r.stderr
+
+
+def test_bad_targets_and_a_missing_lancedb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ix = tmp_path / "ix"
+    sync(ix, docs(2))
+    r = invoke("push", str(ix), "--to", "qdrant:localhost")
+    assert r.exit_code == 1 and "SCHEME:LOCATION" in r.stderr
+    r = invoke("push", str(ix), "--to", f"lancedb:{tmp_path}", "--table", "a;drop")
+    assert r.exit_code == 1 and "--table" in r.stderr
+    monkeypatch.setitem(sys.modules, "lancedb", None)  # as if it were not installed
+    r = invoke("push", str(ix), "--to", f"lancedb:{tmp_path / 'lance'}")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [
+        "indexer: error: push to LanceDB needs the lancedb package: pip install 'indexer[lancedb]'"]
+
+
+def test_pushes_during_a_sync_end_equal(tmp_path: Path) -> None:
+    """Pushes run while a sync commits (threads, separate connections): each sends its snapshot, and
+    the push after the sync leaves the table equal to the index."""
+    import threading
+
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    sync(ix, docs(50))
+    big = {**docs(3000, version=1)}
+    del big["doc-001"]
+    errors: list[BaseException] = []
+
+    def run_sync() -> None:
+        try:
+            indexer.sync(ix, list(big.items()), delete_missing=True, settings=Settings(chunk_rows=64))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run_sync)
+    worker.start()
+    pushes = 0
+    while worker.is_alive() or pushes == 0:
+        push(ix, f"lancedb:{db}", batch_rows=500)
+        pushes += 1
+    worker.join()
+    assert not errors
+    push(ix, f"lancedb:{db}")
+    assert_mirrored(ix, db)
+    assert len(table_rows(db)) == 2999
+
+
+def test_a_failing_store_stops_the_push_with_one_line_and_the_next_push_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer.targets import lancedb as lancedb_target
+
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    sync(ix, docs(10))
+    real_insert = lancedb_target.LanceDBTarget.insert
+
+    def broken(self: Any, rows: Any) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(lancedb_target.LanceDBTarget, "insert", broken)
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1].endswith("OSError: disk on fire; the push stopped part-way, "
+                                                      "nothing is lost: fix that and push again to finish")
+    monkeypatch.setattr(lancedb_target.LanceDBTarget, "insert", real_insert)
+    assert push(ix, f"lancedb:{db}").upserted == 10
+    assert_mirrored(ix, db)
+
+
+def test_long_documents_are_pushed_as_the_mean_of_their_chunks(tmp_path: Path) -> None:
+    """A chunked index (--chunk-tokens, words): a long document is served, and pushed, as the
+    normalized mean of its chunk vectors; an edit of one of its chunks pushes its new row."""
+    ix, db = tmp_path / "ix", tmp_path / "db"
+    documents = {**docs(5), "long": "alpha beta gamma.\n\ndelta epsilon zeta.\n\neta theta iota."}
+    sync(ix, documents, chunk_tokens=3)
+    with indexer.open(ix) as idx:
+        assert idx.status()["chunks"] == 5 + 3
+    assert push(ix, f"lancedb:{db}").upserted == 6
+    assert_mirrored(ix, db)
+    documents["long"] = documents["long"].replace("epsilon", "omega")
+    sync(ix, documents, chunk_tokens=3)
+    assert push(ix, f"lancedb:{db}").upserted == 1
+    assert_mirrored(ix, db)
