@@ -83,7 +83,7 @@ def test_default_model_with_prompt_and_template_equals_encode_with_prompt(tmp_pa
         index_dir = tmp_path / backend
         summary = indexer.sync(index_dir, records, prompt="passage: ", query_prompt="query: ",
                                template="{title}: {text}", backend=backend, backend_options=options,
-                               settings=SETTINGS)
+                               settings=SETTINGS, chunking=False)  # whole texts, as encode gives them
         assert (summary.embedded, summary.failed) == (len(records), 0)
         got = in_order(index_dir, len(records))
         assert cosines(got, expected).min() >= 0.9999, backend
@@ -101,7 +101,7 @@ def test_ray_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st
     texts = tiny_texts(20, seed=3)
     s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
                      model=str(tiny_path), prompt="passage: ", backend="ray",
-                     backend_options={"workers": 1}, settings=SETTINGS)
+                     backend_options={"workers": 1}, settings=SETTINGS, chunking=False)
     assert (s.embedded, s.failed) == (20, 0)
     expected = tiny_st.encode(texts, prompt="passage: ", convert_to_numpy=True)
     assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
@@ -112,10 +112,27 @@ def test_gpus_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_s
     texts = tiny_texts(20, seed=8)
     s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
                      model=str(tiny_path), prompt="passage: ", backend="gpus",
-                     backend_options={"devices": "cpu"}, settings=SETTINGS)
+                     backend_options={"devices": "cpu"}, settings=SETTINGS, chunking=False)
     assert (s.embedded, s.failed) == (20, 0)
     expected = tiny_st.encode(texts, prompt="passage: ", convert_to_numpy=True)
     assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
+
+
+def test_chunks_leave_room_for_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any) -> None:
+    """Chunked with a prompt: every chunk with its prompt fits the tiny model's window, and each chunk's
+    vector is what encode gives that chunk with the prompt."""
+    texts = tiny_texts(12, seed=5)
+    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
+                     prompt="passage: ", settings=SETTINGS)
+    assert s.chunks > len(texts) and s.failed == 0
+    with indexer.open(tmp_path / "ix") as idx:
+        chunks = idx.chunks()
+        pieces = [texts[int(i[1:])][a:b] for i, a, b in zip(chunks.ids, chunks.starts, chunks.ends,
+                                                            strict=True)]
+        got = np.asarray(chunks.vectors)
+    window = tiny_st.max_seq_length
+    assert all(len(tiny_st.tokenizer("passage: " + p)["input_ids"]) <= window for p in pieces)
+    assert cosines(got, tiny_st.encode(pieces, prompt="passage: ", convert_to_numpy=True)).min() >= 0.9999
 
 
 def test_onnx_runtime_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any,
@@ -132,7 +149,7 @@ def test_onnx_runtime_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_s
 def test_prompt_name_takes_the_models_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any) -> None:
     texts = tiny_texts(12, seed=5)
     indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
-                 prompt_name="passage", settings=SETTINGS)
+                 prompt_name="passage", settings=SETTINGS, chunking=False)
     with indexer.open(tmp_path / "ix") as idx:
         assert idx.config.prompt == "passage: "
     expected = tiny_st.encode(texts, prompt_name="passage", convert_to_numpy=True)
