@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -19,6 +20,7 @@ from .embedders import quiet_libraries
 from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
+from .search import QueryTruncatedWarning, snippet
 from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter
 from .sync import DEFAULT_MAX_DELETE
@@ -417,6 +419,68 @@ def export(index_dir: str, out: str, fmt: str | None, ids_out: str | None, level
     what = "chunk vectors" if level == "chunks" else "vectors"
     click.echo(f"exported {n} {what} to {out}" + (f" and their ids to {ids_out}" if ids_out else ""),
                err=True)
+
+
+def _read_queries(path: str) -> list[str]:
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                                 param_hint="--queries") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@cli.command()
+@click.argument("index_dir", metavar="DIR")
+@click.argument("queries", nargs=-1)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Documents to return per query.")
+@click.option("--queries", "queries_file", metavar="FILE",
+              help="Read queries from FILE, one a line (blank lines skipped; - for stdin), after any "
+                   "given as arguments.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON line per query, in order: {"query", "hits": [{"id", "score", "chunk", '
+                   '"start", "end"}]}.')
+@click.option("--source", "sources", multiple=True, metavar="SOURCE",
+              help="The sources the index was synced from (as given to sync; repeatable): the plain "
+                   "output shows each hit's passage under it. The index keeps no text; a document whose "
+                   "text changed since it was embedded shows its span only.")
+@click.option("--id-field", default="id", show_default=True, help="[--source] Id field or column.")
+@click.option("--text-field", default="text", show_default=True, help="[--source] Text field or column.")
+def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str | None, as_json: bool,
+           sources: tuple[str, ...], id_field: str, text_field: str) -> None:
+    """Find the documents most similar to each QUERY: exact search over every chunk's vector.
+
+    Queries are embedded with the index's own model and configuration. A document scores as its best
+    chunk (cosine similarity); each hit names the chunk and its character span [start, end) in the
+    document's text. Each call reads every vector once (bounded memory); for fast single queries over
+    millions of rows build an approximate index instead (docs/SEARCH.md).
+    """
+    texts = list(queries) + (_read_queries(queries_file) if queries_file else [])
+    if not texts:
+        raise click.UsageError("give at least one query, as an argument or with --queries FILE")
+    with _errors(), _open(index_dir) as idx, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QueryTruncatedWarning)
+        results = idx.search(texts, k=k)
+        found = [h for hits in results for h in hits]
+        passages = idx.passages(found, sources, id_field, text_field) if sources and not as_json else {}
+    for w in caught:
+        if issubclass(w.category, QueryTruncatedWarning):
+            click.echo(f"indexer: warning: {w.message}", err=True)
+    for n, (query, hits) in enumerate(zip(texts, results, strict=True), 1):
+        if as_json:
+            click.echo(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
+            continue
+        click.echo(f"{'' if n == 1 else chr(10)}query {n}: {' '.join(query.split())}")
+        for rank, h in enumerate(hits, 1):
+            click.echo(f"{rank:4d}  {h.score:.4f}  {h.id}  [{h.start}:{h.end}] chunk {h.chunk}")
+            if h.id in passages:
+                click.echo(f"      {snippet(passages[h.id], h)}")
+    if sources and not as_json:
+        stale = {h.id for h in found} - set(passages)
+        if stale:
+            click.echo(f"indexer: warning: {len(stale)} hit document(s) not found in the sources with the "
+                       "text the index serves (changed or missing since the sync): spans only", err=True)
 
 
 @cli.command("push")

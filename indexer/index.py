@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from ._lock import maintenance_lock
 from .config import EmbeddingConfig, config_text, parse_config, read_config, write_config
 from .errors import (
     ChunkMissingError,
+    EmbeddingError,
     IndexBusyError,
     IndexerError,
     IndexNotFoundError,
@@ -28,7 +30,18 @@ from .errors import (
     UsageError,
 )
 from .manifest import Manifest, identify
+from .search import (
+    ChunkRows,
+    Hit,
+    check_k,
+    load_query_embedder,
+    query_texts,
+    search_rows,
+    served_texts,
+    warn_long_queries,
+)
 from .settings import Settings
+from .sources import open_sources
 from .store import VectorStore
 from .vectors import (
     Chunks,
@@ -224,6 +237,7 @@ class Index:
         self.manifest = manifest
         self.store = store
         self.settings = settings
+        self._query_embedder: Any = None  # loaded on the first search
 
     @staticmethod
     def exists(path: str | Path) -> bool:
@@ -429,6 +443,51 @@ class Index:
             with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
                 f.writelines(lines)
         return n
+
+    # -- search (indexer/search.py) ------------------------------------------------------------
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """(queries, dim) float32 vectors of `queries` from the index's own model and configuration
+        (with its query prompt), normalized as its vectors are. ModelLoadError when that model cannot
+        be loaded here as it was; a QueryTruncatedWarning for each query longer than the model's
+        window."""
+        texts = query_texts(queries)
+        if self._query_embedder is None:
+            self._query_embedder = load_query_embedder(self.config, self.path)
+        warn_long_queries(self.config, texts)
+        vectors = np.asarray(self._query_embedder.embed(texts), dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if len(bad):
+            raise EmbeddingError(f"model {self.config.model!r} gave a non-finite vector for query "
+                                 f"{bad[0] + 1} ({texts[bad[0]]!r}); reword it")
+        return vectors
+
+    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The `k` documents most similar to each query, best first: every chunk scored exactly
+        (cosine), a document ranked by its best chunk. One list of hits per query, in order."""
+        rows = self._searchable(k)
+        return search_rows(rows, self.embed_queries(queries), k, normalized=self.config.normalize)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """`search` for query vectors made elsewhere (e.g. by the API an index was embedded with)."""
+        return search_rows(self._searchable(k), vectors, k, normalized=self.config.normalize)
+
+    def passages(self, hits: Iterable[Hit], sources: Sequence[str], id_field: str = "id",
+                 text_field: str = "text") -> dict[str, str]:
+        """{id: text} for the hits' documents, re-read from `sources` (the manifest keeps no text once
+        embedded), only where the source still holds the version the index serves."""
+        records = itertools.chain.from_iterable(open_sources(sources, id_field, text_field))
+        return served_texts(self.manifest.conn, (h.id for h in hits), records)
+
+    def _searchable(self, k: int) -> ChunkRows:
+        """The chunk rows search reads, checked before any model is loaded."""
+        check_k(k)
+        rows = self.chunks()
+        if not len(rows.ids):
+            counts = self.manifest.status_counts()
+            raise IndexerError(f"index {self.path} has no embedded documents to search ({counts['pending']} "
+                               f"pending); run `indexer sync` first")
+        return rows
 
     def _export_parquet(self, out: Path) -> int:
         """One row group per step of rows, each read from the store and written before the next, so

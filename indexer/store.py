@@ -215,5 +215,11 @@ class VectorStore:
         bounds = np.flatnonzero(np.diff(sorted_chunks)) + 1
         for part in np.split(order, bounds):
             chunk = int(chunks[part[0]])
-            out[part] = self._map(chunk)[slots[part] - chunk * self.chunk_rows]
+            rows = slots[part] - chunk * self.chunk_rows
+            # part is ascending (stable sort): consecutive slots into consecutive rows of `out`, as in
+            # a read in slot order, are one slice copy instead of a gather
+            if int(part[-1]) - int(part[0]) == len(part) - 1 and (np.diff(rows) == 1).all():
+                out[int(part[0]):int(part[-1]) + 1] = self._map(chunk)[int(rows[0]):int(rows[-1]) + 1]
+            else:
+                out[part] = self._map(chunk)[rows]
         return out
