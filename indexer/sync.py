@@ -388,8 +388,10 @@ def _bind_to_index(index: Index, seam: Runner | Embedder | None, dry_run: bool, 
         return None
     runner = make_runner()
     try:
-        config.require_same(_requested_config(runner.info, config.dtype, config.query_prompt,
-                                              config.template), index.path)
+        # the weights and what the model reports; the chunking settings were compared by name above
+        loaded = _requested_config(runner.info, config.dtype, config.query_prompt, config.template)
+        config.require_same(replace(loaded, chunking=config.chunking, chunk_tokens=config.chunk_tokens,
+                                    chunk_overlap=config.chunk_overlap), index.path)
     except BaseException:
         runner.close()
         raise
