@@ -101,8 +101,9 @@ class Model:
         self.contents: dict[str, str] = {}
 
     def state(self, text: str) -> str:
-        """A document text's state from its chunks': done when all are, failed when one is."""
-        states = {self.contents[c] for c in chunks_of(text)}
+        """A document text's state from its chunks': done when all are, failed when one is. (A deleted
+        document's text may have no contents left after a compact: not done.)"""
+        states = {self.contents.get(c, "gone") for c in chunks_of(text)}
         return "done" if states == {"done"} else "failed" if "failed" in states else "pending"
 
     def sync(self, source: dict[str, str], delete_missing: bool, flaky: bool) -> None:
