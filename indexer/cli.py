@@ -459,7 +459,9 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
     texts = list(queries) + (_read_queries(queries_file) if queries_file else [])
     if not texts:
         raise click.UsageError("give at least one query, as an argument or with --queries FILE")
-    with _errors(), _open(index_dir) as idx, warnings.catch_warnings(record=True) as caught:
+    # no Hugging Face bars off a terminal, as in sync
+    with _errors(), quiet_libraries(not sys.stderr.isatty()), _open(index_dir) as idx, \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)
         results = idx.search(texts, k=k)
         found = [h for hits in results for h in hits]
