@@ -381,10 +381,16 @@ def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> No
     assert isinstance(runner, ProcessRunner)
     seen: list[tuple[float, int]] = []
     throttle = Throttle(runner.pids[0], stopped=0.4, running=0.02)
+
+    def progress(p: Progress) -> None:
+        if p.phase == "embed":
+            seen.append((time.monotonic(), p.processed))
+            if p.processed == chunk:  # every batch finished: what the test is about is over
+                throttle.done.set()  # (throttled, the claim's tail alone could outlast the deadline)
+
     throttle.start()
     try:
-        summary = sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=lambda p:
-                       seen.append((time.monotonic(), p.processed)) if p.phase == "embed" else None)
+        summary = sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=progress)
     finally:
         throttle.done.set()
         throttle.join()
