@@ -34,7 +34,8 @@ from .sources import Record, Skip
 if TYPE_CHECKING:
     from .chunking import Chunker
 
-__all__ = ["APPLICATION_ID", "Claim", "Manifest", "ScanCounts", "content_hash", "identify", "migrations_dir"]
+__all__ = ["APPLICATION_ID", "Claim", "Finished", "Manifest", "ScanCounts", "content_hash", "identify",
+           "migrations_dir"]
 
 
 def content_hash(text: str) -> bytes:
@@ -63,6 +64,17 @@ class Claim:
     chunk: int
     hashes: list[bytes]
     texts: list[str]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A claim whose chunk is written: its (hash, slot) pairs done, (hash, reason) failed attempts, and
+    the chunk's checksums (None when nothing was written), ready for `Manifest.commit_many`."""
+
+    claim: Claim
+    done: list[tuple[bytes, int]]
+    failed: list[tuple[bytes, str]]
+    checksum: bytes | None
 
 
 @dataclass
@@ -544,39 +556,60 @@ class Manifest:
         `on_chunk(chunk)` runs inside the write transaction: the store grows its shape there, so that
         two processes never rewrite the array's metadata at once.
         """
+        claims = self.claim_many(limit, 1, owner, on_chunk)
+        return claims[0] if claims else None
+
+    def claim_many(self, limit: int, count: int, owner: str | None = None,
+                   on_chunk: object = None) -> list[Claim]:
+        """Up to `count` claims of up to `limit` contents each (each its own fresh chunk, lease and
+        token), in one transaction: consecutive in length order, so that similar lengths stay together.
+        One transaction for many claims writes each page they share to the log once.
+
+        `on_chunk(last chunk)` runs inside the write transaction (see `claim`)."""
         now = time.time()
-        claim: Claim | None = None
+        claims: list[Claim] = []
         try:
             with self._write() as conn:
                 self._expire_claims(conn, now)
-                # A pending content without its text (re-queued by verify --repair) waits for a scan.
-                rows = conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
-                                       AND parts = 0 AND text IS NOT NULL
-                                       ORDER BY chars LIMIT ?""", (limit,)).fetchall()
+                rows = self._pending_texts(conn, limit * count)
                 if not rows:
-                    return None
-                chunk = conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
-                                     "RETURNING value - 1").fetchone()[0]
-                token = secrets.token_hex(16)
-                cid = conn.execute(
-                    "INSERT INTO claims (token, owner, chunk, expires_at, state) "
-                    "VALUES (?, ?, ?, ?, 'active')",
-                    (token, owner or current_owner(), chunk, now + self.settings.lease_seconds)).lastrowid
-                assert cid is not None
+                    return []
+                parts = [rows[i:i + limit] for i in range(0, len(rows), limit)]
+                first = conn.execute("UPDATE meta SET value = value + ? WHERE key = 'next_chunk' "
+                                     "RETURNING value - ?", (len(parts), len(parts))).fetchone()[0]
+                owner = owner or current_owner()
+                claim_of: dict[bytes, int] = {}
+                for n, part in enumerate(parts):
+                    token = secrets.token_hex(16)
+                    cid = conn.execute(
+                        "INSERT INTO claims (token, owner, chunk, expires_at, state) "
+                        "VALUES (?, ?, ?, ?, 'active')",
+                        (token, owner, first + n, now + self.settings.lease_seconds)).lastrowid
+                    assert cid is not None
+                    claim_of.update((h, cid) for h, _ in part)
+                    claims.append(Claim(cid, token, first + n, [h for h, _ in part], [t for _, t in part]))
                 # In key order, so that consecutive updates land on neighbouring pages.
                 conn.executemany("UPDATE contents SET state = 'claimed', claim_id = ? WHERE hash = ?",
-                                 ((cid, h) for h in sorted(h for h, _ in rows)))
-                claim = Claim(cid, token, chunk, [h for h, _ in rows], [t for _, t in rows])
+                                 ((claim_of[h], h) for h in sorted(claim_of)))
                 if callable(on_chunk):
-                    on_chunk(chunk)
+                    on_chunk(first + len(parts) - 1)
         except BaseException:
-            # Ctrl-C can land just after COMMIT, before the caller ever sees the claim: give it back
+            # Ctrl-C can land just after COMMIT, before the caller ever sees the claims: give them back
             # (a no-op when the transaction was rolled back instead).
-            if claim is not None and not self.conn.in_transaction:
-                with contextlib.suppress(Exception):
-                    self.release(claim)
+            if claims and not self.conn.in_transaction:
+                for claim in claims:
+                    with contextlib.suppress(Exception):
+                        self.release(claim)
             raise
-        return claim
+        return claims
+
+    @staticmethod
+    def _pending_texts(conn: sqlite3.Connection, limit: int) -> list[tuple[bytes, str]]:
+        """Up to `limit` pending contents (hash, text), shortest first: what a claim reads."""
+        # A pending content without its text (re-queued by verify --repair) waits for a scan.
+        return conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
+                               AND parts = 0 AND text IS NOT NULL
+                               ORDER BY chars LIMIT ?""", (limit,)).fetchall()
 
     def renew(self, claim: Claim) -> None:
         """Extend the claim's lease. Raises LeaseLostError (a fencing refusal) if it was taken over."""
@@ -607,34 +640,52 @@ class Manifest:
         `checksum` is that of the claim's chunk file, recorded with its rows. The claim's other contents
         (the backend failed them, not their text) go back to pending without an attempt.
         Returns how many failed contents ran out of attempts and are now `failed`."""
-        try:
-            with self._write() as conn:
-                self._check_token(conn, claim)
-                if checksum is not None:
-                    conn.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?)", (claim.chunk, checksum))
-                done = sorted(done)  # key order: consecutive updates land on neighbouring pages
-                conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
-                                    claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""",
-                                 ((h, slot, claim.id) for h, slot in done))
-                conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
-                                 ((h,) for h, _ in done))
-                gave_up = 0
-                for h, reason in failed:
+        (result,) = self.commit_many([Finished(claim, list(done), list(failed), checksum)])
+        if isinstance(result, LeaseLostError):
+            raise result
+        return result
+
+    def commit_many(self, finished: Sequence[Finished]) -> list[int | LeaseLostError]:
+        """`commit` for several claims in one transaction (so that a page their rows share is logged
+        once). Each claim is fenced alone: one whose token no longer matches is refused (its
+        LeaseLostError returned in its place, counted in `meta.fencing_refusals`), the others commit.
+        Returns, claim by claim, how many failed contents ran out of attempts, or the refusal."""
+        refused: dict[int, LeaseLostError] = {}  # position in `finished` -> its refusal
+        with self._write() as conn:
+            fenced: list[Finished] = []
+            for i, f in enumerate(finished):
+                try:
+                    self._check_token(conn, f.claim)
+                    fenced.append(f)
+                except LeaseLostError as exc:
+                    refused[i] = exc
+            if refused:
+                conn.execute("UPDATE meta SET value = value + ? WHERE key = 'fencing_refusals'",
+                             (len(refused),))
+            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)",
+                             [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
+            # key order: consecutive updates land on neighbouring pages
+            done = sorted((h, slot, f.claim.id) for f in fenced for h, slot in f.done)
+            conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
+                                claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""", done)
+            conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
+                             ((h,) for h, _, _ in done))
+            gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
+            for f in fenced:
+                for h, reason in f.failed:
                     row = conn.execute("""UPDATE contents SET attempts = attempts + 1, error = ?2,
                         claim_id = NULL, state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
                         WHERE hash = ?1 AND claim_id = ?4 RETURNING state""",
-                        (h, reason, self.settings.retry_attempts, claim.id)).fetchone()
-                    gave_up += row is not None and row[0] == "failed"
+                        (h, reason, self.settings.retry_attempts, f.claim.id)).fetchone()
+                    gave_up[f.claim.id] += row is not None and row[0] == "failed"
                 conn.execute("UPDATE contents SET state = 'pending', claim_id = NULL "
-                             "WHERE claim_id = ? AND state = 'claimed'", (claim.id,))
-                # Long documents whose last chunk this was are served now (or failed, with it).
-                _wholes.settle(conn, [h for h, _ in done] + [h for h, _ in failed])
-                crash_point("mid-commit")
-                conn.execute("UPDATE claims SET state = 'committed' WHERE id = ?", (claim.id,))
-                return gave_up
-        except LeaseLostError:
-            self._count_refusal()
-            raise
+                             "WHERE claim_id = ? AND state = 'claimed'", (f.claim.id,))
+            # Long documents whose last chunk this was are served now (or failed, with it).
+            _wholes.settle(conn, [h for h, _, _ in done] + [h for f in fenced for h, _ in f.failed])
+            crash_point("mid-commit")
+            conn.executemany("UPDATE claims SET state = 'committed' WHERE id = ?",
+                             ((f.claim.id,) for f in fenced))
+        return [refused[i] if i in refused else gave_up[f.claim.id] for i, f in enumerate(finished)]
 
     def release(self, claim: Claim) -> None:
         """Give a claim's contents back to pending (Ctrl-C, a worker that gave up)."""

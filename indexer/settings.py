@@ -21,8 +21,15 @@ class Settings:
     batch_tokens: int = 4096
     retry_attempts: int = 3
     scan_batch: int = 10_000
-    # Rows per Zarr chunk, and so per claim: a claim owns whole chunks, written once by one writer.
+    # Rows per Zarr chunk: a claim owns one whole chunk, written once by one writer.
     chunk_rows: int = 1024
+    # The driver takes claims in groups sized by time: as many chunks at once (one transaction to claim
+    # them, one to commit them) as the worker embeds in about this many seconds, judged by the groups
+    # before; at most claim_chunks_max chunks (and 64 MiB of vectors) a group. A slow worker (a real
+    # model on a CPU) gets one chunk at a time, as before; a fast one many, so that the driver's cost
+    # per transaction is paid once for all of them. 0: always one chunk.
+    claim_seconds: float = 1.0
+    claim_chunks_max: int = 32
     # A claim not committed within this many seconds goes back to pending for someone else.
     lease_seconds: float = 900.0
     # SQLite waits this long for a lock held by another process before it gives up.
@@ -40,8 +47,8 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """The defaults, with INDEXER_CHUNK_ROWS, INDEXER_LEASE_SECONDS, INDEXER_SCAN_BATCH,
-        INDEXER_HANG_SECONDS and INDEXER_WAL_LIMIT_MIB from the environment where set. For tests and
-        tuning (small chunks, short leases); the CLI reads them."""
+        INDEXER_HANG_SECONDS, INDEXER_WAL_LIMIT_MIB and INDEXER_CLAIM_SECONDS from the environment
+        where set. For tests and tuning (small chunks, short leases); the CLI reads them."""
         env = {name: os.environ.get(f"INDEXER_{name.upper()}") for name in _ENV_FIELDS}
         given: dict[str, Any] = {name: _ENV_FIELDS[name](v) for name, v in env.items() if v is not None}
         return replace(cls(), **given)
@@ -49,4 +56,4 @@ class Settings:
 
 _ENV_FIELDS: dict[str, type[int] | type[float]] = {
     "chunk_rows": int, "lease_seconds": float, "scan_batch": int, "hang_seconds": float,
-    "wal_limit_mib": int}
+    "wal_limit_mib": int, "claim_seconds": float}

@@ -38,7 +38,7 @@ from .errors import (
     SourceError,
 )
 from .index import Index
-from .manifest import Claim, Manifest, ScanCounts
+from .manifest import Claim, Finished, Manifest, ScanCounts
 from .runners import BackendFailure, Runner, WorkerHung, WorkerLost, make_runner
 from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
@@ -124,11 +124,11 @@ class SyncSummary:
 
 
 class _Meter:
-    """A phase's progress: what is committed plus, in the embed phase, the finished batches of claims in
-    flight (reported by the runner's threads through `on_batch`, so under a lock). Reports go to the
-    callback from the driver's thread only, at most every `interval` seconds between commits. `unit`
-    is what it counts: documents scanned, or chunks (plain documents and long documents' chunks)
-    embedded."""
+    """A phase's progress: what is committed plus, in the embed phase, the finished batches of groups of
+    claims (`_Group`) in flight (reported by the runner's threads through `on_batch`, so under a lock).
+    Reports go to the callback from the driver's thread only, at most every `interval` seconds between
+    commits. `unit` is what it counts: documents scanned, or chunks (plain documents and long
+    documents' chunks) embedded."""
 
     def __init__(self, phase: str, total: int | None, callback: Callable[[Progress], None] | None,
                  total_chars: int | None = None, interval: float = 0.5, unit: str = "documents") -> None:
@@ -150,7 +150,7 @@ class _Meter:
         self.chars += chars
         self._report()
 
-    def on_batch(self, claim: Claim) -> Callable[[int], None]:
+    def on_batch(self, claim: Claim | _Group) -> Callable[[int], None]:
         """The runner's callback for `claim`: a batch of n of its texts finished. The worker sorts a
         claim by length, so the n done are counted as its n shortest texts."""
         lengths = np.fromiter((len(t) for t in claim.texts), np.int64, len(claim.texts))
@@ -165,7 +165,7 @@ class _Meter:
 
         return batch_done
 
-    def settle(self, claim: Claim) -> None:
+    def settle(self, claim: Claim | _Group) -> None:
         """The claim is committed or lost: its batches no longer count as in flight."""
         with self._lock:
             self._partial.pop(claim.id, None)
@@ -284,11 +284,9 @@ def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
     return bad
 
 
-def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
-                     failures: dict[int, str]) -> tuple[int, int, int]:
-    """Write the claim's chunk whole and durably, then commit (fenced).
-    Returns (done, failed for good, returned): a failure with attempts left goes back to pending, and
-    so does a `BackendFailure` (returned), without using up an attempt."""
+def write_chunk(store: VectorStore, claim: Claim, vectors: np.ndarray, failures: dict[int, str]) -> Finished:
+    """Write the claim's chunk whole and durably (when any of its rows is usable): what a commit of
+    the claim then records. A vector that cannot be stored joins `failures` with its reason."""
     block = np.full((store.chunk_rows, store.dim), np.nan, dtype=store.dtype)
     with np.errstate(over="ignore"):  # a value too large for float16 becomes inf: failed just below
         block[:len(vectors)] = vectors
@@ -301,9 +299,20 @@ def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vecto
     if done:
         checksum = store.write_chunk(claim.chunk, block)
         crash_point("after-chunk-write")
-    gave_up = manifest.commit(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
-                                            if not isinstance(r, BackendFailure)], checksum)
-    return len(done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
+    return Finished(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
+                                  if not isinstance(r, BackendFailure)], checksum)
+
+
+def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
+                     failures: dict[int, str]) -> tuple[int, int, int]:
+    """Write the claim's chunk whole and durably, then commit (fenced: LeaseLostError if the lease
+    was lost). Returns (done, failed for good, returned): a failure with attempts left goes back to
+    pending, and so does a `BackendFailure` (returned), without using up an attempt."""
+    finished = write_chunk(store, claim, vectors, failures)
+    (gave_up,) = manifest.commit_many([finished])
+    if isinstance(gave_up, LeaseLostError):
+        raise gave_up
+    return len(finished.done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
 
 
 # -- the sync ------------------------------------------------------------------------------------------
@@ -794,17 +803,67 @@ class _OutageWatch:
                 "sync again once the backend answers")
 
 
+class _Group:
+    """Claims taken in one transaction and handed to the runner as one submission (their texts end to
+    end), then written chunk by chunk and committed in one transaction. `lost`: ids of its claims
+    taken over while in flight (their results are dropped)."""
+
+    def __init__(self, claims: list[Claim]) -> None:
+        self.claims = claims
+        self.id = claims[0].id  # the meter's key while in flight
+        self.texts = [t for c in claims for t in c.texts]
+        self.submitted = time.perf_counter()
+        self.lost: set[int] = set()
+
+    def parts(self, vectors: np.ndarray, failures: dict[int, str]
+              ) -> Iterator[tuple[Claim, np.ndarray, dict[int, str]]]:
+        """Each live claim with its own rows of the group's result (failures by position in it)."""
+        start = 0
+        for claim in self.claims:
+            end = start + len(claim.texts)
+            if claim.id not in self.lost:
+                yield claim, vectors[start:end], {i - start: r for i, r in failures.items()
+                                                  if start <= i < end}
+            start = end
+
+
+class _GroupSizer:
+    """How many chunks the next group claims: as many as the worker embeds in `seconds`, judged by
+    the groups before (submission to result, as the driver sees it, per text); one to start with, at
+    most doubling from one group to the next, at most `most`."""
+
+    def __init__(self, seconds: float, most: int, chunk_rows: int) -> None:
+        self.seconds, self.most, self.chunk_rows = seconds, max(1, most), chunk_rows
+        self.chunks = 1
+
+    def observe(self, texts: int, seconds: float) -> None:
+        if texts == 0 or self.seconds <= 0:
+            return
+        per_chunk = max(seconds / texts * self.chunk_rows, 1e-9)
+        self.chunks = max(1, min(self.most, 2 * self.chunks, int(self.seconds / per_chunk)))
+
+
+# A group's vectors in flight are bounded to this many bytes (float32), whatever the dimension.
+GROUP_BYTES_MAX = 64 * 2**20
+
+
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
            meter: _Meter) -> None:
-    """Keep `runner.capacity` claims in flight; write and commit each as its vectors arrive.
+    """Keep `runner.capacity` groups of claims in flight; write and commit each as its vectors arrive.
 
-    A worker that dies or hangs fails its claims with WorkerLost (WorkerHung): they go back to pending
-    at once, and the summary counts the worker once however many claims it held."""
+    A group holds as many one-chunk claims as the worker embeds in about `Settings.claim_seconds`
+    (`_GroupSizer`): they are claimed in one transaction, embedded as one submission, their chunks
+    written (each durably) and then committed in one transaction, each claim fenced alone.
+    A worker that dies or hangs fails its groups with WorkerLost (WorkerHung): they go back to pending
+    at once, and the summary counts the worker once however many groups it held."""
     # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
     # zarr.json for every claim cost 4-8 ms a claim (cProfile of a 20k and a 100k sync).
     grow = lambda chunk: store.ensure_chunks(chunk + 1, spare=16 + chunk // 8)  # noqa: E731
-    in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], Claim] = {}
+    in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], _Group] = {}
     settings = manifest.settings
+    sizer = _GroupSizer(settings.claim_seconds,
+                        min(settings.claim_chunks_max, GROUP_BYTES_MAX // (store.chunk_rows * store.dim * 4)),
+                        store.chunk_rows)
     watch_for_hangs = getattr(runner, "watch_for_hangs", None)
     if callable(watch_for_hangs):
         watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
@@ -812,42 +871,54 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     last_renew = time.monotonic()
     exhausted = False
     deaths: set[object] = set()
-    # A runner written before `on_batch` existed still works; its progress moves once per claim.
+    # A runner written before `on_batch` existed still works; its progress moves once per group.
     batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
     outage = _OutageWatch()
+
+    def release(group: _Group) -> None:
+        for claim in group.claims:
+            manifest.release(claim)  # a no-op for a claim committed or taken over
+
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
-                claim = manifest.claim(store.chunk_rows, on_chunk=grow)
-                if claim is None:
+                claims = manifest.claim_many(store.chunk_rows, sizer.chunks, on_chunk=grow)
+                if not claims:
                     exhausted = True
                     break
+                group = _Group(claims)
                 try:
-                    future = runner.submit(claim.texts, meter.on_batch(claim)) if batch_progress \
-                        else runner.submit(claim.texts)
-                    in_flight[future] = claim
-                except BaseException:  # Ctrl-C (or a runner error) before the claim was in flight
-                    manifest.release(claim)
+                    future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
+                        else runner.submit(group.texts)
+                    in_flight[future] = group
+                except BaseException:  # Ctrl-C (or a runner error) before the group was in flight
+                    release(group)
                     raise
             if not in_flight:
                 break
-            # Short waits: the progress of batches within claims is reported between them.
+            # Short waits: the progress of batches within groups is reported between them.
             finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
                                return_when=FIRST_COMPLETED)
             meter.tick()
             if time.monotonic() - last_renew > renew_every:
-                for future, claim in list(in_flight.items()):
-                    try:
-                        manifest.renew(claim)
-                    except LeaseLostError:  # taken over while this worker was stalled: drop it alone
-                        summary.fencing_refusals += 1
+                for future, group in list(in_flight.items()):
+                    for claim in group.claims:
+                        if claim.id in group.lost:
+                            continue
+                        try:
+                            manifest.renew(claim)
+                        except LeaseLostError:  # taken over while this worker was stalled: drop it alone
+                            summary.fencing_refusals += 1
+                            group.lost.add(claim.id)
+                    if len(group.lost) == len(group.claims):
                         del in_flight[future]
+                        meter.settle(group)
                 last_renew = time.monotonic()
             for future in finished:
                 if future not in in_flight:
                     continue
-                claim = in_flight.pop(future)
-                meter.settle(claim)
+                group = in_flight.pop(future)
+                meter.settle(group)
                 try:
                     vectors, failures = future.result()
                 except WorkerLost as exc:
@@ -856,30 +927,43 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                         deaths.add(death)
                         summary.workers_lost += 1
                         summary.workers_hung += isinstance(exc, WorkerHung)
-                    summary.warnings.append(f"claim {claim.id}: {exc}; its documents go back to pending")
-                    manifest.release(claim)
+                    ids = ", ".join(str(c.id) for c in group.claims)
+                    summary.warnings.append(f"claim {ids}: {exc}; its documents go back to pending")
+                    release(group)
                     exhausted = False
                     continue
-                except BaseException:  # the runner gave up: this claim, popped already, goes back too
-                    manifest.release(claim)
+                except BaseException:  # the runner gave up: this group, popped already, goes back too
+                    release(group)
                     raise
+                sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
                 try:
-                    done, failed, returned = write_and_commit(manifest, store, claim, vectors, failures)
-                except LeaseLostError:
-                    summary.fencing_refusals += 1
-                    continue
-                except BaseException:  # Ctrl-C mid-write: the claim, popped already, goes back too
-                    manifest.release(claim)  # (a no-op if its commit went through)
+                    written = [(write_chunk(store, claim, v, f), f)
+                               for claim, v, f in group.parts(vectors, failures)]
+                    results = manifest.commit_many([w for w, _ in written])
+                except BaseException:  # Ctrl-C mid-write: the group, popped already, goes back too
+                    release(group)  # (a no-op for claims whose commit went through)
                     raise
-                summary.claims += 1
+                all_failures: dict[int, str] = {}
+                done = committed = chars = 0
+                for (w, claim_failures), gave_up in zip(written, results, strict=True):
+                    if isinstance(gave_up, LeaseLostError):
+                        summary.fencing_refusals += 1
+                        continue
+                    committed += 1
+                    summary.claims += 1
+                    done += len(w.done)
+                    summary.failed += gave_up
+                    all_failures.update((len(all_failures), r) for r in claim_failures.values())
+                    chars += sum(len(t) for t in w.claim.texts)
                 summary.embedded += done
-                summary.failed += failed
+                meter.add(done, chars)
+                returned = sum(isinstance(r, BackendFailure) for r in all_failures.values())
                 summary.returned += returned
-                meter.add(done, sum(len(t) for t in claim.texts))
                 if returned:  # pending again: claim them again in this run, unless the backend is down
                     exhausted = False
-                outage.after_claim(done, failures)
+                if committed:
+                    outage.after_claim(done, all_failures)
     finally:
-        for claim in in_flight.values():
-            manifest.release(claim)
+        for group in in_flight.values():
+            release(group)
         summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)

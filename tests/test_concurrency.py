@@ -36,7 +36,10 @@ from indexer.embedders.fake import FakeEmbedder
 
 N_DOCS = 3000
 CHUNK_ROWS = 16
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", INDEXER_CHUNK_ROWS=str(CHUNK_ROWS), INDEXER_SCAN_BATCH="500")
+# One claim per transaction (INDEXER_CLAIM_SECONDS=0): these tests stall and fence single claims;
+# groups of claims are fenced claim by claim too (tests/test_manifest.py, tests/test_driver_groups.py).
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", INDEXER_CHUNK_ROWS=str(CHUNK_ROWS), INDEXER_SCAN_BATCH="500",
+           INDEXER_CLAIM_SECONDS="0")
 ENV.pop("INDEXER_CRASH_AT", None)
 ENV.pop("INDEXER_PAUSE_AT", None)
 ENV.pop("INDEXER_LEASE_SECONDS", None)

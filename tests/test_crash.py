@@ -47,6 +47,7 @@ import indexer
 from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
+from indexer.settings import Settings
 
 N_DOCS = 2000
 CHUNK_TOKENS = 60  # words: the short documents (at most 41) are one chunk, the long ones several
@@ -59,10 +60,16 @@ KILLS_FRESH = 16  # random kills of the default run: on a new index ...
 KILLS_INCREMENTAL = 4  # ... and during an incremental sync; on top of the 8 named crash-point kills
 SLOW_KILLS = int(os.environ.get("INDEXER_CRASH_KILLS", "120"))
 
+# One claim per transaction (INDEXER_CLAIM_SECONDS=0), so that at most one claim is in flight at a
+# kill; ENV_GROUPED lets the driver group claims (the default), as many as Settings.claim_chunks_max
+# at once with the fast fake model: then at most one group is in flight (test_*_grouped).
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", INDEXER_CHUNK_ROWS=str(CHUNK_ROWS),
-           INDEXER_SCAN_BATCH=str(SCAN_BATCH), PYTHONUNBUFFERED="1")
+           INDEXER_SCAN_BATCH=str(SCAN_BATCH), PYTHONUNBUFFERED="1", INDEXER_CLAIM_SECONDS="0")
 ENV.pop("INDEXER_CRASH_AT", None)
 ENV.pop("INDEXER_PAUSE_AT", None)
+ENV_GROUPED = dict(ENV, INDEXER_CLAIM_SECONDS="60")
+GROUP_CHUNKS = Settings().claim_chunks_max
+KILLS_GROUPED = 6
 
 TOTALS: Counter[str] = Counter()  # what this session did, printed at the end (-s) for docs/RELIABILITY.md
 _LOCK = threading.Lock()
@@ -325,9 +332,10 @@ def check_after_kill(index: Path) -> None:
 
 
 def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[str, object],
-                  done_before: int = 0, kills: int = 1) -> None:
-    """The resumed run finished the job, redid at most one claim, and left what an uninterrupted run
-    leaves. `done_before`: contents done before the first interrupted run; `kills`: runs killed since."""
+                  done_before: int = 0, kills: int = 1, max_claims: int = 1) -> None:
+    """The resumed run finished the job, redid at most one claim (one group of at most `max_claims`
+    claims, where the driver groups them), and left what an uninterrupted run leaves. `done_before`:
+    contents done before the first interrupted run; `kills`: runs killed since."""
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
         states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
@@ -352,18 +360,19 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
     assert slots[0] == slots[1] == states["done"]  # one slot per done content
     # Resume never re-embeds done work: it embedded exactly what was not done at the kill.
     assert resumed["embedded"] == states["done"] - at_kill.done, (resumed, at_kill, states)
-    # At the kill at most one claim (inline: one worker) was in flight, so at most chunk_rows redone:
-    # the killed run embedded at most what it committed plus its claim in flight.
-    assert at_kill.active_claims <= 1 and at_kill.claimed <= CHUNK_ROWS, at_kill
+    # At the kill at most one claim or group (inline: one worker) was in flight, so at most chunk_rows
+    # (a group: max_claims x chunk_rows) redone: the killed run embedded at most what it committed plus
+    # its work in flight.
+    assert at_kill.active_claims <= max_claims and at_kill.claimed <= max_claims * CHUNK_ROWS, at_kill
     embedded_total = (at_kill.done - done_before + at_kill.claimed) + int(resumed["embedded"])
-    assert embedded_total - (states["done"] - done_before) == at_kill.claimed <= CHUNK_ROWS
+    assert embedded_total - (states["done"] - done_before) == at_kill.claimed <= max_claims * CHUNK_ROWS
     tally(TOTALS, "rows redone", at_kill.claimed)
     # The runs table: the last run finished with the summary printed; the killed ones are interrupted.
     assert runs[-1][0] == "finished" and json.loads(runs[-1][1])["embedded"] == resumed["embedded"]
     assert all(state in ("finished", "interrupted") for state, _ in runs), runs
     # A kill releases nothing: its claim in flight (if any) expired when the next run started.
     assert claims.get("active", 0) == claims.get("released", 0) == 0, claims
-    assert claims.get("expired", 0) <= kills, claims
+    assert claims.get("expired", 0) <= kills * max_claims, claims
     integrity_ok(index)
     code, out = invoke("status", str(index), "--json")
     st = json.loads(out)
@@ -404,8 +413,8 @@ def check_same_then_compact(index: Path, ref: Reference) -> None:
     assert ids == ref.ids and np.array_equal(vectors, ref.vectors)
 
 
-def resume(ref: Reference, index: Path, *extra: str) -> dict[str, object]:
-    run = subprocess.run(sync_cmd(ref.source, index, *extra, chunked=ref.chunked), env=ENV,
+def resume(ref: Reference, index: Path, *extra: str, env: dict[str, str] = ENV) -> dict[str, object]:
+    run = subprocess.run(sync_cmd(ref.source, index, *extra, chunked=ref.chunked), env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     summary: dict[str, object] = json.loads(run.stdout)
@@ -431,12 +440,14 @@ def plan_triggers(rng: random.Random, n: int, ref: Reference) -> list[Trigger]:
 
 
 def kill_episode(ref: Reference, index: Path, trigger: Trigger, phases: Counter[str],
-                 chain: int = 0, rng: random.Random | None = None) -> int:
+                 chain: int = 0, rng: random.Random | None = None, grouped: bool = False) -> int:
     """A fresh index; run, kill at `trigger`; `chain` more runs each killed at a random moment; then run
-    to completion and check. Each kill is checked straight after it. Returns the number of kills."""
+    to completion and check. Each kill is checked straight after it. Returns the number of kills.
+    `grouped`: the driver groups claims (ENV_GROUPED), so a group of them may be in flight."""
     shutil.rmtree(index, ignore_errors=True)
     cmd = sync_cmd(ref.source, index)
-    if not run_and_kill(cmd, index, trigger):
+    env, max_claims = (ENV_GROUPED, GROUP_CHUNKS) if grouped else (ENV, 1)
+    if not run_and_kill(cmd, index, trigger, env):
         tally(phases, "finished before the kill")
         return 0
     kills = 0
@@ -445,23 +456,23 @@ def kill_episode(ref: Reference, index: Path, trigger: Trigger, phases: Counter[
         tally(TOTALS, "random kills")
         at_kill = state_at_kill(index, len(ref.docs))
         tally(phases, at_kill.phase)
-        assert at_kill.active_claims <= 1 and at_kill.claimed <= CHUNK_ROWS, at_kill
+        assert at_kill.active_claims <= max_claims and at_kill.claimed <= max_claims * CHUNK_ROWS, at_kill
         check_after_kill(index)
         if kills > chain:
             break
         assert rng is not None
-        if not run_and_kill(cmd, index, Trigger("time", rng.uniform(0.3, ref.wall_s), 0.0)):
+        if not run_and_kill(cmd, index, Trigger("time", rng.uniform(0.3, ref.wall_s), 0.0), env):
             tally(phases, "finished before the kill")
             check_same_then_compact(index, ref)  # this resumed run finished before its kill
             shutil.rmtree(index)
             return kills
-    check_resumed(index, ref, at_kill, resume(ref, index), kills=kills)
+    check_resumed(index, ref, at_kill, resume(ref, index, env=env), kills=kills, max_claims=max_claims)
     shutil.rmtree(index)
     return kills
 
 
 def kill_many(ref: Reference, workdir: Path, rng: random.Random, target: int, phases: Counter[str],
-              chains: bool = False) -> int:
+              chains: bool = False, grouped: bool = False) -> int:
     """Kill episodes, PARALLEL at a time, until `target` kills were done."""
     kills = n = 0
     while kills < target:
@@ -471,7 +482,7 @@ def kill_many(ref: Reference, workdir: Path, rng: random.Random, target: int, ph
             sub = random.Random(rng.random())
             jobs[f"episode {n} {trigger} chain {chain}"] = (
                 lambda t=trigger, c=chain, i=n, r=sub: kill_episode(ref, workdir / f"idx{i}", t, phases,
-                                                                    c, r))
+                                                                    c, r, grouped))
             n += 1
         kills += sum(int(k) for k in in_parallel(jobs).values())  # type: ignore[call-overload]
     return kills
@@ -607,6 +618,42 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
     conn.close()
     assert versions[:2] == [1, 2]
     check_resumed(index, ref, at_kill, summary, done_before=ref.distinct)
+
+
+GROUPED_CRASH_POINTS = ["after-chunk-write:1", "after-chunk-write:40", "mid-commit:1", "mid-commit:4"]
+
+
+def grouped_crash_point_episode(ref: Reference, index: Path, point: str) -> None:
+    """A kill at a named crash point while the driver groups claims: groups of 1, 2, 4, ... chunks
+    (doubling, the fake model being fast), committed one transaction a group. At the kill exactly the
+    groups before are done and the group in flight is claimed, whole; the resumed run redoes it."""
+    run = subprocess.run(sync_cmd(ref.source, index), env=dict(ENV_GROUPED, INDEXER_CRASH_AT=point),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, (run.returncode, run.stderr)
+    tally(TOTALS, "crash-point kills (grouped)")
+    at_kill = state_at_kill(index, len(ref.docs))
+    assert at_kill.phase == "embed" and 1 <= at_kill.active_claims <= GROUP_CHUNKS, at_kill
+    name, _, nth = point.partition(":")
+    if name == "mid-commit":  # the n-th commit transaction: groups 1 .. n-1 are done, group n in flight
+        n = int(nth)
+        assert at_kill.done == (2 ** (n - 1) - 1) * CHUNK_ROWS and at_kill.active_claims == 2 ** (n - 1)
+        assert at_kill.claimed == at_kill.active_claims * CHUNK_ROWS
+    else:  # the n-th chunk written: the chunks of earlier groups are done, this one's group is not
+        assert at_kill.done % CHUNK_ROWS == 0 and at_kill.done < int(nth) * CHUNK_ROWS
+    check_after_kill(index)
+    check_resumed(index, ref, at_kill, resume(ref, index, env=ENV_GROUPED), max_claims=GROUP_CHUNKS)
+
+
+def test_crash_points_grouped(ref: Reference, tmp_path: Path) -> None:
+    in_parallel({point: (lambda p=point, i=i: grouped_crash_point_episode(ref, tmp_path / f"g{i}", p))
+                 for i, point in enumerate(GROUPED_CRASH_POINTS)})
+
+
+def test_random_kills_grouped(ref: Reference, tmp_path: Path) -> None:
+    """Random kills while the driver groups claims: at most one group is redone."""
+    phases: Counter[str] = Counter()
+    kills = kill_many(ref, tmp_path, random.Random(SEED + 7), KILLS_GROUPED, phases, grouped=True)
+    assert kills >= KILLS_GROUPED
 
 
 def test_crash_points(ref: Reference, ref_plain: Reference, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,16 @@ def _assert_consistent(index_dir: Path) -> dict[str, Any]:
         return idx.status()
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-claim-a-transaction", "grouped"])
 @pytest.mark.parametrize("fault", ["write", "replace", "fsync"])
 def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str,
-                                       small_settings: indexer.Settings,
+                                       grouped: bool, small_settings: indexer.Settings,
                                        fake_embedder: Any) -> None:
+    """The third chunk write fails. One claim a transaction: the two chunks before are done. Grouped
+    (groups of 1, then 2 chunks: the fast fake model): the first group is done; the second group's
+    first chunk was written but never committed (an orphan), and the whole group goes back."""
+    small_settings = replace(small_settings, claim_seconds=60.0 if grouped else 0.0)
+    committed = (1 if grouped else 2) * small_settings.chunk_rows
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     index_dir = tmp_path / "idx"
     if fault == "write":
@@ -105,12 +112,12 @@ def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.undo()
 
     status = _assert_consistent(index_dir)
-    assert status["done"] == 2 * small_settings.chunk_rows  # the two chunks before the fault
+    assert status["done"] == committed
     assert status["active_claims"] == 0  # the failed claim was released, not left to expire
     assert not list((index_dir / "vectors.zarr").rglob("*.partial"))
 
     summary = indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
-    assert summary.embedded == len(DOCS) - 2 * small_settings.chunk_rows
+    assert summary.embedded == len(DOCS) - committed
     status = _assert_consistent(index_dir)
     assert status["done"] == len(DOCS) and status["pending"] == 0
 

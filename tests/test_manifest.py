@@ -17,7 +17,7 @@ import xxhash
 
 from indexer._owner import _owner_of, current_owner, owner_is_dead
 from indexer.errors import LeaseLostError, ManifestError
-from indexer.manifest import Claim, Manifest, ScanCounts, content_hash
+from indexer.manifest import Claim, Finished, Manifest, ScanCounts, content_hash
 from indexer.settings import Settings
 from indexer.sources import Record, Skip
 
@@ -356,3 +356,46 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ManifestError, match="not a readable manifest"):
         Manifest(bad, SETTINGS)
+
+
+def test_claim_many_takes_consecutive_lengths_in_one_chunk_each(manifest: Manifest) -> None:
+    docs = {f"d{i}": "w" * (10 + i) for i in range(10)}  # lengths 10..19
+    scan(manifest, docs)
+    grown: list[int] = []
+    claims = manifest.claim_many(4, 3, owner=REMOTE_A, on_chunk=grown.append)
+    assert [len(c.hashes) for c in claims] == [4, 4, 2]
+    assert [c.chunk for c in claims] == [0, 1, 2] and grown == [2]  # the store grows once, to the last
+    assert [len(t) for c in claims for t in c.texts] == list(range(10, 20))  # shortest first, in order
+    assert len({c.token for c in claims}) == 3
+    states = manifest.conn.execute("SELECT claim_id, count(*) FROM contents WHERE state = 'claimed' "
+                                   "GROUP BY claim_id").fetchall()
+    assert sorted(states) == sorted((c.id, len(c.hashes)) for c in claims)
+    assert manifest.claim_many(4, 3) == []  # nothing pending left
+    assert manifest.next_chunk() == 3
+
+
+def test_commit_many_fences_each_claim_alone(manifest: Manifest) -> None:
+    """One transaction for three claims, one of them taken over: that one is refused and counted, the
+    other two are committed."""
+    scan(manifest, {f"d{i}": f"text {i:02d}" for i in range(12)})
+    a, b, c = manifest.claim_many(4, 3, owner=REMOTE_A)
+    expire(manifest, b)
+    other = second_worker(manifest)
+    try:
+        taken = other.claim(4, owner=REMOTE_B)
+        assert taken is not None and sorted(taken.hashes) == sorted(b.hashes)
+        results = manifest.commit_many([
+            Finished(x, [(h, x.chunk * 4 + i) for i, h in enumerate(x.hashes)], [], None) for x in (a, b, c)])
+        assert results[0] == 0 and results[2] == 0
+        assert isinstance(results[1], LeaseLostError) and f"claim {b.id}" in str(results[1])
+        assert manifest.status_counts()["fencing_refusals"] == 1
+        states = dict(manifest.conn.execute("SELECT hash, state FROM contents").fetchall())
+        assert {states[h] for h in a.hashes + c.hashes} == {"done"}
+        assert {states[h] for h in b.hashes} == {"claimed"}  # still B's
+        claim_states = dict(manifest.conn.execute("SELECT id, state FROM claims").fetchall())
+        assert (claim_states[a.id], claim_states[b.id], claim_states[c.id]) == ("committed", "expired",
+                                                                                 "committed")
+        commit_all(other, taken)
+        assert set(content_states(manifest).values()) == {"done"}
+    finally:
+        other.close()

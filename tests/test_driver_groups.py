@@ -1,0 +1,140 @@
+"""The driver's groups of claims (issue 11): several one-chunk claims taken in one transaction, embedded
+as one submission, written chunk by chunk and committed in one transaction, sized by worker time.
+
+Real SQLite and a real Zarr store under tmp_path; the fake model (documented as a fake: a deterministic
+vector per text) stands in for the worker, so that these tests are about the bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_sync import RecordingEmbedder, assert_serves, docs_of
+
+import indexer
+from indexer.manifest import Finished, Manifest
+from indexer.settings import Settings
+from indexer.store import VectorStore
+from indexer.sync import _GroupSizer
+
+
+@pytest.fixture
+def grouped() -> Settings:
+    """Chunks of 8 rows; groups grow as fast as allowed (the fake model is far under a minute a chunk),
+    up to 4 chunks."""
+    return Settings(chunk_rows=8, scan_batch=16, retry_attempts=3, claim_seconds=60.0, claim_chunks_max=4)
+
+
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of claims in each commit transaction of the syncs that follow (a spy on the real
+    Manifest.commit_many)."""
+    sizes: list[int] = []
+    real = Manifest.commit_many
+
+    def spy(self: Manifest, finished: Sequence[Finished]) -> object:
+        sizes.append(len(finished))
+        return real(self, finished)
+
+    monkeypatch.setattr(Manifest, "commit_many", spy)
+    return sizes
+
+
+def test_the_sizer_grows_by_doubling_to_the_time_asked_and_shrinks_for_a_slow_worker() -> None:
+    sizer = _GroupSizer(seconds=1.0, most=32, chunk_rows=1000)
+    assert sizer.chunks == 1
+    seen = []
+    for _ in range(7):
+        sizer.observe(texts=1000 * sizer.chunks, seconds=0.01 * sizer.chunks)  # 10 ms a chunk
+        seen.append(sizer.chunks)
+    assert seen == [2, 4, 8, 16, 32, 32, 32]  # doubling, then capped at `most`
+    sizer.observe(texts=1000 * 32, seconds=0.1 * 32)  # the worker slowed to 100 ms a chunk
+    assert sizer.chunks == 10  # 1 s of it
+    sizer.observe(texts=1000, seconds=5.0)  # slower than the time asked: one chunk at a time
+    assert sizer.chunks == 1
+    off = _GroupSizer(seconds=0.0, most=32, chunk_rows=1000)
+    off.observe(texts=1000, seconds=0.001)
+    assert off.chunks == 1
+
+
+def test_groups_commit_several_claims_at_once_and_store_every_vector(
+        tmp_path: Path, grouped: Settings, commits: list[int]) -> None:
+    docs = docs_of(100)  # 13 chunks of 8
+    ix = tmp_path / "ix"
+    emb = RecordingEmbedder()
+    summary = indexer.sync(ix, docs.items(), embedder=emb, settings=grouped)
+    assert summary.embedded == 100 and summary.claims == 13 and summary.failed == 0
+    assert commits[:3] == [1, 2, 4] and max(commits) == 4 and sum(commits) == 13
+    # one submission per group: the runner saw the group's texts end to end
+    assert [len(c) for c in emb.calls][:3] == [8, 16, 32]
+    assert emb.embedded == Counter(docs.values())
+    assert_serves(ix, docs)
+    with indexer.open(ix, grouped) as idx:
+        assert idx.verify().ok
+        # each claim got a chunk of its own: 13 chunk files, slots of one chunk per claim
+        assert len(set(idx.store.chunk_files())) == 13
+        assert idx.status()["active_claims"] == 0
+
+
+def test_claim_seconds_zero_keeps_one_claim_per_transaction(
+        tmp_path: Path, grouped: Settings, commits: list[int]) -> None:
+    docs = docs_of(40)
+    indexer.sync(tmp_path / "ix", docs.items(), embedder=RecordingEmbedder(),
+                 settings=replace(grouped, claim_seconds=0.0))
+    assert commits == [1] * 5
+    assert_serves(tmp_path / "ix", docs)
+
+
+def test_a_failing_document_in_a_group_fails_alone_in_its_own_claim(
+        tmp_path: Path, grouped: Settings, commits: list[int]) -> None:
+    docs = docs_of(60)
+    docs["zz-poison"] = "x" * 40  # the longest text: claimed last, in a later claim of a group
+    ix = tmp_path / "ix"
+    summary = indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(fail=[docs["zz-poison"]]),
+                           settings=grouped)
+    assert (summary.embedded, summary.failed) == (60, 1) and max(commits) > 1
+    good = {k: v for k, v in docs.items() if k != "zz-poison"}
+    assert_serves(ix, good)
+    with indexer.open(ix, grouped) as idx:
+        [(doc, reason)] = idx.failures()
+        assert doc == "zz-poison" and "cannot embed" in reason
+        assert idx.verify().ok
+
+
+def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
+        tmp_path: Path, grouped: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the 5th chunk is written (the second chunk of the third group, 4 chunks): the
+    groups before are committed, every claim of the third is released, and the next sync embeds
+    exactly the rest."""
+    docs = docs_of(100)
+    ix = tmp_path / "ix"
+    real = VectorStore.write_chunk
+    writes: list[int] = []
+
+    def interrupted(self: VectorStore, chunk: int, block: np.ndarray) -> bytes:
+        writes.append(chunk)
+        if len(writes) == 5:
+            raise KeyboardInterrupt
+        return real(self, chunk, block)
+
+    monkeypatch.setattr(VectorStore, "write_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+    monkeypatch.setattr(VectorStore, "write_chunk", real)
+    with indexer.open(ix, grouped) as idx:
+        st = idx.status()
+        assert st["active_claims"] == 0
+        assert st["done"] == 3 * 8  # the groups of 1 and 2 chunks
+        claims = Counter(s for (s,) in idx.manifest.conn.execute("SELECT state FROM claims"))
+        assert claims == Counter(committed=3, released=4)
+        assert idx.verify().ok
+    again = RecordingEmbedder()
+    summary = indexer.sync(ix, docs.items(), embedder=again, settings=grouped)
+    assert summary.embedded == 100 - 24 and sum(again.embedded.values()) == 76
+    assert_serves(ix, docs)
+    assert max(again.embedded.values()) == 1
