@@ -45,8 +45,9 @@ class Staged:
     truncated: int = 0
 
     def write(self, conn: sqlite3.Connection) -> None:
+        # In key order: consecutive inserts land on neighbouring pages of the hash-keyed table.
         conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) VALUES (?, ?, ?, ?)",
-                         self.contents)
+                         sorted(self.contents))
         if not self.wholes:
             return
         # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it

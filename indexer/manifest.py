@@ -473,7 +473,7 @@ class Manifest:
         with self._temp_writes():
             conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
                                 WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
-                             ((h,) for h, _, _, _ in staged.contents))
+                             sorted((h,) for h, _, _, _ in staged.contents))
         counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
         if dry_run:
             return
@@ -603,8 +603,7 @@ class Manifest:
             raise
         return claims
 
-    @staticmethod
-    def _pending_texts(conn: sqlite3.Connection, limit: int) -> list[tuple[bytes, str]]:
+    def _pending_texts(self, conn: sqlite3.Connection, limit: int) -> list[tuple[bytes, str]]:
         """Up to `limit` pending contents (hash, text), shortest first: what a claim reads."""
         # A pending content without its text (re-queued by verify --repair) waits for a scan.
         return conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'

@@ -29,7 +29,7 @@ class Settings:
     # model on a CPU) gets one chunk at a time, as before; a fast one many, so that the driver's cost
     # per transaction is paid once for all of them. 0: always one chunk.
     claim_seconds: float = 1.0
-    claim_chunks_max: int = 32
+    claim_chunks_max: int = 8
     # A claim not committed within this many seconds goes back to pending for someone else.
     lease_seconds: float = 900.0
     # SQLite waits this long for a lock held by another process before it gives up.

@@ -844,7 +844,7 @@ class _GroupSizer:
 
 
 # A group's vectors in flight are bounded to this many bytes (float32), whatever the dimension.
-GROUP_BYTES_MAX = 64 * 2**20
+GROUP_BYTES_MAX = 32 * 2**20
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
