@@ -25,7 +25,7 @@ class Settings:
     chunk_rows: int = 1024
     # The driver takes claims in groups sized by time: as many chunks at once (one transaction to claim
     # them, one to commit them) as the worker embeds in about this many seconds, judged by the groups
-    # before; at most claim_chunks_max chunks (and 64 MiB of vectors) a group. A slow worker (a real
+    # before; at most claim_chunks_max chunks (and 32 MiB of vectors) a group. A slow worker (a real
     # model on a CPU) gets one chunk at a time, as before; a fast one many, so that the driver's cost
     # per transaction is paid once for all of them. 0: always one chunk.
     claim_seconds: float = 1.0
