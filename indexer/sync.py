@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -845,6 +845,16 @@ class _GroupSizer:
 
 # A group's vectors in flight are bounded to this many bytes (float32), whatever the dimension.
 GROUP_BYTES_MAX = 32 * 2**20
+# Chunk files of a group written at once.
+CHUNK_WRITERS = 4
+
+
+def _write_group(writers: ThreadPoolExecutor, store: VectorStore,
+                 parts: Iterable[tuple[Claim, np.ndarray, dict[int, str]]]
+                 ) -> list[tuple[Finished, dict[int, str]]]:
+    """Write the chunks of a group, each whole and durably, side by side (the disk takes several
+    flushes at once for little more than one); each with its claim's failures."""
+    return list(writers.map(lambda part: (write_chunk(store, *part), part[2]), parts))
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
@@ -879,6 +889,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
         for claim in group.claims:
             manifest.release(claim)  # a no-op for a claim committed or taken over
 
+    # Threads that write a group's chunk files. After a Ctrl-C they finish the file in hand: a chunk of
+    # a released claim, never committed, that `compact` removes.
+    writers = ThreadPoolExecutor(max_workers=min(CHUNK_WRITERS, sizer.most),
+                                 thread_name_prefix="indexer-write")
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
@@ -937,8 +951,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     raise
                 sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
                 try:
-                    written = [(write_chunk(store, claim, v, f), f)
-                               for claim, v, f in group.parts(vectors, failures)]
+                    written = _write_group(writers, store, group.parts(vectors, failures))
                     results = manifest.commit_many([w for w, _ in written])
                 except BaseException:  # Ctrl-C mid-write: the group, popped already, goes back too
                     release(group)  # (a no-op for claims whose commit went through)
@@ -964,6 +977,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if committed:
                     outage.after_claim(done, all_failures)
     finally:
+        writers.shutdown(wait=False, cancel_futures=True)
         for group in in_flight.values():
             release(group)
         summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)
