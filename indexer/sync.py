@@ -46,7 +46,7 @@ from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter, IterableSource, Record, Skip, Source, Template, open_sources
 from .store import VectorStore
 
-__all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncSummary", "sync", "write_and_commit"]
+__all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncSummary", "sync", "write_chunk"]
 
 # A sync may delete at most this fraction of the live documents unless told otherwise: an empty or cut
 # source must not wipe the index.
@@ -304,18 +304,6 @@ def write_chunk(store: VectorStore, claim: Claim, vectors: np.ndarray, failures:
         crash_point("after-chunk-write")
     return Finished(claim, done, [(claim.hashes[i], r) for i, r in failures.items()
                                   if not isinstance(r, BackendFailure)], checksum)
-
-
-def write_and_commit(manifest: Manifest, store: VectorStore, claim: Claim, vectors: np.ndarray,
-                     failures: dict[int, str]) -> tuple[int, int, int]:
-    """Write the claim's chunk whole and durably, then commit (fenced: LeaseLostError if the lease
-    was lost). Returns (done, failed for good, returned): a failure with attempts left goes back to
-    pending, and so does a `BackendFailure` (returned), without using up an attempt."""
-    finished = write_chunk(store, claim, vectors, failures)
-    (gave_up,) = manifest.commit_many([finished])
-    if isinstance(gave_up, LeaseLostError):
-        raise gave_up
-    return len(finished.done), gave_up, sum(isinstance(r, BackendFailure) for r in failures.values())
 
 
 # -- the sync ------------------------------------------------------------------------------------------
@@ -947,7 +935,8 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                         summary.workers_lost += 1
                         summary.workers_hung += isinstance(exc, WorkerHung)
                     ids = ", ".join(str(c.id) for c in group.claims)
-                    summary.warnings.append(f"claim {ids}: {exc}; its documents go back to pending")
+                    summary.warnings.append(f"claim{'s' if len(group.claims) > 1 else ''} {ids}: {exc}; "
+                                            "their documents go back to pending")
                     release(group)
                     exhausted = False
                     continue
@@ -961,26 +950,25 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 except BaseException:  # Ctrl-C mid-write: the group, popped already, goes back too
                     release(group)  # (a no-op for claims whose commit went through)
                     raise
-                all_failures: dict[int, str] = {}
-                done = committed = chars = 0
+                reasons: list[str] = []  # the failures of the group's committed claims
+                done = committed = 0
                 for (w, claim_failures), gave_up in zip(written, results, strict=True):
                     if isinstance(gave_up, LeaseLostError):
                         summary.fencing_refusals += 1
                         continue
                     committed += 1
                     summary.claims += 1
-                    done += len(w.done)
+                    summary.embedded += len(w.done)
                     summary.failed += gave_up
-                    all_failures.update((len(all_failures), r) for r in claim_failures.values())
-                    chars += sum(len(t) for t in w.claim.texts)
-                summary.embedded += done
-                meter.add(done, chars)
-                returned = sum(isinstance(r, BackendFailure) for r in all_failures.values())
+                    done += len(w.done)
+                    reasons += claim_failures.values()
+                    meter.add(len(w.done), sum(len(t) for t in w.claim.texts))
+                returned = sum(isinstance(r, BackendFailure) for r in reasons)
                 summary.returned += returned
                 if returned:  # pending again: claim them again in this run, unless the backend is down
                     exhausted = False
                 if committed:
-                    outage.after_claim(done, all_failures)
+                    outage.after_claim(done, dict(enumerate(reasons)))
     finally:
         writers.shutdown(wait=False, cancel_futures=True)
         for group in in_flight.values():

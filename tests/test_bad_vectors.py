@@ -1,7 +1,7 @@
 """A zero or non-finite vector is never stored as done, whatever the backend (issue 10, item 6).
 
 A server that answered all-zero embeddings had 3,000 rows marked done and `verify` said ok. The check
-lives in `sync.write_and_commit`, which every backend goes through: such a document fails with its
+lives in `sync.write_chunk`, which every backend goes through: such a document fails with its
 reason (an attempt counts: the answer for that input was wrong), the others are stored.
 """
 
