@@ -678,6 +678,16 @@ def test_many_random_kills(ref: Reference, tmp_path: Path) -> None:
     assert phases["scan"] >= 5 and phases["embed"] >= 20, phases
 
 
+@pytest.mark.slow
+def test_many_random_kills_grouped(ref: Reference, tmp_path: Path) -> None:
+    """The long version with groups of claims: a third as many kills, chains included."""
+    phases: Counter[str] = Counter()
+    kills = kill_many(ref, tmp_path, random.Random(SEED + 200), SLOW_KILLS // 3, phases, chains=True,
+                      grouped=True)
+    print(f"\nslow, grouped: {kills} kills, by phase: {dict(phases)}")
+    assert phases["embed"] >= 10, phases
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Iterator[None]:
     """Prints what this module did at its end (pytest -s), for docs/RELIABILITY.md."""
