@@ -42,14 +42,85 @@ class _Rows:
     part_hashes: list[bytes]
 
 
+def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], list[int], list[bytes | None]]:
+    """ids, slots and hashes of every served document that fits the model's window, in (slot, id)
+    order: what `SELECT d.id, c.slot, c.hash {_SINGLE} ORDER BY c.slot, d.id` gives, in time linear
+    in N (but for the sorts, done in numpy).
+
+    That join looks each document's content up by hash, a random B-tree probe per document, then
+    sorts: fine at 1M, but superlinear once the manifest outgrows SQLite's cache (bench/RESULTS.md,
+    scale simulation). Here each table is read once in its own order instead (contents through the
+    covering index on slot, so already in slot order; documents in id order) and joined in numpy on
+    the hash. Only contents of documents that fit have a slot (a whole's vector is its chunks'), so
+    the slot index holds exactly the contents `_SINGLE` may join."""
+    c_hashes, c_slots = _columns(conn.execute("SELECT hash, slot FROM contents WHERE slot IS NOT NULL"))
+    ids: list[str] = []
+    d_parts: list[bytes] = []
+    d_hashes: list[bytes] = []
+    cur = conn.execute("SELECT id, ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL")
+    while batch := cur.fetchmany(_FETCH):
+        batch_ids, batch_hashes = zip(*batch, strict=True)
+        ids.extend(batch_ids)
+        d_hashes.extend(batch_hashes)
+        d_parts.append(b"".join(batch_hashes))
+    found = _lookup(c_hashes, _hash_keys(b"".join(d_parts)))  # content row of each document, or -1
+    served = np.flatnonzero(found >= 0)
+    # Stable: documents sharing a content (one slot) stay in id order, as documents are read.
+    served = served[np.argsort(c_slots[found[served]], kind="stable")]
+    rows = served.tolist()
+    return [ids[k] for k in rows], c_slots[found[served]].tolist(), [d_hashes[k] for k in rows]
+
+
+_FETCH = 65_536  # rows a fetch: Python tuples for a batch, never for the whole table
+
+
+def _columns(cur: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray]:
+    """(hash keys, int64 values) of a query's (16-byte hash, integer) rows."""
+    hashes: list[bytes] = []
+    values: list[np.ndarray] = []
+    while batch := cur.fetchmany(_FETCH):
+        batch_hashes, batch_values = zip(*batch, strict=True)
+        hashes.append(b"".join(batch_hashes))
+        values.append(np.array(batch_values, dtype=np.int64))
+    return _hash_keys(b"".join(hashes)), np.concatenate(values) if values else np.zeros(0, np.int64)
+
+
+def _hash_keys(raw: bytes) -> np.ndarray:
+    """16-byte hashes end to end as an (n, 2) array of native uint64: (high, low) halves."""
+    if len(raw) % 16:
+        raise StoreError("a content hash in the manifest is not 16 bytes long: the manifest is damaged; "
+                         "run `indexer verify`")
+    return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+def _lookup(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each key (a row of `keys`), the row of `table` holding it, or -1 (both (n, 2) hash keys)."""
+    if not len(table):
+        return np.full(len(keys), -1, dtype=np.int64)
+    order = np.lexsort((table[:, 1], table[:, 0]))
+    high, low = table[order, 0], table[order, 1]
+    if (high[1:] == high[:-1]).any():
+        # Two hashes share their high half (not seen in practice): search on both halves, as integers.
+        at = np.searchsorted(high.astype(object) * 2**64 + low.astype(object),
+                             keys[:, 0].astype(object) * 2**64 + keys[:, 1].astype(object))
+    else:
+        at = np.searchsorted(high, keys[:, 0])
+    at = np.minimum(at, len(order) - 1)
+    hit = (high[at] == keys[:, 0]) & (low[at] == keys[:, 1])
+    return np.where(hit, order[at], -1)
+
+
 def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] = ()) -> _Rows:
-    single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
-                          params).fetchall()
-    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} "
-                           "ORDER BY d.id, t.ordinal", params).fetchall()
-    ids = [r[0] for r in single]
-    slots = [r[1] for r in single]
-    hashes: list[bytes | None] = [r[2] for r in single]
+    if where:
+        single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
+                              params).fetchall()
+        ids, slots = [r[0] for r in single], [r[1] for r in single]
+        hashes: list[bytes | None] = [r[2] for r in single]
+    else:
+        ids, slots, hashes = _served_singles(conn)
+    # The chunked query probes contents once per document: skipped where there is no long document.
+    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} ORDER BY d.id, "
+                           "t.ordinal", params).fetchall() if where or _has_wholes(conn) else []
     starts: list[int] = []
     parts: list[int] = []
     part_hashes: list[bytes] = []
@@ -64,6 +135,10 @@ def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] 
     starts.append(len(parts))
     return _Rows(ids, np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
                  np.array(parts, dtype=np.int64), hashes, part_hashes)
+
+
+def _has_wholes(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is not None
 
 
 def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
