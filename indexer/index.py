@@ -572,6 +572,12 @@ class Index:
                 # rows it goes on serving match their own recorded checksums, so the file as it is
                 # is their new record, and readers can map it again.
                 unrecorded[chunk] = check.actual
+        miscounted = self.manifest.counts_problems()
+        for problem in miscounted:
+            report.problem(problem)
+        if repair and miscounted:
+            self.manifest.recount()
+            report.notes.append("recounted the status counts from the rows")
         for whole, what in self.manifest.broken_wholes():
             report.problem(f"long document content {whole.hex()} is done but {what}")
             bad.append(whole)

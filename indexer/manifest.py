@@ -690,16 +690,16 @@ class Manifest:
     # -- queries --------------------------------------------------------------------------------
 
     def status_counts(self) -> dict[str, object]:
+        """What `indexer status` reports, from one snapshot. The counts are read from `state_counts`
+        (a few rows, kept by triggers: migrations/0008) where the manifest has it; a read-only
+        manifest from before it is counted row by row."""
         with self._snapshot() as conn:
-            by_state = dict(conn.execute("""SELECT c.state, count(*) FROM documents d
-                JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0 GROUP BY c.state""").fetchall())
-            live, deleted = conn.execute("""SELECT coalesce(sum(deleted = 0), 0),
-                coalesce(sum(deleted = 1), 0) FROM documents""").fetchone()
-            contents = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
-                                         "GROUP BY state").fetchall())
-            chunks, truncated = conn.execute("""SELECT coalesce(sum(max(c.parts, 1)), 0),
-                coalesce(sum(c.truncated), 0) FROM documents d JOIN contents c ON c.hash = d.hash
-                WHERE d.deleted = 0""").fetchone()
+            counts = self._kept_counts(conn) if self._has_table("state_counts") else _recount(conn)
+            by_state = {s: counts[s][1] for s in _CONTENT_STATES}
+            live, deleted = counts["live"][1], counts["deleted"][1]
+            contents = {s: counts[s][0] for s in _CONTENT_STATES}
+            chunks = sum(counts[s][2] for s in _CONTENT_STATES)
+            truncated = sum(counts[s][3] for s in _CONTENT_STATES)
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
@@ -716,11 +716,37 @@ class Manifest:
             "deleted": deleted,
             "chunks": chunks,
             "truncated": truncated,
-            "contents": {s: contents.get(s, 0) for s in ("pending", "claimed", "done", "failed")},
+            "contents": contents,
             "active_claims": active,
             "fencing_refusals": refusals,
             "last_run": last_run,
         }
+
+    @staticmethod
+    def _kept_counts(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
+        return {state: (contents, documents, chunks, truncated) for state, contents, documents, chunks,
+                truncated in conn.execute("SELECT * FROM state_counts")}
+
+    def counts_problems(self) -> list[str]:
+        """How the kept counts differ from a recount of the rows, in one snapshot (`verify`)."""
+        if not self._has_table("state_counts"):
+            return []
+        with self._snapshot() as conn:
+            kept, actual = self._kept_counts(conn), _recount(conn)
+        out = []
+        for state, counted in actual.items():
+            for column, was, now in zip(_COUNT_COLUMNS, kept.get(state, (0, 0, 0, 0)), counted, strict=True):
+                if was != now:
+                    out.append(f"status counts: {column} of state {state} are kept as {was}, but the "
+                               f"rows hold {now}")
+        return out
+
+    def recount(self) -> None:
+        """Set the kept counts from a recount of the rows (`verify --repair`)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM state_counts")
+            conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
+                             ((state, *row) for state, row in _recount(conn).items()))
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         """(document id, reason) of live documents whose content failed."""
@@ -920,6 +946,29 @@ PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NO
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
 SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
+
+
+_CONTENT_STATES = ("pending", "claimed", "done", "failed")
+_COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
+
+
+def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
+    """state -> (contents, documents, chunks, truncated) as `state_counts` keeps them
+    (migrations/0008 says what each is), counted from the rows. Documents by the state of their
+    content: all of them through the index of documents by hash (in hash order, as contents are),
+    less the deleted ones; a join from each document to its content would probe contents at random."""
+    out = {state: [0, 0, 0, 0] for state in (*_CONTENT_STATES, "live", "deleted")}
+    for state, n in conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 GROUP BY state"):
+        out[state][0] = n
+    for sign, sql in ((1, """FROM contents c JOIN documents d INDEXED BY documents_by_hash
+                             ON d.hash = c.hash"""),
+                      (-1, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted != 0")):
+        for state, *values in conn.execute(f"""SELECT c.state, count(*), sum(max(c.parts, 1)),
+                                               sum(c.truncated) {sql} GROUP BY c.state"""):
+            out[state][1:] = [a + sign * b for a, b in zip(out[state][1:], values, strict=True)]
+    out["live"][1], out["deleted"][1] = conn.execute(
+        "SELECT coalesce(sum(deleted = 0), 0), coalesce(sum(deleted != 0), 0) FROM documents").fetchone()
+    return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}
 
 
 def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ManifestError:
