@@ -695,11 +695,9 @@ class Manifest:
         manifest from before it is counted row by row."""
         with self._snapshot() as conn:
             counts = self._kept_counts(conn) if self._has_table("state_counts") else _recount(conn)
-            by_state = {s: counts[s][1] for s in _CONTENT_STATES}
-            live, deleted = counts["live"][1], counts["deleted"][1]
-            contents = {s: counts[s][0] for s in _CONTENT_STATES}
-            chunks = sum(counts[s][2] for s in _CONTENT_STATES)
-            truncated = sum(counts[s][3] for s in _CONTENT_STATES)
+            # Claimed contents are kept with the pending ones; those in claims are few, and indexed.
+            claimed = conn.execute("SELECT count(*) FROM contents WHERE claim_id IS NOT NULL "
+                                   "AND state = 'claimed'").fetchone()[0]
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
@@ -709,14 +707,15 @@ class Manifest:
             state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
             last_run = {"id": run[0], "state": state, "started_at": run[2], "finished_at": run[3]}
         return {
-            "documents": live,
-            "pending": by_state.get("pending", 0) + by_state.get("claimed", 0),
-            "done": by_state.get("done", 0),
-            "failed": by_state.get("failed", 0),
-            "deleted": deleted,
-            "chunks": chunks,
-            "truncated": truncated,
-            "contents": contents,
+            "documents": sum(counts[s][1] for s in _COUNTED),
+            "pending": counts["pending"][1],
+            "done": counts["done"][1],
+            "failed": counts["failed"][1],
+            "deleted": counts["deleted"][1],
+            "chunks": sum(counts[s][2] for s in _COUNTED),
+            "truncated": sum(counts[s][3] for s in _COUNTED),
+            "contents": {"pending": counts["pending"][0] - claimed, "claimed": claimed,
+                         "done": counts["done"][0], "failed": counts["failed"][0]},
             "active_claims": active,
             "fencing_refusals": refusals,
             "last_run": last_run,
@@ -948,8 +947,9 @@ SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash
     WHERE d.deleted = 0"""
 
 
-_CONTENT_STATES = ("pending", "claimed", "done", "failed")
+_COUNTED = ("pending", "done", "failed")  # the rows of state_counts for contents; claimed is in pending
 _COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
+_BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
 
 
 def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
@@ -957,17 +957,15 @@ def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
     (migrations/0008 says what each is), counted from the rows. Documents by the state of their
     content: all of them through the index of documents by hash (in hash order, as contents are),
     less the deleted ones; a join from each document to its content would probe contents at random."""
-    out = {state: [0, 0, 0, 0] for state in (*_CONTENT_STATES, "live", "deleted")}
-    for state, n in conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 GROUP BY state"):
+    out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
+    for state, n in conn.execute(f"SELECT {_BUCKET}, count(*) FROM contents c WHERE parts = 0 GROUP BY 1"):
         out[state][0] = n
-    for sign, sql in ((1, """FROM contents c JOIN documents d INDEXED BY documents_by_hash
-                             ON d.hash = c.hash"""),
+    for sign, sql in ((1, "FROM contents c JOIN documents d INDEXED BY documents_by_hash ON d.hash = c.hash"),
                       (-1, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted != 0")):
-        for state, *values in conn.execute(f"""SELECT c.state, count(*), sum(max(c.parts, 1)),
-                                               sum(c.truncated) {sql} GROUP BY c.state"""):
+        for state, *values in conn.execute(f"""SELECT {_BUCKET}, count(*), sum(max(c.parts, 1)),
+                                               sum(c.truncated) {sql} GROUP BY 1"""):
             out[state][1:] = [a + sign * b for a, b in zip(out[state][1:], values, strict=True)]
-    out["live"][1], out["deleted"][1] = conn.execute(
-        "SELECT coalesce(sum(deleted = 0), 0), coalesce(sum(deleted != 0), 0) FROM documents").fetchone()
+    out["deleted"][1] = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
     return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}
 
 

@@ -102,10 +102,13 @@ CREATE TABLE skips (
 -- joined every document to its content (minutes at 10M documents). Triggers keep them in the same
 -- transaction as every change to the rows they count, so they are exact in every snapshot a reader
 -- takes, a sync's included, and no code path can forget them. `indexer verify` recounts and compares.
---   state 'pending', 'claimed', 'done', 'failed': contents (parts = 0) in that state; documents: live
---       documents whose current content (documents.hash) is in that state, with their chunks
---       (max(parts, 1) each) and how many of them were truncated
---   state 'live', 'deleted': documents (live: deleted = 0), whatever their content; other columns 0
+--   state 'pending' (claimed included: a claim or its release changes no count, so the claim path
+--       never fires a trigger), 'done', 'failed': contents (parts = 0) in that state; and the live
+--       documents whose current content (documents.hash) is in that state, their chunks (max(parts, 1)
+--       each) and how many of them were truncated
+--   state 'deleted': documents deleted (other columns 0)
+-- Live documents are the sum over the states; claimed contents are counted where asked, through the
+-- small index of contents in claims.
 CREATE TABLE state_counts (
     state     TEXT PRIMARY KEY,
     contents  INTEGER NOT NULL DEFAULT 0,
@@ -113,72 +116,80 @@ CREATE TABLE state_counts (
     chunks    INTEGER NOT NULL DEFAULT 0,
     truncated INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-INSERT INTO state_counts (state) VALUES ('pending'), ('claimed'), ('done'), ('failed'), ('live'), ('deleted');
+INSERT INTO state_counts (state) VALUES ('pending'), ('done'), ('failed'), ('deleted');
 
--- A content changes state (claims, commits, failures, expiries, releases, retries, repairs, wholes
--- settling): it moves from one row to the other with every live document that has it.
+-- A content changes state (commits, failures, retries, repairs, wholes settling), or is added or
+-- dropped: it moves, with every live document that has it, out of its old state's row, into its new.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents
-WHEN old.state != new.state OR old.parts != new.parts OR old.truncated != new.truncated
+WHEN (old.state = 'claimed' OR old.state = 'pending') != (new.state = 'claimed' OR new.state = 'pending')
+    OR (old.state = 'done') != (new.state = 'done') OR old.parts != new.parts
+    OR old.truncated != new.truncated
 BEGIN
-    UPDATE state_counts SET
-        contents = state_counts.contents + (state_counts.state = new.state) * (new.parts = 0)
-                            - (state_counts.state = old.state) * (old.parts = 0),
-        documents = state_counts.documents + d.n * ((state_counts.state = new.state) - (state_counts.state = old.state)),
-        chunks = state_counts.chunks + d.n * ((state_counts.state = new.state) * max(new.parts, 1)
-                                 - (state_counts.state = old.state) * max(old.parts, 1)),
-        truncated = state_counts.truncated + d.n * ((state_counts.state = new.state) * new.truncated
-                                       - (state_counts.state = old.state) * old.truncated)
-    FROM (SELECT count(*) AS n FROM documents WHERE hash = new.hash AND deleted = 0) AS d
-    WHERE state_counts.state IN (old.state, new.state);
+    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
+        state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
+        state_counts.chunks - count(*) * max(old.parts, 1), state_counts.truncated - count(*) * old.truncated
+        FROM documents WHERE hash = old.hash AND deleted = 0)
+    WHERE state = CASE old.state WHEN 'claimed' THEN 'pending' ELSE old.state END;
+    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
+        state_counts.contents + (new.parts = 0), state_counts.documents + count(*),
+        state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
+        FROM documents WHERE hash = new.hash AND deleted = 0)
+    WHERE state = CASE new.state WHEN 'claimed' THEN 'pending' ELSE new.state END;
 END;
 
 CREATE TRIGGER contents_counted_insert AFTER INSERT ON contents
 BEGIN
-    UPDATE state_counts SET contents = state_counts.contents + (new.parts = 0), documents = state_counts.documents + d.n,
-        chunks = state_counts.chunks + d.n * max(new.parts, 1), truncated = state_counts.truncated + d.n * new.truncated
-    FROM (SELECT count(*) AS n FROM documents WHERE hash = new.hash AND deleted = 0) AS d
-    WHERE state_counts.state = new.state;
+    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
+        state_counts.contents + (new.parts = 0), state_counts.documents + count(*),
+        state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
+        FROM documents WHERE hash = new.hash AND deleted = 0)
+    WHERE state = CASE new.state WHEN 'claimed' THEN 'pending' ELSE new.state END;
 END;
 
 CREATE TRIGGER contents_counted_delete AFTER DELETE ON contents
 BEGIN
-    UPDATE state_counts SET contents = state_counts.contents - (old.parts = 0), documents = state_counts.documents - d.n,
-        chunks = state_counts.chunks - d.n * max(old.parts, 1), truncated = state_counts.truncated - d.n * old.truncated
-    FROM (SELECT count(*) AS n FROM documents WHERE hash = old.hash AND deleted = 0) AS d
-    WHERE state_counts.state = old.state;
+    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
+        state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
+        state_counts.chunks - count(*) * max(old.parts, 1), state_counts.truncated - count(*) * old.truncated
+        FROM documents WHERE hash = old.hash AND deleted = 0)
+    WHERE state = CASE old.state WHEN 'claimed' THEN 'pending' ELSE old.state END;
 END;
 
--- A document is added, changes content, is deleted or comes back: its live/deleted row, and the
--- state row of its content (a live document's only).
+-- A document is added, changes content, is deleted or comes back: out of its old content's row (if
+-- it was live), into its new content's row (if it is live); the deleted row counts the others.
 CREATE TRIGGER documents_counted_insert AFTER INSERT ON documents
 BEGIN
-    UPDATE state_counts SET documents = state_counts.documents + 1
-        WHERE state = CASE new.deleted WHEN 0 THEN 'live' ELSE 'deleted' END;
-    UPDATE state_counts SET documents = state_counts.documents + 1, chunks = state_counts.chunks + max(c.parts, 1),
-        truncated = state_counts.truncated + c.truncated
-    FROM contents AS c WHERE new.deleted = 0 AND c.hash = new.hash AND state_counts.state = c.state;
+    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents + 1,
+        state_counts.chunks + max(parts, 1), state_counts.truncated + contents.truncated
+        FROM contents WHERE hash = new.hash)
+    WHERE new.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
+                                       FROM contents WHERE hash = new.hash);
+    UPDATE state_counts SET documents = documents + 1 WHERE new.deleted != 0 AND state = 'deleted';
 END;
 
 CREATE TRIGGER documents_counted_update AFTER UPDATE OF hash, deleted ON documents
 WHEN old.hash != new.hash OR old.deleted != new.deleted
 BEGIN
-    UPDATE state_counts SET documents = state_counts.documents
-        + (state_counts.state = CASE new.deleted WHEN 0 THEN 'live' ELSE 'deleted' END)
-        - (state_counts.state = CASE old.deleted WHEN 0 THEN 'live' ELSE 'deleted' END)
-        WHERE old.deleted != new.deleted AND state IN ('live', 'deleted');
-    UPDATE state_counts SET documents = state_counts.documents - 1, chunks = state_counts.chunks - max(c.parts, 1),
-        truncated = state_counts.truncated - c.truncated
-    FROM contents AS c WHERE old.deleted = 0 AND c.hash = old.hash AND state_counts.state = c.state;
-    UPDATE state_counts SET documents = state_counts.documents + 1, chunks = state_counts.chunks + max(c.parts, 1),
-        truncated = state_counts.truncated + c.truncated
-    FROM contents AS c WHERE new.deleted = 0 AND c.hash = new.hash AND state_counts.state = c.state;
+    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents - 1,
+        state_counts.chunks - max(parts, 1), state_counts.truncated - contents.truncated
+        FROM contents WHERE hash = old.hash)
+    WHERE old.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
+                                       FROM contents WHERE hash = old.hash);
+    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents + 1,
+        state_counts.chunks + max(parts, 1), state_counts.truncated + contents.truncated
+        FROM contents WHERE hash = new.hash)
+    WHERE new.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
+                                       FROM contents WHERE hash = new.hash);
+    UPDATE state_counts SET documents = documents + (new.deleted != 0) - (old.deleted != 0)
+    WHERE old.deleted != new.deleted AND state = 'deleted';
 END;
 
 CREATE TRIGGER documents_counted_delete AFTER DELETE ON documents
 BEGIN
-    UPDATE state_counts SET documents = state_counts.documents - 1
-        WHERE state = CASE old.deleted WHEN 0 THEN 'live' ELSE 'deleted' END;
-    UPDATE state_counts SET documents = state_counts.documents - 1, chunks = state_counts.chunks - max(c.parts, 1),
-        truncated = state_counts.truncated - c.truncated
-    FROM contents AS c WHERE old.deleted = 0 AND c.hash = old.hash AND state_counts.state = c.state;
+    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents - 1,
+        state_counts.chunks - max(parts, 1), state_counts.truncated - contents.truncated
+        FROM contents WHERE hash = old.hash)
+    WHERE old.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
+                                       FROM contents WHERE hash = old.hash);
+    UPDATE state_counts SET documents = documents - 1 WHERE old.deleted != 0 AND state = 'deleted';
 END;
