@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
+from . import _counts
+
 if TYPE_CHECKING:
     from .chunking import Chunker
     from .sources import Record
@@ -45,8 +47,9 @@ class Staged:
     truncated: int = 0
 
     def write(self, conn: sqlite3.Connection) -> None:
-        conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) VALUES (?, ?, ?, ?)",
-                         self.contents)
+        added = conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) "
+                                 "VALUES (?, ?, ?, ?)", self.contents).rowcount
+        _counts.add(conn, "pending", contents=added)  # new contents are pending (wholes count none)
         if not self.wholes:
             return
         # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import orjson
 import xxhash
 
-from . import _wholes
+from . import _counts, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
 from .errors import LeaseLostError, ManifestError
@@ -467,12 +467,15 @@ class Manifest:
             return
         with self._write():
             staged.write(conn)
+            params["todo"] = orjson.dumps([k for k, _ in todo])
+            _counts.batch_leaves(conn, _ITEMS, params)
             conn.executemany("""
                 INSERT INTO documents (id, hash, ready_hash) VALUES (?1, ?2,
                     (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, deleted = 0,
                     ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
                              ((records[k].id, hashes[k]) for k, _ in todo))
+            _counts.batch_enters(conn, _ITEMS, params)
         crash_point("mid-scan")
 
     def missing_ids_count(self) -> int:
@@ -501,10 +504,13 @@ class Manifest:
     def delete_missing(self) -> int:
         """Mark deleted every live document the scan that just ran did not see."""
         self._ensure_scan_tables()
+        missing = "WHERE d.deleted = 0 AND d.id NOT IN (SELECT id FROM scan_seen)"
         with self._write() as conn:
-            cur = conn.execute("""UPDATE documents SET deleted = 1
-                WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""")
-            return cur.rowcount
+            _counts.add_documents(conn, _counts.documents_by_state(
+                conn, f"FROM documents d JOIN contents c ON c.hash = d.hash {missing}"), sign=-1)
+            deleted = conn.execute(f"UPDATE documents AS d SET deleted = 1 {missing}").rowcount
+            _counts.add(conn, "deleted", documents=deleted)
+            return int(deleted)
 
     # -- claims ---------------------------------------------------------------------------------
 
@@ -859,8 +865,12 @@ class Manifest:
             # The chunks of the long documents kept.
             conn.execute("""INSERT OR IGNORE INTO kept SELECT t.hash FROM text_chunks t
                             WHERE t.whole IN (SELECT hash FROM kept)""")
-            dropped = conn.execute("""DELETE FROM contents WHERE state != 'claimed' AND parts = 0
-                AND hash NOT IN (SELECT hash FROM kept)""").rowcount
+            # No live document has them (status counts: indexer/_counts.py), and no whole counts.
+            unkept = "WHERE c.state != 'claimed' AND c.parts = 0 AND c.hash NOT IN (SELECT hash FROM kept)"
+            for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c {unkept} "
+                                         "GROUP BY 1").fetchall():
+                _counts.add(conn, state, contents=-n)
+            dropped = conn.execute(f"DELETE FROM contents AS c {unkept}").rowcount
             conn.execute("DELETE FROM contents WHERE parts > 0 AND hash NOT IN (SELECT hash FROM kept)")
             conn.execute("DELETE FROM text_chunks WHERE whole NOT IN (SELECT hash FROM kept)")
             # Deleted documents served those: forget it, so that one coming back never points at a
@@ -949,7 +959,6 @@ SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash
 
 _COUNTED = ("pending", "done", "failed")  # the rows of state_counts for contents; claimed is in pending
 _COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
-_BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
 
 
 def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
@@ -958,12 +967,12 @@ def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
     content: all of them through the index of documents by hash (in hash order, as contents are),
     less the deleted ones; a join from each document to its content would probe contents at random."""
     out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
-    for state, n in conn.execute(f"SELECT {_BUCKET}, count(*) FROM contents c WHERE parts = 0 GROUP BY 1"):
+    for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c WHERE parts = 0 "
+                                 "GROUP BY 1"):
         out[state][0] = n
     for sign, sql in ((1, "FROM contents c JOIN documents d INDEXED BY documents_by_hash ON d.hash = c.hash"),
                       (-1, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted != 0")):
-        for state, *values in conn.execute(f"""SELECT {_BUCKET}, count(*), sum(max(c.parts, 1)),
-                                               sum(c.truncated) {sql} GROUP BY 1"""):
+        for state, *values in _counts.documents_by_state(conn, sql):
             out[state][1:] = [a + sign * b for a, b in zip(out[state][1:], values, strict=True)]
     out["deleted"][1] = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
     return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}

@@ -99,9 +99,10 @@ CREATE TABLE skips (
 ) WITHOUT ROWID;
 
 -- What `indexer status` reports, kept instead of counted: status reads these few rows, where counting
--- joined every document to its content (minutes at 10M documents). Triggers keep them in the same
--- transaction as every change to the rows they count, so they are exact in every snapshot a reader
--- takes, a sync's included, and no code path can forget them. `indexer verify` recounts and compares.
+-- joined every document to its content (minutes at 10M documents). They change in the same
+-- transaction as the rows they count, so they are exact in every snapshot a reader takes, a sync's
+-- included: by the trigger below where a content changes state, and by the scan, delete-missing and
+-- compact statement by statement (indexer/_counts.py says why). `indexer verify` recounts and compares.
 --   state 'pending' (claimed included: a claim or its release changes no count, so the claim path
 --       never fires a trigger), 'done', 'failed': contents (parts = 0) in that state; and the live
 --       documents whose current content (documents.hash) is in that state, their chunks (max(parts, 1)
@@ -118,8 +119,8 @@ CREATE TABLE state_counts (
 ) WITHOUT ROWID;
 INSERT INTO state_counts (state) VALUES ('pending'), ('done'), ('failed'), ('deleted');
 
--- A content changes state (commits, failures, retries, repairs, wholes settling), or is added or
--- dropped: it moves, with every live document that has it, out of its old state's row, into its new.
+-- A content changes state (commits, failures, retries, repairs, wholes settling): it moves, with
+-- every live document that has it, out of its old state's row, into its new.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents
 WHEN (old.state = 'claimed' OR old.state = 'pending') != (new.state = 'claimed' OR new.state = 'pending')
     OR (old.state = 'done') != (new.state = 'done') OR old.parts != new.parts
@@ -135,61 +136,4 @@ BEGIN
         state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
         FROM documents WHERE hash = new.hash AND deleted = 0)
     WHERE state = CASE new.state WHEN 'claimed' THEN 'pending' ELSE new.state END;
-END;
-
-CREATE TRIGGER contents_counted_insert AFTER INSERT ON contents
-BEGIN
-    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
-        state_counts.contents + (new.parts = 0), state_counts.documents + count(*),
-        state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
-        FROM documents WHERE hash = new.hash AND deleted = 0)
-    WHERE state = CASE new.state WHEN 'claimed' THEN 'pending' ELSE new.state END;
-END;
-
-CREATE TRIGGER contents_counted_delete AFTER DELETE ON contents
-BEGIN
-    UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
-        state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
-        state_counts.chunks - count(*) * max(old.parts, 1), state_counts.truncated - count(*) * old.truncated
-        FROM documents WHERE hash = old.hash AND deleted = 0)
-    WHERE state = CASE old.state WHEN 'claimed' THEN 'pending' ELSE old.state END;
-END;
-
--- A document is added, changes content, is deleted or comes back: out of its old content's row (if
--- it was live), into its new content's row (if it is live); the deleted row counts the others.
-CREATE TRIGGER documents_counted_insert AFTER INSERT ON documents
-BEGIN
-    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents + 1,
-        state_counts.chunks + max(parts, 1), state_counts.truncated + contents.truncated
-        FROM contents WHERE hash = new.hash)
-    WHERE new.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
-                                       FROM contents WHERE hash = new.hash);
-    UPDATE state_counts SET documents = documents + 1 WHERE new.deleted != 0 AND state = 'deleted';
-END;
-
-CREATE TRIGGER documents_counted_update AFTER UPDATE OF hash, deleted ON documents
-WHEN old.hash != new.hash OR old.deleted != new.deleted
-BEGIN
-    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents - 1,
-        state_counts.chunks - max(parts, 1), state_counts.truncated - contents.truncated
-        FROM contents WHERE hash = old.hash)
-    WHERE old.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
-                                       FROM contents WHERE hash = old.hash);
-    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents + 1,
-        state_counts.chunks + max(parts, 1), state_counts.truncated + contents.truncated
-        FROM contents WHERE hash = new.hash)
-    WHERE new.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
-                                       FROM contents WHERE hash = new.hash);
-    UPDATE state_counts SET documents = documents + (new.deleted != 0) - (old.deleted != 0)
-    WHERE old.deleted != new.deleted AND state = 'deleted';
-END;
-
-CREATE TRIGGER documents_counted_delete AFTER DELETE ON documents
-BEGIN
-    UPDATE state_counts SET (documents, chunks, truncated) = (SELECT state_counts.documents - 1,
-        state_counts.chunks - max(parts, 1), state_counts.truncated - contents.truncated
-        FROM contents WHERE hash = old.hash)
-    WHERE old.deleted = 0 AND state = (SELECT CASE state WHEN 'claimed' THEN 'pending' ELSE state END
-                                       FROM contents WHERE hash = old.hash);
-    UPDATE state_counts SET documents = documents - 1 WHERE old.deleted != 0 AND state = 'deleted';
 END;

@@ -355,7 +355,8 @@ def test_an_index_from_before_state_counts_migrates_with_counts_equal_to_a_recou
     conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
     conn.executescript("BEGIN")
     conn.execute("INSERT INTO documents SELECT 'a2', hash, ready_hash, 0 FROM documents WHERE id = 'a'")
-    conn.execute("INSERT INTO documents (id, hash, deleted) SELECT 'gone', hash, 1 FROM documents WHERE id = 'b'")
+    conn.execute("INSERT INTO documents (id, hash, deleted) SELECT 'gone', hash, 1 FROM documents "
+                 "WHERE id = 'b'")
     conn.execute("INSERT INTO contents (hash, chars, text, truncated) VALUES (?, 9, 'cut text', 1)",
                  (content_hash("cut text"),))
     conn.execute("INSERT INTO documents (id, hash) VALUES ('t', ?)", (content_hash("cut text"),))

@@ -29,7 +29,8 @@ def test_verify_catches_a_count_that_differs_from_the_rows_and_repair_recounts(t
     indexer.sync(ix, [(f"d{i}", f"text {i % 7}") for i in range(30)], embedder=FakeEmbedder(16),
                  settings=SETTINGS)
     conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("UPDATE state_counts SET documents = documents + 3, chunks = chunks - 1 WHERE state = 'done'")
+    conn.execute("UPDATE state_counts SET documents = documents + 3, chunks = chunks - 1 "
+                 "WHERE state = 'done'")
     conn.close()
     with indexer.open(ix, SETTINGS) as idx:
         assert idx.status()["done"] == 33  # status reads the kept counts
