@@ -697,8 +697,8 @@ class Manifest:
 
     def status_counts(self) -> dict[str, object]:
         """What `indexer status` reports, from one snapshot. The counts are read from `state_counts`
-        (a few rows, kept by triggers: migrations/0008) where the manifest has it; a read-only
-        manifest from before it is counted row by row."""
+        (a few rows, kept with the rows they count: migrations/0008, indexer/_counts.py) where the
+        manifest has it; a read-only manifest from before it is counted row by row."""
         with self._snapshot() as conn:
             counts = self._kept_counts(conn) if self._has_table("state_counts") else _recount(conn)
             # Claimed contents are kept with the pending ones; those in claims are few, and indexed.
