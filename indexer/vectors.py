@@ -8,8 +8,10 @@ chunks themselves, with their character spans, are `chunks()`: search them to fi
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -42,7 +44,7 @@ class _Rows:
     part_hashes: list[bytes]
 
 
-def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], list[int], list[bytes | None]]:
+def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray, list[bytes | None]]:
     """ids, slots and hashes of every served document that fits the model's window, in (slot, id)
     order: what `SELECT d.id, c.slot, c.hash {_SINGLE} ORDER BY c.slot, d.id` gives, in time linear
     in N (but for the sorts, done in numpy).
@@ -68,7 +70,7 @@ def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], list[int], lis
     # Stable: documents sharing a content (one slot) stay in id order, as documents are read.
     served = served[np.argsort(c_slots[found[served]], kind="stable")]
     rows = served.tolist()
-    return [ids[k] for k in rows], c_slots[found[served]].tolist(), [d_hashes[k] for k in rows]
+    return [ids[k] for k in rows], c_slots[found[served]], [d_hashes[k] for k in rows]
 
 
 _FETCH = 65_536  # rows a fetch: Python tuples for a batch, never for the whole table
@@ -97,44 +99,49 @@ def _lookup(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """For each key (a row of `keys`), the row of `table` holding it, or -1 (both (n, 2) hash keys)."""
     if not len(table):
         return np.full(len(keys), -1, dtype=np.int64)
-    order = np.lexsort((table[:, 1], table[:, 0]))
-    high, low = table[order, 0], table[order, 1]
+    order = np.argsort(table[:, 0])
+    high = table[order, 0]
     if (high[1:] == high[:-1]).any():
         # Two hashes share their high half (not seen in practice): search on both halves, as integers.
-        at = np.searchsorted(high.astype(object) * 2**64 + low.astype(object),
-                             keys[:, 0].astype(object) * 2**64 + keys[:, 1].astype(object))
+        order = np.lexsort((table[:, 1], table[:, 0]))
+        both = table[order, 0].astype(object) * 2**64 + table[order, 1].astype(object)
+        at = np.searchsorted(both, keys[:, 0].astype(object) * 2**64 + keys[:, 1].astype(object))
     else:
-        at = np.searchsorted(high, keys[:, 0])
-    at = np.minimum(at, len(order) - 1)
-    hit = (high[at] == keys[:, 0]) & (low[at] == keys[:, 1])
-    return np.where(hit, order[at], -1)
+        # The keys searched in their own sorted order: each search starts where the one before ended,
+        # several times faster than searching them in random order (a cache miss a step).
+        by_key = np.argsort(keys[:, 0])
+        at = np.empty(len(keys), dtype=np.intp)
+        at[by_key] = np.searchsorted(high, keys[by_key, 0])
+    rows = order[np.minimum(at, len(order) - 1)]
+    return np.where((table[rows, 0] == keys[:, 0]) & (table[rows, 1] == keys[:, 1]), rows, -1)
 
 
 def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] = ()) -> _Rows:
     if where:
         single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
                               params).fetchall()
-        ids, slots = [r[0] for r in single], [r[1] for r in single]
+        ids, slots = [r[0] for r in single], np.array([r[1] for r in single], dtype=np.int64)
         hashes: list[bytes | None] = [r[2] for r in single]
     else:
         ids, slots, hashes = _served_singles(conn)
     # The chunked query probes contents once per document: skipped where there is no long document.
     chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} ORDER BY d.id, "
                            "t.ordinal", params).fetchall() if where or _has_wholes(conn) else []
+    groups: list[int] = []  # the slots of the long documents' rows: -1 - their group
     starts: list[int] = []
     parts: list[int] = []
     part_hashes: list[bytes] = []
     for k, (doc_id, ordinal, slot, h) in enumerate(chunked):
         if ordinal == 0 or chunked[k - 1][0] != doc_id:
-            slots.append(-1 - len(starts))
+            groups.append(-1 - len(starts))
             hashes.append(None)
             starts.append(len(parts))
             ids.append(doc_id)
         parts.append(slot)
         part_hashes.append(h)
     starts.append(len(parts))
-    return _Rows(ids, np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
-                 np.array(parts, dtype=np.int64), hashes, part_hashes)
+    return _Rows(ids, np.concatenate((slots, np.array(groups, dtype=np.int64))),
+                 np.array(starts, dtype=np.int64), np.array(parts, dtype=np.int64), hashes, part_hashes)
 
 
 def _has_wholes(conn: sqlite3.Connection) -> bool:
@@ -181,7 +188,8 @@ class _Snapshot:
 
     def load(self) -> Any:
         if self._conn is not None:
-            self._value = self._read(self._conn)
+            with _gc_paused():
+                self._value = self._read(self._conn)
             self.checksums = chunk_checksums(self._conn)
             self._conn.execute("COMMIT")
             self._conn.close()
@@ -216,6 +224,20 @@ class _Snapshot:
         rows.slots[:] = slots
         rows.parts[:] = parts
         return True
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A snapshot turns millions of rows into Python objects and keeps them in lists; the cyclic
+    garbage collector would walk those growing lists again and again, for nothing (no cycle is made
+    here): measured 3x slower at 2M rows, and worse than linear in N (bench/RESULTS.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def chunk_checksums(conn: sqlite3.Connection) -> dict[int, bytes]:
