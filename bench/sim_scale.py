@@ -108,7 +108,14 @@ def build(out: Path, n: int) -> dict[str, float]:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS. Linux's VmHWM, not getrusage's ru_maxrss: a child keeps the ru_maxrss
+    of the parent it was forked from across exec, so after a 10M build in the parent every child
+    reported the parent's 1.7 GB (the "resync peak RSS" of the first 10M run here)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(what: str, index_dir: Path, source: Path) -> dict[str, float]:
