@@ -19,6 +19,11 @@ CREATE TABLE state_counts (
 ) WITHOUT ROWID;
 INSERT INTO state_counts (state) VALUES ('pending'), ('done'), ('failed'), ('deleted');
 
+-- The trigger counts the live documents of a content through this index: with `deleted` in it, without
+-- reading each document's row (measured: the commit's SQL a third faster than with (hash) alone).
+DROP INDEX documents_by_hash;
+CREATE INDEX documents_by_hash ON documents (hash, deleted);
+
 -- A content changes state (commits, failures, retries, repairs, wholes settling): it moves, with
 -- every live document that has it, out of its old state's row, into its new.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents

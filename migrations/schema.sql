@@ -25,7 +25,7 @@ CREATE TABLE documents (
     ready_hash BLOB,                     -- the content whose vector is served; NULL before the first
     deleted    INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE INDEX documents_by_hash ON documents (hash);
+CREATE INDEX documents_by_hash ON documents (hash, deleted);  -- deleted: since 0008 (status counts)
 
 CREATE TABLE text_chunks (
     whole      BLOB NOT NULL,            -- contents.hash of the whole document text (parts > 0)
