@@ -40,20 +40,21 @@ def add(conn: sqlite3.Connection, state: str, contents: int = 0, documents: int 
 
 
 # A scan batch's new and changed documents: `items i` (its WITH clause) whose key is in :todo.
-_TODO = "FROM items i JOIN documents d USING (id) {} WHERE i.key IN (SELECT value FROM json_each(:todo))"
+_TODO = "WHERE i.key IN (SELECT value FROM json_each(:todo))"
 
 
 def batch_leaves(conn: sqlite3.Connection, items: str, params: Mapping[str, object]) -> None:
     """Before a scan batch's upsert: its documents leave the counts of what they are now (deleted, or
-    live with their current content; a new one nothing)."""
-    add_documents(conn, documents_by_state(conn, _TODO.format("JOIN contents c ON c.hash = d.hash")
-                                           + " AND d.deleted = 0", params, with_sql=items), sign=-1)
-    undeleted = conn.execute(f"{items}SELECT count(*) {_TODO.format('')} AND d.deleted != 0", params)
-    add(conn, "deleted", documents=-int(undeleted.fetchone()[0]))
+    live with their current content; a new one nothing). A deleted document's content may be gone
+    (compact drops it): hence the outer join."""
+    rows = conn.execute(f"""{items}SELECT iif(d.deleted != 0, 'deleted', {BUCKET}), count(*),
+        sum(max(c.parts, 1)), sum(c.truncated) FROM items i JOIN documents d USING (id)
+        LEFT JOIN contents c ON c.hash = d.hash {_TODO} GROUP BY 1""", params).fetchall()
+    add_documents(conn, [row for row in rows if row[0] != "deleted"], sign=-1)
+    add(conn, "deleted", documents=-sum(row[1] for row in rows if row[0] == "deleted"))
 
 
 def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, object]) -> None:
     """After the upsert: the batch's documents, live now, count with their new content."""
-    add_documents(conn, documents_by_state(conn, "FROM items i JOIN contents c ON c.hash = i.hash "
-                                           "WHERE i.key IN (SELECT value FROM json_each(:todo))", params,
-                                           with_sql=items))
+    add_documents(conn, documents_by_state(conn, f"FROM items i JOIN contents c ON c.hash = i.hash {_TODO}",
+                                           params, with_sql=items))
