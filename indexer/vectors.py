@@ -18,7 +18,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from .errors import ChunkMissingError, StoreError
+from .errors import ChunkMissingError, ManifestError, StoreError
 from .store import VectorStore
 
 __all__ = ["Chunks", "DocumentIds", "VectorView"]
@@ -90,7 +90,7 @@ def _columns(cur: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray]:
 def _hash_keys(raw: bytes) -> np.ndarray:
     """16-byte hashes end to end as an (n, 2) array of native uint64: (high, low) halves."""
     if len(raw) % 16:
-        raise StoreError("a content hash in the manifest is not 16 bytes long: the manifest is damaged; "
+        raise ManifestError("a content hash in the manifest is not 16 bytes long: the manifest is damaged; "
                          "run `indexer verify`")
     return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
 
