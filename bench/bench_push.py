@@ -7,11 +7,12 @@
 An index of N documents is built (fake:384, not timed); with --chunks K each document is K paragraphs
 of 8 words, cut into K chunks (--chunk-tokens 8: the fake model counts words). Then, each in a fresh
 child process: the first push (everything), a push after one document changed (one upsert; with
---chunks, to one chunk fewer, so that its last row must go), a push with nothing to send, and a push
-after 1% of the documents were deleted. --level documents|chunks is given to every push (default:
-push's own, chunks for these chunked indexes). Each child reports its wall time for `push()`, what it
-sent, and its peak RSS (VmHWM) and peak anonymous memory (RssAnon, sampled every 5 ms). After the last
-push the table is compared with the index (`vectors()`, or `chunks()` at chunk level), bit for bit.
+--chunks, to one chunk fewer, so that its last row must go), a push with nothing to send, a push after
+1% of the documents changed (as the one), and a push after 1% of the documents were deleted. --level
+documents|chunks is given to every push (default: push's own, chunks for these chunked indexes). Each
+child reports its wall time for `push()`, what it sent, and its peak RSS (VmHWM) and peak anonymous
+memory (RssAnon, sampled every 5 ms). After the last push the table is compared with the index
+(`vectors()`, or `chunks()` at chunk level), bit for bit.
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ def text(i: int, chunks: int, changed: bool) -> str:
     return "\n\n".join(f"document {i} paragraph {k} of a longer text" for k in range(chunks - changed))
 
 
-def sync(index: Path, n: int, chunks: int, changed: int = -1, deleted: int = 0) -> None:
+def sync(index: Path, n: int, chunks: int, changed: range | set[int] = range(0), deleted: int = 0) -> None:
     import indexer
     from indexer.settings import Settings
 
-    docs = ((f"doc-{i:07d}", text(i, chunks, i == changed)) for i in range(deleted, n))
+    docs = ((f"doc-{i:07d}", text(i, chunks, i in changed)) for i in range(deleted, n))
     indexer.sync(index, docs, model=f"fake:{DIM}", delete_missing=True, settings=Settings(chunk_rows=1024),
                  chunk_tokens=8 if chunks > 1 else None)
 
@@ -114,10 +115,12 @@ def main() -> None:
     try:
         n, k = args.n, args.chunks
         gone = n // 100
+        many = {7, *range(n // 2, n // 2 + gone)}
         steps = [("first push", lambda: sync(index, n, k)),
-                 ("after 1 changed document", lambda: sync(index, n, k, changed=7)),
+                 ("after 1 changed document", lambda: sync(index, n, k, changed={7})),
                  ("nothing to send", lambda: None),
-                 (f"after {gone:,} deleted documents", lambda: sync(index, n, k, changed=7, deleted=gone))]
+                 (f"after {gone:,} changed documents", lambda: sync(index, n, k, changed=many)),
+                 (f"after {gone:,} deleted documents", lambda: sync(index, n, k, changed=many, deleted=gone))]
         level = ""
         for label, prepare in steps:
             prepare()
@@ -145,7 +148,7 @@ def main() -> None:
         if not args.no_results:
             key = "push" if k == 1 else "push-chunks"
             update_results(key, f"Push to LanceDB{' (one row a chunk)' if k > 1 else ''}: first push, "
-                           "one change, nothing, deletes", body, provisional=note)
+                           "changes, nothing, deletes", body, provisional=note)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -103,11 +103,11 @@ def _push(idx: Index, target: Target, asked: str | None, replace: bool, batch_ro
         target.drop()
         columns = None
     existed = columns is not None
-    level = _level(idx, target, asked, columns)
-    report = PushReport(target=target.key, level=level)
     if existed and target_id is None and target.count() > 0:
         raise IndexerError(f"{target.key} already holds {target.count()} rows that this index never "
                            "pushed; push to another --table, or give --replace to drop and rewrite it")
+    level = _level(idx, target, asked, columns)
+    report = PushReport(target=target.key, level=level)
     if target_id is not None and not existed:
         if not replace:
             report.warnings.append(f"{target.key} is gone (dropped since the last push?); pushing "
