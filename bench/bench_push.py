@@ -146,9 +146,9 @@ def main() -> None:
             "", "Machine:", "", machine_markdown(info)])
         print(body)
         if not args.no_results:
-            key = "push" if k == 1 else "push-chunks"
-            update_results(key, f"Push to LanceDB{' (one row a chunk)' if k > 1 else ''}: first push, "
-                           "changes, nothing, deletes", body, provisional=note)
+            key = ("push" if k == 1 else "push-chunks") + ("-documents" if args.level == "documents" else "")
+            update_results(key, f"Push to LanceDB, {what}, one row a {level[:-1]}: first push, changes, "
+                           "nothing, deletes", body, provisional=note)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
