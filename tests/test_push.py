@@ -151,6 +151,11 @@ def test_float16_index_and_awkward_ids(tmp_path: Path) -> None:
     report = push(ix, f"lancedb:{db}")
     assert (report.deleted, report.rows) == (1, 3)
     assert_mirrored(ix, db)
+    current.update({"back\\slash": "changed", "東京": "changed too", "x'; DROP": "new"})
+    sync(ix, current)  # replaces, whose predicates quote the ids
+    report = push(ix, f"lancedb:{db}")
+    assert (report.level, report.upserted, report.rows) == ("chunks", 3, 4)
+    assert_mirrored(ix, db)
 
 
 settings_for_sequences = settings(max_examples=6, deadline=None, derandomize=True,

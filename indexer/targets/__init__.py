@@ -50,8 +50,9 @@ class Target(Protocol):
         """Add rows (an Arrow table) whose ids the table does not hold."""
 
     def replace(self, ids: list[str], rows: Any) -> None:
-        """Make `rows` (an Arrow table, every id of it in `ids`) the table's rows of documents `ids`:
-        in one step where the store allows it, so that a reader never sees a document half-replaced."""
+        """Make `rows` (an Arrow table, every id of it in `ids`) the table's rows of documents `ids`,
+        in one step where the store can do that cheaply (a reader then never sees a document
+        half-replaced); else by a delete of their rows and an append."""
 
     def delete(self, ids: list[str]) -> None:
         """Remove every row with one of these ids."""
