@@ -115,7 +115,10 @@ def _final_line(s: SyncSummary, index_dir: str) -> str:
     if s.dry_run:
         kept = s.missing - s.deleted
         return (f"dry run: scanned {s.scanned}: {s.new} new, {s.changed} changed, {s.unchanged} unchanged; "
-                f"would embed {s.would_embed}, would delete {s.deleted}"
+                f"would embed {s.would_embed} {s.would_embed_unit}"
+                + (" (no index yet: its model is not loaded, so long documents are not yet counted "
+                   "as the chunks they become)" if s.would_embed_unit == "documents" else "")
+                + f", would delete {s.deleted}"
                 + (f"; {kept} live document(s) missing from the sources would be kept (--delete-missing "
                    "deletes them; --json lists their ids)" if kept else "")
                 + "; nothing was written")

@@ -93,6 +93,9 @@ class SyncSummary:
     embed_seconds: float = 0.0
     dry_run: bool = False
     would_embed: int = 0
+    # What would_embed counts: chunks (a document that fits the window is one), or documents for a dry
+    # run before the index exists, which loads no model and so cannot split long documents yet.
+    would_embed_unit: str = "chunks"
     model: str = ""  # the name this sync knew the model by (another name of the index's weights is fine)
     # The backend that ran the model and its layout (workers, threads, devices), as chosen by
     # --backend auto where asked; empty when no model was loaded.
@@ -553,6 +556,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     try:
         _scan(manifest, readers, summary, settings, dry_run, delete_missing, max_delete, on_progress, chunker,
               index is not None and index.config.chunking)
+        if dry_run and index is None:
+            summary.would_embed_unit = "documents"
         if not dry_run:
             assert index is not None
             _embed_all(index, summary, on_progress, runner or (lambda: _make_runner(

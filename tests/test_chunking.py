@@ -530,3 +530,32 @@ def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path:
     with indexer.open(tmp_path / "ix") as idx:
         np.testing.assert_allclose(idx.get(["long"])[0], good, atol=1e-6)
         assert idx.verify().ok
+
+
+def test_a_dry_run_counts_what_it_would_embed_in_chunks_once_the_index_fixes_the_chunking(
+        tmp_path: Path) -> None:
+    """Before the index exists no model is loaded, so the dry run counts (and says it counts)
+    documents; on the index, a long document counts as the chunks it becomes."""
+    rng = random.Random(4)
+    long_text = long_document(rng, 6)
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": "short"}) + "\n")
+    ix = str(tmp_path / "ix")
+    runner = CliRunner()
+    base = ["sync", str(source), "--index", ix, "--model", "fake:16", "--chunk-tokens", "30", "--json"]
+    source.write_text(source.read_text() + json.dumps({"id": "b", "text": long_text}) + "\n")
+    r = runner.invoke(cli, [*base, "--dry-run"])
+    s = json.loads(r.stdout)
+    assert r.exit_code == 0 and (s["would_embed"], s["would_embed_unit"]) == (2, "documents")
+    assert "would embed 2 documents (no index yet" in r.stderr
+    source.write_text(json.dumps({"id": "a", "text": "short"}) + "\n")
+    assert runner.invoke(cli, base).exit_code == 0  # the index, with one short document
+    source.write_text(source.read_text() + json.dumps({"id": "b", "text": long_text}) + "\n")
+    r = runner.invoke(cli, [*base, "--dry-run"])
+    s = json.loads(r.stdout)
+    chunker = make_chunker("fake:16", 0, "", 30, 0)
+    assert chunker is not None
+    chunks = len(chunker.split(long_text))
+    assert chunks > 2 and (s["would_embed"], s["would_embed_unit"]) == (chunks, "chunks"), s
+    assert f"would embed {chunks} chunks," in r.stderr
+    assert json.loads(runner.invoke(cli, base).stdout)["embedded"] == chunks
