@@ -1,14 +1,14 @@
 """LanceDB: a table in a local (or object-store) LanceDB database, `--to lancedb:PATH`.
 
 In a table of documents, a replace is one merge_insert on "id" (one new table version: a reader
-sees the old row or the new one). In a table of chunks it is a delete of the documents' rows, then
-an append of their new ones: two versions, between which a reader misses those documents. The one-step
+sees the old row or the new one). In a table of chunks it is a delete of the documents' rows, then an
+append of their new ones: two versions, between which a reader misses those documents. The one-step
 form, a merge_insert on ("id", "chunk") that also deletes the rows it did not match
-(when_not_matched_by_source_delete), reads the whole table into memory (bench/bench_lance_replace.py),
-which a large table cannot afford. A push stopped between the two
-is finished by the next (push.py marks the documents unknown first). Inserts, of ids the table has
-never held, are plain appends (far cheaper on a first push of a large index); deletes are SQL
-predicates on "id".
+(when_not_matched_by_source_delete), reads the whole table into memory
+(bench/bench_lance_replace.py), which a large table cannot afford. A push stopped between the two is
+finished by the next (push.py marks the documents unknown first). Inserts, of ids the table has never
+held, are plain appends (far cheaper on a first push of a large index); deletes are SQL predicates on
+"id".
 """
 
 from __future__ import annotations
