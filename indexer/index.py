@@ -159,12 +159,15 @@ def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, setting
         return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
-def vector_schema(dim: int, dtype: np.dtype) -> Any:
+def vector_schema(dim: int, dtype: np.dtype, chunks: bool = False) -> Any:
     """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
-    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector). With `chunks`, a
+    row is a chunk: its number in the document and its character span [start, end) between them."""
     import pyarrow as pa
 
-    return pa.schema([pa.field("id", pa.string(), nullable=False),
+    span = [pa.field(name, kind, nullable=False)
+            for name, kind in (("chunk", pa.int32()), ("start", pa.int64()), ("end", pa.int64()))]
+    return pa.schema([pa.field("id", pa.string(), nullable=False), *(span if chunks else []),
                       pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
 
 

@@ -152,11 +152,12 @@ def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
     return (_documents(conn),)
 
 
-def _chunks(conn: sqlite3.Connection) -> tuple[_Rows, np.ndarray, np.ndarray, np.ndarray]:
+def _chunks(conn: sqlite3.Connection, where: str = "",
+            params: Sequence[str] = ()) -> tuple[_Rows, np.ndarray, np.ndarray, np.ndarray]:
     # In slot order, so that reading all of them walks the store's chunk files once, in order.
-    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars, c.hash {_SINGLE}
-        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end, p.hash {_CHUNKED}
-        ORDER BY 3, 1, 2""").fetchall()
+    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars, c.hash {_SINGLE}{where}
+        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end, p.hash {_CHUNKED}{where}
+        ORDER BY 3, 1, 2""", [*params, *params]).fetchall()
     columns = np.array([r[1:5] for r in found], dtype=np.int64).reshape(-1, 4)  # ordinal, slot, start, end
     rows = _Rows([r[0] for r in found], columns[:, 1].copy(), np.zeros(1, np.int64), np.zeros(0, np.int64),
                  [r[5] for r in found], [])
@@ -447,6 +448,37 @@ def _vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore
                        f"embedded yet): {shown}")
     merged = _merge(parts)
     return read_rows(store, merged, merged.slots[[found[i] for i in ids]])
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """Chunk rows as `Index.chunks()` gives them, read at once: row i is chunk `ordinals[i]` of
+    document `ids[i]`, its text `[starts[i]:ends[i]]` of the document's, its vector `vectors[i]`."""
+
+    ids: list[str]
+    ordinals: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    vectors: np.ndarray
+
+
+def chunks_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore) -> ChunkRows:
+    """The chunk rows of the served documents among `ids` (a push sends a batch of documents this
+    way), read from `conn`'s state of the manifest; a vector that reads as NaN is refused."""
+    store.expected.update(chunk_checksums(conn))
+    parts = [list(ids[start:start + 500]) for start in range(0, len(ids), 500)]
+    found = [_chunks(conn, f" AND d.id IN ({','.join('?' * len(part))})", part) for part in parts]
+    rows = [f[0] for f in found]
+    ordinals, starts, ends = (np.concatenate([f[k] for f in found] or [np.zeros(0, np.int64)])
+                              for k in (1, 2, 3))
+    slots = np.concatenate([r.slots for r in rows] or [np.zeros(0, np.int64)])
+    return ChunkRows([i for r in rows for i in r.ids], ordinals, starts, ends, read_served(store, slots))
+
+
+def served_chunk_count(conn: sqlite3.Connection) -> int:
+    """Chunk rows of the served documents (a document that fits is one), as `Index.chunks()` counts them."""
+    found = conn.execute(f"SELECT (SELECT count(*) {_SINGLE}) + (SELECT count(*) {_CHUNKED})").fetchone()
+    return int(found[0])
 
 
 def content_vectors(conn: sqlite3.Connection, store: VectorStore,
