@@ -9,7 +9,8 @@ first document with the fake model (fake:16) creates a real index (manifest from
 vectors.zarr, index.toml). Then the other N-1 documents are bulk-inserted with SQL into that manifest,
 exactly as a finished sync leaves them: one `documents` row (id "d%08d", hash, ready_hash) and one
 `contents` row (XXH3-128 of the text "document %d", state done, chars, text NULL, its slot) each, one
-committed `claims` row per chunk, `meta.next_chunk`. Each chunk of vectors.zarr is written whole through
+committed `claims` row per chunk, `meta.next_chunk`; then the status counts are recounted from those
+rows (`Manifest.recount`, as `verify --repair` does). Each chunk of vectors.zarr is written whole through
 VectorStore.write_chunk (durably, as a sync does) with random unit vectors, not the fake model's: the
 measurements below read vectors, they do not check their values. The JSONL source of the same N
 documents is written too, so that the resync finds every document unchanged.
@@ -46,6 +47,8 @@ def text_of(i: int) -> str:
 
 def build(out: Path, n: int) -> dict[str, float]:
     from indexer import sync
+    from indexer.manifest import Manifest
+    from indexer.settings import Settings
     from indexer.store import VectorStore
 
     t0 = time.perf_counter()
@@ -88,6 +91,9 @@ def build(out: Path, n: int) -> dict[str, float]:
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    manifest = Manifest(index_dir / "manifest.sqlite", Settings())
+    manifest.recount()  # the status counts of rows inserted behind the library's back
+    manifest.close()
     t_manifest = time.perf_counter() - t0 - t_source
     store.ensure_chunks(chunks + 1)
     rng = np.random.default_rng(0)
@@ -102,7 +108,14 @@ def build(out: Path, n: int) -> dict[str, float]:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS. Linux's VmHWM, not getrusage's ru_maxrss: a child keeps the ru_maxrss
+    of the parent it was forked from across exec, so after a 10M build in the parent every child
+    reported the parent's 1.7 GB (the "resync peak RSS" of the first 10M run here)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(what: str, index_dir: Path, source: Path) -> dict[str, float]:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
+from . import _counts
+
 if TYPE_CHECKING:
     from .chunking import Chunker
     from .sources import Record
@@ -46,8 +48,9 @@ class Staged:
 
     def write(self, conn: sqlite3.Connection) -> None:
         # In key order: consecutive inserts land on neighbouring pages of the hash-keyed table.
-        conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) VALUES (?, ?, ?, ?)",
-                         sorted(self.contents))
+        added = conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) "
+                                 "VALUES (?, ?, ?, ?)", sorted(self.contents)).rowcount
+        _counts.add(conn, "pending", contents=added)  # new contents are pending (wholes count none)
         if not self.wholes:
             return
         # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it

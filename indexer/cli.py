@@ -494,24 +494,34 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
               help="The vector store to mirror the index into: lancedb:PATH (a LanceDB directory; needs "
                    "pip install 'indexer[lancedb]').")
 @click.option("--table", default="vectors", show_default=True, help="Table name in the target.")
+@click.option("--level", type=click.Choice(["documents", "chunks"]), default=None,
+              help="One row a chunk (id, chunk, start, end, vector: the chunk's number and character span "
+                   "in the document) or one row a document (id, vector; a long one the normalized mean of "
+                   "its chunks). Default: the level the table was pushed at; for a new table chunks if "
+                   "the index is chunked, else documents. Another level than the table's is refused "
+                   "unless --replace.")
 @click.option("--replace", is_flag=True,
               help="Drop the table and push everything (e.g. a table that was changed outside indexer).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def push_cmd(index_dir: str, to: str, table: str, replace: bool, as_json: bool) -> None:
-    """Mirror the index into a vector store table: id and vector of every served document.
+def push_cmd(index_dir: str, to: str, table: str, level: str | None, replace: bool, as_json: bool) -> None:
+    """Mirror the index into a vector store table: the rows of every served document.
 
     The first push writes everything; each later one sends only what changed since the last push to
-    that table: new and changed documents, and deletes of deleted ones. A push that stops part-way is
-    finished by the next one. Safe while a sync runs (what it changes goes with the next push).
+    that table: the rows of new and changed documents (a changed document's rows all replaced), and
+    deletes of deleted ones. A push that stops part-way is finished by the next one. Safe while a sync
+    runs (what it changes goes with the next push). --json counts documents in upserted and deleted,
+    table rows in upserted_rows, rows and served_rows.
     """
     from .push import push
 
     with _errors(), _open(index_dir) as idx:
-        report = push(idx, to, table=table, replace=replace)
+        report = push(idx, to, table=table, level=level, replace=replace)
     for w in report.warnings:
         click.echo(f"indexer: warning: {w}", err=True)
-    click.echo(f"pushed {index_dir} to {report.target}: upserted {report.upserted}, deleted "
-               f"{report.deleted}; the table has {report.rows} rows ({report.seconds:.1f}s)", err=True)
+    sent = f" ({report.upserted_rows} chunk rows)" if report.level == "chunks" else ""
+    click.echo(f"pushed {index_dir} to {report.target}: upserted {report.upserted} document(s){sent}, "
+               f"deleted {report.deleted}; the table has {report.rows} {report.level[:-1]} rows "
+               f"({report.seconds:.1f}s)", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
 

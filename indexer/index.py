@@ -159,12 +159,15 @@ def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, setting
         return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
-def vector_schema(dim: int, dtype: np.dtype) -> Any:
+def vector_schema(dim: int, dtype: np.dtype, chunks: bool = False) -> Any:
     """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
-    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector)."""
+    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector). With `chunks`, a
+    row is a chunk: its number in the document and its character span [start, end) between them."""
     import pyarrow as pa
 
-    return pa.schema([pa.field("id", pa.string(), nullable=False),
+    span = [pa.field(name, kind, nullable=False)
+            for name, kind in (("chunk", pa.int32()), ("start", pa.int64()), ("end", pa.int64()))]
+    return pa.schema([pa.field("id", pa.string(), nullable=False), *(span if chunks else []),
                       pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
 
 
@@ -572,6 +575,12 @@ class Index:
                 # rows it goes on serving match their own recorded checksums, so the file as it is
                 # is their new record, and readers can map it again.
                 unrecorded[chunk] = check.actual
+        miscounted = self.manifest.counts_problems()
+        for problem in miscounted:
+            report.problem(problem)
+        if repair and miscounted:
+            self.manifest.recount()
+            report.notes.append("recounted the status counts from the rows")
         for whole, what in self.manifest.broken_wholes():
             report.problem(f"long document content {whole.hex()} is done but {what}")
             bad.append(whole)

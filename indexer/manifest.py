@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import orjson
 import xxhash
 
-from . import _wholes
+from . import _counts, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
 from .errors import LeaseLostError, ManifestError
@@ -479,12 +479,15 @@ class Manifest:
             return
         with self._write():
             staged.write(conn)
+            params["todo"] = orjson.dumps([k for k, _ in todo])
+            _counts.batch_leaves(conn, _ITEMS, params)
             conn.executemany("""
                 INSERT INTO documents (id, hash, ready_hash) VALUES (?1, ?2,
                     (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, deleted = 0,
                     ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
                              ((records[k].id, hashes[k]) for k, _ in todo))
+            _counts.batch_enters(conn, _ITEMS, params)
         crash_point("mid-scan")
 
     def missing_ids_count(self) -> int:
@@ -513,10 +516,13 @@ class Manifest:
     def delete_missing(self) -> int:
         """Mark deleted every live document the scan that just ran did not see."""
         self._ensure_scan_tables()
+        missing = "WHERE d.deleted = 0 AND d.id NOT IN (SELECT id FROM scan_seen)"
         with self._write() as conn:
-            cur = conn.execute("""UPDATE documents SET deleted = 1
-                WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""")
-            return cur.rowcount
+            _counts.add_documents(conn, _counts.documents_by_state(
+                conn, f"FROM documents d JOIN contents c ON c.hash = d.hash {missing}"), sign=-1)
+            deleted = conn.execute(f"UPDATE documents AS d SET deleted = 1 {missing}").rowcount
+            _counts.add(conn, "deleted", documents=deleted)
+            return int(deleted)
 
     # -- claims ---------------------------------------------------------------------------------
 
@@ -740,16 +746,14 @@ class Manifest:
     # -- queries --------------------------------------------------------------------------------
 
     def status_counts(self) -> dict[str, object]:
+        """What `indexer status` reports, from one snapshot. The counts are read from `state_counts`
+        (a few rows, kept with the rows they count: migrations/0008, indexer/_counts.py) where the
+        manifest has it; a read-only manifest from before it is counted row by row."""
         with self._snapshot() as conn:
-            by_state = dict(conn.execute("""SELECT c.state, count(*) FROM documents d
-                JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0 GROUP BY c.state""").fetchall())
-            live, deleted = conn.execute("""SELECT coalesce(sum(deleted = 0), 0),
-                coalesce(sum(deleted = 1), 0) FROM documents""").fetchone()
-            contents = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
-                                         "GROUP BY state").fetchall())
-            chunks, truncated = conn.execute("""SELECT coalesce(sum(max(c.parts, 1)), 0),
-                coalesce(sum(c.truncated), 0) FROM documents d JOIN contents c ON c.hash = d.hash
-                WHERE d.deleted = 0""").fetchone()
+            counts = self._kept_counts(conn) if self._has_table("state_counts") else _recount(conn)
+            # Claimed contents are kept with the pending ones; those in claims are few, and indexed.
+            claimed = conn.execute("SELECT count(*) FROM contents WHERE claim_id IS NOT NULL "
+                                   "AND state = 'claimed'").fetchone()[0]
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
@@ -759,18 +763,45 @@ class Manifest:
             state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
             last_run = {"id": run[0], "state": state, "started_at": run[2], "finished_at": run[3]}
         return {
-            "documents": live,
-            "pending": by_state.get("pending", 0) + by_state.get("claimed", 0),
-            "done": by_state.get("done", 0),
-            "failed": by_state.get("failed", 0),
-            "deleted": deleted,
-            "chunks": chunks,
-            "truncated": truncated,
-            "contents": {s: contents.get(s, 0) for s in ("pending", "claimed", "done", "failed")},
+            "documents": sum(counts[s][1] for s in _COUNTED),
+            "pending": counts["pending"][1],
+            "done": counts["done"][1],
+            "failed": counts["failed"][1],
+            "deleted": counts["deleted"][1],
+            "chunks": sum(counts[s][2] for s in _COUNTED),
+            "truncated": sum(counts[s][3] for s in _COUNTED),
+            "contents": {"pending": counts["pending"][0] - claimed, "claimed": claimed,
+                         "done": counts["done"][0], "failed": counts["failed"][0]},
             "active_claims": active,
             "fencing_refusals": refusals,
             "last_run": last_run,
         }
+
+    @staticmethod
+    def _kept_counts(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
+        return {state: (contents, documents, chunks, truncated) for state, contents, documents, chunks,
+                truncated in conn.execute("SELECT * FROM state_counts")}
+
+    def counts_problems(self) -> list[str]:
+        """How the kept counts differ from a recount of the rows, in one snapshot (`verify`)."""
+        if not self._has_table("state_counts"):
+            return []
+        with self._snapshot() as conn:
+            kept, actual = self._kept_counts(conn), _recount(conn)
+        out = []
+        for state, counted in actual.items():
+            for column, was, now in zip(_COUNT_COLUMNS, kept.get(state, (0, 0, 0, 0)), counted, strict=True):
+                if was != now:
+                    out.append(f"status counts: {column} of state {state} are kept as {was}, but the "
+                               f"rows hold {now}")
+        return out
+
+    def recount(self) -> None:
+        """Set the kept counts from a recount of the rows (`verify --repair`)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM state_counts")
+            conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
+                             ((state, *row) for state, row in _recount(conn).items()))
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         """(document id, reason) of live documents whose content failed."""
@@ -884,8 +915,12 @@ class Manifest:
             # The chunks of the long documents kept.
             conn.execute("""INSERT OR IGNORE INTO kept SELECT t.hash FROM text_chunks t
                             WHERE t.whole IN (SELECT hash FROM kept)""")
-            dropped = conn.execute("""DELETE FROM contents WHERE state != 'claimed' AND parts = 0
-                AND hash NOT IN (SELECT hash FROM kept)""").rowcount
+            # No live document has them (status counts: indexer/_counts.py), and no whole counts.
+            unkept = "WHERE c.state != 'claimed' AND c.parts = 0 AND c.hash NOT IN (SELECT hash FROM kept)"
+            for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c {unkept} "
+                                         "GROUP BY 1").fetchall():
+                _counts.add(conn, state, contents=-n)
+            dropped = conn.execute(f"DELETE FROM contents AS c {unkept}").rowcount
             conn.execute("DELETE FROM contents WHERE parts > 0 AND hash NOT IN (SELECT hash FROM kept)")
             conn.execute("DELETE FROM text_chunks WHERE whole NOT IN (SELECT hash FROM kept)")
             # Deleted documents served those: forget it, so that one coming back never points at a
@@ -970,6 +1005,27 @@ PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NO
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
 SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
+
+
+_COUNTED = ("pending", "done", "failed")  # the rows of state_counts for contents; claimed is in pending
+_COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
+
+
+def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
+    """state -> (contents, documents, chunks, truncated) as `state_counts` keeps them
+    (migrations/0008 says what each is), counted from the rows. Documents by the state of their
+    content: all of them through the index of documents by hash (in hash order, as contents are),
+    less the deleted ones; a join from each document to its content would probe contents at random."""
+    out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
+    for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c WHERE parts = 0 "
+                                 "GROUP BY 1"):
+        out[state][0] = n
+    for sign, sql in ((1, "FROM contents c JOIN documents d INDEXED BY documents_by_hash ON d.hash = c.hash"),
+                      (-1, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted != 0")):
+        for state, *values in _counts.documents_by_state(conn, sql):
+            out[state][1:] = [a + sign * b for a, b in zip(out[state][1:], values, strict=True)]
+    out["deleted"][1] = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
+    return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}
 
 
 def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ManifestError:

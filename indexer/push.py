@@ -13,6 +13,13 @@ A push killed anywhere leaves each document either recorded as what the target h
 the next push sends every unknown served document again and deletes every unknown unserved one, so
 after it completes the table holds exactly the served documents of its snapshot, whatever happened
 before. A sync may run meanwhile: what it changes after the snapshot goes with the next push.
+
+A table holds one row a document, or at chunk level (the default for a chunked index) one row a chunk:
+(id, chunk, start, end, vector), the rows `Index.chunks()` gives. The manifest tracks documents either
+way: a document's chunks (their spans and vectors) follow from its content hash, so a document whose
+hash the target holds holds exactly its chunks, and one sent again has all its rows replaced (the rows
+of chunks it no longer has removed). The level is read from the table itself (a "chunk" column), so
+it cannot drift from what the table holds.
 """
 
 from __future__ import annotations
@@ -32,21 +39,25 @@ from .index import MANIFEST, Index, vector_array, vector_schema
 from .manifest import PUSH_DELETES_SQL, PUSH_UPSERTS_SQL, SERVED_COUNT_SQL
 from .settings import Settings
 from .targets import Target, open_target
-from .vectors import content_vectors
+from .vectors import chunks_of, content_vectors, served_chunk_count
 
-__all__ = ["PushReport", "push"]
+__all__ = ["LEVELS", "PushReport", "push"]
 
-BATCH_ROWS = 4096  # rows per insert/upsert call and per delete batch
+BATCH_ROWS = 4096  # documents per batch: per insert/replace call and per delete
+LEVELS = ("documents", "chunks")
 
 
 @dataclass
 class PushReport:
     target: str
-    upserted: int = 0
-    deleted: int = 0
+    level: str = "documents"  # what a table row is: a document, or a chunk of one
+    upserted: int = 0  # documents whose rows were written (new, changed, or left unknown by a stopped push)
+    deleted: int = 0  # documents whose rows were removed
+    upserted_rows: int = 0  # table rows written for the upserted documents (at chunk level, their chunks)
     seconds: float = 0.0
     rows: int = 0  # rows in the table after the push
     served: int = 0  # documents the index served at the push's snapshot
+    served_rows: int = 0  # the rows those documents make at this level: what `rows` should be
     everything: bool = False  # every served document was sent (first push, --replace, table lost)
     warnings: list[str] = field(default_factory=list)
 
@@ -54,18 +65,22 @@ class PushReport:
         return asdict(self)
 
 
-def push(index: str | Path | Index, to: str, *, table: str = "vectors", replace: bool = False,
-         settings: Settings | None = None, batch_rows: int = BATCH_ROWS) -> PushReport:
+def push(index: str | Path | Index, to: str, *, table: str = "vectors", level: str | None = None,
+         replace: bool = False, settings: Settings | None = None, batch_rows: int = BATCH_ROWS) -> PushReport:
     """Bring the table `table` of target `to` ("lancedb:PATH") in line with the index: upsert new
-    and changed documents, delete the ones the index no longer serves. With `replace`, the table is
-    dropped and rewritten."""
+    and changed documents, delete the ones the index no longer serves. `level`: one row a document
+    ("documents"; a long one the normalized mean of its chunks) or a chunk ("chunks"); by default the
+    level the table holds, and for a new table "chunks" if the index is chunked. With `replace`, the
+    table is dropped and rewritten (at another level, if asked)."""
+    if level not in (None, *LEVELS):
+        raise IndexerError(f"push level {level!r}: choose {' or '.join(LEVELS)}")
     t0 = time.perf_counter()
     target = open_target(to, table)
     own = not isinstance(index, Index)
     idx = Index.open(index, settings) if not isinstance(index, Index) else index
     try:
         with idx.maintenance():  # a compact moving vectors meanwhile would stop the push part-way
-            report = _push(idx, target, replace, batch_rows)
+            report = _push(idx, target, level, replace, batch_rows)
     except (IndexerError, sqlite3.Error, KeyboardInterrupt):
         raise
     except Exception as exc:  # the store's client raises its own kinds (I/O, schema, service errors)
@@ -80,16 +95,19 @@ def push(index: str | Path | Index, to: str, *, table: str = "vectors", replace:
     return report
 
 
-def _push(idx: Index, target: Target, replace: bool, batch_rows: int) -> PushReport:
-    manifest, report = idx.manifest, PushReport(target=target.key)
+def _push(idx: Index, target: Target, asked: str | None, replace: bool, batch_rows: int) -> PushReport:
+    manifest = idx.manifest
     target_id = manifest.push_target(target.key)
-    existed = target.exists()
+    columns = target.columns()
     if replace:
         target.drop()
-        existed = False
-    elif existed and target_id is None and target.count() > 0:
+        columns = None
+    existed = columns is not None
+    if existed and target_id is None and target.count() > 0:
         raise IndexerError(f"{target.key} already holds {target.count()} rows that this index never "
                            "pushed; push to another --table, or give --replace to drop and rewrite it")
+    level = _level(idx, target, asked, columns)
+    report = PushReport(target=target.key, level=level)
     if target_id is not None and not existed:
         if not replace:
             report.warnings.append(f"{target.key} is gone (dropped since the last push?); pushing "
@@ -98,13 +116,14 @@ def _push(idx: Index, target: Target, replace: bool, batch_rows: int) -> PushRep
     report.everything = target_id is None or not existed
     target_id = manifest.push_target(target.key, create=True)
     assert target_id is not None
-    target.create(vector_schema(idx.store.dim, idx.store.dtype))
+    target.create(vector_schema(idx.store.dim, idx.store.dtype, chunks=level == "chunks"))
 
     # One snapshot for the whole diff, on a connection of its own: our writes go through the manifest's.
     snapshot = sqlite3.connect(idx.path / MANIFEST, isolation_level=None)
     try:
         snapshot.execute("BEGIN")
         report.served = int(snapshot.execute(SERVED_COUNT_SQL).fetchone()[0])
+        report.served_rows = served_chunk_count(snapshot) if level == "chunks" else report.served
         for ids in _batches(snapshot.execute(PUSH_DELETES_SQL, (target_id,)), batch_rows):
             doc_ids = [r[0] for r in ids]
             manifest.mark_pushing(target_id, doc_ids)
@@ -113,46 +132,73 @@ def _push(idx: Index, target: Target, replace: bool, batch_rows: int) -> PushRep
             manifest.mark_unpushed(target_id, doc_ids)
             report.deleted += len(doc_ids)
         for rows in _batches(snapshot.execute(PUSH_UPSERTS_SQL, (target_id,)), batch_rows):
-            report.upserted += _send(idx, target, target_id, rows)
+            report.upserted_rows += _send(idx, snapshot, target, target_id, rows, level)
+            report.upserted += len(rows)
         snapshot.execute("COMMIT")
     finally:
         snapshot.close()
     manifest.finish_push(target_id)
     report.rows = target.count()
-    if report.rows != report.served:
+    if report.rows != report.served_rows:
+        what = f"{report.served} documents" + (f" ({report.served_rows} chunks)" if level == "chunks" else "")
         report.warnings.append(
-            f"{target.key} has {report.rows} rows but the index served {report.served} documents when "
+            f"{target.key} has {report.rows} rows but the index served {what} when "
             "the push began: rows were added or removed outside indexer, or a sync changed the index "
             "meanwhile. Push again; if they still differ, push --replace rewrites the table")
     return report
 
 
-def _send(idx: Index, target: Target, target_id: int, rows: list[Any]) -> int:
-    """Send one batch of (id, hash, slot, known) rows; returns how many went."""
+def _level(idx: Index, target: Target, asked: str | None, columns: list[str] | None) -> str:
+    """The level to push at: the one the table holds (another is refused: a table of mixed rows would
+    answer searches wrongly), or for a new table the one asked, by default chunks if the index is chunked."""
+    if columns is None:
+        return asked or ("chunks" if idx.config.chunking else "documents")
+    held = "chunks" if "chunk" in columns else "documents"
+    if asked not in (None, held):
+        raise IndexerError(f"{target.key} holds one row a {held[:-1]} (it was pushed at --level {held}); "
+                           f"nothing was sent. Push at --level {held}, or to another --table, or give "
+                           f"--replace to drop it and rewrite it at --level {asked}")
+    return held
+
+
+def _send(idx: Index, snapshot: sqlite3.Connection, target: Target, target_id: int, rows: list[Any],
+          level: str) -> int:
+    """Send one batch of (id, hash, slot, known) rows of documents; returns how many table rows went."""
     manifest = idx.manifest
     doc_ids = [r[0] for r in rows]
-    # A long document (its served content a whole of chunks, no slot of its own) is sent as the
-    # normalized mean of its chunks, the row `vectors()` gives it.
-    vectors = content_vectors(manifest.conn, idx.store, [(r[1], r[2]) for r in rows])
+    spans: tuple[np.ndarray, ...] = ()
+    if level == "chunks":  # the snapshot's chunk rows of these documents, as Index.chunks() reads them
+        chunks = chunks_of(snapshot, doc_ids, idx.store)
+        row_ids, vectors, spans = chunks.ids, chunks.vectors, (chunks.ordinals, chunks.starts, chunks.ends)
+    else:
+        # A long document (its served content a whole of chunks, no slot of its own) is sent as the
+        # normalized mean of its chunks, the row `vectors()` gives it.
+        row_ids, vectors = doc_ids, content_vectors(manifest.conn, idx.store, [(r[1], r[2]) for r in rows])
     if not np.isfinite(vectors).all():  # a slot moved by a compact since the snapshot: never send it
         raise IndexerError(f"{idx.path} changed under the push (was `indexer compact` run?); nothing "
                            "wrong was sent. Run the push again")
     manifest.mark_pushing(target_id, doc_ids)
-    known = np.array([bool(r[3]) for r in rows])
-    for part, send in ((~known, target.insert), (known, target.upsert)):
-        if part.any():
-            chosen = np.flatnonzero(part)
-            send(_arrow_rows([doc_ids[i] for i in chosen], vectors[chosen], idx))
+    known_ids = [r[0] for r in rows if r[3]]  # the target may hold rows of these: replace them
+    held = set(known_ids)
+    known = np.fromiter((i in held for i in row_ids), dtype=bool, count=len(row_ids))
+    if not known.all():
+        target.insert(_arrow_rows(idx, row_ids, vectors, spans, np.flatnonzero(~known)))
+    if known.any():
+        target.replace(known_ids, _arrow_rows(idx, row_ids, vectors, spans, np.flatnonzero(known)))
     crash_point("push-after-upsert")
     manifest.mark_pushed(target_id, [(r[0], r[1]) for r in rows])
-    return len(rows)
+    return len(row_ids)
 
 
-def _arrow_rows(ids: list[str], vectors: np.ndarray, idx: Index) -> object:
+def _arrow_rows(idx: Index, ids: list[str], vectors: np.ndarray, spans: tuple[np.ndarray, ...],
+                chosen: np.ndarray) -> object:
+    """Rows `chosen` as an Arrow table of the push schema (with the chunk columns if `spans`)."""
     import pyarrow as pa
 
-    schema = vector_schema(idx.store.dim, idx.store.dtype)
-    return pa.Table.from_arrays([pa.array(ids, pa.string()), vector_array(vectors)], schema=schema)
+    schema = vector_schema(idx.store.dim, idx.store.dtype, chunks=bool(spans))
+    columns = [pa.array([ids[i] for i in chosen], pa.string())]
+    columns += [pa.array(values[chosen], f.type) for values, f in zip(spans, list(schema)[1:], strict=False)]
+    return pa.Table.from_arrays([*columns, vector_array(vectors[chosen])], schema=schema)
 
 
 def _batches(cursor: sqlite3.Cursor, size: int) -> Iterator[list[Any]]:

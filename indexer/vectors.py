@@ -8,15 +8,17 @@ chunks themselves, with their character spans, are `chunks()`: search them to fi
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
-from .errors import ChunkMissingError, StoreError
+from .errors import ChunkMissingError, ManifestError, StoreError
 from .store import VectorStore
 
 __all__ = ["Chunks", "DocumentIds", "VectorView"]
@@ -42,39 +44,120 @@ class _Rows:
     part_hashes: list[bytes]
 
 
+def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray, list[bytes | None]]:
+    """ids, slots and hashes of every served document that fits the model's window, in (slot, id)
+    order: what `SELECT d.id, c.slot, c.hash {_SINGLE} ORDER BY c.slot, d.id` gives, in time linear
+    in N (but for the sorts, done in numpy).
+
+    That join looks each document's content up by hash, a random B-tree probe per document, then
+    sorts: fine at 1M, but superlinear once the manifest outgrows SQLite's cache (bench/RESULTS.md,
+    scale simulation). Here each table is read once in its own order instead (contents through the
+    covering index on slot, so already in slot order; documents in id order) and joined in numpy on
+    the hash. Only contents of documents that fit have a slot (a whole's vector is its chunks'), so
+    the slot index holds exactly the contents `_SINGLE` may join."""
+    c_hashes, c_slots = _columns(conn.execute("SELECT hash, slot FROM contents WHERE slot IS NOT NULL"))
+    ids: list[str] = []
+    d_parts: list[bytes] = []
+    d_hashes: list[bytes] = []
+    cur = conn.execute("SELECT id, ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL")
+    while batch := cur.fetchmany(_FETCH):
+        batch_ids, batch_hashes = zip(*batch, strict=True)
+        ids.extend(batch_ids)
+        d_hashes.extend(batch_hashes)
+        d_parts.append(b"".join(batch_hashes))
+    found = _lookup(c_hashes, _hash_keys(b"".join(d_parts)))  # content row of each document, or -1
+    served = np.flatnonzero(found >= 0)
+    # Stable: documents sharing a content (one slot) stay in id order, as documents are read.
+    served = served[np.argsort(c_slots[found[served]], kind="stable")]
+    rows = served.tolist()
+    return [ids[k] for k in rows], c_slots[found[served]], [d_hashes[k] for k in rows]
+
+
+_FETCH = 65_536  # rows a fetch: Python tuples for a batch, never for the whole table
+
+
+def _columns(cur: sqlite3.Cursor) -> tuple[np.ndarray, np.ndarray]:
+    """(hash keys, int64 values) of a query's (16-byte hash, integer) rows."""
+    hashes: list[bytes] = []
+    values: list[np.ndarray] = []
+    while batch := cur.fetchmany(_FETCH):
+        batch_hashes, batch_values = zip(*batch, strict=True)
+        hashes.append(b"".join(batch_hashes))
+        values.append(np.array(batch_values, dtype=np.int64))
+    return _hash_keys(b"".join(hashes)), np.concatenate(values) if values else np.zeros(0, np.int64)
+
+
+def _hash_keys(raw: bytes) -> np.ndarray:
+    """16-byte hashes end to end as an (n, 2) array of native uint64: (high, low) halves."""
+    if len(raw) % 16:
+        raise ManifestError("a content hash in the manifest is not 16 bytes long: the manifest is damaged; "
+                         "run `indexer verify`")
+    return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+
+
+def _lookup(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each key (a row of `keys`), the row of `table` holding it, or -1 (both (n, 2) hash keys)."""
+    if not len(table):
+        return np.full(len(keys), -1, dtype=np.int64)
+    order = np.argsort(table[:, 0])
+    high = table[order, 0]
+    if (high[1:] == high[:-1]).any():
+        # Two hashes share their high half (not seen in practice): search on both halves, as integers.
+        order = np.lexsort((table[:, 1], table[:, 0]))
+        both = table[order, 0].astype(object) * 2**64 + table[order, 1].astype(object)
+        at = np.searchsorted(both, keys[:, 0].astype(object) * 2**64 + keys[:, 1].astype(object))
+    else:
+        # The keys searched in their own sorted order: each search starts where the one before ended,
+        # several times faster than searching them in random order (a cache miss a step).
+        by_key = np.argsort(keys[:, 0])
+        at = np.empty(len(keys), dtype=np.intp)
+        at[by_key] = np.searchsorted(high, keys[by_key, 0])
+    rows = order[np.minimum(at, len(order) - 1)]
+    return np.where((table[rows, 0] == keys[:, 0]) & (table[rows, 1] == keys[:, 1]), rows, -1)
+
+
 def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] = ()) -> _Rows:
-    single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
-                          params).fetchall()
-    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} "
-                           "ORDER BY d.id, t.ordinal", params).fetchall()
-    ids = [r[0] for r in single]
-    slots = [r[1] for r in single]
-    hashes: list[bytes | None] = [r[2] for r in single]
+    if where:
+        single = conn.execute(f"SELECT d.id, c.slot, c.hash {_SINGLE}{where} ORDER BY c.slot, d.id",
+                              params).fetchall()
+        ids, slots = [r[0] for r in single], np.array([r[1] for r in single], dtype=np.int64)
+        hashes: list[bytes | None] = [r[2] for r in single]
+    else:
+        ids, slots, hashes = _served_singles(conn)
+    # The chunked query probes contents once per document: skipped where there is no long document.
+    chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} ORDER BY d.id, "
+                           "t.ordinal", params).fetchall() if where or _has_wholes(conn) else []
+    groups: list[int] = []  # the slots of the long documents' rows: -1 - their group
     starts: list[int] = []
     parts: list[int] = []
     part_hashes: list[bytes] = []
     for k, (doc_id, ordinal, slot, h) in enumerate(chunked):
         if ordinal == 0 or chunked[k - 1][0] != doc_id:
-            slots.append(-1 - len(starts))
+            groups.append(-1 - len(starts))
             hashes.append(None)
             starts.append(len(parts))
             ids.append(doc_id)
         parts.append(slot)
         part_hashes.append(h)
     starts.append(len(parts))
-    return _Rows(ids, np.array(slots, dtype=np.int64), np.array(starts, dtype=np.int64),
-                 np.array(parts, dtype=np.int64), hashes, part_hashes)
+    return _Rows(ids, np.concatenate((slots, np.array(groups, dtype=np.int64))),
+                 np.array(starts, dtype=np.int64), np.array(parts, dtype=np.int64), hashes, part_hashes)
+
+
+def _has_wholes(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is not None
 
 
 def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
     return (_documents(conn),)
 
 
-def _chunks(conn: sqlite3.Connection) -> tuple[_Rows, np.ndarray, np.ndarray, np.ndarray]:
+def _chunks(conn: sqlite3.Connection, where: str = "",
+            params: Sequence[str] = ()) -> tuple[_Rows, np.ndarray, np.ndarray, np.ndarray]:
     # In slot order, so that reading all of them walks the store's chunk files once, in order.
-    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars, c.hash {_SINGLE}
-        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end, p.hash {_CHUNKED}
-        ORDER BY 3, 1, 2""").fetchall()
+    found = conn.execute(f"""SELECT d.id, 0, c.slot, 0, c.chars, c.hash {_SINGLE}{where}
+        UNION ALL SELECT d.id, t.ordinal, p.slot, t.char_start, t.char_end, p.hash {_CHUNKED}{where}
+        ORDER BY 3, 1, 2""", [*params, *params]).fetchall()
     columns = np.array([r[1:5] for r in found], dtype=np.int64).reshape(-1, 4)  # ordinal, slot, start, end
     rows = _Rows([r[0] for r in found], columns[:, 1].copy(), np.zeros(1, np.int64), np.zeros(0, np.int64),
                  [r[5] for r in found], [])
@@ -106,7 +189,8 @@ class _Snapshot:
 
     def load(self) -> Any:
         if self._conn is not None:
-            self._value = self._read(self._conn)
+            with _gc_paused():
+                self._value = self._read(self._conn)
             self.checksums = chunk_checksums(self._conn)
             self._conn.execute("COMMIT")
             self._conn.close()
@@ -141,6 +225,20 @@ class _Snapshot:
         rows.slots[:] = slots
         rows.parts[:] = parts
         return True
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A snapshot turns millions of rows into Python objects and keeps them in lists; the cyclic
+    garbage collector would walk those growing lists again and again, for nothing (no cycle is made
+    here): measured 3x slower at 2M rows, and worse than linear in N (bench/RESULTS.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def chunk_checksums(conn: sqlite3.Connection) -> dict[int, bytes]:
@@ -350,6 +448,37 @@ def _vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore
                        f"embedded yet): {shown}")
     merged = _merge(parts)
     return read_rows(store, merged, merged.slots[[found[i] for i in ids]])
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """Chunk rows as `Index.chunks()` gives them, read at once: row i is chunk `ordinals[i]` of
+    document `ids[i]`, its text `[starts[i]:ends[i]]` of the document's, its vector `vectors[i]`."""
+
+    ids: list[str]
+    ordinals: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    vectors: np.ndarray
+
+
+def chunks_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore) -> ChunkRows:
+    """The chunk rows of the served documents among `ids` (a push sends a batch of documents this
+    way), read from `conn`'s state of the manifest; a vector that reads as NaN is refused."""
+    store.expected.update(chunk_checksums(conn))
+    parts = [list(ids[start:start + 500]) for start in range(0, len(ids), 500)]
+    found = [_chunks(conn, f" AND d.id IN ({','.join('?' * len(part))})", part) for part in parts]
+    rows = [f[0] for f in found]
+    ordinals, starts, ends = (np.concatenate([f[k] for f in found] or [np.zeros(0, np.int64)])
+                              for k in (1, 2, 3))
+    slots = np.concatenate([r.slots for r in rows] or [np.zeros(0, np.int64)])
+    return ChunkRows([i for r in rows for i in r.ids], ordinals, starts, ends, read_served(store, slots))
+
+
+def served_chunk_count(conn: sqlite3.Connection) -> int:
+    """Chunk rows of the served documents (a document that fits is one), as `Index.chunks()` counts them."""
+    found = conn.execute(f"SELECT (SELECT count(*) {_SINGLE}) + (SELECT count(*) {_CHUNKED})").fetchone()
+    return int(found[0])
 
 
 def content_vectors(conn: sqlite3.Connection, store: VectorStore,

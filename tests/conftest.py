@@ -141,8 +141,8 @@ def assert_same_vectors(a: Path, b: Path) -> None:
 
 
 def downgrade_to_schema_1(manifest: Path) -> None:
-    """Make a manifest look as an indexer of schema version 1 left it: drop every table that a later
-    migration created and the ledger rows of those migrations. (0005 adds columns to `contents`, which
+    """Make a manifest look as an indexer of schema version 1 left it: drop every table and trigger that
+    a later migration created and the ledger rows of those migrations. (0005 adds columns to `contents`, which
     0003 rebuilds from its first eight columns anyway, so they need not be removed here.)"""
     import sqlite3
 
@@ -155,7 +155,9 @@ def downgrade_to_schema_1(manifest: Path) -> None:
     conn = sqlite3.connect(manifest, isolation_level=None)
     later = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
              if n not in original and n != "schema_migrations" and not n.startswith("sqlite_")]
-    conn.executescript("BEGIN; " + "".join(f'DROP TABLE "{n}"; ' for n in later)
+    triggers = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+    conn.executescript("BEGIN; " + "".join(f'DROP TRIGGER "{n}"; ' for n in triggers)  # 1 had none
+                       + "".join(f'DROP TABLE "{n}"; ' for n in later)
                        + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()
 

@@ -337,3 +337,57 @@ def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_
     second = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
     assert second.skipped == 1 and len(second.warnings) == 1
     assert "reported by an earlier sync" in second.warnings[0]
+
+
+def test_an_index_from_before_state_counts_migrates_with_counts_equal_to_a_recount(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0008 keeps the status counts in `state_counts` (triggers) and fills them from the rows: an index
+    last written by the schema before it, with work in every state, a document sharing another's
+    content, a deleted one, a truncated one and a long document in chunks, migrates with counts equal
+    to a recount from its rows (and to the figures below, counted by hand); they stay equal through a
+    sync to the end, a delete and a compact."""
+    from conftest import served
+
+    counts_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_state_counts"))
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, counts_version - 1, [
+        ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")], failed=True)
+    whole, parts = content_hash("long text"), [content_hash("long"), content_hash("text")]
+    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
+    conn.executescript("BEGIN")
+    conn.execute("INSERT INTO documents SELECT 'a2', hash, ready_hash, 0 FROM documents WHERE id = 'a'")
+    conn.execute("INSERT INTO documents (id, hash, deleted) SELECT 'gone', hash, 1 FROM documents "
+                 "WHERE id = 'b'")
+    conn.execute("INSERT INTO contents (hash, chars, text, truncated) VALUES (?, 9, 'cut text', 1)",
+                 (content_hash("cut text"),))
+    conn.execute("INSERT INTO documents (id, hash) VALUES ('t', ?)", (content_hash("cut text"),))
+    conn.execute("INSERT INTO contents (hash, chars, parts) VALUES (?, 9, 2)", (whole,))
+    for ordinal, (h, text) in enumerate(zip(parts, ["long", "text"], strict=True)):
+        conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, ?)", (h, text))
+        conn.execute("INSERT INTO text_chunks VALUES (?, ?, ?, ?, ?)", (whole, ordinal, h, 5 * ordinal,
+                                                                         5 * ordinal + 4))
+    conn.execute("INSERT INTO documents (id, hash) VALUES ('long', ?)", (whole,))
+    conn.execute("COMMIT")
+    conn.close()
+
+    with indexer.open(ix) as idx:  # migrates
+        assert idx.manifest.counts_problems() == []
+        status = idx.status()
+        # live: a, a2, b, c, d, f, t, long; done: a, a2; failed: d, f; pending: b, c (claimed), t, long
+        assert (status["documents"], status["done"], status["failed"], status["pending"],
+                status["deleted"], status["chunks"], status["truncated"]) == (8, 2, 2, 4, 1, 9, 1)
+        assert status["contents"] == {"pending": 4, "claimed": 1, "done": 1, "failed": 2}
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 5  # beta, gamma, cut text and the two chunks of the long text
+    assert sorted(served(ix)) == ["a", "a2", "b", "c", "long", "t"]
+    with indexer.open(ix) as idx:
+        assert idx.manifest.counts_problems() == []
+        assert idx.status()["done"] == 6
+        assert idx.verify().problems == []
+    indexer.sync(ix, [("a", "alpha"), ("b", "changed")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS, delete_missing=True, max_delete=1.0)
+    with indexer.open(ix) as idx:
+        idx.compact()
+        assert idx.manifest.counts_problems() == []
+        status = idx.status()
+        assert (status["documents"], status["done"], status["deleted"]) == (2, 2, 7)
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))

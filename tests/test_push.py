@@ -1,6 +1,9 @@
-"""`indexer push --to lancedb:PATH`: a real LanceDB directory kept equal to the index (ids and vectors)
-through syncs of new, changed and deleted documents, pushes that send only what changed, a Hypothesis
-sequence of both, and pushes killed with SIGKILL part-way (indexer/_faults.py crash points)."""
+"""`indexer push --to lancedb:PATH`: a real LanceDB directory kept equal to the index (ids and vectors;
+at chunk level ids, chunk numbers, spans and vectors, as `Index.chunks()` gives them) through syncs of
+new, changed and deleted documents, pushes that send only what changed, a Hypothesis sequence of both,
+and pushes killed with SIGKILL part-way (indexer/_faults.py crash points), at both levels. Long
+documents come from the fake model with --chunk-tokens 3 (it counts words): a paragraph of three
+words is one chunk."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import indexer
@@ -49,14 +52,52 @@ def index_rows(ix: Path) -> dict[str, bytes]:
         return {i: v.tobytes() for i, v in zip(list(ids), np.asarray(vecs), strict=True)}
 
 
-def assert_mirrored(ix: Path, db: Path, table: str = "vectors") -> None:
-    expected, got = index_rows(ix), table_rows(db, table)
+Chunk = tuple[int, int, bytes]  # start, end, vector bytes of one (id, chunk) row
+
+
+def table_chunks(db: Path, table: str = "vectors") -> dict[tuple[str, int], Chunk]:
+    rows = lancedb.connect(str(db)).open_table(table).to_arrow()
+    assert rows.schema.names == ["id", "chunk", "start", "end", "vector"]
+    dim = rows.schema.field("vector").type.list_size
+    vectors = rows.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    keys = list(zip(rows.column("id").to_pylist(), rows.column("chunk").to_pylist(), strict=True))
+    assert len(set(keys)) == len(keys), "a chunk is in the table twice"
+    spans = zip(rows.column("start").to_pylist(), rows.column("end").to_pylist(), strict=True)
+    return {key: (a, b, v.tobytes()) for key, (a, b), v in zip(keys, spans, vectors, strict=True)}
+
+
+def index_chunks(ix: Path) -> dict[tuple[str, int], Chunk]:
+    with indexer.open(ix) as idx:
+        c = idx.chunks()
+        return {(i, int(k)): (int(a), int(b), v.tobytes()) for i, k, a, b, v in zip(
+            c.ids, c.ordinals, c.starts, c.ends, np.asarray(c.vectors), strict=True)}
+
+
+def table_level(db: Path, table: str = "vectors") -> str:
+    return "chunks" if "chunk" in lancedb.connect(str(db)).open_table(table).schema.names else "documents"
+
+
+def assert_mirrored(ix: Path, db: Path, table: str = "vectors", level: str | None = None) -> None:
+    """The table equals the index at the level it holds (`level`, when given, must be that one)."""
+    held = table_level(db, table)
+    assert level in (None, held)
+    expected: dict[Any, Any]
+    got: dict[Any, Any]
+    if held == "chunks":
+        expected, got = index_chunks(ix), table_chunks(db, table)
+    else:
+        expected, got = index_rows(ix), table_rows(db, table)
     assert sorted(got) == sorted(expected)
     assert got == expected
 
 
 def docs(n: int, version: int = 0) -> dict[str, str]:
     return {f"doc-{i:03d}": f"text {i} v{version}" for i in range(n)}
+
+
+def paragraphs(name: str, n: int, version: int = 0) -> str:
+    """A text of `n` three-word paragraphs: `n` chunks at --chunk-tokens 3."""
+    return "\n\n".join(f"{name} v{version} p{k}." for k in range(n))
 
 
 def sync(ix: Path, documents: dict[str, str], **kw: Any) -> indexer.SyncSummary:
@@ -110,6 +151,11 @@ def test_float16_index_and_awkward_ids(tmp_path: Path) -> None:
     report = push(ix, f"lancedb:{db}")
     assert (report.deleted, report.rows) == (1, 3)
     assert_mirrored(ix, db)
+    current.update({"back\\slash": "changed", "東京": "changed too", "x'; DROP": "new"})
+    sync(ix, current)  # replaces, whose predicates quote the ids
+    report = push(ix, f"lancedb:{db}")
+    assert (report.level, report.upserted, report.rows) == ("chunks", 3, 4)
+    assert_mirrored(ix, db)
 
 
 settings_for_sequences = settings(max_examples=6, deadline=None, derandomize=True,
@@ -122,64 +168,85 @@ step = st.one_of(
     st.tuples(st.just("push"), st.none()))
 
 
+def sequence_text(i: int, version: int) -> str:
+    """Document i at a version: 1 to 4 chunks, the first shared by the even documents (one content,
+    a row of each document in a table of chunks)."""
+    text = paragraphs(f"d{i}", 1 + (i + version) % 4, version)
+    return "shared common words.\n\n" + text if i % 2 == 0 else text
+
+
+@pytest.mark.parametrize("level", ["chunks", "documents"])
 @settings_for_sequences
 @given(st.lists(step, min_size=1, max_size=6))
-def test_any_sequence_of_syncs_and_pushes_ends_equal(tmp_path_factory: pytest.TempPathFactory,
+# Always tried: after a push d0 goes from 2 rows to 5, d2 from 4 to 2, d1 is deleted, then back in 3.
+@example(steps=[("sync", {0: 0, 1: 0, 2: 0}), ("push", None), ("sync", {0: 3, 2: 2}), ("push", None),
+                ("sync", {1: 1}), ("push", None)])
+def test_any_sequence_of_syncs_and_pushes_ends_equal(tmp_path_factory: pytest.TempPathFactory, level: str,
                                                      steps: list[tuple[str, Any]]) -> None:
+    """Documents change between 1 and 5 chunks, are deleted and come back; at chunk level the table
+    holds exactly Index.chunks() after each push, at document level vectors() (long ones as means)."""
     base = tmp_path_factory.mktemp("seq")
     ix, db = base / "ix", base / "lance"
-    sync(ix, {"seed": "seed"})
+    sync(ix, {"seed": "seed"}, chunk_tokens=3)
     for kind, state in steps:
         if kind == "sync":
-            sync(ix, {f"d{i}": f"text {i} v{v}" for i, v in state.items()})
+            sync(ix, {f"d{i}": sequence_text(i, v) for i, v in state.items()}, chunk_tokens=3)
         else:
-            push(ix, f"lancedb:{db}", batch_rows=4)
-            assert_mirrored(ix, db)
-    report = push(ix, f"lancedb:{db}", batch_rows=4)
-    assert_mirrored(ix, db)
-    assert report.rows == report.served and not report.warnings
-    again = push(ix, f"lancedb:{db}", batch_rows=4)
-    assert (again.upserted, again.deleted) == (0, 0)
+            assert push(ix, f"lancedb:{db}", level=level, batch_rows=4).level == level
+            assert_mirrored(ix, db, level=level)
+    report = push(ix, f"lancedb:{db}", level=level, batch_rows=4)
+    assert_mirrored(ix, db, level=level)
+    assert report.rows == report.served_rows and not report.warnings
+    assert report.served_rows == (len(index_chunks(ix)) if level == "chunks" else report.served)
+    again = push(ix, f"lancedb:{db}", batch_rows=4)  # the table's level, without asking
+    assert (again.level, again.upserted, again.upserted_rows, again.deleted) == (level, 0, 0, 0)
 
 
 PUSH_CHILD = textwrap.dedent("""
     import sys
     from indexer.push import push
-    push(sys.argv[1], sys.argv[2], batch_rows=3)
+    push(sys.argv[1], sys.argv[2], level=sys.argv[3], batch_rows=3)
 """)
 
 
-def push_killed_at(ix: Path, db: Path, crash_at: str) -> None:
+def push_killed_at(ix: Path, db: Path, crash_at: str, level: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "INDEXER_CRASH_AT": crash_at}
-    proc = subprocess.run([sys.executable, "-c", PUSH_CHILD, str(ix), f"lancedb:{db}"], env=env,
+    proc = subprocess.run([sys.executable, "-c", PUSH_CHILD, str(ix), f"lancedb:{db}", level], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
+def chunked_docs(n: int, version: int = 0) -> dict[str, str]:
+    """n documents of 1 to 5 chunks; another version has other chunk counts (doc-000: 5, then 1)."""
+    return {f"doc-{i:03d}": paragraphs(f"d{i}", 1 + (4 * (1 - version) + i) % 5, version) for i in range(n)}
+
+
+@pytest.mark.parametrize("level", ["chunks", "documents"])
 @pytest.mark.parametrize("crash_at", ["push-after-upsert:2", "push-after-delete:1"])
-def test_a_push_killed_part_way_is_finished_by_the_next(tmp_path: Path, crash_at: str) -> None:
+def test_a_push_killed_part_way_is_finished_by_the_next(tmp_path: Path, crash_at: str, level: str) -> None:
     ix, db = tmp_path / "ix", tmp_path / "lance"
-    current = docs(20)
-    sync(ix, current)
-    push(ix, f"lancedb:{db}")
-    changed = {**{k: v for k, v in current.items() if k >= "doc-005"}, **docs(26, version=1)}
+    current = chunked_docs(20)
+    sync(ix, current, chunk_tokens=3)
+    push(ix, f"lancedb:{db}", level=level)
+    changed = {**{k: v for k, v in current.items() if k >= "doc-005"}, **chunked_docs(26, version=1)}
     del changed["doc-019"]
-    sync(ix, changed)  # 5 deleted, 25 changed or new
-    push_killed_at(ix, db, crash_at)
-    assert table_rows(db) != index_rows(ix)  # the kill left the table part-way
+    sync(ix, changed, chunk_tokens=3)  # 5 deleted, 25 changed (most to another number of chunks) or new
+    push_killed_at(ix, db, crash_at, level)
+    with pytest.raises(AssertionError):  # the kill left the table part-way
+        assert_mirrored(ix, db, level=level)
 
     # The hard case: documents the killed push may have sent are deleted before the next push.
     for doc_id in ("doc-000", "doc-006", "doc-007", "doc-020", "doc-021"):
         changed.pop(doc_id, None)
-    sync(ix, changed)
+    sync(ix, changed, chunk_tokens=3)
     report = push(ix, f"lancedb:{db}")
-    assert_mirrored(ix, db)
-    assert report.rows == report.served == len(changed)
-    one = dict(changed, **{"doc-010": "the one change"})
-    sync(ix, one)
+    assert_mirrored(ix, db, level=level)
+    assert report.rows == report.served_rows and report.served == len(changed)
+    one = dict(changed, **{"doc-010": paragraphs("change", 4)})
+    sync(ix, one, chunk_tokens=3)
     last = push(ix, f"lancedb:{db}")
-    assert (last.upserted, last.deleted) == (1, 0)
-    assert_mirrored(ix, db)
+    assert (last.upserted, last.upserted_rows, last.deleted) == (1, 4 if level == "chunks" else 1, 0)
+    assert_mirrored(ix, db, level=level)
 
 
 def test_a_table_this_index_never_pushed_is_not_overwritten_unless_replaced(tmp_path: Path) -> None:
@@ -282,16 +349,94 @@ def test_a_failing_store_stops_the_push_with_one_line_and_the_next_push_finishes
 
 
 def test_long_documents_are_pushed_as_the_mean_of_their_chunks(tmp_path: Path) -> None:
-    """A chunked index (--chunk-tokens, words): a long document is served, and pushed, as the
+    """A chunked index pushed at --level documents: a long document is served, and pushed, as the
     normalized mean of its chunk vectors; an edit of one of its chunks pushes its new row."""
     ix, db = tmp_path / "ix", tmp_path / "db"
     documents = {**docs(5), "long": "alpha beta gamma.\n\ndelta epsilon zeta.\n\neta theta iota."}
     sync(ix, documents, chunk_tokens=3)
     with indexer.open(ix) as idx:
         assert idx.status()["chunks"] == 5 + 3
-    assert push(ix, f"lancedb:{db}").upserted == 6
-    assert_mirrored(ix, db)
+    assert push(ix, f"lancedb:{db}", level="documents").upserted == 6
+    assert_mirrored(ix, db, level="documents")
     documents["long"] = documents["long"].replace("epsilon", "omega")
     sync(ix, documents, chunk_tokens=3)
-    assert push(ix, f"lancedb:{db}").upserted == 1
-    assert_mirrored(ix, db)
+    assert push(ix, f"lancedb:{db}").upserted == 1  # the table's level: documents
+    assert_mirrored(ix, db, level="documents")
+
+
+def test_a_chunked_index_is_pushed_one_row_a_chunk(tmp_path: Path) -> None:
+    """The default for a chunked index: one row a chunk, with its number and character span; a
+    document that changes to fewer chunks leaves no row of the chunks it lost."""
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = {f"doc-{i}": paragraphs(f"d{i}", n) for i, n in enumerate([5, 1, 3, 2, 4])}
+    current["short"] = "short"
+    sync(ix, current, chunk_tokens=3)
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--json")
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.stdout)
+    assert (first["level"], first["upserted"], first["upserted_rows"], first["rows"], first["served"],
+            first["served_rows"]) == ("chunks", 6, 16, 16, 6, 16)
+    assert "upserted 6 document(s) (16 chunk rows)" in r.stderr
+    assert_mirrored(ix, db, level="chunks")
+    got = table_chunks(db)
+    assert sorted(k for i, k in got if i == "doc-0") == [0, 1, 2, 3, 4]
+    for (doc_id, chunk), (start, end, _) in got.items():  # the spans cut the document's own text
+        assert current[doc_id][start:end] == ("short" if doc_id == "short" else f"d{doc_id[4:]} v0 p{chunk}.")
+
+    current["doc-0"] = paragraphs("d0", 3, version=1)  # 5 chunks -> 3
+    sync(ix, current, chunk_tokens=3)
+    second = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (second["upserted"], second["upserted_rows"], second["deleted"], second["rows"]) == (1, 3, 0, 14)
+    assert sorted(k for i, k in table_chunks(db) if i == "doc-0") == [0, 1, 2]
+    assert_mirrored(ix, db, level="chunks")
+
+    current["doc-1"] = paragraphs("d1", 4, version=1)  # 1 chunk -> 4
+    del current["doc-4"]  # 4 chunks
+    sync(ix, current, chunk_tokens=3)
+    third = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (third["upserted"], third["upserted_rows"], third["deleted"], third["rows"]) == (1, 4, 1, 13)
+    assert not any(i == "doc-4" for i, _ in table_chunks(db))
+    assert_mirrored(ix, db, level="chunks")
+    nothing = json.loads(invoke("push", str(ix), "--to", f"lancedb:{db}", "--json").stdout)
+    assert (nothing["upserted"], nothing["upserted_rows"], nothing["deleted"]) == (0, 0, 0)
+
+
+def test_the_level_is_the_tables_and_another_is_refused_unless_replaced(tmp_path: Path) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = {"long": paragraphs("long", 3), "short": "short"}
+    sync(ix, current, chunk_tokens=3)
+    assert push(ix, f"lancedb:{db}").level == "chunks"
+    before = table_chunks(db)
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--level", "documents")
+    assert r.exit_code == 1
+    assert "holds one row a chunk (it was pushed at --level chunks); nothing was sent" in r.stderr
+    assert "--replace" in r.stderr
+    assert table_chunks(db) == before
+
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--level", "documents", "--replace", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["level"] == "documents"
+    assert_mirrored(ix, db, level="documents")
+    current["long"] = paragraphs("long", 2, version=1)
+    sync(ix, current, chunk_tokens=3)
+    again = push(ix, f"lancedb:{db}")  # no --level: the table's, documents
+    assert (again.level, again.upserted, again.upserted_rows, again.rows) == ("documents", 1, 1, 2)
+    assert_mirrored(ix, db, level="documents")
+    r = invoke("push", str(ix), "--to", f"lancedb:{db}", "--level", "chunks")
+    assert r.exit_code == 1 and "holds one row a document" in r.stderr
+
+
+def test_an_unchunked_index_is_pushed_one_row_a_document_unless_chunks_are_asked(tmp_path: Path) -> None:
+    ix, db = tmp_path / "ix", tmp_path / "lance"
+    current = docs(4)
+    sync(ix, current, chunking=False)
+    assert push(ix, f"lancedb:{db}").level == "documents"
+    assert table_level(db) == "documents"
+    assert_mirrored(ix, db, level="documents")
+    report = push(ix, f"lancedb:{db}", table="spans", level="chunks")
+    assert (report.upserted, report.upserted_rows, report.rows) == (4, 4, 4)
+    got = table_chunks(db, "spans")
+    assert got[("doc-002", 0)][:2] == (0, len(current["doc-002"]))
+    assert_mirrored(ix, db, "spans", level="chunks")
+    with pytest.raises(indexer.IndexerError, match="push level 'passages': choose documents or chunks"):
+        push(ix, f"lancedb:{db}", level="passages")

@@ -1,13 +1,16 @@
 """Push targets: vector stores that `indexer push` keeps in line with an index.
 
-A target is one table (collection) of one store, holding one row per served document: its id, its
-vector, and nothing that the index does not hold. push.py decides what to send (from what the manifest
-says each target holds) and in which order; a target only carries out the operations, each of which
-must be idempotent, because a push that stops part-way does them again:
+A target is one table (collection) of one store, holding the rows of the served documents: one row a
+document (id, vector), or at chunk level one row a chunk (id, chunk, start, end, vector), and nothing
+that the index does not hold. push.py decides what to send (from what the manifest says each target
+holds) and in which order; a target only carries out the operations, each of which must be
+idempotent, because a push that stops part-way does them again:
 
-    insert(rows)   rows whose ids the target does not hold (a plain append where the store has one)
-    upsert(rows)   rows that replace those with the same id, or are added
-    delete(ids)    remove the rows with these ids; ids it does not hold are no error
+    insert(rows)        rows of documents the target holds no row of (a plain append where the store
+                        has one)
+    replace(ids, rows)  the rows of documents `ids` become `rows`: rows of these ids that `rows` lacks
+                        are removed (a document now in fewer chunks), the others added or overwritten
+    delete(ids)         remove every row of these documents; ids it does not hold are no error
 
 Adding a store (Qdrant, pgvector, ...) is one module here, `indexer/targets/<scheme>.py`, with a
 `make(location, table) -> Target`; `--to <scheme>:<location>` finds it. Its client library is an
@@ -32,12 +35,13 @@ class Target(Protocol):
     # what was pushed under it, so two spellings of one table must give the same key.
     key: str
 
-    def exists(self) -> bool:
-        """Whether the table exists (it may have been dropped since the last push)."""
+    def columns(self) -> list[str] | None:
+        """The table's column names; None if there is no table (it may have been dropped since the
+        last push). push.py reads the level a table was pushed at from them ("chunk" or not)."""
 
     def create(self, schema: Any) -> None:
-        """Make the table with this Arrow schema, or check that the existing one has it; raise
-        IndexerError naming the difference if not (another dimension or dtype)."""
+        """Make the table with this Arrow schema, or check that the existing one has exactly its
+        columns; raise IndexerError naming the difference if not (another dimension or dtype)."""
 
     def count(self) -> int:
         """Rows in the table."""
@@ -45,11 +49,13 @@ class Target(Protocol):
     def insert(self, rows: Any) -> None:
         """Add rows (an Arrow table) whose ids the table does not hold."""
 
-    def upsert(self, rows: Any) -> None:
-        """Add rows (an Arrow table), replacing those with the same id."""
+    def replace(self, ids: list[str], rows: Any) -> None:
+        """Make `rows` (an Arrow table, every id of it in `ids`) the table's rows of documents `ids`,
+        in one step where the store can do that cheaply (a reader then never sees a document
+        half-replaced); else by a delete of their rows and an append."""
 
     def delete(self, ids: list[str]) -> None:
-        """Remove the rows with these ids."""
+        """Remove every row with one of these ids."""
 
     def drop(self) -> None:
         """Remove the table and everything in it (push --replace)."""

@@ -1,7 +1,14 @@
 """LanceDB: a table in a local (or object-store) LanceDB database, `--to lancedb:PATH`.
 
-Upserts are LanceDB's merge_insert on "id"; inserts, of ids the table has never held, are plain
-appends (far cheaper on a first push of a large index); deletes are SQL predicates on "id".
+In a table of documents, a replace is one merge_insert on "id" (one new table version: a reader
+sees the old row or the new one). In a table of chunks it is a delete of the documents' rows, then an
+append of their new ones: two versions, between which a reader misses those documents. The one-step
+form, a merge_insert on ("id", "chunk") that also deletes the rows it did not match
+(when_not_matched_by_source_delete), reads the whole table into memory
+(bench/bench_lance_replace.py), which a large table cannot afford. A push stopped between the two is
+finished by the next (push.py marks the documents unknown first). Inserts, of ids the table has never
+held, are plain appends (far cheaper on a first push of a large index); deletes are SQL predicates on
+"id".
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ def make(location: str, table: str) -> LanceDBTarget:
     return LanceDBTarget(location, table)
 
 
-def _quote(doc_id: str) -> str:
-    return "'" + doc_id.replace("'", "''") + "'"
+def _id_in(ids: list[str]) -> str:
+    """A predicate on "id", each id an SQL string literal."""
+    return "id IN (" + ", ".join("'" + doc_id.replace("'", "''") + "'" for doc_id in ids) + ")"
 
 
 class LanceDBTarget:
@@ -45,8 +53,9 @@ class LanceDBTarget:
                 return None
         return self._table
 
-    def exists(self) -> bool:
-        return self._open() is not None
+    def columns(self) -> list[str] | None:
+        table = self._open()
+        return None if table is None else list(table.schema.names)
 
     def create(self, schema: Any) -> None:
         table = self._open()
@@ -56,6 +65,8 @@ class LanceDBTarget:
         have = {f.name: f.type for f in table.schema}
         wrong = [f"{f.name}: the table has {have.get(f.name, 'no such column')}, the index {f.type}"
                  for f in schema if have.get(f.name) != f.type]
+        wrong += [f"{name}: the table has it, the index writes no such column"
+                  for name in have if name not in schema.names]
         if wrong:
             raise IndexerError(f"table {self.name!r} in {self.location} does not fit this index ("
                                + "; ".join(wrong) + "); push to another --table, or --replace it")
@@ -67,17 +78,21 @@ class LanceDBTarget:
     def insert(self, rows: Any) -> None:
         self._open().add(rows)
 
-    def upsert(self, rows: Any) -> None:
-        (self._open().merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-         .execute(rows))
+    def replace(self, ids: list[str], rows: Any) -> None:
+        table = self._open()
+        if "chunk" not in table.schema.names:  # one row a document: every id of `ids` is in `rows`
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            return
+        self.delete(ids)  # every old chunk row, those the new version no longer has included
+        table.add(rows)
 
     def delete(self, ids: list[str]) -> None:
         table = self._open()
         for start in range(0, len(ids), _DELETE_BATCH):
-            table.delete("id IN (" + ", ".join(map(_quote, ids[start:start + _DELETE_BATCH])) + ")")
+            table.delete(_id_in(ids[start:start + _DELETE_BATCH]))
 
     def drop(self) -> None:
-        if self.exists():
+        if self._open() is not None:
             self.db.drop_table(self.name)
         self._table = None
 

@@ -1,0 +1,60 @@
+"""The status counts (`state_counts`, migrations/0008), kept in the transactions that change them.
+
+A content changing state (commits, failures, retries, repairs, wholes settling) is counted by the
+trigger of 0008: those transactions touch a claim's rows, and the trigger keeps every such path exact.
+The scan, delete-missing and compact add, change and drop rows by the thousand; a trigger there would
+cost a few statements a row (it doubled a scan's SQL time, bench/RESULTS.md), so they count once per
+statement with the functions below, inside their own write transactions. Claimed contents are kept
+with the pending ones (`BUCKET`). These functions run inside the Manifest's transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+
+# The row of state_counts a content's state is counted in.
+BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
+# Live documents d joined to their content c by state, after a query's FROM and WHERE (GROUP BY 1).
+_BY_STATE = f"SELECT {BUCKET}, count(*), sum(max(c.parts, 1)), sum(c.truncated)"
+
+
+def documents_by_state(conn: sqlite3.Connection, from_where: str,
+                       params: Mapping[str, object] | tuple[object, ...] = (), with_sql: str = "",
+                       ) -> list[tuple[str, int, int, int]]:
+    """(state, documents, chunks, truncated) of the documents `from_where` selects (`c` their
+    contents; `with_sql` a WITH clause it uses)."""
+    return conn.execute(f"{with_sql}{_BY_STATE} {from_where} GROUP BY 1", params).fetchall()
+
+
+def add_documents(conn: sqlite3.Connection, rows: Iterable[tuple[str, int, int, int]], sign: int = 1) -> None:
+    conn.executemany("""UPDATE state_counts SET documents = documents + ?2, chunks = chunks + ?3,
+                        truncated = truncated + ?4 WHERE state = ?1""",
+                     [(state, sign * n, sign * chunks, sign * cut) for state, n, chunks, cut in rows])
+
+
+def add(conn: sqlite3.Connection, state: str, contents: int = 0, documents: int = 0) -> None:
+    if contents or documents:
+        conn.execute("UPDATE state_counts SET contents = contents + ?, documents = documents + ? "
+                     "WHERE state = ?", (contents, documents, state))
+
+
+# A scan batch's new and changed documents: `items i` (its WITH clause) whose key is in :todo.
+_TODO = "WHERE i.key IN (SELECT value FROM json_each(:todo))"
+
+
+def batch_leaves(conn: sqlite3.Connection, items: str, params: Mapping[str, object]) -> None:
+    """Before a scan batch's upsert: its documents leave the counts of what they are now (deleted, or
+    live with their current content; a new one nothing). A deleted document's content may be gone
+    (compact drops it): hence the outer join."""
+    rows = conn.execute(f"""{items}SELECT iif(d.deleted != 0, 'deleted', {BUCKET}), count(*),
+        sum(max(c.parts, 1)), sum(c.truncated) FROM items i JOIN documents d USING (id)
+        LEFT JOIN contents c ON c.hash = d.hash {_TODO} GROUP BY 1""", params).fetchall()
+    add_documents(conn, [row for row in rows if row[0] != "deleted"], sign=-1)
+    add(conn, "deleted", documents=-sum(row[1] for row in rows if row[0] == "deleted"))
+
+
+def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, object]) -> None:
+    """After the upsert: the batch's documents, live now, count with their new content."""
+    add_documents(conn, documents_by_state(conn, f"FROM items i JOIN contents c ON c.hash = i.hash {_TODO}",
+                                           params, with_sql=items))
