@@ -235,8 +235,11 @@ class Manifest:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        self.conn.execute(begin)
         try:
+            # BEGIN inside the try: a KeyboardInterrupt (or a stop signal) landing just after BEGIN
+            # returned must roll it back too, or the next transaction on this connection fails with
+            # "cannot start a transaction within a transaction".
+            self.conn.execute(begin)
             yield self.conn
             self.conn.execute("COMMIT")
         except BaseException:
@@ -258,11 +261,12 @@ class Manifest:
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN")
         try:
+            self.conn.execute("BEGIN")
             yield self.conn
         finally:
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:  # (an interrupt may land before BEGIN took effect)
+                self.conn.execute("COMMIT")
 
     # -- migrations -----------------------------------------------------------------------------
 
