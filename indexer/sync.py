@@ -782,8 +782,9 @@ class _OutageWatch:
     def __init__(self) -> None:
         self.in_a_row = 0
 
-    def after_claim(self, done: int, failures: dict[int, str]) -> None:
-        returned = [r for r in failures.values() if isinstance(r, BackendFailure)]
+    def after_claim(self, done: int, reasons: Iterable[str]) -> None:
+        """A claim (or a group of them) committed `done` rows and failed the others for `reasons`."""
+        returned = [r for r in reasons if isinstance(r, BackendFailure)]
         if done or not returned:
             self.in_a_row = 0
             return
@@ -968,7 +969,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if returned:  # pending again: claim them again in this run, unless the backend is down
                     exhausted = False
                 if committed:
-                    outage.after_claim(done, dict(enumerate(reasons)))
+                    outage.after_claim(done, reasons)
     finally:
         writers.shutdown(wait=False, cancel_futures=True)
         for group in in_flight.values():
