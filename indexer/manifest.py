@@ -628,12 +628,9 @@ class Manifest:
                 conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?",
                              (time.time() + self.settings.lease_seconds, claim.id))
         except LeaseLostError:
-            self._count_refusal()
+            with self._write() as conn:
+                _count_refusals(conn, 1)
             raise
-
-    def _count_refusal(self) -> None:
-        with self._write() as conn:
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'fencing_refusals'")
 
     def _check_token(self, conn: sqlite3.Connection, claim: Claim) -> None:
         row = conn.execute("SELECT token, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
@@ -669,8 +666,7 @@ class Manifest:
                 except LeaseLostError as exc:
                     refused[i] = exc
             if refused:
-                conn.execute("UPDATE meta SET value = value + ? WHERE key = 'fencing_refusals'",
-                             (len(refused),))
+                _count_refusals(conn, len(refused))
             conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)",
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
             # key order: consecutive updates land on neighbouring pages
@@ -1009,6 +1005,11 @@ PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NO
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
 SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
+
+
+def _count_refusals(conn: sqlite3.Connection, n: int) -> None:
+    """`n` more fencing refusals (a renew or commit of a claim taken over), for `status`."""
+    conn.execute("UPDATE meta SET value = value + ? WHERE key = 'fencing_refusals'", (n,))
 
 
 _COUNTED = ("pending", "done", "failed")  # the rows of state_counts for contents; claimed is in pending
