@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from . import _counts
+from ._sql import in_batches
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -75,10 +76,9 @@ def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: 
     distinct = dict(todo)
     known: dict[bytes, tuple[int, int]] = {}  # hash -> (chunks, truncated) of the contents known already
     hashes = list(distinct)
-    for start in range(0, len(hashes), 500):
-        part = hashes[start:start + 500]
+    for part, marks in in_batches(hashes):
         known.update((h, (max(parts, 1), cut)) for h, parts, cut in conn.execute(
-            f"SELECT hash, parts, truncated FROM contents WHERE hash IN ({','.join('?' * len(part))})", part))
+            f"SELECT hash, parts, truncated FROM contents WHERE hash IN ({marks})", part))
     new = {h: text for h, text in distinct.items() if h not in known}
     texts = list(new.values())
     if not split:

@@ -27,6 +27,7 @@ import xxhash
 from . import _counts, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
+from ._sql import in_batches
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
 from .sources import Record, Skip
@@ -819,9 +820,7 @@ class Manifest:
 
     def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
         out: dict[str, int] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in in_batches(ids):
             out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
                 ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
                 part).fetchall())

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ._sql import in_batches
 from .config import EmbeddingConfig
 from .errors import IndexerError, ModelLoadError
 from .manifest import content_hash
@@ -244,10 +245,9 @@ def served_texts(conn: sqlite3.Connection, ids: Iterable[str], records: Iterable
     the index serves (same content hash): a span is an offset into that version and into no other."""
     wanted: dict[str, bytes] = {}
     ids = list(dict.fromkeys(ids))
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
+    for part, marks in in_batches(ids):
         wanted.update(conn.execute(f"""SELECT id, ready_hash FROM documents WHERE deleted = 0 AND
-            ready_hash IS NOT NULL AND id IN ({",".join("?" * len(part))})""", part).fetchall())
+            ready_hash IS NOT NULL AND id IN ({marks})""", part).fetchall())
     out: dict[str, str] = {}
     for rec in records:
         if isinstance(rec, Record) and rec.id in wanted and rec.id not in out \

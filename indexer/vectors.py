@@ -18,6 +18,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from ._sql import in_batches
 from .errors import ChunkMissingError, ManifestError, StoreError
 from .store import VectorStore
 
@@ -435,9 +436,8 @@ def _vectors_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore
     store.expected.update(chunk_checksums(conn))
     found: dict[str, int] = {}
     parts: list[_Rows] = []
-    for start in range(0, len(ids), 500):
-        part = list(ids[start:start + 500])
-        rows = _documents(conn, f" AND d.id IN ({','.join('?' * len(part))})", part)
+    for part, marks in in_batches(ids):
+        rows = _documents(conn, f" AND d.id IN ({marks})", part)
         offset = sum(len(p.ids) for p in parts)
         parts.append(rows)
         found.update((doc_id, offset + k) for k, doc_id in enumerate(rows.ids))
@@ -466,8 +466,7 @@ def chunks_of(conn: sqlite3.Connection, ids: Sequence[str], store: VectorStore) 
     """The chunk rows of the served documents among `ids` (a push sends a batch of documents this
     way), read from `conn`'s state of the manifest; a vector that reads as NaN is refused."""
     store.expected.update(chunk_checksums(conn))
-    parts = [list(ids[start:start + 500]) for start in range(0, len(ids), 500)]
-    found = [_chunks(conn, f" AND d.id IN ({','.join('?' * len(part))})", part) for part in parts]
+    found = [_chunks(conn, f" AND d.id IN ({marks})", part) for part, marks in in_batches(ids)]
     rows = [f[0] for f in found]
     ordinals, starts, ends = (np.concatenate([f[k] for f in found] or [np.zeros(0, np.int64)])
                               for k in (1, 2, 3))
