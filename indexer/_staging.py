@@ -1,7 +1,7 @@
 """Texts waiting to be embedded: the manifest's `staged` table (migrations/0009).
 
-A content waiting to be embedded has one staged row holding its text, numbered in the order claims
-take them; `contents.seq` points at it. A claim marks the first free rows with its id (`claim_id`) and
+A content waiting to be embedded has one staged row holding its text, of the content's own number
+(`contents.seq`, the order claims take them). A claim marks the first free rows with its id (`claim_id`) and
 keeps their range (`claims.first_seq`..`last_seq`), so that freeing a claim's rows walks that range
 only; a commit deletes the rows it embedded. A content that failed for good keeps its row, marked
 `FAILED` (0, never a claim's id), for `sync --retry-failed`. These functions run inside the Manifest's
@@ -25,26 +25,24 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     known pending content that lost its own (re-queued by `verify --repair`). Returns how many
     contents it added."""
     distinct = {h: (chars, text, cut) for h, chars, text, cut in rows}
-    lost: list[bytes] = []
+    seq_of: dict[bytes, int] = {}  # of the contents known, those whose text is lost
     known: set[bytes] = set()
     for part, marks in in_batches(list(distinct)):
-        for h, lost_text in conn.execute(f"""SELECT hash, state = 'pending' AND parts = 0 AND seq IS NULL
-                                             FROM contents WHERE hash IN ({marks})""", part):
+        for h, seq, lost in conn.execute(f"""SELECT hash, seq, state = 'pending' AND parts = 0
+                AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq)
+                FROM contents c WHERE hash IN ({marks})""", part):
             known.add(h)
-            if lost_text:
-                lost.append(h)
-    new = [h for h in distinct if h not in known]
-    order = sorted(new + lost, key=lambda h: (distinct[h][0], h))
-    if not order:
+            if lost:
+                seq_of[h] = seq
+    new = sorted((h for h in distinct if h not in known), key=lambda h: (distinct[h][0], h))
+    if not new and not seq_of:
         return 0
-    first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM staged").fetchone()[0])
-    seq_of = {h: first + i for i, h in enumerate(order)}
+    first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
+    seq_of.update((h, first + i) for i, h in enumerate(new))
+    conn.executemany("INSERT INTO contents (seq, hash, chars, truncated) VALUES (?, ?, ?, ?)",
+                     ((seq_of[h], h, distinct[h][0], distinct[h][2]) for h in new))
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
-                     ((seq_of[h], h, distinct[h][1]) for h in order))
-    # In key order: consecutive inserts land on neighbouring pages of the hash-keyed table.
-    conn.executemany("INSERT INTO contents (hash, chars, seq, truncated) VALUES (?, ?, ?, ?)",
-                     sorted((h, distinct[h][0], seq_of[h], distinct[h][2]) for h in new))
-    conn.executemany("UPDATE contents SET seq = ? WHERE hash = ?", ((seq_of[h], h) for h in sorted(lost)))
+                     sorted((seq, h, distinct[h][1]) for h, seq in seq_of.items()))
     _counts.add(conn, "pending", contents=len(new))
     return len(new)
 

@@ -111,7 +111,8 @@ def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[st
         return []
     keys = conn.execute(items_sql + """SELECT i.key FROM items i JOIN contents w ON w.hash = i.hash
         WHERE w.parts > 0 AND EXISTS (SELECT 1 FROM text_chunks t JOIN contents c ON c.hash = t.hash
-            WHERE t.whole = w.hash AND c.state = 'pending' AND c.seq IS NULL)""", params).fetchall()
+            WHERE t.whole = w.hash AND c.state = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq))""", params).fetchall()
     texts = [records[k].text for (k,) in keys]
     out = []
     for text, spans in zip(texts, chunker.split_many(texts), strict=True):

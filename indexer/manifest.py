@@ -161,6 +161,12 @@ def identify(path: Path) -> tuple[str, str]:
     return "foreign", f"it holds other tables ({', '.join(sorted(tables)[:5])})"
 
 
+# A pending content (contents c) whose text is not staged: re-queued by `verify --repair`, it waits for
+# a scan that reads its text again.
+_LOST_TEXT = """WHERE c.state = 'pending' AND c.parts = 0
+    AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq)"""
+
+
 class Manifest:
     def __init__(self, path: Path, settings: Settings, *, create: bool = False,
                  read_only: bool = False, config_text: str | None = None) -> None:
@@ -351,8 +357,8 @@ class Manifest:
         self._scan_next = 0
         self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
-        self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
-            WHERE state = 'pending' AND seq IS NULL AND parts = 0 LIMIT 1""").fetchone() is not None
+        self._restage_texts = self.conn.execute(f"""SELECT 1 FROM contents c {_LOST_TEXT}
+                                                   LIMIT 1""").fetchone() is not None
         self._scan_tables_ready = True
 
     def begin_scan(self) -> None:
@@ -471,9 +477,8 @@ class Manifest:
         if self._restage_texts and not dry_run:
             # A content re-queued by `verify --repair` lost its staged text when it was first done; a
             # scan that sees the text again stages it, so that the next claim can embed it.
-            lost = conn.execute(_ITEMS + """SELECT i.key FROM items i JOIN contents c ON c.hash = i.hash
-                                WHERE c.state = 'pending' AND c.seq IS NULL AND c.parts = 0""",
-                                params).fetchall()
+            lost = conn.execute(_ITEMS + f"""SELECT i.key FROM items i JOIN contents c ON c.hash = i.hash
+                                {_LOST_TEXT}""", params).fetchall()
             lost_parts = _wholes.lost_part_texts(conn, _ITEMS, params, records, chunker)
             if lost or lost_parts:
                 with self._scan_writes():
@@ -734,9 +739,8 @@ class Manifest:
             conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
                              ((seq, cid) for seq, _, _, cid in done))
             _counts.commit_done(conn, [h for _, h, _, _ in done])
-            conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, seq = NULL, error = NULL
-                                WHERE hash = ?1 AND seq = ?3""",
-                             sorted((h, slot, seq) for seq, h, slot, _ in done))
+            conn.executemany("""UPDATE contents SET state = 'done', slot = ?3, error = NULL
+                                WHERE seq = ?1 AND hash = ?2""", ((seq, h, slot) for seq, h, slot, _ in done))
             conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
                              sorted((h,) for _, h, _, _ in done))
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
@@ -744,7 +748,7 @@ class Manifest:
                 for h, reason in f.failed:
                     row = conn.execute("""UPDATE contents SET attempts = attempts + 1, error = ?2,
                         state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
-                        WHERE hash = ?1 AND seq = ?4 RETURNING state""",
+                        WHERE seq = ?4 AND hash = ?1 RETURNING state""",
                         (h, reason, self.settings.retry_attempts, seq_of[h])).fetchone()
                     if row is not None and row[0] == "failed":
                         gave_up[f.claim.id] += 1
@@ -984,8 +988,8 @@ class Manifest:
             # No live document has them (status counts: indexer/_counts.py), and no whole counts.
             # Nor does an active claim hold them (a claim left by a dead sync is freed by the next).
             unkept = """WHERE c.parts = 0 AND c.hash NOT IN (SELECT hash FROM kept)
-                AND (c.seq IS NULL OR (SELECT claim_id FROM staged WHERE seq = c.seq)
-                                      NOT IN (SELECT id FROM claims WHERE state = 'active'))"""
+                AND NOT EXISTS (SELECT 1 FROM staged s JOIN claims k ON k.id = s.claim_id
+                                WHERE s.seq = c.seq AND k.state = 'active')"""
             for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c {unkept} "
                                          "GROUP BY 1").fetchall():
                 _counts.add(conn, state, contents=-n)

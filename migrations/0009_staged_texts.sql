@@ -3,15 +3,17 @@
 -- spread over the whole table (ordered by length through an index), a commit rewrote them again, and
 -- the table carried every pending text, so that at a million documents each of those rows sat on a
 -- page of its own far past the page cache. Now:
---   staged: one row per content waiting to be embedded (pending, or failed for good), numbered in
---       claim order (a scan batch's new texts, shortest first). A claim takes the first free rows and
---       marks them with its id; a commit deletes the rows it embedded. Both walk neighbouring pages.
---   contents: small rows (no text), `seq` pointing at the content's staged row; a claim no longer
---       touches them (no 'claimed' state: claimed-ness is staged.claim_id under an active claim).
+--   contents: numbered in claim order (`seq`, its rowid: a scan batch's new texts, shortest first),
+--       found by hash through an index, and small (no text); a commit rewrites neighbouring rows,
+--       not one a page all over the table. A claim no longer touches them (no 'claimed' state:
+--       claimed-ness is staged.claim_id under an active claim).
+--   staged: one row per content waiting to be embedded (pending, or failed for good), with the
+--       content's number. A claim takes the first free rows and marks them with its id; a commit
+--       deletes the rows it embedded. Both walk neighbouring pages.
 --   claims: the range of staged rows each one holds (first_seq..last_seq), to free them by range.
 CREATE TABLE staged (
-    seq      INTEGER PRIMARY KEY,        -- claim order
-    hash     BLOB NOT NULL,              -- contents.hash (whose seq points back here)
+    seq      INTEGER PRIMARY KEY,        -- contents.seq: claim order
+    hash     BLOB NOT NULL,              -- contents.hash
     text     TEXT NOT NULL,
     claim_id INTEGER                     -- the claim holding it; NULL: free to claim; 0: its content
                                          -- failed for good (`sync --retry-failed` frees it)
@@ -26,28 +28,33 @@ UPDATE claims SET first_seq = (SELECT min(seq) FROM staged WHERE claim_id = clai
                   last_seq = (SELECT max(seq) FROM staged WHERE claim_id = claims.id)
     WHERE state = 'active';
 
--- contents rebuilt without its texts, its claim column and the two indexes that served claims.
+-- contents rebuilt in claim order, without its texts, its claim column and the two indexes that
+-- served claims; the contents not staged are numbered after the staged ones.
 CREATE INDEX staged_by_hash_0009 ON staged (hash);
 ALTER TABLE contents RENAME TO contents_0008;
 CREATE TABLE contents (
-    hash      BLOB PRIMARY KEY,          -- XXH3-128 of the UTF-8 text, 16 bytes
+    seq       INTEGER PRIMARY KEY,       -- claim order: while the content waits, its text is staged's
+                                         -- row of the same number (none after verify --repair
+                                         -- re-queued it: the next scan that reads its text stages it)
+    hash      BLOB NOT NULL,             -- XXH3-128 of the UTF-8 text, 16 bytes (unique: contents_by_hash)
     state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
     chars     INTEGER NOT NULL,          -- length in characters
-    seq       INTEGER,                   -- its text's row of staged; NULL once done (or when verify
-                                         -- --repair re-queued it: the next scan that reads it stages it)
     slot      INTEGER,                   -- row of vectors.zarr, set when done (unique: contents_by_slot)
     attempts  INTEGER NOT NULL DEFAULT 0,
     error     TEXT,
     parts     INTEGER NOT NULL DEFAULT 0, -- > 0: a long document's whole text, in text_chunks
     truncated INTEGER NOT NULL DEFAULT 0  -- 1: embedded whole though longer than the model's window
-) WITHOUT ROWID;
-INSERT INTO contents (hash, state, chars, seq, slot, attempts, error, parts, truncated)
-    SELECT c.hash, CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END, c.chars, s.seq, c.slot,
+);
+INSERT INTO contents (seq, hash, state, chars, slot, attempts, error, parts, truncated)
+    SELECT s.seq, c.hash, CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END, c.chars, c.slot,
            c.attempts, c.error, c.parts, c.truncated
-    FROM contents_0008 c LEFT JOIN staged s ON s.hash = c.hash ORDER BY c.hash;
+    FROM contents_0008 c LEFT JOIN staged s ON s.hash = c.hash ORDER BY s.seq IS NULL, s.seq, c.hash;
 DROP TABLE contents_0008;
 DROP INDEX staged_by_hash_0009;
+CREATE UNIQUE INDEX contents_by_hash ON contents (hash);
 CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
+-- The pending contents, in claim order: few at rest, so that a scan finds re-queued texts at once.
+CREATE INDEX contents_pending ON contents (seq) WHERE state = 'pending';
 
 -- As in 0008, on the rebuilt table; a content is never 'claimed' any more.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents

@@ -1,23 +1,28 @@
 -- The schema of a new manifest, equal to 0001..N applied in order (tests/test_migrations.py checks).
 -- Update it with every new numbered migration.
 CREATE TABLE contents (
-    hash      BLOB PRIMARY KEY,          -- XXH3-128 of the UTF-8 text, 16 bytes
+    seq       INTEGER PRIMARY KEY,       -- claim order: while the content waits, its text is staged's
+                                         -- row of the same number (none after verify --repair
+                                         -- re-queued it: the next scan that reads its text stages it)
+    hash      BLOB NOT NULL,             -- XXH3-128 of the UTF-8 text, 16 bytes (unique: contents_by_hash)
     state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
     chars     INTEGER NOT NULL,          -- length in characters
-    seq       INTEGER,                   -- its text's row of staged; NULL once done (or when verify
-                                         -- --repair re-queued it: the next scan that reads it stages it)
     slot      INTEGER,                   -- row of vectors.zarr, set when done (unique: contents_by_slot)
     attempts  INTEGER NOT NULL DEFAULT 0,
     error     TEXT,
     parts     INTEGER NOT NULL DEFAULT 0, -- > 0: a long document's whole text, in text_chunks
     truncated INTEGER NOT NULL DEFAULT 0  -- 1: embedded whole though longer than the model's window
-) WITHOUT ROWID;
+);
+CREATE UNIQUE INDEX contents_by_hash ON contents (hash);
 CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
+-- The pending contents, in claim order: few at rest, so that a scan finds re-queued texts at once.
+CREATE INDEX contents_pending ON contents (seq) WHERE state = 'pending';
 
 -- Texts waiting to be embedded, in the order claims take them (migrations/0009 says why).
 CREATE TABLE staged (
-    seq      INTEGER PRIMARY KEY,        -- claim order: a scan batch's new texts, shortest first
-    hash     BLOB NOT NULL,              -- contents.hash (whose seq points back here)
+    seq      INTEGER PRIMARY KEY,        -- contents.seq: claim order (a scan batch's new texts,
+                                         -- shortest first)
+    hash     BLOB NOT NULL,              -- contents.hash
     text     TEXT NOT NULL,
     claim_id INTEGER                     -- the claim holding it; NULL: free to claim; 0: its content
                                          -- failed for good (`sync --retry-failed` frees it)

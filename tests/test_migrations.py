@@ -442,8 +442,12 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
         seq_of_gamma = next(seq for seq, text, _ in rows if text == "gamma")
         assert idx.manifest.conn.execute("SELECT first_seq, last_seq FROM claims WHERE id = 5"
                                          ).fetchone() == (seq_of_gamma, seq_of_gamma)
-        pointers = dict(idx.manifest.conn.execute("SELECT hash, seq FROM contents WHERE seq IS NOT NULL"))
-        assert {h: seq for seq, text, _ in rows for h in [content_hash(text)]} == pointers
+        # each staged text has its content's number, and contents are numbered in claim order
+        numbers = dict(idx.manifest.conn.execute("SELECT hash, seq FROM contents"))
+        assert {content_hash(text): seq for seq, text, _ in rows} == {
+            h: numbers[h] for h in map(content_hash, [text for _, text, _ in rows])}
+        assert max(seq for seq, _, _ in rows) < min(n for h, n in numbers.items()
+                                                     if h not in {content_hash(t) for _, t, _ in rows})
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
 
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
