@@ -63,17 +63,16 @@ def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, obje
                                            params, with_sql=items))
 
 
-def commit_done(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> None:
-    """Before a commit marks these plain contents (pending until now) done: they and the live
+def commit_done(conn: sqlite3.Connection, hashes: Sequence[bytes], documents: int) -> None:
+    """A commit marked these plain contents (pending until then) done: they and the `documents` live
     documents that have them move from pending to done (the trigger leaves the commit's rows alone:
     they get their slot in the same statement)."""
-    documents = truncated = 0
-    for part, marks in in_batches(hashes):
-        n, cut = conn.execute(f"""SELECT count(*), coalesce(sum(c.truncated), 0) FROM documents d
-            JOIN contents c ON c.hash = d.hash WHERE d.hash IN ({marks}) AND d.deleted = 0""",
-                              part).fetchone()
-        documents += n
-        truncated += cut
+    truncated = 0
+    if conn.execute("SELECT truncated FROM state_counts WHERE state = 'pending'").fetchone()[0]:
+        for part, marks in in_batches(hashes):  # (only an index that does not chunk truncates)
+            truncated += conn.execute(f"""SELECT count(*) FROM documents d JOIN contents c
+                ON c.hash = d.hash WHERE d.hash IN ({marks}) AND d.deleted = 0 AND c.truncated""",
+                part).fetchone()[0]
     for state, sign in (("pending", -1), ("done", 1)):
         add(conn, state, contents=sign * len(hashes))
         add_documents(conn, [(state, documents, documents, truncated)], sign=sign)

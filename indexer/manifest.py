@@ -738,11 +738,15 @@ class Manifest:
             done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
             conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
                              ((seq, cid) for seq, _, _, cid in done))
-            _counts.commit_done(conn, [h for _, h, _, _ in done])
             conn.executemany("""UPDATE contents SET state = 'done', slot = ?3, error = NULL
                                 WHERE seq = ?1 AND hash = ?2""", ((seq, h, slot) for seq, h, slot, _ in done))
-            conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
-                             sorted((h,) for _, h, _, _ in done))
+            hashes = sorted(h for _, h, _, _ in done)
+            live = 0  # documents served from now on (the commit counts them: _counts.commit_done)
+            for part, marks in in_batches(hashes):
+                served = conn.execute(f"UPDATE documents SET ready_hash = hash WHERE hash IN ({marks}) "
+                                      "RETURNING deleted", part)
+                live += sum(not deleted for (deleted,) in served)
+            _counts.commit_done(conn, hashes, live)
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
             for f in fenced:
                 for h, reason in f.failed:
