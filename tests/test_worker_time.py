@@ -77,6 +77,30 @@ def test_a_wait_for_work_counts_as_starved_the_end_as_idle_and_the_load_not_at_a
     assert runner.stats()["idle_seconds_per_worker"] == stats["idle_seconds_per_worker"]
 
 
+def test_a_slow_worker_with_work_queued_is_never_starved() -> None:
+    """Two workers slowed down to one text per forward call, all work submitted at once: each has its
+    next claim at hand when it finishes one, so it waits for none (starved ~ 0); its only idle time is
+    the tail, after its last claim. A runner that sent a worker its next claim only once the last
+    came back would show its workers starved for the round trip of every claim."""
+    runner = pool(2, batch_size=1)
+    try:
+        start = time.monotonic()
+        futures = [runner.submit(texts(2000, f"claim {c}")) for c in range(16)]
+        for future in futures:
+            future.result(timeout=120)
+    finally:
+        runner.close()
+    wall = time.monotonic() - start
+    stats = runner.stats()
+    rows = per_worker(stats)
+    assert all(busy > 0 for busy, _, _ in rows), stats  # both worked
+    assert all(busy + idle <= wall for busy, idle, _ in rows), (stats, wall)
+    # (measured ten times below this, also beside two busy loops; with one claim per worker, above it)
+    assert isinstance(stats["starved_share"], float) and stats["starved_share"] < 0.02, stats
+    # The tail: a worker idles at most about one claim's time after its last (8 claims each).
+    assert isinstance(stats["idle_share"], float) and stats["idle_share"] < 0.3, stats
+
+
 def test_unused_runner_reports_zero_time_and_no_share() -> None:
     runner = pool(2)
     runner.close()

@@ -1,7 +1,7 @@
 """The process-pool runner: N worker processes on this machine, each with its own copy of the model.
 
     make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
-         max_restarts=None)
+         claims_per_worker=2, max_restarts=None)
 
 Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
 that has started torch, SQLite or threads is unsafe). Each loads the model once with
@@ -20,10 +20,13 @@ Defaults, with C the CPUs this process may use (its affinity mask):
 With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
 the default is therefore 2 workers x 1 thread.
 
-Scheduling: a claim goes to an idle worker at once; `capacity` = workers + `prefetch` (default 1), so
-one claim waits ready in the runner while every worker is busy, and a worker that finishes starts the
-next claim at once. A claim is only ever sent to an idle worker: a worker that dies loses at most the
-one claim it was working on.
+Scheduling: each worker holds up to `claims_per_worker` (default 2) claims: the one it embeds and the
+next, already in its pipe (a thread receives it meanwhile), so that it takes up the next claim the
+moment it has sent a result, without waiting for the round trip through the driver. `capacity` =
+workers x claims_per_worker + `prefetch` (default 1): one more waits in the runner. A worker that dies
+loses the claims it holds (both go back to pending). With one claim per worker, each worker waited for
+every next claim to come through the driver, a measurable share of its time with a fast model even with
+work queued ahead (stats(): `starved_share`; tests/test_worker_time.py, bench/RESULTS.md).
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
@@ -237,7 +240,7 @@ _EOF = object()
 
 def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
     """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
-    the GIL), so that a GPU does not wait for the CPU between claims."""
+    the GIL), so that the model does not wait for the pipe or the CPU between claims."""
     try:
         while True:
             message = tasks.recv()
@@ -808,8 +811,8 @@ def check_options(backend: str, options: dict[str, object], takes: str) -> None:
 
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,
-         threads_per_worker: int | None = None, prefetch: int = 1, max_restarts: int | None = None,
-         **options: object) -> ProcessRunner:
+         threads_per_worker: int | None = None, prefetch: int = 1, claims_per_worker: int = 2,
+         max_restarts: int | None = None, **options: object) -> ProcessRunner:
     """Start the workers and return once the first has loaded the model (the rest load meanwhile)."""
     check_options("processes", options, "--workers and --threads-per-worker")
     if workers is not None and workers < 1:
@@ -820,4 +823,4 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object], worke
     spec = WorkerSpec(model=model, batch_size=batch_size, embedder_options=dict(embedder_options),
                       threads=threads)
     return ProcessRunner([spec] * n, [f"worker {i}" for i in range(n)], prefetch=prefetch,
-                         max_restarts=max_restarts)
+                         claims_per_worker=claims_per_worker, max_restarts=max_restarts)
