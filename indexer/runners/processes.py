@@ -356,7 +356,7 @@ class _Worker:
     last_beat: float | None = None  # when it last finished a batch (or started work); None when idle
     hung: bool = False  # killed by the hang watch: its death fails its claims with WorkerHung
     peak_rss_mb: float = 0.0  # the largest peak any of its processes reported
-    time: _WorkTime = field(default_factory=_WorkTime)  # across its processes
+    clock: _WorkTime = field(default_factory=_WorkTime)  # busy and idle, across its processes
 
     def name(self) -> str:
         return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
@@ -437,7 +437,7 @@ class ProcessRunner:
             self._queue = []
             for worker in self.workers:
                 if worker.held and worker.state == "ready":  # busy up to the close
-                    worker.time.claim_done(worker.held[0].sent_at, self._closed_at)
+                    worker.clock.claim_done(worker.held[0].sent_at, self._closed_at)
                 worker.held = []
         for task in orphans:
             _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
@@ -633,8 +633,8 @@ class ProcessRunner:
                         f"has {self._info}; every worker must load the same model"))
                     return
                 worker.state = "ready"
-                if worker.time.started:  # a restart: loaded and idle from now
-                    worker.time.until = time.monotonic()
+                if worker.clock.started:  # a restart: loaded and idle from now
+                    worker.clock.until = time.monotonic()
                 with self._ready:
                     if self._info is None:
                         self._info = info
@@ -648,7 +648,7 @@ class ProcessRunner:
                 if task is not None:
                     worker.held.remove(task)
                     self._beat(worker)
-                    worker.time.claim_done(message[-1], time.monotonic())
+                    worker.clock.claim_done(message[-1], time.monotonic())
                     if kind == "result":
                         vectors, failures, limits, peak, _ = message[2:]
                         worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
@@ -698,7 +698,7 @@ class ProcessRunner:
     def _work_time(self) -> dict[str, object]:
         """The busy and idle part of stats() (under the lock)."""
         now = self._closed_at if self._closed_at is not None else time.monotonic()
-        times = [w.time.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now)
+        times = [w.clock.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now)
                  for w in self.workers]
         total = sum(busy + idle for busy, idle, _ in times)
         return {"busy_seconds_per_worker": [round(busy, 3) for busy, _, _ in times],
@@ -725,8 +725,8 @@ class ProcessRunner:
             name = worker.name()
             lost, worker.held = worker.held, []
             if lost:  # its time on them counts as busy; its restart's model load as nothing
-                worker.time.claim_done(lost[0].sent_at, time.monotonic())
-            worker.time.until = None
+                worker.clock.claim_done(lost[0].sent_at, time.monotonic())
+            worker.clock.until = None
             was_loading = worker.state == "starting"
             worker.state = "dead"
             worker.deaths += 1
