@@ -4,9 +4,10 @@ idle and starved seconds per worker that ProcessRunner.stats() reports and a syn
 
 Real spawned worker processes with the fake model (`fake:16`). No assertion on speed: the waits that
 must (or must not) be counted are made by the test itself with sleeps, and give lower bounds; wall
-times measured around the runner give upper bounds. The worker is slowed down deliberately, where
-the test needs it slower than the pipe, by a batch size of one text (one forward call and one
-progress message per text).
+times measured around the runner give upper bounds. One bound is on a share: a worker with its next
+claim at hand is starved for less than 2% of its time (measured ten times lower, also beside two busy
+loops on 2 cores). There the worker is slowed down deliberately, so that a claim outlasts its trip
+through the pipe, by a batch size of one text (one forward call and one progress message per text).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from indexer.runners import WorkerLost, make_runner
 from indexer.runners.processes import ProcessRunner
 
 MODEL = "fake:16"
-MS = 1e-3  # stats() rounds seconds to milliseconds
+MS = 1e-3  # stats() rounds seconds to milliseconds (a sum of two, to within one)
 KEYS = ("busy_seconds_per_worker", "idle_seconds_per_worker", "starved_seconds_per_worker")
 
 
@@ -69,7 +70,7 @@ def test_a_wait_for_work_counts_as_starved_the_end_as_idle_and_the_load_not_at_a
     assert busy > 0
     assert starved >= 0.4 - MS and idle >= starved + 0.3 - MS, stats
     # From its first claim (after `start`) to the close (before `wall` was read), nothing more.
-    assert busy + idle <= wall, (busy + idle, wall)
+    assert busy + idle <= wall + MS, (busy + idle, wall)
     assert stats["idle_share"] == pytest.approx(idle / (busy + idle), abs=1e-3)
     assert stats["starved_share"] == pytest.approx(starved / (busy + idle), abs=1e-3)
     # Read after the close, the figures stand still.
@@ -94,8 +95,8 @@ def test_a_slow_worker_with_work_queued_is_never_starved() -> None:
     stats = runner.stats()
     rows = per_worker(stats)
     assert all(busy > 0 for busy, _, _ in rows), stats  # both worked
-    assert all(busy + idle <= wall for busy, idle, _ in rows), (stats, wall)
-    # (measured ten times below this, also beside two busy loops; with one claim per worker, above it)
+    assert all(busy + idle <= wall + MS for busy, idle, _ in rows), (stats, wall)
+    # (one claim per worker measured above this bound)
     assert isinstance(stats["starved_share"], float) and stats["starved_share"] < 0.02, stats
     # The tail: a worker idles at most about one claim's time after its last (8 claims each).
     assert isinstance(stats["idle_share"], float) and stats["idle_share"] < 0.3, stats
@@ -121,7 +122,7 @@ def test_sync_json_reports_the_workers_time(tmp_path: Path) -> None:
     stats = summary["backend_stats"]
     rows = per_worker(stats)
     assert sum(busy for busy, _, _ in rows) > 0, stats
-    assert all(busy + idle <= summary["seconds"] for busy, idle, _ in rows), summary
+    assert all(busy + idle <= summary["seconds"] + MS for busy, idle, _ in rows), summary
     assert 0 <= stats["starved_share"] <= stats["idle_share"] <= 1, stats
     assert summary["embedded"] == 3000
 
