@@ -309,11 +309,12 @@ class _Task:
 @dataclass
 class _WorkTime:
     """How one worker spent its time once it had work: busy (a claim in hand: from when the worker took
-    it up to when its result reached the driver) or idle (none in hand). Idle between one claim's result
-    and the worker's next claim is also counted apart as `starved`: the worker waited for work that came,
-    i.e. while work was pending. Times are time.monotonic(), which is system-wide, so the worker's and
-    the driver's readings compare. The clock starts at the worker's first claim (its model load is not
-    counted) and, after a restart, when the new process has loaded the model; it stops at a death."""
+    it up to when its result reached the driver) or idle (none in hand). Idle while work was pending is
+    also counted apart as `starved`: between one claim's result and the worker's next claim, and after
+    its last claim as long as the driver still submitted work (to other workers). Times are
+    time.monotonic(), which is system-wide, so the worker's and the driver's readings compare. The clock
+    starts at the worker's first claim (its model load is not counted) and, after a restart, when the
+    new process has loaded the model; it stops at a death."""
 
     busy: float = 0.0
     starved: float = 0.0
@@ -328,14 +329,18 @@ class _WorkTime:
         self.busy += max(0.0, now - start)
         self.until, self.started = now, True
 
-    def so_far(self, in_hand_since: float | None, now: float) -> tuple[float, float, float]:
-        """(busy, idle, starved) up to `now`; a claim in hand since `in_hand_since` counts as busy."""
+    def so_far(self, in_hand_since: float | None, now: float, last_submit: float
+               ) -> tuple[float, float, float]:
+        """(busy, idle, starved) up to `now`; a claim in hand since `in_hand_since` counts as busy, and
+        idle after the last claim counts as starved up to `last_submit`, the driver's last submission."""
         if in_hand_since is not None:
             probe = replace(self)
             probe.claim_done(in_hand_since, now)
             return probe.busy, probe.starved, probe.starved
-        idle = self.starved + (now - self.until if self.until is not None else 0.0)
-        return self.busy, idle, self.starved
+        if self.until is None:
+            return self.busy, self.starved, self.starved
+        tail = now - self.until
+        return self.busy, self.starved + tail, self.starved + min(tail, max(0.0, last_submit - self.until))
 
 
 @dataclass(eq=False)
@@ -401,6 +406,7 @@ class ProcessRunner:
         self._broken: IndexerError | None = None
         self._closed = False
         self._closed_at: float | None = None  # the end of the workers' busy and idle accounting
+        self._last_submit = 0.0  # until then, the driver still had work for idle workers
         self._warnings: list[str] = []
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._monitor = threading.Thread(target=self._watch, name=f"indexer-{self.kind}", daemon=True)
@@ -422,6 +428,7 @@ class ProcessRunner:
                 task.future.set_exception(self._broken or IndexerError(f"the {self.kind} runner is closed"))
                 return task.future
             self._queue.append(task)
+            self._last_submit = time.monotonic()
             self._dispatch()
         return task.future
 
@@ -681,9 +688,9 @@ class ProcessRunner:
 
         busy/idle/starved_seconds_per_worker: each worker's time from its first claim to the runner's
         close (or to now, before it: the driver reads these just before closing), with a claim in hand
-        or without; starved is the idle between a claim's result and the worker's next claim, a wait
-        for work that came (see _WorkTime). idle_share and starved_share: of all workers' time together
-        (None before any claim)."""
+        or without; starved is the idle while work was pending: between a claim's result and the
+        worker's next claim, or after it until the driver's last submission (see _WorkTime).
+        idle_share and starved_share: of all workers' time together (None before any claim)."""
         with self._lock:
             out: dict[str, object] = {
                 "backend": self.kind, "workers": len(self.workers),
@@ -698,8 +705,8 @@ class ProcessRunner:
     def _work_time(self) -> dict[str, object]:
         """The busy and idle part of stats() (under the lock)."""
         now = self._closed_at if self._closed_at is not None else time.monotonic()
-        times = [w.clock.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now)
-                 for w in self.workers]
+        times = [w.clock.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now,
+                                self._last_submit) for w in self.workers]
         total = sum(busy + idle for busy, idle, _ in times)
         return {"busy_seconds_per_worker": [round(busy, 3) for busy, _, _ in times],
                 "idle_seconds_per_worker": [round(idle, 3) for _, idle, _ in times],
