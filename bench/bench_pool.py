@@ -10,9 +10,10 @@ commit, nothing to scan; for processes it includes starting the workers, given a
 start": ProcessRunner's construction, until the first worker has loaded the model), the driver's
 seconds in claim (Manifest.claim_many), write (sync._write_group: the chunk files, fsynced) and commit
 (Manifest.commit_many), and the workers' time from backend_stats: `idle_share` (no claim in hand, from
-each worker's first claim to the end) and `starved_share` (idle between a result and the worker's next
-claim: work was pending but had not reached it). The fake model costs next to nothing, so a high
-starved share here says the driver does not keep up with the workers.
+each worker's first claim to the end) and `starved_share` (idle while work was pending: between a
+result and the worker's next claim, or after its last claim while the driver still handed out
+claims). The fake model costs next to nothing, so a high starved share here says the driver does not
+keep up with the workers.
 
 Part 2, the pool alone, no driver: `--pool-claims` claims of `--pool-rows` texts (the size of a group
 the driver submits with the fake model) submitted at once to a ProcessRunner (fake:384), so that work is
@@ -181,8 +182,8 @@ def main() -> None:
         body = [f"Part 1: full `indexer.sync(paths=[corpus], model=\"fake:{args.dim}\", backend=B)` into a "
                 f"fresh index, default settings, best embed phase of {args.repeat} per backend, each run in "
                 "its own process, backends alternating. Workers idle: share of the workers' time (from "
-                "each one's first claim to the end) with no claim in hand; starved: the part of it between "
-                "a result and the worker's next claim, while work was pending. See bench/bench_pool.py.", "",
+                "each one's first claim to the end) with no claim in hand; starved: the part of it while "
+                "work was pending (the driver still handed out claims). See bench/bench_pool.py.", "",
                 table(headers, rows), "",
                 f"Part 2: the pool alone ({args.workers} workers, fake:{args.dim}), {args.pool_claims} "
                 f"claims of {args.pool_rows:,} texts submitted at once, so work is always queued; nothing "
