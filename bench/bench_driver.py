@@ -11,7 +11,7 @@ that process the driver's steps are wrapped with timers, for their shares of the
 
   scan        the scan phase (SyncSummary.scan_seconds)
   claim       Manifest.claim_many (Manifest.claim in a library without it), the texts read included
-  texts read  Manifest._pending_texts: the claim's SELECT of pending texts (this tree only)
+  texts read  Manifest._free_texts (_pending_texts before): the claim's SELECT of the texts to embed
   model       FakeEmbedder.embed
   write       the chunk files written and fsynced (file and directories): sync._write_group (a group's
               chunks, side by side), VectorStore.write_chunk in a library without it
@@ -69,8 +69,9 @@ def child_sync(corpus: Path, index: Path, dim: int) -> None:
     timer = CallTimer()
     timed = timer.wrap
     timed(Manifest, "claim_many" if hasattr(Manifest, "claim_many") else "claim", "claim")
-    if hasattr(Manifest, "_pending_texts"):
-        timed(Manifest, "_pending_texts", "texts read")
+    for texts_read in ("_free_texts", "_pending_texts"):  # (its name before the staged texts)
+        if hasattr(Manifest, texts_read):
+            timed(Manifest, texts_read, "texts read")
     timed(Manifest, "commit_many" if hasattr(Manifest, "commit_many") else "commit", "commit")
     sync_module = importlib.import_module("indexer.sync")  # (indexer.sync is the function)
     if hasattr(sync_module, "_write_group"):  # a group's chunks are written side by side: its wall time

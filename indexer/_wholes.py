@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from . import _counts
 from ._sql import in_batches
+from ._staging import stage_texts
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -48,17 +48,11 @@ class Staged:
     truncated: int = 0
 
     def write(self, conn: sqlite3.Connection) -> None:
-        # In key order: consecutive inserts land on neighbouring pages of the hash-keyed table.
-        added = conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, text, truncated) "
-                                 "VALUES (?, ?, ?, ?)", sorted(self.contents)).rowcount
-        _counts.add(conn, "pending", contents=added)  # new contents are pending (wholes count none)
+        # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it
+        # stages it again (stage_texts).
+        stage_texts(conn, self.contents)
         if not self.wholes:
             return
-        # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it
-        # stages it again.
-        conn.executemany("""UPDATE contents SET text = ?2 WHERE hash = ?1 AND text IS NULL
-                            AND state = 'pending' AND parts = 0""",
-                         ((h, text) for h, _, text, _ in self.contents))
         conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, parts) VALUES (?, ?, ?)", self.wholes)
         conn.executemany("INSERT OR IGNORE INTO text_chunks VALUES (?, ?, ?, ?, ?)", self.chunk_rows)
         # All of a new whole's chunks may be done already (other documents have them).
@@ -108,20 +102,20 @@ def _add(out: Staged, h: bytes, text: str, spans: list[tuple[int, int]]) -> None
 
 
 def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[str, object],
-                    records: Sequence[Record], chunker: Chunker | None) -> list[tuple[str, bytes]]:
-    """(text, hash) of chunks re-queued by `verify --repair` (their staged text is gone) of the wholes
-    in this batch: the scan that sees the document again cuts it again and stages them."""
+                    records: Sequence[Record], chunker: Chunker | None) -> list[tuple[bytes, int, str, int]]:
+    """(hash, chars, text, 0) of chunks re-queued by `verify --repair` (their staged text is gone) of
+    the wholes in this batch: the scan that sees the document again cuts it again and stages them."""
     if chunker is None:
         return []
     keys = conn.execute(items_sql + """SELECT i.key FROM items i JOIN contents w ON w.hash = i.hash
         WHERE w.parts > 0 AND EXISTS (SELECT 1 FROM text_chunks t JOIN contents c ON c.hash = t.hash
-            WHERE t.whole = w.hash AND c.state = 'pending' AND c.text IS NULL)""", params).fetchall()
+            WHERE t.whole = w.hash AND c.state = 'pending' AND c.seq IS NULL)""", params).fetchall()
     texts = [records[k].text for (k,) in keys]
     out = []
     for text, spans in zip(texts, chunker.split_many(texts), strict=True):
         for start, end in spans:
             piece = text[start:end]
-            out.append((piece, xxhash.xxh3_128_digest(piece.encode("utf-8"))))
+            out.append((xxhash.xxh3_128_digest(piece.encode("utf-8")), len(piece), piece, 0))
     return out
 
 

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, cast
 import orjson
 import xxhash
 
-from . import _counts, _wholes
+from . import _counts, _staging, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
 from ._sql import in_batches
+from ._staging import free_claimed, stage_texts
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
 from .sources import Record, Skip
@@ -65,6 +66,7 @@ class Claim:
     chunk: int
     hashes: list[bytes]
     texts: list[str]
+    seqs: list[int] = field(default_factory=list)  # the staged rows of the texts, ascending
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ class Manifest:
         self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
         self._restage_texts = self.conn.execute("""SELECT 1 FROM contents
-            WHERE state = 'pending' AND text IS NULL AND parts = 0 LIMIT 1""").fetchone() is not None
+            WHERE state = 'pending' AND seq IS NULL AND parts = 0 LIMIT 1""").fetchone() is not None
         self._scan_tables_ready = True
 
     def begin_scan(self) -> None:
@@ -463,13 +465,13 @@ class Manifest:
             # A content re-queued by `verify --repair` lost its staged text when it was first done; a
             # scan that sees the text again stages it, so that the next claim can embed it.
             lost = conn.execute(_ITEMS + """SELECT i.key FROM items i JOIN contents c ON c.hash = i.hash
-                                WHERE c.state = 'pending' AND c.text IS NULL AND c.parts = 0""",
+                                WHERE c.state = 'pending' AND c.seq IS NULL AND c.parts = 0""",
                                 params).fetchall()
             lost_parts = _wholes.lost_part_texts(conn, _ITEMS, params, records, chunker)
             if lost or lost_parts:
                 with self._write():
-                    conn.executemany("UPDATE contents SET text = ? WHERE hash = ? AND text IS NULL",
-                                     [*((records[k].text, hashes[k]) for (k,) in lost), *lost_parts])
+                    texts = [(hashes[k], len(records[k].text), records[k].text, 0) for (k,) in lost]
+                    stage_texts(conn, texts + lost_parts)
         if not todo:
             return
         staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _ in todo], chunker, split)
@@ -540,8 +542,7 @@ class Manifest:
                 if expires < now or (owner != me and owner_is_dead(owner))]
         for cid in dead:
             conn.execute("UPDATE claims SET state = 'expired' WHERE id = ?", (cid,))
-            conn.execute("""UPDATE contents SET state = 'pending', claim_id = NULL
-                            WHERE claim_id = ? AND state = 'claimed'""", (cid,))
+            free_claimed(conn, cid)
         return len(dead)
 
     def expire_claims(self) -> int:
@@ -551,8 +552,8 @@ class Manifest:
             return int(conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0])
 
     def prepare_for_claims(self) -> None:
-        """Tune this connection for a run of claims and commits, each of which rewrites rows spread
-        over the whole file (contents and documents are keyed by hash and id, claims go by length).
+        """Tune this connection for a run of claims and commits, whose commits rewrite rows spread
+        over the whole file (contents and documents are keyed by hash and id).
         A larger page cache keeps those pages between claims; a rarer checkpoint writes a page that
         many commits changed back to the database once (and fsyncs once). The price: a WAL of up to
         `Settings.wal_limit_mib` on disk while the sync runs (it ends emptied: `finish_run`), and a
@@ -573,8 +574,8 @@ class Manifest:
     def claim_many(self, limit: int, count: int, owner: str | None = None,
                    on_chunk: object = None) -> list[Claim]:
         """Up to `count` claims of up to `limit` contents each (each its own fresh chunk, lease and
-        token), in one transaction: consecutive in length order, so that similar lengths stay together.
-        One transaction for many claims writes each page they share to the log once.
+        token), in one transaction: the first free staged texts, consecutive in claim order. One
+        transaction for many claims writes each page they share to the log once.
 
         `on_chunk(last chunk)` runs inside the write transaction (see `claim`)."""
         now = time.time()
@@ -582,26 +583,26 @@ class Manifest:
         try:
             with self._write() as conn:
                 self._expire_claims(conn, now)
-                rows = self._pending_texts(conn, limit * count)
+                rows = self._free_texts(conn, limit * count)
                 if not rows:
                     return []
                 parts = [rows[i:i + limit] for i in range(0, len(rows), limit)]
                 first = conn.execute("UPDATE meta SET value = value + ? WHERE key = 'next_chunk' "
                                      "RETURNING value - ?", (len(parts), len(parts))).fetchone()[0]
                 owner = owner or current_owner()
-                claim_of: dict[bytes, int] = {}
                 for n, part in enumerate(parts):
                     token = secrets.token_hex(16)
+                    lo, hi = part[0][0], part[-1][0]
                     cid = conn.execute(
-                        "INSERT INTO claims (token, owner, chunk, expires_at, state) "
-                        "VALUES (?, ?, ?, ?, 'active')",
-                        (token, owner, first + n, now + self.settings.lease_seconds)).lastrowid
+                        "INSERT INTO claims (token, owner, chunk, expires_at, state, first_seq, last_seq) "
+                        "VALUES (?, ?, ?, ?, 'active', ?, ?)",
+                        (token, owner, first + n, now + self.settings.lease_seconds, lo, hi)).lastrowid
                     assert cid is not None
-                    claim_of.update((h, cid) for h, _ in part)
-                    claims.append(Claim(cid, token, first + n, [h for h, _ in part], [t for _, t in part]))
-                # In key order, so that consecutive updates land on neighbouring pages.
-                conn.executemany("UPDATE contents SET state = 'claimed', claim_id = ? WHERE hash = ?",
-                                 ((claim_of[h], h) for h in sorted(claim_of)))
+                    # The free rows from lo to hi are this part's: the first free ones, in order.
+                    conn.execute("UPDATE staged SET claim_id = ? WHERE seq BETWEEN ? AND ? "
+                                 "AND claim_id IS NULL", (cid, lo, hi))
+                    seqs, hashes, texts = (list(column) for column in zip(*part, strict=True))
+                    claims.append(Claim(cid, token, first + n, hashes, texts, seqs))
                 if callable(on_chunk):
                     on_chunk(first + len(parts) - 1)
         except BaseException:
@@ -614,12 +615,11 @@ class Manifest:
             raise
         return claims
 
-    def _pending_texts(self, conn: sqlite3.Connection, limit: int) -> list[tuple[bytes, str]]:
-        """Up to `limit` pending contents (hash, text), shortest first: what a claim reads."""
+    def _free_texts(self, conn: sqlite3.Connection, limit: int) -> list[tuple[int, bytes, str]]:
+        """Up to `limit` free staged texts (seq, hash, text), in claim order: what a claim reads."""
         # A pending content without its text (re-queued by verify --repair) waits for a scan.
-        return conn.execute("""SELECT hash, text FROM contents WHERE state = 'pending'
-                               AND parts = 0 AND text IS NOT NULL
-                               ORDER BY chars LIMIT ?""", (limit,)).fetchall()
+        return conn.execute("SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?",
+                            (limit,)).fetchall()
 
     def renew(self, claim: Claim) -> None:
         """Extend the claim's lease. Raises LeaseLostError (a fencing refusal) if it was taken over."""
@@ -670,24 +670,32 @@ class Manifest:
                 _count_refusals(conn, len(refused))
             conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)",
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
-            # key order: consecutive updates land on neighbouring pages
-            done = sorted((h, slot, f.claim.id) for f in fenced for h, slot in f.done)
-            conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, text = NULL,
-                                claim_id = NULL, error = NULL WHERE hash = ?1 AND claim_id = ?3""", done)
+            # The staged rows in claim order, the contents rows in key order: consecutive statements
+            # land on neighbouring pages.
+            seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
+            done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
+            conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
+                             ((seq, cid) for seq, _, _, cid in done))
+            conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, seq = NULL, error = NULL
+                                WHERE hash = ?1 AND seq = ?3""",
+                             sorted((h, slot, seq) for seq, h, slot, _ in done))
             conn.executemany("UPDATE documents SET ready_hash = hash WHERE hash = ?",
-                             ((h,) for h, _, _ in done))
+                             sorted((h,) for _, h, _, _ in done))
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
             for f in fenced:
                 for h, reason in f.failed:
                     row = conn.execute("""UPDATE contents SET attempts = attempts + 1, error = ?2,
-                        claim_id = NULL, state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
-                        WHERE hash = ?1 AND claim_id = ?4 RETURNING state""",
-                        (h, reason, self.settings.retry_attempts, f.claim.id)).fetchone()
-                    gave_up[f.claim.id] += row is not None and row[0] == "failed"
-                conn.execute("UPDATE contents SET state = 'pending', claim_id = NULL "
-                             "WHERE claim_id = ? AND state = 'claimed'", (f.claim.id,))
+                        state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
+                        WHERE hash = ?1 AND seq = ?4 RETURNING state""",
+                        (h, reason, self.settings.retry_attempts, seq_of[h])).fetchone()
+                    if row is not None and row[0] == "failed":
+                        gave_up[f.claim.id] += 1
+                        conn.execute("UPDATE staged SET claim_id = ? WHERE seq = ?",
+                                     (_staging.FAILED, seq_of[h]))
+                # The claim's other contents (failed by the backend, not by their text) are free again.
+                free_claimed(conn, f.claim.id)
             # Long documents whose last chunk this was are served now (or failed, with it).
-            _wholes.settle(conn, [h for h, _, _ in done] + [h for f in fenced for h, _ in f.failed])
+            _wholes.settle(conn, [h for _, h, _, _ in done] + [h for f in fenced for h, _ in f.failed])
             crash_point("mid-commit")
             conn.executemany("UPDATE claims SET state = 'committed' WHERE id = ?",
                              ((f.claim.id,) for f in fenced))
@@ -699,13 +707,13 @@ class Manifest:
             cur = conn.execute("UPDATE claims SET state = 'released' WHERE id = ? AND token = ? "
                                "AND state = 'active'", (claim.id, claim.token))
             if cur.rowcount:
-                conn.execute("UPDATE contents SET state = 'pending', claim_id = NULL "
-                             "WHERE claim_id = ? AND state = 'claimed'", (claim.id,))
+                free_claimed(conn, claim.id)
 
     def retry_failed(self) -> int:
         with self._write() as conn:
             conn.execute("UPDATE contents SET state = 'pending', error = NULL WHERE state = 'failed' "
                          "AND parts > 0")
+            conn.execute("UPDATE staged SET claim_id = NULL WHERE claim_id = ?", (_staging.FAILED,))
             return conn.execute("UPDATE contents SET state = 'pending', attempts = 0, error = NULL "
                                 "WHERE state = 'failed'").rowcount
 
@@ -752,9 +760,10 @@ class Manifest:
         manifest has it; a read-only manifest from before it is counted row by row."""
         with self._snapshot() as conn:
             counts = self._kept_counts(conn) if self._has_table("state_counts") else _recount(conn)
-            # Claimed contents are kept with the pending ones; those in claims are few, and indexed.
-            claimed = conn.execute("SELECT count(*) FROM contents WHERE claim_id IS NOT NULL "
-                                   "AND state = 'claimed'").fetchone()[0]
+            # Claimed contents are kept with the pending ones; those in claims are few.
+            claimed = _staging.claimed_count(conn) if self._has_table("staged") else conn.execute(
+                "SELECT count(*) FROM contents WHERE claim_id IS NOT NULL AND state = 'claimed'"
+            ).fetchone()[0]
             active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
             refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
             run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
@@ -915,10 +924,14 @@ class Manifest:
             conn.execute("""INSERT OR IGNORE INTO kept SELECT t.hash FROM text_chunks t
                             WHERE t.whole IN (SELECT hash FROM kept)""")
             # No live document has them (status counts: indexer/_counts.py), and no whole counts.
-            unkept = "WHERE c.state != 'claimed' AND c.parts = 0 AND c.hash NOT IN (SELECT hash FROM kept)"
+            # Nor does an active claim hold them (a claim left by a dead sync is freed by the next).
+            unkept = """WHERE c.parts = 0 AND c.hash NOT IN (SELECT hash FROM kept)
+                AND (c.seq IS NULL OR (SELECT claim_id FROM staged WHERE seq = c.seq)
+                                      NOT IN (SELECT id FROM claims WHERE state = 'active'))"""
             for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c {unkept} "
                                          "GROUP BY 1").fetchall():
                 _counts.add(conn, state, contents=-n)
+            conn.execute(f"DELETE FROM staged WHERE seq IN (SELECT c.seq FROM contents c {unkept})")
             dropped = conn.execute(f"DELETE FROM contents AS c {unkept}").rowcount
             conn.execute("DELETE FROM contents WHERE parts > 0 AND hash NOT IN (SELECT hash FROM kept)")
             conn.execute("DELETE FROM text_chunks WHERE whole NOT IN (SELECT hash FROM kept)")

@@ -736,7 +736,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest.expire_claims()
     pending, pending_chars = (int(v) for v in manifest.conn.execute(
         "SELECT count(*), coalesce(sum(chars), 0) FROM contents WHERE state = 'pending' "
-        "AND parts = 0 AND text IS NOT NULL").fetchone())
+        "AND parts = 0 AND seq IS NOT NULL").fetchone())
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()

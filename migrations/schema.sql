@@ -2,22 +2,26 @@
 -- Update it with every new numbered migration.
 CREATE TABLE contents (
     hash      BLOB PRIMARY KEY,          -- XXH3-128 of the UTF-8 text, 16 bytes
-    state     TEXT NOT NULL DEFAULT 'pending'
-              CHECK (state IN ('pending', 'claimed', 'done', 'failed')),
-    chars     INTEGER NOT NULL,          -- length in characters: claims take similar lengths together
-    text      TEXT,                      -- staged until done, then NULL: the manifest never keeps vectors
+    state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    chars     INTEGER NOT NULL,          -- length in characters
+    seq       INTEGER,                   -- its text's row of staged; NULL once done (or when verify
+                                         -- --repair re-queued it: the next scan that reads it stages it)
     slot      INTEGER,                   -- row of vectors.zarr, set when done (unique: contents_by_slot)
-    claim_id  INTEGER,
     attempts  INTEGER NOT NULL DEFAULT 0,
-    error     TEXT
-    -- added by 0005 (ALTER TABLE ADD COLUMN), written as SQLite stores it so the schemas compare equal
-    -- parts > 0: a long document's whole text, in text_chunks; truncated = 1: embedded whole though
-    -- longer than the model's window
-    , parts     INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0
+    error     TEXT,
+    parts     INTEGER NOT NULL DEFAULT 0, -- > 0: a long document's whole text, in text_chunks
+    truncated INTEGER NOT NULL DEFAULT 0  -- 1: embedded whole though longer than the model's window
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
-CREATE INDEX contents_pending_by_chars ON contents (chars) WHERE state = 'pending' AND parts = 0;
-CREATE INDEX contents_by_claim ON contents (claim_id) WHERE claim_id IS NOT NULL;
+
+-- Texts waiting to be embedded, in the order claims take them (migrations/0009 says why).
+CREATE TABLE staged (
+    seq      INTEGER PRIMARY KEY,        -- claim order: a scan batch's new texts, shortest first
+    hash     BLOB NOT NULL,              -- contents.hash (whose seq points back here)
+    text     TEXT NOT NULL,
+    claim_id INTEGER                     -- the claim holding it; NULL: free to claim; 0: its content
+                                         -- failed for good (`sync --retry-failed` frees it)
+);
 
 CREATE TABLE documents (
     id         TEXT PRIMARY KEY,
@@ -44,6 +48,8 @@ CREATE TABLE claims (
     chunk      INTEGER NOT NULL UNIQUE,
     expires_at REAL NOT NULL,
     state      TEXT NOT NULL CHECK (state IN ('active', 'committed', 'released', 'expired'))
+    -- added by 0009: the range of staged rows the claim holds
+    , first_seq INTEGER, last_seq INTEGER
 );
 CREATE INDEX claims_active ON claims (state) WHERE state = 'active';
 
@@ -103,13 +109,12 @@ CREATE TABLE skips (
 -- transaction as the rows they count, so they are exact in every snapshot a reader takes, a sync's
 -- included: by the trigger below where a content changes state, and by the scan, delete-missing and
 -- compact statement by statement (indexer/_counts.py says why). `indexer verify` recounts and compares.
---   state 'pending' (claimed included: a claim or its release changes no count, so the claim path
---       never fires a trigger), 'done', 'failed': contents (parts = 0) in that state; and the live
---       documents whose current content (documents.hash) is in that state, their chunks (max(parts, 1)
---       each) and how many of them were truncated
+--   state 'pending' (claimed included: a claim touches no content), 'done', 'failed': contents
+--       (parts = 0) in that state; and the live documents whose current content (documents.hash) is
+--       in that state, their chunks (max(parts, 1) each) and how many of them were truncated
 --   state 'deleted': documents deleted (other columns 0)
--- Live documents are the sum over the states; claimed contents are counted where asked, through the
--- small index of contents in claims.
+-- Live documents are the sum over the states; claimed contents are counted where asked, from the
+-- staged rows of the active claims.
 CREATE TABLE state_counts (
     state     TEXT PRIMARY KEY,
     contents  INTEGER NOT NULL DEFAULT 0,
@@ -122,18 +127,17 @@ INSERT INTO state_counts (state) VALUES ('pending'), ('done'), ('failed'), ('del
 -- A content changes state (commits, failures, retries, repairs, wholes settling): it moves, with
 -- every live document that has it, out of its old state's row, into its new.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents
-WHEN (old.state = 'claimed' OR old.state = 'pending') != (new.state = 'claimed' OR new.state = 'pending')
-    OR (old.state = 'done') != (new.state = 'done') OR old.parts != new.parts
-    OR old.truncated != new.truncated
+WHEN (old.state = 'pending') != (new.state = 'pending') OR (old.state = 'done') != (new.state = 'done')
+    OR old.parts != new.parts OR old.truncated != new.truncated
 BEGIN
     UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
         state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
         state_counts.chunks - count(*) * max(old.parts, 1), state_counts.truncated - count(*) * old.truncated
         FROM documents WHERE hash = old.hash AND deleted = 0)
-    WHERE state = CASE old.state WHEN 'claimed' THEN 'pending' ELSE old.state END;
+    WHERE state = old.state;
     UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
         state_counts.contents + (new.parts = 0), state_counts.documents + count(*),
         state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
         FROM documents WHERE hash = new.hash AND deleted = 0)
-    WHERE state = CASE new.state WHEN 'claimed' THEN 'pending' ELSE new.state END;
+    WHERE state = new.state;
 END;

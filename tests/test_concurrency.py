@@ -216,7 +216,7 @@ def active_claim(index: Path, pid: int) -> tuple[int, int, float, list[bytes]] |
                            "AND owner LIKE ?", (f"%|{pid}|%",)).fetchone()
         if row is None:
             return None
-        hashes = [h for (h,) in conn.execute("SELECT hash FROM contents WHERE claim_id = ?", (row[0],))]
+        hashes = [h for (h,) in conn.execute("SELECT hash FROM staged WHERE claim_id = ?", (row[0],))]
         return row[0], row[1], row[2], hashes
     finally:
         conn.close()

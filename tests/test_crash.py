@@ -288,8 +288,14 @@ def state_at_kill(index: Path, n_docs: int) -> AtKill:
         return AtKill("start", 0, 0, 0)
     conn = sqlite3.connect(index / "manifest.sqlite")
     try:
-        states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
-                                   "GROUP BY state").fetchall())
+        if {"staged"} & {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}:
+            states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
+                                       "GROUP BY state").fetchall())
+            states["claimed"] = conn.execute("""SELECT count(*) FROM staged s JOIN claims k
+                ON k.id = s.claim_id WHERE k.state = 'active'""").fetchone()[0]
+            states["pending"] = states.get("pending", 0) - states["claimed"]
+        else:  # a manifest of schema 1 (a kill inside its migration), whose contents hold claims
+            states = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
         live = conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
         active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
     finally:

@@ -38,7 +38,9 @@ def scan(m: Manifest, docs: dict[str, str], **kw: object) -> ScanCounts:
 
 
 def content_states(m: Manifest) -> dict[bytes, str]:
-    return dict(m.conn.execute("SELECT hash, state FROM contents").fetchall())
+    """Each content's state; 'claimed' where an active claim holds its staged text."""
+    return dict(m.conn.execute("""SELECT c.hash, iif(k.state = 'active', 'claimed', c.state) FROM contents c
+        LEFT JOIN staged s ON s.seq = c.seq LEFT JOIN claims k ON k.id = s.claim_id""").fetchall())
 
 
 def expire(m: Manifest, claim: Claim) -> None:
@@ -110,11 +112,13 @@ def test_identical_texts_share_one_content(manifest: Manifest) -> None:
 
 def test_staged_text_is_dropped_when_done(manifest: Manifest) -> None:
     scan(manifest, {"a": "some text"})
-    assert manifest.conn.execute("SELECT text FROM contents").fetchone()[0] == "some text"
+    seq = manifest.conn.execute("SELECT seq FROM contents").fetchone()[0]
+    assert manifest.conn.execute("SELECT seq, text FROM staged").fetchall() == [(seq, "some text")]
     claim = manifest.claim(4)
-    assert claim is not None
+    assert claim is not None and claim.seqs == [seq]
     commit_all(manifest, claim)
-    assert manifest.conn.execute("SELECT text FROM contents").fetchone()[0] is None
+    assert manifest.conn.execute("SELECT seq FROM contents").fetchone()[0] is None
+    assert manifest.conn.execute("SELECT count(*) FROM staged").fetchone()[0] == 0
 
 
 def test_dry_run_scan_writes_nothing(manifest: Manifest) -> None:
@@ -182,7 +186,7 @@ def test_claim_is_leased_to_its_owner(manifest: Manifest) -> None:
     assert (token, owner, chunk, state) == (claim.token, current_owner(), claim.chunk, "active")
     assert before + SETTINGS.lease_seconds <= expires <= after + SETTINGS.lease_seconds
     claimed = manifest.conn.execute(
-        "SELECT hash FROM contents WHERE state = 'claimed' AND claim_id = ?", (claim.id,)).fetchall()
+        "SELECT hash FROM staged WHERE claim_id = ?", (claim.id,)).fetchall()
     assert sorted(h for (h,) in claimed) == sorted(claim.hashes)
     assert manifest.status_counts()["active_claims"] == 1
 
@@ -268,8 +272,9 @@ def test_stale_commit_is_fenced(manifest: Manifest) -> None:
         with pytest.raises(LeaseLostError, match=f"claim {stale.id}"):
             commit_all(manifest, stale)
         # A's commit changed nothing: the contents are still B's
-        rows = manifest.conn.execute("SELECT state, claim_id, slot FROM contents").fetchall()
-        assert rows == [("claimed", fresh.id, None)] * 2
+        rows = manifest.conn.execute("SELECT c.state, s.claim_id, c.slot FROM contents c "
+                                     "JOIN staged s USING (seq)").fetchall()
+        assert rows == [("pending", fresh.id, None)] * 2
         assert manifest.status_counts()["fencing_refusals"] == 1
 
         with pytest.raises(LeaseLostError):
@@ -367,7 +372,7 @@ def test_claim_many_takes_consecutive_lengths_in_one_chunk_each(manifest: Manife
     assert [c.chunk for c in claims] == [0, 1, 2] and grown == [2]  # the store grows once, to the last
     assert [len(t) for c in claims for t in c.texts] == list(range(10, 20))  # shortest first, in order
     assert len({c.token for c in claims}) == 3
-    states = manifest.conn.execute("SELECT claim_id, count(*) FROM contents WHERE state = 'claimed' "
+    states = manifest.conn.execute("SELECT claim_id, count(*) FROM staged WHERE claim_id > 0 "
                                    "GROUP BY claim_id").fetchall()
     assert sorted(states) == sorted((c.id, len(c.hashes)) for c in claims)
     assert manifest.claim_many(4, 3) == []  # nothing pending left
@@ -389,7 +394,7 @@ def test_commit_many_fences_each_claim_alone(manifest: Manifest) -> None:
         assert results[0] == 0 and results[2] == 0
         assert isinstance(results[1], LeaseLostError) and f"claim {b.id}" in str(results[1])
         assert manifest.status_counts()["fencing_refusals"] == 1
-        states = dict(manifest.conn.execute("SELECT hash, state FROM contents").fetchall())
+        states = content_states(manifest)
         assert {states[h] for h in a.hashes + c.hashes} == {"done"}
         assert {states[h] for h in b.hashes} == {"claimed"}  # still B's
         claim_states = dict(manifest.conn.execute("SELECT id, state FROM claims").fetchall())

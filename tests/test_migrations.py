@@ -215,7 +215,7 @@ def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_versio
     conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
     conn.executescript("""BEGIN;
         INSERT INTO contents (hash, state, chars, text, slot, claim_id, attempts, error)
-            SELECT hash, state, chars, text, slot, claim_id, attempts, error FROM new.contents;
+            SELECT hash, state, chars, NULL, slot, NULL, attempts, error FROM new.contents;
         INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
         UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
             WHERE key = 'next_chunk';
@@ -391,3 +391,74 @@ def test_an_index_from_before_state_counts_migrates_with_counts_equal_to_a_recou
         status = idx.status()
         assert (status["documents"], status["done"], status["deleted"]) == (2, 2, 7)
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+
+
+def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_claim_order(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """0009 moves the texts to embed out of `contents` into `staged`: an index last written by the
+    schema before it, with a done, a pending, a claimed (dead worker), a failed and a failed-for-good
+    content, a content re-queued by `verify --repair` (no text left) and a long document with pending
+    chunks, migrates: every text waiting is staged shortest first, the claimed one still held by its
+    claim (whose range is recorded), the ones failed for good held back; counts are unchanged. A sync
+    then embeds the pending and the claimed ones (the claim's owner is dead), `retry` brings back the
+    failures, and the re-queued content waits for a scan that reads its text again."""
+    from conftest import fake_vector, served
+
+    staged_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_staged_texts"))
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, staged_version - 1, [
+        ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")], failed=True)
+    whole, parts = content_hash("long text"), [content_hash("long"), content_hash("text")]
+    lost = content_hash("lost")
+    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
+    conn.executescript("BEGIN")
+    conn.execute("INSERT INTO contents (hash, chars, parts) VALUES (?, 9, 2)", (whole,))
+    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, 'long')", (parts[0],))
+    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, 'text')", (parts[1],))
+    conn.executemany("INSERT INTO text_chunks VALUES (?, ?, ?, ?, ?)",
+                     [(whole, 0, parts[0], 0, 4), (whole, 1, parts[1], 5, 9)])
+    conn.execute("INSERT INTO documents (id, hash) VALUES ('long', ?)", (whole,))
+    conn.execute("INSERT INTO contents (hash, chars, error) VALUES (?, 4, 're-queued')", (lost,))
+    conn.execute("INSERT INTO documents (id, hash) VALUES ('l', ?)", (lost,))
+    # The rows above were written by hand: the counts the 0008 schema keeps, from a recount.
+    conn.execute("DELETE FROM state_counts")
+    conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
+                     ((state, *row) for state, row in manifest_module._recount(conn).items()))
+    kept_before = conn.execute("SELECT * FROM state_counts ORDER BY state").fetchall()
+    conn.execute("COMMIT")
+    conn.close()
+
+    with indexer.open(ix) as idx:  # migrates
+        assert idx.manifest.counts_problems() == []
+        kept = idx.manifest.conn.execute("SELECT * FROM state_counts ORDER BY state").fetchall()
+        assert kept == kept_before
+        status = idx.status()
+        assert status["contents"] == {"pending": 4, "claimed": 1, "done": 1, "failed": 2}
+        rows = idx.manifest.conn.execute("SELECT seq, text, claim_id FROM staged ORDER BY seq").fetchall()
+        # shortest first (ties by hash); failed for good: held as 0; gamma: still claim 5's
+        assert sorted(text for _, text, _ in rows) == ["bad", "beta", "failing", "gamma", "long", "text"]
+        assert [len(text) for _, text, _ in rows] == sorted(len(text) for _, text, _ in rows)
+        held = {text: claim for _, text, claim in rows}
+        assert held == {"bad": 0, "failing": 0, "gamma": 5, "beta": None, "long": None, "text": None}
+        seq_of_gamma = next(seq for seq, text, _ in rows if text == "gamma")
+        assert idx.manifest.conn.execute("SELECT first_seq, last_seq FROM claims WHERE id = 5"
+                                         ).fetchone() == (seq_of_gamma, seq_of_gamma)
+        pointers = dict(idx.manifest.conn.execute("SELECT hash, seq FROM contents WHERE seq IS NOT NULL"))
+        assert {h: seq for seq, text, _ in rows for h in [content_hash(text)]} == pointers
+    assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
+
+    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    assert summary.embedded == 4  # beta, gamma (its claim's owner is dead) and the long text's chunks
+    with indexer.open(ix) as idx:
+        assert idx.retry() == 2
+    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    got = served(ix)
+    assert sorted(got) == ["a", "b", "c", "d", "f", "long"]  # "l" waits for its text
+    for key, text in (("b", "beta"), ("c", "gamma"), ("d", "bad"), ("f", "failing")):
+        assert got[key].tobytes() == fake_vector(text).tobytes(), key
+    source = [("a", "alpha"), ("b", "beta"), ("c", "gamma"), ("d", "bad"), ("f", "failing"),
+              ("long", "long text"), ("l", "lost")]
+    assert indexer.sync(ix, source, embedder=fake_embedder, settings=SETTINGS).embedded == 1  # type: ignore[arg-type]
+    assert served(ix)["l"].tobytes() == fake_vector("lost").tobytes()
+    with indexer.open(ix) as idx:
+        assert idx.manifest.counts_problems() == []
+        assert idx.manifest.conn.execute("SELECT count(*) FROM staged").fetchone()[0] == 0

@@ -331,7 +331,7 @@ def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, 
         sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
     assert len(watched.victims) == 1
     # Nothing stays claimed: the lost claim and the others in flight went back to pending.
-    assert query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'claimed'")[0][0] == 0
+    assert query(tmp_path / "idx", "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
     assert query(tmp_path / "idx", "SELECT count(*) FROM claims WHERE state = 'active'")[0][0] == 0
     assert last_run(tmp_path / "idx")[0] == "failed"
     done_before = int(query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
@@ -435,7 +435,7 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=interrupt)
     assert gone(pids)
-    assert query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'claimed'")[0][0] == 0
+    assert query(tmp_path / "idx", "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
     assert last_run(tmp_path / "idx")[0] == "interrupted"
     done_before = int(query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
     assert 0 < done_before < 2000
@@ -493,7 +493,7 @@ def test_sigint_to_the_cli_process_group_stops_cleanly_and_the_next_sync_resumes
                                           if line.startswith(("SigBlk", "SigIgn"))])
     assert "interrupted" in err and "Traceback" not in err, err
     assert gone(workers)
-    assert query(index_dir, "SELECT count(*) FROM contents WHERE state = 'claimed'")[0][0] == 0, (
+    assert query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0, (
         query(index_dir, "SELECT id, state, owner FROM claims"), err)
     assert last_run(index_dir)[0] == "interrupted"
     done_before = int(query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])

@@ -84,7 +84,7 @@ def test_the_numpy_join_gives_the_rows_of_the_sql_join(tmp_path: Path) -> None:
     indexer.sync(ix, docs[5:], embedder=FakeEmbedder(16), settings=SETTINGS, chunk_tokens=4,
                  delete_missing=True, max_delete=1.0)
     conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 3, 'new')", (content_hash("new"),))
+    conn.execute("INSERT INTO contents (hash, chars) VALUES (?, 3)", (content_hash("new"),))
     conn.execute("UPDATE documents SET hash = ? WHERE id IN ('d07', 'd30')", (content_hash("new"),))
     conn.execute("BEGIN")
     ids, slots, hashes = sql_join(conn)

@@ -82,7 +82,7 @@ def assert_stopped_cleanly(proc: subprocess.Popen[str], sig: signal.Signals, ind
     assert proc.returncode == 128 + sig, (proc.returncode, err)
     assert f"interrupted by {sig.name}" in err and "Run the same command to resume" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert query(index_dir, "SELECT count(*) FROM contents WHERE state = 'claimed'") == 0
+    assert query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0") == 0  # none held by a claim
     assert query(index_dir, "SELECT count(*) FROM claims WHERE state = 'active'") == 0
     assert last_run_state(index_dir) == "interrupted"
     return err
