@@ -1,7 +1,8 @@
 """The status counts (`state_counts`, migrations/0008), kept in the transactions that change them.
 
-A content changing state (commits, failures, retries, repairs, wholes settling) is counted by the
-trigger of 0008: those transactions touch a claim's rows, and the trigger keeps every such path exact.
+A content changing state (failures, retries, repairs, wholes settling) is counted by the trigger of
+0008 (0009): those transactions touch few rows, and the trigger keeps every such path exact. A commit
+marks thousands of contents done at once and counts them with `commit_done`, in one query.
 The scan, delete-missing and compact add, change and drop rows by the thousand; a trigger there would
 cost a few statements a row (it doubled a scan's SQL time, bench/RESULTS.md), so they count once per
 statement with the functions below, inside their own write transactions. Claimed contents are kept
@@ -11,7 +12,9 @@ with the pending ones (`BUCKET`). These functions run inside the Manifest's tran
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+
+from ._sql import in_batches
 
 # The row of state_counts a content's state is counted in.
 BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
@@ -58,3 +61,19 @@ def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, obje
     """After the upsert: the batch's documents, live now, count with their new content."""
     add_documents(conn, documents_by_state(conn, f"FROM items i JOIN contents c ON c.hash = i.hash {_TODO}",
                                            params, with_sql=items))
+
+
+def commit_done(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> None:
+    """Before a commit marks these plain contents (pending until now) done: they and the live
+    documents that have them move from pending to done (the trigger leaves the commit's rows alone:
+    they get their slot in the same statement)."""
+    documents = truncated = 0
+    for part, marks in in_batches(hashes):
+        n, cut = conn.execute(f"""SELECT count(*), coalesce(sum(c.truncated), 0) FROM documents d
+            JOIN contents c ON c.hash = d.hash WHERE d.hash IN ({marks}) AND d.deleted = 0""",
+                              part).fetchone()
+        documents += n
+        truncated += cut
+    for state, sign in (("pending", -1), ("done", 1)):
+        add(conn, state, contents=sign * len(hashes))
+        add_documents(conn, [(state, documents, documents, truncated)], sign=sign)

@@ -19,10 +19,11 @@ from ._sql import in_batches
 FAILED = 0  # staged.claim_id of a content that failed for good
 
 
-def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, int]]) -> None:
+def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, int]]) -> int:
     """Add the contents `rows` (hash, chars, text, truncated) not known yet, pending, their texts staged
     in claim order (shortest first, so that a claim holds similar lengths); stage again the text of a
-    known pending content that lost its own (re-queued by `verify --repair`)."""
+    known pending content that lost its own (re-queued by `verify --repair`). Returns how many
+    contents it added."""
     distinct = {h: (chars, text, cut) for h, chars, text, cut in rows}
     lost: list[bytes] = []
     known: set[bytes] = set()
@@ -35,7 +36,7 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     new = [h for h in distinct if h not in known]
     order = sorted(new + lost, key=lambda h: (distinct[h][0], h))
     if not order:
-        return
+        return 0
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM staged").fetchone()[0])
     seq_of = {h: first + i for i, h in enumerate(order)}
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
@@ -45,6 +46,7 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
                      sorted((h, distinct[h][0], seq_of[h], distinct[h][2]) for h in new))
     conn.executemany("UPDATE contents SET seq = ? WHERE hash = ?", ((seq_of[h], h) for h in sorted(lost)))
     _counts.add(conn, "pending", contents=len(new))
+    return len(new)
 
 
 def free_claimed(conn: sqlite3.Connection, claim_id: int) -> None:

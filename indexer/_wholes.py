@@ -47,16 +47,18 @@ class Staged:
     chunks: int = 0
     truncated: int = 0
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def write(self, conn: sqlite3.Connection) -> int:
+        """Write them; how many contents were new (to embed)."""
         # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it
         # stages it again (stage_texts).
-        stage_texts(conn, self.contents)
+        added = stage_texts(conn, self.contents)
         if not self.wholes:
-            return
+            return added
         conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, parts) VALUES (?, ?, ?)", self.wholes)
         conn.executemany("INSERT OR IGNORE INTO text_chunks VALUES (?, ?, ?, ?, ?)", self.chunk_rows)
         # All of a new whole's chunks may be done already (other documents have them).
         _settle_wholes(conn, [h for h, _, _ in self.wholes])
+        return added
 
 
 def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: Chunker | None,

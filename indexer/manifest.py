@@ -195,6 +195,9 @@ class Manifest:
         except sqlite3.DatabaseError as exc:
             raise _database_error(path, exc) from exc
         self._scan_tables_ready = False
+        self._scan_grouped = False  # within `scanning`: batches share write transactions
+        self._scan_txn_rows: int | None = None  # rows the scan's open write transaction holds; None: none
+        self._scan_written = 0  # rows the scan's earlier transactions committed
 
     def _connect(self) -> sqlite3.Connection:
         timeout = self.settings.busy_timeout_ms / 1000
@@ -238,6 +241,9 @@ class Manifest:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        if self._scan_txn_rows is not None:  # within the scan's write transaction: part of it
+            yield self.conn
+            return
         try:
             # BEGIN inside the try: a KeyboardInterrupt (or a stop signal) landing just after BEGIN
             # returned must roll it back too, or the next transaction on this connection fails with
@@ -352,6 +358,7 @@ class Manifest:
     def begin_scan(self) -> None:
         """Start a scan: forget the ids seen by an earlier scan on this connection."""
         self._scan_tables_ready = False
+        self._scan_written = 0
         self._ensure_scan_tables()
 
     def _seen_where(self, ordinal: int) -> str:
@@ -469,7 +476,7 @@ class Manifest:
                                 params).fetchall()
             lost_parts = _wholes.lost_part_texts(conn, _ITEMS, params, records, chunker)
             if lost or lost_parts:
-                with self._write():
+                with self._scan_writes():
                     texts = [(hashes[k], len(records[k].text), records[k].text, 0) for (k,) in lost]
                     stage_texts(conn, texts + lost_parts)
         if not todo:
@@ -477,15 +484,15 @@ class Manifest:
         staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _ in todo], chunker, split)
         counts.chunks += staged.chunks
         counts.truncated += staged.truncated
-        with self._temp_writes():
-            conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
-                                WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
-                             sorted((h,) for h, _, _, _ in staged.contents))
-        counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
-        if dry_run:
+        if dry_run:  # the new contents are not written: the ones seen are kept apart, to count once
+            with self._temp_writes():
+                conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
+                                    WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
+                                 sorted((h,) for h, _, _, _ in staged.contents))
+            counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
             return
-        with self._write():
-            staged.write(conn)
+        with self._scan_writes():
+            counts.to_embed += staged.write(conn)
             params["todo"] = orjson.dumps([k for k, _ in todo])
             _counts.batch_leaves(conn, _ITEMS, params)
             conn.executemany("""
@@ -495,7 +502,57 @@ class Manifest:
                     ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
                              ((records[k].id, hashes[k]) for k, _ in todo))
             _counts.batch_enters(conn, _ITEMS, params)
+        self._scan_grew(len(todo))
         crash_point("mid-scan")
+
+    @contextmanager
+    def scanning(self) -> Iterator[None]:
+        """A scan (`begin_scan`, then `scan_batch` for each batch) whose batches share write
+        transactions: one is committed once it holds as many rows as the scan committed before (at
+        least `Settings.scan_batch`, at most 8 times that), and the last when the block ends; an
+        exception rolls the open one back. New rows land on pages all over the hash-keyed tables,
+        and each commit writes every page it changed to the log: the fewer the commits, the fewer
+        times a page is written. A page cache as large as the embed phase's keeps those pages between
+        batches. A kill loses the scan work of the open transaction, which the next sync redoes."""
+        self.begin_scan()
+        self._scan_grouped = True
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            self._scan_grouped = False
+            self._end_scan_transaction(commit=finished)
+
+    def _scan_writes(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A scan batch's writes to the main tables: in the open transaction of `scanning`, or one
+        of their own."""
+        if not self._scan_grouped:
+            return self._write()
+        if self._scan_txn_rows is None:
+            if not self._scan_written:
+                self.conn.execute("PRAGMA cache_size = -65536")  # KiB: as prepare_for_claims
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._scan_txn_rows = 0
+        return contextlib.nullcontext(self.conn)
+
+    def _scan_grew(self, rows: int) -> None:
+        if self._scan_txn_rows is None:
+            return
+        self._scan_txn_rows += rows
+        batch = self.settings.scan_batch
+        if self._scan_txn_rows >= min(8 * batch, max(batch, self._scan_written)):
+            self._end_scan_transaction(commit=True)
+
+    def _end_scan_transaction(self, *, commit: bool) -> None:
+        rows, self._scan_txn_rows = self._scan_txn_rows, None
+        if rows is None or not self.conn.in_transaction:
+            return
+        if commit:
+            self.conn.execute("COMMIT")
+            self._scan_written += rows
+        else:
+            self.conn.execute("ROLLBACK")
 
     def missing_ids_count(self) -> int:
         """Live documents the scan that just ran did not see."""
@@ -676,6 +733,7 @@ class Manifest:
             done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
             conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
                              ((seq, cid) for seq, _, _, cid in done))
+            _counts.commit_done(conn, [h for _, h, _, _ in done])
             conn.executemany("""UPDATE contents SET state = 'done', slot = ?2, seq = NULL, error = NULL
                                 WHERE hash = ?1 AND seq = ?3""",
                              sorted((h, slot, seq) for seq, h, slot, _ in done))

@@ -590,22 +590,23 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     live_before = manifest.live_count() if delete_missing else 0
     counts = ScanCounts()
     meter = _Meter("scan", None, on_progress)
-    manifest.begin_scan()
-    for reader in readers:
-        # Files are read (parsed, validated) by a second thread while SQLite, which lets go of the GIL,
-        # works on the batch before. A Python iterable is read in the caller's thread: it may not
-        # allow another (a sqlite3 cursor does not).
-        batches = _batches(reader, settings.scan_batch)
-        records_before = counts.scanned + counts.duplicates
-        last: Record | Skip | None = None
-        with _read_ahead(batches) if not isinstance(reader, IterableSource) else nullcontext(batches) as it:
-            for batch in it:
-                manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
-                meter.add(len(batch))
-                last = batch[-1]
-        why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
-        if why is not None:
-            summary.incomplete_sources.append(why)
+    with manifest.scanning():
+        for reader in readers:
+            # Files are read (parsed, validated) by a second thread while SQLite, which lets go of the
+            # GIL, works on the batch before. A Python iterable is read in the caller's thread: it may
+            # not allow another (a sqlite3 cursor does not).
+            batches = _batches(reader, settings.scan_batch)
+            records_before = counts.scanned + counts.duplicates
+            last: Record | Skip | None = None
+            in_thread = isinstance(reader, IterableSource)
+            with nullcontext(batches) if in_thread else _read_ahead(batches) as it:
+                for batch in it:
+                    manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
+                    meter.add(len(batch))
+                    last = batch[-1]
+            why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
+            if why is not None:
+                summary.incomplete_sources.append(why)
     # Only a scan that read every source whole, to its end, may decide what is missing.
     if delete_missing or dry_run:
         summary.missing = manifest.missing_ids_count()

@@ -51,8 +51,11 @@ CREATE UNIQUE INDEX contents_by_slot ON contents (slot) WHERE slot IS NOT NULL;
 
 -- As in 0008, on the rebuilt table; a content is never 'claimed' any more.
 CREATE TRIGGER contents_counted_update AFTER UPDATE OF state, parts, truncated ON contents
-WHEN (old.state = 'pending') != (new.state = 'pending') OR (old.state = 'done') != (new.state = 'done')
-    OR old.parts != new.parts OR old.truncated != new.truncated
+WHEN ((old.state = 'pending') != (new.state = 'pending') OR (old.state = 'done') != (new.state = 'done')
+    OR old.parts != new.parts OR old.truncated != new.truncated)
+    -- A commit gives a content its slot as it marks it done, and counts its rows itself, all at once
+    -- (indexer/_counts.py: commit_done): a lookup and two updates a row cost more than one query.
+    AND NOT (old.slot IS NULL AND new.slot IS NOT NULL)
 BEGIN
     UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
         state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
