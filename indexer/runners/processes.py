@@ -1,7 +1,7 @@
 """The process-pool runner: N worker processes on this machine, each with its own copy of the model.
 
     make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
-         max_restarts=None)
+         claims_per_worker=2, max_restarts=None)
 
 Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
 that has started torch, SQLite or threads is unsafe). Each loads the model once with
@@ -20,10 +20,13 @@ Defaults, with C the CPUs this process may use (its affinity mask):
 With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
 the default is therefore 2 workers x 1 thread.
 
-Scheduling: a claim goes to an idle worker at once; `capacity` = workers + `prefetch` (default 1), so
-one claim waits ready in the runner while every worker is busy, and a worker that finishes starts the
-next claim at once. A claim is only ever sent to an idle worker: a worker that dies loses at most the
-one claim it was working on.
+Scheduling: each worker holds up to `claims_per_worker` (default 2) claims: the one it embeds and the
+next, already in its pipe (a thread receives it meanwhile), so that it takes up the next claim the
+moment it has sent a result, without waiting for the round trip through the driver. `capacity` =
+workers x claims_per_worker + `prefetch` (default 1): one more waits in the runner. A worker that dies
+loses the claims it holds (both go back to pending). With one claim per worker, each worker waited for
+every next claim to come through the driver, a measurable share of its time with a fast model even with
+work queued ahead (stats(): `starved_share`; tests/test_worker_time.py, bench/RESULTS.md).
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
@@ -237,7 +240,7 @@ _EOF = object()
 
 def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
     """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
-    the GIL), so that a GPU does not wait for the CPU between claims."""
+    the GIL), so that the model does not wait for the pipe or the CPU between claims."""
     try:
         while True:
             message = tasks.recv()
@@ -256,8 +259,9 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
     (None) or the driver is gone (EOF). Messages to the driver:
         ("ready", pid, ModelInfo, limits, peak rss MiB)      ("load_failed", reason)
         BatchFinished(task, texts) after each forward batch
-        ("result", task, vectors, failures, limits, peak rss MiB)      ("error", task, reason)
-    where limits is (batch size, token budget).
+        ("result", task, vectors, failures, limits, peak rss MiB, took)      ("error", task, reason, took)
+    where limits is (batch size, token budget) and took the worker's time.monotonic() when it began the
+    claim (for the driver's busy and idle accounting; that clock is system-wide, the driver's too).
     """
     _die_with_parent()
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -276,6 +280,7 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
                          daemon=True).start()
         while (item := ready.get()) is not _EOF:
             task_id, texts, prepared = item
+            took = time.monotonic()
 
             def batch_done(n: int, task: int = task_id) -> None:
                 results.send(BatchFinished(task, n))
@@ -283,9 +288,9 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
             try:
                 vectors, failures = model.embed(texts, prepared, batch_done)
             except Exception as exc:
-                results.send(("error", task_id, f"{type(exc).__name__}: {exc}"))
+                results.send(("error", task_id, f"{type(exc).__name__}: {exc}", took))
                 continue
-            results.send(("result", task_id, vectors, failures, model.limits, worker_peak_rss_mb()))
+            results.send(("result", task_id, vectors, failures, model.limits, worker_peak_rss_mb(), took))
     except (EOFError, OSError):  # the driver is gone: nobody waits for us
         return
 
@@ -298,6 +303,44 @@ class _Task:
     texts: list[str]
     future: Future[EmbedResult]
     on_batch: BatchDone | None = None
+    sent_at: float = 0.0  # when it was sent to a worker (time.monotonic())
+
+
+@dataclass
+class _WorkTime:
+    """How one worker spent its time once it had work: busy (a claim in hand: from when the worker took
+    it up to when its result reached the driver) or idle (none in hand). Idle while work was pending is
+    also counted apart as `starved`: between one claim's result and the worker's next claim, and after
+    its last claim as long as the driver still submitted work (to other workers). Times are
+    time.monotonic(), which is system-wide, so the worker's and the driver's readings compare. The clock
+    starts at the worker's first claim (its model load is not counted) and, after a restart, when the
+    new process has loaded the model; it stops at a death."""
+
+    busy: float = 0.0
+    starved: float = 0.0
+    until: float | None = None  # accounted up to here; None while not counting (before work, dead)
+    started: bool = False  # it has had a claim in this run
+
+    def claim_done(self, took: float, now: float) -> None:
+        """A claim the worker took up at `took` came back (a result, an error, or lost with a death)."""
+        start = took if self.until is None else max(took, self.until)  # a next claim taken up early
+        if self.until is not None:
+            self.starved += start - self.until
+        self.busy += max(0.0, now - start)
+        self.until, self.started = now, True
+
+    def so_far(self, in_hand_since: float | None, now: float, last_submit: float
+               ) -> tuple[float, float, float]:
+        """(busy, idle, starved) up to `now`; a claim in hand since `in_hand_since` counts as busy, and
+        idle after the last claim counts as starved up to `last_submit`, the driver's last submission."""
+        if in_hand_since is not None:
+            probe = replace(self)
+            probe.claim_done(in_hand_since, now)
+            return probe.busy, probe.starved, probe.starved
+        if self.until is None:
+            return self.busy, self.starved, self.starved
+        tail = now - self.until
+        return self.busy, self.starved + tail, self.starved + min(tail, max(0.0, last_submit - self.until))
 
 
 @dataclass(eq=False)
@@ -318,6 +361,7 @@ class _Worker:
     last_beat: float | None = None  # when it last finished a batch (or started work); None when idle
     hung: bool = False  # killed by the hang watch: its death fails its claims with WorkerHung
     peak_rss_mb: float = 0.0  # the largest peak any of its processes reported
+    clock: _WorkTime = field(default_factory=_WorkTime)  # busy and idle, across its processes
 
     def name(self) -> str:
         return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
@@ -361,6 +405,8 @@ class ProcessRunner:
         self._ids = itertools.count()
         self._broken: IndexerError | None = None
         self._closed = False
+        self._closed_at: float | None = None  # the end of the workers' busy and idle accounting
+        self._last_submit = 0.0  # until then, the driver still had work for idle workers
         self._warnings: list[str] = []
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._monitor = threading.Thread(target=self._watch, name=f"indexer-{self.kind}", daemon=True)
@@ -382,6 +428,7 @@ class ProcessRunner:
                 task.future.set_exception(self._broken or IndexerError(f"the {self.kind} runner is closed"))
                 return task.future
             self._queue.append(task)
+            self._last_submit = time.monotonic()
             self._dispatch()
         return task.future
 
@@ -392,9 +439,12 @@ class ProcessRunner:
             if self._closed:
                 return
             self._closed = True
+            self._closed_at = time.monotonic()
             orphans = self._queue + [t for w in self.workers for t in w.held]
             self._queue = []
             for worker in self.workers:
+                if worker.held and worker.state == "ready":  # busy up to the close
+                    worker.clock.claim_done(worker.held[0].sent_at, self._closed_at)
                 worker.held = []
         for task in orphans:
             _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
@@ -590,6 +640,8 @@ class ProcessRunner:
                         f"has {self._info}; every worker must load the same model"))
                     return
                 worker.state = "ready"
+                if worker.clock.started:  # a restart: loaded and idle from now
+                    worker.clock.until = time.monotonic()
                 with self._ready:
                     if self._info is None:
                         self._info = info
@@ -603,8 +655,9 @@ class ProcessRunner:
                 if task is not None:
                     worker.held.remove(task)
                     self._beat(worker)
+                    worker.clock.claim_done(message[-1], time.monotonic())
                     if kind == "result":
-                        vectors, failures, limits, peak = message[2:]
+                        vectors, failures, limits, peak, _ = message[2:]
                         worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
                         self._remember_limits(worker, limits)
                         settle = (task, (vectors, failures))
@@ -631,17 +684,35 @@ class ProcessRunner:
             worker.spec = replace(worker.spec, batch_size=batch_size, batch_tokens=batch_tokens)
 
     def stats(self) -> dict[str, object]:
-        """For the sync summary's backend_stats (its "warnings" join the summary's warnings)."""
+        """For the sync summary's backend_stats (its "warnings" join the summary's warnings).
+
+        busy/idle/starved_seconds_per_worker: each worker's time from its first claim to the runner's
+        close (or to now, before it: the driver reads these just before closing), with a claim in hand
+        or without; starved is the idle while work was pending: between a claim's result and the
+        worker's next claim, or after it until the driver's last submission (see _WorkTime).
+        idle_share and starved_share: of all workers' time together (None before any claim)."""
         with self._lock:
             out: dict[str, object] = {
                 "backend": self.kind, "workers": len(self.workers),
                 "threads_per_worker": [w.spec.threads for w in self.workers],
                 "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "workers_hung": self.hung,
                 "restarts": self.restarts, "peak_rss_mb_per_worker": [w.peak_rss_mb for w in self.workers],
-                "warnings": list(self._warnings)}
+                **self._work_time(), "warnings": list(self._warnings)}
             if any(w.spec.device is not None for w in self.workers):
                 out["devices"] = [w.spec.device for w in self.workers]
         return out
+
+    def _work_time(self) -> dict[str, object]:
+        """The busy and idle part of stats() (under the lock)."""
+        now = self._closed_at if self._closed_at is not None else time.monotonic()
+        times = [w.clock.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now,
+                                self._last_submit) for w in self.workers]
+        total = sum(busy + idle for busy, idle, _ in times)
+        return {"busy_seconds_per_worker": [round(busy, 3) for busy, _, _ in times],
+                "idle_seconds_per_worker": [round(idle, 3) for _, idle, _ in times],
+                "starved_seconds_per_worker": [round(starved, 3) for _, _, starved in times],
+                "idle_share": round(sum(idle for _, idle, _ in times) / total, 4) if total else None,
+                "starved_share": round(sum(s for _, _, s in times) / total, 4) if total else None}
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -660,6 +731,9 @@ class ProcessRunner:
                 else _exit_reason(process.exitcode)
             name = worker.name()
             lost, worker.held = worker.held, []
+            if lost:  # its time on them counts as busy; its restart's model load as nothing
+                worker.clock.claim_done(lost[0].sent_at, time.monotonic())
+            worker.clock.until = None
             was_loading = worker.state == "starting"
             worker.state = "dead"
             worker.deaths += 1
@@ -711,6 +785,7 @@ class ProcessRunner:
             task = self._queue.pop(0)
             if not worker.held:  # the hang clock starts when work starts
                 worker.last_beat = time.monotonic()
+            task.sent_at = time.monotonic()
             worker.held.append(task)
             assert worker.outbox is not None
             worker.outbox.put((task.id, task.texts))  # if it died just now, its sentinel fails the task
@@ -743,8 +818,8 @@ def check_options(backend: str, options: dict[str, object], takes: str) -> None:
 
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,
-         threads_per_worker: int | None = None, prefetch: int = 1, max_restarts: int | None = None,
-         **options: object) -> ProcessRunner:
+         threads_per_worker: int | None = None, prefetch: int = 1, claims_per_worker: int = 2,
+         max_restarts: int | None = None, **options: object) -> ProcessRunner:
     """Start the workers and return once the first has loaded the model (the rest load meanwhile)."""
     check_options("processes", options, "--workers and --threads-per-worker")
     if workers is not None and workers < 1:
@@ -755,4 +830,4 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object], worke
     spec = WorkerSpec(model=model, batch_size=batch_size, embedder_options=dict(embedder_options),
                       threads=threads)
     return ProcessRunner([spec] * n, [f"worker {i}" for i in range(n)], prefetch=prefetch,
-                         max_restarts=max_restarts)
+                         claims_per_worker=claims_per_worker, max_restarts=max_restarts)
