@@ -202,6 +202,7 @@ class Manifest:
             raise _database_error(path, exc) from exc
         self._scan_tables_ready = False
         self._scan_grouped = False  # within `scanning`: batches share write transactions
+        self._scan_mid_batch = False  # a scan_batch began and did not return
         self._scan_txn_rows: int | None = None  # rows the scan's open write transaction holds; None: none
         self._scan_written = 0  # rows the scan's earlier transactions committed
 
@@ -379,6 +380,12 @@ class Manifest:
 
         With a `chunker`, a new text longer than its budget is stored as a whole of chunks
         (`split`), or marked truncated (`split=False`: an unchunked index counts what it cuts)."""
+        self._scan_mid_batch = True  # (left set by an exception: `scanning` rolls back)
+        self._scan_batch(items, counts, dry_run, max_warnings, chunker, split)
+        self._scan_mid_batch = False
+
+    def _scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, dry_run: bool,
+                    max_warnings: int, chunker: Chunker | None, split: bool) -> None:
         self._ensure_scan_tables()
         if not items:
             return
@@ -514,20 +521,20 @@ class Manifest:
     def scanning(self) -> Iterator[None]:
         """A scan (`begin_scan`, then `scan_batch` for each batch) whose batches share write
         transactions: one is committed once it holds as many rows as the scan committed before (at
-        least `Settings.scan_batch`, at most 8 times that), and the last when the block ends; an
-        exception rolls the open one back. New rows land on pages all over the hash-keyed tables,
-        and each commit writes every page it changed to the log: the fewer the commits, the fewer
-        times a page is written. A page cache as large as the embed phase's keeps those pages between
-        batches. A kill loses the scan work of the open transaction, which the next sync redoes."""
+        least `Settings.scan_batch`, at most 8 times that), and the last when the block ends, or when
+        an exception stops it between two batches (a source that broke off: what was read before is
+        kept); an exception inside a batch rolls the open one back. New rows land on pages all over
+        the hash-keyed tables, and each commit writes every page it changed to the log: the fewer the
+        commits, the fewer times a page is written. A page cache as large as the embed phase's keeps
+        those pages between batches. A kill loses the scan work of the open transaction, which the
+        next sync redoes."""
         self.begin_scan()
-        self._scan_grouped = True
-        finished = False
+        self._scan_grouped, self._scan_mid_batch = True, False
         try:
             yield
-            finished = True
         finally:
             self._scan_grouped = False
-            self._end_scan_transaction(commit=finished)
+            self._end_scan_transaction(commit=not self._scan_mid_batch)
 
     def _scan_writes(self) -> AbstractContextManager[sqlite3.Connection]:
         """A scan batch's writes to the main tables: in the open transaction of `scanning`, or one
@@ -547,7 +554,7 @@ class Manifest:
         self._scan_txn_rows += rows
         batch = self.settings.scan_batch
         if self._scan_txn_rows >= min(8 * batch, max(batch, self._scan_written)):
-            self._end_scan_transaction(commit=True)
+            self._end_scan_transaction(commit=not self._scan_mid_batch)
 
     def _end_scan_transaction(self, *, commit: bool) -> None:
         rows, self._scan_txn_rows = self._scan_txn_rows, None

@@ -403,3 +403,34 @@ def test_commit_many_fences_each_claim_alone(manifest: Manifest) -> None:
         assert set(content_states(manifest).values()) == {"done"}
     finally:
         other.close()
+
+
+class _BrokenChunker:
+    """A fake chunker that fails, as anything inside a scan batch may (a unit-test seam, no model)."""
+
+    def split_many(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        raise RuntimeError("broke inside the batch")
+
+
+def test_a_scan_keeps_the_batches_before_a_stop_between_them_and_none_of_a_batch_cut_short(
+        manifest: Manifest) -> None:
+    """`scanning` shares one write transaction between batches. Stopped between two batches (a source
+    that broke off), it commits what was scanned; stopped inside a batch, whose statements are half
+    done, it rolls the open transaction back, the whole batches before it included."""
+    def live() -> list[str]:
+        return sorted(i for (i,) in manifest.conn.execute("SELECT id FROM documents"))
+
+    with pytest.raises(RuntimeError, match="broke off"), manifest.scanning():
+        manifest.scan_batch(records({"a": "alpha", "b": "beta"}), ScanCounts())
+        assert manifest.conn.in_transaction  # not committed per batch
+        raise RuntimeError("the source broke off")
+    assert live() == ["a", "b"] and not manifest.conn.in_transaction
+    with pytest.raises(RuntimeError, match="inside the batch"), manifest.scanning():
+        manifest.scan_batch(records({"c": "gamma"}), ScanCounts())
+        manifest.scan_batch(records({"d": "delta"}), ScanCounts(),
+                            chunker=_BrokenChunker(), split=True)  # type: ignore[arg-type]
+    assert live() == ["a", "b"] and not manifest.conn.in_transaction
+    assert manifest.counts_problems() == []
+    with manifest.scanning():
+        manifest.scan_batch(records({"c": "gamma"}), ScanCounts())
+    assert live() == ["a", "b", "c"] and manifest.status_counts()["pending"] == 3

@@ -173,8 +173,8 @@ def test_processes_equal_inline_bit_for_bit_and_embed_each_content_once(tmp_path
     docs = corpus(3000, distinct=1700)
     settings = Settings(chunk_rows=128)
     runner = processes(2)
-    # each worker holds two claims (one embedding, the next in its pipe), plus one waiting in the runner
-    assert runner.capacity == 5 and runner.info.model == MODEL
+    # each worker holds one claim, plus one waiting in the runner
+    assert runner.capacity == 3 and runner.info.model == MODEL
     pids = runner.pids
     assert len(set(pids)) == 2 and os.getpid() not in pids
     watched = Watched(runner)

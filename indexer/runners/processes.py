@@ -1,7 +1,7 @@
 """The process-pool runner: N worker processes on this machine, each with its own copy of the model.
 
     make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
-         claims_per_worker=2, max_restarts=None)
+         claims_per_worker=1, max_restarts=None)
 
 Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
 that has started torch, SQLite or threads is unsafe). Each loads the model once with
@@ -20,13 +20,14 @@ Defaults, with C the CPUs this process may use (its affinity mask):
 With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
 the default is therefore 2 workers x 1 thread.
 
-Scheduling: each worker holds up to `claims_per_worker` (default 2) claims: the one it embeds and the
-next, already in its pipe (a thread receives it meanwhile), so that it takes up the next claim the
-moment it has sent a result, without waiting for the round trip through the driver. `capacity` =
-workers x claims_per_worker + `prefetch` (default 1): one more waits in the runner. A worker that dies
-loses the claims it holds (both go back to pending). With one claim per worker, each worker waited for
-every next claim to come through the driver, a measurable share of its time with a fast model even with
-work queued ahead (stats(): `starved_share`; tests/test_worker_time.py, bench/RESULTS.md).
+Scheduling: each worker holds up to `claims_per_worker` (default 1) claims; `capacity` = workers x
+claims_per_worker + `prefetch` (default 1): one more waits in the runner and goes to the first worker
+free. With one claim a worker, a worker that dies loses one claim (DESIGN.md: after a crash at most one
+claim per worker is redone), and waits for each next claim's round trip through the driver: with the
+fake model and claims of a few tens of milliseconds, 5-7% of its time even with work queued ahead
+(stats(): `starved_share`; tests/test_worker_time.py, bench/bench_pool.py). Two claims a worker (the
+next already in its pipe, a thread receiving it meanwhile) remove that wait, at the price of that
+bound; the gpus runner takes two, to tokenize the next claim while the first is embedded.
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
@@ -818,7 +819,7 @@ def check_options(backend: str, options: dict[str, object], takes: str) -> None:
 
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,
-         threads_per_worker: int | None = None, prefetch: int = 1, claims_per_worker: int = 2,
+         threads_per_worker: int | None = None, prefetch: int = 1, claims_per_worker: int = 1,
          max_restarts: int | None = None, **options: object) -> ProcessRunner:
     """Start the workers and return once the first has loaded the model (the rest load meanwhile)."""
     check_options("processes", options, "--workers and --threads-per-worker")
