@@ -554,7 +554,7 @@ class Manifest:
         self._scan_txn_rows += rows
         batch = self.settings.scan_batch
         if self._scan_txn_rows >= min(8 * batch, max(batch, self._scan_written)):
-            self._end_scan_transaction(commit=not self._scan_mid_batch)
+            self._end_scan_transaction(commit=True)
 
     def _end_scan_transaction(self, *, commit: bool) -> None:
         rows, self._scan_txn_rows = self._scan_txn_rows, None

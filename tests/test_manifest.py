@@ -6,10 +6,12 @@ Two `Manifest` objects on one file stand for two workers (each its own SQLite co
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -434,3 +436,24 @@ def test_a_scan_keeps_the_batches_before_a_stop_between_them_and_none_of_a_batch
     with manifest.scanning():
         manifest.scan_batch(records({"c": "gamma"}), ScanCounts())
     assert live() == ["a", "b", "c"] and manifest.status_counts()["pending"] == 3
+
+
+def test_a_scan_commits_as_it_grows_with_what_it_committed_before(tmp_path: Path) -> None:
+    """`scanning` commits its shared transaction once it holds as many rows as the scan committed
+    before (at least one batch, at most eight): with batches of 2 rows, after rows 2, 4, 8, 16, 32, 48
+    ... A second connection sees each commit as it happens, and the scan's end commits the rest."""
+    m = Manifest(tmp_path / "manifest.sqlite", replace(SETTINGS, scan_batch=2), create=True)
+    other = sqlite3.connect(tmp_path / "manifest.sqlite")
+    seen: list[int] = []
+    try:
+        with m.scanning():
+            for n in range(30):
+                m.scan_batch(records({f"d{2 * n}": f"text {2 * n}", f"d{2 * n + 1}": f"text {2 * n + 1}"}),
+                             ScanCounts())
+                seen.append(other.execute("SELECT count(*) FROM documents").fetchone()[0])
+        assert seen[:8] == [2, 4, 4, 8, 8, 8, 8, 16] and seen[-1] == 48, seen
+        assert other.execute("SELECT count(*) FROM documents").fetchone()[0] == 60
+        assert m.counts_problems() == [] and m.status_counts()["pending"] == 60
+    finally:
+        other.close()
+        m.close()
