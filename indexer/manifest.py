@@ -544,8 +544,8 @@ class Manifest:
         if self._scan_txn_rows is None:
             if not self._scan_written:
                 self.conn.execute("PRAGMA cache_size = -65536")  # KiB: as prepare_for_claims
+            self._scan_txn_rows = 0  # first: a stop signal just after BEGIN must find it to roll back
             self.conn.execute("BEGIN IMMEDIATE")
-            self._scan_txn_rows = 0
         return contextlib.nullcontext(self.conn)
 
     def _scan_grew(self, rows: int) -> None:
@@ -558,13 +558,18 @@ class Manifest:
 
     def _end_scan_transaction(self, *, commit: bool) -> None:
         rows, self._scan_txn_rows = self._scan_txn_rows, None
-        if rows is None or not self.conn.in_transaction:
-            return
-        if commit:
-            self.conn.execute("COMMIT")
-            self._scan_written += rows
-        else:
-            self.conn.execute("ROLLBACK")
+        try:
+            if not self.conn.in_transaction:  # (a stop signal may land before BEGIN took effect)
+                return
+            if commit and rows is not None:
+                self.conn.execute("COMMIT")
+                self._scan_written += rows
+            else:
+                self.conn.execute("ROLLBACK")
+        except BaseException:  # a stop signal here must not leave the transaction open
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def missing_ids_count(self) -> int:
         """Live documents the scan that just ran did not see."""

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -456,4 +457,42 @@ def test_a_scan_commits_as_it_grows_with_what_it_committed_before(tmp_path: Path
         assert m.counts_problems() == [] and m.status_counts()["pending"] == 60
     finally:
         other.close()
+        m.close()
+
+
+class _StopAfterBegin(sqlite3.Connection):
+    """A connection that raises KeyboardInterrupt just after a BEGIN IMMEDIATE took effect, once armed,
+    as a stop signal landing there would (a fake for this unit test: no signal is sent)."""
+
+    armed = False
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        cursor = super().execute(sql, parameters)
+        if self.armed and sql == "BEGIN IMMEDIATE":
+            self.armed = False
+            raise KeyboardInterrupt
+        return cursor
+
+
+class _ManifestStoppedAfterBegin(Manifest):
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               factory=_StopAfterBegin)
+
+
+def test_a_stop_just_after_the_scan_began_its_transaction_leaves_none_open(tmp_path: Path) -> None:
+    """A stop signal landing just after the scan's BEGIN: the scan's end rolls that transaction back,
+    so that the run can still be recorded (a transaction left open failed the next one)."""
+    m = _ManifestStoppedAfterBegin(tmp_path / "manifest.sqlite", SETTINGS, create=True)
+    try:
+        conn = m.conn
+        assert isinstance(conn, _StopAfterBegin)
+        conn.armed = True
+        with pytest.raises(KeyboardInterrupt), m.scanning():
+            m.scan_batch(records({"a": "alpha"}), ScanCounts())
+        assert not conn.in_transaction
+        run = m.start_run()  # a write transaction of its own
+        m.finish_run(run, "interrupted", {})
+        assert m.live_count() == 0
+    finally:
         m.close()

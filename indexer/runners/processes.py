@@ -706,12 +706,14 @@ class ProcessRunner:
     def _work_time(self) -> dict[str, object]:
         """The busy and idle part of stats() (under the lock)."""
         now = self._closed_at if self._closed_at is not None else time.monotonic()
-        times = [w.clock.so_far(w.held[0].sent_at if w.held and w.state == "ready" else None, now,
-                                self._last_submit) for w in self.workers]
+        # Rounded to the millisecond first, so that the shares are those of the figures reported.
+        times = [tuple(round(t, 3) for t in w.clock.so_far(
+            w.held[0].sent_at if w.held and w.state == "ready" else None, now, self._last_submit))
+            for w in self.workers]
         total = sum(busy + idle for busy, idle, _ in times)
-        return {"busy_seconds_per_worker": [round(busy, 3) for busy, _, _ in times],
-                "idle_seconds_per_worker": [round(idle, 3) for _, idle, _ in times],
-                "starved_seconds_per_worker": [round(starved, 3) for _, _, starved in times],
+        return {"busy_seconds_per_worker": [busy for busy, _, _ in times],
+                "idle_seconds_per_worker": [idle for _, idle, _ in times],
+                "starved_seconds_per_worker": [starved for _, _, starved in times],
                 "idle_share": round(sum(idle for _, idle, _ in times) / total, 4) if total else None,
                 "starved_share": round(sum(s for _, _, s in times) / total, 4) if total else None}
 
