@@ -17,8 +17,8 @@ keep up with the workers.
 
 Part 2, the pool alone, no driver: `--pool-claims` claims of `--pool-rows` texts (the size of a group
 the driver submits with the fake model) submitted at once to a ProcessRunner (fake:384), so that work is
-always queued: docs/s and the starved share with one claim per worker (what the runner did before) and
-two (now). Here any starved time is the runner's own hand-over between claims.
+always queued: docs/s and the starved share with one claim per worker (the default) and two
+(`claims_per_worker=2`). Here any starved time is the runner's own hand-over between claims.
 
 Corpus: the first N lines of corpus_100000.jsonl (see bench/bench_driver.py, `--data`).
 """
