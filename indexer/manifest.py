@@ -626,8 +626,8 @@ class Manifest:
             return int(conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0])
 
     def prepare_for_claims(self) -> None:
-        """Tune this connection for a run of claims and commits, whose commits rewrite rows spread
-        over the whole file (contents and documents are keyed by hash and id).
+        """Tune this connection for a run of claims and commits, whose commits rewrite documents
+        spread over the whole file (keyed by id, found by their content's hash).
         A larger page cache keeps those pages between claims; a rarer checkpoint writes a page that
         many commits changed back to the database once (and fsyncs once). The price: a WAL of up to
         `Settings.wal_limit_mib` on disk while the sync runs (it ends emptied: `finish_run`), and a
@@ -744,8 +744,7 @@ class Manifest:
                 _count_refusals(conn, len(refused))
             conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)",
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
-            # The staged rows in claim order, the contents rows in key order: consecutive statements
-            # land on neighbouring pages.
+            # In claim order: consecutive statements land on neighbouring pages of staged and contents.
             seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
             done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
             conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
