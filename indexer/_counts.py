@@ -1,12 +1,14 @@
 """The status counts (`state_counts`, migrations/0008), kept in the transactions that change them.
 
-A content changing state (failures, retries, repairs, wholes settling) is counted by the trigger of
-0008 (0009): those transactions touch few rows, and the trigger keeps every such path exact. A commit
-marks thousands of contents done at once and counts them with `commit_done`, in one query.
+A content changing state (failures, retries, repairs, wholes settling) is counted by the trigger
+(0008, redefined by 0009): those transactions touch few rows, and the trigger keeps every such path
+exact. A commit marks thousands of contents done at once and counts them together (`commit_done`,
+with the documents its own update served).
 The scan, delete-missing and compact add, change and drop rows by the thousand; a trigger there would
 cost a few statements a row (it doubled a scan's SQL time, bench/RESULTS.md), so they count once per
-statement with the functions below, inside their own write transactions. Claimed contents are kept
-with the pending ones (`BUCKET`). These functions run inside the Manifest's transactions.
+statement with the functions below, inside their own write transactions. A content 'claimed' (a
+state only a manifest from before 0009 holds, read as it is) counts with the pending ones
+(`BUCKET`). These functions run inside the Manifest's transactions.
 """
 
 from __future__ import annotations

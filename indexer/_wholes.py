@@ -122,11 +122,16 @@ def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[st
     return out
 
 
+def has_wholes(conn: sqlite3.Connection) -> bool:
+    """Whether the index holds any long document (one lookup)."""
+    return conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is not None
+
+
 def settle(conn: sqlite3.Connection, chunk_hashes: Iterable[bytes]) -> None:
     """After a commit: the wholes with any of these chunks take their new state, and the documents
     whose whole is now done serve it."""
     chunk_hashes = list(chunk_hashes)
-    if not chunk_hashes or conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is None:
+    if not chunk_hashes or not has_wholes(conn):
         return  # an index without long documents pays one lookup a commit
     _settling(conn)
     conn.executemany("INSERT OR IGNORE INTO settling SELECT whole FROM text_chunks WHERE hash = ?",

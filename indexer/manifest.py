@@ -543,7 +543,7 @@ class Manifest:
             return self._write()
         if self._scan_txn_rows is None:
             if not self._scan_written:
-                self.conn.execute("PRAGMA cache_size = -65536")  # KiB: as prepare_for_claims
+                self._grow_page_cache()
             self._scan_txn_rows = 0  # first: a stop signal just after BEGIN must find it to roll back
             self.conn.execute("BEGIN IMMEDIATE")
         return contextlib.nullcontext(self.conn)
@@ -631,10 +631,15 @@ class Manifest:
         A larger page cache keeps those pages between claims; a rarer checkpoint writes a page that
         many commits changed back to the database once (and fsyncs once). The price: a WAL of up to
         `Settings.wal_limit_mib` on disk while the sync runs (it ends emptied: `finish_run`), and a
-        power cut (not a crash) may return more of the last commits to pending. Only here: a scan
-        reads once through and should keep its memory flat."""
-        self.conn.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB, allocated as pages are read
+        power cut (not a crash) may return more of the last commits to pending."""
+        self._grow_page_cache()
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
+
+    def _grow_page_cache(self) -> None:
+        """The page cache of a connection that writes rows all over the file: claims and commits, a
+        scan that adds documents. A scan that only reads (a resync with no change) keeps the default,
+        and its memory flat."""
+        self.conn.execute("PRAGMA cache_size = -65536")  # KiB: 64 MiB, allocated as pages are read
 
     def claim(self, limit: int, owner: str | None = None, on_chunk: object = None) -> Claim | None:
         """Lease up to `limit` pending contents of similar length and give them one fresh chunk.
@@ -772,7 +777,7 @@ class Manifest:
                 # The claim's other contents (failed by the backend, not by their text) are free again.
                 free_claimed(conn, f.claim.id)
             # Long documents whose last chunk this was are served now (or failed, with it).
-            _wholes.settle(conn, [h for _, h, _, _ in done] + [h for f in fenced for h, _ in f.failed])
+            _wholes.settle(conn, hashes + [h for f in fenced for h, _ in f.failed])
             crash_point("mid-commit")
             conn.executemany("UPDATE claims SET state = 'committed' WHERE id = ?",
                              ((f.claim.id,) for f in fenced))
@@ -1108,8 +1113,9 @@ _COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
 def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
     """state -> (contents, documents, chunks, truncated) as `state_counts` keeps them
     (migrations/0008 says what each is), counted from the rows. Documents by the state of their
-    content: all of them through the index of documents by hash (in hash order, as contents are),
-    less the deleted ones; a join from each document to its content would probe contents at random."""
+    content: all of them through the index of documents by hash (in hash order, as the index of
+    contents by hash is), less the deleted ones; a join from each document to its content would probe
+    contents at random."""
     out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
     for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c WHERE parts = 0 "
                                  "GROUP BY 1"):

@@ -19,6 +19,7 @@ from typing import Any, overload
 import numpy as np
 
 from ._sql import in_batches
+from ._wholes import has_wholes
 from .errors import ChunkMissingError, ManifestError, StoreError
 from .store import VectorStore
 
@@ -53,9 +54,9 @@ def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray, li
     That join looks each document's content up by hash, a random B-tree probe per document, then
     sorts: fine at 1M, but superlinear once the manifest outgrows SQLite's cache (bench/RESULTS.md,
     scale simulation). Here each table is read once in its own order instead (contents through the
-    covering index on slot, so already in slot order; documents in id order) and joined in numpy on
-    the hash. Only contents of documents that fit have a slot (a whole's vector is its chunks'), so
-    the slot index holds exactly the contents `_SINGLE` may join."""
+    index on slot, whose rows lie in claim order, as slots were given; documents in id order) and
+    joined in numpy on the hash. Only contents of documents that fit have a slot (a whole's vector is
+    its chunks'), so the slot index holds exactly the contents `_SINGLE` may join."""
     c_hashes, c_slots = _columns(conn.execute("SELECT hash, slot FROM contents WHERE slot IS NOT NULL"))
     ids: list[str] = []
     d_parts: list[bytes] = []
@@ -127,7 +128,7 @@ def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] 
         ids, slots, hashes = _served_singles(conn)
     # The chunked query probes contents once per document: skipped where there is no long document.
     chunked = conn.execute(f"SELECT d.id, t.ordinal, p.slot, p.hash {_CHUNKED}{where} ORDER BY d.id, "
-                           "t.ordinal", params).fetchall() if where or _has_wholes(conn) else []
+                           "t.ordinal", params).fetchall() if where or has_wholes(conn) else []
     groups: list[int] = []  # the slots of the long documents' rows: -1 - their group
     starts: list[int] = []
     parts: list[int] = []
@@ -143,10 +144,6 @@ def _documents(conn: sqlite3.Connection, where: str = "", params: Sequence[str] 
     starts.append(len(parts))
     return _Rows(ids, np.concatenate((slots, np.array(groups, dtype=np.int64))),
                  np.array(starts, dtype=np.int64), np.array(parts, dtype=np.int64), hashes, part_hashes)
-
-
-def _has_wholes(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is not None
 
 
 def _document_rows(conn: sqlite3.Connection) -> tuple[_Rows]:
