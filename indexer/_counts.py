@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
-from ._sql import in_batches
+import orjson
 
 # The row of state_counts a content's state is counted in.
 BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
@@ -65,16 +65,16 @@ def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, obje
                                            params, with_sql=items))
 
 
-def commit_done(conn: sqlite3.Connection, hashes: Sequence[bytes], documents: int) -> None:
-    """A commit marked these plain contents (pending until then) done: they and the `documents` live
-    documents that have them move from pending to done (the trigger leaves the commit's rows alone:
-    they get their slot in the same statement)."""
+def commit_done(conn: sqlite3.Connection, seqs: Sequence[int], documents: int) -> None:
+    """A commit marked the plain contents numbered `seqs`, pending until then, done:
+    they and the `documents` live documents that have them move from pending to done (the trigger
+    leaves the commit's rows alone: they get their slot in the same statement)."""
     truncated = 0
     if conn.execute("SELECT truncated FROM state_counts WHERE state = 'pending'").fetchone()[0]:
-        for part, marks in in_batches(hashes):  # (only an index that does not chunk truncates)
-            truncated += conn.execute(f"""SELECT count(*) FROM documents d JOIN contents c
-                ON c.hash = d.hash WHERE d.hash IN ({marks}) AND d.deleted = 0 AND c.truncated""",
-                part).fetchone()[0]
+        # (only an index that does not chunk truncates)
+        truncated = conn.execute("""SELECT count(*) FROM documents d JOIN contents c ON c.seq = d.seq
+            WHERE d.seq IN (SELECT value FROM json_each(?)) AND d.deleted = 0 AND c.truncated""",
+            (orjson.dumps(list(seqs)),)).fetchone()[0]
     for state, sign in (("pending", -1), ("done", 1)):
-        add(conn, state, contents=sign * len(hashes))
+        add(conn, state, contents=sign * len(seqs))
         add_documents(conn, [(state, documents, documents, truncated)], sign=sign)

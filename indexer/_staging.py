@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+import orjson
+
 from . import _counts
 from ._sql import in_batches
 
@@ -39,8 +41,11 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         return 0
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
     seq_of.update((h, first + i) for i, h in enumerate(new))
-    conn.executemany("INSERT INTO contents (seq, hash, chars, truncated) VALUES (?, ?, ?, ?)",
-                     ((seq_of[h], h, distinct[h][0], distinct[h][2]) for h in new))
+    # One statement for all the rows, not one a row (each opens and closes a statement journal).
+    conn.execute("""INSERT INTO contents (seq, hash, chars, truncated) SELECT :first + key,
+        substr(:hashes, key * 16 + 1, 16), value ->> 0, value ->> 1 FROM json_each(:rows)""",
+                 {"first": first, "hashes": b"".join(new),
+                  "rows": orjson.dumps([distinct[h][::2] for h in new])})
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
                      sorted((seq, h, distinct[h][1]) for h, seq in seq_of.items()))
     _counts.add(conn, "pending", contents=len(new))

@@ -152,7 +152,7 @@ def _settling(conn: sqlite3.Connection) -> None:
 
 def _apply(conn: sqlite3.Connection) -> None:
     conn.execute(_SETTLE)
-    conn.execute("""UPDATE documents SET ready_hash = hash WHERE hash IN (SELECT s.hash FROM settling s
+    conn.execute("""UPDATE documents SET ready_hash = hash WHERE seq IN (SELECT c.seq FROM settling s
                     JOIN contents c ON c.hash = s.hash WHERE c.state = 'done')""")
 
 

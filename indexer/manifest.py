@@ -112,6 +112,18 @@ _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
     UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
 
+# A commit's embedded rows, :done a JSON array of [seq, slot] in seq order and :hashes their hashes
+# end to end. "+contents.hash": each row is found by its number, its hash checked.
+_DONE_CONTENTS_UPDATE = """UPDATE contents SET state = 'done', slot = j.value ->> 1, error = NULL
+    FROM json_each(:done) j WHERE contents.seq = j.value ->> 0
+    AND +contents.hash = substr(:hashes, j.key * 16 + 1, 16)"""
+
+# Documents whose content number (documents.seq, migrations/0010) is not that of the content with their
+# hash: none, unless the file was changed by hand. A deleted document may have none: compact dropped
+# its content (and a later scan may have added that text again, for another document).
+_MISNUMBERED = """WHERE d.seq IS NOT (SELECT c.seq FROM contents c WHERE c.hash = d.hash)
+    AND (d.deleted = 0 OR d.seq IS NOT NULL)"""
+
 _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"""
 
@@ -507,12 +519,13 @@ class Manifest:
             counts.to_embed += staged.write(conn)
             params["todo"] = orjson.dumps([k for k, _ in todo])
             _counts.batch_leaves(conn, _ITEMS, params)
-            conn.executemany("""
-                INSERT INTO documents (id, hash, ready_hash) VALUES (?1, ?2,
-                    (SELECT hash FROM contents WHERE hash = ?2 AND state = 'done'))
-                ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, deleted = 0,
-                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
-                             ((records[k].id, hashes[k]) for k, _ in todo))
+            # In id order: a batch's documents land on neighbouring pages.
+            conn.execute(_ITEMS + """INSERT INTO documents (id, hash, seq, ready_hash)
+                SELECT i.id, i.hash, c.seq, iif(c.state = 'done', c.hash, NULL)
+                FROM items i JOIN contents c ON c.hash = i.hash
+                WHERE i.key IN (SELECT value FROM json_each(:todo)) ORDER BY i.id
+                ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
+                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""", params)
             _counts.batch_enters(conn, _ITEMS, params)
         self._scan_grew(len(todo))
         crash_point("mid-scan")
@@ -754,15 +767,17 @@ class Manifest:
             done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
             conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
                              ((seq, cid) for seq, _, _, cid in done))
-            conn.executemany("""UPDATE contents SET state = 'done', slot = ?3, error = NULL
-                                WHERE seq = ?1 AND hash = ?2""", ((seq, h, slot) for seq, h, slot, _ in done))
+            # One statement for all the rows, not one a row: a statement on a table with a trigger and
+            # unique indexes opens and closes a statement journal each time it runs.
+            conn.execute(_DONE_CONTENTS_UPDATE, {
+                "done": orjson.dumps([[seq, slot] for seq, _, slot, _ in done]),
+                "hashes": b"".join(h for _, h, _, _ in done)})
             hashes = sorted(h for _, h, _, _ in done)
-            live = 0  # documents served from now on (the commit counts them: _counts.commit_done)
-            for part, marks in in_batches(hashes):
-                served = conn.execute(f"UPDATE documents SET ready_hash = hash WHERE hash IN ({marks}) "
-                                      "RETURNING deleted", part)
-                live += sum(not deleted for (deleted,) in served)
-            _counts.commit_done(conn, hashes, live)
+            seqs = [seq for seq, _, _, _ in done]
+            served = conn.execute("""UPDATE documents SET ready_hash = hash
+                WHERE seq IN (SELECT value FROM json_each(?)) RETURNING deleted""", (orjson.dumps(seqs),))
+            live = sum(not deleted for (deleted,) in served)  # documents served from now on
+            _counts.commit_done(conn, seqs, live)
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
             for f in fenced:
                 for h, reason in f.failed:
@@ -880,7 +895,11 @@ class Manifest:
             return []
         with self._snapshot() as conn:
             kept, actual = self._kept_counts(conn), _recount(conn)
+            misnumbered = conn.execute(f"SELECT count(*) FROM documents d {_MISNUMBERED}").fetchone()[0]
         out = []
+        if misnumbered:  # the counts and commits find documents by their content's number
+            out.append(f"{misnumbered} document(s) point at their content by a number (documents.seq) "
+                       "that is not its own")
         for state, counted in actual.items():
             for column, was, now in zip(_COUNT_COLUMNS, kept.get(state, (0, 0, 0, 0)), counted, strict=True):
                 if was != now:
@@ -889,8 +908,11 @@ class Manifest:
         return out
 
     def recount(self) -> None:
-        """Set the kept counts from a recount of the rows (`verify --repair`)."""
+        """Set the kept counts from a recount of the rows, each document's content number from its
+        hash first (`verify --repair`)."""
         with self._write() as conn:
+            conn.execute(f"""UPDATE documents AS d SET seq = (SELECT seq FROM contents WHERE hash = d.hash)
+                             {_MISNUMBERED}""")
             conn.execute("DELETE FROM state_counts")
             conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
                              ((state, *row) for state, row in _recount(conn).items()))
@@ -1021,6 +1043,9 @@ class Manifest:
             # content that is gone, or that comes back later not done, without a slot.
             conn.execute("""UPDATE documents SET ready_hash = NULL WHERE ready_hash IS NOT NULL
                 AND ready_hash NOT IN (SELECT hash FROM contents)""")
+            # Nor by number: a number freed may be given to a new content (documents.seq, 0010).
+            conn.execute("""UPDATE documents SET seq = NULL WHERE deleted != 0 AND seq IS NOT NULL
+                AND seq NOT IN (SELECT seq FROM contents)""")
             return dropped
 
     def allocate_chunk(self, on_chunk: object = None) -> int:
@@ -1112,18 +1137,16 @@ _COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
 
 def _recount(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
     """state -> (contents, documents, chunks, truncated) as `state_counts` keeps them
-    (migrations/0008 says what each is), counted from the rows. Documents by the state of their
-    content: all of them through the index of documents by hash (in hash order, as the index of
-    contents by hash is), less the deleted ones; a join from each document to its content would probe
-    contents at random."""
+    (migrations/0008 says what each is), counted from the rows: documents by the state of the content
+    with their hash (not by the content number the kept counts follow, which `counts_problems`
+    checks apart)."""
     out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
     for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c WHERE parts = 0 "
                                  "GROUP BY 1"):
         out[state][0] = n
-    for sign, sql in ((1, "FROM contents c JOIN documents d INDEXED BY documents_by_hash ON d.hash = c.hash"),
-                      (-1, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted != 0")):
-        for state, *values in _counts.documents_by_state(conn, sql):
-            out[state][1:] = [a + sign * b for a, b in zip(out[state][1:], values, strict=True)]
+    for state, *values in _counts.documents_by_state(
+            conn, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0"):
+        out[state][1:] = values
     out["deleted"][1] = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
     return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}
 

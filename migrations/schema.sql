@@ -33,8 +33,10 @@ CREATE TABLE documents (
     hash       BLOB NOT NULL,            -- the content the source holds now
     ready_hash BLOB,                     -- the content whose vector is served; NULL before the first
     deleted    INTEGER NOT NULL DEFAULT 0
+    -- added by 0010: contents.seq of `hash` (NULL only for a deleted document whose content is gone)
+    , seq INTEGER
 ) WITHOUT ROWID;
-CREATE INDEX documents_by_hash ON documents (hash, deleted);  -- deleted: since 0008 (status counts)
+CREATE INDEX documents_by_content ON documents (seq, deleted);  -- deleted: the status counts read it
 
 CREATE TABLE text_chunks (
     whole      BLOB NOT NULL,            -- contents.hash of the whole document text (parts > 0)
@@ -141,11 +143,11 @@ BEGIN
     UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
         state_counts.contents - (old.parts = 0), state_counts.documents - count(*),
         state_counts.chunks - count(*) * max(old.parts, 1), state_counts.truncated - count(*) * old.truncated
-        FROM documents WHERE hash = old.hash AND deleted = 0)
+        FROM documents WHERE seq = old.seq AND deleted = 0)
     WHERE state = old.state;
     UPDATE state_counts SET (contents, documents, chunks, truncated) = (SELECT
         state_counts.contents + (new.parts = 0), state_counts.documents + count(*),
         state_counts.chunks + count(*) * max(new.parts, 1), state_counts.truncated + count(*) * new.truncated
-        FROM documents WHERE hash = new.hash AND deleted = 0)
+        FROM documents WHERE seq = new.seq AND deleted = 0)
     WHERE state = new.state;
 END;

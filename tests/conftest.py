@@ -143,8 +143,8 @@ def assert_same_vectors(a: Path, b: Path) -> None:
 def downgrade_to_schema_1(manifest: Path) -> None:
     """Make a manifest look as an indexer of schema version 1 left it: drop every table and trigger that
     a later migration created and the ledger rows of those migrations, and give `contents` (texts
-    back from `staged`) and `claims` their first shape. (0005's columns of `contents` need not go: 0003
-    rebuilds it from its first eight columns anyway.)"""
+    back from `staged`), `claims` and `documents` (and its index) their first shape. (0005's columns
+    of `contents` need not go: 0003 rebuilds it from its first eight columns anyway.)"""
     import sqlite3
 
     from indexer.manifest import migrations_dir
@@ -154,6 +154,8 @@ def downgrade_to_schema_1(manifest: Path) -> None:
     original = {n for (n,) in first.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     contents_sql = [sql for (sql,) in first.execute(
         "SELECT sql FROM sqlite_master WHERE tbl_name = 'contents' AND sql IS NOT NULL ORDER BY type DESC")]
+    documents_index_sql = [sql for (sql,) in first.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = 'documents' AND type = 'index' AND sql IS NOT NULL")]
     first.close()
     conn = sqlite3.connect(manifest, isolation_level=None)
     later = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -167,7 +169,10 @@ def downgrade_to_schema_1(manifest: Path) -> None:
                             FROM contents_later c LEFT JOIN staged s USING (seq) WHERE c.parts = 0;
                             DROP TABLE contents_later;
                             ALTER TABLE claims DROP COLUMN first_seq;
-                            ALTER TABLE claims DROP COLUMN last_seq; """
+                            ALTER TABLE claims DROP COLUMN last_seq;
+                            DROP INDEX documents_by_content;
+                            ALTER TABLE documents DROP COLUMN seq; """
+                       + "".join(f"{sql}; " for sql in documents_index_sql)
                        + "".join(f'DROP TABLE "{n}"; ' for n in later)
                        + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
     conn.close()

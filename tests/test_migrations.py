@@ -107,7 +107,8 @@ def test_manifest_upgrades_an_old_database_step_by_step(tmp_path: Path) -> None:
     upgraded = schema_of(old)  # opening it runs 0002 ... N
     assert upgraded == schema_of(fresh(tmp_path / "fresh.sqlite"))
     assert ledger(old) == [(int(f.name[:4]), f.stem) for f in numbered()]
-    assert table_rows(old, "documents") == [("doc", b"\x00", None, 0)]
+    (seq,) = [row[0] for row in table_rows(old, "contents")]
+    assert table_rows(old, "documents") == [("doc", b"\x00", None, 0, seq)]  # seq: its content's (0010)
     # reopening applies nothing twice
     before = table_rows(old, "schema_migrations")
     schema_of(old)
