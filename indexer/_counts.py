@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from ._staging import Content
 
 # The row of state_counts a content's state is counted in.
 BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
@@ -59,10 +63,15 @@ def batch_leaves(conn: sqlite3.Connection, items: str, params: Mapping[str, obje
     add(conn, "deleted", documents=-sum(row[1] for row in rows if row[0] == "deleted"))
 
 
-def batch_enters(conn: sqlite3.Connection, items: str, params: Mapping[str, object]) -> None:
-    """After the upsert: the batch's documents, live now, count with their new content."""
-    add_documents(conn, documents_by_state(conn, f"FROM items i JOIN contents c ON c.hash = i.hash {_TODO}",
-                                           params, with_sql=items))
+def batch_enters(conn: sqlite3.Connection, contents: Iterable[Content]) -> None:
+    """After the upsert: the batch's documents, live now, count with their new `contents` (one each)."""
+    entering: dict[str, list[int]] = {}
+    for _, state, parts, cut in contents:
+        row = entering.setdefault(state, [0, 0, 0])
+        row[0] += 1
+        row[1] += max(parts, 1)
+        row[2] += cut
+    add_documents(conn, [(state, n, chunks, cut) for state, (n, chunks, cut) in entering.items()])
 
 
 def commit_done(conn: sqlite3.Connection, seqs: Sequence[int], documents: int) -> None:

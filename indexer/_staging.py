@@ -21,35 +21,52 @@ from ._sql import in_batches
 FAILED = 0  # staged.claim_id of a content that failed for good
 
 
-def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, int]]) -> int:
+# A content as a scan batch's documents need it: (seq, state, parts, truncated). A plain tuple: a
+# scan makes one per new text, and a NamedTuple's cost showed in the scan's profile.
+Content = tuple[int, str, int, int]
+
+
+def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, int]],
+                ) -> tuple[int, dict[bytes, Content]]:
     """Add the contents `rows` (hash, chars, text, truncated) not known yet, pending, their texts staged
     in claim order (shortest first, so that a claim holds similar lengths); stage again the text of a
     known pending content that lost its own (re-queued by `verify --repair`). Returns how many
-    contents it added."""
+    contents it added, and every one of `rows` as it is now."""
     distinct = {h: (chars, text, cut) for h, chars, text, cut in rows}
-    seq_of: dict[bytes, int] = {}  # of the contents known, those whose text is lost
-    known: set[bytes] = set()
+    found: dict[bytes, Content] = {}
+    lost: dict[bytes, int] = {}  # of the contents known, those whose text is lost: their numbers
     for part, marks in in_batches(list(distinct)):
-        for h, seq, lost in conn.execute(f"""SELECT hash, seq, state = 'pending' AND parts = 0
+        for h, seq, state, parts, cut, text_lost in conn.execute(f"""SELECT hash, seq, state, parts,
+                truncated, state = 'pending' AND parts = 0
                 AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq)
                 FROM contents c WHERE hash IN ({marks})""", part):
-            known.add(h)
-            if lost:
-                seq_of[h] = seq
-    new = sorted((h for h in distinct if h not in known), key=lambda h: (distinct[h][0], h))
-    if not new and not seq_of:
-        return 0
+            found[h] = (seq, state, parts, cut)
+            if text_lost:
+                lost[h] = seq
+    new = sorted((h for h in distinct if h not in found), key=lambda h: (distinct[h][0], h))
+    if not new and not lost:
+        return 0, found
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
-    seq_of.update((h, first + i) for i, h in enumerate(new))
+    found.update((h, (first + i, "pending", 0, distinct[h][2])) for i, h in enumerate(new))
     # One statement for all the rows, not one a row (each opens and closes a statement journal).
     conn.execute("""INSERT INTO contents (seq, hash, chars, truncated) SELECT :first + key,
         substr(:hashes, key * 16 + 1, 16), value ->> 0, value ->> 1 FROM json_each(:rows)""",
                  {"first": first, "hashes": b"".join(new),
                   "rows": orjson.dumps([distinct[h][::2] for h in new])})
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
-                     sorted((seq, h, distinct[h][1]) for h, seq in seq_of.items()))
+                     [*sorted((seq, h, distinct[h][1]) for h, seq in lost.items()),
+                      *((first + i, h, distinct[h][1]) for i, h in enumerate(new))])
     _counts.add(conn, "pending", contents=len(new))
-    return len(new)
+    return len(new), found
+
+
+def contents_of(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, Content]:
+    """The contents of these hashes (those that exist)."""
+    found: dict[bytes, Content] = {}
+    for part, marks in in_batches(hashes):
+        found.update((h, (seq, state, parts, cut)) for h, seq, state, parts, cut in conn.execute(
+            f"SELECT hash, seq, state, parts, truncated FROM contents WHERE hash IN ({marks})", part))
+    return found
 
 
 def free_claimed(conn: sqlite3.Connection, claim_id: int) -> None:

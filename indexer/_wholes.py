@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from ._sql import in_batches
-from ._staging import stage_texts
+from ._staging import Content, stage_texts
 
 if TYPE_CHECKING:
     from .chunking import Chunker
@@ -47,18 +47,18 @@ class Staged:
     chunks: int = 0
     truncated: int = 0
 
-    def write(self, conn: sqlite3.Connection) -> int:
-        """Write them; how many contents were new (to embed)."""
+    def write(self, conn: sqlite3.Connection) -> tuple[int, dict[bytes, Content]]:
+        """Write them; how many contents were new (to embed), and the plain ones as they are now."""
         # A chunk re-queued by `verify --repair` lost its staged text: a new document that has it
         # stages it again (stage_texts).
-        added = stage_texts(conn, self.contents)
+        added, found = stage_texts(conn, self.contents)
         if not self.wholes:
-            return added
+            return added, found
         conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, parts) VALUES (?, ?, ?)", self.wholes)
         conn.executemany("INSERT OR IGNORE INTO text_chunks VALUES (?, ?, ?, ?, ?)", self.chunk_rows)
         # All of a new whole's chunks may be done already (other documents have them).
         _settle_wholes(conn, [h for h, _, _ in self.wholes])
-        return added
+        return added, found
 
 
 def stage(conn: sqlite3.Connection, todo: Sequence[tuple[bytes, str]], chunker: Chunker | None,

@@ -28,7 +28,7 @@ from . import _counts, _staging, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
 from ._sql import in_batches
-from ._staging import free_claimed, stage_texts
+from ._staging import contents_of, free_claimed, stage_texts
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
 from .sources import Record, Skip
@@ -516,17 +516,20 @@ class Manifest:
             counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
             return
         with self._scan_writes():
-            counts.to_embed += staged.write(conn)
+            added, found = staged.write(conn)
+            counts.to_embed += added
             params["todo"] = orjson.dumps([k for k, _ in todo])
             _counts.batch_leaves(conn, _ITEMS, params)
-            # In id order: a batch's documents land on neighbouring pages.
-            conn.execute(_ITEMS + """INSERT INTO documents (id, hash, seq, ready_hash)
-                SELECT i.id, i.hash, c.seq, iif(c.state = 'done', c.hash, NULL)
-                FROM items i JOIN contents c ON c.hash = i.hash
-                WHERE i.key IN (SELECT value FROM json_each(:todo)) ORDER BY i.id
+            # In id order: a batch's documents land on neighbouring pages. Their contents as staging
+            # found or made them, the others (long documents, texts known before) looked up.
+            documents = sorted((records[k].id, hashes[k]) for k, _ in todo)
+            found.update(contents_of(conn, list({h for _, h in documents} - found.keys())))
+            conn.executemany("""INSERT INTO documents (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
-                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""", params)
-            _counts.batch_enters(conn, _ITEMS, params)
+                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
+                             [(i, h, found[h][0], h if found[h][1] == "done" else None)
+                              for i, h in documents])
+            _counts.batch_enters(conn, (found[h] for _, h in documents))
         self._scan_grew(len(todo))
         crash_point("mid-scan")
 

@@ -844,12 +844,19 @@ GROUP_BYTES_MAX = 32 * 2**20
 CHUNK_WRITERS = 4
 
 
-def _write_group(writers: ThreadPoolExecutor, store: VectorStore,
-                 parts: Iterable[tuple[Claim, np.ndarray, dict[int, str]]]
-                 ) -> list[tuple[Finished, dict[int, str]]]:
-    """Write the chunks of a group, each whole and durably, side by side (the disk takes several
-    flushes at once for little more than one); each with its claim's failures."""
-    return list(writers.map(lambda part: (write_chunk(store, *part), part[2]), parts))
+class _Writing:
+    """A group whose chunks are being written, each whole and durably, side by side (the disk takes
+    several flushes at once for little more than one), while the driver claims and embeds the next
+    group; committed before it."""
+
+    def __init__(self, writers: ThreadPoolExecutor, store: VectorStore, group: _Group,
+                 parts: Iterable[tuple[Claim, np.ndarray, dict[int, str]]]) -> None:
+        self.group = group
+        self.chunks = [(writers.submit(write_chunk, store, *part), part[2]) for part in parts]
+
+    def written(self) -> list[tuple[Finished, dict[int, str]]]:
+        """Each chunk's claim as written, with its failures, once all are."""
+        return [(future.result(), failures) for future, failures in self.chunks]
 
 
 def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncSummary,
@@ -859,6 +866,9 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     A group holds as many one-chunk claims as the worker embeds in about `Settings.claim_seconds`
     (`_GroupSizer`): they are claimed in one transaction, embedded as one submission, their chunks
     written (each durably) and then committed in one transaction, each claim fenced alone.
+    Where groups may hold two claims or more, a group's chunks are written while the next group is
+    claimed and embedded (`_Writing`), and a group holds at most half of `Settings.claim_chunks_max`:
+    the claims in flight stay within it, and a kill redoes no more than it did before.
     A worker that dies or hangs fails its groups with WorkerLost (WorkerHung): they go back to pending
     at once, and the summary counts the worker once however many groups it held."""
     # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
@@ -866,9 +876,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     grow = lambda chunk: store.ensure_chunks(chunk + 1, spare=16 + chunk // 8)  # noqa: E731
     in_flight: dict[Future[tuple[np.ndarray, dict[int, str]]], _Group] = {}
     settings = manifest.settings
-    sizer = _GroupSizer(settings.claim_seconds,
-                        min(settings.claim_chunks_max, GROUP_BYTES_MAX // (store.chunk_rows * store.dim * 4)),
-                        store.chunk_rows)
+    most = min(settings.claim_chunks_max, GROUP_BYTES_MAX // (store.chunk_rows * store.dim * 4))
+    pipelined = settings.claim_seconds > 0 and most >= 2  # a group written while the next is embedded
+    sizer = _GroupSizer(settings.claim_seconds, most // 2 if pipelined else most, store.chunk_rows)
+    writing: _Writing | None = None
     watch_for_hangs = getattr(runner, "watch_for_hangs", None)
     if callable(watch_for_hangs):
         watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
@@ -883,6 +894,39 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
     def release(group: _Group) -> None:
         for claim in group.claims:
             manifest.release(claim)  # a no-op for a claim committed or taken over
+
+    def commit_written() -> None:
+        """Commit the group being written, once its chunks are."""
+        nonlocal writing, exhausted
+        if writing is None:
+            return
+        group, written = writing.group, None
+        try:
+            written = writing.written()
+            results = manifest.commit_many([w for w, _ in written])
+        except BaseException:  # Ctrl-C mid-write: the group goes back too
+            release(group)  # (a no-op for claims whose commit went through)
+            raise
+        finally:
+            writing = None
+        reasons: list[str] = []  # the failures of the group's committed claims
+        done = committed = 0
+        for (w, claim_failures), gave_up in zip(written, results, strict=True):
+            if isinstance(gave_up, LeaseLostError):
+                summary.fencing_refusals += 1
+                continue
+            committed += 1
+            summary.claims += 1
+            summary.embedded += len(w.done)
+            summary.failed += gave_up
+            done += len(w.done)
+            reasons += claim_failures.values()
+            meter.add(len(w.done), sum(len(t) for t in w.claim.texts))
+        summary.returned += sum(isinstance(r, BackendFailure) for r in reasons)
+        if reasons:  # pending again (up to their attempts): claim them again in this run, unless the
+            exhausted = False  # backend is down
+        if committed:
+            outage.after_claim(done, reasons)
 
     # Threads that write a group's chunk files. After a Ctrl-C they finish the file in hand: a chunk of
     # a released claim, never committed, that `compact` removes.
@@ -904,7 +948,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     release(group)
                     raise
             if not in_flight:
-                break
+                if writing is None:
+                    break
+                commit_written()  # (its failures may bring work back: then claim again)
+                continue
             # Short waits: the progress of batches within groups is reported between them.
             finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
                                return_when=FIRST_COMPLETED)
@@ -947,32 +994,15 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     raise
                 sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
                 try:
-                    written = _write_group(writers, store, group.parts(vectors, failures))
-                    results = manifest.commit_many([w for w, _ in written])
-                except BaseException:  # Ctrl-C mid-write: the group, popped already, goes back too
-                    release(group)  # (a no-op for claims whose commit went through)
+                    commit_written()  # the group before, in claim order
+                    writing = _Writing(writers, store, group, group.parts(vectors, failures))
+                except BaseException:  # Ctrl-C: this group, popped already, goes back too
+                    release(group)
                     raise
-                reasons: list[str] = []  # the failures of the group's committed claims
-                done = committed = 0
-                for (w, claim_failures), gave_up in zip(written, results, strict=True):
-                    if isinstance(gave_up, LeaseLostError):
-                        summary.fencing_refusals += 1
-                        continue
-                    committed += 1
-                    summary.claims += 1
-                    summary.embedded += len(w.done)
-                    summary.failed += gave_up
-                    done += len(w.done)
-                    reasons += claim_failures.values()
-                    meter.add(len(w.done), sum(len(t) for t in w.claim.texts))
-                returned = sum(isinstance(r, BackendFailure) for r in reasons)
-                summary.returned += returned
-                if returned:  # pending again: claim them again in this run, unless the backend is down
-                    exhausted = False
-                if committed:
-                    outage.after_claim(done, reasons)
+                if not pipelined:
+                    commit_written()
     finally:
         writers.shutdown(wait=False, cancel_futures=True)
-        for group in in_flight.values():
+        for group in [*in_flight.values(), *([writing.group] if writing is not None else [])]:
             release(group)
         summary.peak_rss_mb = max(summary.peak_rss_mb, meter.peak_rss_mb)

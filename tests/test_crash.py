@@ -631,8 +631,10 @@ GROUPED_CRASH_POINTS = ["after-chunk-write:1", "after-chunk-write:40", "mid-comm
 
 def grouped_crash_point_episode(ref: Reference, index: Path, point: str) -> None:
     """A kill at a named crash point while the driver groups claims: groups of 1, 2, 4, ... chunks
-    (doubling, the fake model being fast), committed one transaction a group. At the kill exactly the
-    groups before are done and the group in flight is claimed, whole; the resumed run redoes it."""
+    (doubling, the fake model being fast, up to half of `claim_chunks_max`), committed one transaction
+    a group, each group's chunks written while the next group is embedded. At the kill exactly the
+    groups before are done and the group in flight is claimed, whole, with the group after it
+    (claimed while the first was written); the resumed run redoes them."""
     run = subprocess.run(sync_cmd(ref.source, index), env=dict(ENV_GROUPED, INDEXER_CRASH_AT=point),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == -signal.SIGKILL, (run.returncode, run.stderr)
@@ -640,9 +642,11 @@ def grouped_crash_point_episode(ref: Reference, index: Path, point: str) -> None
     at_kill = state_at_kill(index, len(ref.docs))
     assert at_kill.phase == "embed" and 1 <= at_kill.active_claims <= GROUP_CHUNKS, at_kill
     name, _, nth = point.partition(":")
-    if name == "mid-commit":  # the n-th commit transaction: groups 1 .. n-1 are done, group n in flight
+    if name == "mid-commit":  # the n-th commit transaction: groups 1 .. n-1 are done, n and n+1 claimed
         n = int(nth)
-        assert at_kill.done == (2 ** (n - 1) - 1) * CHUNK_ROWS and at_kill.active_claims == 2 ** (n - 1)
+        sizes = [min(2 ** k, GROUP_CHUNKS // 2) for k in range(n + 1)]  # chunks of groups 1 .. n+1
+        assert at_kill.done == sum(sizes[:n - 1]) * CHUNK_ROWS, at_kill
+        assert at_kill.active_claims == sizes[n - 1] + sizes[n] <= GROUP_CHUNKS, at_kill
         assert at_kill.claimed == at_kill.active_claims * CHUNK_ROWS
     else:  # the n-th chunk written: the chunks of earlier groups are done, this one's group is not
         assert at_kill.done % CHUNK_ROWS == 0 and at_kill.done < int(nth) * CHUNK_ROWS
