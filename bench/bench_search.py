@@ -87,6 +87,8 @@ def build(n: int, dim: int, dtype: str) -> float:
                          zip(hashes, part, strict=True))
         conn.executemany("INSERT INTO documents (id, hash, ready_hash) VALUES (?, ?, ?)",
                          ((f"doc{i:07d}", h, h) for i, h in zip(part, hashes, strict=True)))
+    # Each document's content number (documents.seq, migrations/0010), as a scan sets it.
+    conn.execute("UPDATE documents SET seq = (SELECT c.seq FROM contents c WHERE c.hash = documents.hash)")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'next_chunk'", (n_chunks,))
     conn.execute("COMMIT")
     idx.close()

@@ -77,14 +77,15 @@ def build(out: Path, n: int) -> dict[str, float]:
     order = order[order != 0]  # document 0 is in the index already, from the real sync
     raw = hashes.tobytes()
     for start in range(0, len(order), BATCH):
-        conn.executemany("INSERT INTO contents (hash, state, chars, text, slot) "
-                         "VALUES (?, 'done', ?, NULL, ?)",
+        conn.executemany("INSERT INTO contents (hash, state, chars, slot) VALUES (?, 'done', ?, ?)",
                          ((raw[16 * i:16 * i + 16], len(text_of(i)), rows + i - 1)
                           for i in order[start:start + BATCH].tolist()))
     for start in range(1, n, BATCH):
         conn.executemany("INSERT INTO documents (id, hash, ready_hash) VALUES (?, ?, ?)",
                          ((f"d{i:08d}", raw[16 * i:16 * i + 16], raw[16 * i:16 * i + 16])
                           for i in range(start, min(n, start + BATCH))))
+    # Each document's content number (documents.seq, migrations/0010), as a scan sets it.
+    conn.execute("UPDATE documents SET seq = (SELECT c.seq FROM contents c WHERE c.hash = documents.hash)")
     conn.executemany("INSERT INTO claims (token, owner, chunk, expires_at, state) "
                      "VALUES ('sim', 'sim', ?, 0, 'committed')", ((c,) for c in range(1, chunks + 1)))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'next_chunk'", (chunks + 1,))

@@ -922,9 +922,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
             done += len(w.done)
             reasons += claim_failures.values()
             meter.add(len(w.done), sum(len(t) for t in w.claim.texts))
-        summary.returned += sum(isinstance(r, BackendFailure) for r in reasons)
-        if reasons:  # pending again (up to their attempts): claim them again in this run, unless the
-            exhausted = False  # backend is down
+        returned = sum(isinstance(r, BackendFailure) for r in reasons)
+        summary.returned += returned
+        if returned:  # pending again: claim them again in this run, unless the backend is down
+            exhausted = False
         if committed:
             outage.after_claim(done, reasons)
 
@@ -936,6 +937,11 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
                 claims = manifest.claim_many(store.chunk_rows, sizer.chunks, on_chunk=grow)
+                if not claims and writing is not None:
+                    # Nothing free while a group is written: commit it and ask once more, as without
+                    # the overlap (a vector its write found unusable is a failed attempt, pending again).
+                    commit_written()
+                    continue
                 if not claims:
                     exhausted = True
                     break
@@ -950,7 +956,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
             if not in_flight:
                 if writing is None:
                     break
-                commit_written()  # (its failures may bring work back: then claim again)
+                commit_written()  # (a backend's failures may bring work back: then claim again)
                 continue
             # Short waits: the progress of batches within groups is reported between them.
             finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
@@ -999,7 +1005,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 except BaseException:  # Ctrl-C: this group, popped already, goes back too
                     release(group)
                     raise
-                if not pipelined:
+                if not pipelined or failures:
+                    # A group the runner failed texts of is committed before the next claim, as without
+                    # the overlap: a backend that is down is asked no more often than `_OutageWatch`
+                    # allows, and the failed attempts are pending again for that claim.
                     commit_written()
     finally:
         writers.shutdown(wait=False, cancel_futures=True)

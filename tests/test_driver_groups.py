@@ -1,5 +1,6 @@
 """The driver's groups of claims (issue 11): several one-chunk claims taken in one transaction, embedded
-as one submission, written chunk by chunk and committed in one transaction, sized by worker time.
+as one submission, written chunk by chunk (while the next group is claimed and embedded) and committed
+in one transaction, sized by worker time.
 
 Real SQLite and a real Zarr store under tmp_path; the fake model (documented as a fake: a deterministic
 vector per text) stands in for the worker, so that these tests are about the bookkeeping.
@@ -26,8 +27,8 @@ from indexer.sync import _GroupSizer
 @pytest.fixture
 def grouped() -> Settings:
     """Chunks of 8 rows; groups grow as fast as allowed (the fake model is far under a minute a chunk),
-    up to 4 chunks."""
-    return Settings(chunk_rows=8, scan_batch=16, retry_attempts=3, claim_seconds=60.0, claim_chunks_max=4)
+    up to 4 chunks: half of the 8 allowed in flight, as a group is written while the next is embedded."""
+    return Settings(chunk_rows=8, scan_batch=16, retry_attempts=3, claim_seconds=60.0, claim_chunks_max=8)
 
 
 @pytest.fixture
@@ -109,8 +110,8 @@ def test_a_failing_document_in_a_group_fails_alone_in_its_own_claim(
 def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
         tmp_path: Path, grouped: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the 5th chunk is written (the second chunk of the third group, 4 chunks): the
-    groups before are committed, every claim of the third is released, and the next sync embeds
-    exactly the rest."""
+    groups before are committed, every claim of the third and of the fourth (claimed and embedded
+    while the third was written) is released, and the next sync embeds exactly the rest."""
     docs = docs_of(100)
     ix = tmp_path / "ix"
     real = VectorStore.write_chunk
@@ -131,7 +132,7 @@ def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
         assert st["active_claims"] == 0
         assert st["done"] == 3 * 8  # the groups of 1 and 2 chunks
         claims = Counter(s for (s,) in idx.manifest.conn.execute("SELECT state FROM claims"))
-        assert claims == Counter(committed=3, released=4)
+        assert claims == Counter(committed=3, released=4 + 4)
         assert idx.verify().ok
     again = RecordingEmbedder()
     summary = indexer.sync(ix, docs.items(), embedder=again, settings=grouped)
