@@ -8,12 +8,12 @@ inline and B = processes (`--workers N`), each run in a fresh process, backends 
 docs/s of the whole sync and of the embed phase (SyncSummary.embed_seconds: claim -> embed -> write ->
 commit, nothing to scan; for processes it includes starting the workers, given apart as "workers
 start": ProcessRunner's construction, until the first worker has loaded the model), the driver's
-seconds in claim (Manifest.claim_many), write (sync._write_group: the chunk files, fsynced) and commit
-(Manifest.commit_many), and the workers' time from backend_stats: `idle_share` (no claim in hand, from
-each worker's first claim to the end) and `starved_share` (idle while work was pending: between a
-result and the worker's next claim, or after its last claim while the driver still handed out
-claims). The fake model costs next to nothing, so a high starved share here says the driver does not
-keep up with the workers.
+seconds in claim (Manifest.claim_many), write (sync._Writing.written: the driver's wait for the chunk
+files, fsynced) and commit (Manifest.commit_many), and the workers' time from backend_stats:
+`idle_share` (no claim in hand, from each worker's first claim to the end) and `starved_share` (idle
+while work was pending: between a result and the worker's next claim, or after its last claim while
+the driver still handed out claims). The fake model costs next to nothing, so a high starved share
+here says the driver does not keep up with the workers.
 
 Part 2, the pool alone, no driver: `--pool-claims` claims of `--pool-rows` texts (the size of a group
 the driver submits with the fake model) submitted at once to a ProcessRunner (fake:384), so that work is
@@ -64,7 +64,7 @@ def child_sync(corpus: Path, index: Path, dim: int, backend: str, workers: int) 
     timer = CallTimer()
     timer.wrap(Manifest, "claim_many", "claim")
     timer.wrap(Manifest, "commit_many", "commit")
-    timer.wrap(importlib.import_module("indexer.sync"), "_write_group", "write")
+    timer.wrap(importlib.import_module("indexer.sync")._Writing, "written", "write")  # the driver's wait
     timer.wrap(ProcessRunner, "__init__", "workers start")
     shutil.rmtree(index, ignore_errors=True)
     options: dict[str, object] = {"workers": workers} if backend == "processes" else {}
