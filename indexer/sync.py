@@ -900,7 +900,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
         nonlocal writing, exhausted
         if writing is None:
             return
-        group, written = writing.group, None
+        group = writing.group
         try:
             written = writing.written()
             results = manifest.commit_many([w for w, _ in written])
