@@ -20,6 +20,7 @@ import numpy as np
 import xxhash
 import zarr
 
+from ._signals import held_stop
 from .errors import ChunkMissingError, StoreError
 
 __all__ = ["VectorStore", "checksum"]
@@ -84,15 +85,16 @@ class VectorStore:
         that the next calls need not rewrite zarr.json). Call it under the manifest's write lock."""
         if n_chunks * self.chunk_rows <= self._rows_known:
             return  # the shape never shrinks: no need to read zarr.json again
-        array = zarr.open_array(self.path, mode="r+")
-        if array.shape[0] < n_chunks * self.chunk_rows:
-            n_chunks += spare
-            try:
-                array.resize((n_chunks * self.chunk_rows, self.dim))
-            except OSError as exc:
-                raise StoreError(f"cannot grow {self.path} to {n_chunks} chunks: {exc.strerror or exc}; "
-                                 "free space or fix permissions, then sync again (nothing was claimed)"
-                                 ) from exc
+        with held_stop():  # a SIGTERM mid-call is raised after it (zarr's calls are not to be cut)
+            array = zarr.open_array(self.path, mode="r+")
+            if array.shape[0] < n_chunks * self.chunk_rows:
+                n_chunks += spare
+                try:
+                    array.resize((n_chunks * self.chunk_rows, self.dim))
+                except OSError as exc:
+                    raise StoreError(f"cannot grow {self.path} to {n_chunks} chunks: "
+                                     f"{exc.strerror or exc}; free space or fix permissions, then sync "
+                                     "again (nothing was claimed)") from exc
         self._rows_known = max(int(array.shape[0]), n_chunks * self.chunk_rows)
 
     def chunk_files(self) -> Iterator[int]:

@@ -197,3 +197,26 @@ def test_sigterm_with_the_ray_backend_leaves_no_actor_behind(tmp_path: Path) -> 
                                           watch=actors, timeout=120)
     wait_gone(pids, 30)
     resume_embeds_exactly_the_rest(src, index_dir, N)
+
+
+def test_a_stop_signal_within_held_stop_is_raised_as_the_block_ends() -> None:
+    """A SIGTERM that comes inside `held_stop` (around zarr's calls, which a StopSignal must not cut in
+    two) lets the block finish, then stops as any other: real signals, sent to this process."""
+    from indexer._signals import held_stop, stop_signals
+    from indexer.errors import StopSignal
+
+    steps: list[str] = []
+    with stop_signals(), pytest.raises(StopSignal):
+        with held_stop():
+            with held_stop():  # nested: the outermost block raises it
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now
+                steps.append("inner done")
+            steps.append("outer done")
+        steps.append("after the block")
+    assert steps == ["inner done", "outer done"]
+    with stop_signals(), pytest.raises(StopSignal):  # outside a held block: raised at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        steps.append("not reached")
+    assert steps == ["inner done", "outer done"]
