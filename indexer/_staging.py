@@ -33,31 +33,31 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     known pending content that lost its own (re-queued by `verify --repair`). Returns how many
     contents it added, and every one of `rows` as it is now."""
     distinct = {h: (chars, text, cut) for h, chars, text, cut in rows}
-    found: dict[bytes, Content] = {}
-    lost: dict[bytes, int] = {}  # of the contents known, those whose text is lost: their numbers
-    for part, marks in in_batches(list(distinct)):
+    if not distinct:
+        return 0, {}
+    order = sorted(distinct, key=lambda h: (distinct[h][0], h))
+    first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
+    # One statement for all the rows, not one a row (each would open and close a statement journal).
+    # The unique index on hash turns away the contents known already; their numbers go unused.
+    added: dict[bytes, int] = dict(conn.execute("""INSERT INTO contents (seq, hash, chars, truncated)
+        SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value ->> 0, value ->> 1
+        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING hash, seq""",
+        {"first": first, "hashes": b"".join(order),
+         "rows": orjson.dumps([distinct[h][::2] for h in order])}).fetchall())
+    found: dict[bytes, Content] = {h: (seq, "pending", 0, distinct[h][2]) for h, seq in added.items()}
+    restage = [(seq, h) for h, seq in added.items()]
+    for part, marks in in_batches([h for h in order if h not in added]):
         for h, seq, state, parts, cut, text_lost in conn.execute(f"""SELECT hash, seq, state, parts,
                 truncated, state = 'pending' AND parts = 0
                 AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq)
                 FROM contents c WHERE hash IN ({marks})""", part):
             found[h] = (seq, state, parts, cut)
             if text_lost:
-                lost[h] = seq
-    new = sorted((h for h in distinct if h not in found), key=lambda h: (distinct[h][0], h))
-    if not new and not lost:
-        return 0, found
-    first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
-    found.update((h, (first + i, "pending", 0, distinct[h][2])) for i, h in enumerate(new))
-    # One statement for all the rows, not one a row (each opens and closes a statement journal).
-    conn.execute("""INSERT INTO contents (seq, hash, chars, truncated) SELECT :first + key,
-        substr(:hashes, key * 16 + 1, 16), value ->> 0, value ->> 1 FROM json_each(:rows)""",
-                 {"first": first, "hashes": b"".join(new),
-                  "rows": orjson.dumps([distinct[h][::2] for h in new])})
+                restage.append((seq, h))
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
-                     [*sorted((seq, h, distinct[h][1]) for h, seq in lost.items()),
-                      *((first + i, h, distinct[h][1]) for i, h in enumerate(new))])
-    _counts.add(conn, "pending", contents=len(new))
-    return len(new), found
+                     [(seq, h, distinct[h][1]) for seq, h in sorted(restage)])
+    _counts.add(conn, "pending", contents=len(added))
+    return len(added), found
 
 
 def contents_of(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, Content]:
