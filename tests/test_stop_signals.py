@@ -206,17 +206,24 @@ def test_a_stop_signal_within_held_stop_is_raised_as_the_block_ends() -> None:
     from indexer.errors import StopSignal
 
     steps: list[str] = []
-    with stop_signals(), pytest.raises(StopSignal):
-        with held_stop():
-            with held_stop():  # nested: the outermost block raises it
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler has run by now
-                steps.append("inner done")
-            steps.append("outer done")
-        steps.append("after the block")
-    assert steps == ["inner done", "outer done"]
-    with stop_signals(), pytest.raises(StopSignal):  # outside a held block: raised at once
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        steps.append("not reached")
-    assert steps == ["inner done", "outer done"]
+    # stop_signals() installs its handler only over the default one, which an earlier test in this
+    # process may have replaced (ray.init installs its own): the default first, put back after.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with stop_signals(), pytest.raises(StopSignal):
+            with held_stop():
+                with held_stop():  # nested: the outermost block raises it
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.05)  # the handler has run by now
+                    steps.append("inner done")
+                steps.append("outer done")
+            steps.append("after the block")
+        assert steps == ["inner done", "outer done"]
+        with stop_signals(), pytest.raises(StopSignal):  # outside a held block: raised at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            steps.append("not reached")
+        assert steps == ["inner done", "outer done"]
+    finally:
+        if previous is not None:  # (None: a handler not installed from Python, left as it was)
+            signal.signal(signal.SIGTERM, previous)
