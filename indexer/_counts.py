@@ -28,12 +28,10 @@ BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
 _BY_STATE = f"SELECT {BUCKET}, count(*), sum(max(c.parts, 1)), sum(c.truncated)"
 
 
-def documents_by_state(conn: sqlite3.Connection, from_where: str,
-                       params: Mapping[str, object] | tuple[object, ...] = (), with_sql: str = "",
-                       ) -> list[tuple[str, int, int, int]]:
+def documents_by_state(conn: sqlite3.Connection, from_where: str) -> list[tuple[str, int, int, int]]:
     """(state, documents, chunks, truncated) of the documents `from_where` selects (`c` their
-    contents; `with_sql` a WITH clause it uses)."""
-    return conn.execute(f"{with_sql}{_BY_STATE} {from_where} GROUP BY 1", params).fetchall()
+    contents)."""
+    return conn.execute(f"{_BY_STATE} {from_where} GROUP BY 1").fetchall()
 
 
 def add_documents(conn: sqlite3.Connection, rows: Iterable[tuple[str, int, int, int]], sign: int = 1) -> None:

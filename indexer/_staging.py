@@ -44,20 +44,23 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING hash, seq""",
         {"first": first, "hashes": b"".join(order),
          "rows": orjson.dumps([distinct[h][::2] for h in order])}).fetchall())
-    found: dict[bytes, Content] = {h: (seq, "pending", 0, distinct[h][2]) for h, seq in added.items()}
-    restage = [(seq, h) for h, seq in added.items()]
-    for part, marks in in_batches([h for h in order if h not in added]):
-        for h, seq, state, parts, cut, text_lost in conn.execute(f"""SELECT hash, seq, state, parts,
-                truncated, state = 'pending' AND parts = 0
-                AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq)
-                FROM contents c WHERE hash IN ({marks})""", part):
-            found[h] = (seq, state, parts, cut)
-            if text_lost:
-                restage.append((seq, h))
+    found = contents_of(conn, [h for h in order if h not in added])
+    restage = [*((seq, h) for h, seq in added.items()), *_without_text(conn, found)]
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
                      [(seq, h, distinct[h][1]) for seq, h in sorted(restage)])
     _counts.add(conn, "pending", contents=len(added))
+    found.update((h, (seq, "pending", 0, distinct[h][2])) for h, seq in added.items())
     return len(added), found
+
+
+def _without_text(conn: sqlite3.Connection, found: dict[bytes, Content]) -> list[tuple[int, bytes]]:
+    """(seq, hash) of the plain pending contents among `found` that have no staged text."""
+    waiting = {seq: h for h, (seq, state, parts, _) in found.items() if state == "pending" and parts == 0}
+    if not waiting:
+        return []
+    staged = {seq for (seq,) in conn.execute("SELECT seq FROM staged WHERE seq IN (SELECT value FROM "
+                                             "json_each(?))", (orjson.dumps(list(waiting)),))}
+    return [(seq, h) for seq, h in waiting.items() if seq not in staged]
 
 
 def contents_of(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, Content]:
