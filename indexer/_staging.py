@@ -39,11 +39,15 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
     # One statement for all the rows, not one a row (each would open and close a statement journal).
     # The unique index on hash turns away the contents known already; their numbers go unused.
-    added: dict[bytes, int] = dict(conn.execute("""INSERT INTO contents (seq, hash, chars, truncated)
-        SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value ->> 0, value ->> 1
-        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING hash, seq""",
+    # Each text's length and truncated flag go as one number (2 x chars + flag), read without a
+    # parse of a JSON value each; only the numbers come back (a text's is `first` + its place in
+    # `order`), not a bytes object each.
+    added = {order[seq - first]: seq for (seq,) in conn.execute("""
+        INSERT INTO contents (seq, hash, chars, truncated)
+        SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value >> 1, value & 1
+        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING seq""",
         {"first": first, "hashes": b"".join(order),
-         "rows": orjson.dumps([distinct[h][::2] for h in order])}).fetchall())
+         "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})}
     found = contents_of(conn, [h for h in order if h not in added])
     restage = [*((seq, h) for h, seq in added.items()), *_without_text(conn, found)]
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",

@@ -106,6 +106,11 @@ class ScanCounts:
         return out
 
 
+# A claim's texts as one row: the free staged rows, first ones first, as comma-separated numbers,
+# hex hashes end to end, comma-separated byte lengths and the UTF-8 texts end to end.
+_FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
+    group_concat(length(CAST(text AS BLOB))), CAST(group_concat(text, '') AS BLOB)
+    FROM (SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?)"""
 _NO_HASH = bytes(16)
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
 _ITEMS = """WITH items (key, id, hash) AS (
@@ -114,9 +119,16 @@ _ITEMS = """WITH items (key, id, hash) AS (
 
 # A commit's embedded rows, :done a JSON array of [seq, slot] in seq order and :hashes their hashes
 # end to end. "+contents.hash": each row is found by its number, its hash checked.
-_DONE_CONTENTS_UPDATE = """UPDATE contents SET state = 'done', slot = j.value ->> 1, error = NULL
-    FROM json_each(:done) j WHERE contents.seq = j.value ->> 0
-    AND +contents.hash = substr(:hashes, j.key * 16 + 1, 16)"""
+# A claim's rows done: their staged texts go, their contents are done with their slots. One statement
+# each for all the rows, not one a row (a statement on a table with a trigger and unique indexes opens
+# and closes a statement journal each time it runs), given as flat arrays indexed by slot - :first:
+# the contents' numbers (null where the row failed) and their hashes end to end (zeros there): a
+# JSON array of pairs would cost a parse of each pair.
+_DONE_CONTENTS = (
+    "DELETE FROM staged WHERE seq IN (SELECT value FROM json_each(:seqs)) AND claim_id = :claim",
+    """UPDATE contents SET state = 'done', slot = :first + j.key, error = NULL
+    FROM json_each(:seqs) j WHERE contents.seq = j.value
+    AND +contents.hash = substr(:hashes, j.key * 16 + 1, 16)""")
 
 # Documents whose content number (documents.seq, migrations/0010) is not that of the content with their
 # hash: none, unless the file was changed by hand. A deleted document may have none: compact dropped
@@ -678,16 +690,17 @@ class Manifest:
         try:
             with self._write() as conn:
                 self._expire_claims(conn, now)
-                rows = self._free_texts(conn, limit * count)
-                if not rows:
+                seqs, hashes, texts = self._free_texts(conn, limit * count)
+                if not seqs:
                     return []
-                parts = [rows[i:i + limit] for i in range(0, len(rows), limit)]
+                starts = range(0, len(seqs), limit)
                 first = conn.execute("UPDATE meta SET value = value + ? WHERE key = 'next_chunk' "
-                                     "RETURNING value - ?", (len(parts), len(parts))).fetchone()[0]
+                                     "RETURNING value - ?", (len(starts), len(starts))).fetchone()[0]
                 owner = owner or current_owner()
-                for n, part in enumerate(parts):
+                for n, i in enumerate(starts):
                     token = secrets.token_hex(16)
-                    lo, hi = part[0][0], part[-1][0]
+                    part = slice(i, i + limit)
+                    lo, hi = seqs[i], seqs[part][-1]
                     cid = conn.execute(
                         "INSERT INTO claims (token, owner, chunk, expires_at, state, first_seq, last_seq) "
                         "VALUES (?, ?, ?, ?, 'active', ?, ?)",
@@ -696,10 +709,9 @@ class Manifest:
                     # The free rows from lo to hi are this part's: the first free ones, in order.
                     conn.execute("UPDATE staged SET claim_id = ? WHERE seq BETWEEN ? AND ? "
                                  "AND claim_id IS NULL", (cid, lo, hi))
-                    seqs, hashes, texts = (list(column) for column in zip(*part, strict=True))
-                    claims.append(Claim(cid, token, first + n, hashes, texts, seqs))
+                    claims.append(Claim(cid, token, first + n, hashes[part], texts[part], seqs[part]))
                 if callable(on_chunk):
-                    on_chunk(first + len(parts) - 1)
+                    on_chunk(first + len(starts) - 1)
         except BaseException:
             # Ctrl-C can land just after COMMIT, before the caller ever sees the claims: give them back
             # (a no-op when the transaction was rolled back instead).
@@ -710,11 +722,28 @@ class Manifest:
             raise
         return claims
 
-    def _free_texts(self, conn: sqlite3.Connection, limit: int) -> list[tuple[int, bytes, str]]:
-        """Up to `limit` free staged texts (seq, hash, text), in claim order: what a claim reads."""
-        # A pending content without its text (re-queued by verify --repair) waits for a scan.
-        return conn.execute("SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?",
-                            (limit,)).fetchall()
+    def _free_texts(self, conn: sqlite3.Connection, limit: int
+                    ) -> tuple[list[int], list[bytes], list[str]]:
+        """Up to `limit` free staged texts, in claim order: their numbers, hashes and texts, what a
+        claim reads."""
+        # One row of whole columns: a row a text would hand the GIL over twice per text, and the chunk
+        # writer threads, running meanwhile, take it each time. Lengths in bytes: length() of a text
+        # stops at a NUL, a byte a text may hold.
+        seqs, hashes, sizes, joined = conn.execute(_FREE_TEXTS, (limit,)).fetchone()
+        if seqs is None:
+            return [], [], []
+        numbers = [int(seq) for seq in seqs.split(",")]
+        digests = bytes.fromhex(hashes)
+        texts, at = [], 0
+        for size in map(int, sizes.split(",")):
+            texts.append(joined[at:at + size].decode("utf-8"))
+            at += size
+        keys = [digests[i:i + 16] for i in range(0, len(digests), 16)]
+        if numbers != sorted(numbers):  # (they come in order; never trust it)
+            order = sorted(range(len(numbers)), key=numbers.__getitem__)
+            numbers, keys = [numbers[i] for i in order], [keys[i] for i in order]
+            texts = [texts[i] for i in order]
+        return numbers, keys, texts
 
     def renew(self, claim: Claim) -> None:
         """Extend the claim's lease. Raises LeaseLostError (a fencing refusal) if it was taken over."""
@@ -767,16 +796,14 @@ class Manifest:
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
             # In claim order: consecutive statements land on neighbouring pages of staged and contents.
             seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
-            done = sorted((seq_of[h], h, slot, f.claim.id) for f in fenced for h, slot in f.done)
-            conn.executemany("DELETE FROM staged WHERE seq = ? AND claim_id = ?",
-                             ((seq, cid) for seq, _, _, cid in done))
-            # One statement for all the rows, not one a row: a statement on a table with a trigger and
-            # unique indexes opens and closes a statement journal each time it runs.
-            conn.execute(_DONE_CONTENTS_UPDATE, {
-                "done": orjson.dumps([[seq, slot] for seq, _, slot, _ in done]),
-                "hashes": b"".join(h for _, h, _, _ in done)})
-            hashes = sorted(h for _, h, _, _ in done)
-            seqs = [seq for seq, _, _, _ in done]
+            done = sorted((seq_of[h], h, slot) for f in fenced for h, slot in f.done)
+            for f in fenced:
+                if f.done:
+                    params = _done_rows(f, seq_of)
+                    for statement in _DONE_CONTENTS:
+                        conn.execute(statement, params)
+            hashes = sorted(h for _, h, _ in done)
+            seqs = [seq for seq, _, _ in done]
             served = conn.execute("""UPDATE documents SET ready_hash = hash
                 WHERE seq IN (SELECT value FROM json_each(?)) RETURNING deleted""", (orjson.dumps(seqs),))
             live = sum(not deleted for (deleted,) in served)  # documents served from now on
@@ -1127,6 +1154,17 @@ PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NO
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
 SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
     WHERE d.deleted = 0"""
+
+
+def _done_rows(finished: Finished, seq_of: dict[bytes, int]) -> dict[str, object]:
+    """The parameters of _DONE_CONTENTS for a claim's rows done (their slots are its chunk's)."""
+    first = min(slot for _, slot in finished.done)
+    seqs: list[int | None] = [None] * (max(slot for _, slot in finished.done) - first + 1)
+    hashes = bytearray(16 * len(seqs))
+    for h, slot in finished.done:
+        seqs[slot - first] = seq_of[h]
+        hashes[16 * (slot - first):16 * (slot - first + 1)] = h
+    return {"seqs": orjson.dumps(seqs), "hashes": bytes(hashes), "first": first, "claim": finished.claim.id}
 
 
 def _count_refusals(conn: sqlite3.Connection, n: int) -> None:
