@@ -19,6 +19,7 @@ from . import _counts
 from ._sql import in_batches
 
 FAILED = 0  # staged.claim_id of a content that failed for good
+_SPAN_LIMIT = 2**31  # bytes of text staged by one statement
 
 
 # A content as a scan batch's documents need it: (seq, state, parts, truncated). A plain tuple: a
@@ -37,6 +38,7 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         return 0, {}
     order = sorted(distinct, key=lambda h: (distinct[h][0], h))
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
+    hashes = b"".join(order)
     # One statement for all the rows, not one a row (each would open and close a statement journal).
     # The unique index on hash turns away the contents known already; their numbers go unused.
     # Each text's length and truncated flag go as one number (2 x chars + flag), read without a
@@ -46,25 +48,54 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         INSERT INTO contents (seq, hash, chars, truncated)
         SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value >> 1, value & 1
         FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING seq""",
-        {"first": first, "hashes": b"".join(order),
+        {"first": first, "hashes": hashes,
          "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})}
     found = contents_of(conn, [h for h in order if h not in added])
-    restage = [*((seq, h) for h, seq in added.items()), *_without_text(conn, found)]
+    _stage_added(conn, first, [distinct[h][1] if h in added else None for h in order], hashes)
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
-                     [(seq, h, distinct[h][1]) for seq, h in sorted(restage)])
+                     [(seq, h, distinct[h][1]) for seq, h in _without_text(conn, found)])
     _counts.add(conn, "pending", contents=len(added))
     found.update((h, (seq, "pending", 0, distinct[h][2])) for h, seq in added.items())
     return len(added), found
 
 
+def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], hashes: bytes) -> None:
+    """Stage the texts of the contents numbered `first` + k that stage_texts added (texts[k], None
+    where it added none; hashes[16k:16k+16] their hashes), in a statement for up to 2 GiB of text, not
+    one a row: the texts UTF-8, end to end, each one's place as one number (start x 2^32 + bytes). No
+    value is bound a row, and a text holding a NUL (which SQLite's JSON functions cut) goes whole. (substr of an empty blob is
+    NULL: hence the coalesce.)"""
+    spans: list[int | None] = []
+    blobs: list[bytes] = []
+    at = begin = 0
+    for k, text in enumerate([*texts, ""]):
+        blob = b"" if text is None else text.encode("utf-8")
+        if k == len(texts) or at + len(blob) >= _SPAN_LIMIT:
+            conn.execute("""INSERT INTO staged (seq, hash, text)
+                SELECT :first + key, substr(:hashes, key * 16 + 1, 16),
+                    coalesce(CAST(substr(:texts, (value >> 32) + 1, value & 4294967295) AS TEXT), '')
+                FROM json_each(:spans) WHERE value IS NOT NULL""",
+                         {"first": first + begin, "hashes": hashes[16 * begin:16 * k],
+                          "texts": b"".join(blobs), "spans": orjson.dumps(spans)})
+            spans, blobs, at, begin = [], [], 0, k
+        if len(blob) >= _SPAN_LIMIT:  # (a text of 2 GiB or more: bound alone)
+            conn.execute("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
+                         (first + k, hashes[16 * k:16 * k + 16], text))
+            text = None
+        spans.append(None if text is None else at << 32 | len(blob))
+        if text is not None:
+            blobs.append(blob)
+            at += len(blob)
+
+
 def _without_text(conn: sqlite3.Connection, found: dict[bytes, Content]) -> list[tuple[int, bytes]]:
-    """(seq, hash) of the plain pending contents among `found` that have no staged text."""
+    """(seq, hash) of the plain pending contents among `found` that have no staged text, in order."""
     waiting = {seq: h for h, (seq, state, parts, _) in found.items() if state == "pending" and parts == 0}
     if not waiting:
         return []
     staged = {seq for (seq,) in conn.execute("SELECT seq FROM staged WHERE seq IN (SELECT value FROM "
                                              "json_each(?))", (orjson.dumps(list(waiting)),))}
-    return [(seq, h) for seq, h in waiting.items() if seq not in staged]
+    return sorted((seq, h) for seq, h in waiting.items() if seq not in staged)
 
 
 def contents_of(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, Content]:

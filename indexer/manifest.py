@@ -117,13 +117,12 @@ _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
     UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
 
-# A commit's embedded rows, :done a JSON array of [seq, slot] in seq order and :hashes their hashes
-# end to end. "+contents.hash": each row is found by its number, its hash checked.
 # A claim's rows done: their staged texts go, their contents are done with their slots. One statement
 # each for all the rows, not one a row (a statement on a table with a trigger and unique indexes opens
 # and closes a statement journal each time it runs), given as flat arrays indexed by slot - :first:
 # the contents' numbers (null where the row failed) and their hashes end to end (zeros there): a
-# JSON array of pairs would cost a parse of each pair.
+# JSON array of pairs would cost a parse of each pair. "+contents.hash": each row is found by its
+# number, its hash checked.
 _DONE_CONTENTS = (
     "DELETE FROM staged WHERE seq IN (SELECT value FROM json_each(:seqs)) AND claim_id = :claim",
     """UPDATE contents SET state = 'done', slot = :first + j.key, error = NULL
