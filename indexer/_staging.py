@@ -63,8 +63,8 @@ def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], 
     """Stage the texts of the contents numbered `first` + k that stage_texts added (texts[k], None
     where it added none; hashes[16k:16k+16] their hashes), in a statement for up to 2 GiB of text, not
     one a row: the texts UTF-8, end to end, each one's place as one number (start x 2^32 + bytes). No
-    value is bound a row, and a text holding a NUL (which SQLite's JSON functions cut) goes whole. (substr of an empty blob is
-    NULL: hence the coalesce.)"""
+    value is bound a row, and a text holding a NUL (which SQLite's JSON functions cut) goes whole.
+    (substr of an empty blob is NULL: hence the coalesce.)"""
     spans: list[int | None] = []
     blobs: list[bytes] = []
     at = begin = 0

@@ -112,6 +112,7 @@ _FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
     group_concat(length(CAST(text AS BLOB))), CAST(group_concat(text, '') AS BLOB)
     FROM (SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?)"""
 _NO_HASH = bytes(16)
+_PAGE_SIZE = 16384  # bytes, of a manifest made from now on
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
 _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
@@ -208,6 +209,10 @@ class Manifest:
             if read_only:
                 self._check_version()
             else:
+                # Pages of 16 KiB where this makes the file (a no-op on one that has tables): the
+                # contents' hash index takes its rows in random places, and larger pages make that
+                # index shallower and a full sync's scan cheaper (bench/RESULTS.md, driver notes).
+                self.conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 # NORMAL in WAL mode: a crash of the process loses nothing committed; a power cut may
                 # lose the last commits, which only returns their contents to pending (their chunks
@@ -496,10 +501,13 @@ class Manifest:
                 conn.executemany("INSERT OR REPLACE INTO scan_skips VALUES (?, ?)", skips)
         counts.scanned += len(batch)
 
-        todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted
+        # Read in the scan's open write transaction (the batch before left it open), the documents
+        # found are all that exist: another writer cannot add one before this batch's upsert.
+        locked = self._scan_txn_rows is not None
+        todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted, d.hash IS NOT NULL
             FROM (SELECT * FROM items ORDER BY id) i LEFT JOIN documents d USING (id)
             WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""", params).fetchall()
-        n_new = sum(1 for _, is_new in todo if is_new)
+        n_new = sum(1 for _, is_new, _ in todo if is_new)
         counts.new += n_new
         counts.changed += len(todo) - n_new
         counts.unchanged += len(batch) - len(todo)
@@ -516,7 +524,7 @@ class Manifest:
                     stage_texts(conn, texts + lost_parts)
         if not todo:
             return
-        staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _ in todo], chunker, split)
+        staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _, _ in todo], chunker, split)
         counts.chunks += staged.chunks
         counts.truncated += staged.truncated
         if dry_run:  # the new contents are not written: the ones seen are kept apart, to count once
@@ -529,11 +537,12 @@ class Manifest:
         with self._scan_writes():
             added, found = staged.write(conn)
             counts.to_embed += added
-            params["todo"] = orjson.dumps([k for k, _ in todo])
-            _counts.batch_leaves(conn, _ITEMS, params)
+            known = [k for k, _, exists in todo if exists or not locked]  # (none in a first sync)
+            if known:
+                _counts.batch_leaves(conn, _ITEMS, {**params, "todo": orjson.dumps(known)})
             # In id order: a batch's documents land on neighbouring pages. Their contents as staging
             # found or made them, the others (long documents, texts known before) looked up.
-            documents = sorted((records[k].id, hashes[k]) for k, _ in todo)
+            documents = sorted((records[k].id, hashes[k]) for k, _, _ in todo)
             found.update(contents_of(conn, list({h for _, h in documents} - found.keys())))
             conn.executemany("""INSERT INTO documents (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
