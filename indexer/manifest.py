@@ -118,14 +118,15 @@ _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
     UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
 
-# A claim's rows done: their staged texts go, their contents are done with their slots. One statement
-# each for all the rows, not one a row (a statement on a table with a trigger and unique indexes opens
+# A claim's rows done: their staged texts go (the rows it still holds, from its first to its last: its
+# rows not done were freed before), their contents are done with their slots. One statement each for
+# all the rows, not one a row (a statement on a table with a trigger and unique indexes opens
 # and closes a statement journal each time it runs), given as flat arrays indexed by slot - :first:
 # the contents' numbers (null where the row failed) and their hashes end to end (zeros there): a
 # JSON array of pairs would cost a parse of each pair. "+contents.hash": each row is found by its
 # number, its hash checked.
 _DONE_CONTENTS = (
-    "DELETE FROM staged WHERE seq IN (SELECT value FROM json_each(:seqs)) AND claim_id = :claim",
+    "DELETE FROM staged WHERE seq BETWEEN :lo AND :hi AND claim_id = :claim",
     """UPDATE contents SET state = 'done', slot = :first + j.key, error = NULL
     FROM json_each(:seqs) j WHERE contents.seq = j.value
     AND +contents.hash = substr(:hashes, j.key * 16 + 1, 16)""")
@@ -806,6 +807,13 @@ class Manifest:
             seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
             done = sorted((seq_of[h], h, slot) for f in fenced for h, slot in f.done)
             for f in fenced:
+                # The claim's rows not done (failed, by their text or by the backend) are free again
+                # (those out of attempts are marked failed below); its other rows, done, all go.
+                done_here = {h for h, _ in f.done}
+                free = [seq_of[h] for h in f.claim.hashes if h not in done_here]
+                if free:
+                    conn.execute("UPDATE staged SET claim_id = NULL WHERE seq IN (SELECT value FROM "
+                                 "json_each(?)) AND claim_id = ?", (orjson.dumps(free), f.claim.id))
                 if f.done:
                     params = _done_rows(f, seq_of)
                     for statement in _DONE_CONTENTS:
@@ -827,8 +835,6 @@ class Manifest:
                         gave_up[f.claim.id] += 1
                         conn.execute("UPDATE staged SET claim_id = ? WHERE seq = ?",
                                      (_staging.FAILED, seq_of[h]))
-                # The claim's other contents (failed by the backend, not by their text) are free again.
-                free_claimed(conn, f.claim.id)
             # Long documents whose last chunk this was are served now (or failed, with it).
             _wholes.settle(conn, hashes + [h for f in fenced for h, _ in f.failed])
             crash_point("mid-commit")
@@ -1172,7 +1178,8 @@ def _done_rows(finished: Finished, seq_of: dict[bytes, int]) -> dict[str, object
     for h, slot in finished.done:
         seqs[slot - first] = seq_of[h]
         hashes[16 * (slot - first):16 * (slot - first + 1)] = h
-    return {"seqs": orjson.dumps(seqs), "hashes": bytes(hashes), "first": first, "claim": finished.claim.id}
+    return {"seqs": orjson.dumps(seqs), "hashes": bytes(hashes), "first": first, "claim": finished.claim.id,
+            "lo": finished.claim.seqs[0], "hi": finished.claim.seqs[-1]}
 
 
 def _count_refusals(conn: sqlite3.Connection, n: int) -> None:
