@@ -27,7 +27,7 @@ import xxhash
 from . import _counts, _staging, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
-from ._sql import in_batches
+from ._sql import SERVED_HASH, in_batches
 from ._staging import contents_of, free_claimed, stage_texts
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
@@ -547,7 +547,8 @@ class Manifest:
             found.update(contents_of(conn, list({h for _, h in documents} - found.keys())))
             conn.executemany("""INSERT INTO documents (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
-                    ready_hash = coalesce(excluded.ready_hash, documents.ready_hash)""",
+                    ready_hash = coalesce(excluded.ready_hash, iif((SELECT state FROM contents
+                        WHERE hash = documents.hash) = 'done', documents.hash, documents.ready_hash))""",
                              [(i, h, found[h][0], h if found[h][1] == "done" else None)
                               for i, h in documents])
             _counts.batch_enters(conn, (found[h] for _, h in documents))
@@ -820,9 +821,9 @@ class Manifest:
                         conn.execute(statement, params)
             hashes = sorted(h for _, h, _ in done)
             seqs = [seq for seq, _, _ in done]
-            served = conn.execute("""UPDATE documents SET ready_hash = hash
-                WHERE seq IN (SELECT value FROM json_each(?)) RETURNING deleted""", (orjson.dumps(seqs),))
-            live = sum(not deleted for (deleted,) in served)  # documents served from now on
+            # Their documents serve them from now on (migrations/0011: no document row changes).
+            live = conn.execute("""SELECT count(*) FROM documents WHERE deleted = 0
+                AND seq IN (SELECT value FROM json_each(?))""", (orjson.dumps(seqs),)).fetchone()[0]
             _counts.commit_done(conn, seqs, live)
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
             for f in fenced:
@@ -969,8 +970,8 @@ class Manifest:
     def served_slots(self) -> list[tuple[str, int]]:
         """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
         a long document, served as the mean of its chunks, has none (`Index.chunks()` has them)."""
-        return self.conn.execute("""SELECT d.id, c.slot FROM documents d JOIN contents c
-            ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
+        return self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
+            ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
 
     def served_count(self) -> int:
         return int(self.conn.execute(SERVED_COUNT_SQL).fetchone()[0])
@@ -979,7 +980,7 @@ class Manifest:
         out: dict[str, int] = {}
         for part, marks in in_batches(ids):
             out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
-                ON c.hash = d.ready_hash WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
+                ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
                 part).fetchall())
         return out
 
@@ -1055,8 +1056,9 @@ class Manifest:
             wholes = conn.execute("""UPDATE contents SET state = 'pending' WHERE parts > 0
                                      AND state = 'done' AND hash IN (SELECT hash FROM requeued)""").rowcount
             # One pass over documents: no index on ready_hash (commits would pay for it on every row).
-            conn.execute("UPDATE documents SET ready_hash = NULL "
-                         "WHERE ready_hash IN (SELECT hash FROM requeued)")
+            # Those whose own content goes back serve nothing either, not an older version.
+            conn.execute("""UPDATE documents SET ready_hash = NULL
+                WHERE ready_hash IN (SELECT hash FROM requeued) OR hash IN (SELECT hash FROM requeued)""")
             contents = conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
                 WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount
             return wholes + int(contents)
@@ -1066,6 +1068,10 @@ class Manifest:
         with self._write() as conn:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (hash BLOB PRIMARY KEY) WITHOUT ROWID")
             conn.execute("DELETE FROM kept")
+            # A live document whose own content is done serves it: the one it served before goes.
+            conn.execute("""UPDATE documents SET ready_hash = hash
+                WHERE deleted = 0 AND ready_hash IS NOT hash
+                AND (SELECT state FROM contents c WHERE c.hash = documents.hash) = 'done'""")
             conn.execute("""INSERT OR IGNORE INTO kept SELECT hash FROM documents WHERE deleted = 0
                 UNION ALL SELECT ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL""")
             # The chunks of the long documents kept.
@@ -1157,16 +1163,16 @@ class Manifest:
 # What a push sends, read in one snapshot (push.py). Served documents whose content the target does
 # not hold (never sent, changed, or left unknown by a push that stopped), in slot order so that store
 # chunks are read in turn; `known` says whether the target may hold an older row of the document.
-PUSH_UPSERTS_SQL = """SELECT d.id, d.ready_hash, c.slot, p.doc_id IS NOT NULL AS known
-    FROM documents d JOIN contents c ON c.hash = d.ready_hash
+PUSH_UPSERTS_SQL = f"""SELECT d.id, c.hash, c.slot, p.doc_id IS NOT NULL AS known
+    FROM documents d JOIN contents c ON c.hash = {SERVED_HASH}
     LEFT JOIN pushed p ON p.target_id = ? AND p.doc_id = d.id
-    WHERE d.deleted = 0 AND (p.hash IS NULL OR p.hash != d.ready_hash)
+    WHERE d.deleted = 0 AND (p.hash IS NULL OR p.hash != c.hash)
     ORDER BY c.slot"""
 # Documents the target may hold that the index does not serve (deleted, or gone from the documents).
-PUSH_DELETES_SQL = """SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NOT EXISTS (
-    SELECT 1 FROM documents d JOIN contents c ON c.hash = d.ready_hash
+PUSH_DELETES_SQL = f"""SELECT p.doc_id FROM pushed p WHERE p.target_id = ? AND NOT EXISTS (
+    SELECT 1 FROM documents d JOIN contents c ON c.hash = {SERVED_HASH}
     WHERE d.id = p.doc_id AND d.deleted = 0)"""
-SERVED_COUNT_SQL = """SELECT count(*) FROM documents d JOIN contents c ON c.hash = d.ready_hash
+SERVED_COUNT_SQL = f"""SELECT count(*) FROM documents d JOIN contents c ON c.hash = {SERVED_HASH}
     WHERE d.deleted = 0"""
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._sql import in_batches
+from ._sql import SERVED_HASH, in_batches
 from .config import EmbeddingConfig
 from .errors import IndexerError, ModelLoadError
 from .manifest import content_hash
@@ -246,8 +246,8 @@ def served_texts(conn: sqlite3.Connection, ids: Iterable[str], records: Iterable
     wanted: dict[str, bytes] = {}
     ids = list(dict.fromkeys(ids))
     for part, marks in in_batches(ids):
-        wanted.update(conn.execute(f"""SELECT id, ready_hash FROM documents WHERE deleted = 0 AND
-            ready_hash IS NOT NULL AND id IN ({marks})""", part).fetchall())
+        wanted.update((i, h) for i, h in conn.execute(f"""SELECT d.id, {SERVED_HASH} FROM documents d
+            WHERE d.deleted = 0 AND d.id IN ({marks})""", part) if h is not None)
     out: dict[str, str] = {}
     for rec in records:
         if isinstance(rec, Record) and rec.id in wanted and rec.id not in out \

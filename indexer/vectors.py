@@ -18,7 +18,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from ._sql import in_batches
+from ._sql import SERVED_HASH, in_batches
 from ._wholes import has_wholes
 from .errors import ChunkMissingError, ManifestError, StoreError
 from .store import VectorStore
@@ -26,9 +26,9 @@ from .store import VectorStore
 __all__ = ["Chunks", "DocumentIds", "VectorView"]
 
 # Served documents: one that fits is its content's slot; a long one the slots of its chunks, in order.
-_SINGLE = """FROM documents d JOIN contents c ON c.hash = d.ready_hash WHERE d.deleted = 0
+_SINGLE = f"""FROM documents d JOIN contents c ON c.hash = {SERVED_HASH} WHERE d.deleted = 0
     AND c.parts = 0"""
-_CHUNKED = """FROM documents d JOIN contents w ON w.hash = d.ready_hash AND w.parts > 0
+_CHUNKED = f"""FROM documents d JOIN contents w ON w.hash = {SERVED_HASH} AND w.parts > 0
     JOIN text_chunks t ON t.whole = w.hash JOIN contents p ON p.hash = t.hash WHERE d.deleted = 0"""
 
 
@@ -61,13 +61,23 @@ def _served_singles(conn: sqlite3.Connection) -> tuple[list[str], np.ndarray, li
     ids: list[str] = []
     d_parts: list[bytes] = []
     d_hashes: list[bytes] = []
-    cur = conn.execute("SELECT id, ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL")
+    before: dict[int, bytes] = {}  # document k -> the content it served before (ready_hash)
+    cur = conn.execute("SELECT id, hash, ready_hash FROM documents WHERE deleted = 0")
     while batch := cur.fetchmany(_FETCH):
-        batch_ids, batch_hashes = zip(*batch, strict=True)
+        batch_ids, batch_hashes, batch_ready = zip(*batch, strict=True)
+        before.update((len(ids) + k, h) for k, h in enumerate(batch_ready)
+                      if h is not None and h != batch_hashes[k])
         ids.extend(batch_ids)
         d_hashes.extend(batch_hashes)
         d_parts.append(b"".join(batch_hashes))
+    # A plain content has a slot exactly when it is done: a document serves its own where that has one
+    # (SERVED_HASH), else the one it served before.
     found = _lookup(c_hashes, _hash_keys(b"".join(d_parts)))  # content row of each document, or -1
+    waiting = [k for k in before if found[k] < 0]
+    if waiting:
+        found[waiting] = _lookup(c_hashes, _hash_keys(b"".join(before[k] for k in waiting)))
+        for k in waiting:
+            d_hashes[k] = before[k]
     served = np.flatnonzero(found >= 0)
     # Stable: documents sharing a content (one slot) stay in id order, as documents are read.
     served = served[np.argsort(c_slots[found[served]], kind="stable")]

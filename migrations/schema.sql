@@ -31,7 +31,7 @@ CREATE TABLE staged (
 CREATE TABLE documents (
     id         TEXT PRIMARY KEY,
     hash       BLOB NOT NULL,            -- the content the source holds now
-    ready_hash BLOB,                     -- the content whose vector is served; NULL before the first
+    ready_hash BLOB,                     -- the content served while `hash`'s is not done (0011); NULL: none
     deleted    INTEGER NOT NULL DEFAULT 0
     -- added by 0010: contents.seq of `hash` (NULL only for a deleted document whose content is gone)
     , seq INTEGER

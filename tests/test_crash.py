@@ -44,6 +44,7 @@ from click.testing import CliRunner
 from conftest import downgrade_to_schema_1
 
 import indexer
+from indexer._sql import SERVED_HASH
 from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
@@ -348,8 +349,8 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
                                    "GROUP BY state").fetchall())
         wholes = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts > 0 "
                                    "GROUP BY state").fetchall())
-        served = conn.execute("""SELECT count(*), count(DISTINCT d.id) FROM documents d
-            JOIN contents c ON c.hash = d.ready_hash AND c.hash = d.hash
+        served = conn.execute(f"""SELECT count(*), count(DISTINCT d.id) FROM documents d
+            JOIN contents c ON c.hash = {SERVED_HASH} AND c.hash = d.hash
             WHERE d.deleted = 0 AND c.state = 'done'""").fetchone()
         live = conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
         runs = conn.execute("SELECT state, summary FROM runs ORDER BY id").fetchall()
