@@ -178,6 +178,8 @@ def identify(path: Path) -> tuple[str, str]:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if _rolls_back_to_empty(path):
+            return "unfinished", "a creation stopped while it set the empty file up"
         return "foreign", f"it cannot be read as an SQLite database ({exc})"
     if tables <= {"schema_migrations"} and not ledger:
         return "unfinished", "it holds no schema yet"
@@ -185,6 +187,22 @@ def identify(path: Path) -> tuple[str, str]:
         return "ours", "it holds indexer's tables"
     return "foreign", f"it holds other tables ({', '.join(sorted(tables)[:5])})"
 
+
+def _rolls_back_to_empty(path: Path) -> bool:
+    """A hot rollback journal beside `path` says the file was empty before the transaction it interrupted:
+    a creation killed while it switched the new file to WAL. A read-only connection cannot roll that
+    back ("attempt to write a readonly database"); a writer's first read does, to an empty file."""
+    try:
+        with open(path.with_name(path.name + "-journal"), "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    # The journal header: 8 bytes of magic, the record count, a nonce, then the database's size in
+    # pages before the transaction (https://www.sqlite.org/fileformat2.html#the_rollback_journal).
+    return len(header) == 20 and header[:8] == _JOURNAL_MAGIC and header[16:20] == bytes(4)
+
+
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 
 # A pending content (contents c) whose text is not staged: re-queued by `verify --repair`, it waits for
 # a scan that reads its text again.

@@ -148,3 +148,41 @@ def test_a_directory_holding_someone_elses_files_is_refused_untouched(
     assert code == 2, err  # IndexNotFoundError
     assert "is not an index" in err and "Nothing was changed" in err, err
     assert snapshot(theirs) == before
+
+
+def hot_journal(db: Path, pages_before: int) -> None:
+    """A rollback journal left by a process killed mid-transaction, as SQLite writes its header: magic,
+    record count, nonce, the database's pages before the transaction, sector size, page size."""
+    header = (bytes.fromhex("d9d505f920a163d7") + bytes(4) + bytes.fromhex("32c2359c")
+              + pages_before.to_bytes(4, "big") + (512).to_bytes(4, "big") + (4096).to_bytes(4, "big"))
+    db.with_name(db.name + "-journal").write_bytes(header.ljust(512, b"\x00"))
+
+
+def test_a_creation_killed_while_it_set_the_file_up_is_synced_over(tmp_path: Path) -> None:
+    """Killed while it switched its new, empty manifest to WAL (the crash harness found it): the file
+    has a header page and a hot journal back to empty, which a read-only look cannot roll back. It is
+    an unfinished creation, not someone else's database: the next sync makes the index there."""
+    ix = tmp_path / "ix"
+    ix.mkdir()
+    conn = sqlite3.connect(ix / "manifest.sqlite")
+    conn.execute("PRAGMA user_version = 0")
+    conn.execute("VACUUM")  # an SQLite header page, no table, no application_id
+    conn.close()
+    hot_journal(ix / "manifest.sqlite", pages_before=0)
+    src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    code, _, err = invoke("sync", str(src), "--index", str(ix), "--model", "fake:16")
+    assert code == 0, err
+    got = served(ix)
+    assert set(got) == set(DOCS) and np.array_equal(got["d03"], fake_vector(DOCS["d03"], 16))
+
+
+def test_someone_elses_database_with_a_hot_journal_is_refused_untouched(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    make_foreign_sqlite(theirs)
+    hot_journal(theirs / "manifest.sqlite", pages_before=2)  # it held pages before: not a creation
+    before = snapshot(theirs)
+    code, _, err = invoke("sync", str(write_jsonl(tmp_path / "docs.jsonl", DOCS)), "--index", str(theirs),
+                          "--model", "fake:16")
+    assert code == 2 and "is not an index" in err, err
+    assert snapshot(theirs) == before
