@@ -20,8 +20,9 @@ import pytest
 import indexer
 from indexer import manifest as manifest_module
 from indexer.errors import ManifestError
-from indexer.manifest import _LEDGER, Manifest, content_hash, migrations_dir
+from indexer.manifest import _LEDGER, Manifest, ScanCounts, content_hash, migrations_dir
 from indexer.settings import Settings
+from indexer.sources import Record
 
 SETTINGS = Settings(chunk_rows=8)
 
@@ -217,7 +218,9 @@ def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_versio
     conn.executescript("""BEGIN;
         INSERT INTO contents (hash, state, chars, text, slot, claim_id, attempts, error)
             SELECT hash, state, chars, NULL, slot, NULL, attempts, error FROM new.contents;
-        INSERT INTO documents SELECT id, hash, ready_hash, deleted FROM new.documents;
+        -- As every indexer before 0011 wrote them: ready_hash is the hash once its content is done.
+        INSERT INTO documents SELECT d.id, d.hash, iif(c.state = 'done', d.hash, d.ready_hash), d.deleted
+            FROM new.documents d LEFT JOIN new.contents c ON c.hash = d.hash;
         UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
             WHERE key = 'next_chunk';
         INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
@@ -467,3 +470,36 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
     with indexer.open(ix) as idx:
         assert idx.manifest.counts_problems() == []
         assert idx.manifest.conn.execute("SELECT count(*) FROM staged").fetchone()[0] == 0
+
+
+def test_an_index_from_before_0011_with_a_changed_document_waiting_serves_the_same(
+        tmp_path: Path, fake_embedder: object) -> None:
+    """Before 0011 a commit pointed ready_hash at the content it marked done; since, a document serves
+    its own content once done. An index written the old way (every ready_hash set), with a changed
+    document whose new text waits, migrates and serves exactly what it served: the done documents
+    their content, the changed one its old text; a sync then serves the new text."""
+    from conftest import fake_vector, served
+
+    ix = tmp_path / "ix"
+    indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS)
+    with indexer.open(ix, SETTINGS) as idx:  # "b" changed: scanned, not embedded
+        idx.manifest.scan_batch([Record("a", "alpha", "f.jsonl", 1),
+                                 Record("b", "beta, edited", "f.jsonl", 2)], ScanCounts())
+    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
+    conn.executescript("""BEGIN;
+        UPDATE documents SET ready_hash = hash WHERE hash IN (SELECT hash FROM contents WHERE state = 'done');
+        DELETE FROM schema_migrations WHERE version = 11;
+        COMMIT;""")
+    assert conn.execute("SELECT hash = ready_hash FROM documents ORDER BY id").fetchall() == [(1,), (0,)]
+    conn.close()
+    before = served(ix)  # migrates
+    assert sorted(before) == ["a", "b"]
+    assert before["a"].tobytes() == fake_vector("alpha").tobytes()
+    assert before["b"].tobytes() == fake_vector("beta").tobytes()
+    assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
+    indexer.sync(ix, [("a", "alpha"), ("b", "beta, edited")], embedder=fake_embedder,  # type: ignore[arg-type]
+                 settings=SETTINGS)
+    assert served(ix)["b"].tobytes() == fake_vector("beta, edited").tobytes()
+    with indexer.open(ix, SETTINGS) as idx:
+        assert idx.verify().ok
