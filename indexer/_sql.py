@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["SERVED_HASH", "in_batches"]
+__all__ = ["OWN_DONE", "SERVED_HASH", "in_batches"]
 
 T = TypeVar("T")
 
-# The content a document `d` serves (migrations/0011): its own once that is done, else the one it served
-# before (NULL: none yet). A commit marks contents done without touching their documents.
-SERVED_HASH = "iif((SELECT state FROM contents WHERE hash = d.hash) = 'done', d.hash, d.ready_hash)"
+# The content a document `d` serves (migrations/0011): its own once that is done (OWN_DONE), else the one
+# it served before (NULL: none yet). A commit marks contents done without touching their documents.
+OWN_DONE = "(SELECT state FROM contents WHERE hash = d.hash) = 'done'"
+SERVED_HASH = f"iif({OWN_DONE}, d.hash, d.ready_hash)"
 
 # Values bound in one `IN (...)`: well under SQLite's limit on a statement's parameters (999 before
 # SQLite 3.32), and few enough that each query stays cheap to plan.

@@ -63,29 +63,32 @@ def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], 
     """Stage the texts of the contents numbered `first` + k that stage_texts added (texts[k], None
     where it added none; hashes[16k:16k+16] their hashes), in a statement for up to 2 GiB of text, not
     one a row: the texts UTF-8, end to end, each one's place as one number (start x 2^32 + bytes). No
-    value is bound a row, and a text holding a NUL (which SQLite's JSON functions cut) goes whole.
-    (substr of an empty blob is NULL: hence the coalesce.)"""
-    spans: list[int | None] = []
-    blobs: list[bytes] = []
-    at = begin = 0
-    for k, text in enumerate([*texts, ""]):
-        blob = b"" if text is None else text.encode("utf-8")
-        if k == len(texts) or at + len(blob) >= _SPAN_LIMIT:
-            conn.execute("""INSERT INTO staged (seq, hash, text)
-                SELECT :first + key, substr(:hashes, key * 16 + 1, 16),
-                    coalesce(CAST(substr(:texts, (value >> 32) + 1, value & 4294967295) AS TEXT), '')
-                FROM json_each(:spans) WHERE value IS NOT NULL""",
-                         {"first": first + begin, "hashes": hashes[16 * begin:16 * k],
-                          "texts": b"".join(blobs), "spans": orjson.dumps(spans)})
-            spans, blobs, at, begin = [], [], 0, k
-        if len(blob) >= _SPAN_LIMIT:  # (a text of 2 GiB or more: bound alone)
+    value is bound a row, and a text holding a NUL (which SQLite's JSON functions cut) goes whole."""
+    runs: list[tuple[int, list[int | None], list[bytes]]] = [(0, [], [])]  # (first k, spans, texts)
+    at = 0  # bytes in the last run
+    for k, text in enumerate(texts):
+        blob = None if text is None else text.encode("utf-8")
+        if blob is not None and len(blob) >= _SPAN_LIMIT:  # (a text of 2 GiB or more: bound alone)
             conn.execute("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
                          (first + k, hashes[16 * k:16 * k + 16], text))
-            text = None
-        spans.append(None if text is None else at << 32 | len(blob))
-        if text is not None:
+            blob = None
+        elif blob is not None and at + len(blob) >= _SPAN_LIMIT:
+            runs.append((k, [], []))
+            at = 0
+        _, spans, blobs = runs[-1]
+        spans.append(None if blob is None else at << 32 | len(blob))
+        if blob is not None:
             blobs.append(blob)
             at += len(blob)
+    for n, (begin, spans, blobs) in enumerate(runs):
+        end = runs[n + 1][0] if n + 1 < len(runs) else len(texts)
+        # (substr of an empty blob is NULL: hence the coalesce.)
+        conn.execute("""INSERT INTO staged (seq, hash, text)
+            SELECT :first + key, substr(:hashes, key * 16 + 1, 16),
+                coalesce(CAST(substr(:texts, (value >> 32) + 1, value & 4294967295) AS TEXT), '')
+            FROM json_each(:spans) WHERE value IS NOT NULL""",
+                     {"first": first + begin, "hashes": hashes[16 * begin:16 * end],
+                      "texts": b"".join(blobs), "spans": orjson.dumps(spans)})
 
 
 def _without_text(conn: sqlite3.Connection, found: dict[bytes, Content]) -> list[tuple[int, bytes]]:

@@ -27,7 +27,7 @@ import xxhash
 from . import _counts, _staging, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
-from ._sql import SERVED_HASH, in_batches
+from ._sql import OWN_DONE, SERVED_HASH, in_batches
 from ._staging import contents_of, free_claimed, stage_texts
 from .errors import LeaseLostError, ManifestError
 from .settings import Settings
@@ -188,6 +188,9 @@ def identify(path: Path) -> tuple[str, str]:
     return "foreign", f"it holds other tables ({', '.join(sorted(tables)[:5])})"
 
 
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # the first bytes of a rollback journal
+
+
 def _rolls_back_to_empty(path: Path) -> bool:
     """A hot rollback journal beside `path` says the file was empty before the transaction it interrupted:
     a creation killed while it switched the new file to WAL. A read-only connection cannot roll that
@@ -200,9 +203,6 @@ def _rolls_back_to_empty(path: Path) -> bool:
     # The journal header: 8 bytes of magic, the record count, a nonce, then the database's size in
     # pages before the transaction (https://www.sqlite.org/fileformat2.html#the_rollback_journal).
     return len(header) == 20 and header[:8] == _JOURNAL_MAGIC and header[16:20] == bytes(4)
-
-
-_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
 
 # A pending content (contents c) whose text is not staged: re-queued by `verify --repair`, it waits for
 # a scan that reads its text again.
@@ -563,10 +563,10 @@ class Manifest:
             # found or made them, the others (long documents, texts known before) looked up.
             documents = sorted((records[k].id, hashes[k]) for k, _, _ in todo)
             found.update(contents_of(conn, list({h for _, h in documents} - found.keys())))
-            conn.executemany("""INSERT INTO documents (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
+            # A changed document keeps what it served (d: the row as it was) until its new content is done.
+            conn.executemany(f"""INSERT INTO documents AS d (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
-                    ready_hash = coalesce(excluded.ready_hash, iif((SELECT state FROM contents
-                        WHERE hash = documents.hash) = 'done', documents.hash, documents.ready_hash))""",
+                    ready_hash = coalesce(excluded.ready_hash, {SERVED_HASH})""",
                              [(i, h, found[h][0], h if found[h][1] == "done" else None)
                               for i, h in documents])
             _counts.batch_enters(conn, (found[h] for _, h in documents))
@@ -824,7 +824,7 @@ class Manifest:
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
             # In claim order: consecutive statements land on neighbouring pages of staged and contents.
             seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
-            done = sorted((seq_of[h], h, slot) for f in fenced for h, slot in f.done)
+            done = sorted((seq_of[h], h) for f in fenced for h, _ in f.done)
             for f in fenced:
                 # The claim's rows not done (failed, by their text or by the backend) are free again
                 # (those out of attempts are marked failed below); its other rows, done, all go.
@@ -837,8 +837,8 @@ class Manifest:
                     params = _done_rows(f, seq_of)
                     for statement in _DONE_CONTENTS:
                         conn.execute(statement, params)
-            hashes = sorted(h for _, h, _ in done)
-            seqs = [seq for seq, _, _ in done]
+            hashes = sorted(h for _, h in done)
+            seqs = [seq for seq, _ in done]
             # Their documents serve them from now on (migrations/0011: no document row changes).
             live = conn.execute("""SELECT count(*) FROM documents WHERE deleted = 0
                 AND seq IN (SELECT value FROM json_each(?))""", (orjson.dumps(seqs),)).fetchone()[0]
@@ -1087,9 +1087,8 @@ class Manifest:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (hash BLOB PRIMARY KEY) WITHOUT ROWID")
             conn.execute("DELETE FROM kept")
             # A live document whose own content is done serves it: the one it served before goes.
-            conn.execute("""UPDATE documents SET ready_hash = hash
-                WHERE deleted = 0 AND ready_hash IS NOT hash
-                AND (SELECT state FROM contents c WHERE c.hash = documents.hash) = 'done'""")
+            conn.execute(f"""UPDATE documents AS d SET ready_hash = hash
+                WHERE deleted = 0 AND ready_hash IS NOT hash AND {OWN_DONE}""")
             conn.execute("""INSERT OR IGNORE INTO kept SELECT hash FROM documents WHERE deleted = 0
                 UNION ALL SELECT ready_hash FROM documents WHERE deleted = 0 AND ready_hash IS NOT NULL""")
             # The chunks of the long documents kept.
