@@ -42,14 +42,19 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     # One statement for all the rows, not one a row (each would open and close a statement journal).
     # The unique index on hash turns away the contents known already; their numbers go unused.
     # Each text's length and truncated flag go as one number (2 x chars + flag), read without a
-    # parse of a JSON value each; only the numbers come back (a text's is `first` + its place in
-    # `order`), not a bytes object each.
-    added = {order[seq - first]: seq for (seq,) in conn.execute("""
-        INSERT INTO contents (seq, hash, chars, truncated)
+    # parse of a JSON value each. A text's number is `first` + its place in `order`: the numbers
+    # from `first` on are those it added (none existed before), read back only where some text was
+    # known already (a row returned would cost a hand-over of the GIL).
+    conn.execute("""INSERT INTO contents (seq, hash, chars, truncated)
         SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value >> 1, value & 1
-        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING RETURNING seq""",
-        {"first": first, "hashes": hashes,
-         "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})}
+        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING""",
+                 {"first": first, "hashes": hashes,
+                  "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})
+    if conn.execute("SELECT count(*) FROM contents WHERE seq >= ?", (first,)).fetchone()[0] == len(order):
+        added = dict(zip(order, range(first, first + len(order))))
+    else:
+        added = {order[seq - first]: seq for (seq,) in conn.execute(
+            "SELECT seq FROM contents WHERE seq >= ?", (first,))}
     found = contents_of(conn, [h for h in order if h not in added])
     _stage_added(conn, first, [distinct[h][1] if h in added else None for h in order], hashes)
     conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",

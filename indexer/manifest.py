@@ -114,6 +114,7 @@ _FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
 _NO_HASH = bytes(16)
 _PAGE_SIZE = 16384  # bytes, of a manifest made from now on
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
+_NO_CONTENT = b"0" * 20
 _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
     UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
@@ -523,10 +524,15 @@ class Manifest:
         # Read in the scan's open write transaction (the batch before left it open), the documents
         # found are all that exist: another writer cannot add one before this batch's upsert.
         locked = self._scan_txn_rows is not None
-        todo = conn.execute(_ITEMS + """SELECT i.key, d.hash IS NULL OR d.deleted, d.hash IS NOT NULL
-            FROM (SELECT * FROM items ORDER BY id) i LEFT JOIN documents d USING (id)
-            WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""", params).fetchall()
-        n_new = sum(1 for _, is_new, _ in todo if is_new)
+        # The new and changed documents as one row (a row each would hand the GIL over each time):
+        # 4 x key + 2 x (new: none or deleted) + (has a row).
+        found_rows = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
+            d.deleted) + (d.hash IS NOT NULL)) FROM (SELECT * FROM items ORDER BY id) i
+            LEFT JOIN documents d USING (id) WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""",
+                                  params).fetchone()[0]
+        codes = [int(code) for code in found_rows.split(",")] if found_rows else []
+        todo = [code >> 2 for code in codes]
+        n_new = sum(code >> 1 & 1 for code in codes)
         counts.new += n_new
         counts.changed += len(todo) - n_new
         counts.unchanged += len(batch) - len(todo)
@@ -543,7 +549,7 @@ class Manifest:
                     stage_texts(conn, texts + lost_parts)
         if not todo:
             return
-        staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k, _, _ in todo], chunker, split)
+        staged = _wholes.stage(conn, [(hashes[k], records[k].text) for k in todo], chunker, split)
         counts.chunks += staged.chunks
         counts.truncated += staged.truncated
         if dry_run:  # the new contents are not written: the ones seen are kept apart, to count once
@@ -556,20 +562,27 @@ class Manifest:
         with self._scan_writes():
             added, found = staged.write(conn)
             counts.to_embed += added
-            known = [k for k, _, exists in todo if exists or not locked]  # (none in a first sync)
+            known = [code >> 2 for code in codes if code & 1 or not locked]  # (none in a first sync)
             if known:
                 _counts.batch_leaves(conn, _ITEMS, {**params, "todo": orjson.dumps(known)})
-            # In id order: a batch's documents land on neighbouring pages. Their contents as staging
-            # found or made them, the others (long documents, texts known before) looked up.
-            documents = sorted((records[k].id, hashes[k]) for k, _, _ in todo)
-            found.update(contents_of(conn, list({h for _, h in documents} - found.keys())))
-            # A changed document keeps what it served (d: the row as it was) until its new content is done.
-            conn.executemany(f"""INSERT INTO documents AS d (id, hash, seq, ready_hash) VALUES (?, ?, ?, ?)
+            # Their contents as staging found or made them, the others (long documents, texts known
+            # before) looked up.
+            found.update(contents_of(conn, list({hashes[k] for k in todo} - found.keys())))
+            # Item k's content: 2 x its number + (done), as 20 digits at 20 k (zeros: not upserted).
+            contents = [_NO_CONTENT] * len(items)
+            for k in todo:
+                seq, state = found[hashes[k]][:2]
+                contents[k] = b"%020d" % (2 * seq + (state == "done"))
+            # In id order: a batch's documents land on neighbouring pages. A changed document keeps
+            # what it served (d: the row as it was) until its new content is done.
+            conn.execute(_ITEMS + f"""INSERT INTO documents AS d (id, hash, seq, ready_hash)
+                SELECT id, hash, content >> 1, iif(content & 1, hash, NULL) FROM (SELECT i.id, i.hash,
+                    CAST(substr(:contents, i.key * 20 + 1, 20) AS INTEGER) AS content FROM items i)
+                WHERE content > 0 ORDER BY id
                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, seq = excluded.seq, deleted = 0,
                     ready_hash = coalesce(excluded.ready_hash, {SERVED_HASH})""",
-                             [(i, h, found[h][0], h if found[h][1] == "done" else None)
-                              for i, h in documents])
-            _counts.batch_enters(conn, (found[h] for _, h in documents))
+                         {**params, "contents": b"".join(contents)})
+            _counts.batch_enters(conn, (found[hashes[k]] for k in todo))
         self._scan_grew(len(todo))
         crash_point("mid-scan")
 
