@@ -51,7 +51,7 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
                  {"first": first, "hashes": hashes,
                   "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})
     if conn.execute("SELECT count(*) FROM contents WHERE seq >= ?", (first,)).fetchone()[0] == len(order):
-        added = dict(zip(order, range(first, first + len(order))))
+        added = dict(zip(order, range(first, first + len(order)), strict=True))
     else:
         added = {order[seq - first]: seq for (seq,) in conn.execute(
             "SELECT seq FROM contents WHERE seq >= ?", (first,))}

@@ -27,6 +27,7 @@ import xxhash
 from . import _counts, _staging, _wholes
 from ._faults import crash_point
 from ._owner import current_owner, owner_is_dead
+from ._scan_input import ScanInput, scan_input
 from ._sql import OWN_DONE, SERVED_HASH, in_batches
 from ._staging import contents_of, free_claimed, stage_texts
 from .errors import LeaseLostError, ManifestError
@@ -36,8 +37,8 @@ from .sources import Record, Skip
 if TYPE_CHECKING:
     from .chunking import Chunker
 
-__all__ = ["APPLICATION_ID", "Claim", "Finished", "Manifest", "ScanCounts", "content_hash", "identify",
-           "migrations_dir"]
+__all__ = ["APPLICATION_ID", "Claim", "Finished", "Manifest", "ScanCounts", "ScanInput", "content_hash",
+           "identify", "migrations_dir", "scan_input"]
 
 
 def content_hash(text: str) -> bytes:
@@ -111,7 +112,6 @@ class ScanCounts:
 _FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
     group_concat(length(CAST(text AS BLOB))), CAST(group_concat(text, '') AS BLOB)
     FROM (SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?)"""
-_NO_HASH = bytes(16)
 _PAGE_SIZE = 16384  # bytes, of a manifest made from now on
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
 _NO_CONTENT = b"0" * 20
@@ -421,34 +421,33 @@ class Manifest:
             WHERE first <= ?1 ORDER BY first DESC LIMIT 1""", (ordinal,)).fetchone()
         return f"{at}:{place}" if isinstance(place, int) else str(place)
 
-    def scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, *, dry_run: bool = False,
-                   max_warnings: int = 1000, chunker: Chunker | None = None, split: bool = True) -> None:
+    def scan_batch(self, items: Sequence[Record | Skip] | ScanInput, counts: ScanCounts, *,
+                   dry_run: bool = False, max_warnings: int = 1000, chunker: Chunker | None = None,
+                   split: bool = True) -> None:
         """Upsert one batch of source records: new id -> pending, same hash -> untouched,
         changed hash -> pending (the old vector stays served until the new one is done).
 
+        `items` may come as `scan_input(items)`, made beforehand (in the thread that read them).
         With a `chunker`, a new text longer than its budget is stored as a whole of chunks
         (`split`), or marked truncated (`split=False`: an unchunked index counts what it cuts)."""
         self._scan_mid_batch = True  # (left set by an exception: `scanning` rolls back)
-        self._scan_batch(items, counts, dry_run, max_warnings, chunker, split)
+        self._scan_batch(items if isinstance(items, ScanInput) else scan_input(items), counts, dry_run,
+                         max_warnings, chunker, split)
         self._scan_mid_batch = False
 
-    def _scan_batch(self, items: Sequence[Record | Skip], counts: ScanCounts, dry_run: bool,
+    def _scan_batch(self, batch: ScanInput, counts: ScanCounts, dry_run: bool,
                     max_warnings: int, chunker: Chunker | None, split: bool) -> None:
         self._ensure_scan_tables()
+        items = batch.items
         if not items:
             return
         first = self._scan_next
         self._scan_next += len(items)
         # The batch goes to SQLite as a JSON array of ids (None where item k is no record to scan) and
         # the 16-byte hashes end to end: a few statements a batch, none a row.
-        ids: list[str | None] = [None] * len(items)
-        hashes = [_NO_HASH] * len(items)
-        places: list[int | str] = []
-        batch: dict[str, int] = {}  # id -> k of its record
+        ids, hashes, odd = batch.ids, batch.hashes, batch.odd
+        scanned = dict(batch.first_of)  # id -> k of its record
         seen_only: list[tuple[str, int]] = []  # skipped records with an id: present, so not missing
-        at = next((item.at for item in items if isinstance(item, Record)), None)
-        digest = xxhash.xxh3_128_digest
-
         skips: list[tuple[str, str]] = []
 
         def warn(where: str, reason: str, always: bool = False) -> None:
@@ -462,9 +461,9 @@ class Manifest:
             elif len(counts.warnings) < max_warnings:
                 counts.warnings.append(f"{where}: skipped: {reason}")
 
-        for k, item in enumerate(items):
+        for k in batch.not_scanned:
+            item = items[k]
             if isinstance(item, Skip):
-                places.append(item.where)
                 if item.group is not None:
                     counts.skipped += 1
                     n, first_place = counts.grouped.get(item.group, (0, item.where))
@@ -474,20 +473,10 @@ class Manifest:
                 if item.id is not None:
                     seen_only.append((item.id, first + k))
                 continue
-            places.append(item.line if item.line is not None and item.at == at else item.where)
-            if item.id in batch:
-                counts.duplicates += 1
-                warn(item.where, f"duplicate id {item.id!r}, first seen at {items[batch[item.id]].where}; "
-                     "the first is kept")
-                continue
-            batch[item.id] = k
-            ids[k] = item.id
-            hashes[k] = digest(item.text.encode("utf-8"))
-
-        # SQLite's JSON functions (3.40) cut a string at NUL: such ids go in the scan_odd table.
-        odd = [(k, i) for i, k in batch.items() if "\x00" in i] if "\x00" in "".join(batch) else []
-        for k, _ in odd:
-            ids[k] = None
+            counts.duplicates += 1
+            warn(item.where, f"duplicate id {item.id!r}, first seen at {items[scanned[item.id]].where}; "
+                 "the first is kept")
+        at, places = batch.at, batch.places
         params = {"ids": orjson.dumps(ids), "hashes": b"".join(hashes), "first": first}
         conn = self.conn
         # The scan's temp tables are written outside the main write lock; the main tables inside it.
@@ -503,7 +492,8 @@ class Manifest:
             before = conn.total_changes  # (rowcount is -1 for a statement that starts with WITH)
             conn.execute(_ITEMS + """INSERT INTO scan_seen SELECT id, :first + key FROM items
                 WHERE true ORDER BY id ON CONFLICT DO NOTHING""", params)
-            if conn.total_changes - before < len(batch):  # ids seen in an earlier batch
+            if conn.total_changes - before < len(scanned):  # ids seen in an earlier batch
+                ids = list(ids)
                 for k, seen_at in conn.execute(_ITEMS + """SELECT i.key, s.seen_at FROM items i
                         JOIN scan_seen s USING (id) WHERE s.seen_at != :first + i.key ORDER BY i.key""",
                         params).fetchall():
@@ -512,14 +502,14 @@ class Manifest:
                     warn(item.where, f"duplicate id {item.id!r}, first seen at {self._seen_where(seen_at)}; "
                          "the first is kept")
                     conn.execute("DELETE FROM scan_odd WHERE key = ?", (k,))
-                    del batch[item.id]
+                    del scanned[item.id]
                     ids[k] = None
                 params["ids"] = orjson.dumps(ids)
             if seen_only:
                 conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
             if skips:
                 conn.executemany("INSERT OR REPLACE INTO scan_skips VALUES (?, ?)", skips)
-        counts.scanned += len(batch)
+        counts.scanned += len(scanned)
 
         # Read in the scan's open write transaction (the batch before left it open), the documents
         # found are all that exist: another writer cannot add one before this batch's upsert.
@@ -535,7 +525,7 @@ class Manifest:
         n_new = sum(code >> 1 & 1 for code in codes)
         counts.new += n_new
         counts.changed += len(todo) - n_new
-        counts.unchanged += len(batch) - len(todo)
+        counts.unchanged += len(scanned) - len(todo)
         records = cast(Sequence[Record], items)  # the keys in todo and lost are of records
         if self._restage_texts and not dry_run:
             # A content re-queued by `verify --repair` lost its staged text when it was first done; a

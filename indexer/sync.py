@@ -12,9 +12,9 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar, cast
@@ -38,7 +38,7 @@ from .errors import (
     SourceError,
 )
 from .index import Index
-from .manifest import Claim, Finished, Manifest, ScanCounts
+from .manifest import Claim, Finished, Manifest, ScanCounts, ScanInput, scan_input
 from .runners import BackendFailure, Runner, WorkerHung, WorkerLost, make_runner
 from .runners._liveness import HangRule
 from .runners.inline import InlineRunner
@@ -198,7 +198,7 @@ class _Meter:
         self.callback(Progress(self.phase, processed, self.total, rate, eta, rss, self.unit))
 
 
-def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record | Skip]]:
+def _batches(items: Iterable[Record | Skip], size: int) -> Generator[list[Record | Skip], None, None]:
     """Batches of `size` items. When a source breaks off (SourceError), the records read before the
     break are handed on as a last batch first, so that they are scanned, and then the error is raised."""
     it = iter(items)
@@ -214,6 +214,14 @@ def _batches(items: Iterable[Record | Skip], size: int) -> Iterator[list[Record 
         if not batch:
             return
         yield batch
+
+
+def _scan_inputs(batches: Generator[list[Record | Skip], None, None]) -> Iterator[ScanInput]:
+    """Each batch as the scan takes it (`scan_input`: hashes, ids checked), made in the thread that
+    reads them."""
+    with closing(batches):
+        for batch in batches:
+            yield scan_input(batch)
 
 
 @contextmanager
@@ -595,15 +603,15 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
             # Files are read (parsed, validated) by a second thread while SQLite, which lets go of the
             # GIL, works on the batch before. A Python iterable is read in the caller's thread: it may
             # not allow another (a sqlite3 cursor does not).
-            batches = _batches(reader, settings.scan_batch)
+            batches = _scan_inputs(_batches(reader, settings.scan_batch))
             records_before = counts.scanned + counts.duplicates
             last: Record | Skip | None = None
             in_thread = isinstance(reader, IterableSource)
             with nullcontext(batches) if in_thread else _read_ahead(batches) as it:
                 for batch in it:
                     manifest.scan_batch(batch, counts, dry_run=dry_run, chunker=chunker, split=split)
-                    meter.add(len(batch))
-                    last = batch[-1]
+                    meter.add(len(batch.items))
+                    last = batch.items[-1]
             why = why_incomplete(reader.name, last, counts.scanned + counts.duplicates - records_before)
             if why is not None:
                 summary.incomplete_sources.append(why)
