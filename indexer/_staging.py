@@ -33,12 +33,16 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     in claim order (shortest first, so that a claim holds similar lengths); stage again the text of a
     known pending content that lost its own (re-queued by `verify --repair`). Returns how many
     contents it added, and every one of `rows` as it is now."""
-    distinct = {h: (chars, text, cut) for h, chars, text, cut in rows}
-    if not distinct:
+    if not rows:
         return 0, {}
-    order = sorted(distinct, key=lambda h: (distinct[h][0], h))
+    # As columns, distinct hashes in claim order: sorted by hash, then (stable) by length.
+    hs, chars, texts, cuts = zip(*rows, strict=True)
+    order = list(dict(zip(hs, range(len(hs)), strict=True)).values())
+    order.sort(key=hs.__getitem__)
+    order.sort(key=chars.__getitem__)
+    ordered = list(map(hs.__getitem__, order))
     first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
-    hashes = b"".join(order)
+    hashes = b"".join(ordered)
     # One statement for all the rows, not one a row (each would open and close a statement journal).
     # The unique index on hash turns away the contents known already; their numbers go unused.
     # Each text's length and truncated flag go as one number (2 x chars + flag), read without a
@@ -49,18 +53,22 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value >> 1, value & 1
         FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING""",
                  {"first": first, "hashes": hashes,
-                  "rows": orjson.dumps([2 * distinct[h][0] + bool(distinct[h][2]) for h in order])})
+                  "rows": orjson.dumps([2 * chars[i] + bool(cuts[i]) for i in order])})
+    found: dict[bytes, Content] = {}
     if conn.execute("SELECT count(*) FROM contents WHERE seq >= ?", (first,)).fetchone()[0] == len(order):
-        added = dict(zip(order, range(first, first + len(order)), strict=True))
+        added = dict(zip(ordered, range(first, first + len(order)), strict=True))
+        _stage_added(conn, first, list(map(texts.__getitem__, order)), hashes)
     else:
-        added = {order[seq - first]: seq for (seq,) in conn.execute(
+        added = {ordered[seq - first]: seq for (seq,) in conn.execute(
             "SELECT seq FROM contents WHERE seq >= ?", (first,))}
-    found = contents_of(conn, [h for h in order if h not in added])
-    _stage_added(conn, first, [distinct[h][1] if h in added else None for h in order], hashes)
-    conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
-                     [(seq, h, distinct[h][1]) for seq, h in _without_text(conn, found)])
+        found = contents_of(conn, [h for h in ordered if h not in added])
+        _stage_added(conn, first, [texts[i] if hs[i] in added else None for i in order], hashes)
+        text_of = dict(zip(hs, texts, strict=True))
+        conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
+                         [(seq, h, text_of[h]) for seq, h in _without_text(conn, found)])
     _counts.add(conn, "pending", contents=len(added))
-    found.update((h, (seq, "pending", 0, distinct[h][2])) for h, seq in added.items())
+    cut_of = dict(zip(hs, cuts, strict=True))
+    found.update((h, (seq, "pending", 0, cut_of[h])) for h, seq in added.items())
     return len(added), found
 
 

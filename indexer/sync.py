@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 
 from ._faults import crash_point
+from ._gc import fewer_collections
 from ._signals import stoppable
 from .chunking import Chunker, make_chunker
 from .config import DTYPES, RUNTIMES, EmbeddingConfig, difference_line, equivalent, same_weights
@@ -552,6 +553,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     held = ExitStack()
     if index is not None:
         held.enter_context(index.maintenance())
+    held.enter_context(fewer_collections())
     try:
         run_id = None if dry_run else manifest.start_run()
     except BaseException:
