@@ -25,8 +25,8 @@ class ScanInput:
     places: list[int | str]  # where each item was read: its line in `at`, or its whole place
     first_of: dict[str, int]  # id -> k of the batch's first record with it
     not_scanned: list[int]  # k of the skips and of the records whose id came before in the batch
-    odd: list[tuple[int, str]]  # (k, id) of ids holding a NUL (SQLite's JSON functions cut them
-    # there): None in `ids`
+    # (k, id) of the ids holding a NUL, None in `ids`: SQLite's JSON functions cut a string there
+    odd: list[tuple[int, str]]
 
 
 def scan_input(items: Sequence[Record | Skip]) -> ScanInput:

@@ -113,8 +113,8 @@ _FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
     group_concat(length(CAST(text AS BLOB))), CAST(group_concat(text, '') AS BLOB)
     FROM (SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?)"""
 _PAGE_SIZE = 16384  # bytes, of a manifest made from now on
+_NO_CONTENT = b"0" * 20  # an item's content number where the scan's upsert leaves its document alone
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
-_NO_CONTENT = b"0" * 20
 _ITEMS = """WITH items (key, id, hash) AS (
     SELECT key, value, substr(:hashes, key * 16 + 1, 16) FROM json_each(:ids) WHERE value IS NOT NULL
     UNION ALL SELECT key, id, substr(:hashes, key * 16 + 1, 16) FROM scan_odd) """
@@ -516,11 +516,11 @@ class Manifest:
         locked = self._scan_txn_rows is not None
         # The new and changed documents as one row (a row each would hand the GIL over each time):
         # 4 x key + 2 x (new: none or deleted) + (has a row).
-        found_rows = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
+        joined = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
             d.deleted) + (d.hash IS NOT NULL)) FROM (SELECT * FROM items ORDER BY id) i
             LEFT JOIN documents d USING (id) WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""",
-                                  params).fetchone()[0]
-        codes = [int(code) for code in found_rows.split(",")] if found_rows else []
+                              params).fetchone()[0]
+        codes = [int(code) for code in joined.split(",")] if joined else []
         todo = [code >> 2 for code in codes]
         n_new = sum(code >> 1 & 1 for code in codes)
         counts.new += n_new

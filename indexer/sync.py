@@ -7,6 +7,7 @@ embedded, its chunk written durably, and only then committed.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import queue
@@ -602,7 +603,7 @@ def _scan(manifest: Manifest, readers: list[Source | IterableSource], summary: S
     meter = _Meter("scan", None, on_progress)
     with manifest.scanning():
         for reader in readers:
-            # Files are read (parsed, validated) by a second thread while SQLite, which lets go of the
+            # Files are read (parsed, validated, hashed) by a second thread while SQLite, which lets go of the
             # GIL, works on the batch before. A Python iterable is read in the caller's thread: it may
             # not allow another (a sqlite3 cursor does not).
             batches = _scan_inputs(_batches(reader, settings.scan_batch))
@@ -1005,8 +1006,14 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     release(group)
                     exhausted = False
                     continue
-                except BaseException:  # the runner gave up: this group, popped already, goes back too
+                except BaseException as exc:  # the runner gave up: this group, popped already, goes back
                     release(group)
+                    if isinstance(exc, Exception):
+                        # The group before came back whole: its chunks are being written, commit it
+                        # rather than embed it again. Should that fail, it goes back as well (released
+                        # by commit_written), and the runner's error is the one to report.
+                        with contextlib.suppress(Exception):
+                            commit_written()
                     raise
                 sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
                 try:

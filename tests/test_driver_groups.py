@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from test_sync import RecordingEmbedder, assert_serves, docs_of
 
 import indexer
 from indexer.manifest import Finished, Manifest
+from indexer.runners import BatchDone, EmbedResult
+from indexer.runners.inline import InlineRunner
 from indexer.settings import Settings
 from indexer.store import VectorStore
 from indexer.sync import _GroupSizer
@@ -139,3 +142,47 @@ def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
     assert summary.embedded == 100 - 24 and sum(again.embedded.values()) == 76
     assert_serves(ix, docs)
     assert max(again.embedded.values()) == 1
+
+
+class _GivesUpAt:
+    """A runner (a fake, wrapping the inline one) whose `n`th submission fails as a backend that went
+    away would: its future raises."""
+
+    capacity = 1
+
+    def __init__(self, embedder: RecordingEmbedder, n: int) -> None:
+        self.inner = InlineRunner(embedder)
+        self.info = self.inner.info
+        self.n = n
+        self.submitted = 0
+
+    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
+        self.submitted += 1
+        if self.submitted < self.n:
+            return self.inner.submit(texts, on_batch)
+        failed: Future[EmbedResult] = Future()
+        failed.set_exception(RuntimeError("the backend went away"))
+        return failed
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_runner_error_keeps_the_group_written_before_it(tmp_path: Path, grouped: Settings) -> None:
+    """The runner fails the third group (4 chunks) while the second (2 chunks) is written: the second is
+    committed, not handed back, so the next sync embeds only what was never embedded."""
+    docs = docs_of(100)
+    ix = tmp_path / "ix"
+    first = RecordingEmbedder()
+    with pytest.raises(RuntimeError, match="went away"):
+        indexer.sync(ix, docs.items(), runner=_GivesUpAt(first, 3), settings=grouped)
+    with indexer.open(ix, grouped) as idx:
+        st = idx.status()
+        assert st["active_claims"] == 0
+        assert st["done"] == 3 * 8 == sum(first.embedded.values())  # the groups of 1 and 2 chunks
+        assert idx.verify().ok
+    again = RecordingEmbedder()
+    summary = indexer.sync(ix, docs.items(), embedder=again, settings=grouped)
+    assert summary.embedded == 100 - 24
+    assert_serves(ix, docs)
+    assert not set(first.embedded) & set(again.embedded)  # nothing embedded twice
