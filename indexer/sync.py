@@ -956,13 +956,14 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if not claims:
                     exhausted = True
                     break
-                group = _Group(claims)
                 try:
+                    group = _Group(claims)
                     future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
                         else runner.submit(group.texts)
                     in_flight[future] = group
                 except BaseException:  # Ctrl-C (or a runner error) before the group was in flight
-                    release(group)
+                    for claim in claims:
+                        manifest.release(claim)
                     raise
             if not in_flight:
                 if writing is None:
@@ -991,36 +992,37 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                 if future not in in_flight:
                     continue
                 group = in_flight.pop(future)
-                meter.settle(group)
+                # Popped, the group is neither in flight nor written: until it is handed to _Writing,
+                # whatever stops the driver (Ctrl-C included) gives it back here.
                 try:
-                    vectors, failures = future.result()
-                except WorkerLost as exc:
-                    death = exc.death if exc.death is not None else object()
-                    if death not in deaths:
-                        deaths.add(death)
-                        summary.workers_lost += 1
-                        summary.workers_hung += isinstance(exc, WorkerHung)
-                    ids = ", ".join(str(c.id) for c in group.claims)
-                    summary.warnings.append(f"claim{'s' if len(group.claims) > 1 else ''} {ids}: {exc}; "
-                                            "their documents go back to pending")
-                    release(group)
-                    exhausted = False
-                    continue
-                except BaseException as exc:  # the runner gave up: this group, popped already, goes back
-                    release(group)
-                    if isinstance(exc, Exception):
+                    meter.settle(group)
+                    try:
+                        vectors, failures = future.result()
+                    except WorkerLost as exc:
+                        death = exc.death if exc.death is not None else object()
+                        if death not in deaths:
+                            deaths.add(death)
+                            summary.workers_lost += 1
+                            summary.workers_hung += isinstance(exc, WorkerHung)
+                        ids = ", ".join(str(c.id) for c in group.claims)
+                        summary.warnings.append(f"claim{'s' if len(group.claims) > 1 else ''} {ids}: {exc}; "
+                                                "their documents go back to pending")
+                        release(group)
+                        exhausted = False
+                        continue
+                    except Exception:  # the runner gave up
+                        release(group)
                         # The group before came back whole: its chunks are being written, commit it
                         # rather than embed it again. Should that fail, it goes back as well (released
                         # by commit_written), and the runner's error is the one to report.
                         with contextlib.suppress(Exception):
                             commit_written()
-                    raise
-                sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
-                try:
+                        raise
+                    sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
                     commit_written()  # the group before, in claim order
                     writing = _Writing(writers, store, group, group.parts(vectors, failures))
-                except BaseException:  # Ctrl-C: this group, popped already, goes back too
-                    release(group)
+                except BaseException:
+                    release(group)  # (a no-op for its claims released already)
                     raise
                 if not pipelined or failures:
                     # A group the runner failed texts of is committed before the next claim, as without

@@ -186,3 +186,32 @@ def test_a_runner_error_keeps_the_group_written_before_it(tmp_path: Path, groupe
     assert summary.embedded == 100 - 24
     assert_serves(ix, docs)
     assert not set(first.embedded) & set(again.embedded)  # nothing embedded twice
+
+
+def test_an_interrupt_between_a_result_and_its_write_gives_the_group_back(
+        tmp_path: Path, grouped: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C just after the driver took the second group's result off the runner, before handing it to
+    the chunk writers (the group is then neither in flight nor being written): its claims go back."""
+    docs = docs_of(100)
+    ix = tmp_path / "ix"
+    real = _GroupSizer.observe
+    seen: list[int] = []
+
+    def interrupted(self: _GroupSizer, texts: int, seconds: float) -> None:
+        seen.append(texts)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        real(self, texts, seconds)
+
+    monkeypatch.setattr(_GroupSizer, "observe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+    monkeypatch.setattr(_GroupSizer, "observe", real)
+    with indexer.open(ix, grouped) as idx:
+        assert idx.status()["active_claims"] == 0
+        assert idx.manifest.conn.execute("SELECT count(*) FROM staged WHERE claim_id > 0").fetchone()[0] == 0
+        assert idx.verify().ok
+        done = idx.status()["done"]
+    summary = indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+    assert summary.embedded == 100 - done
+    assert_serves(ix, docs)
