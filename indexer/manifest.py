@@ -8,6 +8,7 @@ uses it: a connection is never shared across processes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -765,10 +766,8 @@ class Manifest:
             return [], [], []
         numbers = [int(seq) for seq in seqs.split(",")]
         digests = bytes.fromhex(hashes)
-        texts, at = [], 0
-        for size in map(int, sizes.split(",")):
-            texts.append(joined[at:at + size].decode("utf-8"))
-            at += size
+        ends = list(itertools.accumulate(map(int, sizes.split(","))))
+        texts = [joined[start:end].decode("utf-8") for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         keys = [digests[i:i + 16] for i in range(0, len(digests), 16)]
         if numbers != sorted(numbers):  # (they come in order; never trust it)
             order = sorted(range(len(numbers)), key=numbers.__getitem__)
