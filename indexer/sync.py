@@ -1010,9 +1010,8 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                         release(group)
                         exhausted = False
                         continue
-                    except Exception:  # the runner gave up
-                        release(group)
-                        # The group before came back whole: its chunks are being written, commit it
+                    except Exception:  # the runner gave up: this group goes back (below), but
+                        # the group before came back whole: its chunks are being written, commit it
                         # rather than embed it again. Should that fail, it goes back as well (released
                         # by commit_written), and the runner's error is the one to report.
                         with contextlib.suppress(Exception):
@@ -1022,7 +1021,7 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                     commit_written()  # the group before, in claim order
                     writing = _Writing(writers, store, group, group.parts(vectors, failures))
                 except BaseException:
-                    release(group)  # (a no-op for its claims released already)
+                    release(group)
                     raise
                 if not pipelined or failures:
                     # A group the runner failed texts of is committed before the next claim, as without
