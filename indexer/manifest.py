@@ -254,6 +254,9 @@ class Manifest:
         self._scan_mid_batch = False  # a scan_batch began and did not return
         self._scan_txn_rows: int | None = None  # rows the scan's open write transaction holds; None: none
         self._scan_written = 0  # rows the scan's earlier transactions committed
+        # The data_version at which the documents were the scan's own only (None: not so), read in
+        # its write transactions: another connection's commit changes it.
+        self._scan_alone_at: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
         timeout = self.settings.busy_timeout_ms / 1000
@@ -414,7 +417,7 @@ class Manifest:
     def begin_scan(self) -> None:
         """Start a scan: forget the ids seen by an earlier scan on this connection."""
         self._scan_tables_ready = False
-        self._scan_written = 0
+        self._scan_written, self._scan_alone_at = 0, None
         self._ensure_scan_tables()
 
     def _seen_where(self, ordinal: int) -> str:
@@ -515,13 +518,18 @@ class Manifest:
         # Read in the scan's open write transaction (the batch before left it open), the documents
         # found are all that exist: another writer cannot add one before this batch's upsert.
         locked = self._scan_txn_rows is not None
-        # The new and changed documents as one row (a row each would hand the GIL over each time):
-        # 4 x key + 2 x (new: none or deleted) + (has a row).
-        joined = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
-            d.deleted) + (d.hash IS NOT NULL)) FROM (SELECT * FROM items ORDER BY id) i
-            LEFT JOIN documents d USING (id) WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""",
-                              params).fetchone()[0]
-        codes = [int(code) for code in joined.split(",")] if joined else []
+        if locked and self._scan_alone_at is not None:
+            # The documents are those of the scan's earlier batches, whose ids are not this batch's
+            # (scan_seen): every id here is new (a first sync), and none needs to be looked up.
+            codes = [k * 4 + 2 for _, k in sorted(scanned.items())]
+        else:
+            # The new and changed documents as one row (a row each would hand the GIL over each time):
+            # 4 x key + 2 x (new: none or deleted) + (has a row).
+            joined = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
+                d.deleted) + (d.hash IS NOT NULL)) FROM (SELECT * FROM items ORDER BY id) i
+                LEFT JOIN documents d USING (id) WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""",
+                                  params).fetchone()[0]
+            codes = [int(code) for code in joined.split(",")] if joined else []
         todo = [code >> 2 for code in codes]
         n_new = sum(code >> 1 & 1 for code in codes)
         counts.new += n_new
@@ -606,7 +614,17 @@ class Manifest:
                 self._grow_page_cache()
             self._scan_txn_rows = 0  # first: a stop signal just after BEGIN must find it to roll back
             self.conn.execute("BEGIN IMMEDIATE")
+            self._scan_alone_at = self._documents_only_this_scans()
         return contextlib.nullcontext(self.conn)
+
+    def _documents_only_this_scans(self) -> int | None:
+        """In the scan's write transaction: the data_version, if the documents are those the scan
+        wrote (none before its first commit), else None."""
+        version: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._scan_written:
+            return version if version == self._scan_alone_at else None
+        empty = self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM documents)").fetchone()[0]
+        return version if empty else None
 
     def _scan_grew(self, rows: int) -> None:
         if self._scan_txn_rows is None:

@@ -496,3 +496,33 @@ def test_a_stop_just_after_the_scan_began_its_transaction_leaves_none_open(tmp_p
         assert m.live_count() == 0
     finally:
         m.close()
+
+
+def test_a_scan_looks_ids_up_again_once_the_documents_are_not_only_its_own(tmp_path: Path) -> None:
+    """A scan into an empty index takes the ids of its batches as new without looking them up, in
+    the transactions where the documents are only those it wrote. It looks them up where documents
+    were there before it, and after another connection committed between its transactions."""
+    m = Manifest(tmp_path / "a.sqlite", replace(SETTINGS, scan_batch=2), create=True)
+    other = Manifest(tmp_path / "a.sqlite", SETTINGS)
+    before = Manifest(tmp_path / "b.sqlite", SETTINGS, create=True)
+    try:
+        # Committed after rows 2 and 4, then rows 5-8 in one transaction: "x" is looked up in it.
+        counts = ScanCounts()
+        with m.scanning():
+            for n, batch in enumerate([{"a": "1", "b": "2"}, {"c": "3", "d": "4"}, {"e": "5", "f": "6"},
+                                       {"x": "seen", "g": "7"}]):
+                if n == 2:
+                    scan(other, {"x": "seen"})
+                m.scan_batch(records(batch), counts)
+        assert (counts.new, counts.unchanged) == (7, 1)
+        # Rows 1-16 in one transaction, which began with a document there.
+        scan(before, {"x": "seen"})
+        counts = ScanCounts()
+        with before.scanning():
+            before.scan_batch(records({"p": "8"}), counts)
+            before.scan_batch(records({"x": "seen", "q": "9"}), counts)
+        assert (counts.new, counts.unchanged) == (2, 1)
+        assert m.counts_problems() == [] and before.counts_problems() == []
+    finally:
+        for manifest in (other, m, before):
+            manifest.close()
