@@ -5,9 +5,10 @@
 
 For each size N (bench/data/corpus_N.jsonl, from bench/build_corpus.py) an index is first built by a full
 sync with the fake model (fake:DIM, default 384 like the default model) and cached in
-bench/data/resync_index_fakeDIM_N/, keyed by the corpus file's fingerprint; later runs reuse it (the
-build time is reported when it happens). A no-change resync only adds a row to the manifest's runs table,
-so the cached index stays valid. Then, alternating, each in a fresh process:
+bench/data/resync_index_fakeDIM_N/, keyed by the corpus file's fingerprint and the fake model's
+revision; later runs reuse it (the build time is reported when it happens). A no-change resync only
+adds a row to the manifest's runs table, so the cached index stays valid.
+Then, alternating, each in a fresh process:
 
   floor    stdlib only: for each line json.loads, then hashlib.blake2b of the UTF-8 text
   source   the library's reading alone: JsonlSource records + content_hash (XXH3-128), no SQLite
@@ -67,16 +68,19 @@ def index_dir(n: int, dim: int) -> Path:
 
 
 def ensure_index(n: int, dim: int, corpus: Path, script: str) -> dict | None:
-    """Build the index of corpus_N unless a complete one for this corpus is cached. Returns the build
-    result when it built one, else None."""
+    """Build the index of corpus_N unless a complete one for this corpus and fake model revision is
+    cached. Returns the build result when it built one, else None."""
     import json
+
+    from indexer.embedders.fake import FakeEmbedder
 
     path = index_dir(n, dim)
     mark = path / BUILD_MARK
-    fp = fingerprint(corpus)
+    fp, revision = fingerprint(corpus), FakeEmbedder(dim).info.revision
     if mark.exists():
         try:
-            if json.loads(mark.read_text())["corpus"] == fp:
+            built = json.loads(mark.read_text())
+            if (built["corpus"], built.get("revision")) == (fp, revision):
                 return None
         except (ValueError, KeyError):
             pass
@@ -86,7 +90,7 @@ def ensure_index(n: int, dim: int, corpus: Path, script: str) -> dict | None:
                    "--dim", str(dim)])
     if r["embedded"] != n or r["pending"] != 0:
         raise RuntimeError(f"build of {path} is incomplete: {r}")
-    mark.write_text(json.dumps({"corpus": fp, "n": n, "dim": dim, "build": r}))
+    mark.write_text(json.dumps({"corpus": fp, "revision": revision, "n": n, "dim": dim, "build": r}))
     print(f"  built in {r['total_s']:.1f}s ({n / r['total_s']:,.0f} docs/s: scan {r['scan_s']:.1f}s, "
           f"embed+write+commit {r['embed_s']:.1f}s), peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     return r

@@ -330,7 +330,7 @@ def test_fake_model_is_deterministic_across_processes() -> None:
 def test_fake_model_gives_distinct_unit_vectors() -> None:
     fake = load_embedder("fake:64")
     assert isinstance(fake, FakeEmbedder)
-    assert fake.info == ModelInfo(model="fake:64", revision="fake-2", dim=64, normalize=True,
+    assert fake.info == ModelInfo(model="fake:64", revision="fake-3", dim=64, normalize=True,
                                   max_seq_length=0)
     vecs = fake.embed(FAKE_TEXTS)
     assert vecs.dtype == np.float32 and vecs.shape == (len(FAKE_TEXTS), 64)
@@ -340,6 +340,8 @@ def test_fake_model_gives_distinct_unit_vectors() -> None:
     # a text's vector does not depend on its neighbours or position
     assert np.array_equal(fake.embed(["hello world"])[0], vecs[2])
     assert np.array_equal(fake.embed(FAKE_TEXTS[::-1]), vecs[::-1])
+    many = [f"text {i}" for i in range(1100)]  # over one slice of the batch's computation
+    assert np.array_equal(fake.embed(many)[1099], fake.embed(many[1099:])[0])
     assert fake.embed([]).shape == (0, 64)
 
 

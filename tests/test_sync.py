@@ -386,7 +386,7 @@ def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
     with indexer.open(ix) as idx:
         claims = idx.manifest.conn.execute("SELECT count(*) FROM claims").fetchone()[0]
         assert claims == 1  # only the first sync's
-        assert idx.config.dim == FAKE_DIM and idx.config.revision == "fake-2"
+        assert idx.config.dim == FAKE_DIM and idx.config.revision == "fake-3"
     assert_serves(ix, {"a": "alpha"})
 
 

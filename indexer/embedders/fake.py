@@ -2,10 +2,11 @@
 
 Each text gets a unit vector derived from the XXH3-64 hash of its UTF-8 bytes: the same text always gets
 the same vector, bit for bit, in any process and in any batch. A batch costs one vectorized computation
-(counter-based SplitMix64 finalizer over the hash, components uniform in the int32 range, normalized), so
-the model adds next to nothing to what a benchmark with it measures: the bookkeeping. It does no model
-work and says so in its configuration (revision "fake-2"; "fake" was the earlier, per-text generator,
-whose vectors differ). Never use its vectors for search.
+(counter-based SplitMix64 finalizer over the hash, one bit a component: +-1/sqrt(dim), so unit length
+without normalizing), so the model adds next to nothing to what a benchmark with it measures: the
+bookkeeping. It does no model work and says so in its configuration (revision "fake-3"; "fake-2" drew
+each component from 32 bits and normalized, "fake" was a per-text generator: their vectors differ).
+Never use its vectors for search.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ class FakeEmbedder:
     """A `prompt` is prepended to every text before it is hashed, as a real model would see it."""
 
     def __init__(self, dim: int, prompt: str = "") -> None:
-        self.info = ModelInfo(model=f"fake:{dim}", revision="fake-2", dim=dim, normalize=True,
+        self.info = ModelInfo(model=f"fake:{dim}", revision="fake-3", dim=dim, normalize=True,
                               max_seq_length=0, prompt=prompt)
-        # one 64-bit word gives two 32-bit components
-        self._counters = np.arange(1, (dim + 1) // 2 + 1, dtype=np.uint64) * _GOLDEN
+        self._counters = np.arange(1, (dim + 63) // 64 + 1, dtype=np.uint64) * _GOLDEN  # 64 bits a word
+        self._unit = np.float32(1 / np.sqrt(dim))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         prompt = self.info.prompt
@@ -44,15 +45,13 @@ class FakeEmbedder:
         # Slices of _SLICE texts: the temporaries of one computation over a whole claim group (tens of
         # thousands of texts) outgrow the CPU caches and cost several times more per text.
         for start in range(0, len(texts), _SLICE):
-            out[start:start + _SLICE] = self._vectors(seeds[start:start + _SLICE])
+            self._vectors(seeds[start:start + _SLICE], out[start:start + _SLICE])
         return out
 
-    def _vectors(self, seeds: np.ndarray) -> np.ndarray:
+    def _vectors(self, seeds: np.ndarray, out: np.ndarray) -> None:
         with np.errstate(over="ignore"):
             words = _splitmix64(seeds[:, None] + self._counters[None, :])
-        # little-endian explicitly, so the vectors are the same on any machine; each component odd, so
-        # never all zero (dim 1)
-        words |= np.uint64(0x0000000100000001)
-        v = words.astype("<u8").view("<i4").astype(np.float32)[:, : self.info.dim]
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        return v
+        # little-endian explicitly, so that the vectors are the same on any machine
+        bits = np.unpackbits(words.astype("<u8").view(np.uint8), axis=1, bitorder="little")
+        np.multiply(bits[:, :self.info.dim], -2 * self._unit, out=out, dtype=np.float32)
+        out += self._unit  # bit 0: +1/sqrt(dim), bit 1: -1/sqrt(dim)
