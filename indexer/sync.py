@@ -287,13 +287,19 @@ MIN_VECTOR_NORM = 1e-6
 def unusable_vectors(rows: np.ndarray) -> dict[int, str]:
     """The rows (as stored: after the cast to the store's dtype) that must not be marked done, with
     their reason: a non-finite value, or a norm of (nearly) zero."""
-    finite = np.isfinite(rows).all(axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(rows.astype(np.float32), axis=1)
+    # One pass over the block: a row's sum of squares is finite and clear of zero unless the row is
+    # bad, or its values so large or small that the square overflows or underflows. Those few rows are
+    # looked at one by one.
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        squares = np.einsum("ij,ij->i", rows, rows, dtype=np.float32)
     bad: dict[int, str] = {}
-    for i in np.flatnonzero(~finite | ~(norms > MIN_VECTOR_NORM)):
-        bad[int(i)] = ("the model produced a non-finite vector; not stored" if not finite[i] else
-                       f"the model produced a zero vector (norm {norms[i]:.3g}); not stored")
+    for i in np.flatnonzero(~(squares > MIN_VECTOR_NORM ** 2) | ~(squares < np.inf)):
+        row = rows[i].astype(np.float64)
+        norm = float(np.linalg.norm(row))
+        if not np.isfinite(row).all():
+            bad[int(i)] = "the model produced a non-finite vector; not stored"
+        elif not norm > MIN_VECTOR_NORM:
+            bad[int(i)] = f"the model produced a zero vector (norm {norm:.3g}); not stored"
     return bad
 
 

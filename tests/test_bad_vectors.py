@@ -17,6 +17,7 @@ import indexer
 from indexer import Settings
 from indexer.embedders import ModelInfo
 from indexer.embedders.fake import FakeEmbedder
+from indexer.sync import unusable_vectors
 
 
 class _OddVectors(FakeEmbedder):
@@ -79,3 +80,19 @@ def test_openai_server_answering_zeros_is_not_stored(server: EmbeddingServer, tm
     assert set(reasons) == zero and all("zero vector" in r for r in reasons.values())
     text_of = {d["id"]: d["text"] for d in docs}
     np.testing.assert_array_equal(np.asarray(vecs), np.stack([fake_vector(text_of[i], 64) for i in ids]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_vector_check_tells_bad_rows_from_rows_whose_squares_overflow(dtype: type) -> None:
+    """The check sums each row's squares once: a finite row whose sum overflows (or underflows) is
+    looked at again, and kept unless its norm really is (nearly) zero."""
+    rows = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    rows[1] = 0.0
+    rows[2, 3] = np.nan
+    rows[3, 0] = -np.inf
+    rows[4] *= 1e-30  # squares underflow; the norm is nearly zero
+    rows[5] *= np.float32(1e19 if dtype is np.float32 else 1e2)  # squares overflow; finite, kept
+    rows[6] *= np.float32(1e-4 if dtype is np.float32 else 1e-3)  # squares underflow in float16
+    bad = unusable_vectors(rows.astype(dtype))
+    assert sorted(bad) == [1, 2, 3, 4]
+    assert all("zero vector" in bad[i] for i in (1, 4)) and all("non-finite" in bad[i] for i in (2, 3))
