@@ -1024,8 +1024,10 @@ def _drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: Sync
                             commit_written()
                         raise
                     sizer.observe(len(group.texts), time.perf_counter() - group.submitted)
-                    commit_written()  # the group before, in claim order
-                    writing = _Writing(writers, store, group, group.parts(vectors, failures))
+                    # Its chunks are written while the group before is committed (in claim order).
+                    written_next = _Writing(writers, store, group, group.parts(vectors, failures))
+                    commit_written()
+                    writing = written_next
                 except BaseException:
                     release(group)
                     raise
