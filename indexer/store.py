@@ -117,7 +117,7 @@ class VectorStore:
         if block.shape != (self.chunk_rows, self.dim):
             raise StoreError(f"chunk {chunk}: block of shape {block.shape}, expected "
                              f"{(self.chunk_rows, self.dim)}")
-        data = memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B")
+        data = np.ascontiguousarray(block, dtype=self.dtype).data.cast("B")
         final = self.chunk_path(chunk)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"0.{os.getpid()}.partial")

@@ -2,10 +2,10 @@
 
 Each text gets a unit vector derived from the XXH3-64 hash of its UTF-8 bytes: the same text always gets
 the same vector, bit for bit, in any process and in any batch. A batch costs one vectorized computation
-(counter-based SplitMix64 finalizer over the hash, one bit a component: +-1/sqrt(dim), so unit length
-without normalizing), so the model adds next to nothing to what a benchmark with it measures: the
-bookkeeping. It does no model work and says so in its configuration (revision "fake-3"; "fake-2" drew
-each component from 32 bits and normalized, "fake" was a per-text generator: their vectors differ).
+(counter-based SplitMix64 finalizer over the hash, one byte a component, normalized), so the model adds
+next to nothing to what a benchmark with it measures: the bookkeeping. It does no model work and says
+so in its configuration (revision "fake-3"; "fake-2" drew each component from 32 bits, "fake" was a
+per-text generator: their vectors differ).
 Never use its vectors for search.
 """
 
@@ -34,8 +34,7 @@ class FakeEmbedder:
     def __init__(self, dim: int, prompt: str = "") -> None:
         self.info = ModelInfo(model=f"fake:{dim}", revision="fake-3", dim=dim, normalize=True,
                               max_seq_length=0, prompt=prompt)
-        self._counters = np.arange(1, (dim + 63) // 64 + 1, dtype=np.uint64) * _GOLDEN  # 64 bits a word
-        self._unit = np.float32(1 / np.sqrt(dim))
+        self._counters = np.arange(1, (dim + 7) // 8 + 1, dtype=np.uint64) * _GOLDEN  # 8 bytes a word
 
     def embed(self, texts: list[str]) -> np.ndarray:
         prompt = self.info.prompt
@@ -51,7 +50,9 @@ class FakeEmbedder:
     def _vectors(self, seeds: np.ndarray, out: np.ndarray) -> None:
         with np.errstate(over="ignore"):
             words = _splitmix64(seeds[:, None] + self._counters[None, :])
-        # little-endian explicitly, so that the vectors are the same on any machine
-        bits = np.unpackbits(words.astype("<u8").view(np.uint8), axis=1, bitorder="little")
-        np.multiply(bits[:, :self.info.dim], -2 * self._unit, out=out, dtype=np.float32)
-        out += self._unit  # bit 0: +1/sqrt(dim), bit 1: -1/sqrt(dim)
+        # each component odd, so never all zero (dim 1); 128 levels, so that two texts' scores against
+        # a third hardly ever tie (one bit a component tied often). Little-endian explicitly, so that
+        # the vectors are the same on any machine.
+        words |= np.uint64(0x0101010101010101)
+        np.copyto(out, words.astype("<u8").view(np.int8)[:, :self.info.dim], casting="unsafe")
+        out /= np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
