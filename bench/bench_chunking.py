@@ -45,11 +45,11 @@ MODES = ("none", "window")
 def child(corpus: Path, mode: str, n: int) -> None:
     import itertools
 
+    from indexer._reading import in_batches
     from indexer.chunking import make_chunker
     from indexer.manifest import Manifest, ScanCounts
     from indexer.settings import DEFAULT_MODEL, Settings
     from indexer.sources import open_sources
-    from indexer.sync import _batches
 
     settings = Settings()
     chunker = make_chunker(DEFAULT_MODEL, 256, "", 0, 0) if mode == "window" else None
@@ -64,7 +64,7 @@ def child(corpus: Path, mode: str, n: int) -> None:
         counts = ScanCounts()
         manifest.begin_scan()
         t = time.perf_counter()
-        for batch in _batches(records, settings.scan_batch):
+        for batch in in_batches(records, settings.scan_batch):
             manifest.scan_batch(batch, counts, chunker=chunker, split=True)
         scan_s = time.perf_counter() - t
         manifest.close()

@@ -14,7 +14,7 @@ that process the driver's steps are wrapped with timers, for their shares of the
   texts read  Manifest._free_texts (_pending_texts before): the claim's SELECT of the texts to embed
   model       FakeEmbedder.embed
   write       the chunk files written and fsynced (file and directories): the driver's wait for them,
-              sync._Writing.written (a group's chunks are written while the next group is embedded),
+              _driver.Writing.written (sync._Writing before; a group's chunks are written beside the commit),
               sync._write_group (a group's chunks, side by side) or VectorStore.write_chunk before
   commit      Manifest.commit_many (Manifest.commit in a library without it)
   other       the rest of the embed phase (splitting, checks, progress, the runner)
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,9 @@ def child_sync(corpus: Path, index: Path, dim: int) -> None:
             timed(Manifest, texts_read, "texts read")
     timed(Manifest, "commit_many" if hasattr(Manifest, "commit_many") else "commit", "commit")
     sync_module = importlib.import_module("indexer.sync")  # (indexer.sync is the function)
-    if hasattr(sync_module, "_Writing"):  # written while the next group is embedded: the wait left
+    if importlib.util.find_spec("indexer._driver") is not None:  # the driver in a module of its own
+        timed(importlib.import_module("indexer._driver").Writing, "written", "write")
+    elif hasattr(sync_module, "_Writing"):  # written while the next group is embedded: the wait left
         timed(sync_module._Writing, "written", "write")
     elif hasattr(sync_module, "_write_group"):  # a group's chunks are written side by side: its wall time
         timed(sync_module, "_write_group", "write")

@@ -8,7 +8,7 @@ inline and B = processes (`--workers N`), each run in a fresh process, backends 
 docs/s of the whole sync and of the embed phase (SyncSummary.embed_seconds: claim -> embed -> write ->
 commit, nothing to scan; for processes it includes starting the workers, given apart as "workers
 start": ProcessRunner's construction, until the first worker has loaded the model), the driver's
-seconds in claim (Manifest.claim_many), write (sync._Writing.written: the driver's wait for the chunk
+seconds in claim (Manifest.claim_many), write (_driver.Writing.written: the driver's wait for the chunk
 files, fsynced) and commit (Manifest.commit_many), and the workers' time from backend_stats:
 `idle_share` (no claim in hand, from each worker's first claim to the end) and `starved_share` (idle
 while work was pending: between a result and the worker's next claim, or after its last claim while
@@ -64,7 +64,7 @@ def child_sync(corpus: Path, index: Path, dim: int, backend: str, workers: int) 
     timer = CallTimer()
     timer.wrap(Manifest, "claim_many", "claim")
     timer.wrap(Manifest, "commit_many", "commit")
-    timer.wrap(importlib.import_module("indexer.sync")._Writing, "written", "write")  # the driver's wait
+    timer.wrap(importlib.import_module("indexer._driver").Writing, "written", "write")  # the driver's wait
     timer.wrap(ProcessRunner, "__init__", "workers start")
     shutil.rmtree(index, ignore_errors=True)
     options: dict[str, object] = {"workers": workers} if backend == "processes" else {}

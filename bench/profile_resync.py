@@ -101,7 +101,7 @@ def child(corpus: Path, index: Path, mode: str, top: int) -> None:
 
     # Serial: the source is read in this thread, so that cProfile sees it and a statement's time is
     # its own (with the read-ahead thread it would include waiting for the GIL to come back).
-    sync_module._read_ahead = lambda items, depth=2: nullcontext(items)
+    sync_module.read_ahead = lambda items, depth=2: nullcontext(items)
 
     if mode == "profile":
         import cProfile

@@ -1,7 +1,7 @@
 """A zero or non-finite vector is never stored as done, whatever the backend (issue 10, item 6).
 
 A server that answered all-zero embeddings had 3,000 rows marked done and `verify` said ok. The check
-lives in `sync.write_chunk`, which every backend goes through: such a document fails with its
+lives in `_driver.write_chunk`, which every backend goes through: such a document fails with its
 reason (an attempt counts: the answer for that input was wrong), the others are stored.
 """
 
@@ -15,9 +15,9 @@ from openai_server import EmbeddingServer, fake_vector
 
 import indexer
 from indexer import Settings
+from indexer._driver import unusable_vectors
 from indexer.embedders import ModelInfo
 from indexer.embedders.fake import FakeEmbedder
-from indexer.sync import unusable_vectors
 
 
 class _OddVectors(FakeEmbedder):

@@ -19,12 +19,12 @@ import pytest
 from test_sync import RecordingEmbedder, assert_serves, docs_of
 
 import indexer
+from indexer._driver import GroupSizer
 from indexer.manifest import Finished, Manifest
 from indexer.runners import BatchDone, EmbedResult
 from indexer.runners.inline import InlineRunner
 from indexer.settings import Settings
 from indexer.store import VectorStore
-from indexer.sync import _GroupSizer
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_the_sizer_grows_by_doubling_to_the_time_asked_and_shrinks_for_a_slow_worker() -> None:
-    sizer = _GroupSizer(seconds=1.0, most=32, chunk_rows=1000)
+    sizer = GroupSizer(seconds=1.0, most=32, chunk_rows=1000)
     assert sizer.chunks == 1
     seen = []
     for _ in range(7):
@@ -61,7 +61,7 @@ def test_the_sizer_grows_by_doubling_to_the_time_asked_and_shrinks_for_a_slow_wo
     assert sizer.chunks == 10  # 1 s of it
     sizer.observe(texts=1000, seconds=5.0)  # slower than the time asked: one chunk at a time
     assert sizer.chunks == 1
-    off = _GroupSizer(seconds=0.0, most=32, chunk_rows=1000)
+    off = GroupSizer(seconds=0.0, most=32, chunk_rows=1000)
     off.observe(texts=1000, seconds=0.001)
     assert off.chunks == 1
 
@@ -194,19 +194,19 @@ def test_an_interrupt_between_a_result_and_its_write_gives_the_group_back(
     the chunk writers (the group is then neither in flight nor being written): its claims go back."""
     docs = docs_of(100)
     ix = tmp_path / "ix"
-    real = _GroupSizer.observe
+    real = GroupSizer.observe
     seen: list[int] = []
 
-    def interrupted(self: _GroupSizer, texts: int, seconds: float) -> None:
+    def interrupted(self: GroupSizer, texts: int, seconds: float) -> None:
         seen.append(texts)
         if len(seen) == 2:
             raise KeyboardInterrupt
         real(self, texts, seconds)
 
-    monkeypatch.setattr(_GroupSizer, "observe", interrupted)
+    monkeypatch.setattr(GroupSizer, "observe", interrupted)
     with pytest.raises(KeyboardInterrupt):
         indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
-    monkeypatch.setattr(_GroupSizer, "observe", real)
+    monkeypatch.setattr(GroupSizer, "observe", real)
     with indexer.open(ix, grouped) as idx:
         assert idx.status()["active_claims"] == 0
         assert idx.manifest.conn.execute("SELECT count(*) FROM staged WHERE claim_id > 0").fetchone()[0] == 0

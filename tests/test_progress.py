@@ -19,12 +19,12 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.tiny_model import build_tiny_model, tiny_texts
 
+from indexer._progress import Progress, ProgressMeter
 from indexer.embedders import load_embedder
 from indexer.embedders.fake import FakeEmbedder
 from indexer.manifest import Claim
 from indexer.runners import make_runner
 from indexer.runners.inline import InlineRunner, embed_texts
-from indexer.sync import Progress, _Meter
 
 
 def test_inline_reports_each_forward_pass_and_gives_the_same_vectors(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_eta_comes_from_characters_left_not_documents() -> None:
     """Claims go shortest texts first: after the two short texts of four, documents say half done,
     characters say 2 of 202."""
     seen: list[Progress] = []
-    meter = _Meter("embed", 4, seen.append, total_chars=202, interval=0.0)
+    meter = ProgressMeter("embed", 4, seen.append, total_chars=202, interval=0.0)
     claim = Claim(1, "t", 0, [b"a", b"b"], ["a", "b"])
     meter.on_batch(claim)(2)  # a finished batch of the claim in flight, counted as its two shortest
     meter.tick()

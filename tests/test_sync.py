@@ -555,7 +555,7 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
 # -- the scan's read-ahead thread ------------------------------------------------------------------------
 
 def test_read_ahead_hands_on_items_then_the_readers_error_in_order() -> None:
-    from indexer.sync import _read_ahead
+    from indexer._reading import read_ahead
 
     def items() -> Iterator[int]:
         yield 1
@@ -563,7 +563,7 @@ def test_read_ahead_hands_on_items_then_the_readers_error_in_order() -> None:
         raise indexer.SourceError("broke off")
 
     got: list[int] = []
-    with pytest.raises(indexer.SourceError, match="broke off"), _read_ahead(items()) as it:
+    with pytest.raises(indexer.SourceError, match="broke off"), read_ahead(items()) as it:
         got.extend(it)
     assert got == [1, 2]
 
@@ -572,7 +572,7 @@ def test_read_ahead_stays_bounded_and_stops_and_closes_the_source_when_the_calle
     import threading
     import time
 
-    from indexer.sync import _read_ahead
+    from indexer._reading import read_ahead
 
     produced: list[int] = []
     closed = threading.Event()
@@ -585,7 +585,7 @@ def test_read_ahead_stays_bounded_and_stops_and_closes_the_source_when_the_calle
         finally:
             closed.set()
 
-    with pytest.raises(KeyboardInterrupt), _read_ahead(items(), depth=2) as it:
+    with pytest.raises(KeyboardInterrupt), read_ahead(items(), depth=2) as it:
         for i in it:
             time.sleep(0.2)  # the reader runs ahead meanwhile, as far as the queue lets it
             assert len(produced) <= i + 1 + 2 + 1  # queue of 2, plus the one waiting to be put
