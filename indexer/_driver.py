@@ -187,6 +187,14 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
     outage = OutageWatch()
 
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            summary.step_seconds[name] = summary.step_seconds.get(name, 0.0) + time.perf_counter() - start
+
     def release(group: Group) -> None:
         for claim in group.claims:
             manifest.release(claim)  # a no-op for a claim committed or taken over
@@ -198,8 +206,10 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
             return
         group = writing.group
         try:
-            written = writing.written()
-            results = manifest.commit_many([w for w, _ in written])
+            with step("write"):
+                written = writing.written()
+            with step("commit"):
+                results = manifest.commit_many([w for w, _ in written])
         except BaseException:  # Ctrl-C mid-write: the group goes back too
             release(group)  # (a no-op for claims whose commit went through)
             raise
@@ -232,7 +242,8 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     try:
         while True:
             while not exhausted and len(in_flight) < runner.capacity:
-                claims = manifest.claim_many(store.chunk_rows, sizer.chunks, on_chunk=grow)
+                with step("claim"):
+                    claims = manifest.claim_many(store.chunk_rows, sizer.chunks, on_chunk=grow)
                 if not claims and writing is not None:
                     # Nothing free while a group is written: commit it and ask once more, as without
                     # the overlap (a vector its write found unusable is a failed attempt, pending again).
@@ -243,8 +254,9 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
                     break
                 try:
                     group = Group(claims)
-                    future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
-                        else runner.submit(group.texts)
+                    with step("embed"):
+                        future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
+                            else runner.submit(group.texts)
                     in_flight[future] = group
                 except BaseException:  # Ctrl-C (or a runner error) before the group was in flight
                     for claim in claims:
@@ -256,8 +268,9 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
                 commit_written()  # (a backend's failures may bring work back: then claim again)
                 continue
             # Short waits: the progress of batches within groups is reported between them.
-            finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
-                               return_when=FIRST_COMPLETED)
+            with step("embed"):
+                finished, _ = wait(in_flight, timeout=min(renew_every, meter.interval),
+                                   return_when=FIRST_COMPLETED)
             meter.tick()
             if time.monotonic() - last_renew > renew_every:
                 for future, group in list(in_flight.items()):

@@ -82,6 +82,10 @@ class SyncSummary:
     # What the runner says about its work when it has a `stats()` method (the openai backend: requests,
     # retries, tokens sent, achieved tokens/minute, truncations); its "warnings" join `warnings`.
     backend_stats: dict[str, object] = field(default_factory=dict)
+    # The embed phase's wall seconds by what the driver was doing: "claim" (claim_many, the texts read
+    # included), "embed" (handing groups to the runner, which embeds inline ones there, and waiting for
+    # results), "write" (waiting for chunk files), "commit" (commit_many). The rest: bookkeeping.
+    step_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -594,3 +594,14 @@ def test_read_ahead_stays_bounded_and_stops_and_closes_the_source_when_the_calle
     assert closed.wait(2), "the source was not closed"
     assert len(produced) <= 4 + 2 + 1
     assert not [t for t in threading.enumerate() if t.name == "indexer-scan-reader"]
+
+
+def test_the_summary_tells_what_the_embed_phase_was_spent_on(tmp_path: Path) -> None:
+    """`step_seconds`: the driver's wall seconds by step, within the embed phase; none without one."""
+    docs = [{"id": k, "text": v} for k, v in docs_of(300).items()]
+    first = indexer.sync(tmp_path / "idx", docs, model="fake:16", settings=indexer.Settings(chunk_rows=8))
+    assert set(first.step_seconds) == {"claim", "embed", "write", "commit"}
+    assert all(seconds > 0 for seconds in first.step_seconds.values())
+    assert sum(first.step_seconds.values()) <= first.embed_seconds
+    again = indexer.sync(tmp_path / "idx", docs)
+    assert again.embedded == 0 and again.step_seconds == {}
