@@ -5,29 +5,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
-import json
 import os
 import shutil
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import _compact, _export, _verify
+from ._compact import CompactReport
+from ._export import EXPORT_FORMATS, read_ids, vector_array, vector_schema
 from ._lock import maintenance_lock
-from .config import EmbeddingConfig, config_text, parse_config, read_config, write_config
+from ._verify import VerifyReport
+from .config import EmbeddingConfig, config_text, parse_config, write_config
 from .errors import (
-    ChunkMissingError,
     EmbeddingError,
     IndexBusyError,
     IndexerError,
     IndexNotFoundError,
     ManifestError,
     StoreError,
-    UsageError,
 )
 from .manifest import Manifest, identify
 from .search import (
@@ -54,9 +53,6 @@ from .vectors import (
 
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
            "vector_schema"]
-
-EXPORT_FORMATS = ("npy", "parquet")
-PARQUET_ROW_GROUP_BYTES = 8 << 20  # vectors per Parquet row group
 
 MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
 _NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
@@ -157,79 +153,6 @@ def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, setting
         if (path / STORE).exists():
             _remove_unfinished_store(path / STORE)
         return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
-
-
-def vector_schema(dim: int, dtype: np.dtype, chunks: bool = False) -> Any:
-    """The Arrow schema of exported and pushed rows: a string id and a fixed-size list of the index's
-    float type, its dimension long (what DuckDB, Polars, LanceDB read as a vector). With `chunks`, a
-    row is a chunk: its number in the document and its character span [start, end) between them."""
-    import pyarrow as pa
-
-    span = [pa.field(name, kind, nullable=False)
-            for name, kind in (("chunk", pa.int32()), ("start", pa.int64()), ("end", pa.int64()))]
-    return pa.schema([pa.field("id", pa.string(), nullable=False), *(span if chunks else []),
-                      pa.field("vector", pa.list_(pa.from_numpy_dtype(dtype), dim), nullable=False)])
-
-
-def vector_array(block: np.ndarray) -> Any:
-    """An (n, dim) matrix as an Arrow fixed-size list array, without copying the values."""
-    import pyarrow as pa
-
-    flat = np.ascontiguousarray(block).reshape(-1)
-    # from_buffers wraps the memory as it is; pa.array converts float16 value by value (slow).
-    values = pa.Array.from_buffers(pa.from_numpy_dtype(flat.dtype), len(flat), [None, pa.py_buffer(flat)])
-    return pa.FixedSizeListArray.from_arrays(values, block.shape[1])
-
-
-@dataclass
-class VerifyReport:
-    ok: bool = True
-    checked: int = 0
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # not wrong, but reclaimable by compact
-    repaired: int = 0
-
-    def problem(self, msg: str) -> None:
-        self.ok = False
-        self.problems.append(msg)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"ok": self.ok, "checked": self.checked, "problems": self.problems,
-                "notes": self.notes, "repaired": self.repaired}
-
-
-@dataclass
-class _ChunkCheck:
-    """What `Index.verify` found in one chunk file that holds done vectors."""
-
-    lost: str | list[int]  # why the whole chunk is lost (missing, torn); or the done slots not finite
-    changed: list[int] = field(default_factory=list)  # done slots whose row checksum differs
-    actual: bytes | None = None  # the checksums of the file as it is
-
-    @property
-    def sound(self) -> bool:
-        return not self.lost and not self.changed
-
-
-@dataclass
-class CompactReport:
-    contents_dropped: int = 0
-    orphan_chunks_removed: int = 0
-    partial_files_removed: int = 0
-    chunks_packed: int = 0
-    chunks_written: int = 0
-    damaged_chunks_left: int = 0  # sparse chunks that fail verify: left for `verify --repair`
-    manifest_bytes_freed: int = 0  # by VACUUM
-    checksums_recorded: int = 0  # of chunks written before checksums were kept
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-def read_ids(path: str | Path) -> list[str]:
-    """The ids `Index.export` wrote to `path`, in row order."""
-    with Path(path).open(encoding="ascii") as f:
-        return [json.loads(line) for line in f]
 
 
 class Index:
@@ -403,49 +326,7 @@ class Index:
         "start", "end"}. An id may hold any character, a line break, U+2028 or NUL included, so plain
         lines could split one id in two and misalign every row after it; in JSON every such character
         is escaped."""
-        out = Path(out)
-        if format is None:
-            format = out.suffix.lower().lstrip(".")
-            if format not in EXPORT_FORMATS:
-                raise UsageError(f"cannot write {out}: export writes "
-                                 f"{' or '.join('.' + f for f in EXPORT_FORMATS)} files; give --out a name "
-                                 "ending in one of them")
-        if format not in EXPORT_FORMATS:
-            raise IndexerError(f"export format {format!r} is not known; choose one of "
-                               f"{', '.join(EXPORT_FORMATS)}")
-        if level not in ("documents", "chunks"):
-            raise IndexerError(f"export level {level!r}: choose documents or chunks")
-        for target in (out, ids_out):
-            if target is not None and not Path(target).parent.is_dir():
-                raise UsageError(f"cannot write {target}: the directory {Path(target).parent} does not "
-                                 "exist; create it first")
-        if format == "parquet":
-            if ids_out is not None:
-                raise IndexerError("a Parquet export holds the ids in its id column; --ids is for .npy")
-            if level == "chunks":
-                raise IndexerError("a chunk-level export is written as .npy (with --ids for the chunks' "
-                                   "ids and spans); Parquet holds one row a document")
-            return self._export_parquet(out)
-        chunks = self.chunks() if level == "chunks" else None
-        ids, vecs = (chunks.ids, chunks.vectors) if chunks is not None else self.vectors()
-        n = len(vecs)
-        tmp = out.with_name(out.name + ".partial")
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.store.dtype, shape=(n, self.store.dim))
-        step = self.store.chunk_rows * 64
-        for start in range(0, n, step):
-            vecs.read_into(slice(start, start + step), matrix[start:start + step])
-        matrix.flush()
-        del matrix
-        tmp.replace(out)
-        if ids_out is not None:
-            if chunks is None:
-                lines = (f"{json.dumps(i)}\n" for i in ids)  # ensure_ascii: \u2028, \x85 escaped too
-            else:
-                lines = (json.dumps({"id": i, "chunk": int(k), "start": int(a), "end": int(b)}) + "\n"
-                         for i, k, a, b in zip(ids, chunks.ordinals, chunks.starts, chunks.ends, strict=True))
-            with Path(ids_out).open("w", encoding="ascii", newline="\n") as f:
-                f.writelines(lines)
-        return n
+        return _export.export(self, Path(out), ids_out, format, level)
 
     # -- search (indexer/search.py) ------------------------------------------------------------
 
@@ -492,31 +373,6 @@ class Index:
                                f"pending); run `indexer sync` first")
         return rows
 
-    def _export_parquet(self, out: Path) -> int:
-        """One row group per step of rows, each read from the store and written before the next, so
-        memory holds one step of vectors whatever the size of the index (and the ids of one snapshot).
-        The Parquet writer holds a few copies of a row group while it encodes it (bench/RESULTS.md,
-        export), so a step is kept to PARQUET_ROW_GROUP_BYTES of vectors."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        ids, vecs = self.vectors()
-        n = len(vecs)
-        schema = vector_schema(self.store.dim, self.store.dtype)
-        tmp = out.with_name(out.name + ".partial")
-        step = max(1, PARQUET_ROW_GROUP_BYTES // (self.store.dim * self.store.dtype.itemsize))
-        try:
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for start in range(0, n, step):
-                    block = vecs[start:start + step]  # checked, and followed across a compact
-                    writer.write_batch(pa.record_batch(
-                        [pa.array(ids[start:start + step], pa.string()), vector_array(block)],
-                        schema=schema), row_group_size=step)
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return n
-
     # -- maintenance ----------------------------------------------------------------------------
 
     def retry(self) -> int:
@@ -530,96 +386,7 @@ class Index:
         if repair:
             self.require_writable("verify --repair")
         with self.maintenance():
-            return self._verify(repair)
-
-    def _verify(self, repair: bool) -> VerifyReport:
-        report = VerifyReport()
-        integrity = self.manifest.integrity_check()
-        if integrity != "ok":
-            report.problem(f"manifest integrity check: {integrity}")
-        try:
-            on_disk = read_config(self.path / CONFIG)
-            if on_disk != self.config:
-                report.problem(f"{CONFIG} changed while open: " + "; ".join(self.config.differences(on_disk)))
-        except Exception as exc:
-            report.problem(str(exc))
-        bad: list[bytes] = []
-        by_chunk: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
-        done, active = self.manifest.done_slots_and_active_chunks()
-        for h, slot in done:
-            if slot is None:
-                report.problem(f"content {h.hex()} is done without a slot")
-                bad.append(h)
-                continue
-            by_chunk[slot // self.store.chunk_rows].append((h, slot))
-        checksums = self.manifest.chunk_checksums()
-        unrecorded: dict[int, bytes] = {}  # chunks written before checksums were kept, found sound
-        for chunk, rows in sorted(by_chunk.items()):
-            report.checked += len(rows)
-            check = self._check_chunk(chunk, [s for _, s in rows], checksums.get(chunk))
-            if isinstance(check.lost, str):
-                report.problem(check.lost)
-                bad.extend(h for h, _ in rows)
-                continue
-            hash_of = dict((s, h) for h, s in rows)
-            for slot in check.lost:
-                report.problem(f"slot {slot} (content {hash_of[slot].hex()}) is done but its vector is "
-                               "not finite")
-            if check.changed:
-                report.problem(f"chunk {chunk} does not match its checksum: {len(check.changed)} done "
-                               "vector(s) changed after they were written")
-            damaged = set(check.lost) | set(check.changed)
-            bad.extend(h for h, s in rows if s in damaged)
-            if check.actual is not None and ((chunk not in checksums and check.sound) or damaged):
-                # A chunk from before checksums; or one whose damaged rows --repair re-queues: the
-                # rows it goes on serving match their own recorded checksums, so the file as it is
-                # is their new record, and readers can map it again.
-                unrecorded[chunk] = check.actual
-        miscounted = self.manifest.counts_problems()
-        for problem in miscounted:
-            report.problem(problem)
-        if repair and miscounted:
-            self.manifest.recount()
-            report.notes.append("recounted the status counts from the rows")
-        for whole, what in self.manifest.broken_wholes():
-            report.problem(f"long document content {whole.hex()} is done but {what}")
-            bad.append(whole)
-        old_chunks = sum(1 for c in unrecorded if c not in checksums)
-        if old_chunks and not repair:
-            report.notes.append(f"{old_chunks} chunk(s) were written before checksums were kept: "
-                                "checked for missing values only; `indexer compact` or `indexer verify "
-                                "--repair` records their checksums")
-        referenced = set(by_chunk) | active
-        orphans = [c for c in self.store.chunk_files() if c not in referenced]
-        if orphans:
-            report.notes.append(f"{len(orphans)} chunk file(s) hold no done vector; `indexer compact` "
-                                "removes them")
-        partials = self.store.partial_files()
-        if partials:
-            report.notes.append(f"{len(partials)} unfinished .partial file(s); "
-                                "`indexer compact` removes them")
-        if repair and bad:
-            report.repaired = self.manifest.requeue(bad, "re-queued by verify --repair")
-        if repair and unrecorded:
-            self.manifest.record_checksums(unrecorded)
-            if old_chunks:
-                report.notes.append(f"recorded the checksums of {old_chunks} chunk(s) written before "
-                                    "checksums were kept")
-        return report
-
-    def _check_chunk(self, chunk: int, slots: Sequence[int], recorded: bytes | None) -> _ChunkCheck:
-        """Check a chunk that holds done `slots` against its `recorded` checksums (None: not kept)."""
-        try:
-            data, actual, changed_rows = self.store.read_chunk_checked(chunk, recorded)
-        except FileNotFoundError:
-            return _ChunkCheck(f"chunk {chunk} is missing: {len(slots)} done vector(s) lost")
-        except ChunkMissingError:
-            return _ChunkCheck(f"chunk {chunk} is torn: {len(slots)} done vector(s) lost")
-        first = chunk * self.store.chunk_rows
-        finite = np.isfinite(data[np.asarray(slots, dtype=np.int64) - first]).all(axis=1)
-        not_finite = [int(s) for s, ok in zip(slots, finite, strict=True) if not ok]
-        changed = sorted({first + r for r in changed_rows} & set(slots) - set(not_finite))
-        return _ChunkCheck(not_finite, changed, actual)
+            return _verify.verify(self, repair)
 
     def compact(self) -> CompactReport:
         """Reclaim dead slots and orphan chunks, crash-safely: new chunks are written and made durable,
@@ -636,62 +403,9 @@ class Index:
                 raise IndexBusyError(f"another process is using the index {self.path} ({active_claims} "
                                      "active claim(s)); nothing was changed. Run compact again when "
                                      "it has finished")
-            report = self._compact()
+            report = _compact.compact(self)
             before = self.manifest.path.stat().st_size
             self.manifest.vacuum()
             report.manifest_bytes_freed = max(0, before - self.manifest.path.stat().st_size)
             return report
 
-    def _compact(self) -> CompactReport:
-        report = CompactReport()
-        report.contents_dropped = self.manifest.drop_unreferenced_contents()
-        for p in self.store.partial_files():
-            p.unlink(missing_ok=True)
-            report.partial_files_removed += 1
-        rows_per_chunk = self.store.chunk_rows
-        by_chunk: dict[int, list[int]] = defaultdict(list)
-        for _, slot in self.manifest.done_slots():
-            by_chunk[slot // rows_per_chunk].append(slot)
-        active = self.manifest.active_chunks()
-        orphans = [c for c in self.store.chunk_files() if c not in by_chunk and c not in active]
-        for chunk in orphans:
-            self.store.delete_chunk(chunk)
-        self.manifest.forget_chunks(orphans)
-        report.orphan_chunks_removed = len(orphans)
-        checksums = self.manifest.chunk_checksums()
-        sparse, adopted = [], {}
-        for c, slots in sorted(by_chunk.items()):
-            if len(slots) == rows_per_chunk and c in checksums:
-                continue
-            check = self._check_chunk(c, slots, checksums.get(c))
-            if not check.sound:
-                # Never copy a damaged chunk's rows into a new chunk with a fresh checksum, nor record
-                # its bytes as right: it stays for `verify --repair`.
-                report.damaged_chunks_left += 1
-                continue
-            if c not in checksums and check.actual is not None:
-                adopted[c] = check.actual  # written before checksums were kept: sound, so recorded now
-            if len(slots) < rows_per_chunk:
-                sparse.append(c)
-        if adopted:
-            self.manifest.record_checksums(adopted)
-            report.checksums_recorded = len(adopted)
-        live = sorted(s for c in sparse for s in by_chunk[c])
-        needed = -(-len(live) // rows_per_chunk)
-        if needed >= len(sparse):
-            return report
-        moves: list[tuple[int, int]] = []
-        written: dict[int, bytes] = {}
-        for start in range(0, len(live), rows_per_chunk):
-            group = live[start:start + rows_per_chunk]
-            chunk = self.manifest.allocate_chunk(lambda c: self.store.ensure_chunks(c + 1))
-            block = np.full((rows_per_chunk, self.store.dim), np.nan, dtype=self.store.dtype)
-            block[:len(group)] = self.store.read_slots(group)
-            written[chunk] = self.store.write_chunk(chunk, block)
-            moves.extend((old, chunk * rows_per_chunk + i) for i, old in enumerate(group))
-            report.chunks_written += 1
-        self.manifest.move_slots(moves, written, sparse)
-        for chunk in sparse:
-            self.store.delete_chunk(chunk)
-        report.chunks_packed = len(sparse)
-        return report

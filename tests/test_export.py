@@ -39,7 +39,7 @@ def test_parquet_round_trip_equals_vectors_bit_for_bit(tmp_path: Path, dtype: st
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ix = make_index(tmp_path, dtype)
     # row groups of 128 rows, so that the 298 rows take three
-    monkeypatch.setattr("indexer.index.PARQUET_ROW_GROUP_BYTES", 128 * 16 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr("indexer._export.PARQUET_ROW_GROUP_BYTES", 128 * 16 * np.dtype(dtype).itemsize)
     out = tmp_path / "vectors.parquet"
     r = invoke("export", str(ix), "--out", str(out))
     assert r.exit_code == 0, r.output
