@@ -15,11 +15,13 @@ import click
 from click.core import ParameterSource
 
 from . import Index, IndexerError, Progress, SyncSummary, sync
+from ._cli_text import ProgressBar, status_text, sync_line
 from .config import DTYPES, RUNTIMES
 from .embedders import quiet_libraries
 from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
+from .runners._flags import backend_options
 from .search import QueryTruncatedWarning, snippet
 from .settings import DEFAULT_MODEL, Settings
 from .sources import FolderFilter
@@ -73,73 +75,6 @@ def cli() -> None:
       129  stopped by SIGHUP, 130 by Ctrl-C, 143 by SIGTERM (claims released; run the same
            command to resume)
     """
-
-
-class _Bar:
-    """A progress bar on stderr (tqdm), shown only on a terminal."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self.bar: Any = None
-        self.phase = ""
-
-    def __call__(self, p: Progress) -> None:
-        if p.phase == "load":  # a line of its own: the scan's bar stops before the model starts
-            self.close()
-            self.phase = p.phase
-            self._tqdm.write(f"indexer: loading {p.detail} ...", file=sys.stderr)
-            return
-        if p.phase != self.phase:
-            self.close()
-            self.phase = p.phase
-            # The time left is the sync's own estimate (from characters left; tqdm's would count
-            # documents, and claims go shortest first), so tqdm's {remaining} is left out.
-            with_total = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
-            unit = "chunk" if p.unit == "chunks" else "doc"
-            self.bar = self._tqdm(total=p.total, unit=unit, desc=p.phase, file=sys.stderr,
-                                  dynamic_ncols=True, smoothing=0.1,
-                                  bar_format=with_total if p.total is not None else None)
-        self.bar.update(p.processed - self.bar.n)
-        left = f"left {self._tqdm.format_interval(p.eta_s)}, " if p.eta_s is not None else ""
-        self.bar.set_postfix_str(f"{left}rss {p.rss_mb:.0f} MB", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _final_line(s: SyncSummary, index_dir: str) -> str:
-    if s.dry_run:
-        kept = s.missing - s.deleted
-        return (f"dry run: scanned {s.scanned}: {s.new} new, {s.changed} changed, {s.unchanged} unchanged; "
-                f"would embed {s.would_embed} {s.would_embed_unit}"
-                + (" (no index yet: its model is not loaded, so long documents are not yet counted "
-                   "as the chunks they become)" if s.would_embed_unit == "documents" else "")
-                + f", would delete {s.deleted}"
-                + (f"; {kept} live document(s) missing from the sources would be kept (--delete-missing "
-                   "deletes them; --json lists their ids)" if kept else "")
-                + "; nothing was written")
-    line = (f"synced {index_dir}: scanned {s.scanned} ({s.new} new, {s.changed} changed, "
-            f"{s.unchanged} unchanged), embedded {s.embedded}, deleted {s.deleted}")
-    if s.chunks > s.new + s.changed:  # some are long documents: say what `embedded` counts
-        line += f" ({s.chunks} chunks in the new and changed documents; embedded counts chunks)"
-    if s.truncated:
-        line += f", {s.truncated} TRUNCATED at the model's window"
-    if s.failed:
-        line += f", {s.failed} FAILED (see `indexer status {index_dir} --failed`, then `indexer retry`)"
-    if s.skipped:
-        line += f", skipped {s.skipped} input record(s)"
-    if s.backend and s.backend_settings:
-        line += f"; backend {s.backend} (" + ", ".join(
-            f"{k.replace('_', ' ')} {v}" for k, v in s.backend_settings.items()) + ")"
-    b = s.backend_stats
-    if "tokens_per_minute" in b:
-        line += (f"; API: {b['requests']} requests, {b['retries']} retries, {b['tokens_sent']} tokens sent, "
-                 f"{b['tokens_per_minute']} tokens/min")
-    return line + f" in {s.seconds:.1f}s"
 
 
 @cli.command("sync")
@@ -264,26 +199,17 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (run the same command to resume).
     """
     on_terminal = sys.stderr.isatty()
-    bar = _Bar() if not quiet and on_terminal else None
+    bar = ProgressBar() if not quiet and on_terminal else None
     progress: Callable[[Progress], None] | None = bar
     with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet):
         try:
-            # Only the flags the user gave reach the backend, which refuses those it does not take.
-            # (`is not`: 0 and 0.0 are values given, like --max-retries 0; `0 in (None, False)` is true.)
             batch_tokens = backend_flags.pop("batch_tokens")
             settings = Settings.from_env()
             if (hang_seconds := backend_flags.pop("hang_seconds")) is not None:
                 settings = replace(settings, hang_seconds=hang_seconds)
-            options = {k: v for k, v in backend_flags.items() if v is not None and v is not False}
-            batch_size_given = click.get_current_context().get_parameter_source(
-                "batch_size") is ParameterSource.COMMANDLINE
-            # These backends pack by tokens; --batch-size, when given, caps the texts of one batch.
-            if backend == "openai" and batch_size_given:
-                options["max_batch_inputs"] = batch_size
-            if backend == "gpus" and batch_size_given:
-                options["max_batch_texts"] = batch_size
-            if backend == "gpus" and batch_tokens is not None:  # else on CUDA the backend sizes them
-                options["batch_tokens"] = batch_tokens
+            source = click.get_current_context().get_parameter_source("batch_size")
+            given = source is ParameterSource.COMMANDLINE
+            options = backend_options(backend, backend_flags, batch_size if given else None, batch_tokens)
             refused: IncompleteSourceError | None = None
             try:
                 summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
@@ -312,7 +238,7 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
             if fs:
                 click.echo(f"indexer: warning: {index_dir} is on a network filesystem ({fs}); SQLite "
                            "locking is unsafe there. Keep the index on a local disk.", err=True)
-        click.echo(_final_line(summary, index_dir), err=True)
+        click.echo(sync_line(summary, index_dir), err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     if refused is not None:
@@ -333,33 +259,7 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
             st["failures"] = [{"id": i, "reason": r} for i, r in failures]
         click.echo(json.dumps(st))
         return
-    run = st["last_run"]
-    extra = "".join([f", runtime {st['runtime']}" if st["runtime"] != "torch" else "",
-                     f", truncated to {st['truncate_dim']} dims" if st["truncate_dim"] else ""])
-    click.echo(f"index     {st['index']}\nmodel     {st['model']} (dim {st['dim']}, {st['dtype']}{extra})\n"
-               f"documents {st['documents']}: {st['done']} done, {st['pending']} pending, "
-               f"{st['failed']} failed; {st['deleted']} deleted\n"
-               f"chunks    {st['chunks']} ({_chunking_line(st)})")
-    if st["truncated"]:
-        click.echo(f"truncated {st['truncated']} document(s) longer than the model's window: their text "
-                   "past it is not embedded (an unchunked index)")
-    if st["prompt"] or st["query_prompt"]:
-        click.echo(f"prompts   documents {st['prompt']!r}, queries {st['query_prompt']!r}")
-    if st["template"]:
-        click.echo(f"template  {st['template']!r}")
-    if isinstance(run, dict):
-        click.echo(f"last run  #{run['id']} {run['state']}")
-    for doc_id, reason in failures:
-        click.echo(f"failed    {doc_id}: {reason}")
-
-
-def _chunking_line(st: dict[str, Any]) -> str:
-    if not st["chunking"]:
-        return "unchunked: one vector a document"
-    if not st["chunk_tokens"] and str(st["model"]).startswith("fake:"):
-        return "the fake model has no window: it chunks only with --chunk-tokens"
-    line = f"at most {st['chunk_tokens']} tokens" if st["chunk_tokens"] else "at the model's window"
-    return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
+    click.echo(status_text(st, failures))
 
 
 @cli.command()

@@ -218,13 +218,13 @@ def test_failed_documents_status_failed_and_retry(tmp_path: Path) -> None:
 
 def test_final_line_names_failures(tmp_path: Path) -> None:
     """The CLI cannot load a failing model; check its final line on a summary with failures."""
-    from indexer.cli import _final_line
+    from indexer._cli_text import sync_line
 
     idx = tmp_path / "idx"
     bad = docs(tmp_path / "bad.jsonl", {"ok": "fine", "bad": "BOOM"})
     s = indexer.sync(idx, paths=[str(bad)], embedder=_FailsOnBoom())
     assert (s.embedded, s.failed) == (1, 1)
-    line = _final_line(s, str(idx))
+    line = sync_line(s, str(idx))
     assert f"embedded 1, deleted 0, 1 FAILED (see `indexer status {idx} --failed`, then `indexer retry`)" \
         in line
 
@@ -582,3 +582,15 @@ def test_the_default_model_path_is_a_str_sentence_transformers_loads() -> None:
     path = indexer.default_model_path()
     assert isinstance(path, str)
     assert SentenceTransformer(path, device="cpu").get_sentence_embedding_dimension() == 384
+
+
+def test_only_the_flags_given_reach_the_backend_and_batch_limits_map_where_it_packs_by_tokens() -> None:
+    from indexer.runners._flags import backend_options
+
+    flags = {"workers": None, "max_retries": 0, "no_truncate": False, "rpm": 60}
+    assert backend_options("processes", flags, batch_size=8) == {"max_retries": 0, "rpm": 60}
+    assert backend_options("openai", flags, batch_size=8) == {"max_retries": 0, "rpm": 60,
+                                                              "max_batch_inputs": 8}
+    assert backend_options("gpus", {}, batch_size=8, batch_tokens=4096) == {"max_batch_texts": 8,
+                                                                           "batch_tokens": 4096}
+    assert backend_options("gpus", {}) == {}

@@ -17,7 +17,8 @@ from tiny_model import build_tiny_model
 
 import indexer
 from indexer import Progress
-from indexer.cli import _Bar, cli
+from indexer._cli_text import ProgressBar
+from indexer.cli import cli
 from indexer.runners import auto
 
 
@@ -50,7 +51,7 @@ def test_the_model_loads_in_a_phase_of_its_own_naming_what_loads(tmp_path: Path,
 def test_the_bar_closes_the_scan_before_the_load_line(monkeypatch: pytest.MonkeyPatch) -> None:
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    bar = _Bar()
+    bar = ProgressBar()
     bar(Progress("scan", 3, None, 100.0, None, 50.0))
     assert bar.bar is not None and bar.bar.n == 3
     bar(Progress("load", 0, None, 0.0, None, 50.0, detail="model m (runtime torch; backend inline)"))
