@@ -382,3 +382,20 @@ def test_the_cli_batch_limits_reach_the_embedder(tiny_path: Path, tmp_path: Path
 def test_a_negative_token_budget_is_refused() -> None:
     with pytest.raises(indexer.IndexerError, match="--batch-tokens must be at least 1"):
         indexer.sync("unused", [], batch_tokens=-1)
+
+
+def test_which_embedders_tokenize_apart_from_their_forward_passes(tiny: SentenceTransformerEmbedder) -> None:
+    """`TokenizingEmbedder`: what workers check before they tokenize a claim ahead. A truncated
+    embedder is one exactly when its inner embedder is, and gives the same vectors either way."""
+    from indexer.embedders import TokenizingEmbedder, TruncatedEmbedder
+
+    assert isinstance(tiny, TokenizingEmbedder)
+    assert not isinstance(FakeEmbedder(8), TokenizingEmbedder)
+    assert not isinstance(TruncatedEmbedder(FakeEmbedder(8), 4), TokenizingEmbedder)
+    truncated = TruncatedEmbedder(tiny, 8)
+    assert isinstance(truncated, TokenizingEmbedder)
+    texts = ["a short one", "and a somewhat longer text than that"]
+    batches: list[int] = []
+    tokenized = truncated.embed_tokenized(truncated.tokenize(texts), on_batch=batches.append)
+    np.testing.assert_allclose(tokenized, truncated.embed(texts), rtol=0, atol=1e-6)
+    assert sum(batches) == len(texts)

@@ -27,8 +27,8 @@ import numpy as np
 from ..config import RUNTIMES
 from ..errors import IndexerError, ModelLoadError
 
-__all__ = ["Embedder", "ModelInfo", "TruncatedEmbedder", "check_loadable", "load_embedder",
-           "quiet_libraries", "truncation_warning"]
+__all__ = ["Embedder", "ModelInfo", "TokenizingEmbedder", "TruncatedEmbedder", "check_loadable",
+           "load_embedder", "quiet_libraries", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,18 @@ class Embedder(Protocol):
     info: ModelInfo
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TokenizingEmbedder(Embedder, Protocol):
+    """An embedder whose tokenizing is apart from its forward passes: workers tokenize the next claim
+    while the current one runs, and hear of each finished batch (`on_batch(n)`). `embed(texts)` is
+    exactly `embed_tokenized(tokenize(texts))`."""
+
+    def tokenize(self, texts: list[str]) -> Any: ...
+
+    def embed_tokenized(self, tokenized: Any, *, on_batch: Callable[[int], None] | None = None,
+                        **options: Any) -> np.ndarray: ...
 
 
 class TruncatedEmbedder:
@@ -79,9 +91,12 @@ class TruncatedEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self._truncate(self.inner.embed(texts))
 
-    def embed_tokenized(self, tokenized: Any, **options: Any) -> np.ndarray:
+    def embed_tokenized(self, tokenized: Any, *, on_batch: Callable[[int], None] | None = None,
+                        **options: Any) -> np.ndarray:
         """The inner embedder's tokenized path (process and GPU workers use it), truncated too."""
-        return self._truncate(self.inner.embed_tokenized(tokenized, **options))  # type: ignore[attr-defined]
+        inner = self.inner
+        assert isinstance(inner, TokenizingEmbedder), "a TruncatedEmbedder tokenizes only as its inner one"
+        return self._truncate(inner.embed_tokenized(tokenized, on_batch=on_batch, **options))
 
 
 # Models known to be trained for Matryoshka truncation (their first dims carry the most); names compared

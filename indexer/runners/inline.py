@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedders import Embedder
+from ..embedders import Embedder, TokenizingEmbedder
 from . import BatchDone, EmbedResult
 
 
@@ -29,10 +29,8 @@ def _embed_batches(embedder: Embedder, texts: list[str], on_batch: BatchDone | N
                    batch_size: int | None) -> Any:
     if on_batch is None:
         return embedder.embed(texts)
-    tokenize = getattr(embedder, "tokenize", None)
-    embed_tokenized = getattr(embedder, "embed_tokenized", None)
-    if callable(tokenize) and callable(embed_tokenized):
-        return embed_tokenized(tokenize(texts), on_batch=on_batch)
+    if isinstance(embedder, TokenizingEmbedder):
+        return embedder.embed_tokenized(embedder.tokenize(texts), on_batch=on_batch)
     size = batch_size or getattr(embedder, "batch_size", None) or max(1, len(texts))
     parts = []
     for start in range(0, len(texts), size):
