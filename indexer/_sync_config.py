@@ -4,7 +4,7 @@ against the index's, and the runner (the backend and its model) it will embed wi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import psutil
 
@@ -20,6 +20,7 @@ from .errors import (
 from .index import Index
 from .runners import Runner, make_runner
 from .runners.inline import InlineRunner
+from .settings import DEFAULT_MODEL
 
 
 def requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str) -> EmbeddingConfig:
@@ -137,6 +138,38 @@ def named_prompt(model: str, name: str) -> str:
         raise ModelLoadError(f"--prompt-name {name!r}: model {model!r} defines no prompt of that name "
                              f"(its prompts: {have}); give the text with --prompt instead")
     return prompts[name]
+
+
+@dataclass(frozen=True)
+class RunnerRequest:
+    """How a sync was asked to embed: a model by name (or an `embedder`), the backend and its options,
+    the batch limits and how the model is loaded. `make` makes the runner for a new index, or for an
+    existing one, whose configuration fills in what was not asked."""
+
+    model: str | None
+    batch_size: int
+    batch_tokens: int | None
+    backend: str
+    backend_options: dict[str, object] | None
+    embedder_options: dict[str, object] | None
+    runtime: str | None
+    truncate_dim: int | None
+    prompt: str | None
+    embedder: Embedder | None
+
+    def make(self, config: EmbeddingConfig | None, summary: SyncSummary,
+             on_progress: Callable[[Progress], None] | None) -> Runner:
+        if config is None:
+            model, runtime, truncate_dim = self.model or DEFAULT_MODEL, self.runtime, self.truncate_dim
+            prompt = self.prompt
+        else:
+            model, runtime = self.model or config.model, self.runtime or config.runtime
+            truncate_dim = self.truncate_dim or config.truncate_dim
+            prompt = config.prompt if self.prompt is None else self.prompt
+        return make_sync_runner(model, self.batch_size, self.batch_tokens, self.embedder, self.backend,
+                                self.backend_options,
+                                with_runtime(self.embedder_options, runtime, truncate_dim, prompt), summary,
+                                on_progress)
 
 
 def make_sync_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,

@@ -22,14 +22,13 @@ from ._progress import Progress, ProgressMeter, SyncSummary
 from ._reading import in_batches, read_ahead, scan_inputs
 from ._signals import stoppable
 from ._sync_config import (
+    RunnerRequest,
     bind_to_index,
     check_chunking,
     chunker_for,
     chunking_of,
-    make_sync_runner,
     named_prompt,
     requested_config,
-    with_runtime,
 )
 from .chunking import Chunker
 from .config import DTYPES, RUNTIMES
@@ -145,6 +144,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     t0 = time.perf_counter()
     summary = SyncSummary(dry_run=dry_run)
     index: Index | None = None
+    request = RunnerRequest(model, batch_size or settings.batch_size, batch_tokens, backend, backend_options,
+                            embedder_options, runtime, truncate_dim, prompt, embedder)
     asked = {"model": model, "dtype": dtype, "runtime": runtime, "truncate_dim": truncate_dim,
              "prompt": prompt, "query_prompt": query_prompt, "template": template, "chunking": chunking,
              "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap}
@@ -155,13 +156,8 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             opened.close()
             opened.require_writable("sync")
         try:
-            runner = bind_to_index(opened, seam, dry_run, summary, lambda: make_sync_runner(
-                model or opened.config.model, batch_size or settings.batch_size, batch_tokens, None,
-                backend, backend_options, with_runtime(
-                    embedder_options, runtime or opened.config.runtime,
-                    truncate_dim or opened.config.truncate_dim,
-                    opened.config.prompt if prompt is None else prompt),
-                summary, on_progress), **asked) or runner
+            make = lambda: request.make(opened.config, summary, on_progress)  # noqa: E731
+            runner = bind_to_index(opened, seam, dry_run, summary, make, **asked) or runner
         except BaseException:
             opened.close()
             raise
@@ -171,10 +167,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             summary.warnings.append(warning)
     if index is None and not dry_run:
         if runner is None:
-            runner = make_sync_runner(model or DEFAULT_MODEL, batch_size or settings.batch_size, batch_tokens,
-                                      embedder, backend, backend_options,
-                                      with_runtime(embedder_options, runtime, truncate_dim, prompt), summary,
-                                      on_progress)
+            runner = request.make(None, summary, on_progress)
         requested = chunking_of(requested_config(runner.info, dtype or settings.dtype, query_prompt or "",
                                                  template or ""), chunking, chunk_tokens, chunk_overlap)
         chunker = chunker_for(requested)
@@ -217,12 +210,9 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             summary.would_embed_unit = "documents"
         if not dry_run:
             assert index is not None
-            _embed_all(index, summary, on_progress, runner or (lambda: make_sync_runner(
-                model or index.config.model, batch_size or settings.batch_size, batch_tokens, embedder,
-                backend, backend_options, with_runtime(embedder_options, runtime or index.config.runtime,
-                                               truncate_dim or index.config.truncate_dim,
-                                               index.config.prompt if prompt is None else prompt),
-                summary, on_progress)))
+            config = index.config
+            _embed_all(index, summary, on_progress,
+                       runner or (lambda: request.make(config, summary, on_progress)))
         state = "finished"
         if delete_missing and summary.incomplete_sources:
             raise IncompleteSourceError(
