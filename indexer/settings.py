@@ -17,7 +17,7 @@ class Settings:
     batch_size: int = 32
     # Padded tokens (texts x longest) per forward pass on the CPU, texts sorted by token length: a batch
     # of short texts grows up to batch_size, one of long texts shrinks. 0: batches of batch_size alone.
-    # Measured on 2,000 real paragraphs, 2 cores: 56 vs 44 docs/s (median of 3) for 4,096 vs none.
+    # 4,096 beat no budget on real paragraphs on the CPU (bench/RESULTS.md, the backends section).
     batch_tokens: int = 4096
     retry_attempts: int = 3
     scan_batch: int = 10_000
