@@ -72,7 +72,6 @@ import asyncio
 import base64
 import contextvars
 import email.utils
-import math
 import os
 import random
 import re
@@ -80,21 +79,22 @@ import threading
 import time
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
-import xxhash
 
 from ..embedders import ModelInfo
 from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
 from . import BackendFailure, BatchDone, EmbedResult
+from ._openai_packing import Item, Packer, split
+from ._openai_stats import ApiStats
 from ._ratelimit import RateLimiter
-from ._tokens import TokenCounter, cut_utf8, token_counter
+from ._tokens import TokenCounter, token_counter
 
-__all__ = ["ApiStats", "OpenAIRunner", "make"]
+__all__ = ["PROBE_TEXT", "ApiStats", "OpenAIRunner", "make"]
 
 T = TypeVar("T")
 
@@ -116,39 +116,6 @@ _ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on
 
 class _BadAnswer(Exception):
     pass
-
-
-@dataclass
-class _Item:
-    pos: int  # position in the claim
-    text: str  # as sent (perhaps truncated)
-    tokens: int  # counted or estimated
-    key: int  # XXH3-64 of the text as the claim gave it
-    truncated: bool = False
-    cuts: int = 0  # cuts after the server found it too long
-
-
-@dataclass
-class ApiStats:
-    requests: int = 0  # HTTP requests sent, retries and bisected parts included (not the start-up probe)
-    retries: int = 0  # requests sent again after a 429, 5xx, timeout, dropped connection or bad answer
-    rate_limited: int = 0  # 429 answers
-    server_errors: int = 0  # 5xx (and 408, 409) answers
-    timeouts: int = 0
-    connection_errors: int = 0  # refused or dropped connections
-    bad_answers: int = 0  # wrong count, index or dimension, or non-finite values: nothing stored
-    too_large: int = 0  # 413 / "batch too large": the packing shrank and the request was split
-    bisections: int = 0  # 400s on a request of several inputs, split to find the bad one
-    rejected_inputs: int = 0  # documents failed with the server's message
-    gave_up_requests: int = 0  # requests out of retries: their documents failed this attempt
-    truncated: int = 0  # inputs cut to the per-input token limit
-    too_long_failed: int = 0  # inputs over the limit, failed (--no-truncate)
-    inputs_embedded: int = 0
-    tokens_sent: int = 0  # every request sent (the server's count when it gave one, else ours)
-    tokens_embedded: int = 0  # answered requests, as the server counted them
-    limiter_wait_s: float = 0.0  # time requests waited for the limiter, summed (they wait side by side)
-    first_send: float = 0.0
-    last_answer: float = 0.0
 
 
 class OpenAIRunner:
@@ -176,19 +143,15 @@ class OpenAIRunner:
         self.dimensions = dimensions
         self.concurrency = concurrency
         self.max_retries = max_retries
-        self.truncate = not no_truncate
         self.timeout = timeout
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.max_rate_limit_wait = max_rate_limit_wait
         self.max_input_tokens = max_input_tokens
-        self.max_inputs = max(1, min(max_batch_inputs, MAX_BATCH_INPUTS))
-        self.max_tokens = max(1, min(max_batch_tokens, MAX_BATCH_TOKENS))
         self.user_limits = rpm is not None or tpm is not None
         self.counter: TokenCounter = token_counter(model, tokenizer)
         self.encoding: Literal["base64", "float"] = "base64"
         self.capacity = concurrency + 2
         self._stats = ApiStats()
-        self._rejected: dict[int, str] = {}
         self._failing_in_a_row = 0
         self._rng = random.Random()
         self.dim = dimensions or 0
@@ -197,8 +160,12 @@ class OpenAIRunner:
         self._thread.start()
         try:
             self._call(self._setup(url, rpm, tpm))
+            self.packer = Packer(self.counter, self.limiter, self._stats,
+                                 max_inputs=max(1, min(max_batch_inputs, MAX_BATCH_INPUTS)),
+                                 max_tokens=max(1, min(max_batch_tokens, MAX_BATCH_TOKENS)),
+                                 max_input_tokens=max_input_tokens, truncate=not no_truncate)
             self.dim = self._call(self._probe())
-            self._stats = ApiStats()  # the stats are the claims' work: the probe is not counted
+            self._stats.reset()  # the stats are the claims' work: the probe is not counted
         except BaseException:
             self.close()
             raise
@@ -238,8 +205,8 @@ class OpenAIRunner:
         out["requests_per_minute"] = round(s.requests / minutes, 2) if minutes else 0.0
         out["active_seconds"] = round(minutes * 60.0, 3)
         out["tokenizer"] = self.counter.name
-        out["max_inputs_per_request"] = self.max_inputs
-        out["max_tokens_per_request"] = self.max_tokens
+        out["max_inputs_per_request"] = self.packer.max_inputs
+        out["max_tokens_per_request"] = self.packer.max_tokens
         warnings = []
         if s.truncated:
             how = "counted" if self.counter.exact else "estimated (no tokenizer available offline)"
@@ -273,7 +240,7 @@ class OpenAIRunner:
     async def _probe(self) -> int:
         """One short request: checks key, URL and model, and learns the dimension."""
         for _ in range(2):
-            item = _Item(0, PROBE_TEXT, self.counter.count(PROBE_TEXT), 0)
+            item = Item(0, PROBE_TEXT, self.counter.count(PROBE_TEXT), 0)
             vectors: list[np.ndarray] = []
             failures: dict[int, str] = {}
             await self._send([item], vectors, failures)
@@ -300,69 +267,16 @@ class OpenAIRunner:
         _ON_BATCH.set(on_batch)  # this coroutine runs as its own task: the setting stays with the claim
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         failures: dict[int, str] = {}
-        items = self._prepare(texts, failures)
+        items = self.packer.prepare(texts, failures)
         try:
             async with asyncio.TaskGroup() as group:
-                for batch in self._pack(items):
+                for batch in self.packer.pack(items):
                     group.create_task(self._send(batch, vectors, failures))
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
         return vectors, failures
 
-    def _prepare(self, texts: list[str], failures: dict[int, str]) -> list[_Item]:
-        items = []
-        limit = self.max_input_tokens
-        for pos, text in enumerate(texts):
-            key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
-            if key in self._rejected:
-                failures[pos] = self._rejected[key]
-                continue
-            tokens = self.counter.count(text)
-            if tokens > limit:
-                how = "" if self.counter.exact else " by estimate"
-                if not self.truncate:
-                    self._stats.too_long_failed += 1
-                    failures[pos] = (f"input is {tokens} tokens{how}, over the model's limit of {limit}; "
-                                     "not sent (--no-truncate)")
-                    continue
-                text = self.counter.truncate(text, limit)
-                tokens = self.counter.count(text)
-                self._stats.truncated += 1
-                items.append(_Item(pos, text, tokens, key, truncated=True))
-                continue
-            items.append(_Item(pos, text, tokens, key))
-        return items
-
-    def _token_cap(self) -> int:
-        """Tokens per request, in the counter's units: the hard caps, and the token bucket's share."""
-        bucket = self.limiter.max_request_tokens() / self.limiter.ratio
-        return max(1, int(min(self.max_tokens, bucket)))
-
-    def _pack(self, items: list[_Item]) -> list[list[_Item]]:
-        """Requests within every cap, of about equal token counts."""
-        if not items:
-            return []
-        max_tokens, max_inputs = self._token_cap(), self.max_inputs
-        total = sum(it.tokens for it in items)
-        k = max(1, math.ceil(total / max_tokens), math.ceil(len(items) / max_inputs))
-        target = total / k
-        batches: list[list[_Item]] = []
-        batch: list[_Item] = []
-        tokens = 0
-        for it in items:
-            if batch and (len(batch) >= max_inputs or tokens + it.tokens > max_tokens):
-                batches.append(batch)
-                batch, tokens = [], 0
-            batch.append(it)
-            tokens += it.tokens
-            if tokens >= target:
-                batches.append(batch)
-                batch, tokens = [], 0
-        if batch:
-            batches.append(batch)
-        return batches
-
-    async def _send(self, batch: list[_Item], out: np.ndarray | list[np.ndarray],
+    async def _send(self, batch: list[Item], out: np.ndarray | list[np.ndarray],
                     failures: dict[int, str]) -> None:
         """Send one request's inputs until they are embedded or failed; split it when it must be."""
         s = self._stats
@@ -370,8 +284,8 @@ class OpenAIRunner:
         limited, waited_429 = 0, 0.0  # 429s so far, and the time they made this request wait
         while True:
             estimate = sum(it.tokens for it in batch)
-            if len(batch) > 1 and (len(batch) > self.max_inputs or estimate > self._token_cap()):
-                await self._gather([self._send(part, out, failures) for part in self._pack(batch)])
+            if len(batch) > 1 and not self.packer.fits(batch):
+                await self._gather([self._send(part, out, failures) for part in self.packer.pack(batch)])
                 return
             s.first_send = s.first_send or time.monotonic()  # from the first ask: waits count
             ticket = await self.limiter.acquire(estimate)
@@ -444,7 +358,7 @@ class OpenAIRunner:
                 return
             if kind == "too_large":
                 s.too_large += 1
-                self._shrink(batch, estimate, message)
+                self.packer.shrink(batch, message)
                 if len(batch) > 1:
                     continue  # the top of the loop splits it by the new caps
                 self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
@@ -452,9 +366,9 @@ class OpenAIRunner:
             if kind == "bad_input":
                 if len(batch) > 1:
                     s.bisections += 1
-                    await self._gather([self._send(part, out, failures) for part in _split(batch, message)])
+                    await self._gather([self._send(part, out, failures) for part in split(batch, message)])
                     return
-                if self._cut_further(batch[0], message):
+                if _CONTEXT.search(message) and self.packer.cut_further(batch[0], message):
                     continue
                 self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
                 return
@@ -561,45 +475,14 @@ class OpenAIRunner:
         delay = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
         return float(delay * self._rng.uniform(0.5, 1.0))
 
-    # -- what the server's refusals teach --------------------------------------------------------
+    # -- what the server's refusals mean for the inputs -----------------------------------------
 
-    def _shrink(self, batch: list[_Item], estimate: int, message: str) -> None:
-        n = len(batch)
-        m = re.search(r"maximum allowed batch size (\d+)|max(?:imum)?[^0-9]{0,30}?(\d+)\s*"
-                      r"(?:inputs|items|texts|documents)", message, re.I)
-        t = re.search(r"requested (\d+) tokens,? max(?:imum)? (\d+)", message, re.I)
-        if m:
-            self.max_inputs = max(1, min(self.max_inputs, int(m.group(1) or m.group(2)), n - 1))
-        elif t and int(t.group(1)) > 0:
-            allowed = int(estimate * int(t.group(2)) / int(t.group(1)) * 0.95)
-            self.max_tokens = max(1, min(self.max_tokens, allowed, estimate - 1))
-        else:
-            self.max_inputs = max(1, min(self.max_inputs, n // 2))
-            self.max_tokens = max(1, min(self.max_tokens, estimate // 2))
-
-    def _cut_further(self, item: _Item, message: str) -> bool:
-        """An input the server finds too long although it was truncated by estimate: cut it by the
-        server's own counts when its message has them (else to 3/4), up to 4 times."""
-        if not (self.truncate and _CONTEXT.search(message)) or item.cuts >= 4:
-            return False
-        m = re.search(r"maximum context length is (\d+) tokens.*?requested (\d+) tokens", message, re.I)
-        factor = 0.75
-        if m and int(m.group(2)) > 0:
-            factor = min(0.95, 0.95 * int(m.group(1)) / int(m.group(2)))
-        if not item.truncated:
-            self._stats.truncated += 1
-            item.truncated = True
-        item.text = cut_utf8(item.text, int(len(item.text.encode("utf-8")) * factor))
-        item.tokens = self.counter.count(item.text)
-        item.cuts += 1
-        return bool(item.text)
-
-    def _reject(self, item: _Item, failures: dict[int, str], reason: str) -> None:
+    def _reject(self, item: Item, failures: dict[int, str], reason: str) -> None:
         self._stats.rejected_inputs += 1
-        self._rejected[item.key] = reason
+        self.packer.rejected[item.key] = reason
         failures[item.pos] = reason
 
-    def _give_up(self, batch: list[_Item], failures: dict[int, str], message: str) -> None:
+    def _give_up(self, batch: list[Item], failures: dict[int, str], message: str) -> None:
         """A request out of retries for reasons that are not its inputs' (5xx, timeouts, dropped
         connections, rate limits, unusable answers): its documents go back to pending without using
         up an attempt; three such requests in a row with no success between them mean the server is
@@ -619,16 +502,6 @@ class OpenAIRunner:
         if self._secret:
             text = text.replace(self._secret, "***")
         return _KEYLIKE.sub("sk-***", text)
-
-
-def _split(batch: list[_Item], message: str) -> list[list[_Item]]:
-    """Split a refused request: around the input the message names as input[i], else in halves."""
-    m = re.search(r"input\W{0,3}\[(\d+)\]", message)
-    if m and int(m.group(1)) < len(batch):
-        i = int(m.group(1))
-        return [part for part in (batch[:i], batch[i:i + 1], batch[i + 1:]) if part]
-    half = len(batch) // 2
-    return [batch[:half], batch[half:]]
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
