@@ -1,11 +1,20 @@
-"""The openai backend's layers, each on its own: the packing.
+"""The openai backend's layers, each on its own: the packing, and answers classified into outcomes.
 The whole backend is tested through syncs in test_openai_backend.py and test_openai_outages.py.
 """
 
 from __future__ import annotations
 
-import pytest
+import base64
+import email.utils
+import json
+import time
+from collections.abc import Callable
 
+import numpy as np
+import pytest
+from openai_server import fake_vector
+
+from indexer.runners._openai_answers import Outcome, outcome_of, read_answer, retry_after, scrub_key
 from indexer.runners._openai_packing import MAX_CUTS, Item, Packer, split
 from indexer.runners._openai_stats import ApiStats
 from indexer.runners._ratelimit import RateLimiter
@@ -99,3 +108,128 @@ def test_stats_reset_to_nothing() -> None:
     stats = ApiStats(requests=3, retries=1, limiter_wait_s=0.5, first_send=1.0, truncated=2)
     stats.reset()
     assert stats == ApiStats()
+
+
+# -- answers: status and message -> outcome --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "message", "outcome"), [
+    (500, "500 upstream failure 500", Outcome.SERVER_ERROR),
+    (503, "503 the server is unavailable (503)", Outcome.SERVER_ERROR),
+    (408, "408 request timeout", Outcome.SERVER_ERROR),
+    (409, "409 conflict", Outcome.SERVER_ERROR),
+    (429, "429 Rate limit reached; try again later. (rate_limit_exceeded)", Outcome.RATE_LIMITED),
+    (429, "429 You exceeded your current quota (insufficient_quota)", Outcome.OUT_OF_QUOTA),
+    (429, "429 Request too large for text-embedding-3-small", Outcome.TOO_LARGE),
+    (413, "413 batch size 20 > maximum allowed batch size 10", Outcome.TOO_LARGE),
+    (413, "413 Payload Too Large", Outcome.TOO_LARGE),
+    (400, "400 Requested 2000 tokens, max 1500 tokens per request (max_tokens_per_request)",
+     Outcome.TOO_LARGE),
+    (422, "422 too many inputs: 4096", Outcome.TOO_LARGE),
+    (400, "400 This model's maximum context length is 8192 tokens, however you requested 9000 tokens "
+          "(input[3]). Please reduce your prompt.", Outcome.INPUT_TOO_LONG),
+    (400, "400 input[0] is too long for the batch size", Outcome.INPUT_TOO_LONG),  # an input, not the batch
+    (422, "422 input must have less than 512 tokens", Outcome.INPUT_TOO_LONG),
+    (400, "400 input[2] was rejected: it contains POISON", Outcome.BAD_INPUT),
+    (422, "422 '$.input[1]' is invalid: empty string", Outcome.BAD_INPUT),
+    (401, "401 Incorrect API key provided (invalid_api_key)", Outcome.REFUSED),
+    (403, "403 forbidden", Outcome.REFUSED),
+    (404, "404 The model does not exist", Outcome.REFUSED),
+    (418, "418 I'm a teapot", Outcome.REFUSED),
+])
+def test_each_status_maps_to_its_outcome(status: int, message: str, outcome: Outcome) -> None:
+    assert outcome_of(status, message) is outcome
+
+
+def test_which_outcomes_are_retried_and_which_stop_the_sync() -> None:
+    assert {o for o in Outcome if o.retryable} == {
+        Outcome.BAD_ANSWER, Outcome.TIMEOUT, Outcome.CONNECTION_FAILED, Outcome.SERVER_ERROR,
+        Outcome.RATE_LIMITED}
+    assert {o for o in Outcome if o.stops_the_sync} == {Outcome.OUT_OF_QUOTA, Outcome.REFUSED}
+
+
+# -- answers: decoding -----------------------------------------------------------------------------
+
+
+def body(vectors: list[np.ndarray], *, b64: bool = True, order: list[int] | None = None,
+         tokens: int | None = 7) -> bytes:
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if b64 else v.tolist()}
+            for i, v in enumerate(vectors)]
+    if order is not None:
+        data = [data[i] for i in order]
+    out: dict[str, object] = {"object": "list", "data": data}
+    if tokens is not None:
+        out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return json.dumps(out).encode()
+
+
+VECTORS = [fake_vector(f"text {i}", 8) for i in range(3)]
+
+
+@pytest.mark.parametrize("b64", [True, False])
+def test_an_answer_is_read_in_input_order_by_index(b64: bool) -> None:
+    answer = read_answer(body(VECTORS, b64=b64, order=[2, 0, 1]), {}, 3, 8)
+    assert answer.outcome is Outcome.OK and answer.server_tokens == 7
+    assert answer.vectors is not None and answer.vectors.dtype == np.float32
+    np.testing.assert_array_equal(answer.vectors, np.stack(VECTORS))
+    assert read_answer(body(VECTORS, tokens=None), {}, 3, 0).server_tokens is None  # no usage: unknown
+
+
+def _with(edit: Callable[[dict[str, object]], None]) -> bytes:
+    parsed = json.loads(body(VECTORS, b64=False))
+    edit(parsed)
+    return json.dumps(parsed).encode()
+
+
+def _item(parsed: dict[str, object], i: int) -> dict[str, object]:
+    data = parsed["data"]
+    assert isinstance(data, list)
+    item = data[i]
+    assert isinstance(item, dict)
+    return item
+
+
+@pytest.mark.parametrize(("content", "dim", "says"), [
+    (b"<html>502 Bad Gateway</html>", 8, "not an embeddings answer"),
+    (b'{"error": "no data"}', 8, "not an embeddings answer"),
+    (body(VECTORS[:2]), 8, "2 vectors for 3 inputs"),
+    (body(VECTORS, order=[0, 1, 1]), 8, "index 1 missing, out of range or repeated"),
+    (_with(lambda p: _item(p, 2).update(index=3)), 8, "index 3 missing, out of range or repeated"),
+    (_with(lambda p: _item(p, 0).pop("embedding")), 8, "an item with no embedding"),
+    (_with(lambda p: _item(p, 0).update(embedding="not base64!")), 8, "does not decode"),
+    (_with(lambda p: _item(p, 1).update(embedding=["x", 1.0])), 8, "not a number"),
+    (_with(lambda p: _item(p, 1).update(embedding=[[1.0], [2.0]])), 8, "not a list of numbers"),
+    (body(VECTORS), 16, "a vector of 8 dimensions, 16 expected"),
+    (_with(lambda p: _item(p, 2).update(embedding=[1.0] * 9)), 0, "9 dimensions, 8 expected"),
+    (body([VECTORS[0], np.full(8, np.nan, np.float32), VECTORS[2]]), 8, "non-finite values"),
+])
+def test_an_unusable_answer_is_a_bad_answer_saying_why(content: bytes, dim: int, says: str) -> None:
+    answer = read_answer(content, {"retry-after": "2"}, 3, dim)
+    assert answer.outcome is Outcome.BAD_ANSWER and answer.vectors is None and answer.status == 200
+    assert answer.message.startswith("unusable answer: ") and says in answer.message, answer.message
+    assert answer.retry_after == 2.0  # its headers are still read
+
+
+def test_retry_after_in_milliseconds_seconds_or_a_date() -> None:
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5  # the finer one first
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after": "-3"}) == 0.0
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (retry_after({"retry-after": later}) or 0) <= 31
+
+
+def test_the_key_is_scrubbed_and_anything_like_one() -> None:
+    assert scrub_key("bad key my-secret-key", "my-secret-key") == "bad key ***"
+    assert scrub_key("Incorrect key provided: sk-proj-abcd1234", "") == "Incorrect key provided: sk-***"
+
+
+def test_each_outcome_with_a_count_of_its_own_is_counted() -> None:
+    stats = ApiStats()
+    for outcome in Outcome:
+        stats.count(outcome)
+    assert (stats.rate_limited, stats.server_errors, stats.timeouts, stats.connection_errors,
+            stats.bad_answers, stats.too_large) == (1, 1, 1, 1, 1, 1)
+    assert stats.requests == stats.inputs_embedded == stats.rejected_inputs == 0

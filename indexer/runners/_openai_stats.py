@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ._openai_answers import Outcome
+
 __all__ = ["ApiStats"]
 
 
@@ -28,6 +30,22 @@ class ApiStats:
     limiter_wait_s: float = 0.0  # time requests waited for the limiter, summed (they wait side by side)
     first_send: float = 0.0
     last_answer: float = 0.0
+
+    def count(self, outcome: Outcome) -> None:
+        """One answer of this outcome (the outcomes that have a count of their own)."""
+        match outcome:
+            case Outcome.RATE_LIMITED:
+                self.rate_limited += 1
+            case Outcome.SERVER_ERROR:
+                self.server_errors += 1
+            case Outcome.TIMEOUT:
+                self.timeouts += 1
+            case Outcome.CONNECTION_FAILED:
+                self.connection_errors += 1
+            case Outcome.BAD_ANSWER:
+                self.bad_answers += 1
+            case Outcome.TOO_LARGE:
+                self.too_large += 1
 
     def reset(self) -> None:
         for field in fields(self):

@@ -69,12 +69,9 @@ timeouts, tokens sent and embedded, achieved tokens and requests per minute, tru
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
-import email.utils
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Coroutine, Mapping
@@ -84,11 +81,11 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
-import orjson
 
 from ..embedders import ModelInfo
 from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
 from . import BackendFailure, BatchDone, EmbedResult
+from ._openai_answers import Answer, Outcome, announced_limits, read_answer, read_error, scrub_key
 from ._openai_packing import Item, Packer, split
 from ._openai_stats import ApiStats
 from ._ratelimit import RateLimiter
@@ -105,17 +102,8 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_RETRIES = 3
 PROBE_TEXT = "indexer probe"
 
-_TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|payload|tokens per request|"
-                        r"max_tokens_per_request|maximum allowed batch", re.I)
-_CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
-                      r"max(imum)? (number of )?tokens|less than \d+ tokens", re.I)
-_KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 # The claim's progress callback, seen by every request task of the claim (tasks copy the context).
 _ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on_batch", default=None)
-
-
-class _BadAnswer(Exception):
-    pass
 
 
 class OpenAIRunner:
@@ -280,60 +268,46 @@ class OpenAIRunner:
                     failures: dict[int, str]) -> None:
         """Send one request's inputs until they are embedded or failed; split it when it must be."""
         s = self._stats
-        attempts = 0  # transient failures so far
+        attempts = 0  # the server's failures so far
         limited, waited_429 = 0, 0.0  # 429s so far, and the time they made this request wait
         while True:
-            estimate = sum(it.tokens for it in batch)
             if len(batch) > 1 and not self.packer.fits(batch):
                 await self._gather([self._send(part, out, failures) for part in self.packer.pack(batch)])
                 return
             s.first_send = s.first_send or time.monotonic()  # from the first ask: waits count
-            ticket = await self.limiter.acquire(estimate)
+            ticket = await self.limiter.acquire(sum(it.tokens for it in batch))
             s.limiter_wait_s = self.limiter.waited_s
             s.requests += 1
-            server_tokens: int | None = None
-            status, message = 0, ""
-            headers: Mapping[str, str] | None = None
-            delay_hint: float | None = None
+            answer: Answer | None = None
             try:
-                kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
-                raw = await self.client.embeddings.with_raw_response.create(
-                    model=self.model, input=[it.text for it in batch], encoding_format=self.encoding,
-                    **kwargs)
-                headers = raw.headers
-                vectors, server_tokens = self._decode(raw.content, len(batch))
-            except _BadAnswer as exc:
-                s.bad_answers += 1
-                status, message = 200, f"unusable answer: {exc}"
-            except Exception as exc:
-                status, message, headers = self._classify(exc)
+                answer = await self._post(batch)
             finally:
+                server_tokens = answer.server_tokens if answer is not None else None
                 self.limiter.release(ticket, server_tokens)
-                s.tokens_sent += server_tokens if server_tokens is not None else ticket.reserved
+                tokens = server_tokens if server_tokens is not None else ticket.reserved
+                s.tokens_sent += tokens
                 s.last_answer = time.monotonic()
-            if headers is not None:
-                self._learn_limits(headers)
-                delay_hint = _retry_after(headers)
-            asked = delay_hint
-            if delay_hint is not None:
-                # A server's Retry-After is honoured up to backoff_max (60 s) a wait: one that asks
-                # for a day (or sends garbage) must not hang the sync, or stop every request with it.
-                delay_hint = min(delay_hint, self.backoff_max)
-            if status == 0:  # embedded
+            if answer.headers is not None:
+                self._learn_limits(answer.headers)
+            s.count(answer.outcome)
+            outcome, message, asked = answer.outcome, answer.message, answer.retry_after
+            # A server's Retry-After is honoured up to backoff_max (60 s) a wait: one that asks
+            # for a day (or sends garbage) must not hang the sync, or stop every request with it.
+            delay_hint = None if asked is None else min(asked, self.backoff_max)
+            if outcome is Outcome.OK:
+                assert answer.vectors is not None
                 self._failing_in_a_row = 0
                 if isinstance(out, list):
-                    out.extend(vectors)
+                    out.extend(answer.vectors)
                 else:
-                    out[[it.pos for it in batch]] = vectors
+                    out[[it.pos for it in batch]] = answer.vectors
                 s.inputs_embedded += len(batch)
-                s.tokens_embedded += server_tokens if server_tokens is not None else ticket.reserved
+                s.tokens_embedded += tokens
                 report = _ON_BATCH.get()
                 if report is not None:
                     report(len(batch))
                 return
-            kind = self._kind(status, message)
-            if kind == "rate_limited":
-                s.rate_limited += 1
+            if outcome is Outcome.RATE_LIMITED:
                 limited += 1
                 self.limiter.rate_limited(delay_hint)
                 delay = delay_hint if delay_hint is not None else self._backoff(limited)
@@ -346,9 +320,8 @@ class OpenAIRunner:
                     s.retries += 1
                     await asyncio.sleep(delay)
                     continue
-                kind = "transient"
                 attempts = self.max_retries
-            if kind == "transient":
+            if outcome.retryable:
                 attempts += 1
                 if attempts <= self.max_retries:
                     s.retries += 1
@@ -356,24 +329,33 @@ class OpenAIRunner:
                     continue
                 self._give_up(batch, failures, message)
                 return
-            if kind == "too_large":
-                s.too_large += 1
+            if outcome.stops_the_sync:
+                raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
+                                     f"{message}. Nothing is lost: fix this and run the same sync again")
+            if outcome is Outcome.TOO_LARGE:
                 self.packer.shrink(batch, message)
                 if len(batch) > 1:
                     continue  # the top of the loop splits it by the new caps
-                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
-                return
-            if kind == "bad_input":
+            else:  # BAD_INPUT or INPUT_TOO_LONG: the server refuses one of the inputs
                 if len(batch) > 1:
                     s.bisections += 1
                     await self._gather([self._send(part, out, failures) for part in split(batch, message)])
                     return
-                if _CONTEXT.search(message) and self.packer.cut_further(batch[0], message):
+                if outcome is Outcome.INPUT_TOO_LONG and self.packer.cut_further(batch[0], message):
                     continue
-                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
-                return
-            raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
-                                 f"{message}. Nothing is lost: fix this and run the same sync again")
+            self._reject(batch[0], failures, f"rejected by the API ({answer.status}): {message}")
+            return
+
+    async def _post(self, batch: list[Item]) -> Answer:
+        """The HTTP call, and its answer read."""
+        kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
+        try:
+            raw = await self.client.embeddings.with_raw_response.create(
+                model=self.model, input=[it.text for it in batch], encoding_format=self.encoding, **kwargs)
+            headers, content = raw.headers, raw.content
+        except Exception as exc:
+            return read_error(exc, self.timeout, self._scrub)
+        return read_answer(content, headers, len(batch), self.dim)
 
     async def _gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
         try:
@@ -383,91 +365,12 @@ class OpenAIRunner:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    # -- answers ---------------------------------------------------------------------------------
-
-    def _decode(self, content: bytes, n: int) -> tuple[np.ndarray, int | None]:
-        """The vectors of an answer in input order (by each item's `index`) and the server's token
-        count; _BadAnswer if anything about it is off. Nothing of a bad answer is kept."""
-        try:
-            body = orjson.loads(content)
-            data = body["data"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise _BadAnswer(f"not an embeddings answer ({exc})") from None
-        if not isinstance(data, list) or len(data) != n:
-            raise _BadAnswer(f"{len(data) if isinstance(data, list) else 'no'} vectors for {n} inputs")
-        dim = self.dim
-        rows: list[np.ndarray | None] = [None] * n
-        for item in data:
-            index = item.get("index") if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < n or rows[index] is not None:
-                raise _BadAnswer(f"index {index!r} missing, out of range or repeated")
-            emb = item.get("embedding")
-            if isinstance(emb, str):
-                try:
-                    v = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
-                except ValueError as exc:
-                    raise _BadAnswer(f"a vector that does not decode ({exc})") from None
-            elif isinstance(emb, list):
-                try:
-                    v = np.asarray(emb, dtype=np.float32)
-                except (TypeError, ValueError) as exc:  # "abc", null, a nested list
-                    raise _BadAnswer(f"a vector with a value that is not a number ({exc})") from None
-            else:
-                raise _BadAnswer("an item with no embedding")
-            if v.ndim != 1:
-                raise _BadAnswer(f"a vector of shape {v.shape}, not a list of numbers")
-            if dim and v.shape != (dim,):
-                raise _BadAnswer(f"a vector of {v.size} dimensions, {dim} expected")
-            dim = dim or v.size
-            rows[index] = v
-        vectors = np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
-        if not np.isfinite(vectors).all():
-            raise _BadAnswer("non-finite values")
-        usage = body.get("usage")
-        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        return vectors, tokens if isinstance(tokens, int) and tokens > 0 else None
-
-    def _classify(self, exc: Exception) -> tuple[int, str, Mapping[str, str] | None]:
-        import openai
-
-        s = self._stats
-        if isinstance(exc, openai.APITimeoutError):
-            s.timeouts += 1
-            return -1, f"no answer within {self.timeout:g}s", None
-        if isinstance(exc, openai.APIConnectionError):
-            s.connection_errors += 1
-            return -2, f"connection failed ({self._scrub(str(exc.__cause__ or exc))})", None
-        if isinstance(exc, openai.APIStatusError):
-            body = exc.body
-            message = body.get("message") if isinstance(body, dict) else None
-            if not isinstance(message, str) or not message:
-                message = exc.message
-            code = body.get("code") if isinstance(body, dict) else None
-            text = f"{exc.status_code} {message}" + (f" ({code})" if isinstance(code, str) else "")
-            if exc.status_code >= 500 or exc.status_code in (408, 409):
-                s.server_errors += 1
-            return exc.status_code, self._scrub(text), exc.response.headers
-        raise exc
-
-    @staticmethod
-    def _kind(status: int, message: str) -> str:
-        if status in (200, -1, -2, 408, 409) or status >= 500:
-            return "transient"
-        if status == 429:
-            if "quota" in message.lower():
-                return "fatal"  # out of money, not out of rate: waiting will not help
-            return "too_large" if "too large" in message.lower() else "rate_limited"
-        if status == 413 or (status in (400, 422) and _TOO_LARGE.search(message)
-                             and not _CONTEXT.search(message)):
-            return "too_large"
-        if status in (400, 422):
-            return "bad_input"
-        return "fatal"
+    # -- limits and retries ----------------------------------------------------------------------
 
     def _learn_limits(self, headers: Mapping[str, str]) -> None:
         if self.user_limits:
             return
-        rpm, tpm = (_number(headers.get(f"x-ratelimit-limit-{k}")) for k in ("requests", "tokens"))
+        rpm, tpm = announced_limits(headers)
         if rpm or tpm:
             self.limiter.set_limits(rpm, tpm)
 
@@ -499,9 +402,7 @@ class OpenAIRunner:
             failures[it.pos] = reason
 
     def _scrub(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return _KEYLIKE.sub("sk-***", text)
+        return scrub_key(text, self._secret)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -509,31 +410,6 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
-    ms = _number(headers.get("retry-after-ms"))
-    if ms is not None and ms >= 0:
-        return ms / 1000.0
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 _OPTIONS = {"base_url": str, "dimensions": int, "concurrency": int, "rpm": float, "tpm": float,
