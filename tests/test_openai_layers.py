@@ -1,4 +1,5 @@
-"""The openai backend's layers, each on its own: the packing, and answers classified into outcomes.
+"""The openai backend's layers, each on its own: the packing, answers classified into outcomes,
+and the retry policy.
 The whole backend is tested through syncs in test_openai_backend.py and test_openai_outages.py.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import random
 import time
 from collections.abc import Callable
 
@@ -16,6 +18,7 @@ from openai_server import fake_vector
 
 from indexer.runners._openai_answers import Outcome, outcome_of, read_answer, retry_after, scrub_key
 from indexer.runners._openai_packing import MAX_CUTS, Item, Packer, split
+from indexer.runners._openai_retry import Retries, RetryPolicy
 from indexer.runners._openai_stats import ApiStats
 from indexer.runners._ratelimit import RateLimiter
 from indexer.runners._tokens import EstimateCounter
@@ -233,3 +236,76 @@ def test_each_outcome_with_a_count_of_its_own_is_counted() -> None:
     assert (stats.rate_limited, stats.server_errors, stats.timeouts, stats.connection_errors,
             stats.bad_answers, stats.too_large) == (1, 1, 1, 1, 1, 1)
     assert stats.requests == stats.inputs_embedded == stats.rejected_inputs == 0
+
+
+# -- the retry policy ------------------------------------------------------------------------------
+
+
+class _Jitter(random.Random):
+    """A jitter fixed at one end of its range (unit tests only)."""
+
+    def __init__(self, end: str) -> None:
+        super().__init__()
+        self.end = end
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.end == "high" else a
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter_down_to_half() -> None:
+    high = RetryPolicy(backoff_base=0.5, backoff_max=3.0, rng=_Jitter("high"))
+    assert [high.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    low = RetryPolicy(backoff_base=0.5, backoff_max=3.0, rng=_Jitter("low"))
+    assert [low.backoff(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.5, 1.5]
+    jittered = RetryPolicy(backoff_base=1.0, backoff_max=60.0)
+    delays = [jittered.backoff(3) for _ in range(200)]
+    assert all(2.0 <= d <= 4.0 for d in delays) and len(set(delays)) > 1
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SERVER_ERROR, Outcome.TIMEOUT, Outcome.CONNECTION_FAILED,
+                                     Outcome.BAD_ANSWER])
+def test_the_servers_failures_are_retried_max_retries_times(outcome: Outcome) -> None:
+    retries = RetryPolicy(max_retries=3, backoff_base=0.5, rng=_Jitter("high")).start()
+    assert [retries.after(outcome, None).delay for _ in range(3)] == [0.5, 1.0, 2.0]
+    last = retries.after(outcome, None)
+    assert last.gives_up and last.note == ""
+    assert RetryPolicy(max_retries=0).start().after(outcome, None).gives_up
+
+
+def test_retry_after_replaces_the_backoff_up_to_backoff_max() -> None:
+    policy = RetryPolicy(max_retries=5, backoff_max=60.0, rng=_Jitter("high"))
+    retries = policy.start()
+    assert retries.after(Outcome.SERVER_ERROR, 7.0).delay == 7.0
+    assert retries.after(Outcome.SERVER_ERROR, 100_000.0).delay == 60.0
+    assert retries.after(Outcome.SERVER_ERROR, None).delay == 2.0  # the third retry's backoff
+    assert policy.honoured(None) is None and policy.honoured(0.2) == 0.2
+
+
+def test_rate_limits_are_waited_out_without_using_up_retries() -> None:
+    retries = RetryPolicy(max_retries=1, max_rate_limit_wait=3.5).start()
+    assert [retries.after(Outcome.RATE_LIMITED, 1.0).delay for _ in range(3)] == [1.0, 1.0, 1.0]
+    assert retries.after(Outcome.SERVER_ERROR, 0.1).delay == 0.1  # still its one retry
+    assert retries.after(Outcome.SERVER_ERROR, 0.1).gives_up
+    fourth = retries.after(Outcome.RATE_LIMITED, 1.0)  # 3 s waited: 1 s more is over 3.5 s
+    assert fourth.gives_up
+    assert fourth.note == "; Retry-After 1 s is beyond the 3.5 s a sync waits for a rate limit"
+
+
+def test_rate_limits_without_retry_after_back_off_until_the_wait_is_spent() -> None:
+    retries = RetryPolicy(backoff_base=1.0, backoff_max=1.0, max_rate_limit_wait=2.5,
+                          rng=_Jitter("high")).start()
+    assert [retries.after(Outcome.RATE_LIMITED, None).delay for _ in range(2)] == [1.0, 1.0]
+    third = retries.after(Outcome.RATE_LIMITED, None)
+    assert third.gives_up and third.note == ""
+
+
+def test_a_retry_after_beyond_the_rate_limit_wait_gives_up_at_once() -> None:
+    retries = RetryPolicy(max_rate_limit_wait=3600.0).start()
+    first = retries.after(Outcome.RATE_LIMITED, 100_000.0)
+    assert first.gives_up and "Retry-After 100000 s is beyond the 3600 s" in first.note
+
+
+@pytest.mark.parametrize("outcome", [Outcome.OK, Outcome.BAD_INPUT, Outcome.TOO_LARGE, Outcome.REFUSED])
+def test_answers_that_are_not_the_servers_trouble_are_not_retried(outcome: Outcome) -> None:
+    with pytest.raises(ValueError, match="not sent again"):
+        Retries(RetryPolicy()).after(outcome, None)

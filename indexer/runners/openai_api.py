@@ -71,7 +71,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import random
 import threading
 import time
 from collections.abc import Coroutine, Mapping
@@ -87,6 +86,7 @@ from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, Mode
 from . import BackendFailure, BatchDone, EmbedResult
 from ._openai_answers import Answer, Outcome, announced_limits, read_answer, read_error, scrub_key
 from ._openai_packing import Item, Packer, split
+from ._openai_retry import RetryPolicy
 from ._openai_stats import ApiStats
 from ._ratelimit import RateLimiter
 from ._tokens import TokenCounter, token_counter
@@ -130,10 +130,8 @@ class OpenAIRunner:
         self.model = model
         self.dimensions = dimensions
         self.concurrency = concurrency
-        self.max_retries = max_retries
         self.timeout = timeout
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.max_rate_limit_wait = max_rate_limit_wait
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_rate_limit_wait)
         self.max_input_tokens = max_input_tokens
         self.user_limits = rpm is not None or tpm is not None
         self.counter: TokenCounter = token_counter(model, tokenizer)
@@ -141,7 +139,6 @@ class OpenAIRunner:
         self.capacity = concurrency + 2
         self._stats = ApiStats()
         self._failing_in_a_row = 0
-        self._rng = random.Random()
         self.dim = dimensions or 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="indexer-openai", daemon=True)
@@ -268,8 +265,7 @@ class OpenAIRunner:
                     failures: dict[int, str]) -> None:
         """Send one request's inputs until they are embedded or failed; split it when it must be."""
         s = self._stats
-        attempts = 0  # the server's failures so far
-        limited, waited_429 = 0, 0.0  # 429s so far, and the time they made this request wait
+        retries = self.retry.start()  # one count while the request is cut further and sent again
         while True:
             if len(batch) > 1 and not self.packer.fits(batch):
                 await self._gather([self._send(part, out, failures) for part in self.packer.pack(batch)])
@@ -290,10 +286,7 @@ class OpenAIRunner:
             if answer.headers is not None:
                 self._learn_limits(answer.headers)
             s.count(answer.outcome)
-            outcome, message, asked = answer.outcome, answer.message, answer.retry_after
-            # A server's Retry-After is honoured up to backoff_max (60 s) a wait: one that asks
-            # for a day (or sends garbage) must not hang the sync, or stop every request with it.
-            delay_hint = None if asked is None else min(asked, self.backoff_max)
+            outcome, message = answer.outcome, answer.message
             if outcome is Outcome.OK:
                 assert answer.vectors is not None
                 self._failing_in_a_row = 0
@@ -308,26 +301,14 @@ class OpenAIRunner:
                     report(len(batch))
                 return
             if outcome is Outcome.RATE_LIMITED:
-                limited += 1
-                self.limiter.rate_limited(delay_hint)
-                delay = delay_hint if delay_hint is not None else self._backoff(limited)
-                waited_429 += delay
-                if asked is not None and waited_429 - delay + asked > self.max_rate_limit_wait:
-                    # It asks for longer than this sync waits for a rate limit in all: give up now.
-                    message += f"; Retry-After {asked:g} s is beyond the {self.max_rate_limit_wait:g} s " \
-                               "a sync waits for a rate limit"
-                elif waited_429 <= self.max_rate_limit_wait:
-                    s.retries += 1
-                    await asyncio.sleep(delay)
-                    continue
-                attempts = self.max_retries
+                self.limiter.rate_limited(self.retry.honoured(answer.retry_after))
             if outcome.retryable:
-                attempts += 1
-                if attempts <= self.max_retries:
+                decision = retries.after(outcome, answer.retry_after)
+                if decision.delay is not None:
                     s.retries += 1
-                    await asyncio.sleep(delay_hint if delay_hint is not None else self._backoff(attempts))
+                    await asyncio.sleep(decision.delay)
                     continue
-                self._give_up(batch, failures, message)
+                self._give_up(batch, failures, message + decision.note)
                 return
             if outcome.stops_the_sync:
                 raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
@@ -365,7 +346,7 @@ class OpenAIRunner:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    # -- limits and retries ----------------------------------------------------------------------
+    # -- limits ----------------------------------------------------------------------------------
 
     def _learn_limits(self, headers: Mapping[str, str]) -> None:
         if self.user_limits:
@@ -373,10 +354,6 @@ class OpenAIRunner:
         rpm, tpm = announced_limits(headers)
         if rpm or tpm:
             self.limiter.set_limits(rpm, tpm)
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
-        return float(delay * self._rng.uniform(0.5, 1.0))
 
     # -- what the server's refusals mean for the inputs -----------------------------------------
 
@@ -395,9 +372,9 @@ class OpenAIRunner:
         if self._failing_in_a_row >= 3:
             raise BackendUnavailableError(
                 f"the API at {self.host} keeps failing: {message}; {self._failing_in_a_row} requests in a "
-                f"row gave up after {self.max_retries} retries each. Nothing is lost and no document used "
-                "up an attempt: run the same sync again once it answers")
-        reason = BackendFailure(f"failed after {self.max_retries} retries: {message}")
+                f"row gave up after {self.retry.max_retries} retries each. Nothing is lost and no document "
+                "used up an attempt: run the same sync again once it answers")
+        reason = BackendFailure(f"failed after {self.retry.max_retries} retries: {message}")
         for it in batch:
             failures[it.pos] = reason
 
