@@ -1,27 +1,32 @@
 """The openai backend's layers, each on its own: the packing, answers classified into outcomes,
-and the retry policy.
+the retry policy, and the sender (the real `openai` client against tests/openai_server.py on loopback).
 The whole backend is tested through syncs in test_openai_backend.py and test_openai_outages.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import json
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from openai_server import fake_vector
+from openai_server import API_KEY, EmbeddingServer, count_tokens, fake_vector
 
-from indexer.runners._openai_answers import Outcome, outcome_of, read_answer, retry_after, scrub_key
+from indexer.runners._openai_answers import Answer, Outcome, outcome_of, read_answer, retry_after, scrub_key
 from indexer.runners._openai_packing import MAX_CUTS, Item, Packer, split
 from indexer.runners._openai_retry import Retries, RetryPolicy
+from indexer.runners._openai_sending import Sender
 from indexer.runners._openai_stats import ApiStats
 from indexer.runners._ratelimit import RateLimiter
 from indexer.runners._tokens import EstimateCounter
+
+MODEL = "text-embedding-3-small"
 
 # -- packing ---------------------------------------------------------------------------------------
 
@@ -309,3 +314,97 @@ def test_a_retry_after_beyond_the_rate_limit_wait_gives_up_at_once() -> None:
 def test_answers_that_are_not_the_servers_trouble_are_not_retried(outcome: Outcome) -> None:
     with pytest.raises(ValueError, match="not sent again"):
         Retries(RetryPolicy()).after(outcome, None)
+
+
+# -- the sender, against the loopback server -------------------------------------------------------
+
+
+async def _send(server: EmbeddingServer, texts: list[str], *, once: bool = True, dim: int = 0,
+                policy: RetryPolicy | None = None, timeout: float = 10.0,
+                key: str = API_KEY) -> tuple[Answer, ApiStats, RateLimiter]:
+    stats = ApiStats()
+    limiter = RateLimiter(None, None, 4)
+    policy = policy or RetryPolicy(backoff_base=0.01)
+    sender = Sender(url=server.base_url, key=key, model=MODEL, dimensions=None, timeout=timeout,
+                    limiter=limiter, policy=policy, stats=stats, adopt_limits=True,
+                    scrub=lambda text: scrub_key(text, key))
+    sender.dim = dim
+    batch = [Item(i, t, count_tokens(t), i) for i, t in enumerate(texts)]
+    try:
+        answer = await (sender.send_once(batch) if once else sender.send(batch, policy.start()))
+    finally:
+        await sender.close()
+    return answer, stats, limiter
+
+
+def send(server: EmbeddingServer, texts: list[str], **options: Any) -> tuple[Answer, ApiStats, RateLimiter]:
+    return asyncio.run(_send(server, texts, **options))
+
+
+def test_the_sender_reads_a_good_answer_and_counts_it(server: EmbeddingServer) -> None:
+    texts = ["alpha", "beta", "gamma"]
+    answer, stats, limiter = send(server, texts)
+    assert answer.outcome is Outcome.OK and answer.vectors is not None
+    np.testing.assert_array_equal(answer.vectors, np.stack([fake_vector(t, 64) for t in texts]))
+    tokens = sum(count_tokens(t) for t in texts)
+    assert (stats.requests, stats.inputs_embedded) == (1, 3)
+    assert stats.tokens_embedded == stats.tokens_sent == tokens  # the server's count
+    assert limiter.in_flight == 0 and stats.last_answer >= stats.first_send > 0
+    assert server.records()[0].encoding_format == "base64"
+
+
+@pytest.mark.parametrize(("knobs", "texts", "outcome", "status", "counted"), [
+    ({"always_status": 503}, ["a"], Outcome.SERVER_ERROR, 503, "server_errors"),
+    ({"rate_limit_429_first": 1}, ["a"], Outcome.RATE_LIMITED, 429, "rate_limited"),
+    ({"drop_every": 1}, ["a"], Outcome.CONNECTION_FAILED, None, "connection_errors"),
+    ({"wrong_count_every": 1}, ["a", "b"], Outcome.BAD_ANSWER, 200, "bad_answers"),
+    ({"max_batch": 1}, ["a", "b"], Outcome.TOO_LARGE, 413, "too_large"),
+    ({"max_input_tokens": 2}, ["a", "b" * 40], Outcome.INPUT_TOO_LONG, 400, None),
+    ({}, ["a", "b POISON"], Outcome.BAD_INPUT, 400, None),
+])
+def test_the_sender_classifies_each_kind_of_answer(server: EmbeddingServer, knobs: dict[str, object],
+                                                   texts: list[str], outcome: Outcome, status: int | None,
+                                                   counted: str | None) -> None:
+    for name, value in knobs.items():
+        setattr(server.behavior, name, value)
+    answer, stats, limiter = send(server, texts)
+    assert (answer.outcome, answer.status) == (outcome, status), answer.message
+    assert answer.vectors is None and stats.requests == 1 and stats.inputs_embedded == 0
+    counts = {name: value for name, value in vars(stats).items()
+              if name in ("server_errors", "rate_limited", "connection_errors", "bad_answers", "too_large")}
+    assert counts == {name: int(name == counted) for name in counts}
+    if outcome is Outcome.RATE_LIMITED:  # the limiter is told, and waits for the server's Retry-After
+        assert answer.retry_after == 1.0 and limiter.blocked_until > 0
+
+
+def test_the_sender_names_a_timeout_and_scrubs_the_key(server: EmbeddingServer) -> None:
+    server.behavior.hang_every, server.behavior.hang_s = 1, 2.0
+    answer, stats, _ = send(server, ["a"], timeout=0.2)
+    assert (answer.outcome, answer.message, stats.timeouts) == (Outcome.TIMEOUT, "no answer within 0.2s", 1)
+    wrong = "sk-wrong-secret-987654321"
+    server.behavior.hang_every = 0
+    answer, _, _ = send(server, ["a"], key=wrong)
+    assert (answer.outcome, answer.status) == (Outcome.REFUSED, 401)
+    assert answer.message.startswith("401 Incorrect API key provided: sk-***.")  # the server's echo, scrubbed
+    assert "987654321" not in answer.message
+
+
+def test_the_sender_retries_as_the_policy_says(server: EmbeddingServer) -> None:
+    server.behavior.always_status = 500
+    answer, stats, _ = send(server, ["a"], once=False, policy=RetryPolicy(max_retries=2, backoff_base=0.01))
+    assert answer.outcome is Outcome.SERVER_ERROR and (stats.requests, stats.retries) == (3, 2)
+    assert len(server.records()) == 3
+
+
+def test_the_sender_waits_out_rate_limits_without_using_retries(server: EmbeddingServer) -> None:
+    b = server.behavior
+    b.rate_limit_429_first, b.retry_after_s, b.retry_header = 2, 0.05, "ms"
+    answer, stats, _ = send(server, ["a"], once=False, policy=RetryPolicy(max_retries=0))
+    assert answer.outcome is Outcome.OK and (stats.requests, stats.retries, stats.rate_limited) == (3, 2, 2)
+
+
+def test_the_sender_gives_up_at_once_on_a_retry_after_beyond_the_wait(server: EmbeddingServer) -> None:
+    server.behavior.always_status, server.behavior.always_retry_after = 429, 100
+    answer, stats, _ = send(server, ["a"], once=False, policy=RetryPolicy(max_rate_limit_wait=10.0))
+    assert answer.outcome is Outcome.RATE_LIMITED and stats.requests == 1 and stats.retries == 0
+    assert answer.message.endswith("; Retry-After 100 s is beyond the 10 s a sync waits for a rate limit")

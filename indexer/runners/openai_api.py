@@ -5,8 +5,18 @@
 
 The official `openai` AsyncOpenAI client runs on an asyncio loop in a background thread; `submit`
 schedules a claim there and returns a concurrent Future, so the driver's claim -> write -> commit loop
-is the one every backend shares. The client's own retries are off (max_retries=0): retries, Retry-After
-handling, limiter feedback and counting are done here.
+is the one every backend shares. A claim goes through layers, one concern each:
+
+    openai_api.py        the runner: claims in, vectors and failures out; what each outcome means for
+                         a request's inputs (split, shrink, bisect, cut, reject, give up, stop)
+    _openai_packing.py   inputs into requests: token counts, truncation, the caps, what refusals teach
+    _openai_sending.py   one request through the limiter and the `openai` client, sent again as the
+                         retry policy says (the client's own retries are off: max_retries=0)
+    _openai_retry.py     the retry policy: which failures are retried, backoff, Retry-After, rate limits
+    _openai_answers.py   answers decoded and classified: each ends as one `Outcome`, which the other
+                         layers act on (never on status codes)
+    _openai_stats.py     the counts in `stats()`
+    _ratelimit.py        the limiter; _tokens.py: token counting
 
 Key and address
     The key is read from OPENAI_API_KEY only: never a flag, never logged, never stored (the index's
@@ -72,11 +82,10 @@ import asyncio
 import contextvars
 import os
 import threading
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import asdict
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -84,9 +93,10 @@ import numpy as np
 from ..embedders import ModelInfo
 from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
 from . import BackendFailure, BatchDone, EmbedResult
-from ._openai_answers import Answer, Outcome, announced_limits, read_answer, read_error, scrub_key
+from ._openai_answers import Answer, Outcome, scrub_key
 from ._openai_packing import Item, Packer, split
 from ._openai_retry import RetryPolicy
+from ._openai_sending import Sender
 from ._openai_stats import ApiStats
 from ._ratelimit import RateLimiter
 from ._tokens import TokenCounter, token_counter
@@ -101,6 +111,7 @@ MAX_BATCH_TOKENS = 300_000
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_RETRIES = 3
 PROBE_TEXT = "indexer probe"
+GIVE_UPS_THAT_STOP = 3  # requests in a row that gave up, with no success between them: the server is down
 
 # The claim's progress callback, seen by every request task of the claim (tasks copy the context).
 _ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on_batch", default=None)
@@ -129,14 +140,10 @@ class OpenAIRunner:
         self.host = parts.hostname
         self.model = model
         self.dimensions = dimensions
-        self.concurrency = concurrency
-        self.timeout = timeout
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_rate_limit_wait)
         self.max_input_tokens = max_input_tokens
-        self.user_limits = rpm is not None or tpm is not None
         self.counter: TokenCounter = token_counter(model, tokenizer)
-        self.encoding: Literal["base64", "float"] = "base64"
         self.capacity = concurrency + 2
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_rate_limit_wait)
         self._stats = ApiStats()
         self._failing_in_a_row = 0
         self.dim = dimensions or 0
@@ -144,12 +151,12 @@ class OpenAIRunner:
         self._thread = threading.Thread(target=self._loop.run_forever, name="indexer-openai", daemon=True)
         self._thread.start()
         try:
-            self._call(self._setup(url, rpm, tpm))
+            self._call(self._setup(url, concurrency, rpm, tpm, timeout))
             self.packer = Packer(self.counter, self.limiter, self._stats,
                                  max_inputs=max(1, min(max_batch_inputs, MAX_BATCH_INPUTS)),
                                  max_tokens=max(1, min(max_batch_tokens, MAX_BATCH_TOKENS)),
                                  max_input_tokens=max_input_tokens, truncate=not no_truncate)
-            self.dim = self._call(self._probe())
+            self.dim = self.sender.dim = self._call(self._probe())
             self._stats.reset()  # the stats are the claims' work: the probe is not counted
         except BaseException:
             self.close()
@@ -205,12 +212,12 @@ class OpenAIRunner:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _setup(self, url: str, rpm: float | None, tpm: float | None) -> None:
-        import openai
-
-        self.client = openai.AsyncOpenAI(api_key=self._secret, base_url=url, max_retries=0,
-                                         timeout=self.timeout)
-        self.limiter = RateLimiter(rpm, tpm, self.concurrency)
+    async def _setup(self, url: str, concurrency: int, rpm: float | None, tpm: float | None,
+                     timeout: float) -> None:
+        self.limiter = RateLimiter(rpm, tpm, concurrency)
+        self.sender = Sender(url=url, key=self._secret, model=self.model, dimensions=self.dimensions,
+                             timeout=timeout, limiter=self.limiter, policy=self.retry, stats=self._stats,
+                             adopt_limits=rpm is None and tpm is None, scrub=self._scrub)
 
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
@@ -218,9 +225,9 @@ class OpenAIRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client = getattr(self, "client", None)
-        if client is not None:
-            await client.close()
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            await sender.close()
 
     async def _probe(self) -> int:
         """One short request: checks key, URL and model, and learns the dimension."""
@@ -241,8 +248,8 @@ class OpenAIRunner:
                 raise BackendUnavailableError(
                     f"the API at {self.host} is unavailable: a test request for model {self.model!r} "
                     f"{reason}. Nothing was changed: run the same sync again once it answers")
-            if self.encoding == "base64" and "encoding_format" in reason:
-                self.encoding = "float"  # a server that refuses base64: ask for floats
+            if self.sender.encoding == "base64" and "encoding_format" in reason:
+                self.sender.encoding = "float"  # a server that refuses base64: ask for floats
                 continue
             break
         raise ModelLoadError(f"the API at {self.host} refused a test request for model {self.model!r}: "
@@ -253,90 +260,43 @@ class OpenAIRunner:
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         failures: dict[int, str] = {}
         items = self.packer.prepare(texts, failures)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for batch in self.packer.pack(items):
-                    group.create_task(self._send(batch, vectors, failures))
-        except BaseExceptionGroup as eg:
-            raise _first(eg) from None
+        await self._gather([self._send(batch, vectors, failures) for batch in self.packer.pack(items)])
         return vectors, failures
 
     async def _send(self, batch: list[Item], out: np.ndarray | list[np.ndarray],
                     failures: dict[int, str]) -> None:
-        """Send one request's inputs until they are embedded or failed; split it when it must be."""
-        s = self._stats
+        """Get one request's inputs embedded or failed, splitting the request when it must be."""
         retries = self.retry.start()  # one count while the request is cut further and sent again
         while True:
             if len(batch) > 1 and not self.packer.fits(batch):
                 await self._gather([self._send(part, out, failures) for part in self.packer.pack(batch)])
                 return
-            s.first_send = s.first_send or time.monotonic()  # from the first ask: waits count
-            ticket = await self.limiter.acquire(sum(it.tokens for it in batch))
-            s.limiter_wait_s = self.limiter.waited_s
-            s.requests += 1
-            answer: Answer | None = None
-            try:
-                answer = await self._post(batch)
-            finally:
-                server_tokens = answer.server_tokens if answer is not None else None
-                self.limiter.release(ticket, server_tokens)
-                tokens = server_tokens if server_tokens is not None else ticket.reserved
-                s.tokens_sent += tokens
-                s.last_answer = time.monotonic()
-            if answer.headers is not None:
-                self._learn_limits(answer.headers)
-            s.count(answer.outcome)
-            outcome, message = answer.outcome, answer.message
+            answer = await self.sender.send(batch, retries)
+            outcome = answer.outcome
             if outcome is Outcome.OK:
-                assert answer.vectors is not None
-                self._failing_in_a_row = 0
-                if isinstance(out, list):
-                    out.extend(answer.vectors)
-                else:
-                    out[[it.pos for it in batch]] = answer.vectors
-                s.inputs_embedded += len(batch)
-                s.tokens_embedded += tokens
-                report = _ON_BATCH.get()
-                if report is not None:
-                    report(len(batch))
+                self._store(batch, answer, out)
                 return
-            if outcome is Outcome.RATE_LIMITED:
-                self.limiter.rate_limited(self.retry.honoured(answer.retry_after))
-            if outcome.retryable:
-                decision = retries.after(outcome, answer.retry_after)
-                if decision.delay is not None:
-                    s.retries += 1
-                    await asyncio.sleep(decision.delay)
-                    continue
-                self._give_up(batch, failures, message + decision.note)
+            if outcome.retryable:  # the sender gave up on it
+                self._give_up(batch, failures, answer.message)
                 return
             if outcome.stops_the_sync:
                 raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
-                                     f"{message}. Nothing is lost: fix this and run the same sync again")
+                                     f"{answer.message}. Nothing is lost: fix this and run the same sync "
+                                     "again")
             if outcome is Outcome.TOO_LARGE:
-                self.packer.shrink(batch, message)
+                self.packer.shrink(batch, answer.message)
                 if len(batch) > 1:
                     continue  # the top of the loop splits it by the new caps
             else:  # BAD_INPUT or INPUT_TOO_LONG: the server refuses one of the inputs
                 if len(batch) > 1:
-                    s.bisections += 1
-                    await self._gather([self._send(part, out, failures) for part in split(batch, message)])
+                    self._stats.bisections += 1
+                    parts = split(batch, answer.message)
+                    await self._gather([self._send(part, out, failures) for part in parts])
                     return
-                if outcome is Outcome.INPUT_TOO_LONG and self.packer.cut_further(batch[0], message):
+                if outcome is Outcome.INPUT_TOO_LONG and self.packer.cut_further(batch[0], answer.message):
                     continue
-            self._reject(batch[0], failures, f"rejected by the API ({answer.status}): {message}")
+            self._reject(batch[0], failures, f"rejected by the API ({answer.status}): {answer.message}")
             return
-
-    async def _post(self, batch: list[Item]) -> Answer:
-        """The HTTP call, and its answer read."""
-        kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
-        try:
-            raw = await self.client.embeddings.with_raw_response.create(
-                model=self.model, input=[it.text for it in batch], encoding_format=self.encoding, **kwargs)
-            headers, content = raw.headers, raw.content
-        except Exception as exc:
-            return read_error(exc, self.timeout, self._scrub)
-        return read_answer(content, headers, len(batch), self.dim)
 
     async def _gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
         try:
@@ -346,16 +306,18 @@ class OpenAIRunner:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    # -- limits ----------------------------------------------------------------------------------
+    # -- what an outcome means for the inputs ----------------------------------------------------
 
-    def _learn_limits(self, headers: Mapping[str, str]) -> None:
-        if self.user_limits:
-            return
-        rpm, tpm = announced_limits(headers)
-        if rpm or tpm:
-            self.limiter.set_limits(rpm, tpm)
-
-    # -- what the server's refusals mean for the inputs -----------------------------------------
+    def _store(self, batch: list[Item], answer: Answer, out: np.ndarray | list[np.ndarray]) -> None:
+        assert answer.vectors is not None
+        self._failing_in_a_row = 0
+        if isinstance(out, list):
+            out.extend(answer.vectors)
+        else:
+            out[[it.pos for it in batch]] = answer.vectors
+        report = _ON_BATCH.get()
+        if report is not None:
+            report(len(batch))
 
     def _reject(self, item: Item, failures: dict[int, str], reason: str) -> None:
         self._stats.rejected_inputs += 1
@@ -365,16 +327,17 @@ class OpenAIRunner:
     def _give_up(self, batch: list[Item], failures: dict[int, str], message: str) -> None:
         """A request out of retries for reasons that are not its inputs' (5xx, timeouts, dropped
         connections, rate limits, unusable answers): its documents go back to pending without using
-        up an attempt; three such requests in a row with no success between them mean the server is
-        down, and the sync stops (BackendUnavailableError, exit 4)."""
+        up an attempt; GIVE_UPS_THAT_STOP such requests in a row with no success between them mean the
+        server is down, and the sync stops (BackendUnavailableError, exit 4)."""
         self._stats.gave_up_requests += 1
         self._failing_in_a_row += 1
-        if self._failing_in_a_row >= 3:
+        max_retries = self.retry.max_retries
+        if self._failing_in_a_row >= GIVE_UPS_THAT_STOP:
             raise BackendUnavailableError(
                 f"the API at {self.host} keeps failing: {message}; {self._failing_in_a_row} requests in a "
-                f"row gave up after {self.retry.max_retries} retries each. Nothing is lost and no document "
-                "used up an attempt: run the same sync again once it answers")
-        reason = BackendFailure(f"failed after {self.retry.max_retries} retries: {message}")
+                f"row gave up after {max_retries} retries each. Nothing is lost and no document used "
+                "up an attempt: run the same sync again once it answers")
+        reason = BackendFailure(f"failed after {max_retries} retries: {message}")
         for it in batch:
             failures[it.pos] = reason
 
