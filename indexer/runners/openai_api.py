@@ -5,8 +5,18 @@
 
 The official `openai` AsyncOpenAI client runs on an asyncio loop in a background thread; `submit`
 schedules a claim there and returns a concurrent Future, so the driver's claim -> write -> commit loop
-is the one every backend shares. The client's own retries are off (max_retries=0): retries, Retry-After
-handling, limiter feedback and counting are done here.
+is the one every backend shares. A claim goes through layers, one concern each:
+
+    openai_api.py        the runner: claims in, vectors and failures out; what each outcome means for
+                         a request's inputs (split, shrink, bisect, cut, reject, give up, stop)
+    _openai_packing.py   inputs into requests: token counts, truncation, the caps, what refusals teach
+    _openai_sending.py   one request through the limiter and the `openai` client, sent again as the
+                         retry policy says (the client's own retries are off: max_retries=0)
+    _openai_retry.py     the retry policy: which failures are retried, backoff, Retry-After, rate limits
+    _openai_answers.py   answers decoded and classified: each ends as one `Outcome`, which the other
+                         layers act on (never on status codes)
+    _openai_stats.py     the counts in `stats()`
+    _ratelimit.py        the limiter; _tokens.py: token counting
 
 Key and address
     The key is read from OPENAI_API_KEY only: never a flag, never logged, never stored (the index's
@@ -69,32 +79,29 @@ timeouts, tokens sent and embedded, achieved tokens and requests per minute, tru
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
-import email.utils
-import math
 import os
-import random
-import re
 import threading
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from dataclasses import asdict
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
-import orjson
-import xxhash
 
 from ..embedders import ModelInfo
 from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
 from . import BackendFailure, BatchDone, EmbedResult
+from ._openai_answers import Answer, Outcome, scrub_key
+from ._openai_packing import Item, Packer, split
+from ._openai_retry import RetryPolicy
+from ._openai_sending import Sender
+from ._openai_stats import ApiStats
 from ._ratelimit import RateLimiter
-from ._tokens import TokenCounter, cut_utf8, token_counter
+from ._tokens import TokenCounter, token_counter
 
-__all__ = ["ApiStats", "OpenAIRunner", "make"]
+__all__ = ["PROBE_TEXT", "ApiStats", "OpenAIRunner", "make"]
 
 T = TypeVar("T")
 
@@ -104,51 +111,10 @@ MAX_BATCH_TOKENS = 300_000
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_RETRIES = 3
 PROBE_TEXT = "indexer probe"
+GIVE_UPS_THAT_STOP = 3  # requests in a row that gave up, with no success between them: the server is down
 
-_TOO_LARGE = re.compile(r"too large|too many (inputs|items|texts)|batch size|payload|tokens per request|"
-                        r"max_tokens_per_request|maximum allowed batch", re.I)
-_CONTEXT = re.compile(r"context length|too long|maximum (input|sequence) length|reduce your prompt|"
-                      r"max(imum)? (number of )?tokens|less than \d+ tokens", re.I)
-_KEYLIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 # The claim's progress callback, seen by every request task of the claim (tasks copy the context).
 _ON_BATCH: contextvars.ContextVar[BatchDone | None] = contextvars.ContextVar("on_batch", default=None)
-
-
-class _BadAnswer(Exception):
-    pass
-
-
-@dataclass
-class _Item:
-    pos: int  # position in the claim
-    text: str  # as sent (perhaps truncated)
-    tokens: int  # counted or estimated
-    key: int  # XXH3-64 of the text as the claim gave it
-    truncated: bool = False
-    cuts: int = 0  # cuts after the server found it too long
-
-
-@dataclass
-class ApiStats:
-    requests: int = 0  # HTTP requests sent, retries and bisected parts included (not the start-up probe)
-    retries: int = 0  # requests sent again after a 429, 5xx, timeout, dropped connection or bad answer
-    rate_limited: int = 0  # 429 answers
-    server_errors: int = 0  # 5xx (and 408, 409) answers
-    timeouts: int = 0
-    connection_errors: int = 0  # refused or dropped connections
-    bad_answers: int = 0  # wrong count, index or dimension, or non-finite values: nothing stored
-    too_large: int = 0  # 413 / "batch too large": the packing shrank and the request was split
-    bisections: int = 0  # 400s on a request of several inputs, split to find the bad one
-    rejected_inputs: int = 0  # documents failed with the server's message
-    gave_up_requests: int = 0  # requests out of retries: their documents failed this attempt
-    truncated: int = 0  # inputs cut to the per-input token limit
-    too_long_failed: int = 0  # inputs over the limit, failed (--no-truncate)
-    inputs_embedded: int = 0
-    tokens_sent: int = 0  # every request sent (the server's count when it gave one, else ours)
-    tokens_embedded: int = 0  # answered requests, as the server counted them
-    limiter_wait_s: float = 0.0  # time requests waited for the limiter, summed (they wait side by side)
-    first_send: float = 0.0
-    last_answer: float = 0.0
 
 
 class OpenAIRunner:
@@ -174,31 +140,24 @@ class OpenAIRunner:
         self.host = parts.hostname
         self.model = model
         self.dimensions = dimensions
-        self.concurrency = concurrency
-        self.max_retries = max_retries
-        self.truncate = not no_truncate
-        self.timeout = timeout
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.max_rate_limit_wait = max_rate_limit_wait
         self.max_input_tokens = max_input_tokens
-        self.max_inputs = max(1, min(max_batch_inputs, MAX_BATCH_INPUTS))
-        self.max_tokens = max(1, min(max_batch_tokens, MAX_BATCH_TOKENS))
-        self.user_limits = rpm is not None or tpm is not None
         self.counter: TokenCounter = token_counter(model, tokenizer)
-        self.encoding: Literal["base64", "float"] = "base64"
         self.capacity = concurrency + 2
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_rate_limit_wait)
         self._stats = ApiStats()
-        self._rejected: dict[int, str] = {}
         self._failing_in_a_row = 0
-        self._rng = random.Random()
         self.dim = dimensions or 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="indexer-openai", daemon=True)
         self._thread.start()
         try:
-            self._call(self._setup(url, rpm, tpm))
-            self.dim = self._call(self._probe())
-            self._stats = ApiStats()  # the stats are the claims' work: the probe is not counted
+            self._call(self._setup(url, concurrency, rpm, tpm, timeout))
+            self.packer = Packer(self.counter, self.limiter, self._stats,
+                                 max_inputs=max(1, min(max_batch_inputs, MAX_BATCH_INPUTS)),
+                                 max_tokens=max(1, min(max_batch_tokens, MAX_BATCH_TOKENS)),
+                                 max_input_tokens=max_input_tokens, truncate=not no_truncate)
+            self.dim = self.sender.dim = self._call(self._probe())
+            self._stats.reset()  # the stats are the claims' work: the probe is not counted
         except BaseException:
             self.close()
             raise
@@ -238,8 +197,8 @@ class OpenAIRunner:
         out["requests_per_minute"] = round(s.requests / minutes, 2) if minutes else 0.0
         out["active_seconds"] = round(minutes * 60.0, 3)
         out["tokenizer"] = self.counter.name
-        out["max_inputs_per_request"] = self.max_inputs
-        out["max_tokens_per_request"] = self.max_tokens
+        out["max_inputs_per_request"] = self.packer.max_inputs
+        out["max_tokens_per_request"] = self.packer.max_tokens
         warnings = []
         if s.truncated:
             how = "counted" if self.counter.exact else "estimated (no tokenizer available offline)"
@@ -253,12 +212,12 @@ class OpenAIRunner:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _setup(self, url: str, rpm: float | None, tpm: float | None) -> None:
-        import openai
-
-        self.client = openai.AsyncOpenAI(api_key=self._secret, base_url=url, max_retries=0,
-                                         timeout=self.timeout)
-        self.limiter = RateLimiter(rpm, tpm, self.concurrency)
+    async def _setup(self, url: str, concurrency: int, rpm: float | None, tpm: float | None,
+                     timeout: float) -> None:
+        self.limiter = RateLimiter(rpm, tpm, concurrency)
+        self.sender = Sender(url=url, key=self._secret, model=self.model, dimensions=self.dimensions,
+                             timeout=timeout, limiter=self.limiter, policy=self.retry, stats=self._stats,
+                             adopt_limits=rpm is None and tpm is None, scrub=self._scrub)
 
     async def _shutdown(self) -> None:
         current = asyncio.current_task()
@@ -266,14 +225,14 @@ class OpenAIRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client = getattr(self, "client", None)
-        if client is not None:
-            await client.close()
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            await sender.close()
 
     async def _probe(self) -> int:
         """One short request: checks key, URL and model, and learns the dimension."""
         for _ in range(2):
-            item = _Item(0, PROBE_TEXT, self.counter.count(PROBE_TEXT), 0)
+            item = Item(0, PROBE_TEXT, self.counter.count(PROBE_TEXT), 0)
             vectors: list[np.ndarray] = []
             failures: dict[int, str] = {}
             await self._send([item], vectors, failures)
@@ -289,8 +248,8 @@ class OpenAIRunner:
                 raise BackendUnavailableError(
                     f"the API at {self.host} is unavailable: a test request for model {self.model!r} "
                     f"{reason}. Nothing was changed: run the same sync again once it answers")
-            if self.encoding == "base64" and "encoding_format" in reason:
-                self.encoding = "float"  # a server that refuses base64: ask for floats
+            if self.sender.encoding == "base64" and "encoding_format" in reason:
+                self.sender.encoding = "float"  # a server that refuses base64: ask for floats
                 continue
             break
         raise ModelLoadError(f"the API at {self.host} refused a test request for model {self.model!r}: "
@@ -300,166 +259,44 @@ class OpenAIRunner:
         _ON_BATCH.set(on_batch)  # this coroutine runs as its own task: the setting stays with the claim
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         failures: dict[int, str] = {}
-        items = self._prepare(texts, failures)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for batch in self._pack(items):
-                    group.create_task(self._send(batch, vectors, failures))
-        except BaseExceptionGroup as eg:
-            raise _first(eg) from None
+        items = self.packer.prepare(texts, failures)
+        await self._gather([self._send(batch, vectors, failures) for batch in self.packer.pack(items)])
         return vectors, failures
 
-    def _prepare(self, texts: list[str], failures: dict[int, str]) -> list[_Item]:
-        items = []
-        limit = self.max_input_tokens
-        for pos, text in enumerate(texts):
-            key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
-            if key in self._rejected:
-                failures[pos] = self._rejected[key]
-                continue
-            tokens = self.counter.count(text)
-            if tokens > limit:
-                how = "" if self.counter.exact else " by estimate"
-                if not self.truncate:
-                    self._stats.too_long_failed += 1
-                    failures[pos] = (f"input is {tokens} tokens{how}, over the model's limit of {limit}; "
-                                     "not sent (--no-truncate)")
-                    continue
-                text = self.counter.truncate(text, limit)
-                tokens = self.counter.count(text)
-                self._stats.truncated += 1
-                items.append(_Item(pos, text, tokens, key, truncated=True))
-                continue
-            items.append(_Item(pos, text, tokens, key))
-        return items
-
-    def _token_cap(self) -> int:
-        """Tokens per request, in the counter's units: the hard caps, and the token bucket's share."""
-        bucket = self.limiter.max_request_tokens() / self.limiter.ratio
-        return max(1, int(min(self.max_tokens, bucket)))
-
-    def _pack(self, items: list[_Item]) -> list[list[_Item]]:
-        """Requests within every cap, of about equal token counts."""
-        if not items:
-            return []
-        max_tokens, max_inputs = self._token_cap(), self.max_inputs
-        total = sum(it.tokens for it in items)
-        k = max(1, math.ceil(total / max_tokens), math.ceil(len(items) / max_inputs))
-        target = total / k
-        batches: list[list[_Item]] = []
-        batch: list[_Item] = []
-        tokens = 0
-        for it in items:
-            if batch and (len(batch) >= max_inputs or tokens + it.tokens > max_tokens):
-                batches.append(batch)
-                batch, tokens = [], 0
-            batch.append(it)
-            tokens += it.tokens
-            if tokens >= target:
-                batches.append(batch)
-                batch, tokens = [], 0
-        if batch:
-            batches.append(batch)
-        return batches
-
-    async def _send(self, batch: list[_Item], out: np.ndarray | list[np.ndarray],
+    async def _send(self, batch: list[Item], out: np.ndarray | list[np.ndarray],
                     failures: dict[int, str]) -> None:
-        """Send one request's inputs until they are embedded or failed; split it when it must be."""
-        s = self._stats
-        attempts = 0  # transient failures so far
-        limited, waited_429 = 0, 0.0  # 429s so far, and the time they made this request wait
+        """Get one request's inputs embedded or failed, splitting the request when it must be."""
+        retries = self.retry.start()  # one count while the request is cut further and sent again
         while True:
-            estimate = sum(it.tokens for it in batch)
-            if len(batch) > 1 and (len(batch) > self.max_inputs or estimate > self._token_cap()):
-                await self._gather([self._send(part, out, failures) for part in self._pack(batch)])
+            if len(batch) > 1 and not self.packer.fits(batch):
+                await self._gather([self._send(part, out, failures) for part in self.packer.pack(batch)])
                 return
-            s.first_send = s.first_send or time.monotonic()  # from the first ask: waits count
-            ticket = await self.limiter.acquire(estimate)
-            s.limiter_wait_s = self.limiter.waited_s
-            s.requests += 1
-            server_tokens: int | None = None
-            status, message = 0, ""
-            headers: Mapping[str, str] | None = None
-            delay_hint: float | None = None
-            try:
-                kwargs: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
-                raw = await self.client.embeddings.with_raw_response.create(
-                    model=self.model, input=[it.text for it in batch], encoding_format=self.encoding,
-                    **kwargs)
-                headers = raw.headers
-                vectors, server_tokens = self._decode(raw.content, len(batch))
-            except _BadAnswer as exc:
-                s.bad_answers += 1
-                status, message = 200, f"unusable answer: {exc}"
-            except Exception as exc:
-                status, message, headers = self._classify(exc)
-            finally:
-                self.limiter.release(ticket, server_tokens)
-                s.tokens_sent += server_tokens if server_tokens is not None else ticket.reserved
-                s.last_answer = time.monotonic()
-            if headers is not None:
-                self._learn_limits(headers)
-                delay_hint = _retry_after(headers)
-            asked = delay_hint
-            if delay_hint is not None:
-                # A server's Retry-After is honoured up to backoff_max (60 s) a wait: one that asks
-                # for a day (or sends garbage) must not hang the sync, or stop every request with it.
-                delay_hint = min(delay_hint, self.backoff_max)
-            if status == 0:  # embedded
-                self._failing_in_a_row = 0
-                if isinstance(out, list):
-                    out.extend(vectors)
-                else:
-                    out[[it.pos for it in batch]] = vectors
-                s.inputs_embedded += len(batch)
-                s.tokens_embedded += server_tokens if server_tokens is not None else ticket.reserved
-                report = _ON_BATCH.get()
-                if report is not None:
-                    report(len(batch))
+            answer = await self.sender.send(batch, retries)
+            outcome = answer.outcome
+            if outcome is Outcome.OK:
+                self._store(batch, answer, out)
                 return
-            kind = self._kind(status, message)
-            if kind == "rate_limited":
-                s.rate_limited += 1
-                limited += 1
-                self.limiter.rate_limited(delay_hint)
-                delay = delay_hint if delay_hint is not None else self._backoff(limited)
-                waited_429 += delay
-                if asked is not None and waited_429 - delay + asked > self.max_rate_limit_wait:
-                    # It asks for longer than this sync waits for a rate limit in all: give up now.
-                    message += f"; Retry-After {asked:g} s is beyond the {self.max_rate_limit_wait:g} s " \
-                               "a sync waits for a rate limit"
-                elif waited_429 <= self.max_rate_limit_wait:
-                    s.retries += 1
-                    await asyncio.sleep(delay)
-                    continue
-                kind = "transient"
-                attempts = self.max_retries
-            if kind == "transient":
-                attempts += 1
-                if attempts <= self.max_retries:
-                    s.retries += 1
-                    await asyncio.sleep(delay_hint if delay_hint is not None else self._backoff(attempts))
-                    continue
-                self._give_up(batch, failures, message)
+            if outcome.retryable:  # the sender gave up on it
+                self._give_up(batch, failures, answer.message)
                 return
-            if kind == "too_large":
-                s.too_large += 1
-                self._shrink(batch, estimate, message)
+            if outcome.stops_the_sync:
+                raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
+                                     f"{answer.message}. Nothing is lost: fix this and run the same sync "
+                                     "again")
+            if outcome is Outcome.TOO_LARGE:
+                self.packer.shrink(batch, answer.message)
                 if len(batch) > 1:
                     continue  # the top of the loop splits it by the new caps
-                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
-                return
-            if kind == "bad_input":
+            else:  # BAD_INPUT or INPUT_TOO_LONG: the server refuses one of the inputs
                 if len(batch) > 1:
-                    s.bisections += 1
-                    await self._gather([self._send(part, out, failures) for part in _split(batch, message)])
+                    self._stats.bisections += 1
+                    parts = split(batch, answer.message)
+                    await self._gather([self._send(part, out, failures) for part in parts])
                     return
-                if self._cut_further(batch[0], message):
+                if outcome is Outcome.INPUT_TOO_LONG and self.packer.cut_further(batch[0], answer.message):
                     continue
-                self._reject(batch[0], failures, f"rejected by the API ({status}): {message}")
-                return
-            raise EmbeddingError(f"the API at {self.host} refused the request for model {self.model!r}: "
-                                 f"{message}. Nothing is lost: fix this and run the same sync again")
+            self._reject(batch[0], failures, f"rejected by the API ({answer.status}): {answer.message}")
+            return
 
     async def _gather(self, coros: list[Coroutine[Any, Any, None]]) -> None:
         try:
@@ -469,166 +306,43 @@ class OpenAIRunner:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    # -- answers ---------------------------------------------------------------------------------
+    # -- what an outcome means for the inputs ----------------------------------------------------
 
-    def _decode(self, content: bytes, n: int) -> tuple[np.ndarray, int | None]:
-        """The vectors of an answer in input order (by each item's `index`) and the server's token
-        count; _BadAnswer if anything about it is off. Nothing of a bad answer is kept."""
-        try:
-            body = orjson.loads(content)
-            data = body["data"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise _BadAnswer(f"not an embeddings answer ({exc})") from None
-        if not isinstance(data, list) or len(data) != n:
-            raise _BadAnswer(f"{len(data) if isinstance(data, list) else 'no'} vectors for {n} inputs")
-        dim = self.dim
-        rows: list[np.ndarray | None] = [None] * n
-        for item in data:
-            index = item.get("index") if isinstance(item, dict) else None
-            if not isinstance(index, int) or not 0 <= index < n or rows[index] is not None:
-                raise _BadAnswer(f"index {index!r} missing, out of range or repeated")
-            emb = item.get("embedding")
-            if isinstance(emb, str):
-                try:
-                    v = np.frombuffer(base64.b64decode(emb, validate=True), dtype="<f4")
-                except ValueError as exc:
-                    raise _BadAnswer(f"a vector that does not decode ({exc})") from None
-            elif isinstance(emb, list):
-                try:
-                    v = np.asarray(emb, dtype=np.float32)
-                except (TypeError, ValueError) as exc:  # "abc", null, a nested list
-                    raise _BadAnswer(f"a vector with a value that is not a number ({exc})") from None
-            else:
-                raise _BadAnswer("an item with no embedding")
-            if v.ndim != 1:
-                raise _BadAnswer(f"a vector of shape {v.shape}, not a list of numbers")
-            if dim and v.shape != (dim,):
-                raise _BadAnswer(f"a vector of {v.size} dimensions, {dim} expected")
-            dim = dim or v.size
-            rows[index] = v
-        vectors = np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
-        if not np.isfinite(vectors).all():
-            raise _BadAnswer("non-finite values")
-        usage = body.get("usage")
-        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        return vectors, tokens if isinstance(tokens, int) and tokens > 0 else None
-
-    def _classify(self, exc: Exception) -> tuple[int, str, Mapping[str, str] | None]:
-        import openai
-
-        s = self._stats
-        if isinstance(exc, openai.APITimeoutError):
-            s.timeouts += 1
-            return -1, f"no answer within {self.timeout:g}s", None
-        if isinstance(exc, openai.APIConnectionError):
-            s.connection_errors += 1
-            return -2, f"connection failed ({self._scrub(str(exc.__cause__ or exc))})", None
-        if isinstance(exc, openai.APIStatusError):
-            body = exc.body
-            message = body.get("message") if isinstance(body, dict) else None
-            if not isinstance(message, str) or not message:
-                message = exc.message
-            code = body.get("code") if isinstance(body, dict) else None
-            text = f"{exc.status_code} {message}" + (f" ({code})" if isinstance(code, str) else "")
-            if exc.status_code >= 500 or exc.status_code in (408, 409):
-                s.server_errors += 1
-            return exc.status_code, self._scrub(text), exc.response.headers
-        raise exc
-
-    @staticmethod
-    def _kind(status: int, message: str) -> str:
-        if status in (200, -1, -2, 408, 409) or status >= 500:
-            return "transient"
-        if status == 429:
-            if "quota" in message.lower():
-                return "fatal"  # out of money, not out of rate: waiting will not help
-            return "too_large" if "too large" in message.lower() else "rate_limited"
-        if status == 413 or (status in (400, 422) and _TOO_LARGE.search(message)
-                             and not _CONTEXT.search(message)):
-            return "too_large"
-        if status in (400, 422):
-            return "bad_input"
-        return "fatal"
-
-    def _learn_limits(self, headers: Mapping[str, str]) -> None:
-        if self.user_limits:
-            return
-        rpm, tpm = (_number(headers.get(f"x-ratelimit-limit-{k}")) for k in ("requests", "tokens"))
-        if rpm or tpm:
-            self.limiter.set_limits(rpm, tpm)
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
-        return float(delay * self._rng.uniform(0.5, 1.0))
-
-    # -- what the server's refusals teach --------------------------------------------------------
-
-    def _shrink(self, batch: list[_Item], estimate: int, message: str) -> None:
-        n = len(batch)
-        m = re.search(r"maximum allowed batch size (\d+)|max(?:imum)?[^0-9]{0,30}?(\d+)\s*"
-                      r"(?:inputs|items|texts|documents)", message, re.I)
-        t = re.search(r"requested (\d+) tokens,? max(?:imum)? (\d+)", message, re.I)
-        if m:
-            self.max_inputs = max(1, min(self.max_inputs, int(m.group(1) or m.group(2)), n - 1))
-        elif t and int(t.group(1)) > 0:
-            allowed = int(estimate * int(t.group(2)) / int(t.group(1)) * 0.95)
-            self.max_tokens = max(1, min(self.max_tokens, allowed, estimate - 1))
+    def _store(self, batch: list[Item], answer: Answer, out: np.ndarray | list[np.ndarray]) -> None:
+        assert answer.vectors is not None
+        self._failing_in_a_row = 0
+        if isinstance(out, list):
+            out.extend(answer.vectors)
         else:
-            self.max_inputs = max(1, min(self.max_inputs, n // 2))
-            self.max_tokens = max(1, min(self.max_tokens, estimate // 2))
+            out[[it.pos for it in batch]] = answer.vectors
+        report = _ON_BATCH.get()
+        if report is not None:
+            report(len(batch))
 
-    def _cut_further(self, item: _Item, message: str) -> bool:
-        """An input the server finds too long although it was truncated by estimate: cut it by the
-        server's own counts when its message has them (else to 3/4), up to 4 times."""
-        if not (self.truncate and _CONTEXT.search(message)) or item.cuts >= 4:
-            return False
-        m = re.search(r"maximum context length is (\d+) tokens.*?requested (\d+) tokens", message, re.I)
-        factor = 0.75
-        if m and int(m.group(2)) > 0:
-            factor = min(0.95, 0.95 * int(m.group(1)) / int(m.group(2)))
-        if not item.truncated:
-            self._stats.truncated += 1
-            item.truncated = True
-        item.text = cut_utf8(item.text, int(len(item.text.encode("utf-8")) * factor))
-        item.tokens = self.counter.count(item.text)
-        item.cuts += 1
-        return bool(item.text)
-
-    def _reject(self, item: _Item, failures: dict[int, str], reason: str) -> None:
+    def _reject(self, item: Item, failures: dict[int, str], reason: str) -> None:
         self._stats.rejected_inputs += 1
-        self._rejected[item.key] = reason
+        self.packer.rejected[item.key] = reason
         failures[item.pos] = reason
 
-    def _give_up(self, batch: list[_Item], failures: dict[int, str], message: str) -> None:
+    def _give_up(self, batch: list[Item], failures: dict[int, str], message: str) -> None:
         """A request out of retries for reasons that are not its inputs' (5xx, timeouts, dropped
         connections, rate limits, unusable answers): its documents go back to pending without using
-        up an attempt; three such requests in a row with no success between them mean the server is
-        down, and the sync stops (BackendUnavailableError, exit 4)."""
+        up an attempt; GIVE_UPS_THAT_STOP such requests in a row with no success between them mean the
+        server is down, and the sync stops (BackendUnavailableError, exit 4)."""
         self._stats.gave_up_requests += 1
         self._failing_in_a_row += 1
-        if self._failing_in_a_row >= 3:
+        max_retries = self.retry.max_retries
+        if self._failing_in_a_row >= GIVE_UPS_THAT_STOP:
             raise BackendUnavailableError(
                 f"the API at {self.host} keeps failing: {message}; {self._failing_in_a_row} requests in a "
-                f"row gave up after {self.max_retries} retries each. Nothing is lost and no document used "
+                f"row gave up after {max_retries} retries each. Nothing is lost and no document used "
                 "up an attempt: run the same sync again once it answers")
-        reason = BackendFailure(f"failed after {self.max_retries} retries: {message}")
+        reason = BackendFailure(f"failed after {max_retries} retries: {message}")
         for it in batch:
             failures[it.pos] = reason
 
     def _scrub(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return _KEYLIKE.sub("sk-***", text)
-
-
-def _split(batch: list[_Item], message: str) -> list[list[_Item]]:
-    """Split a refused request: around the input the message names as input[i], else in halves."""
-    m = re.search(r"input\W{0,3}\[(\d+)\]", message)
-    if m and int(m.group(1)) < len(batch):
-        i = int(m.group(1))
-        return [part for part in (batch[:i], batch[i:i + 1], batch[i + 1:]) if part]
-    half = len(batch) // 2
-    return [batch[:half], batch[half:]]
+        return scrub_key(text, self._secret)
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -636,31 +350,6 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds the server asks to wait: retry-after-ms, else Retry-After (seconds or an HTTP date)."""
-    ms = _number(headers.get("retry-after-ms"))
-    if ms is not None and ms >= 0:
-        return ms / 1000.0
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return max(0.0, seconds)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 _OPTIONS = {"base_url": str, "dimensions": int, "concurrency": int, "rpm": float, "tpm": float,
