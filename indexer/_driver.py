@@ -162,9 +162,10 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     A group holds as many one-chunk claims as the worker embeds in about `Settings.claim_seconds`
     (`GroupSizer`): they are claimed in one transaction, embedded as one submission, their chunks
     written (each durably) and then committed in one transaction, each claim fenced alone.
-    Where groups may hold two claims or more, a group's chunks are written while the next group is
-    claimed and embedded (`Writing`), and a group holds at most half of `Settings.claim_chunks_max`:
-    the claims in flight stay within it, and a kill redoes no more than it did before.
+    Where groups may hold two claims or more, a group's chunks are written while the group before is
+    committed and the next is claimed and embedded (`Writing`), and a group holds at most half of
+    `Settings.claim_chunks_max`: with the inline runner the claims in flight stay within it. A runner
+    of capacity c holds up to c groups, and one more is written: a kill redoes at most those.
     A worker that dies or hangs fails its groups with WorkerLost (WorkerHung): they go back to pending
     at once, and the summary counts the worker once however many groups it held."""
     # Grow the shape ahead of the claims (unwritten chunks cost nothing and read as NaN): rewriting
