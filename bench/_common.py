@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import sqlite3
@@ -28,10 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
+from ._results import BENCH, RESULTS, Table, blocks_of, machine_markdown, render_body, save
+
 ROOT = BENCH.parent
 DATA = BENCH / "data"
-RESULTS = BENCH / "RESULTS.md"
 CHILD_MARK = "@@BENCH-RESULT@@ "
 
 # What a child gives back (`child_result`): JSON, read by the case that started it.
@@ -94,10 +93,6 @@ def machine() -> dict[str, str]:
         "indexer": version("indexer"),
         "load average at start (1/5/15 min)": "/".join(f"{x:.2f}" for x in load),
     }
-
-
-def machine_markdown(info: Mapping[str, str]) -> str:
-    return "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
 def git_state() -> str:
@@ -366,21 +361,9 @@ def row_cosines(a: Any, b: Any) -> Any:
 
 # -- reporting ---------------------------------------------------------------------------------------
 
-def fmt(x: object, digits: int = 2) -> str:
-    if isinstance(x, float):
-        if abs(x) >= 1000:
-            return f"{x:,.0f}"
-        return f"{x:.{digits}f}"
-    if isinstance(x, int):
-        return f"{x:,}"
-    return str(x)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[fmt(c) for c in r] for r in rows]
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join(out)
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """A Markdown table (a str) that keeps its headers and cells for the JSON record of a run."""
+    return Table(headers, rows)
 
 
 def command_line() -> str:
@@ -393,27 +376,6 @@ def command_line() -> str:
     except ValueError:
         script_s = str(script)
     return shlex.join([sys.executable, script_s, *sys.argv[1:]])
-
-
-def update_results(key: str, title: str, body: str, *, provisional: str | None = None) -> None:
-    """Replace (or append) the section `key` of bench/RESULTS.md; other sections are kept."""
-    header = ("# Benchmark results\n\nEach section is written by the benchmark named in it; re-run that "
-              "command to refresh it. Only measured figures appear here.\n")
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else header
-    begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
-    when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    parts = [begin, f"## {title}", "", f"- date: {when}", f"- command: `{command_line()}`",
-             f"- library: {git_state()}"]
-    if provisional:
-        parts += ["", f"> **Provisional.** {provisional}"]
-    parts += ["", body.rstrip(), end]
-    section = "\n".join(parts)
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
 
 
 def case_parser(module: str, doc: str | None, *, children: Sequence[str] = (),
@@ -431,20 +393,25 @@ def case_parser(module: str, doc: str | None, *, children: Sequence[str] = (),
 
 class Report:
     """A case's run: the machine and the load when it started (`machine()`, `contention_note()`), and
-    `publish`, which prints the body with the machine after it and writes it to its RESULTS.md
-    section."""
+    `publish`, which prints the body with the machine after it and, unless told not to, keeps the run's
+    record as bench/results/KEY.json and renders it into its section of bench/RESULTS.md."""
 
     def __init__(self) -> None:
         self.info = machine()
         self.note = contention_note()
 
-    def publish(self, key: str, title: str, body: str, *, write: bool,
+    def publish(self, key: str, title: str, body: str | Sequence[str], *, write: bool,
                 provisional: str | None = None) -> None:
-        """`provisional`: a note that replaces the default (the contention note, when the machine was
-        busy at the start)."""
-        text = f"{body.rstrip()}\n\nMachine:\n\n{machine_markdown(self.info)}"
-        print(text)
+        """`body`: Markdown, or a list of blocks (text, and `table()`s, which the record keeps as headers
+        and cells). `provisional`: a note that replaces the default (the contention note, when the
+        machine was busy at the start)."""
+        blocks = blocks_of(body)
+        print(f"{render_body(blocks)}\n\nMachine:\n\n{machine_markdown(self.info)}")
         if write:
-            update_results(key, title, text,
-                           provisional=provisional if provisional is not None else self.note)
-            print(f"\nupdated {RESULTS}")
+            when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+            record = {"key": key, "title": title, "date": when, "command": command_line(),
+                      "library": git_state(),
+                      "provisional": provisional if provisional is not None else self.note,
+                      "machine": self.info, "blocks": blocks}
+            path = save(record)
+            print(f"\nupdated {RESULTS} (section {key!r}, from {path.relative_to(ROOT)})")

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(r), flush=True)
     base = next((r for r in results if r["config"] == BASELINE), None)
     baseline_rate = base["embedded"] / base["embed_s"] if base else None
-    body = "\n\n".join([
+    body = [
         f"Corpus: {args.n} documents of `{corpus.name}` (build_corpus), model {args.model}, "
         f"batch size {args.batch_size}, claims of {args.chunk_rows} rows, each configuration in its own "
         "fresh process. indexer rows: a full sync into a fresh index, `embed s` = claim + embed + write + "
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Scaling efficiency = docs/s / (processes x threads x docs/s of {BASELINE}); an unpinned "
         "st-pool worker counts as all of this machine's cores. See bench/cases/backends.py.",
         table(HEADERS, [row(r, baseline_rate) for r in results]),
-    ])
+    ]
     report.publish("backends", "Backends on one machine: in-process, process pool, and the "
                    "sentence-transformers pool", body, write=not args.no_results)
 

@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
              median_us(lambda: store.read_chunk_checked(0, store.checksums_of(data)), args.repeat)],
         ]
     mib = args.rows * args.dim * 4 / 2**20
-    body = "\n".join([
+    body = [
         f"One chunk of {args.rows} rows x {args.dim} float32 ({mib:.1f} MiB), median of {args.repeat}. "
         "See bench/cases/checksum.py.", "",
-        table(["operation", "microseconds"], [[name, f"{us:,.0f}"] for name, us in rows])])
+        table(["operation", "microseconds"], [[name, f"{us:,.0f}"] for name, us in rows])]
     report.publish("checksum", "Chunk checksums: cost of XXH3-64 against writing and reading a chunk", body,
                    write=not args.no_results)
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     header = ["mode", "docs/s (best)", "docs/s (median)", "scan time vs none (best)", "cheap path",
               "tokenized", "documents split", "chunks", "tokenizer load s"]
     report.publish("chunking", "Chunking: what the chunker costs the scan of new documents",
-                   f"First scan of the first {args.n:,} documents of bench/data/{SOURCE} into a fresh "
-                   "manifest, scan only (no model); each figure one fresh process, modes alternating.\n\n"
-                   + table(header, rows), write=not args.no_results)
+                   [f"First scan of the first {args.n:,} documents of bench/data/{SOURCE} into a fresh "
+                    "manifest, scan only (no model); each figure one fresh process, modes alternating.",
+                    table(header, rows)], write=not args.no_results)
 

@@ -195,6 +195,6 @@ def main(argv: list[str] | None = None) -> None:
                      "seconds, baseline / this tree):", "",
                      table(["N", "whole sync", "cpu", "embed phase", *STEPS], ratio_rows)]
         report.publish("driver", "Driver: full sync with the fake model, 100k and 1M (issue 11)",
-                       "\n".join(body), write=not args.no_results)
+                       body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

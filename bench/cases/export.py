@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(rows[-1], flush=True)
                 shutil.rmtree(index)
         vectors_mb = max(args.sizes) * DIM * 4 / 2**20
-        body = "\n".join([
+        body = [
             f"`Index.export` of {' and '.join(f'{n:,}' for n in args.sizes)} documents, fake:{DIM} "
             "vectors, each export in a fresh process. "
             f"The float32 vectors of {max(args.sizes):,} are {vectors_mb:.0f} MiB. Peak RSS (VmHWM) counts "
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "only opens the index and reads its ids. Parquet is written in row groups of 8 MiB of "
             "vectors (5,461 rows of float32 here). See bench/cases/export.py.", "",
             table(["N", "dtype", "format", "file MiB", "seconds", "peak RSS MB", "peak anon MB",
-                   "anon over baseline MB", "round trip bit-equal"], rows)])
+                   "anon over baseline MB", "round trip bit-equal"], rows)]
         report.publish("export", "Export to .npy and Parquet: peak memory", body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

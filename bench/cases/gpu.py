@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
             rate = r["n"] / r["seconds"]
             rows.append([name, r["n"], r["seconds"], r.get("startup", "-"), rate, rate / peer_rate,
                          r["gpu_util"], f"{min_cos(out, reference):.5f}", r.get("batch_sizes", "-")])
-    body = table(["row", "docs", "measured s", "start-up s", "docs/s", "x encode-fp16-b32", "GPU util %",
-                  "min cos vs fp32 encode", "worker batch limits"], rows)
-    body = f"Corpus: `{args.corpus.name}` ({rows[0][1]:,} documents). Model: `{args.model}`.\n\n{body}"
+    body = [f"Corpus: `{args.corpus.name}` ({rows[0][1]:,} documents). Model: `{args.model}`.",
+            table(["row", "docs", "measured s", "start-up s", "docs/s", "x encode-fp16-b32", "GPU util %",
+                   "min cos vs fp32 encode", "worker batch limits"], rows)]
     report.publish("gpu", "GPU: sync --backend gpus (fp16) vs SentenceTransformer.encode (fp16)", body,
                    write=not args.no_results)
 

@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> None:
             print(rows[-1], flush=True)
     import lancedb
 
-    body = "\n".join([
+    body = [
         "Replacing one document's chunk rows (1 row -> 3) in a LanceDB table "
         f"(lancedb {lancedb.__version__}) of N one-chunk rows of {DIM} float32, each way in a fresh "
         "process. `merge` leaves stale rows when a document loses chunks; it is the cost floor. See "
         "bench/cases/lance_replace.py.", "",
-        table(["table rows", "way", "seconds", "peak anon MB above start", "rows after"], rows)])
+        table(["table rows", "way", "seconds", "peak anon MB above start", "rows after"], rows)]
     report.publish("lance-replace", "LanceDB: replacing a document's chunk rows, by table size", body,
                    write=not args.no_results)
 

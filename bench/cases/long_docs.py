@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{arm}: {json.dumps(r)}", file=sys.stderr)
         rows.append(r)
     tokens = corpus["tokens_total"]
-    body = "\n".join([
+    body = [
         f"{corpus['pages']} documentation pages from this machine ({corpus['over_window']} longer than "
         f"the {WINDOW}-token window; page tokens: median {corpus['tokens_median']:,}, max "
         f"{corpus['tokens_max']:,}, total {tokens:,}), {corpus['queries']} queries, each a sentence from "
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Sync seconds are the sync's own (`SyncSummary.seconds`, model load included); search is the whole "
         "`indexer search --queries` process (interpreter start, model load, all queries).",
-    ])
+    ]
     title = "Long-document retrieval, chunked vs truncating (bench/cases/long_docs.py)"
     report.publish("long-docs", title, body, write=not a.no_results,
                    provisional=report.note or "Shared machine: timings are noisy.")

@@ -226,12 +226,12 @@ def main(argv: list[str] | None = None) -> None:
             ok = fraction >= 0.9 and ours["failed"] == 0 and ours["not_finished"] == 0
             verdicts.append(f"{name}: indexer reached {fraction:.1%} of the binding limit, "
                             f"{ours['failed']} failed -> {'PASS' if ok else 'FAIL'}")
-    body = "\n\n".join([
+    body = [
         "The test server in its own process, token buckets of one minute's worth starting empty, 429 "
         f"with Retry-After, {args.latency:g} s per answer, 64-dim vectors; the client on the same machine "
         "over loopback. Achieved = tokens (requests) the server answered with vectors per minute, from the "
         "first request asked for to the last answer.",
-        *sections, "Verdict:\n\n" + "\n".join(f"- {v}" for v in verdicts)])
+        *sections, "Verdict:\n\n" + "\n".join(f"- {v}" for v in verdicts)]
     report.publish("openai", "OpenAI-compatible API backend: rate-limited throughput (openai_backend)", body,
                    write=not args.no_results)
 

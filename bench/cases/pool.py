@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at the start, "
                 f"{', '.join(f'{x:.2f}' for x in load_end)} at the end."]
         report.publish("pool", "Driver with the process pool: worker idle time (issue 11, item 3)",
-                       "\n".join(body), write=not args.no_results)
+                       body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         same = equal(index, db)
         what = f"{n:,} documents" + (f" of {k} chunks each (--chunk-tokens 8)" if k > 1 else "")
         call = 'indexer.push.push(index, "lancedb:DIR"' + (f", level={args.level!r})" if args.level else ")")
-        body = "\n".join([
+        body = [
             f"`{call}` "
             f"of an index of {what} (fake:{DIM}, float32), pushed at level {level} (one table row a "
             f"{level[:-1]}), each push in a fresh process; `seconds` is the push() call, lancedb's import "
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             "See bench/cases/push.py.", "",
             table(["push", "upserted", "rows sent", "deleted", "table rows", "seconds", "import lancedb s",
                    "peak RSS MB", "peak anon MB"],
-                  rows)])
+                  rows)]
         key = ("push" if k == 1 else "push-chunks") + ("-documents" if args.level == "documents" else "")
         report.publish(key, f"Push to LanceDB, {what}, one row a {level[:-1]}: first push, changes, nothing, "
                        "deletes", body, write=not args.no_results)

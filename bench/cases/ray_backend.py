@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             ray_run = ray_measurement(corpus, model, args.workers, args.chunk_rows, inline_dir, scratch)
             results.append(ray_run)
             print(json.dumps(ray_run), flush=True)
-    body = "\n\n".join([
+    body = [
         f"Corpus: {args.n} documents of `{corpus.name}` (build_corpus), claims of "
         f"{args.chunk_rows} rows, a fresh index per run, each run in its own process. `start-up s`: "
         "making the runner (for Ray: starting a local Ray instance and the actors, each loading the "
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         "actor is pinned to its share (cores / workers). Actor RSS is sampled every 0.1 s during the "
         "sync.",
         table(HEADERS, [row(r) for r in results]),
-    ])
+    ]
     provisional = "The machine was shared with other work while this ran; re-run on an idle machine."
     if report.note:
         provisional += " " + report.note

@@ -301,5 +301,5 @@ def main(argv: list[str] | None = None) -> None:
                   table(["N", "seconds", "docs/s", "scan s", "embed+write+commit s", "claims", "peak RSS MB"],
                         build_rows)]
     report.publish("resync", "No-change resync vs parse+hash floor; lazy open",
-                   "\n\n".join(p for p in parts if p), write=not args.no_results)
+                   parts, write=not args.no_results)
 

@@ -210,13 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         ["int8 vs encode: mean / min cosine, top-10 overlap",
          f"{int8_vs_enc[0]:.5f} / {int8_vs_enc[1]:.5f} / {int8_vs_enc[2]:.3f}"],
     ])
-    body = "\n\n".join([
+    body = [
         f"Corpus: `{corpus.relative_to(DATA.parent.parent)}`, {len(texts):,} paragraphs "
         f"(`python -m bench build_corpus`), model all-MiniLM-L6-v2, batch size {args.batch_size}, backend "
         "inline, float32 store. Each run is "
         "a fresh process; see bench/cases/runtimes.py for what each row measures. Quality columns "
         "compare the stored vectors, by id, with the torch sync's.",
-        "Runs (in this order):", runs_md, summary_md])
+        "Runs (in this order):", runs_md, summary_md]
     report.publish("runtimes", "Runtimes: torch, ONNX Runtime fp32 and int8 vs plain encode (CPU)", body,
                    write=not args.no_results)
 

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
          med("numpy", "matmul_s") + med("numpy", "topk_s"), med("numpy", "total_s"),
          med("numpy", "peak_rss_mb"), med("numpy", "rssanon_end_mb"), med("numpy", "rssfile_end_mb")],
     ]
-    body = "\n".join([
+    body = [
         f"{a.n:,} x {a.dim} {a.dtype} vectors ({size_mb:,.0f} MiB), a batch of {a.queries} queries, "
         f"k={a.k}; median of {a.repeat} fresh processes per arm, alternating. Page cache warm (the index "
         "was just built or read). Top-k ids of both arms identical: " + ("yes" if same else "**NO**") + ".",
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         "at the end of the process (peak RSS is the kernel's high-water mark): file-backed pages are "
         "the memory-mapped chunk files (kept open, at most 256 maps) and the loaded libraries, shared "
         "with the page cache and reclaimable, not a copy of the matrix.",
-    ])
+    ]
     title = f"Exact search, {a.n:,} x {a.dim} {a.dtype}, {a.queries} queries (bench/cases/search.py)"
     report.publish(f"search-{a.dtype}-q{a.queries}", title, body, write=not a.no_results,
                    provisional=report.note or "Shared machine: timings are noisy.")

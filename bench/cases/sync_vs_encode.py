@@ -219,12 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     pad_md = table(["batching", "token slots computed", "real tokens / slots", "vs ideal"],
                    padding_analysis(texts, args.batch_size, 1024, 256))
     lengths_md = length_report(texts)
-    body = "\n\n".join([
+    body = [
         f"Corpus: `{corpus.relative_to(DATA.parent.parent)}`, {len(texts):,} paragraphs "
         "(`python -m bench build_corpus`: docstrings and docs found on the machine).",
         lengths_md, "Runs (each a fresh process, in this order):", runs_md, summary_md,
         "Numerics:", num_md, "Padding (from token lengths alone, batch size "
-        f"{args.batch_size}, at most 256 tokens):", pad_md])
+        f"{args.batch_size}, at most 256 tokens):", pad_md]
     report.publish("sync-vs-encode", "Full sync vs plain encode (real model, CPU)", body,
                    write=not args.no_results)
     json.dump([[w, r] for w, r in runs], (work / "runs.json").open("w"), indent=1)

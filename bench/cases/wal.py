@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         headers = ["library", "WAL peak MB (sync)", "WAL after MB", "manifest MB", "store MB", "sync s",
                    "WAL peak MB (resync)", "manifest MB before compact", "manifest MB after compact",
                    "compact s"]
-        body = "\n".join([
+        body = [
             f"`indexer sync` of the first {args.n:,} documents of corpus_100000.jsonl into a fresh index, "
             f"--model fake:{args.dim}, INDEXER_CHUNK_ROWS={args.chunk_rows}; the WAL sampled every 5 ms. "
             f"Then a resync of the first {args.n // 2:,} with --delete-missing, and `indexer compact`. "
-            "One run each. See bench/cases/wal.py.", "", table(headers, rows)])
+            "One run each. See bench/cases/wal.py.", "", table(headers, rows)]
         report.publish("wal", "Manifest disk use: WAL peak during a sync, VACUUM by compact", body,
                        write=not args.no_results)
     finally:
