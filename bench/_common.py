@@ -144,6 +144,17 @@ class CallTimer:
         setattr(owner, name, timed_call)
 
 
+def model_start_timer() -> CallTimer:
+    """A CallTimer around the sentence-transformers model's start-up, which the library has no hook for:
+    "model load" (`_load`, importing sentence_transformers and torch included) and "weights hash"."""
+    from indexer.embedders import sentence_transformers as stm
+
+    timer = CallTimer()
+    timer.wrap(stm, "_load", "model load")
+    timer.wrap(stm, "weights_hash", "weights hash")
+    return timer
+
+
 def status_mb(key: str) -> float:
     """A memory figure of this process from /proc/self/status (VmHWM, RssAnon, ...)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -35,12 +35,12 @@ from typing import Any
 
 from .._common import (
     DATA,
-    CallTimer,
     Report,
     Result,
     case_parser,
     child_encode,
     child_result,
+    model_start_timer,
     row_cosines,
     run_child,
     table,
@@ -62,12 +62,9 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
 
     import indexer
     from indexer.embedders import onnx_runtime as ox
-    from indexer.embedders import sentence_transformers as stm
 
-    timer = CallTimer()  # the model's start-up: the library has no hook for it
+    timer = model_start_timer()  # and the ONNX export and session: no hook in the library either
     wrap = timer.wrap
-    wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
-    wrap(stm, "weights_hash", "weights hash")
     wrap(ox, "ensure_exported", "export")  # the cache lookup, and on a cold cache the export/quantize
     wrap(ox, "_session", "session")  # ONNX Runtime session creation (graph optimization)
     t = time.perf_counter()

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from .._common import (
     DATA,
-    CallTimer,
     Report,
     Result,
     case_parser,
     child_encode,
     child_result,
+    model_start_timer,
     row_cosines,
     run_child,
     table,
@@ -58,10 +58,8 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
 
     # The scan and the driver's steps come from the summary (scan_seconds, step_seconds); the library
     # has no hook for its model's load or what the embed step does inside, so those are wrapped.
-    timer = CallTimer()
+    timer = model_start_timer()
     wrap = timer.wrap
-    wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
-    wrap(stm, "weights_hash", "weights hash")
     wrap(stm.SentenceTransformerEmbedder, "tokenize", "tokenize (once per claim)")
     wrap(stm.SentenceTransformerEmbedder, "embed_tokenized", "model forward passes")
     t = time.perf_counter()
