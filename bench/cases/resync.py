@@ -1,9 +1,9 @@
 """No-change resync against the floor of merely parsing and hashing the file; lazy open of the vectors.
 
-    python bench/bench_resync.py                       # resync at 100k and 1M; open/vectors at 10k and 1M
-    python bench/bench_resync.py --sizes 100000 --open-sizes 10000 --repeat 1 --no-results
+    python -m bench resync                       # resync at 100k and 1M; open/vectors at 10k and 1M
+    python -m bench resync --sizes 100000 --open-sizes 10000 --repeat 1 --no-results
 
-For each size N (bench/data/corpus_N.jsonl, from bench/build_corpus.py) an index is first built by a full
+For each size N (bench/data/corpus_N.jsonl, from the build_corpus case) an index is first built by a full
 sync with the fake model (fake:DIM, default 384 like the default model) and cached in
 bench/data/resync_index_fakeDIM_N/, keyed by the corpus file's fingerprint and the fake model's
 revision; later runs reuse it (the build time is reported when it happens). A no-change resync only
@@ -32,20 +32,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    DATA,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    rss_mb,
-    run_child,
-    table,
-    update_results,
-)
+from .._common import DATA, Report, Result, case_parser, child_result, rss_mb, run_child, table
+from .._corpus import ensure_corpus
 
 TARGET = 1.5
 BUILD_MARK = "bench-build.json"
@@ -67,7 +58,7 @@ def index_dir(n: int, dim: int) -> Path:
     return DATA / f"resync_index_fake{dim}_{n}"
 
 
-def ensure_index(n: int, dim: int, corpus: Path, script: str) -> dict | None:
+def ensure_index(n: int, dim: int, corpus: Path) -> Result | None:
     """Build the index of corpus_N unless a complete one for this corpus and fake model revision is
     cached. Returns the build result when it built one, else None."""
     import json
@@ -86,8 +77,7 @@ def ensure_index(n: int, dim: int, corpus: Path, script: str) -> dict | None:
             pass
     shutil.rmtree(path, ignore_errors=True)
     print(f"building the index of {n:,} documents with fake:{dim} (cached afterwards) ...", flush=True)
-    r = run_child([script, "--child", "build", "--corpus", str(corpus), "--index", str(path),
-                   "--dim", str(dim)])
+    r = run_child(__name__, "build", ["--corpus", str(corpus), "--index", str(path), "--dim", str(dim)])
     if r["embedded"] != n or r["pending"] != 0:
         raise RuntimeError(f"build of {path} is incomplete: {r}")
     mark.write_text(json.dumps({"corpus": fp, "revision": revision, "n": n, "dim": dim, "build": r}))
@@ -195,52 +185,49 @@ def child_open(index: Path) -> None:
 
 # -- parent ------------------------------------------------------------------------------------------
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["build", "floor", "source", "resync", "cli", "open"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="resync sizes")
     ap.add_argument("--open-sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     ap.add_argument("--repeat", type=int, default=2, help="floor/source/resync rounds per size (default 2)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI run")
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", choices=["build", "floor", "source", "resync", "cli", "open"],
-                    help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
-        return {"build": lambda: child_build(args.corpus, args.index, args.dim),
-                "floor": lambda: child_floor(args.corpus),
-                "source": lambda: child_source(args.corpus),
-                "resync": lambda: child_resync(args.corpus, args.index),
-                "cli": lambda: child_cli(args.corpus, args.index),
-                "open": lambda: child_open(args.index)}[args.child]()
+        children: dict[str, Callable[[], None]] = {
+            "build": lambda: child_build(args.corpus, args.index, args.dim),
+            "floor": lambda: child_floor(args.corpus),
+            "source": lambda: child_source(args.corpus),
+            "resync": lambda: child_resync(args.corpus, args.index),
+            "cli": lambda: child_cli(args.corpus, args.index),
+            "open": lambda: child_open(args.index)}
+        children[args.child]()
+        return
 
-    from build_corpus import ensure_corpus
-
-    info = machine()
-    note = contention_note()
-    script = str(Path(__file__).resolve())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    report = Report()
     sizes = sorted(set(args.sizes) | set(args.open_sizes))
     corpora = {n: ensure_corpus(n) for n in sizes}
-    builds = {n: ensure_index(n, args.dim, corpora[n], script) for n in sizes}
+    builds = {n: ensure_index(n, args.dim, corpora[n]) for n in sizes}
 
     # resync vs floor
-    res_rows, sum_rows = [], []
-    per_size: dict[int, dict[str, list[dict]]] = {}
+    res_rows: list[list[object]] = []
+    sum_rows: list[list[object]] = []
+    per_size: dict[int, dict[str, list[Result]]] = {}
     for n in sorted(args.sizes):
         corpus, index = corpora[n], index_dir(n, args.dim)
-        got: dict[str, list[dict]] = {"floor": [], "source": [], "resync": [], "cli": []}
+        got: dict[str, list[Result]] = {"floor": [], "source": [], "resync": [], "cli": []}
         for r in range(args.repeat):
             kinds = ["floor", "source", "resync"] if r % 2 == 0 else ["resync", "source", "floor"]
             for kind in kinds:
                 extra = ["--index", str(index)] if kind == "resync" else []
-                got[kind].append(run_child([script, "--child", kind, "--corpus", str(corpus), *extra]))
+                got[kind].append(run_child(__name__, kind, ["--corpus", str(corpus), *extra]))
                 print(f"N={n:,} {kind}: {got[kind][-1]['seconds']:.2f}s, peak RSS "
                       f"{got[kind][-1]['peak_rss_mb']:.0f} MB", flush=True)
         if not args.no_cli:
-            got["cli"].append(run_child([script, "--child", "cli", "--corpus", str(corpus),
-                                         "--index", str(index)]))
+            got["cli"].append(run_child(__name__, "cli", ["--corpus", str(corpus), "--index", str(index)]))
             print(f"N={n:,} cli: {got['cli'][-1]['seconds']:.2f}s", flush=True)
         per_size[n] = got
         labels = {"floor": "floor: stdlib json.loads + blake2b per line",
@@ -274,28 +261,29 @@ def main() -> None:
                     f"({peak[hi] / peak[lo]:.2f}x for {hi / lo:.0f}x the documents).")
 
     # open / vectors
-    open_rows = []
+    open_rows: list[list[object]] = []
     for n in sorted(args.open_sizes):
-        r = run_child([script, "--child", "open", "--index", str(index_dir(n, args.dim))])
-        print(f"N={n:,} open: {r['open_vectors_s'] * 1000:.1f} ms, len(ids) {r['len_ids_s']:.2f}s, "
-              f"asarray {r['asarray_s']:.2f}s", flush=True)
-        open_rows.append([f"{r['rows']:,}", f"{r['open_vectors_s'] * 1000:.1f}",
-                          f"{r['rss_after_open_mb'] - r['base_rss_mb']:+.1f}",
-                          f"{r['len_ids_s'] * 1000:.1f}",
-                          f"{r['rss_after_len_mb'] - r['rss_after_open_mb']:+.1f}",
-                          f"{r['asarray_s'] * 1000:.1f}",
-                          f"{r['rss_after_asarray_mb'] - r['rss_after_len_mb']:+.1f}",
-                          round(r["matrix_mb"], 1)])
+        o = run_child(__name__, "open", ["--index", str(index_dir(n, args.dim))])
+        print(f"N={n:,} open: {o['open_vectors_s'] * 1000:.1f} ms, len(ids) {o['len_ids_s']:.2f}s, "
+              f"asarray {o['asarray_s']:.2f}s", flush=True)
+        open_rows.append([f"{o['rows']:,}", f"{o['open_vectors_s'] * 1000:.1f}",
+                          f"{o['rss_after_open_mb'] - o['base_rss_mb']:+.1f}",
+                          f"{o['len_ids_s'] * 1000:.1f}",
+                          f"{o['rss_after_len_mb'] - o['rss_after_open_mb']:+.1f}",
+                          f"{o['asarray_s'] * 1000:.1f}",
+                          f"{o['rss_after_asarray_mb'] - o['rss_after_len_mb']:+.1f}",
+                          round(o["matrix_mb"], 1)])
 
-    build_rows = []
+    build_rows: list[list[object]] = []
     for n, b in builds.items():
         if b is not None:
             build_rows.append([f"{n:,}", round(b["total_s"], 1), round(n / b["total_s"]),
                                round(b["scan_s"], 1),
                                round(b["embed_s"], 1), b["claims"], round(b["peak_rss_mb"])])
     parts = [
-        f"Corpora: bench/data/corpus_N.jsonl (bench/build_corpus.py). Index: full sync with fake:{args.dim}, "
-        f"cached in bench/data/resync_index_fake{args.dim}_N/. Each figure is one fresh process.",
+        f"Corpora: bench/data/corpus_N.jsonl (`python -m bench build_corpus`). Index: full sync with "
+        f"fake:{args.dim}, cached in bench/data/resync_index_fake{args.dim}_N/. Each figure is one fresh "
+        "process.",
         table(["N", "what", "seconds (each run)", "CPU seconds (each run)", "docs/s (best)", "peak RSS MB",
                "RSS over baseline MB"],
               res_rows),
@@ -312,15 +300,6 @@ def main() -> None:
         parts += ["Index builds done by this run (full sync from empty, fake model):",
                   table(["N", "seconds", "docs/s", "scan s", "embed+write+commit s", "claims", "peak RSS MB"],
                         build_rows)]
-    parts += ["Machine:", machine_markdown(info)]
-    body = "\n\n".join(p for p in parts if p)
-    print()
-    print(body)
-    if not args.no_results:
-        update_results("resync", "No-change resync vs parse+hash floor; lazy open", body, provisional=note)
-        print(f"\nupdated {DATA.parent / 'RESULTS.md'}")
+    report.publish("resync", "No-change resync vs parse+hash floor; lazy open",
+                   parts, write=not args.no_results)
 
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()

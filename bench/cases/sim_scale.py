@@ -1,8 +1,10 @@
-"""How one index behaves at N documents: a simulated N-document index, then `status`, a no-change resync
-and the first touch of `vectors()`, measured (docs/SCALING.md).
+"""How one index behaves at N documents (a simulated index): status, no-change resync, vectors().
 
-    python bench/sim_scale.py --n 1000000 --out bench/data/sim_1M
-    python bench/sim_scale.py --n 10000000 --out bench/data/sim_10M --skip-resync
+A simulated N-document index, then `status`, a no-change resync and the first touch of `vectors()`,
+measured (docs/SCALING.md).
+
+    python -m bench sim_scale --n 1000000 --out bench/data/sim_1M
+    python -m bench sim_scale --n 10000000 --out bench/data/sim_10M --skip-resync
 
 How the index is built (a full sync of 10M documents would take hours on 2 cores): a real sync of the
 first document with the fake model (fake:16) creates a real index (manifest from the migrations,
@@ -23,10 +25,8 @@ and the sizes on disk. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-ROOT = Path(__file__).resolve().parent.parent
+from .._common import ROOT, case_parser, child_result, peak_rss_mb, run_child
+
 DIM = 16
 BATCH = 200_000
 
@@ -108,17 +109,6 @@ def build(out: Path, n: int) -> dict[str, float]:
     return {"build_source_s": t_source, "build_manifest_s": t_manifest, "build_store_s": t_store}
 
 
-def peak_mb() -> float:
-    """This process's peak RSS. Linux's VmHWM, not getrusage's ru_maxrss: a child keeps the ru_maxrss
-    of the parent it was forked from across exec, so after a 10M build in the parent every child
-    reported the parent's 1.7 GB (the "resync peak RSS" of the first 10M run here)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(what: str, index_dir: Path, source: Path) -> dict[str, float]:
     from indexer import Index, sync
 
@@ -131,11 +121,11 @@ def child(what: str, index_dir: Path, source: Path) -> dict[str, float]:
         summary = sync(index_dir, paths=[str(source)])
         assert summary.embedded == 0 and summary.unchanged == summary.scanned, summary
         return {"resync_s": time.perf_counter() - t0, "resync_scan_s": summary.scan_seconds,
-                "resync_peak_rss_mb": peak_mb()}
+                "resync_peak_rss_mb": peak_rss_mb()}
     idx = Index.open(index_dir)
     ids, vecs = idx.vectors()
     t_open = time.perf_counter() - t0
-    before = peak_mb()
+    before = peak_rss_mb()
     t1 = time.perf_counter()
     count = len(ids)
     t_first = time.perf_counter() - t1
@@ -144,26 +134,18 @@ def child(what: str, index_dir: Path, source: Path) -> dict[str, float]:
     t_rows = time.perf_counter() - t2
     assert np.isfinite(first).all()
     return {"vectors_open_s": t_open, "vectors_first_touch_s": t_first, "vectors_first_1024_rows_s": t_rows,
-            "vectors_documents": count, "vectors_rss_growth_mb": peak_mb() - before}
+            "vectors_documents": count, "vectors_rss_growth_mb": peak_rss_mb() - before}
 
 
-def run_child(what: str, index_dir: Path, source: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", what, "--out", str(index_dir.parent)],
-                         check=True, capture_output=True, text=True, cwd=ROOT)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = case_parser(__name__, __doc__, children=["status", "vectors", "resync"], results=False)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--child", default=None)
     parser.add_argument("--skip-resync", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     index_dir, source = args.out / "idx", args.out / "docs.jsonl"
     if args.child:
-        print(json.dumps(child(args.child, index_dir, source)))
+        child_result({**child(args.child, index_dir, source)})
         return
     result: dict[str, object] = {"n": args.n, "load_avg_at_start": os.getloadavg()}
     if not (index_dir / "manifest.sqlite").exists():
@@ -173,16 +155,13 @@ def main() -> None:
                             capture_output=True, text=True, cwd=ROOT)
     result["status_cli_s"] = time.perf_counter() - t0
     assert json.loads(status.stdout)["done"] == args.n
-    result.update(run_child("status", index_dir, source))
-    result.update(run_child("vectors", index_dir, source))
-    if not args.skip_resync:
-        result.update(run_child("resync", index_dir, source))
+    child_args = ["--out", str(args.out.resolve())]
+    for what in ("status", "vectors", *(() if args.skip_resync else ("resync",))):
+        got = run_child(__name__, what, child_args)
+        result.update({k: v for k, v in got.items() if k not in ("wall_s", "peak_rss_mb")})
     result["manifest_mb"] = (index_dir / "manifest.sqlite").stat().st_size / 2**20
     result["vectors_mb"] = sum(p.stat().st_size for p in (index_dir / "vectors.zarr").rglob("*")
                                if p.is_file()) / 2**20
     result["source_mb"] = source.stat().st_size / 2**20
     print(json.dumps(result, indent=1))
 
-
-if __name__ == "__main__":
-    main()

@@ -21,13 +21,12 @@ gather runs get at most 1.5x the time indexer took, then are cut off (reported a
 Scenarios: `tpm` (documents of 50-1,500 tokens: the token limit binds) and `rpm` (documents of ~20
 tokens: the request limit binds). Pass: indexer reaches >= 90% of the binding limit with zero failed.
 
-    python bench/bench_openai.py                      # both scenarios, about 10 minutes
-    python bench/bench_openai.py --scenario tpm --minutes 1 --no-write
+    python -m bench openai_backend                      # both scenarios, about 10 minutes
+    python -m bench openai_backend --scenario tpm --minutes 1 --no-results
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -39,11 +38,11 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, contention_note, machine, machine_markdown, table, update_results
+from .._common import ROOT, Report, Result, case_parser, table
 
 SERVER = ROOT / "tests" / "openai_server.py"
 KEY = "bench-key"
@@ -102,7 +101,7 @@ class Server:
             raise RuntimeError(f"the test server did not start: {line!r}")
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> Result:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as r:
             return dict(json.loads(r.read()))
 
@@ -111,7 +110,7 @@ class Server:
         self.proc.wait(10)
 
 
-def run_indexer(sc: Scenario, docs: list[dict[str, str]], latency: float, workdir: Path) -> dict[str, object]:
+def run_indexer(sc: Scenario, docs: list[dict[str, str]], latency: float, workdir: Path) -> Result:
     import indexer
     from indexer import Settings
 
@@ -127,25 +126,25 @@ def run_indexer(sc: Scenario, docs: list[dict[str, str]], latency: float, workdi
         summary = indexer.sync(index, docs, model=MODEL, backend="openai", backend_options=options,
                                settings=Settings())
         wall = time.perf_counter() - t0
-        st = summary.backend_stats
+        st: dict[str, Any] = dict(summary.backend_stats)
         server_stats = server.stats()
     finally:
         server.close()
     for k in ("ok_tokens", "ok_requests"):  # the claims' work only, as the server counted it
-        server_stats[k] = int(server_stats[k]) - 2 * int(probe[k])  # type: ignore[call-overload]
-    active = float(st["active_seconds"])  # type: ignore[arg-type]
+        server_stats[k] = int(server_stats[k]) - 2 * int(probe[k])
+    active = float(st["active_seconds"])
     return {"approach": "indexer (--rpm/--tpm given)", "docs": len(docs), "embedded": summary.embedded,
             "failed": summary.failed, "not_finished": len(docs) - summary.embedded - summary.failed,
             "wall_s": wall, "active_s": active, "ok_tokens": server_stats["ok_tokens"],
             "ok_requests": server_stats["ok_requests"], "outcomes": server_stats["outcomes"],
-            "tokens_per_min": float(server_stats["ok_tokens"]) / active * 60,  # type: ignore[arg-type]
-            "requests_per_min": float(server_stats["ok_requests"]) / active * 60,  # type: ignore[arg-type]
+            "tokens_per_min": float(server_stats["ok_tokens"]) / active * 60,
+            "requests_per_min": float(server_stats["ok_requests"]) / active * 60,
             "client": {k: st[k] for k in ("requests", "retries", "rate_limited", "tokens_sent",
                                           "tokens_per_minute", "limiter_wait_s")}}
 
 
 async def _gather(base_url: str, docs: list[dict[str, str]], max_retries: int,
-                  budget: float) -> dict[str, object]:
+                  budget: float) -> Result:
     import openai
 
     client = openai.AsyncOpenAI(api_key=KEY, base_url=base_url, max_retries=max_retries)
@@ -176,7 +175,7 @@ async def _gather(base_url: str, docs: list[dict[str, str]], max_retries: int,
 
 
 def run_gather(sc: Scenario, docs: list[dict[str, str]], latency: float, max_retries: int,
-               budget: float) -> dict[str, object]:
+               budget: float) -> Result:
     server = Server(sc, latency)
     try:
         t0 = time.perf_counter()
@@ -185,31 +184,29 @@ def run_gather(sc: Scenario, docs: list[dict[str, str]], latency: float, max_ret
         server_stats = server.stats()
     finally:
         server.close()
-    seconds = float(out["seconds"])  # type: ignore[arg-type]
-    embedded, failed = int(out["embedded"]), int(out["failed"])  # type: ignore[call-overload]
+    seconds = float(out["seconds"])
+    embedded, failed = int(out["embedded"]), int(out["failed"])
     name = "gather, 100/batch, sem 10" + (f", max_retries={max_retries}" if max_retries != 2 else "")
     return {"approach": name, "docs": len(docs), "embedded": embedded, "failed": failed,
             "not_finished": len(docs) - embedded - failed, "wall_s": wall, "active_s": seconds,
             "ok_tokens": server_stats["ok_tokens"], "ok_requests": server_stats["ok_requests"],
             "outcomes": server_stats["outcomes"],
-            "tokens_per_min": float(server_stats["ok_tokens"]) / seconds * 60,  # type: ignore[arg-type]
-            "requests_per_min": float(server_stats["ok_requests"]) / seconds * 60,  # type: ignore[arg-type]
+            "tokens_per_min": float(server_stats["ok_tokens"]) / seconds * 60,
+            "requests_per_min": float(server_stats["ok_requests"]) / seconds * 60,
             "cut_off": out["cut_off"]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    p = case_parser(__name__, __doc__)
     p.add_argument("--scenario", choices=["all", "tpm", "rpm"], default="all")
     p.add_argument("--minutes", type=float, default=2.0, help="minutes of load at the binding limit")
     p.add_argument("--latency", type=float, default=0.1, help="seconds the server takes per answer")
-    p.add_argument("--no-write", action="store_true", help="print, do not update bench/RESULTS.md")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.environ["OPENAI_API_KEY"] = KEY
-    info = machine()
-    note = contention_note()
+    report = Report()
     names = ["tpm", "rpm"] if args.scenario == "all" else [args.scenario]
-    sections = []
-    verdicts = []
+    sections: list[str] = []
+    verdicts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-openai-") as tmp:
         for name in names:
             sc = scenarios(args.minutes)[name]
@@ -218,41 +215,38 @@ def main() -> None:
                   f"{sc.tpm or 'no'} tokens/min", file=sys.stderr, flush=True)
             rows = [run_indexer(sc, docs, args.latency, Path(tmp))]
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            budget = 1.5 * float(rows[0]["active_s"])  # type: ignore[arg-type]
+            budget = 1.5 * float(rows[0]["active_s"])
             for retries in (2, 20):
                 rows.append(run_gather(sc, docs, args.latency, retries, budget))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            sections.append(report(sc, rows))
+            sections.append(scenario_section(sc, rows))
             ours = rows[0]
-            fraction = max(float(ours["tokens_per_min"]) / sc.tpm if sc.tpm else 0.0,  # type: ignore[arg-type]
-                           float(ours["requests_per_min"]) / sc.rpm)  # type: ignore[arg-type]
+            fraction = max(float(ours["tokens_per_min"]) / sc.tpm if sc.tpm else 0.0,
+                           float(ours["requests_per_min"]) / sc.rpm)
             ok = fraction >= 0.9 and ours["failed"] == 0 and ours["not_finished"] == 0
             verdicts.append(f"{name}: indexer reached {fraction:.1%} of the binding limit, "
                             f"{ours['failed']} failed -> {'PASS' if ok else 'FAIL'}")
-    body = "\n\n".join([
+    body = [
         "The test server in its own process, token buckets of one minute's worth starting empty, 429 "
         f"with Retry-After, {args.latency:g} s per answer, 64-dim vectors; the client on the same machine "
         "over loopback. Achieved = tokens (requests) the server answered with vectors per minute, from the "
         "first request asked for to the last answer.",
-        *sections, "Verdict:\n\n" + "\n".join(f"- {v}" for v in verdicts),
-        "Machine:\n\n" + machine_markdown(info)])
-    print(body)
-    if not args.no_write:
-        update_results("openai", "OpenAI-compatible API backend: rate-limited throughput (bench_openai.py)",
-                       body, provisional=note)
+        *sections, "Verdict:\n\n" + "\n".join(f"- {v}" for v in verdicts)]
+    report.publish("openai", "OpenAI-compatible API backend: rate-limited throughput (openai_backend)", body,
+                   write=not args.no_results)
 
 
-def report(sc: Scenario, rows: list[dict[str, object]]) -> str:
+def scenario_section(sc: Scenario, rows: list[Result]) -> str:
     limit = f"{sc.rpm} requests/min" + (f", {sc.tpm:,} tokens/min" if sc.tpm else "")
     headers = ["approach", "embedded", "failed", "not finished", "seconds", "tokens/min", "% of TPM",
                "requests/min", "% of RPM", "429s"]
-    table_rows = []
+    table_rows: list[list[object]] = []
     for r in rows:
-        tpm, rpm = float(r["tokens_per_min"]), float(r["requests_per_min"])  # type: ignore[arg-type]
+        tpm, rpm = float(r["tokens_per_min"]), float(r["requests_per_min"])
         outcomes = r["outcomes"]
         assert isinstance(outcomes, dict)
         table_rows.append([r["approach"], r["embedded"], r["failed"], r["not_finished"],
-                           float(r["active_s"]), tpm,  # type: ignore[arg-type]
+                           float(r["active_s"]), tpm,
                            f"{tpm / sc.tpm:.1%}" if sc.tpm else "-", rpm, f"{rpm / sc.rpm:.1%}",
                            outcomes.get("429", 0)])
     lo, hi = sc.tokens
@@ -260,6 +254,3 @@ def report(sc: Scenario, rows: list[dict[str, object]]) -> str:
             f"server limits {limit}\n\n" + table(headers, table_rows)
             + "\n\nindexer's own counters: " + json.dumps(rows[0].get("client")))
 
-
-if __name__ == "__main__":
-    main()

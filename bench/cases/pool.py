@@ -1,15 +1,18 @@
-"""The driver with the process pool (issue 11, item 3): does `--backend processes` keep its workers busy?
+"""The driver with the process pool: does `--backend processes` keep its workers busy? (issue 11, item 3)
 
-    python bench/bench_pool.py                                  # 100k docs, 2 workers
-    python bench/bench_pool.py --sizes 20000 --workers 2 --no-results
+    python -m bench pool                                        # 100k docs, 2 workers
+    python -m bench pool --sizes 20000 --workers 2 --no-results
 
 Part 1, a full sync: `indexer.sync(fresh index, paths=[corpus], model="fake:384", backend=B)` for B =
 inline and B = processes (`--workers N`), each run in a fresh process, backends alternating. For each:
 docs/s of the whole sync and of the embed phase (SyncSummary.embed_seconds: claim -> embed -> write ->
-commit, nothing to scan; for processes it includes starting the workers, given apart as "workers
-start": ProcessRunner's construction, until the first worker has loaded the model), the driver's
-seconds in claim (Manifest.claim_many), write (_driver.Writing.written: the driver's wait for the chunk
-files, fsynced) and commit (Manifest.commit_many), and the workers' time from backend_stats:
+commit, nothing to scan); "workers start": ProcessRunner's construction, until the first worker has
+loaded the model, timed around its constructor (the library has no hook for it). A sync of a fresh
+index makes its runner before the scan (the model's configuration goes into the new index), so the
+workers' start is part of the whole sync, not of the embed phase. Then the driver's seconds in claim,
+embed (handing groups to the runner and waiting for them), write (waiting for the chunk files,
+fsynced) and commit, from the sync's own `SyncSummary.step_seconds`, and the workers' time from
+backend_stats:
 `idle_share` (no claim in hand, from each worker's first claim to the end) and `starved_share` (idle
 while work was pending: between a result and the worker's next claim, or after its last claim while
 the driver still handed out claims). The fake model costs next to nothing, so a high starved share
@@ -20,37 +23,25 @@ the driver submits with the fake model) submitted at once to a ProcessRunner (fa
 always queued: docs/s and the starved share with one claim per worker (the default) and two
 (`claims_per_worker=2`). Here any starved time is the runner's own hand-over between claims.
 
-Corpus: the first N lines of corpus_100000.jsonl (see bench/bench_driver.py, `--data`).
+Corpus: the first N lines of corpus_100000.jsonl (see `python -m bench driver --help`, `--data`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    DATA,
-    CallTimer,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
-from bench_driver import corpus_of
+from .._common import DATA, CallTimer, Report, Result, case_parser, child_result, run_child, table
+from .._corpus import corpus_of
 
 WORK_TIME = ("busy_seconds_per_worker", "idle_seconds_per_worker", "starved_seconds_per_worker",
              "idle_share", "starved_share")
+STEPS = ("claim", "embed", "write", "commit")
 
 
 # -- children ----------------------------------------------------------------------------------------
@@ -58,13 +49,9 @@ WORK_TIME = ("busy_seconds_per_worker", "idle_seconds_per_worker", "starved_seco
 def child_sync(corpus: Path, index: Path, dim: int, backend: str, workers: int) -> None:
     start = time.perf_counter()
     import indexer
-    from indexer.manifest import Manifest
     from indexer.runners.processes import ProcessRunner
 
-    timer = CallTimer()
-    timer.wrap(Manifest, "claim_many", "claim")
-    timer.wrap(Manifest, "commit_many", "commit")
-    timer.wrap(importlib.import_module("indexer._driver").Writing, "written", "write")  # the driver's wait
+    timer = CallTimer()  # the runner's start: no hook in the library, its (public) constructor timed
     timer.wrap(ProcessRunner, "__init__", "workers start")
     shutil.rmtree(index, ignore_errors=True)
     options: dict[str, object] = {"workers": workers} if backend == "processes" else {}
@@ -79,7 +66,8 @@ def child_sync(corpus: Path, index: Path, dim: int, backend: str, workers: int) 
     child_result({"total_s": total, "scan_s": s.scan_seconds, "embed_s": s.embed_seconds,
                   "driver_cpu_s": own.ru_utime + own.ru_stime,
                   "workers_cpu_s": children.ru_utime + children.ru_stime, "done": st["done"],
-                  "pending": st["pending"], "claims": s.claims, "spent": timer.spent,
+                  "pending": st["pending"], "claims": s.claims, "steps": dict(s.step_seconds),
+                  "workers_start_s": timer.spent.get("workers start", 0.0),
                   "stats": {k: s.backend_stats.get(k) for k in WORK_TIME}})
 
 
@@ -106,8 +94,8 @@ def share(x: object) -> str:
     return f"{x:.1%}" if isinstance(x, float) else "n/a"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["sync", "pool"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     ap.add_argument("--workers", type=int, default=2, help="processes backend: worker processes (default 2)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per size and backend (default 1); best kept")
@@ -116,34 +104,32 @@ def main() -> None:
     ap.add_argument("--pool-claims", type=int, default=40, help="part 2: claims submitted at once")
     ap.add_argument("--pool-rows", type=int, default=8192, help="part 2: texts a claim")
     ap.add_argument("--pool-repeat", type=int, default=5, help="part 2: runs of each (default 5); best kept")
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", choices=["sync", "pool"], help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--claims-per-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child == "sync":
-        return child_sync(args.corpus, args.index, args.dim, args.backend, args.workers)
+        child_sync(args.corpus, args.index, args.dim, args.backend, args.workers)
+        return
     if args.child == "pool":
-        return child_pool(args.dim, args.workers, args.claims_per_worker, args.pool_claims, args.pool_rows)
+        child_pool(args.dim, args.workers, args.claims_per_worker, args.pool_claims, args.pool_rows)
+        return
 
-    info = machine()
-    note = contention_note()
+    report = Report()
     load_start = os.getloadavg()
-    script = str(Path(__file__).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="bench-pool-"))
     backends = ["inline", "processes"]
     try:
-        rows = []
+        rows: list[list[object]] = []
         for n in args.sizes:
-            corpus = corpus_of(n, args.data, tmp)
-            best: dict[str, dict] = {}
+            corpus = corpus_of(n, args.data.resolve(), tmp)
+            best: dict[str, Result] = {}
             for r in range(args.repeat):
                 for backend in (backends if r % 2 == 0 else backends[::-1]):
-                    got = run_child([script, "--child", "sync", "--corpus", str(corpus), "--index",
-                                     str(tmp / "ix"), "--dim", str(args.dim), "--backend", backend,
-                                     "--workers", str(args.workers)])
+                    got = run_child(__name__, "sync", [
+                        "--corpus", str(corpus), "--index", str(tmp / "ix"), "--dim", str(args.dim),
+                        "--backend", backend, "--workers", str(args.workers)])
                     if got["done"] != n or got["pending"] != 0:
                         raise RuntimeError(f"{backend}: incomplete sync of {n}: {got}")
                     st = got["stats"]
@@ -153,24 +139,24 @@ def main() -> None:
                     if backend not in best or got["embed_s"] < best[backend]["embed_s"]:
                         best[backend] = got
             for backend in backends:
-                g, spent = best[backend], best[backend]["spent"]
+                g, steps = best[backend], best[backend]["steps"]
                 st = g["stats"]
                 label = f"processes, {args.workers} workers" if backend == "processes" else backend
-                start_s = spent.get("workers start", 0.0)
+                start_s = g["workers_start_s"]
                 rows.append([f"{n:,}", label, round(n / g["total_s"]), round(n / g["embed_s"]), g["embed_s"],
                              f"{start_s:.2f}" if start_s else "-",
-                             round(n / (g["embed_s"] - start_s)) if start_s else "-",
-                             spent.get("claim", 0.0), spent.get("write", 0.0), spent.get("commit", 0.0),
+                             *(steps.get(k, 0.0) for k in STEPS),
                              g["driver_cpu_s"], g["workers_cpu_s"] if backend == "processes" else "-",
                              share(st["idle_share"]), share(st["starved_share"]),
                              ", ".join(f"{b:.2f}" for b in st["busy_seconds_per_worker"] or []) or "-"])
-        pool_best: dict[int, dict] = {}
+        pool_best: dict[int, Result] = {}
         texts = args.pool_claims * args.pool_rows
         for r in range(args.pool_repeat):
             for per_worker in ((1, 2) if r % 2 == 0 else (2, 1)):
-                got = run_child([script, "--child", "pool", "--dim", str(args.dim), "--workers",
-                                 str(args.workers), "--claims-per-worker", str(per_worker), "--pool-claims",
-                                 str(args.pool_claims), "--pool-rows", str(args.pool_rows)])
+                got = run_child(__name__, "pool", [
+                    "--dim", str(args.dim), "--workers", str(args.workers), "--claims-per-worker",
+                    str(per_worker), "--pool-claims", str(args.pool_claims),
+                    "--pool-rows", str(args.pool_rows)])
                 starved = share(got["stats"]["starved_share"])
                 print(f"pool alone, {per_worker} claim(s) per worker: {got['seconds']:.2f}s "
                       f"({texts / got['seconds']:,.0f} docs/s), starved {starved}", flush=True)
@@ -180,14 +166,19 @@ def main() -> None:
                       share(g["stats"]["starved_share"])] for k, g in sorted(pool_best.items())]
         load_end = os.getloadavg()
         headers = ["N", "backend", "docs/s (whole sync)", "docs/s (embed phase)", "embed phase s",
-                   "workers start s", "docs/s (embed phase less workers start)", "claim s", "write s",
-                   "commit s", "driver cpu s", "workers cpu s", "workers idle", "workers starved",
+                   "workers start s (before the scan)", "claim s", "embed s",
+                   "write s", "commit s", "driver cpu s", "workers cpu s", "workers idle", "workers starved",
                    "busy s per worker"]
         body = [f"Part 1: full `indexer.sync(paths=[corpus], model=\"fake:{args.dim}\", backend=B)` into a "
                 f"fresh index, default settings, best embed phase of {args.repeat} per backend, each run in "
                 "its own process, backends alternating. Workers idle: share of the workers' time (from "
                 "each one's first claim to the end) with no claim in hand; starved: the part of it while "
-                "work was pending (the driver still handed out claims). See bench/bench_pool.py.", "",
+                "work was pending (the driver still handed out claims). claim, embed, write, commit: the "
+                "driver's seconds in each step (`SyncSummary.step_seconds`); embed is handing groups to the "
+                "runner and waiting for their vectors (for inline, the fake model's time). Workers start: "
+                "the process pool's construction until its first worker has loaded the model, which a "
+                "fresh index's sync does before the scan (in the whole sync, not in the embed phase). See "
+                "bench/cases/pool.py.", "",
                 table(headers, rows), "",
                 f"Part 2: the pool alone ({args.workers} workers, fake:{args.dim}), {args.pool_claims} "
                 f"claims of {args.pool_rows:,} texts submitted at once, so work is always queued; nothing "
@@ -195,16 +186,9 @@ def main() -> None:
                 table(["claims per worker", "docs/s", "seconds", "workers idle", "workers starved"],
                       pool_rows), "",
                 f"Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load_start)} at the start, "
-                f"{', '.join(f'{x:.2f}' for x in load_end)} at the end.", "",
-                "Machine:", "", machine_markdown(info)]
-        text = "\n".join(body)
-        print(text)
-        if not args.no_results:
-            update_results("pool", "Driver with the process pool: worker idle time (issue 11, item 3)", text,
-                           provisional=note)
+                f"{', '.join(f'{x:.2f}' for x in load_end)} at the end."]
+        report.publish("pool", "Driver with the process pool: worker idle time (issue 11, item 3)",
+                       body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    main()

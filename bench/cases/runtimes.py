@@ -1,7 +1,7 @@
 """Runtimes on the CPU: sentence-transformers `encode` against `indexer sync` with torch, onnx, onnx-int8.
 
-    python bench/bench_runtimes.py              # 2000 paragraphs (about 6 minutes on 2 idle cores)
-    python bench/bench_runtimes.py --n 1000 --no-results
+    python -m bench runtimes              # 2000 paragraphs (about 6 minutes on 2 idle cores)
+    python -m bench runtimes --n 1000 --no-results
 
 Every run is a fresh child process, in this order:
     encode          SentenceTransformer(path).encode(texts, batch_size=32), fp32 torch; the model load is
@@ -29,24 +29,25 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
+from .._common import (
     DATA,
-    CallTimer,
+    Report,
+    Result,
+    case_parser,
     child_encode,
     child_result,
-    contention_note,
-    machine,
-    machine_markdown,
+    model_start_timer,
+    row_cosines,
     run_child,
     table,
-    update_results,
+    vectors_by_id,
+    version,
 )
+from .._corpus import ensure_corpus, read_texts
 
 CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 PLAN = [("encode", None, ""), ("sync", "torch", ""), ("sync", "onnx", "cold"), ("sync", "onnx-int8", "cold"),
@@ -61,12 +62,9 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
 
     import indexer
     from indexer.embedders import onnx_runtime as ox
-    from indexer.embedders import sentence_transformers as stm
 
-    timer = CallTimer()
+    timer = model_start_timer()  # and the ONNX export and session: no hook in the library either
     wrap = timer.wrap
-    wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
-    wrap(stm, "weights_hash", "weights hash")
     wrap(ox, "ensure_exported", "export")  # the cache lookup, and on a cold cache the export/quantize
     wrap(ox, "_session", "session")  # ONNX Runtime session creation (graph optimization)
     t = time.perf_counter()
@@ -79,22 +77,11 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
 
 # -- quality -----------------------------------------------------------------------------------------
 
-def vectors_by_id(index_dir: Path, ids: list[str]) -> Any:
-    import numpy as np
-
-    import indexer
-
-    with indexer.open(index_dir) as idx:
-        got_ids, vecs = idx.vectors()
-        pos = {d: i for i, d in enumerate(got_ids)}
-        return np.asarray(vecs)[np.array([pos[d] for d in ids])].astype(np.float64)
-
-
 def quality(got: Any, ref: Any) -> tuple[float, float, float]:
     """(mean cosine, min cosine, top-10 overlap of QUERIES queries) of `got` against `ref`."""
     import numpy as np
 
-    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    cos = row_cosines(got, ref)
 
     q = min(QUERIES, len(got))
 
@@ -110,49 +97,44 @@ def quality(got: Any, ref: Any) -> tuple[float, float, float]:
 
 # -- parent ------------------------------------------------------------------------------------------
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["encode", "sync"])
     ap.add_argument("--n", type=int, default=2000, help="paragraphs (default 2000)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", choices=["encode", "sync"], help=argparse.SUPPRESS)
     ap.add_argument("--runtime", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child == "encode":
-        return child_encode(args.corpus, args.out, args.batch_size)
+        child_encode(args.corpus, args.out, args.batch_size)
+        return
     if args.child == "sync":
-        return child_sync(args.corpus, args.out, args.batch_size, args.runtime)
+        child_sync(args.corpus, args.out, args.batch_size, args.runtime)
+        return
 
     import numpy as np
-    from build_corpus import ensure_corpus, read_texts
-
-    info = machine()
-    info["onnxruntime"] = _version("onnxruntime")
-    info["onnx"] = _version("onnx")
-    note = contention_note()
+    report = Report()
+    report.info["onnxruntime"] = version("onnxruntime")
+    report.info["onnx"] = version("onnx")
     corpus = ensure_corpus(args.n)
     ids, texts = read_texts(corpus)
     work = DATA / "bench_runtimes"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cache = work / "onnx-cache"  # empty: the first onnx sync exports
-    script = str(Path(__file__).resolve())
     common = ["--corpus", str(corpus), "--batch-size", str(args.batch_size)]
     env = {**CHILD_ENV, "INDEXER_CACHE_DIR": str(cache)}
-    runs: list[dict[str, Any]] = []
+    runs: list[Result] = []
     for k, (what, runtime, cache_state) in enumerate(PLAN, 1):
         if what == "encode":
             out = work / f"encode_{k}.npy"
-            r = run_child([script, "--child", "encode", *common, "--out", str(out)], env=env)
+            r = run_child(__name__, "encode", [*common, "--out", str(out)], env=env)
             r.update(what="encode", runtime="torch (st encode)", out=str(out),
                      docs_per_s=r["n"] / r["encode_s"])
             print(f"[{k}] encode: {r['encode_s']:.1f}s, {r['docs_per_s']:.1f} docs/s", flush=True)
         else:
             out = work / f"index_{k}"
-            r = run_child([script, "--child", "sync", "--runtime", runtime, *common, "--out", str(out)],
-                          env=env)
+            r = run_child(__name__, "sync", ["--runtime", str(runtime), *common, "--out", str(out)], env=env)
             sp = r["spent"]
             load = sp.get("model load", 0.0) + sp.get("weights hash", 0.0) + sp.get("export", 0.0) \
                 + sp.get("session", 0.0)
@@ -167,7 +149,7 @@ def main() -> None:
     torch_sync = next(r for r in runs if r["what"] == "sync" and r["runtime"] == "torch")
     ref = vectors_by_id(Path(torch_sync["out"]), ids)
     enc_ref = np.load(runs[0]["out"]).astype(np.float64)
-    rows = []
+    rows: list[list[object]] = []
     for k, r in enumerate(runs, 1):
         if r["what"] == "encode":
             got = np.load(r["out"]).astype(np.float64)
@@ -197,7 +179,7 @@ def main() -> None:
                      ["spent"].get(key, 0.0))
 
     def best(runtime: str, key: str) -> float:
-        return max(r[key] for r in runs if r["what"] == "sync" and r["runtime"] == runtime)
+        return float(max(r[key] for r in runs if r["what"] == "sync" and r["runtime"] == runtime))
 
     warm = {rt: next(r for r in runs if r["what"] == "sync" and r["runtime"] == rt and r["cache"] == "warm")
             for rt in ("onnx", "onnx-int8")}
@@ -225,29 +207,13 @@ def main() -> None:
         ["int8 vs encode: mean / min cosine, top-10 overlap",
          f"{int8_vs_enc[0]:.5f} / {int8_vs_enc[1]:.5f} / {int8_vs_enc[2]:.3f}"],
     ])
-    body = "\n\n".join([
+    body = [
         f"Corpus: `{corpus.relative_to(DATA.parent.parent)}`, {len(texts):,} paragraphs "
-        f"(bench/build_corpus.py), model all-MiniLM-L6-v2, batch size {args.batch_size}, backend inline, "
-        "float32 store. Each run is "
-        "a fresh process; see bench/bench_runtimes.py for what each row measures. Quality columns "
+        f"(`python -m bench build_corpus`), model all-MiniLM-L6-v2, batch size {args.batch_size}, backend "
+        "inline, float32 store. Each run is "
+        "a fresh process; see bench/cases/runtimes.py for what each row measures. Quality columns "
         "compare the stored vectors, by id, with the torch sync's.",
-        "Runs (in this order):", runs_md, summary_md, "Machine:", machine_markdown(info)])
-    print()
-    print(body)
-    if not args.no_results:
-        update_results("runtimes", "Runtimes: torch, ONNX Runtime fp32 and int8 vs plain encode (CPU)", body,
-                       provisional=note)
-        print(f"\nupdated {DATA.parent / 'RESULTS.md'}")
+        "Runs (in this order):", runs_md, summary_md]
+    report.publish("runtimes", "Runtimes: torch, ONNX Runtime fp32 and int8 vs plain encode (CPU)", body,
+                   write=not args.no_results)
 
-
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-if __name__ == "__main__":
-    main()

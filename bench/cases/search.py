@@ -1,8 +1,10 @@
-"""Exact search over 1M x 384 vectors: `Index.search_vectors` (blocked, bounded memory) against a plain
-numpy `matrix @ q.T` over the same vectors loaded whole.
+"""Exact search over 1M x 384 vectors: `Index.search_vectors` against numpy `matrix @ q.T`.
 
-    python bench/bench_search.py                          # 1M x 384 float32, 100 queries, k=10
-    python bench/bench_search.py --n 100000 --no-results  # a quick look
+`Index.search_vectors` (blocked, bounded memory) against a plain numpy `matrix @ q.T` over the same
+vectors loaded whole.
+
+    python -m bench search                          # 1M x 384 float32, 100 queries, k=10
+    python -m bench search --n 100000 --no-results  # a quick look
 
 The index is synthetic but in the real format: `Index.create` (manifest.sqlite, vectors.zarr, index.toml,
 model fake:DIM), random unit vectors written chunk by chunk with `VectorStore.write_chunk`, and one
@@ -29,19 +31,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    DATA,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    rss_mb,
-    run_child,
-    table,
-    update_results,
-)
+from .._common import DATA, Report, Result, case_parser, child_result, rss_mb, run_child, table
 
 DONE_MARK = "bench-built.json"
 
@@ -104,7 +96,7 @@ def rss_split_mb() -> dict[str, float]:
     return {f"{key.lower()}_end_mb": int(fields[key].split()[0]) / 1024 for key in ("RssAnon", "RssFile")}
 
 
-def queries(n_queries: int, dim: int):  # type: ignore[no-untyped-def]
+def queries(n_queries: int, dim: int) -> Any:
     import numpy as np
 
     q = np.random.default_rng(1).standard_normal((n_queries, dim), dtype=np.float32)
@@ -153,34 +145,31 @@ def child(arm: str, n: int, dim: int, dtype: str, n_queries: int, k: int, out: P
     child_result(result)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["search", "numpy"])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--no-results", action="store_true", help="Leave bench/RESULTS.md alone.")
-    ap.add_argument("--child", choices=["search", "numpy"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.child:
         child(a.child, a.n, a.dim, a.dtype, a.queries, a.k, a.out)
         return
-    note = contention_note()
-    info = machine()
+    report = Report()
     built = build(a.n, a.dim, a.dtype)
     if built:
         print(f"built the synthetic index in {built:.1f}s", file=sys.stderr)
     args = ["--n", str(a.n), "--dim", str(a.dim), "--dtype", a.dtype, "--queries", str(a.queries),
             "-k", str(a.k)]
-    runs: dict[str, list[dict]] = {"search": [], "numpy": []}
+    runs: dict[str, list[Result]] = {"search": [], "numpy": []}
     tops: dict[str, str] = {}
     for _ in range(a.repeat):
         for arm in ("search", "numpy"):
             out = DATA / f"search_top_{arm}.json"
-            r = run_child([str(Path(__file__).resolve()), "--child", arm, "--out", str(out), *args])
+            r = run_child(__name__, arm, ["--out", str(out), *args])
             runs[arm].append(r)
             tops[arm] = out.read_text()
             print(f"{arm}: {json.dumps(r)}", file=sys.stderr)
@@ -198,7 +187,7 @@ def main() -> None:
          med("numpy", "matmul_s") + med("numpy", "topk_s"), med("numpy", "total_s"),
          med("numpy", "peak_rss_mb"), med("numpy", "rssanon_end_mb"), med("numpy", "rssfile_end_mb")],
     ]
-    body = "\n".join([
+    body = [
         f"{a.n:,} x {a.dim} {a.dtype} vectors ({size_mb:,.0f} MiB), a batch of {a.queries} queries, "
         f"k={a.k}; median of {a.repeat} fresh processes per arm, alternating. Page cache warm (the index "
         "was just built or read). Top-k ids of both arms identical: " + ("yes" if same else "**NO**") + ".",
@@ -211,17 +200,10 @@ def main() -> None:
         "at the end of the process (peak RSS is the kernel's high-water mark): file-backed pages are "
         "the memory-mapped chunk files (kept open, at most 256 maps) and the loaded libraries, shared "
         "with the page cache and reclaimable, not a copy of the matrix.",
-        "",
-        "Machine:", "", machine_markdown(info),
-    ])
-    print(body)
+    ]
+    title = f"Exact search, {a.n:,} x {a.dim} {a.dtype}, {a.queries} queries (bench/cases/search.py)"
+    report.publish(f"search-{a.dtype}-q{a.queries}", title, body, write=not a.no_results,
+                   provisional=report.note or "Shared machine: timings are noisy.")
     if not same:
         print("the two arms disagree on the top-k ids", file=sys.stderr)
-    if not a.no_results:
-        title = f"Exact search, {a.n:,} x {a.dim} {a.dtype}, {a.queries} queries (bench/bench_search.py)"
-        update_results(f"search-{a.dtype}-q{a.queries}", title, body,
-                       provisional=note or "Shared machine: timings are noisy.")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Time and memory of `indexer push` to a local LanceDB directory (fake model, 384 dims).
 
-    python bench/bench_push.py                          # 100,000 one-chunk documents, one row each
-    python bench/bench_push.py --n 25000 --chunks 4     # 25,000 documents of 4 chunks, one row a chunk
-    python bench/bench_push.py --n 20000 --no-results
+    python -m bench push                          # 100,000 one-chunk documents, one row each
+    python -m bench push --n 25000 --chunks 4     # 25,000 documents of 4 chunks, one row a chunk
+    python -m bench push --n 20000 --no-results
 
 An index of N documents is built (fake:384, not timed); with --chunks K each document is K paragraphs
 of 8 words, cut into K chunks (--chunk-tokens 8: the fake model counts words). Then, each in a fresh
@@ -19,22 +19,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    anon_peak,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
+from .._common import Report, anon_peak, case_parser, child_result, run_child, table
 
 DIM = 384
 
@@ -83,7 +74,7 @@ def equal(index: Path, db: Path) -> bool:
         if "chunk" in rows.schema.names:
             c = idx.chunks()
             keys = list(zip(c.ids, c.ordinals.tolist(), c.starts.tolist(), c.ends.tolist(), strict=True))
-            expected = dict(zip(keys, np.asarray(c.vectors), strict=True))
+            expected: dict[Any, Any] = dict(zip(keys, np.asarray(c.vectors), strict=True))
             got_keys = list(zip(*(rows.column(k).to_pylist() for k in ("id", "chunk", "start", "end")),
                                 strict=True))
         else:
@@ -94,29 +85,27 @@ def equal(index: Path, db: Path) -> bool:
         got[i].tobytes() == expected[key].tobytes() for i, key in enumerate(got_keys))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["push"])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--chunks", type=int, default=1, help="chunks a document (paragraphs of 8 words)")
     ap.add_argument("--level", choices=["documents", "chunks"], help="push level (default: push's)")
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        return child(args.index, args.target, args.level)
+    args = ap.parse_args(argv)
+    if args.child == "push":
+        child(args.index, args.target, args.level)
+        return
 
-    info, note = machine(), contention_note()
-    script = str(Path(__file__).resolve())
+    report = Report()
     tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
     index, db = tmp / "ix", tmp / "lance"
-    rows = []
+    rows: list[list[object]] = []
     try:
         n, k = args.n, args.chunks
         gone = n // 100
         many = {7, *range(n // 2, n // 2 + gone)}
-        steps = [("first push", lambda: sync(index, n, k)),
+        steps: list[tuple[str, Callable[[], None]]] = [("first push", lambda: sync(index, n, k)),
                  ("after 1 changed document", lambda: sync(index, n, k, changed={7})),
                  ("nothing to send", lambda: None),
                  (f"after {gone:,} changed documents", lambda: sync(index, n, k, changed=many)),
@@ -124,8 +113,8 @@ def main() -> None:
         level = ""
         for label, prepare in steps:
             prepare()
-            got = run_child([script, "--child", "--index", str(index), "--target", f"lancedb:{db}",
-                             *(["--level", args.level] if args.level else [])])
+            got = run_child(__name__, "push", ["--index", str(index), "--target", f"lancedb:{db}",
+                                               *(["--level", args.level] if args.level else [])])
             level = str(got["level"])
             rows.append([label, got["upserted"], got["upserted_rows"], got["deleted"], got["rows"],
                          got["seconds"], got["import_s"], got["peak_rss_mb"], got["peak_anon_mb"]])
@@ -133,25 +122,19 @@ def main() -> None:
         same = equal(index, db)
         what = f"{n:,} documents" + (f" of {k} chunks each (--chunk-tokens 8)" if k > 1 else "")
         call = 'indexer.push.push(index, "lancedb:DIR"' + (f", level={args.level!r})" if args.level else ")")
-        body = "\n".join([
+        body = [
             f"`{call}` "
             f"of an index of {what} (fake:{DIM}, float32), pushed at level {level} (one table row a "
             f"{level[:-1]}), each push in a fresh process; `seconds` is the push() call, lancedb's import "
             "(before it) is apart. `upserted` counts documents, `rows sent` table rows. "
             f"Table equal to the index bit for bit after the last push: {'yes' if same else 'NO'}. "
-            "See bench/bench_push.py.", "",
+            "See bench/cases/push.py.", "",
             table(["push", "upserted", "rows sent", "deleted", "table rows", "seconds", "import lancedb s",
                    "peak RSS MB", "peak anon MB"],
-                  rows),
-            "", "Machine:", "", machine_markdown(info)])
-        print(body)
-        if not args.no_results:
-            key = ("push" if k == 1 else "push-chunks") + ("-documents" if args.level == "documents" else "")
-            update_results(key, f"Push to LanceDB, {what}, one row a {level[:-1]}: first push, changes, "
-                           "nothing, deletes", body, provisional=note)
+                  rows)]
+        key = ("push" if k == 1 else "push-chunks") + ("-documents" if args.level == "documents" else "")
+        report.publish(key, f"Push to LanceDB, {what}, one row a {level[:-1]}: first push, changes, nothing, "
+                       "deletes", body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
 """Long-document retrieval: find a page from a sentence deep inside it, chunked index vs truncating index.
 
-    python bench/bench_long_docs.py                      # 300 pages, 300 queries, both arms
-    python bench/bench_long_docs.py --docs 60 --no-results
+    python -m bench long_docs                      # 300 pages, 300 queries, both arms
+    python -m bench long_docs --docs 60 --no-results
 
 Documents are whole documentation pages on this machine (nothing downloaded): the .rst / .txt / .md
 files under /usr/share/doc and CMake's Help/, and the long descriptions of the installed packages
-(dist-info METADATA), as bench/build_corpus.py finds them; pages of 3,000 to 20,000 characters,
+(dist-info METADATA), as the build_corpus case finds them; pages of 3,000 to 20,000 characters,
 distinct, a seeded sample of --docs. Each query is one sentence from deep inside its page: it starts
 past the page's first 256 tokens (the default model's window, counted with its own tokenizer), has 8
 to 40 words, is mostly words, and occurs in no other page; its answer is its page. One query per page
@@ -33,19 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    DATA,
-    ROOT,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
-from build_corpus import _doc_files, _read_doc, tokenizer
+from .._common import DATA, ROOT, Report, Result, case_parser, child_result, run_child, table
+from .._corpus import doc_files, read_doc, tokenizer
 
 WINDOW = 256  # the default model's max_seq_length, in tokens ([CLS] included)
 MIN_CHARS, MAX_CHARS = 3_000, 20_000
@@ -72,13 +61,13 @@ def _good_sentence(s: str) -> bool:
     return letters >= 0.7 * len(s.replace(" ", "")) and not any(c in s for c in "|=*`#<>{}")
 
 
-def build(n_docs: int, seed: int) -> tuple[Path, Path, dict[str, object]]:
+def build(n_docs: int, seed: int) -> tuple[Path, Path, dict[str, int]]:
     """Write docs.jsonl and queries.jsonl ({"query", "answer"}); return their paths and a summary."""
     tok = tokenizer()
     pages: dict[str, str] = {}
     seen: set[str] = set()
-    for path in _doc_files():
-        text = _read_doc(path).strip()
+    for path in doc_files():
+        text = read_doc(path).strip()
         key = _norm(text)
         if MIN_CHARS <= len(text) <= MAX_CHARS and key not in seen:
             seen.add(key)
@@ -87,7 +76,9 @@ def build(n_docs: int, seed: int) -> tuple[Path, Path, dict[str, object]]:
     random.Random(seed).shuffle(ids)
     normalized = {i: _norm(pages[i]) for i in ids}
     rng = random.Random(seed + 1)
-    docs, queries, tokens = [], [], []
+    docs: list[dict[str, str]] = []
+    queries: list[dict[str, str]] = []
+    tokens: list[int] = []
     for doc_id in ids:
         if len(docs) == n_docs:
             break
@@ -136,16 +127,19 @@ def has_chunking() -> bool:
 def child_sync(index: Path, docs: Path, chunking: str) -> None:
     import indexer
 
-    kwargs = {} if chunking == "default" else {"chunking": chunking == "on"}
-    summary = indexer.sync(index, paths=[str(docs)], **kwargs)  # type: ignore[arg-type]
+    if chunking == "default":  # a library from before chunking
+        summary = indexer.sync(index, paths=[str(docs)])
+    else:
+        summary = indexer.sync(index, paths=[str(docs)], chunking=chunking == "on")
     child_result(summary.to_dict())
 
 
-def run_arm(arm: str, docs: Path, queries: Path, chunking: str) -> dict[str, object]:
+def run_arm(arm: str, docs: Path, queries: Path, chunking: str) -> Result:
     index = OUT / f"index_{arm}"
     shutil.rmtree(index, ignore_errors=True)
-    summary = run_child([str(Path(__file__).resolve()), "--child-sync", str(index), str(docs), chunking])
-    sync_wall = float(summary["wall_s"])  # type: ignore[arg-type]
+    summary = run_child(__name__, "sync", ["--index", str(index), "--docs-file", str(docs), "--chunking",
+                                           chunking])
+    sync_wall = float(summary["wall_s"])
     qs = [json.loads(line) for line in queries.read_text(encoding="utf-8").splitlines()]
     qfile = OUT / "queries.txt"
     qfile.write_text("".join(q["query"] + "\n" for q in qs), encoding="utf-8")
@@ -170,29 +164,29 @@ def run_arm(arm: str, docs: Path, queries: Path, chunking: str) -> dict[str, obj
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=300)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["sync"])
+    ap.add_argument("--docs", type=int, default=300, help="pages (default 300)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-results", action="store_true", help="Leave bench/RESULTS.md alone.")
-    ap.add_argument("--child-sync", nargs=3, help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.child_sync:
-        child_sync(Path(a.child_sync[0]), Path(a.child_sync[1]), a.child_sync[2])
+    ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--docs-file", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--chunking", choices=["on", "off", "default"], help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child == "sync":
+        child_sync(a.index, a.docs_file, a.chunking)
         return
-    note = contention_note()
-    info = machine()
+    report = Report()
     docs, queries, corpus = build(a.docs, a.seed)
     print(f"corpus: {json.dumps(corpus)}", file=sys.stderr)
     chunking = has_chunking()
     arms = [("chunked", "on"), ("truncating", "off")] if chunking else [("truncating", "default")]
-    rows = []
+    rows: list[Result] = []
     for arm, flags in arms:
         r = run_arm(arm, docs, queries, flags)
         print(f"{arm}: {json.dumps(r)}", file=sys.stderr)
         rows.append(r)
-    tokens = int(corpus["tokens_total"])  # type: ignore[call-overload]
-    body = "\n".join([
+    tokens = corpus["tokens_total"]
+    body = [
         f"{corpus['pages']} documentation pages from this machine ({corpus['over_window']} longer than "
         f"the {WINDOW}-token window; page tokens: median {corpus['tokens_median']:,}, max "
         f"{corpus['tokens_max']:,}, total {tokens:,}), {corpus['queries']} queries, each a sentence from "
@@ -207,13 +201,8 @@ def main() -> None:
         "",
         "Sync seconds are the sync's own (`SyncSummary.seconds`, model load included); search is the whole "
         "`indexer search --queries` process (interpreter start, model load, all queries).",
-        "", "Machine:", "", machine_markdown(info),
-    ])
-    print(body)
-    if not a.no_results:
-        title = "Long-document retrieval, chunked vs truncating (bench/bench_long_docs.py)"
-        update_results("long-docs", title, body, provisional=note or "Shared machine: timings are noisy.")
+    ]
+    title = "Long-document retrieval, chunked vs truncating (bench/cases/long_docs.py)"
+    report.publish("long-docs", title, body, write=not a.no_results,
+                   provisional=report.note or "Shared machine: timings are noisy.")
 
-
-if __name__ == "__main__":
-    main()

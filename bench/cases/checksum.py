@@ -1,8 +1,10 @@
-"""What chunk checksums cost: XXH3-64 of a chunk (and of each of its rows) against writing the chunk
-durably and against reading it, for the default chunk (1024 rows x 384 float32, 1.5 MiB).
+"""What chunk checksums cost: XXH3-64 of a chunk and of its rows, against writing and reading the chunk.
 
-    python bench/bench_checksum.py                 # writes the "checksum" section of bench/RESULTS.md
-    python bench/bench_checksum.py --no-results
+The hash of a chunk (and of each of its rows) against writing the chunk durably and against reading
+it, for the default chunk (1024 rows x 384 float32, 1.5 MiB).
+
+    python -m bench checksum                 # writes the "checksum" section of bench/RESULTS.md
+    python -m bench checksum --no-results
 
 Each figure is the median of --repeat timings in this process, on a store in a temporary directory
 (the page cache warm: the cost of the hash itself, not of the disk). crc32c (google-crc32c, Zarr v3's
@@ -11,9 +13,7 @@ checksum codec) is timed on the same bytes for comparison.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import contention_note, machine, machine_markdown, table, update_results
+from .._common import Report, case_parser, table
 
 
 def median_us(fn: Callable[[], object], repeat: int) -> float:
@@ -35,16 +34,15 @@ def median_us(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__)
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--repeat", type=int, default=50)
-    ap.add_argument("--no-results", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from indexer.store import VectorStore, checksum
 
-    note = contention_note()
+    report = Report()
     with tempfile.TemporaryDirectory() as tmp:
         store = VectorStore.create(Path(tmp) / "v.zarr", args.dim, "float32", args.rows)
         store.ensure_chunks(1)
@@ -72,16 +70,10 @@ def main() -> None:
              median_us(lambda: store.read_chunk_checked(0, store.checksums_of(data)), args.repeat)],
         ]
     mib = args.rows * args.dim * 4 / 2**20
-    body = "\n".join([
+    body = [
         f"One chunk of {args.rows} rows x {args.dim} float32 ({mib:.1f} MiB), median of {args.repeat}. "
-        "See bench/bench_checksum.py.", "",
-        table(["operation", "microseconds"], [[name, f"{us:,.0f}"] for name, us in rows]), "",
-        "Machine:", "", machine_markdown(machine())])
-    print(body)
-    if not args.no_results:
-        update_results("checksum", "Chunk checksums: cost of XXH3-64 against writing and reading a chunk",
-                       body, provisional=note)
+        "See bench/cases/checksum.py.", "",
+        table(["operation", "microseconds"], [[name, f"{us:,.0f}"] for name, us in rows])]
+    report.publish("checksum", "Chunk checksums: cost of XXH3-64 against writing and reading a chunk", body,
+                   write=not args.no_results)
 
-
-if __name__ == "__main__":
-    main()

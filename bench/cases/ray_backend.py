@@ -1,40 +1,37 @@
 """The Ray backend against the in-process one: same corpus, same model, a fresh index each.
 
-    python bench/bench_ray.py                    # 2,000 real-text documents, all-MiniLM-L6-v2, 2 workers
-    python bench/bench_ray.py --n 500 --no-write # a quick look, RESULTS.md untouched
+    python -m bench ray_backend                      # 2,000 real-text documents, all-MiniLM-L6-v2, 2 workers
+    python -m bench ray_backend --n 500 --no-results # a quick look, RESULTS.md untouched
 
-Each measurement runs in its own child process (bench/_common.run_child). The Ray child starts a local
+Each measurement runs in its own child process (bench/_common.py, run_child). The Ray child starts a local
 Ray instance through the runner, exactly as `indexer sync --backend ray --workers N` does, so its
 start-up (Ray itself, then N actors each importing torch and loading the model) is measured apart from
 the embedding. Also measured with the fake model (no model work): the per-claim cost of shipping texts
 to actors and vectors back. The vectors of each Ray index are compared with the inline index's.
 
-When bench/bench_backends.py exists, its Ray measurement is `ray_measurement()` below.
+The backends case's Ray row (`python -m bench backends --ray`) is `ray_measurement()` below.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
+from .._common import (
+    Report,
+    Result,
+    RssSampler,
+    case_parser,
     child_result,
-    contention_note,
-    machine,
-    machine_markdown,
     run_child,
     table,
-    update_results,
+    vectors_by_id,
 )
-from build_corpus import ensure_corpus
+from .._corpus import ensure_corpus
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -55,11 +52,11 @@ def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chun
     else:
         runner = make_runner("inline", model, batch_size=settings.batch_size)
     startup = time.perf_counter() - t
-    peaks = _sample_rss(pids)
+    peaks = RssSampler(lambda: pids)  # the actors' processes, while the sync runs
     # sync closes its runner inside its embed phase; for Ray that is a shutdown of the local instance
     # (seconds), so the runner is closed here instead and timed apart.
     summary = sync(index_dir, paths=[corpus], settings=settings, runner=_KeepOpen(runner))
-    peaks.stop.set()
+    worker_peaks = peaks.stop()
     t = time.perf_counter()
     runner.close()
     shutdown = time.perf_counter() - t
@@ -71,7 +68,7 @@ def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chun
                   # The sync's own RSS samples: ru_maxrss of a child also counts its parent's pages
                   # at fork, which says more about the parent than about this run.
                   "driver_peak_rss_mb": summary.peak_rss_mb,
-                  "worker_peaks_mb": sorted(peaks.mb.values(), reverse=True)})
+                  "worker_peaks_mb": worker_peaks})
 
 
 class _KeepOpen:
@@ -79,10 +76,7 @@ class _KeepOpen:
 
     def __init__(self, runner: Any) -> None:
         self.runner, self.info = runner, runner.info
-
-    @property
-    def capacity(self) -> int:
-        return int(self.runner.capacity)
+        self.capacity = int(runner.capacity)
 
     def submit(self, texts: list[str], on_batch: Any = None) -> Any:
         return self.runner.submit(texts, on_batch)
@@ -91,56 +85,29 @@ class _KeepOpen:
         pass
 
 
-class _Peaks(threading.Thread):
-    def __init__(self, pids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.pids, self.mb, self.stop = pids, {p: 0.0 for p in pids}, threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        while not self.stop.is_set():
-            for pid in self.pids:
-                with contextlib.suppress(psutil.Error):
-                    self.mb[pid] = max(self.mb[pid], psutil.Process(pid).memory_info().rss / 2**20)
-            self.stop.wait(0.1)
-
-
-def _sample_rss(pids: list[int]) -> _Peaks:
-    """Peak RSS of the Ray actors' processes, sampled every 0.1 s while the sync runs."""
-    peaks = _Peaks(pids)
-    peaks.start()
-    return peaks
-
-
 # -- parent --------------------------------------------------------------------------------------------
 
 def measure(mode: str, corpus: Path, index_dir: Path, model: str, workers: int,
-            chunk_rows: int) -> dict[str, object]:
-    return run_child([str(Path(__file__).resolve()), "--child", mode, "--corpus", str(corpus),
-                      "--index", str(index_dir), "--model", model, "--workers", str(workers),
-                      "--chunk-rows", str(chunk_rows)])
+            chunk_rows: int) -> Result:
+    return run_child(__name__, mode, ["--corpus", str(corpus), "--index", str(index_dir), "--model", model,
+                                      "--workers", str(workers), "--chunk-rows", str(chunk_rows)])
 
 
 def max_abs_diff(a: Path, b: Path) -> float:
+    """The largest difference between the vectors two indexes serve, document by document."""
     import numpy as np
 
-    from indexer import Index
+    import indexer
 
-    with Index.open(a) as ia, Index.open(b) as ib:
-        ids_a, va = ia.vectors()
-        ids_b, vb = ib.vectors()
-        order = {k: i for i, k in enumerate(ids_b)}
-        assert sorted(ids_a) == sorted(order), "the two indexes serve different documents"
-        xa = np.asarray(va, dtype=np.float64)
-        xb = np.asarray(vb, dtype=np.float64)[[order[k] for k in ids_a]]
-    return float(np.abs(xa - xb).max())
+    with indexer.open(a) as index:
+        ids = list(index.vectors()[0])
+    return float(np.abs(vectors_by_id(a, ids) - vectors_by_id(b, ids)).max())
 
 
 def ray_measurement(corpus: Path, model: str, workers: int, chunk_rows: int,
-                    inline_index: Path | None, scratch: Path) -> dict[str, object]:
+                    inline_index: Path | None, scratch: Path) -> Result:
     """One Ray run (a local Ray, `workers` actors) of `corpus`; with `inline_index`, also the largest
-    difference of its vectors from those. For bench/bench_backends.py to call as well."""
+    difference of its vectors from those. For the backends case to call as well."""
     out = measure("ray", corpus, scratch / f"ray-{model.replace(':', '-')}-{workers}", model, workers,
                   chunk_rows)
     if inline_index is not None:
@@ -164,24 +131,21 @@ HEADERS = ["backend", "model", "workers", "start-up s", "embed s", "docs/s (embe
            "actor peak RSS MB (each)"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="documents (bench/build_corpus.py corpus)")
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["inline", "ray"])
+    ap.add_argument("--n", type=int, default=2000, help="documents (a build_corpus corpus)")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk-rows", type=int, default=256, help="rows per claim (default 256)")
     ap.add_argument("--no-fake", action="store_true", help="skip the fake-model overhead runs")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
-    ap.add_argument("--child", choices=["inline", "ray"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--index", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         child(args.child, args.corpus, args.index, args.model, args.workers, args.chunk_rows)
         return
 
-    info = machine()
-    note = contention_note()
+    report = Report()
     corpus = ensure_corpus(args.n)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
@@ -196,8 +160,8 @@ def main() -> None:
             ray_run = ray_measurement(corpus, model, args.workers, args.chunk_rows, inline_dir, scratch)
             results.append(ray_run)
             print(json.dumps(ray_run), flush=True)
-    body = "\n\n".join([
-        f"Corpus: {args.n} documents of `{corpus.name}` (bench/build_corpus.py), claims of "
+    body = [
+        f"Corpus: {args.n} documents of `{corpus.name}` (build_corpus), claims of "
         f"{args.chunk_rows} rows, a fresh index per run, each run in its own process. `start-up s`: "
         "making the runner (for Ray: starting a local Ray instance and the actors, each loading the "
         "model); `embed s`: claim, embed, write and commit of every document (the sync's "
@@ -208,16 +172,10 @@ def main() -> None:
         "actor is pinned to its share (cores / workers). Actor RSS is sampled every 0.1 s during the "
         "sync.",
         table(HEADERS, [row(r) for r in results]),
-        "Machine:\n\n" + machine_markdown(info),
-    ])
-    print(body)
-    if not args.no_write:
-        provisional = "The machine was shared with other work while this ran; re-run on an idle machine."
-        if note:
-            provisional += " " + note
-        update_results("ray", f"Ray backend: {args.workers} workers vs in-process", body,
-                       provisional=provisional)
+    ]
+    provisional = "The machine was shared with other work while this ran; re-run on an idle machine."
+    if report.note:
+        provisional += " " + report.note
+    report.publish("ray", f"Ray backend: {args.workers} workers vs in-process", body,
+                   write=not args.no_results, provisional=provisional)
 
-
-if __name__ == "__main__":
-    main()

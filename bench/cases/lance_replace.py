@@ -1,8 +1,9 @@
-"""How LanceDB can replace one document's chunk rows, by table size: why targets/lancedb.py deletes
-then appends at chunk level instead of one merge_insert.
+"""How LanceDB can replace one document's chunk rows, by table size (needs lancedb).
 
-    python bench/bench_lance_replace.py                  # tables of 100,000 and 400,000 rows
-    python bench/bench_lance_replace.py --rows 50000 --no-results
+Why targets/lancedb.py deletes then appends at chunk level instead of one merge_insert.
+
+    python -m bench lance_replace                  # tables of 100,000 and 400,000 rows
+    python -m bench lance_replace --rows 50000 --no-results
 
 A table of N one-chunk rows (id, chunk, 384 float32) is written, then one document's rows are replaced
 by 3 new ones, each way in a fresh child process: `merge+delete` (merge_insert on (id, chunk) with
@@ -16,23 +17,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
-    anon_peak,
-    child_result,
-    contention_note,
-    machine,
-    machine_markdown,
-    run_child,
-    status_mb,
-    table,
-    update_results,
-)
+from .._common import Report, anon_peak, case_parser, child_result, run_child, status_mb, table
 
 DIM = 384
 WAYS = ("merge+delete", "delete+append", "merge")
@@ -84,44 +73,36 @@ def child(db: Path, way: str) -> None:
                   "rows": int(t.count_rows())})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["replace"])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 400_000])
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        return child(args.db, args.way)
+    args = ap.parse_args(argv)
+    if args.child == "replace":
+        child(args.db, args.way)
+        return
 
-    info, note = machine(), contention_note()
-    script = str(Path(__file__).resolve())
-    rows = []
+    report = Report()
+    rows: list[list[object]] = []
     for n in args.rows:
         for way in WAYS:
             tmp = Path(tempfile.mkdtemp(prefix="bench-lance-replace-"))
             try:
                 build(tmp / "db", n)
-                got = run_child([script, "--child", "--db", str(tmp / "db"), "--way", way])
+                got = run_child(__name__, "replace", ["--db", str(tmp / "db"), "--way", way])
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             rows.append([n, way, got["seconds"], got["anon_above_mb"], got["rows"]])
             print(rows[-1], flush=True)
     import lancedb
 
-    body = "\n".join([
+    body = [
         "Replacing one document's chunk rows (1 row -> 3) in a LanceDB table "
         f"(lancedb {lancedb.__version__}) of N one-chunk rows of {DIM} float32, each way in a fresh "
         "process. `merge` leaves stale rows when a document loses chunks; it is the cost floor. See "
-        "bench/bench_lance_replace.py.", "",
-        table(["table rows", "way", "seconds", "peak anon MB above start", "rows after"], rows),
-        "", "Machine:", "", machine_markdown(info)])
-    print(body)
-    if not args.no_results:
-        update_results("lance-replace", "LanceDB: replacing a document's chunk rows, by table size", body,
-                       provisional=note)
+        "bench/cases/lance_replace.py.", "",
+        table(["table rows", "way", "seconds", "peak anon MB above start", "rows after"], rows)]
+    report.publish("lance-replace", "LanceDB: replacing a document's chunk rows, by table size", body,
+                   write=not args.no_results)
 
-
-if __name__ == "__main__":
-    main()

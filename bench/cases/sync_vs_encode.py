@@ -1,13 +1,16 @@
 """Full `indexer sync` from empty against a plain `SentenceTransformer.encode`, same texts, same model.
 
-    python bench/bench_sync.py              # 2000 paragraphs, order E S E (a few minutes on 2 idle cores)
-    python bench/bench_sync.py --n 2000 --order ESE --no-results
+    python -m bench sync_vs_encode      # 2000 paragraphs, order E S E (a few minutes on 2 idle cores)
+    python -m bench sync_vs_encode --n 2000 --order ESE --no-results
 
 E = `SentenceTransformer(path).encode(all_texts, batch_size=32)` in a fresh process (the model load is
 timed apart; docs/s counts the encode call alone).
 S = `indexer.sync(empty_dir, paths=[corpus.jsonl], model="all-MiniLM-L6-v2", dtype="float32",
 backend="inline", batch_size=32)` in a fresh process: model load, weights hash, scan, claims, every
-chunk write (fsynced) and every manifest commit included; docs/s counts the whole call.
+chunk write (fsynced) and every manifest commit included; docs/s counts the whole call. Its breakdown:
+the scan and the driver's steps (claim, embed, write, commit) from the sync's summary (`scan_seconds`,
+`step_seconds`); inside embed, the model's forward passes and tokenization, and apart the model's load
+and weights hash, from wrapping the embedder's functions (the library has no hook for those).
 
 Every run is its own child process, so they start equal; the order alternates to spread drift in the
 machine's load over both. Numerics: the vectors the index serves are compared row by row (by id) with
@@ -23,23 +26,23 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (
+from .._common import (
     DATA,
-    CallTimer,
+    Report,
+    Result,
+    case_parser,
     child_encode,
     child_result,
-    contention_note,
-    machine,
-    machine_markdown,
+    model_start_timer,
+    row_cosines,
     run_child,
     table,
-    update_results,
+    vectors_by_id,
 )
+from .._corpus import ensure_corpus, length_report, read_texts, token_lengths
 
 CHILD_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # what the library sets for itself; the same for both
 TARGET = 1.5
@@ -47,30 +50,18 @@ TARGET = 1.5
 
 # -- children ----------------------------------------------------------------------------------------
 
-def _texts(corpus: Path) -> tuple[list[str], list[str]]:
-    from build_corpus import read_texts
-
-    return read_texts(corpus)
-
-
 def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
     import torch
 
     import indexer
     from indexer.embedders import sentence_transformers as stm
-    from indexer.manifest import Manifest
-    from indexer.store import VectorStore
 
-    timer = CallTimer()
+    # The scan and the driver's steps come from the summary (scan_seconds, step_seconds); the library
+    # has no hook for its model's load or what the embed step does inside, so those are wrapped.
+    timer = model_start_timer()
     wrap = timer.wrap
-    wrap(stm, "_load", "model load")  # includes importing sentence_transformers (and torch)
-    wrap(stm, "weights_hash", "weights hash")
     wrap(stm.SentenceTransformerEmbedder, "tokenize", "tokenize (once per claim)")
     wrap(stm.SentenceTransformerEmbedder, "embed_tokenized", "model forward passes")
-    wrap(Manifest, "scan_batch", "scan batches")
-    wrap(Manifest, "claim", "claim")
-    wrap(VectorStore, "write_chunk", "write chunk (fsync)")
-    wrap(Manifest, "commit", "commit")
     t = time.perf_counter()
     s = indexer.sync(index_dir, paths=[str(corpus)], model="all-MiniLM-L6-v2", dtype="float32",
                      backend="inline", batch_size=batch_size)
@@ -84,8 +75,6 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
 def padding_analysis(texts: list[str], batch_size: int, chunk_rows: int, max_len: int) -> list[list[object]]:
     """Token slots computed by each batching scheme (real tokens / computed slots = efficiency)."""
     import numpy as np
-    from build_corpus import token_lengths
-
     chars = np.array([len(t) for t in texts])
     toks = np.minimum(np.array(token_lengths(texts)), max_len)
 
@@ -113,64 +102,48 @@ def padding_analysis(texts: list[str], batch_size: int, chunk_rows: int, max_len
 def numerics(index_dir: Path, ids: list[str], enc_path: Path) -> tuple[float, float, int]:
     import numpy as np
 
-    import indexer
-
-    enc = np.load(enc_path)
-    idx = indexer.open(index_dir)
-    try:
-        got_ids, vecs = idx.vectors()
-        got = np.asarray(vecs)
-        pos = {d: i for i, d in enumerate(got_ids)}
-        order = np.array([pos[d] for d in ids])
-    finally:
-        idx.close()
-    a, b = enc.astype(np.float64), got[order].astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min()), float(np.abs(a - b).max()), len(got_ids)
+    a, b = np.load(enc_path).astype(np.float64), vectors_by_id(index_dir, ids)
+    return float(row_cosines(a, b).min()), float(np.abs(a - b).max()), len(b)
 
 
 # -- parent ------------------------------------------------------------------------------------------
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    ap = case_parser(__name__, __doc__, children=["encode", "sync"])
     ap.add_argument("--n", type=int, default=2000, help="paragraphs (default 2000)")
     ap.add_argument("--order", default="ESE", help="E = encode, S = sync, run in this order (default ESE)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    ap.add_argument("--child", choices=["encode", "sync"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child == "encode":
-        return child_encode(args.corpus, args.out, args.batch_size)
+        child_encode(args.corpus, args.out, args.batch_size)
+        return
     if args.child == "sync":
-        return child_sync(args.corpus, args.out, args.batch_size)
+        child_sync(args.corpus, args.out, args.batch_size)
+        return
     if set(args.order) - {"E", "S"} or "E" not in args.order or "S" not in args.order:
         ap.error("--order takes E and S, at least one of each")
 
-    from build_corpus import ensure_corpus, length_report
-
-    info = machine()
-    note = contention_note()
+    report = Report()
     corpus = ensure_corpus(args.n)
-    ids, texts = _texts(corpus)
+    ids, texts = read_texts(corpus)
     work = DATA / "bench_sync"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    script = str(Path(__file__).resolve())
     common = ["--corpus", str(corpus), "--batch-size", str(args.batch_size)]
-    runs: list[tuple[str, dict]] = []
+    runs: list[tuple[str, Result]] = []
     for k, what in enumerate(args.order, 1):
         if what == "E":
             out = work / f"encode_{k}.npy"
-            r = run_child([script, "--child", "encode", *common, "--out", str(out)], env=CHILD_ENV)
+            r = run_child(__name__, "encode", [*common, "--out", str(out)], env=CHILD_ENV)
             r["out"] = str(out)
             r["docs_per_s"] = r["n"] / r["encode_s"]
             print(f"[{k}] encode: {r['encode_s']:.1f}s, {r['docs_per_s']:.1f} docs/s "
                   f"(load {r['load_s']:.1f}s)", flush=True)
         else:
             out = work / f"index_{k}"
-            r = run_child([script, "--child", "sync", *common, "--out", str(out)], env=CHILD_ENV)
+            r = run_child(__name__, "sync", [*common, "--out", str(out)], env=CHILD_ENV)
             r["out"] = str(out)
             r["docs_per_s"] = r["summary"]["embedded"] / r["total_s"]
             load = r["spent"].get("model load", 0.0) + r["spent"].get("weights hash", 0.0)
@@ -186,7 +159,7 @@ def main() -> None:
     sync_rate_nl = statistics.median(r["docs_per_s_no_load"] for r in syncs)
     ratio, ratio_nl = sync_rate / enc_rate, sync_rate_nl / enc_rate
     # each sync against the mean of the encodes next to it in the order (fair under drift)
-    pair_ratios = []
+    pair_ratios: list[float] = []
     for i, (w, r) in enumerate(runs):
         if w == "S":
             near = [runs[j][1]["docs_per_s"] for j in (i - 1, i + 1)
@@ -196,7 +169,7 @@ def main() -> None:
 
     # numerics: every sync against the first encode; the encodes against each other
     first = Path(encodes[0]["out"])
-    num_rows = []
+    num_rows: list[list[object]] = []
     for k, (w, r) in enumerate(runs, 1):
         if w == "S":
             mc, md, n = numerics(Path(r["out"]), ids, first)
@@ -205,10 +178,10 @@ def main() -> None:
         import numpy as np
 
         a, b = np.load(encodes[0]["out"]).astype(np.float64), np.load(encodes[1]["out"]).astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        cos = row_cosines(a, b)
         num_rows.append(["encode vs encode", len(a), f"{cos.min():.6f}", f"{np.abs(a - b).max():.2e}"])
 
-    run_rows = []
+    run_rows: list[list[object]] = []
     for k, (w, r) in enumerate(runs, 1):
         if w == "E":
             run_rows.append([k, "encode", r["n"], round(r["encode_s"], 2), round(r["docs_per_s"], 1), "-",
@@ -216,16 +189,16 @@ def main() -> None:
                              round(r["peak_rss_mb"])])
         else:
             sp, s = r["spent"], r["summary"]
+            steps = s["step_seconds"]
             model_s = sp.get("model forward passes", 0.0)
             tokenize_s = sp.get("tokenize (once per claim)", 0.0)
-            other = r["total_s"] - sum(sp.get(x, 0.0) for x in (
-                "model load", "weights hash", "tokenize (once per claim)", "model forward passes",
-                "scan batches", "claim", "write chunk (fsync)", "commit"))
+            other = r["total_s"] - s["scan_seconds"] - sum(steps.values()) - sum(
+                sp.get(x, 0.0) for x in ("model load", "weights hash"))
             detail = (f"import+load {sp.get('model load', 0):.1f}s, "
-                      f"weights hash {sp.get('weights hash', 0):.2f}s, "
-                      f"forward passes {model_s:.1f}s, tokenize {tokenize_s:.2f}s, "
-                      f"scan {sp.get('scan batches', 0):.2f}s, claim {sp.get('claim', 0):.2f}s, "
-                      f"write {sp.get('write chunk (fsync)', 0):.2f}s, commit {sp.get('commit', 0):.2f}s, "
+                      f"weights hash {sp.get('weights hash', 0):.2f}s, scan {s['scan_seconds']:.2f}s, "
+                      f"claim {steps.get('claim', 0):.2f}s, embed {steps.get('embed', 0):.1f}s (forward "
+                      f"passes {model_s:.1f}s, tokenize {tokenize_s:.2f}s), "
+                      f"write {steps.get('write', 0):.2f}s, commit {steps.get('commit', 0):.2f}s, "
                       f"other {other:.2f}s; {s['claims']} claims")
             run_rows.append([k, "sync", s["embedded"], round(r["total_s"], 2), round(r["docs_per_s"], 1),
                              round(r["docs_per_s_no_load"], 1), detail, r["torch_threads"],
@@ -244,20 +217,13 @@ def main() -> None:
     pad_md = table(["batching", "token slots computed", "real tokens / slots", "vs ideal"],
                    padding_analysis(texts, args.batch_size, 1024, 256))
     lengths_md = length_report(texts)
-    body = "\n\n".join([
+    body = [
         f"Corpus: `{corpus.relative_to(DATA.parent.parent)}`, {len(texts):,} paragraphs "
-        "(bench/build_corpus.py: docstrings and docs found on the machine).",
+        "(`python -m bench build_corpus`: docstrings and docs found on the machine).",
         lengths_md, "Runs (each a fresh process, in this order):", runs_md, summary_md,
         "Numerics:", num_md, "Padding (from token lengths alone, batch size "
-        f"{args.batch_size}, at most 256 tokens):", pad_md, "Machine:", machine_markdown(info)])
-    print()
-    print(body)
-    if not args.no_results:
-        update_results("sync-vs-encode", "Full sync vs plain encode (real model, CPU)", body,
-                       provisional=note)
-        print(f"\nupdated {DATA.parent / 'RESULTS.md'}")
+        f"{args.batch_size}, at most 256 tokens):", pad_md]
+    report.publish("sync-vs-encode", "Full sync vs plain encode (real model, CPU)", body,
+                   write=not args.no_results)
     json.dump([[w, r] for w, r in runs], (work / "runs.json").open("w"), indent=1)
 
-
-if __name__ == "__main__":
-    main()
