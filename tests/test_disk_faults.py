@@ -77,35 +77,30 @@ def _assert_consistent(index_dir: Path) -> dict[str, Any]:
 def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str,
                                        grouped: bool, small_settings: indexer.Settings,
                                        fake_embedder: Any) -> None:
-    """The third chunk write fails. One claim a transaction: the two chunks before are done. Grouped
+    """The third chunk's write fails. One claim a transaction: the two chunks before are done. Grouped
     (groups of 1, then 2 chunks: the fast fake model): the first group is done; the second group's
-    first chunk was written but never committed (an orphan), and the whole group goes back."""
+    first chunk was written but never committed (an orphan), and the whole group goes back. The fault
+    is the third chunk's, by its path, not the third call's: a group's chunks are written by several
+    threads, beside the commit of the group before, so calls come in no fixed order."""
     small_settings = replace(small_settings, claim_seconds=60.0 if grouped else 0.0)
     committed = (1 if grouped else 2) * small_settings.chunk_rows
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     index_dir = tmp_path / "idx"
+    third = f"{os.sep}c{os.sep}2{os.sep}"  # in the path of chunk 2's files: vectors.zarr/c/2/...
     if fault == "write":
         real_open = open
-        calls = {"n": 0}
 
         def failing_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             f = real_open(path, mode, *args, **kwargs)
-            if "w" in mode:
-                calls["n"] += 1
-                if calls["n"] == 3:
-                    return _FailingWriteFile(f)
-            return f
+            return _FailingWriteFile(f) if "w" in mode and third in str(path) else f
 
         monkeypatch.setattr(indexer.store, "open", failing_open, raising=False)
     elif fault == "replace":
-        # The third rename of a chunk file (zarr's own renames of zarr.json go through).
         monkeypatch.setattr(indexer.store.os, "replace", _fail_on_call(
-            os.replace, 3, counts=lambda src, dst: f"{os.sep}c{os.sep}" in str(dst)))
-    else:
-        # Creating the store fsyncs its directory once, writing index.toml the file and the index
-        # directory; each chunk write fsyncs the file and two directories: the 10th call is the third
-        # chunk's file.
-        monkeypatch.setattr(indexer.store.os, "fsync", _fail_on_call(os.fsync, 10, errno.EIO))
+            os.replace, 1, counts=lambda src, dst: third in str(dst)))
+    else:  # the fsync of chunk 2's file (not of its directory, whose path ends in c/2)
+        monkeypatch.setattr(indexer.store.os, "fsync", _fail_on_call(
+            os.fsync, 1, errno.EIO, counts=lambda fd: third in os.readlink(f"/proc/self/fd/{fd}")))
 
     with pytest.raises(IndexerError, match="cannot write chunk"):
         indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
