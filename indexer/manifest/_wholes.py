@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from ._sql import in_batches
+from .._sql import in_batches
 from ._staging import Content, stage_texts
 
 if TYPE_CHECKING:
-    from .chunking import Chunker
-    from .sources import Record
+    from ..chunking import Chunker
+    from ..sources import Record
 
 # A whole's state from its chunks' states.
 _SETTLE = """UPDATE contents SET state = w.state, error = w.error FROM (

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from .._sql import in_batches
 from . import _counts
-from ._sql import in_batches
 
 FAILED = 0  # staged.claim_id of a content that failed for good
 _SPAN_LIMIT = 2**31  # bytes of text staged by one statement
