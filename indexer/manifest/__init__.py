@@ -9,6 +9,9 @@ they share (`_connection`: opening, PRAGMAs, transactions; `_migrations`: the sc
 - `_maintenance`: `verify --repair` and `compact`;
 - `_push`: what each push target holds.
 
+A role's fixed statements are named queries in `sql/<role>.sql` (`_queries`), so that its Python
+reads as what it does.
+
 Below them, functions that run inside their transactions: `_staging` (texts waiting to be embedded),
 `_wholes` (long documents and their chunks), `_counts` (the status counts kept per statement).
 Open a Manifest in the process that uses it: a connection is never shared across processes.

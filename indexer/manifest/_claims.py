@@ -18,41 +18,25 @@ from .._owner import current_owner, owner_is_dead
 from ..errors import LeaseLostError
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
+from ._queries import named_queries
 from ._records import Claim, Finished
 from ._staging import free_claimed
 
-# A claim's texts as one row: the free staged rows, first ones first, as comma-separated numbers,
-# hex hashes end to end, comma-separated byte lengths and the UTF-8 texts end to end.
-_FREE_TEXTS = """SELECT group_concat(seq), group_concat(hex(hash), ''),
-    group_concat(length(CAST(text AS BLOB))), CAST(group_concat(text, '') AS BLOB)
-    FROM (SELECT seq, hash, text FROM staged WHERE claim_id IS NULL ORDER BY seq LIMIT ?)"""
-
-# A claim's rows done: their staged texts go (the rows it still holds, from its first to its last: its
-# rows not done were freed before), their contents are done with their slots. One statement each for
-# all the rows, not one a row (a statement on a table with a trigger and unique indexes opens
-# and closes a statement journal each time it runs), given as flat arrays indexed by slot - :first:
-# the contents' numbers (null where the row failed) and their hashes end to end (zeros there): a
-# JSON array of pairs would cost a parse of each pair. "+contents.hash": each row is found by its
-# number, its hash checked.
-_DONE_CONTENTS = (
-    "DELETE FROM staged WHERE seq BETWEEN :lo AND :hi AND claim_id = :claim",
-    """UPDATE contents SET state = 'done', slot = :first + j.key, error = NULL
-    FROM json_each(:seqs) j WHERE contents.seq = j.value
-    AND +contents.hash = substr(:hashes, j.key * 16 + 1, 16)""")
+_QUERIES = named_queries("claims.sql")
 
 
 class Claims(ManifestConnection):
     """The claims' role of the manifest: what the embed phase's driver and workers call."""
 
     def _expire_claims(self, conn: sqlite3.Connection, now: float) -> int:
-        active = conn.execute("SELECT id, owner, expires_at FROM claims WHERE state = 'active'").fetchall()
+        active = conn.execute(_QUERIES["active_claims"]).fetchall()
         me = current_owner()
         # This process is alive: asking the OS about each of its own claims cost one call per claim in
         # flight, on every claim.
         dead = [cid for cid, owner, expires in active
                 if expires < now or (owner != me and owner_is_dead(owner))]
         for cid in dead:
-            conn.execute("UPDATE claims SET state = 'expired' WHERE id = ?", (cid,))
+            conn.execute(_QUERIES["expire_claim"], (cid,))
             free_claimed(conn, cid)
         return len(dead)
 
@@ -60,7 +44,7 @@ class Claims(ManifestConnection):
         """Return expired claims and claims of dead local owners to pending; how many were active."""
         with self._write() as conn:
             self._expire_claims(conn, time.time())
-            return int(conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0])
+            return int(conn.execute(_QUERIES["count_active_claims"]).fetchone()[0])
 
     def prepare_for_claims(self) -> None:
         """Tune this connection for a run of claims and commits, whose commits rewrite documents
@@ -97,21 +81,18 @@ class Claims(ManifestConnection):
                 if not seqs:
                     return []
                 starts = range(0, len(seqs), limit)
-                first = conn.execute("UPDATE meta SET value = value + ? WHERE key = 'next_chunk' "
-                                     "RETURNING value - ?", (len(starts), len(starts))).fetchone()[0]
+                first = conn.execute(_QUERIES["take_chunks"], (len(starts), len(starts))).fetchone()[0]
                 owner = owner or current_owner()
                 for n, i in enumerate(starts):
                     token = secrets.token_hex(16)
                     part = slice(i, i + limit)
                     lo, hi = seqs[i], seqs[part][-1]
-                    cid = conn.execute(
-                        "INSERT INTO claims (token, owner, chunk, expires_at, state, first_seq, last_seq) "
-                        "VALUES (?, ?, ?, ?, 'active', ?, ?)",
-                        (token, owner, first + n, now + self.settings.lease_seconds, lo, hi)).lastrowid
+                    expires = now + self.settings.lease_seconds
+                    cid = conn.execute(_QUERIES["insert_claim"],
+                                       (token, owner, first + n, expires, lo, hi)).lastrowid
                     assert cid is not None
                     # The free rows from lo to hi are this part's: the first free ones, in order.
-                    conn.execute("UPDATE staged SET claim_id = ? WHERE seq BETWEEN ? AND ? "
-                                 "AND claim_id IS NULL", (cid, lo, hi))
+                    conn.execute(_QUERIES["mark_claimed"], (cid, lo, hi))
                     claims.append(Claim(cid, token, first + n, hashes[part], texts[part], seqs[part]))
                 if callable(on_chunk):
                     on_chunk(first + len(starts) - 1)
@@ -132,7 +113,7 @@ class Claims(ManifestConnection):
         # One row of whole columns: a row a text would hand the GIL over twice per text, and the chunk
         # writer threads, running meanwhile, take it each time. Lengths in bytes: length() of a text
         # stops at a NUL, a byte a text may hold.
-        seqs, hashes, sizes, joined = conn.execute(_FREE_TEXTS, (limit,)).fetchone()
+        seqs, hashes, sizes, joined = conn.execute(_QUERIES["free_texts"], (limit,)).fetchone()
         if seqs is None:
             return [], [], []
         numbers = [int(seq) for seq in seqs.split(",")]
@@ -151,15 +132,14 @@ class Claims(ManifestConnection):
         try:
             with self._write() as conn:
                 self._check_token(conn, claim)
-                conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?",
-                             (time.time() + self.settings.lease_seconds, claim.id))
+                conn.execute(_QUERIES["renew_lease"], (time.time() + self.settings.lease_seconds, claim.id))
         except LeaseLostError:
             with self._write() as conn:
                 _count_refusals(conn, 1)
             raise
 
     def _check_token(self, conn: sqlite3.Connection, claim: Claim) -> None:
-        row = conn.execute("SELECT token, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
+        row = conn.execute(_QUERIES["claim_token"], (claim.id,)).fetchone()
         if row is None or row[0] != claim.token or row[1] != "active":
             state = "gone" if row is None else row[1]
             raise LeaseLostError(f"claim {claim.id} (chunk {claim.chunk}) is {state}: its lease expired "
@@ -193,7 +173,7 @@ class Claims(ManifestConnection):
                     refused[i] = exc
             if refused:
                 _count_refusals(conn, len(refused))
-            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)",
+            conn.executemany(_QUERIES["record_checksum"],
                              [(f.claim.chunk, f.checksum) for f in fenced if f.checksum is not None])
             # In claim order: consecutive statements land on neighbouring pages of staged and contents.
             seq_of = {h: seq for f in fenced for h, seq in zip(f.claim.hashes, f.claim.seqs, strict=True)}
@@ -204,55 +184,47 @@ class Claims(ManifestConnection):
                 done_here = {h for h, _ in f.done}
                 free = [seq_of[h] for h in f.claim.hashes if h not in done_here]
                 if free:
-                    conn.execute("UPDATE staged SET claim_id = NULL WHERE seq IN (SELECT value FROM "
-                                 "json_each(?)) AND claim_id = ?", (orjson.dumps(free), f.claim.id))
+                    conn.execute(_QUERIES["free_rows_not_done"], (orjson.dumps(free), f.claim.id))
                 if f.done:
                     params = _done_rows(f, seq_of)
-                    for statement in _DONE_CONTENTS:
-                        conn.execute(statement, params)
+                    conn.execute(_QUERIES["delete_done_staged"], params)
+                    conn.execute(_QUERIES["mark_contents_done"], params)
             hashes = sorted(h for _, h in done)
             seqs = [seq for seq, _ in done]
             # Their documents serve them from now on (migrations/0011: no document row changes).
-            live = conn.execute("""SELECT count(*) FROM documents WHERE deleted = 0
-                AND seq IN (SELECT value FROM json_each(?))""", (orjson.dumps(seqs),)).fetchone()[0]
+            live = conn.execute(_QUERIES["count_live_documents_of"], (orjson.dumps(seqs),)).fetchone()[0]
             _counts.commit_done(conn, seqs, live)
             gave_up = dict.fromkeys((f.claim.id for f in fenced), 0)
             for f in fenced:
                 for h, reason in f.failed:
-                    row = conn.execute("""UPDATE contents SET attempts = attempts + 1, error = ?2,
-                        state = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END
-                        WHERE seq = ?4 AND hash = ?1 RETURNING state""",
-                        (h, reason, self.settings.retry_attempts, seq_of[h])).fetchone()
+                    row = conn.execute(_QUERIES["count_failed_attempt"],
+                                       (h, reason, self.settings.retry_attempts, seq_of[h])).fetchone()
                     if row is not None and row[0] == "failed":
                         gave_up[f.claim.id] += 1
-                        conn.execute("UPDATE staged SET claim_id = ? WHERE seq = ?",
-                                     (_staging.FAILED, seq_of[h]))
+                        conn.execute(_QUERIES["mark_staged_failed"], (_staging.FAILED, seq_of[h]))
             # Long documents whose last chunk this was are served now (or failed, with it).
             _wholes.settle(conn, hashes + [h for f in fenced for h, _ in f.failed])
             crash_point("mid-commit")
-            conn.executemany("UPDATE claims SET state = 'committed' WHERE id = ?",
-                             ((f.claim.id,) for f in fenced))
+            conn.executemany(_QUERIES["mark_committed"], ((f.claim.id,) for f in fenced))
         return [refused[i] if i in refused else gave_up[f.claim.id] for i, f in enumerate(finished)]
 
     def release(self, claim: Claim) -> None:
         """Give a claim's contents back to pending (Ctrl-C, a worker that gave up)."""
         with self._write() as conn:
-            cur = conn.execute("UPDATE claims SET state = 'released' WHERE id = ? AND token = ? "
-                               "AND state = 'active'", (claim.id, claim.token))
+            cur = conn.execute(_QUERIES["release_claim"], (claim.id, claim.token))
             if cur.rowcount:
                 free_claimed(conn, claim.id)
 
     def retry_failed(self) -> int:
         with self._write() as conn:
-            conn.execute("UPDATE contents SET state = 'pending', error = NULL WHERE state = 'failed' "
-                         "AND parts > 0")
-            conn.execute("UPDATE staged SET claim_id = NULL WHERE claim_id = ?", (_staging.FAILED,))
-            return conn.execute("UPDATE contents SET state = 'pending', attempts = 0, error = NULL "
-                                "WHERE state = 'failed'").rowcount
+            conn.execute(_QUERIES["retry_failed_wholes"])
+            conn.execute(_QUERIES["unmark_staged_failed"], (_staging.FAILED,))
+            return conn.execute(_QUERIES["retry_failed_contents"]).rowcount
 
 
 def _done_rows(finished: Finished, seq_of: dict[bytes, int]) -> dict[str, object]:
-    """The parameters of _DONE_CONTENTS for a claim's rows done (their slots are its chunk's)."""
+    """The parameters of delete_done_staged and mark_contents_done (sql/claims.sql) for a claim's
+    rows done (their slots are its chunk's)."""
     first = min(slot for _, slot in finished.done)
     seqs: list[int | None] = [None] * (max(slot for _, slot in finished.done) - first + 1)
     hashes = bytearray(16 * len(seqs))
@@ -265,4 +237,4 @@ def _done_rows(finished: Finished, seq_of: dict[bytes, int]) -> dict[str, object
 
 def _count_refusals(conn: sqlite3.Connection, n: int) -> None:
     """`n` more fencing refusals (a renew or commit of a claim taken over), for `status`."""
-    conn.execute("UPDATE meta SET value = value + ? WHERE key = 'fencing_refusals'", (n,))
+    conn.execute(_QUERIES["count_refusals"], (n,))
