@@ -12,6 +12,9 @@ from .._owner import current_owner, owner_is_dead
 from .._sql import SERVED_HASH, in_batches
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
+from ._queries import named_queries
+
+_QUERIES = named_queries("reports.sql")
 
 # Documents whose content number (documents.seq, migrations/0010) is not that of the content with their
 # hash: none, unless the file was changed by hand. A deleted document may have none: compact dropped
@@ -26,18 +29,16 @@ class Reports(ManifestConnection):
     def start_run(self) -> int:
         with self._write() as conn:
             # A run whose owner died while 'running' was interrupted.
-            for rid, owner in conn.execute("SELECT id, owner FROM runs WHERE state = 'running'").fetchall():
+            for rid, owner in conn.execute(_QUERIES["running_runs"]).fetchall():
                 if owner_is_dead(owner):
-                    conn.execute("UPDATE runs SET state = 'interrupted' WHERE id = ?", (rid,))
-            rid = conn.execute("INSERT INTO runs (started_at, owner, state) VALUES (?, ?, 'running')",
-                               (time.time(), current_owner())).lastrowid
+                    conn.execute(_QUERIES["mark_run_interrupted"], (rid,))
+            rid = conn.execute(_QUERIES["insert_run"], (time.time(), current_owner())).lastrowid
             assert rid is not None
             return rid
 
     def finish_run(self, run_id: int, state: str, summary: dict[str, object]) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE runs SET finished_at = ?, state = ?, summary = ? WHERE id = ?",
-                         (time.time(), state, json.dumps(summary), run_id))
+            conn.execute(_QUERIES["finish_run"], (time.time(), state, json.dumps(summary), run_id))
         self.checkpoint()
 
     def status_counts(self) -> dict[str, object]:
@@ -47,13 +48,11 @@ class Reports(ManifestConnection):
         with self._snapshot() as conn:
             counts = self._kept_counts(conn) if self._has_table("state_counts") else recount_rows(conn)
             # Claimed contents are kept with the pending ones; those in claims are few.
-            claimed = _staging.claimed_count(conn) if self._has_table("staged") else conn.execute(
-                "SELECT count(*) FROM contents WHERE claim_id IS NOT NULL AND state = 'claimed'"
-            ).fetchone()[0]
-            active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
-            refusals = conn.execute("SELECT value FROM meta WHERE key = 'fencing_refusals'").fetchone()[0]
-            run = conn.execute("""SELECT id, state, started_at, finished_at, owner FROM runs
-                                  ORDER BY id DESC LIMIT 1""").fetchone() if self._has_table("runs") else None
+            claimed = (_staging.claimed_count(conn) if self._has_table("staged")
+                       else conn.execute(_QUERIES["count_claimed_unstaged"]).fetchone()[0])
+            active = conn.execute(_QUERIES["count_active_claims"]).fetchone()[0]
+            refusals = conn.execute(_QUERIES["fencing_refusals"]).fetchone()[0]
+            run = conn.execute(_QUERIES["last_run"]).fetchone() if self._has_table("runs") else None
         last_run = None
         if run is not None:
             state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
@@ -76,7 +75,7 @@ class Reports(ManifestConnection):
     @staticmethod
     def _kept_counts(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int]]:
         return {state: (contents, documents, chunks, truncated) for state, contents, documents, chunks,
-                truncated in conn.execute("SELECT * FROM state_counts")}
+                truncated in conn.execute(_QUERIES["kept_counts"])}
 
     def counts_problems(self) -> list[str]:
         """How the kept counts differ from a recount of the rows, in one snapshot (`verify`)."""
@@ -98,8 +97,7 @@ class Reports(ManifestConnection):
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         """(document id, reason) of live documents whose content failed."""
-        return self.conn.execute("""SELECT d.id, c.error FROM documents d JOIN contents c ON c.hash = d.hash
-            WHERE d.deleted = 0 AND c.state = 'failed' ORDER BY d.id LIMIT ?""", (limit,)).fetchall()
+        return self.conn.execute(_QUERIES["failures"], (limit,)).fetchall()
 
     def served_slots(self) -> list[tuple[str, int]]:
         """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
@@ -116,8 +114,7 @@ class Reports(ManifestConnection):
         return out
 
     def done_slots(self) -> list[tuple[bytes, int]]:
-        return self.conn.execute("SELECT hash, slot FROM contents WHERE state = 'done' AND parts = 0"
-                                 ).fetchall()
+        return self.conn.execute(_QUERIES["done_slots"]).fetchall()
 
     def broken_wholes(self) -> list[tuple[bytes, str]]:
         return _wholes.broken_wholes(self.conn)
@@ -132,13 +129,18 @@ class Reports(ManifestConnection):
         whole file's part through `vectors.chunk_checksums`)."""
         if not self._has_table("chunks"):
             return {}
-        return dict(self.conn.execute("SELECT chunk, checksum FROM chunks").fetchall())
+        return dict(self.conn.execute(_QUERIES["chunk_checksums"]).fetchall())
 
     def active_chunks(self) -> set[int]:
-        return {r[0] for r in self.conn.execute("SELECT chunk FROM claims WHERE state = 'active'")}
+        return {r[0] for r in self.conn.execute(_QUERIES["active_chunks"])}
 
     def next_chunk(self) -> int:
-        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'next_chunk'").fetchone()[0])
+        return int(self.conn.execute(_QUERIES["next_chunk"]).fetchone()[0])
+
+    def pending_texts(self) -> tuple[int, int]:
+        """(contents, characters) staged and waiting to be embedded."""
+        count, chars = self.conn.execute(_QUERIES["pending_texts"]).fetchone()
+        return int(count), int(chars)
 
     def integrity_check(self) -> str:
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
