@@ -17,6 +17,7 @@ from .._sql import SERVED_HASH
 from ..sources import Record, Skip
 from . import _counts, _wholes
 from ._connection import ManifestConnection
+from ._queries import named_queries
 from ._records import ScanCounts
 from ._scan_input import ScanInput, scan_input
 from ._staging import contents_of, stage_texts
@@ -24,6 +25,8 @@ from ._staging import contents_of, stage_texts
 if TYPE_CHECKING:
     from ..chunking import Chunker
 
+
+_QUERIES = named_queries("scan.sql")
 
 _NO_CONTENT = b"0" * 20  # an item's content number where the scan's upsert leaves its document alone
 # The current batch's records, from the parameters :ids (a JSON array) and :hashes (16 bytes each).
@@ -51,22 +54,8 @@ class Scan(ManifestConnection):
     def _ensure_scan_tables(self) -> None:
         if self._scan_tables_ready:
             return
-        # Item k of a batch is scanned as ordinal `first + k`. scan_seen keeps the ordinal of each id's
-        # first sighting, scan_wheres each batch's places (line numbers where a source has them), so
-        # that a "file:line" text is made only for a warning.
-        self.conn.executescript("""
-            CREATE TEMP TABLE IF NOT EXISTS scan_seen (id TEXT PRIMARY KEY, seen_at INTEGER NOT NULL)
-                WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS scan_wheres (first INTEGER PRIMARY KEY, at TEXT,
-                places TEXT NOT NULL);
-            CREATE TEMP TABLE IF NOT EXISTS scan_odd (key INTEGER PRIMARY KEY, id TEXT NOT NULL);
-            CREATE TEMP TABLE IF NOT EXISTS scan_new_hashes (hash BLOB PRIMARY KEY) WITHOUT ROWID;
-            CREATE TEMP TABLE IF NOT EXISTS scan_skips (place TEXT PRIMARY KEY, reason TEXT NOT NULL)
-                WITHOUT ROWID;
-            DELETE FROM scan_seen; DELETE FROM scan_wheres; DELETE FROM scan_new_hashes;
-            DELETE FROM scan_skips;
-        """)
-        self._known_skips = self.conn.execute("SELECT 1 FROM skips LIMIT 1").fetchone() is not None
+        self.conn.executescript(_QUERIES["create_scan_tables"])
+        self._known_skips = self.conn.execute(_QUERIES["any_skips"]).fetchone() is not None
         self._scan_next = 0
         self._scan_odd = True
         # Contents re-queued by `verify --repair` lost their staged text; this scan must stage it again.
@@ -81,8 +70,7 @@ class Scan(ManifestConnection):
         self._ensure_scan_tables()
 
     def _seen_where(self, ordinal: int) -> str:
-        at, place = self.conn.execute("""SELECT at, places ->> (?1 - first) FROM scan_wheres
-            WHERE first <= ?1 ORDER BY first DESC LIMIT 1""", (ordinal,)).fetchone()
+        at, place = self.conn.execute(_QUERIES["seen_where"], (ordinal,)).fetchone()
         return f"{at}:{place}" if isinstance(place, int) else str(place)
 
     def scan_batch(self, items: Sequence[Record | Skip] | ScanInput, counts: ScanCounts, *,
@@ -120,7 +108,7 @@ class Scan(ManifestConnection):
             skips.append(key)
             # A cut source is told every time: it holds back --delete-missing on every sync.
             if not always and self._known_skips and self.conn.execute(
-                    "SELECT 1 FROM skips WHERE place = ? AND reason = ?", key).fetchone():
+                    _QUERIES["skip_reported"], key).fetchone():
                 counts.repeated += 1
             elif len(counts.warnings) < max_warnings:
                 counts.warnings.append(f"{where}: skipped: {reason}")
@@ -145,34 +133,28 @@ class Scan(ManifestConnection):
         conn = self.conn
         # The scan's temp tables are written outside the main write lock; the main tables inside it.
         with self._temp_writes():
-            conn.execute("INSERT INTO scan_wheres VALUES (?, ?, ?)", (first, at and _printable(at),
-                                                                     _places_json(places)))
+            conn.execute(_QUERIES["add_batch_places"], (first, at and _printable(at), _places_json(places)))
             if odd or self._scan_odd:  # each statement costs a hand-over of the GIL to the reader thread
-                conn.execute("DELETE FROM scan_odd")
-                conn.executemany("INSERT INTO scan_odd VALUES (?, ?)", odd)
+                conn.execute(_QUERIES["clear_odd_ids"])
+                conn.executemany(_QUERIES["add_odd_id"], odd)
                 self._scan_odd = bool(odd)
-            # In id order, a batch walks each B-tree once instead of jumping about: much faster when the
-            # ids come in random order (bench/RESULTS.md, notes on profiles).
             before = conn.total_changes  # (rowcount is -1 for a statement that starts with WITH)
-            conn.execute(_ITEMS + """INSERT INTO scan_seen SELECT id, :first + key FROM items
-                WHERE true ORDER BY id ON CONFLICT DO NOTHING""", params)
+            conn.execute(_ITEMS + _QUERIES["see_items"], params)
             if conn.total_changes - before < len(scanned):  # ids seen in an earlier batch
                 ids = list(ids)
-                for k, seen_at in conn.execute(_ITEMS + """SELECT i.key, s.seen_at FROM items i
-                        JOIN scan_seen s USING (id) WHERE s.seen_at != :first + i.key ORDER BY i.key""",
-                        params).fetchall():
+                for k, seen_at in conn.execute(_ITEMS + _QUERIES["items_seen_before"], params).fetchall():
                     item = items[k]
                     counts.duplicates += 1
                     warn(item.where, f"duplicate id {item.id!r}, first seen at {self._seen_where(seen_at)}; "
                          "the first is kept")
-                    conn.execute("DELETE FROM scan_odd WHERE key = ?", (k,))
+                    conn.execute(_QUERIES["forget_odd_id"], (k,))
                     del scanned[item.id]
                     ids[k] = None
                 params["ids"] = orjson.dumps(ids)
             if seen_only:
-                conn.executemany("INSERT OR IGNORE INTO scan_seen VALUES (?, ?)", seen_only)
+                conn.executemany(_QUERIES["see_skipped"], seen_only)
             if skips:
-                conn.executemany("INSERT OR REPLACE INTO scan_skips VALUES (?, ?)", skips)
+                conn.executemany(_QUERIES["add_skip"], skips)
         counts.scanned += len(scanned)
 
         # Read in the scan's open write transaction (the batch before left it open), the documents
@@ -185,10 +167,7 @@ class Scan(ManifestConnection):
         else:
             # The new and changed documents as one row (a row each would hand the GIL over each time):
             # 4 x key + 2 x (new: none or deleted) + (has a row).
-            joined = conn.execute(_ITEMS + """SELECT group_concat(i.key * 4 + 2 * (d.hash IS NULL OR
-                d.deleted) + (d.hash IS NOT NULL)) FROM (SELECT * FROM items ORDER BY id) i
-                LEFT JOIN documents d USING (id) WHERE d.hash IS NULL OR d.hash != i.hash OR d.deleted""",
-                                  params).fetchone()[0]
+            joined = conn.execute(_ITEMS + _QUERIES["new_and_changed"], params).fetchone()[0]
             codes = [int(code) for code in joined.split(",")] if joined else []
         todo = [code >> 2 for code in codes]
         n_new = sum(code >> 1 & 1 for code in codes)
@@ -213,10 +192,8 @@ class Scan(ManifestConnection):
         counts.truncated += staged.truncated
         if dry_run:  # the new contents are not written: the ones seen are kept apart, to count once
             with self._temp_writes():
-                conn.executemany("""INSERT OR IGNORE INTO scan_new_hashes SELECT ?1
-                                    WHERE NOT EXISTS (SELECT 1 FROM contents WHERE hash = ?1)""",
-                                 sorted((h,) for h, _, _, _ in staged.contents))
-            counts.to_embed = conn.execute("SELECT count(*) FROM scan_new_hashes").fetchone()[0]
+                conn.executemany(_QUERIES["add_new_hash"], sorted((h,) for h, _, _, _ in staged.contents))
+            counts.to_embed = conn.execute(_QUERIES["count_new_hashes"]).fetchone()[0]
             return
         with self._scan_writes():
             added, found = staged.write(conn)
@@ -283,7 +260,7 @@ class Scan(ManifestConnection):
         version: int = self.conn.execute("PRAGMA data_version").fetchone()[0]
         if self._scan_written:
             return version if version == self._scan_alone_at else None
-        empty = self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM documents)").fetchone()[0]
+        empty = self.conn.execute(_QUERIES["no_documents"]).fetchone()[0]
         return version if empty else None
 
     def _scan_grew(self, rows: int) -> None:
@@ -312,25 +289,23 @@ class Scan(ManifestConnection):
     def missing_ids_count(self) -> int:
         """Live documents the scan that just ran did not see."""
         self._ensure_scan_tables()
-        row = self.conn.execute("""SELECT count(*) FROM documents
-            WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen)""").fetchone()
+        row = self.conn.execute(_QUERIES["count_missing"]).fetchone()
         return int(row[0])
 
     def remember_skips(self) -> None:
         """Keep the skips of the scan that just ran (read to its end) for the next one to compare."""
         self._ensure_scan_tables()
         with self._write() as conn:
-            conn.execute("DELETE FROM skips")
-            conn.execute("INSERT INTO skips SELECT place, reason FROM scan_skips")
+            conn.execute(_QUERIES["clear_skips"])
+            conn.execute(_QUERIES["keep_skips"])
 
     def live_count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0])
+        return int(self.conn.execute(_QUERIES["count_live"]).fetchone()[0])
 
     def missing_ids(self, limit: int) -> list[str]:
         """Up to `limit` ids (in id order) of live documents the scan that just ran did not see."""
         self._ensure_scan_tables()
-        return [r[0] for r in self.conn.execute("""SELECT id FROM documents
-            WHERE deleted = 0 AND id NOT IN (SELECT id FROM scan_seen) ORDER BY id LIMIT ?""", (limit,))]
+        return [r[0] for r in self.conn.execute(_QUERIES["missing_ids"], (limit,))]
 
     def delete_missing(self) -> int:
         """Mark deleted every live document the scan that just ran did not see."""
