@@ -16,6 +16,9 @@ from pathlib import Path
 from ..errors import ManifestError
 from ..settings import Settings
 from ._migrations import migrate, normalize_sql, numbered_migrations, refuse_newer
+from ._queries import named_queries
+
+_QUERIES = named_queries("connection.sql")
 
 _PAGE_SIZE = 16384  # bytes, of a manifest made from now on
 
@@ -82,7 +85,7 @@ class ManifestConnection:
         return conn
 
     def _check_version(self) -> None:
-        applied = ({r[0] for r in self.conn.execute("SELECT version FROM schema_migrations")}
+        applied = ({r[0] for r in self.conn.execute(_QUERIES["applied_migrations"])}
                    if self._has_table("schema_migrations") else set())
         refuse_newer(self.path, applied, numbered_migrations())
 
@@ -95,9 +98,7 @@ class ManifestConnection:
 
     def is_blank(self) -> bool:
         """Nothing was ever scanned or claimed into it: a creation that stopped before its end."""
-        return bool(self.conn.execute("""SELECT NOT EXISTS (SELECT 1 FROM documents)
-            AND NOT EXISTS (SELECT 1 FROM contents)
-            AND (SELECT value FROM meta WHERE key = 'next_chunk') = 0""").fetchone()[0])
+        return bool(self.conn.execute(_QUERIES["is_blank"]).fetchone()[0])
 
     # -- transactions ---------------------------------------------------------------------------
 
@@ -141,8 +142,7 @@ class ManifestConnection:
 
     def schema(self) -> list[tuple[str, str, str]]:
         """(type, name, normalized sql) of every schema object, for comparing two manifests."""
-        rows = self.conn.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name")
+        rows = self.conn.execute(_QUERIES["schema_objects"])
         return [(t, n, normalize_sql(s)) for t, n, s in rows]
 
     def checkpoint(self) -> None:
@@ -163,8 +163,7 @@ class ManifestConnection:
 
     def _has_table(self, name: str) -> bool:
         """False for a table of a later migration that a read-only manifest has not had applied."""
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                 (name,)).fetchone() is not None
+        return self.conn.execute(_QUERIES["has_table"], (name,)).fetchone() is not None
 
     def _grow_page_cache(self) -> None:
         """The page cache of a connection that writes rows all over the file: claims and commits, a
@@ -176,13 +175,13 @@ class ManifestConnection:
         """The text of index.toml kept in the manifest, if any."""
         if not self._has_table("config"):
             return None
-        row = self.conn.execute("SELECT value FROM config WHERE key = 'index.toml'").fetchone()
+        row = self.conn.execute(_QUERIES["stored_config"]).fetchone()
         return None if row is None else str(row[0])
 
     def store_config(self, text: str) -> None:
         """Keep a copy of index.toml (at creation; for an older index, the first time a writer opens it)."""
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO config VALUES ('index.toml', ?)", (text,))
+            conn.execute(_QUERIES["store_config"], (text,))
 
 
 def _database_error(path: Path, exc: sqlite3.DatabaseError) -> ManifestError:

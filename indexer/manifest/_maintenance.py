@@ -8,7 +8,10 @@ from collections.abc import Iterable, Sequence
 from .._sql import OWN_DONE
 from . import _counts
 from ._connection import ManifestConnection
+from ._queries import named_queries
 from ._reports import MISNUMBERED, recount_rows
+
+_QUERIES = named_queries("maintenance.sql")
 
 
 class Maintenance(ManifestConnection):
@@ -20,19 +23,19 @@ class Maintenance(ManifestConnection):
         with self._write() as conn:
             conn.execute(f"""UPDATE documents AS d SET seq = (SELECT seq FROM contents WHERE hash = d.hash)
                              {MISNUMBERED}""")
-            conn.execute("DELETE FROM state_counts")
-            conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
+            conn.execute(_QUERIES["clear_counts"])
+            conn.executemany(_QUERIES["insert_counts"],
                              ((state, *row) for state, row in recount_rows(conn).items()))
 
     def record_checksums(self, checksums: dict[int, bytes]) -> None:
         """Record checksums of chunks written before checksums were kept (verify --repair)."""
         with self._write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
+            conn.executemany(_QUERIES["record_checksum"], checksums.items())
 
     def forget_chunks(self, chunks: Iterable[int]) -> None:
         """Drop the checksums of chunk files that are deleted (compact)."""
         with self._write() as conn:
-            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in chunks))
+            conn.executemany(_QUERIES["forget_checksum"], ((c,) for c in chunks))
 
     def requeue(self, hashes: Iterable[bytes], reason: str) -> int:
         """Send done contents whose vectors are bad back to pending (verify --repair). Their documents,
@@ -40,20 +43,13 @@ class Maintenance(ManifestConnection):
         Returns how many contents (and wholes) went back to pending."""
         hashes = list(hashes)
         with self._write() as conn:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS requeued (hash BLOB PRIMARY KEY) WITHOUT ROWID")
-            conn.execute("DELETE FROM requeued")
-            conn.executemany("INSERT OR IGNORE INTO requeued VALUES (?)", ((h,) for h in hashes))
-            # The long documents made of them: not whole any more, not served until embedded again.
-            conn.execute("""INSERT OR IGNORE INTO requeued SELECT whole FROM text_chunks
-                            WHERE hash IN (SELECT hash FROM requeued)""")
-            wholes = conn.execute("""UPDATE contents SET state = 'pending' WHERE parts > 0
-                                     AND state = 'done' AND hash IN (SELECT hash FROM requeued)""").rowcount
-            # One pass over documents: no index on ready_hash (commits would pay for it on every row).
-            # Those whose own content goes back serve nothing either, not an older version.
-            conn.execute("""UPDATE documents SET ready_hash = NULL
-                WHERE ready_hash IN (SELECT hash FROM requeued) OR hash IN (SELECT hash FROM requeued)""")
-            contents = conn.execute("""UPDATE contents SET state = 'pending', slot = NULL, error = ?
-                WHERE hash IN (SELECT hash FROM requeued) AND state = 'done'""", (reason,)).rowcount
+            conn.execute(_QUERIES["create_requeued"])
+            conn.execute(_QUERIES["clear_requeued"])
+            conn.executemany(_QUERIES["add_requeued"], ((h,) for h in hashes))
+            conn.execute(_QUERIES["add_wholes_of_requeued"])
+            wholes = conn.execute(_QUERIES["requeue_wholes"]).rowcount
+            conn.execute(_QUERIES["unserve_requeued"])
+            contents = conn.execute(_QUERIES["requeue_contents"], (reason,)).rowcount
             return wholes + int(contents)
 
     def drop_unreferenced_contents(self) -> int:
@@ -92,8 +88,7 @@ class Maintenance(ManifestConnection):
 
     def allocate_chunk(self, on_chunk: object = None) -> int:
         with self._write() as conn:
-            chunk = int(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_chunk' "
-                                     "RETURNING value - 1").fetchone()[0])
+            chunk = int(conn.execute(_QUERIES["allocate_chunk"]).fetchone()[0])
             if callable(on_chunk):
                 on_chunk(chunk)
             return chunk
@@ -103,12 +98,10 @@ class Maintenance(ManifestConnection):
         """Repoint done contents from old to new slots in one transaction (compact), with the
         checksums of the new chunks; the `emptied` chunks lose theirs."""
         with self._write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?)", checksums.items())
-            conn.executemany("DELETE FROM chunks WHERE chunk = ?", ((c,) for c in emptied))
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS slot_moves (old INTEGER PRIMARY KEY, new INTEGER)")
-            conn.execute("DELETE FROM slot_moves")
-            conn.executemany("INSERT INTO slot_moves VALUES (?, ?)", moves)
-            # Two steps, so that UNIQUE(slot) never sees the same value twice mid-update.
-            conn.execute("UPDATE contents SET slot = -1 - slot WHERE slot IN (SELECT old FROM slot_moves)")
-            conn.execute("""UPDATE contents SET slot = (SELECT new FROM slot_moves WHERE old = -1 - slot)
-                            WHERE slot < 0""")
+            conn.executemany(_QUERIES["record_checksum"], checksums.items())
+            conn.executemany(_QUERIES["forget_checksum"], ((c,) for c in emptied))
+            conn.execute(_QUERIES["create_slot_moves"])
+            conn.execute(_QUERIES["clear_slot_moves"])
+            conn.executemany(_QUERIES["add_slot_move"], moves)
+            conn.execute(_QUERIES["unslot_moved"])
+            conn.execute(_QUERIES["slot_moved"])

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 
 from .._sql import SERVED_HASH
 from ._connection import ManifestConnection
+from ._queries import named_queries
+
+_QUERIES = named_queries("push.sql")
 
 
 class PushState(ManifestConnection):
@@ -16,38 +19,34 @@ class PushState(ManifestConnection):
     def push_target(self, key: str, *, create: bool = False) -> int | None:
         """The id of the push target `key`, made if `create`; None if unknown."""
         with self._write() as conn:
-            row = conn.execute("SELECT id FROM push_targets WHERE target = ?", (key,)).fetchone()
+            row = conn.execute(_QUERIES["push_target"], (key,)).fetchone()
             if row is None and create:
-                row = conn.execute("INSERT INTO push_targets (target, created_at) VALUES (?, ?) RETURNING id",
-                                   (key, time.time())).fetchone()
+                row = conn.execute(_QUERIES["add_push_target"], (key, time.time())).fetchone()
         return None if row is None else int(row[0])
 
     def forget_pushed(self, target_id: int) -> None:
         """The target holds nothing (it was dropped or replaced): the next push sends everything."""
         with self._write() as conn:
-            conn.execute("DELETE FROM pushed WHERE target_id = ?", (target_id,))
+            conn.execute(_QUERIES["forget_pushed"], (target_id,))
 
     def mark_pushing(self, target_id: int, ids: Sequence[str]) -> None:
         """Before the target is touched for `ids`: what it holds of them becomes unknown (NULL)."""
         with self._write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO pushed (target_id, doc_id, hash) VALUES (?, ?, NULL)",
-                             [(target_id, i) for i in ids])
+            conn.executemany(_QUERIES["mark_pushing"], [(target_id, i) for i in ids])
 
     def mark_pushed(self, target_id: int, rows: Sequence[tuple[str, bytes]]) -> None:
         """After the target took (doc id, content hash) rows."""
         with self._write() as conn:
-            conn.executemany("UPDATE pushed SET hash = ? WHERE target_id = ? AND doc_id = ?",
-                             [(h, target_id, i) for i, h in rows])
+            conn.executemany(_QUERIES["mark_pushed"], [(h, target_id, i) for i, h in rows])
 
     def mark_unpushed(self, target_id: int, ids: Sequence[str]) -> None:
         """After the target deleted `ids`."""
         with self._write() as conn:
-            conn.executemany("DELETE FROM pushed WHERE target_id = ? AND doc_id = ?",
-                             [(target_id, i) for i in ids])
+            conn.executemany(_QUERIES["mark_unpushed"], [(target_id, i) for i in ids])
 
     def finish_push(self, target_id: int) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE push_targets SET last_push_at = ? WHERE id = ?", (time.time(), target_id))
+            conn.execute(_QUERIES["finish_push"], (time.time(), target_id))
 
 
 # What a push sends, read in one snapshot (push.py). Served documents whose content the target does
