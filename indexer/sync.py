@@ -312,9 +312,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
     manifest, store = index.manifest, index.store
     # Claims of a killed or timed-out worker go back to pending first: they may be all that is left.
     manifest.expire_claims()
-    pending, pending_chars = (int(v) for v in manifest.conn.execute(
-        "SELECT count(*), coalesce(sum(c.chars), 0) FROM contents c JOIN staged s USING (seq) "
-        "WHERE c.state = 'pending'").fetchone())
+    pending, pending_chars = manifest.pending_texts()
     if pending == 0:
         if not callable(runner):  # made for a new index that has nothing to embed: let it go
             runner.close()

@@ -19,8 +19,8 @@ from typing import Any, overload
 import numpy as np
 
 from ._sql import SERVED_HASH, in_batches
-from ._wholes import has_wholes
 from .errors import ChunkMissingError, ManifestError, StoreError
+from .manifest._wholes import has_wholes
 from .store import VectorStore
 
 __all__ = ["Chunks", "DocumentIds", "VectorView"]

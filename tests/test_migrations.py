@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import indexer
-from indexer import manifest as manifest_module
 from indexer.errors import ManifestError
-from indexer.manifest import _LEDGER, Manifest, ScanCounts, content_hash, migrations_dir
+from indexer.manifest import Manifest, ScanCounts, _migrations, content_hash, migrations_dir
+from indexer.manifest._reports import recount_rows
 from indexer.settings import Settings
 from indexer.sources import Record
 
@@ -39,7 +39,7 @@ def apply_by_hand(db: Path, files: list[Path]) -> None:
     for f in files:
         conn = sqlite3.connect(db, isolation_level=None)
         try:
-            conn.execute(_LEDGER)
+            conn.execute(_migrations.LEDGER)
             conn.executescript(
                 "BEGIN IMMEDIATE;\n"
                 f"INSERT INTO schema_migrations VALUES ({int(f.name[:4])}, '{f.stem}', {time.time()});\n"
@@ -130,7 +130,7 @@ def patched_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of migrations/ that the manifest reads instead of the real one; tests add files to it."""
     copy = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), copy)
-    monkeypatch.setattr(manifest_module, "migrations_dir", lambda: copy)
+    monkeypatch.setattr(_migrations, "migrations_dir", lambda: copy)
     return copy
 
 
@@ -426,7 +426,7 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
     # The rows above were written by hand: the counts the 0008 schema keeps, from a recount.
     conn.execute("DELETE FROM state_counts")
     conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
-                     ((state, *row) for state, row in manifest_module._recount(conn).items()))
+                     ((state, *row) for state, row in recount_rows(conn).items()))
     kept_before = conn.execute("SELECT * FROM state_counts ORDER BY state").fetchall()
     conn.execute("COMMIT")
     conn.close()

@@ -1,5 +1,5 @@
 """Staged texts go into the manifest and come back to a claim whole: a NUL, characters of several
-UTF-8 bytes, an empty text, whatever the statement that stages them (indexer/_staging.py stages a
+UTF-8 bytes, an empty text, whatever the statement that stages them (indexer/manifest/_staging.py stages a
 batch's texts as one blob, several statements where the texts are larger than one may hold)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer import _staging
-from indexer.manifest import Manifest, content_hash
+from indexer.manifest import Manifest, _staging, content_hash
 from indexer.settings import Settings
 
 TEXTS = ["a\x00b", "", "ü" * 7, "plain text", "\x00", "日本語のテキスト", "x" * 40, "tail"]

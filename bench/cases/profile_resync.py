@@ -32,7 +32,7 @@ def _timed_sql() -> dict[str, list[float]]:
 
     def key(sql: str) -> str:
         sql = re.sub(r"\s+", " ", sql).strip()
-        # the statements over the batch share one WITH prefix (manifest._ITEMS): name them by the rest
+        # the statements over the batch share one WITH prefix (manifest._scan._ITEMS): name them by the rest
         return re.sub(r"^WITH items .*? FROM scan_odd\) ", "[WITH items] ", sql)[:110]
 
     class Cursor:

@@ -15,8 +15,11 @@ from collections.abc import Sequence
 
 import orjson
 
+from .._sql import in_batches
 from . import _counts
-from ._sql import in_batches
+from ._queries import named_queries
+
+_QUERIES = named_queries("staging.sql")
 
 FAILED = 0  # staged.claim_id of a content that failed for good
 _SPAN_LIMIT = 2**31  # bytes of text staged by one statement
@@ -41,30 +44,24 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
     order.sort(key=hs.__getitem__)
     order.sort(key=chars.__getitem__)
     ordered = list(map(hs.__getitem__, order))
-    first = int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM contents").fetchone()[0])
+    first = int(conn.execute(_QUERIES["next_content_number"]).fetchone()[0])
     hashes = b"".join(ordered)
-    # One statement for all the rows, not one a row (each would open and close a statement journal).
-    # The unique index on hash turns away the contents known already; their numbers go unused.
-    # Each text's length and truncated flag go as one number (2 x chars + flag), read without a
-    # parse of a JSON value each. A text's number is `first` + its place in `order`: the numbers
-    # from `first` on are those it added (none existed before), read back only where some text was
-    # known already (a row returned would cost a hand-over of the GIL).
-    conn.execute("""INSERT INTO contents (seq, hash, chars, truncated)
-        SELECT :first + key, substr(:hashes, key * 16 + 1, 16), value >> 1, value & 1
-        FROM json_each(:rows) WHERE true ON CONFLICT (hash) DO NOTHING""",
+    # A text's number is `first` + its place in `order`: the numbers from `first` on are those it
+    # added (none existed before), read back only where some text was known already (a row returned
+    # would cost a hand-over of the GIL).
+    conn.execute(_QUERIES["add_contents"],
                  {"first": first, "hashes": hashes,
                   "rows": orjson.dumps([2 * chars[i] + bool(cuts[i]) for i in order])})
     found: dict[bytes, Content] = {}
-    if conn.execute("SELECT count(*) FROM contents WHERE seq >= ?", (first,)).fetchone()[0] == len(order):
+    if conn.execute(_QUERIES["count_contents_from"], (first,)).fetchone()[0] == len(order):
         added = dict(zip(ordered, range(first, first + len(order)), strict=True))
         _stage_added(conn, first, list(map(texts.__getitem__, order)), hashes)
     else:
-        added = {ordered[seq - first]: seq for (seq,) in conn.execute(
-            "SELECT seq FROM contents WHERE seq >= ?", (first,))}
+        added = {ordered[seq - first]: seq for (seq,) in conn.execute(_QUERIES["contents_from"], (first,))}
         found = contents_of(conn, [h for h in ordered if h not in added])
         _stage_added(conn, first, [texts[i] if hs[i] in added else None for i in order], hashes)
         text_of = dict(zip(hs, texts, strict=True))
-        conn.executemany("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
+        conn.executemany(_QUERIES["stage_text"],
                          [(seq, h, text_of[h]) for seq, h in _without_text(conn, found)])
     _counts.add(conn, "pending", contents=len(added))
     cut_of = dict(zip(hs, cuts, strict=True))
@@ -82,7 +79,7 @@ def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], 
     for k, text in enumerate(texts):
         blob = None if text is None else text.encode("utf-8")
         if blob is not None and len(blob) >= _SPAN_LIMIT:  # (a text of 2 GiB or more: bound alone)
-            conn.execute("INSERT INTO staged (seq, hash, text) VALUES (?, ?, ?)",
+            conn.execute(_QUERIES["stage_text"],
                          (first + k, hashes[16 * k:16 * k + 16], text))
             blob = None
         elif blob is not None and at + len(blob) >= _SPAN_LIMIT:
@@ -95,11 +92,7 @@ def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], 
             at += len(blob)
     for n, (begin, spans, blobs) in enumerate(runs):
         end = runs[n + 1][0] if n + 1 < len(runs) else len(texts)
-        # (substr of an empty blob is NULL: hence the coalesce.)
-        conn.execute("""INSERT INTO staged (seq, hash, text)
-            SELECT :first + key, substr(:hashes, key * 16 + 1, 16),
-                coalesce(CAST(substr(:texts, (value >> 32) + 1, value & 4294967295) AS TEXT), '')
-            FROM json_each(:spans) WHERE value IS NOT NULL""",
+        conn.execute(_QUERIES["stage_texts"],
                      {"first": first + begin, "hashes": hashes[16 * begin:16 * end],
                       "texts": b"".join(blobs), "spans": orjson.dumps(spans)})
 
@@ -109,8 +102,7 @@ def _without_text(conn: sqlite3.Connection, found: dict[bytes, Content]) -> list
     waiting = {seq: h for h, (seq, state, parts, _) in found.items() if state == "pending" and parts == 0}
     if not waiting:
         return []
-    staged = {seq for (seq,) in conn.execute("SELECT seq FROM staged WHERE seq IN (SELECT value FROM "
-                                             "json_each(?))", (orjson.dumps(list(waiting)),))}
+    staged = {seq for (seq,) in conn.execute(_QUERIES["staged_of"], (orjson.dumps(list(waiting)),))}
     return sorted((seq, h) for seq, h in waiting.items() if seq not in staged)
 
 
@@ -125,13 +117,9 @@ def contents_of(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes
 
 def free_claimed(conn: sqlite3.Connection, claim_id: int) -> None:
     """The staged rows the claim still holds are free to claim again."""
-    conn.execute("""UPDATE staged SET claim_id = NULL WHERE claim_id = ?1
-                    AND seq BETWEEN (SELECT first_seq FROM claims WHERE id = ?1)
-                    AND (SELECT last_seq FROM claims WHERE id = ?1)""", (claim_id,))
+    conn.execute(_QUERIES["free_claimed"], (claim_id,))
 
 
 def claimed_count(conn: sqlite3.Connection) -> int:
     """Contents held by active claims."""
-    return int(conn.execute("""SELECT count(*) FROM claims k JOIN staged s
-        ON s.seq BETWEEN k.first_seq AND k.last_seq AND s.claim_id = k.id WHERE k.state = 'active'""")
-        .fetchone()[0])
+    return int(conn.execute(_QUERIES["count_claimed"]).fetchone()[0])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .sources import Record, Skip
+from ..sources import Record, Skip
 
 NO_HASH = bytes(16)
 

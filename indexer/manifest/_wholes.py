@@ -16,24 +16,15 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from ._sql import in_batches
+from .._sql import in_batches
+from ._queries import named_queries
 from ._staging import Content, stage_texts
 
 if TYPE_CHECKING:
-    from .chunking import Chunker
-    from .sources import Record
+    from ..chunking import Chunker
+    from ..sources import Record
 
-# A whole's state from its chunks' states.
-_SETTLE = """UPDATE contents SET state = w.state, error = w.error FROM (
-    SELECT t.whole AS hash,
-        CASE WHEN sum(c.state != 'done') = 0 THEN 'done'
-             WHEN sum(c.state = 'failed') > 0 THEN 'failed' ELSE 'pending' END AS state,
-        (SELECT 'chunk ' || t2.ordinal || ': ' || c2.error FROM text_chunks t2 JOIN contents c2
-            ON c2.hash = t2.hash WHERE t2.whole = t.whole AND c2.state = 'failed'
-            ORDER BY t2.ordinal LIMIT 1) AS error
-    FROM text_chunks t JOIN contents c ON c.hash = t.hash
-    WHERE t.whole IN (SELECT hash FROM settling) GROUP BY t.whole) AS w
-    WHERE contents.hash = w.hash AND contents.parts > 0"""
+_QUERIES = named_queries("wholes.sql")
 
 
 @dataclass
@@ -54,8 +45,8 @@ class Staged:
         added, found = stage_texts(conn, self.contents)
         if not self.wholes:
             return added, found
-        conn.executemany("INSERT OR IGNORE INTO contents (hash, chars, parts) VALUES (?, ?, ?)", self.wholes)
-        conn.executemany("INSERT OR IGNORE INTO text_chunks VALUES (?, ?, ?, ?, ?)", self.chunk_rows)
+        conn.executemany(_QUERIES["add_wholes"], self.wholes)
+        conn.executemany(_QUERIES["add_chunk_rows"], self.chunk_rows)
         # All of a new whole's chunks may be done already (other documents have them).
         _settle_wholes(conn, [h for h, _, _ in self.wholes])
         return added, found
@@ -109,10 +100,7 @@ def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[st
     the wholes in this batch: the scan that sees the document again cuts it again and stages them."""
     if chunker is None:
         return []
-    keys = conn.execute(items_sql + """SELECT i.key FROM items i JOIN contents w ON w.hash = i.hash
-        WHERE w.parts > 0 AND EXISTS (SELECT 1 FROM text_chunks t JOIN contents c ON c.hash = t.hash
-            WHERE t.whole = w.hash AND c.state = 'pending'
-                AND NOT EXISTS (SELECT 1 FROM staged s WHERE s.seq = c.seq))""", params).fetchall()
+    keys = conn.execute(items_sql + _QUERIES["items_with_lost_parts"], params).fetchall()
     texts = [records[k].text for (k,) in keys]
     out = []
     for text, spans in zip(texts, chunker.split_many(texts), strict=True):
@@ -124,7 +112,7 @@ def lost_part_texts(conn: sqlite3.Connection, items_sql: str, params: Mapping[st
 
 def has_wholes(conn: sqlite3.Connection) -> bool:
     """Whether the index holds any long document (one lookup)."""
-    return conn.execute("SELECT 1 FROM text_chunks LIMIT 1").fetchone() is not None
+    return conn.execute(_QUERIES["any_wholes"]).fetchone() is not None
 
 
 def settle(conn: sqlite3.Connection, chunk_hashes: Iterable[bytes]) -> None:
@@ -134,36 +122,27 @@ def settle(conn: sqlite3.Connection, chunk_hashes: Iterable[bytes]) -> None:
     if not chunk_hashes or not has_wholes(conn):
         return  # an index without long documents pays one lookup a commit
     _settling(conn)
-    conn.executemany("INSERT OR IGNORE INTO settling SELECT whole FROM text_chunks WHERE hash = ?",
-                     ((h,) for h in chunk_hashes))
+    conn.executemany(_QUERIES["settle_wholes_of_chunk"], ((h,) for h in chunk_hashes))
     _apply(conn)
 
 
 def _settle_wholes(conn: sqlite3.Connection, wholes: Iterable[bytes]) -> None:
     _settling(conn)
-    conn.executemany("INSERT OR IGNORE INTO settling VALUES (?)", ((h,) for h in wholes))
+    conn.executemany(_QUERIES["settle_whole"], ((h,) for h in wholes))
     _apply(conn)
 
 
 def _settling(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS settling (hash BLOB PRIMARY KEY) WITHOUT ROWID")
-    conn.execute("DELETE FROM settling")
+    conn.execute(_QUERIES["create_settling"])
+    conn.execute(_QUERIES["clear_settling"])
 
 
 def _apply(conn: sqlite3.Connection) -> None:
-    conn.execute(_SETTLE)
-    conn.execute("""UPDATE documents SET ready_hash = hash WHERE seq IN (SELECT c.seq FROM settling s
-                    JOIN contents c ON c.hash = s.hash WHERE c.state = 'done')""")
+    conn.execute(_QUERIES["settle"])
+    conn.execute(_QUERIES["serve_settled"])
 
 
 def broken_wholes(conn: sqlite3.Connection) -> list[tuple[bytes, str]]:
     """(whole, what is wrong) for every whole marked done with a chunk that is not done, or without
     its chunk list: `verify` reports them, `verify --repair` re-queues them."""
-    return conn.execute("""
-        SELECT w.hash, 'chunk ' || t.ordinal || ' is ' || c.state FROM contents w
-            JOIN text_chunks t ON t.whole = w.hash JOIN contents c ON c.hash = t.hash
-            WHERE w.parts > 0 AND w.state = 'done' AND c.state != 'done' GROUP BY w.hash
-        UNION ALL
-        SELECT w.hash, 'its chunk list has ' || count(t.ordinal) || ' of ' || w.parts || ' chunks'
-            FROM contents w LEFT JOIN text_chunks t ON t.whole = w.hash
-            WHERE w.parts > 0 GROUP BY w.hash HAVING count(t.ordinal) != w.parts""").fetchall()
+    return conn.execute(_QUERIES["broken_wholes"]).fetchall()

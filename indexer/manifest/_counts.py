@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ._queries import named_queries
+
 if TYPE_CHECKING:
     from ._staging import Content
+
+_QUERIES = named_queries("counts.sql")
 
 # The row of state_counts a content's state is counted in.
 BUCKET = "CASE c.state WHEN 'claimed' THEN 'pending' ELSE c.state END"
@@ -35,15 +39,13 @@ def documents_by_state(conn: sqlite3.Connection, from_where: str) -> list[tuple[
 
 
 def add_documents(conn: sqlite3.Connection, rows: Iterable[tuple[str, int, int, int]], sign: int = 1) -> None:
-    conn.executemany("""UPDATE state_counts SET documents = documents + ?2, chunks = chunks + ?3,
-                        truncated = truncated + ?4 WHERE state = ?1""",
+    conn.executemany(_QUERIES["add_documents"],
                      [(state, sign * n, sign * chunks, sign * cut) for state, n, chunks, cut in rows])
 
 
 def add(conn: sqlite3.Connection, state: str, contents: int = 0, documents: int = 0) -> None:
     if contents or documents:
-        conn.execute("UPDATE state_counts SET contents = contents + ?, documents = documents + ? "
-                     "WHERE state = ?", (contents, documents, state))
+        conn.execute(_QUERIES["add"], (contents, documents, state))
 
 
 # A scan batch's new and changed documents: `items i` (its WITH clause) whose key is in :todo.
@@ -77,11 +79,10 @@ def commit_done(conn: sqlite3.Connection, seqs: Sequence[int], documents: int) -
     they and the `documents` live documents that have them move from pending to done (the trigger
     leaves the commit's rows alone: they get their slot in the same statement)."""
     truncated = 0
-    if conn.execute("SELECT truncated FROM state_counts WHERE state = 'pending'").fetchone()[0]:
+    if conn.execute(_QUERIES["pending_truncated"]).fetchone()[0]:
         # (only an index that does not chunk truncates)
-        truncated = conn.execute("""SELECT count(*) FROM documents d JOIN contents c ON c.seq = d.seq
-            WHERE d.seq IN (SELECT value FROM json_each(?)) AND d.deleted = 0 AND c.truncated""",
-            (orjson.dumps(list(seqs)),)).fetchone()[0]
+        truncated = conn.execute(_QUERIES["count_truncated_documents_of"],
+                                 (orjson.dumps(list(seqs)),)).fetchone()[0]
     for state, sign in (("pending", -1), ("done", 1)):
         add(conn, state, contents=sign * len(seqs))
         add_documents(conn, [(state, documents, documents, truncated)], sign=sign)
