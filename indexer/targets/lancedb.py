@@ -5,7 +5,7 @@ sees the old row or the new one). In a table of chunks it is a delete of the doc
 append of their new ones: two versions, between which a reader misses those documents. The one-step
 form, a merge_insert on ("id", "chunk") that also deletes the rows it did not match
 (when_not_matched_by_source_delete), reads the whole table into memory
-(bench/bench_lance_replace.py), which a large table cannot afford. A push stopped between the two is
+(`python -m bench lance_replace`), which a large table cannot afford. A push stopped between the two is
 finished by the next (push.py marks the documents unknown first). Inserts, of ids the table has never
 held, are plain appends (far cheaper on a first push of a large index); deletes are SQL predicates on
 "id".
