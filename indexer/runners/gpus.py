@@ -35,7 +35,8 @@ import os
 from collections.abc import Sequence
 
 from ..errors import IndexerError
-from .processes import ProcessRunner, WorkerSpec, check_options, usable_cpus
+from ._cpus import usable_cpus
+from .processes import ProcessRunner, WorkerSpec, check_options
 
 __all__ = ["OOM_ENV", "make", "parse_devices"]
 

@@ -71,20 +71,10 @@ import numpy as np
 from ..embedders import Embedder, ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
+from ._cpus import pin_threads, set_torch_threads, usable_cpus
 from ._liveness import HangRule, Heartbeats, worker_peak_rss_mb
 
-__all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make", "usable_cpus"]
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-               "NUMEXPR_NUM_THREADS")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+__all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make"]
 
 
 def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -114,22 +104,6 @@ class WorkerSpec:
     batch_tokens: int | None = None  # cap on padded tokens per forward pass (see embedders)
     tokenizer_threads: int = 1  # threads the tokenizer may use (it runs beside the model on a GPU)
     oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
-
-
-def _pin_threads(threads: int, tokenizer_threads: int) -> None:
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if tokenizer_threads > 1 else "false"
-    os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
-
-
-def _set_torch_threads(threads: int) -> None:
-    torch = sys.modules.get("torch")  # only a model that uses torch has imported it
-    if torch is None:
-        return
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
-        torch.set_num_interop_threads(1)
 
 
 def _without_cudnn_attention() -> None:
@@ -267,14 +241,14 @@ def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> No
     _die_with_parent()
     for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, signal.SIG_IGN)  # stop signals are the driver's to handle
-    _pin_threads(spec.threads, spec.tokenizer_threads)
+    pin_threads(spec.threads, spec.tokenizer_threads)
     try:
         try:
             model = _WorkerModel(spec)
         except BaseException as exc:
             results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
             return
-        _set_torch_threads(spec.threads)
+        set_torch_threads(spec.threads)
         results.send(("ready", os.getpid(), model.embedder.info, model.limits, worker_peak_rss_mb()))
         ready: queue.Queue[Any] = queue.Queue(maxsize=1)
         threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
