@@ -179,11 +179,6 @@ class RayRunner:
 
     # -- the Runner protocol
 
-    @property
-    def actors(self) -> list[Any]:
-        """The actor handles, in worker order (diagnostics and tests)."""
-        return [s.handle for s in self.slots]
-
     def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
         out: Future[EmbedResult] = Future()
         with self._lock:
