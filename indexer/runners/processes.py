@@ -3,13 +3,12 @@
     make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
          claims_per_worker=1, max_restarts=None)
 
-Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
-that has started torch, SQLite or threads is unsafe). Each loads the model once with
-`load_embedder(model, batch_size=..., **embedder_options)` and pins its math libraries to T threads
-(OMP/MKL/OpenBLAS variables before torch starts, then `torch.set_num_threads(T)`), so that N x T does
-not oversubscribe the cores. Only texts go to a worker and only float32 vectors and per-document
-failures come back (`runners.inline.embed_texts` runs inside the worker); the manifest and the store
-stay with the driver.
+This module is the pool, in the driver's process; what runs inside a worker is in _worker_main.py and
+the messages between them in _messages.py. Workers are started with the multiprocessing *spawn*
+context. Each loads the model once with `load_embedder(model, batch_size=..., **embedder_options)` and
+pins its math libraries to T threads (_cpus.py), so that N x T does not oversubscribe the cores. Only
+texts go to a worker and only float32 vectors and per-document failures come back; the manifest and the
+store stay with the driver.
 
 Defaults, with C the CPUs this process may use (its affinity mask):
     threads per worker   T = 1 below 8 CPUs, 2 below 16, else 4. One process's intra-op threads
@@ -53,10 +52,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -66,13 +63,23 @@ from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import numpy as np
-
-from ..embedders import Embedder, ModelInfo
+from ..embedders import ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
-from ._cpus import pin_threads, set_torch_threads, usable_cpus
-from ._liveness import HangRule, Heartbeats, worker_peak_rss_mb
+from ._cpus import usable_cpus
+from ._liveness import HangRule, Heartbeats
+from ._messages import (
+    BatchFinished,
+    Claim,
+    Embedded,
+    Limits,
+    LoadFailed,
+    Ready,
+    Stop,
+    WorkerMessage,
+    WorkerSpec,
+)
+from ._worker_main import run as worker_main
 
 __all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make"]
 
@@ -86,188 +93,6 @@ def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple
     if threads is None:
         threads = 1 if cpus < 8 else 2 if cpus < 16 else 4
     return max(1, cpus // threads), threads
-
-
-# -- inside a worker process ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to load its model; pickled to the spawned process."""
-
-    model: str
-    batch_size: int
-    embedder_options: dict[str, object]
-    threads: int
-    device: str | None = None  # None: load_embedder's default (the CPU); else passed as device=
-    half: bool = False  # cast the model to fp16 after loading (CUDA devices)
-    adaptive: bool = False  # halve the batch on out-of-memory and keep it halved (gpus)
-    batch_tokens: int | None = None  # cap on padded tokens per forward pass (see embedders)
-    tokenizer_threads: int = 1  # threads the tokenizer may use (it runs beside the model on a GPU)
-    oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
-
-
-def _without_cudnn_attention() -> None:
-    """Turn off torch's cuDNN attention kernels in this (GPU worker) process. cuDNN builds an execution
-    plan for every new input shape, and token-budget batches make nearly every batch a new shape: on an
-    H100 the first pass over new shapes ran at 1,551 docs/s with cuDNN attention and 9,036 without it
-    (the same shapes again: 45,736 and 37,401; bench/RESULTS.md). torch then uses its flash or
-    memory-efficient kernels, which need no plan."""
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-class _InjectedOom:
-    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): wraps a sentence-transformers model so
-    that a forward pass over more than `limit` texts raises torch's out-of-memory error, as a GPU short
-    of memory would. Everything else is the model's."""
-
-    def __init__(self, model: Any, limit: int) -> None:
-        self.model, self.limit = model, limit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def __call__(self, features: dict[str, Any]) -> Any:
-        rows = len(features["input_ids"])
-        if rows > self.limit:
-            import torch
-
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected for tests: {rows} texts > {self.limit})")
-        return self.model(features)
-
-
-class _WorkerModel:
-    """The model as a worker holds it, with the batch limits it has settled on."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        from ..embedders import load_embedder
-
-        self.spec = spec
-        options = dict(spec.embedder_options)
-        if spec.device is not None:
-            options["device"] = spec.device
-        if spec.batch_tokens is not None:
-            options["batch_tokens"] = spec.batch_tokens
-        embedder: Embedder = load_embedder(spec.model, batch_size=spec.batch_size, **options)  # type: ignore[arg-type]
-        model: Any = getattr(embedder, "model", None)
-        if spec.device is not None and spec.device.startswith("cuda"):
-            _without_cudnn_attention()
-            if spec.half and hasattr(model, "half"):
-                model.half()
-        if spec.oom_above is not None and model is not None:
-            embedder.model = _InjectedOom(model, spec.oom_above)  # type: ignore[attr-defined]
-        self.embedder = embedder
-
-    @property
-    def limits(self) -> tuple[int, int | None]:
-        """(batch size, token budget), as out-of-memory has left them."""
-        return (getattr(self.embedder, "batch_size", self.spec.batch_size),
-                getattr(self.embedder, "batch_tokens", self.spec.batch_tokens))
-
-    def prepare(self, texts: list[str]) -> Any:
-        """The texts tokenized (runs in the prefetch thread), or None: the embedder does not tokenize
-        apart, or a text made the tokenizer fail and the claim is embedded text by text."""
-        tokenize = getattr(self.embedder, "tokenize", None)
-        if tokenize is None:
-            return None
-        try:
-            return tokenize(texts)
-        except Exception:
-            return None
-
-    def embed(self, texts: list[str], prepared: Any, on_batch: BatchDone) -> EmbedResult:
-        from .inline import embed_text_by_text, embed_texts
-
-        if prepared is None:
-            return embed_texts(self.embedder, texts, on_batch, batch_size=self.limits[0])
-        try:
-            vectors = self.embedder.embed_tokenized(  # type: ignore[attr-defined]
-                prepared, shrink_on_oom=self.spec.adaptive, on_batch=on_batch)
-        except Exception:
-            return embed_text_by_text(self.embedder, texts, on_batch)
-        return np.asarray(vectors, dtype=np.float32), {}
-
-
-@dataclass(frozen=True)
-class BatchFinished:
-    """Worker -> driver: a forward batch of claim `task` finished, embedding `texts` texts."""
-
-    task: int
-    texts: int
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the driver dies, however it dies (SIGKILL included), so
-    that no worker outlives it. Elsewhere the worker ends at its next read of the closed pipe."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-_EOF = object()
-
-
-def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
-    """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
-    the GIL), so that the model does not wait for the pipe or the CPU between claims."""
-    try:
-        while True:
-            message = tasks.recv()
-            if message is None:
-                break
-            task_id, texts = message
-            ready.put((task_id, texts, model.prepare(texts)))
-    except (EOFError, OSError):
-        pass
-    finally:
-        ready.put(_EOF)
-
-
-def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
-    """A worker process: load the model, say so, then embed one claim per message until told to stop
-    (None) or the driver is gone (EOF). Messages to the driver:
-        ("ready", pid, ModelInfo, limits, peak rss MiB)      ("load_failed", reason)
-        BatchFinished(task, texts) after each forward batch
-        ("result", task, vectors, failures, limits, peak rss MiB, took)      ("error", task, reason, took)
-    where limits is (batch size, token budget) and took the worker's time.monotonic() when it began the
-    claim (for the driver's busy and idle accounting; that clock is system-wide, the driver's too).
-    """
-    _die_with_parent()
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, signal.SIG_IGN)  # stop signals are the driver's to handle
-    pin_threads(spec.threads, spec.tokenizer_threads)
-    try:
-        try:
-            model = _WorkerModel(spec)
-        except BaseException as exc:
-            results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
-            return
-        set_torch_threads(spec.threads)
-        results.send(("ready", os.getpid(), model.embedder.info, model.limits, worker_peak_rss_mb()))
-        ready: queue.Queue[Any] = queue.Queue(maxsize=1)
-        threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
-                         daemon=True).start()
-        while (item := ready.get()) is not _EOF:
-            task_id, texts, prepared = item
-            took = time.monotonic()
-
-            def batch_done(n: int, task: int = task_id) -> None:
-                results.send(BatchFinished(task, n))
-
-            try:
-                vectors, failures = model.embed(texts, prepared, batch_done)
-            except Exception as exc:
-                results.send(("error", task_id, f"{type(exc).__name__}: {exc}", took))
-                continue
-            results.send(("result", task_id, vectors, failures, model.limits, worker_peak_rss_mb(), took))
-    except (EOFError, OSError):  # the driver is gone: nobody waits for us
-        return
 
 
 # -- in the driver ----------------------------------------------------------------------------------------
@@ -465,7 +290,7 @@ class ProcessRunner:
     def _start(self, worker: _Worker) -> None:
         task_r, task_w = self._ctx.Pipe(duplex=False)
         result_r, result_w = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=_worker_main, args=(task_r, result_w, worker.spec),
+        process = self._ctx.Process(target=worker_main, args=(task_r, result_w, worker.spec),
                                     name=f"indexer-{worker.label}", daemon=True)
         process.start()
         task_r.close()  # the worker holds these ends; ours would hide its death (no EOF)
@@ -492,7 +317,7 @@ class ProcessRunner:
         for worker in live:
             assert worker.process is not None
             if worker.state == "ready" and not worker.held and worker.outbox is not None:
-                worker.outbox.put(None)  # its pipe is empty: the sender sends this at once
+                worker.outbox.put(Stop())  # its pipe is empty: the sender sends this at once
             else:
                 worker.process.terminate()
         deadline = time.monotonic() + grace
@@ -592,7 +417,7 @@ class ProcessRunner:
             self.heartbeats.gap(now - worker.last_beat)
         worker.last_beat = now if worker.held else None
 
-    def _handle(self, worker: _Worker, message: BatchFinished | tuple[Any, ...]) -> None:
+    def _handle(self, worker: _Worker, message: WorkerMessage) -> None:
         if isinstance(message, BatchFinished):
             with self._lock:
                 task = next((t for t in worker.held if t.id == message.task), None)
@@ -600,15 +425,15 @@ class ProcessRunner:
             if task is not None and task.on_batch is not None:
                 task.on_batch(message.texts)
             return
-        kind = message[0]
         settle: tuple[_Task, EmbedResult | BaseException] | None = None
         with self._lock:
             if self._closed:
                 return
-            if kind == "ready":
-                _, worker.pid, info, limits, peak = message
-                worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
-                self._remember_limits(worker, limits)
+            if isinstance(message, Ready):
+                worker.pid = message.pid
+                worker.peak_rss_mb = max(worker.peak_rss_mb, message.peak_rss_mb)
+                self._remember_limits(worker, message.limits)
+                info = message.info
                 if self._info is not None and info != self._info:
                     self._break(IndexerError(
                         f"{worker.name()} loaded model {info.model!r} as {info}, but the first worker "
@@ -621,25 +446,24 @@ class ProcessRunner:
                     if self._info is None:
                         self._info = info
                     self._ready.notify_all()
-            elif kind == "load_failed":
+            elif isinstance(message, LoadFailed):
                 self._break(ModelLoadError(
-                    f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message[1]}"))
+                    f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message.reason}"))
                 return
-            elif kind in ("result", "error"):
-                task = next((t for t in worker.held if t.id == message[1]), None)
+            else:
+                task = next((t for t in worker.held if t.id == message.task), None)
                 if task is not None:
                     worker.held.remove(task)
                     self._beat(worker)
-                    worker.clock.claim_done(message[-1], time.monotonic())
-                    if kind == "result":
-                        vectors, failures, limits, peak, _ = message[2:]
-                        worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
-                        self._remember_limits(worker, limits)
-                        settle = (task, (vectors, failures))
+                    worker.clock.claim_done(message.started, time.monotonic())
+                    if isinstance(message, Embedded):
+                        worker.peak_rss_mb = max(worker.peak_rss_mb, message.peak_rss_mb)
+                        self._remember_limits(worker, message.limits)
+                        settle = (task, (message.vectors, message.failures))
                     else:
                         settle = (task, EmbeddingError(
                             f"{worker.name()} failed to embed a claim of {len(task.texts)} texts: "
-                            f"{message[2]}"))
+                            f"{message.reason}"))
             self._dispatch()
         if settle is not None:
             task, outcome = settle
@@ -648,8 +472,8 @@ class ProcessRunner:
             elif not task.future.done():
                 task.future.set_result(outcome)
 
-    def _remember_limits(self, worker: _Worker, limits: tuple[int, int | None]) -> None:
-        batch_size, batch_tokens = limits
+    def _remember_limits(self, worker: _Worker, limits: Limits) -> None:
+        batch_size, batch_tokens = limits.batch_size, limits.batch_tokens
         if batch_size < worker.spec.batch_size:
             self._warnings.append(
                 f"{self.kind}: {worker.label} ran out of memory; its batch size went from "
@@ -765,7 +589,7 @@ class ProcessRunner:
             task.sent_at = time.monotonic()
             worker.held.append(task)
             assert worker.outbox is not None
-            worker.outbox.put((task.id, task.texts))  # if it died just now, its sentinel fails the task
+            worker.outbox.put(Claim(task.id, task.texts))  # if it died just now, its sentinel fails the task
 
 
 _STOP_SENDING = object()
