@@ -20,7 +20,9 @@ import numpy as np
 
 from ..embedders import ModelInfo
 
+DEFAULT_EMBEDDER_FACTORY = "indexer.embedders:load_embedder"
 __all__ = [
+    "DEFAULT_EMBEDDER_FACTORY",
     "BatchFinished",
     "Claim",
     "ClaimFailed",
@@ -46,7 +48,9 @@ class WorkerSpec:
     adaptive: bool = False  # halve the batch on out-of-memory and keep it halved (gpus)
     batch_tokens: int | None = None  # cap on padded tokens per forward pass (see embedders)
     tokenizer_threads: int = 1  # threads the tokenizer may use (it runs beside the model on a GPU)
-    oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
+    # "module:function" the worker loads its embedder with, called as load_embedder is; the worker
+    # imports it, so its module must be importable there (the tests' wraps the model to fail on demand)
+    embedder_factory: str = DEFAULT_EMBEDDER_FACTORY
 
 
 @dataclass(frozen=True)

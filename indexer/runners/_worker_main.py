@@ -19,18 +19,21 @@ its next read of the closed pipe).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
 from ..embedders import Embedder
+from ..errors import IndexerError
 from . import BatchDone, EmbedResult
 from ._cpus import pin_threads, set_torch_threads
 from ._liveness import worker_peak_rss_mb
@@ -46,7 +49,7 @@ from ._messages import (
     WorkerSpec,
 )
 
-__all__ = ["run"]
+__all__ = ["embedder_factory", "run"]
 
 
 def _without_cudnn_attention() -> None:
@@ -60,47 +63,31 @@ def _without_cudnn_attention() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-class _InjectedOom:
-    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): wraps a sentence-transformers model so
-    that a forward pass over more than `limit` texts raises torch's out-of-memory error, as a GPU short
-    of memory would. Everything else is the model's."""
-
-    def __init__(self, model: Any, limit: int) -> None:
-        self.model, self.limit = model, limit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def __call__(self, features: dict[str, Any]) -> Any:
-        rows = len(features["input_ids"])
-        if rows > self.limit:
-            import torch
-
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected for tests: {rows} texts > {self.limit})")
-        return self.model(features)
+def embedder_factory(path: str) -> Callable[..., Embedder]:
+    """The function a "module:function" path names (WorkerSpec.embedder_factory), imported."""
+    module, _, name = path.partition(":")
+    if not module or not name or ":" in name:
+        raise IndexerError(f"embedder factory {path!r}: expected 'module:function'")
+    factory: Callable[..., Embedder] = getattr(importlib.import_module(module), name)
+    return factory
 
 
 class _WorkerModel:
     """The model as a worker holds it, with the batch limits it has settled on."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        from ..embedders import load_embedder
-
         self.spec = spec
         options = dict(spec.embedder_options)
         if spec.device is not None:
             options["device"] = spec.device
         if spec.batch_tokens is not None:
             options["batch_tokens"] = spec.batch_tokens
-        embedder: Embedder = load_embedder(spec.model, batch_size=spec.batch_size, **options)  # type: ignore[arg-type]
+        embedder = embedder_factory(spec.embedder_factory)(spec.model, batch_size=spec.batch_size, **options)
         model: Any = getattr(embedder, "model", None)
         if spec.device is not None and spec.device.startswith("cuda"):
             _without_cudnn_attention()
             if spec.half and hasattr(model, "half"):
                 model.half()
-        if spec.oom_above is not None and model is not None:
-            embedder.model = _InjectedOom(model, spec.oom_above)  # type: ignore[attr-defined]
         self.embedder = embedder
 
     @property
