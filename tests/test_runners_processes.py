@@ -4,8 +4,9 @@ spawned worker processes: no mocks.
 Most tests use the fake model (`fake:16`: a worker loads it in no time, and its vectors are the same bit
 for bit in every process). One test runs the tiny random BERT (tests/tiny_model.py) through both
 backends, to check that real model output agrees with the inline backend. A worker is killed with
-SIGKILL while it embeds a claim, out-of-memory is injected through the gpus runner's test seam, and
-Ctrl-C is raised in the driver and sent as SIGINT to a CLI run's whole process group.
+SIGKILL while it embeds a claim, out-of-memory is injected through the gpus runner's embedder factory
+(tests/injected_oom.py), and Ctrl-C is raised in the driver and sent as SIGINT to a CLI run's whole
+process group.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import pytest
 from conftest import Throttle, assert_same_vectors, corpus, served
 
 try:
+    from injected_oom import FACTORY as INJECTED_OOM
     from tiny_model import build_tiny_model, tiny_texts
 except ImportError:  # tests/ imported as a package
+    from tests.injected_oom import FACTORY as INJECTED_OOM
     from tests.tiny_model import build_tiny_model, tiny_texts
 
 from indexer import Index, IndexerError, Progress, sync
@@ -243,7 +246,7 @@ def test_tiny_model_through_processes_and_gpus_with_injected_oom(tmp_path: Path)
 
     pool = sync(tmp_path / "pool", docs, model=model, batch_size=16, settings=settings,
                 backend="processes", backend_options={"workers": 2})
-    gpus = make_runner("gpus", model, batch_size=16, devices="cpu", oom_above=4)
+    gpus = make_runner("gpus", model, batch_size=16, devices="cpu", embedder_factory=INJECTED_OOM)
     assert isinstance(gpus, ProcessRunner)
     watched = Watched(gpus)
     oom = sync(tmp_path / "oom", docs, settings=settings, runner=watched)

@@ -9,7 +9,7 @@ Rows, each in its own fresh child process (bench/_common.run_child), on the same
     encode-fp32-b32      the reference vectors: SentenceTransformer(model, device="cuda").encode, fp32
     encode-fp16-bB       the peer: the same model cast with .half(), encode(texts, batch_size=B)
     ...-no-cudnn-attention   the peer with torch's cuDNN attention off, as indexer's GPU workers run
-                         (cuDNN plans every new shape; see runners/processes.py)
+                         (cuDNN plans every new shape; see runners/_worker_main.py)
     sync-T               indexer: a full sync from empty, `--backend gpus` (one worker on the GPU, fp16),
                          batches of at most T padded tokens, each worker holding two claims so the next
                          is tokenized while the GPU runs the current one

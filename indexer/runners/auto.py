@@ -20,7 +20,7 @@ import importlib
 
 from ..errors import IndexerError
 from . import Runner
-from .processes import usable_cpus
+from ._cpus import usable_cpus
 
 __all__ = ["INLINE_MAX_CPUS", "choose", "make"]
 

@@ -2,7 +2,7 @@
 
     make(model, batch_size, embedder_options, devices=None, threads_per_worker=None, batch_tokens=None,
          max_batch_texts=None, half=True, prefetch=1, claims_per_worker=2, max_restarts=None,
-         oom_above=None)
+         embedder_factory="indexer.embedders:load_embedder")
 
 `devices` is "0,1" (CUDA device numbers), "cuda:0,cuda:1", a list, or None for every CUDA device this
 machine has. "cpu" entries are accepted too ("cpu,cpu": two CPU workers with this runner's batching),
@@ -24,22 +24,21 @@ with one worker per device; the differences are all in the worker's WorkerSpec:
 - torch threads per worker: --threads-per-worker, else the CPUs shared out between the devices (at
   most 4 a CUDA worker, which only feeds the GPU).
 
-Test-only seam: `oom_above=K` (or the environment variable INDEXER_TEST_OOM_ABOVE=K, which spawned
-workers inherit) makes every worker raise torch.cuda.OutOfMemoryError for any batch of more than K
-texts, as a GPU short of memory would. Never set it in production.
+`embedder_factory` ("module:function", imported in each worker) loads the embedder instead of
+load_embedder, with the same arguments; the tests name one that makes the model run out of memory on
+demand (tests/injected_oom.py).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from ..errors import IndexerError
-from .processes import ProcessRunner, WorkerSpec, check_options, usable_cpus
+from ._cpus import usable_cpus
+from ._messages import DEFAULT_EMBEDDER_FACTORY
+from .processes import ProcessRunner, WorkerSpec, check_options
 
-__all__ = ["OOM_ENV", "make", "parse_devices"]
-
-OOM_ENV = "INDEXER_TEST_OOM_ABOVE"
+__all__ = ["make", "parse_devices"]
 
 # On CUDA a batch is as many texts of similar token length as fit in CUDA_BATCH_TOKENS padded tokens
 # (bench/bench_gpu.py measured the choice); the text cap only stops very short texts from making one
@@ -90,7 +89,7 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
          devices: str | Sequence[str | int] | None = None, threads_per_worker: int | None = None,
          batch_tokens: int | None = None, max_batch_texts: int | None = None, half: bool = True,
          prefetch: int = 1, claims_per_worker: int = 2, max_restarts: int | None = None,
-         oom_above: int | None = None, **options: object) -> ProcessRunner:
+         embedder_factory: str = DEFAULT_EMBEDDER_FACTORY, **options: object) -> ProcessRunner:
     check_options("gpus", options, "--devices, --threads-per-worker and --batch-tokens")
     if "device" in embedder_options:
         raise IndexerError("backend gpus places the model itself; give devices with --devices, not as an "
@@ -104,8 +103,6 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
         raise IndexerError("--threads-per-worker must be at least 1")
     if batch_tokens is not None and batch_tokens < 0:
         raise IndexerError("--batch-tokens must be at least 1 (or 0: batches by --batch-size alone)")
-    if oom_above is None and os.environ.get(OOM_ENV):
-        oom_above = int(os.environ[OOM_ENV])
     share = max(1, usable_cpus() // len(names))
     specs = []
     for name in names:
@@ -118,6 +115,6 @@ def make(model: str, batch_size: int, embedder_options: dict[str, object],
             # None: the CUDA default; 0: by count alone, like every other backend.
             batch_tokens=((CUDA_BATCH_TOKENS if cuda else None) if batch_tokens is None
                           else batch_tokens or None),
-            adaptive=True, oom_above=oom_above))
+            adaptive=True, embedder_factory=embedder_factory))
     return ProcessRunner(specs, [f"worker {i} on {name}" for i, name in enumerate(names)], kind="gpus",
                          prefetch=prefetch, claims_per_worker=claims_per_worker, max_restarts=max_restarts)

@@ -3,13 +3,10 @@
     make(model, batch_size, embedder_options, workers=None, threads_per_worker=None, prefetch=1,
          claims_per_worker=1, max_restarts=None)
 
-Workers are started with the multiprocessing *spawn* context (never fork: a forked copy of a process
-that has started torch, SQLite or threads is unsafe). Each loads the model once with
-`load_embedder(model, batch_size=..., **embedder_options)` and pins its math libraries to T threads
-(OMP/MKL/OpenBLAS variables before torch starts, then `torch.set_num_threads(T)`), so that N x T does
-not oversubscribe the cores. Only texts go to a worker and only float32 vectors and per-document
-failures come back (`runners.inline.embed_texts` runs inside the worker); the manifest and the store
-stay with the driver.
+This module is the pool, in the driver's process. Each worker (_worker_main.py, spawned) pins its
+math libraries to T threads, so that N x T does not oversubscribe the cores, and loads the model once;
+only texts go to it and only vectors and per-document failures come back (_messages.py); the manifest
+and the store stay with the driver. The driver's view of one worker is _worker_handle.py.
 
 Defaults, with C the CPUs this process may use (its affinity mask):
     threads per worker   T = 1 below 8 CPUs, 2 below 16, else 4. One process's intra-op threads
@@ -40,10 +37,9 @@ move within a claim, and it is the worker's sign of life. A worker that holds a 
 for longer than the hang deadline (runners/_liveness.py: max(hang_seconds, hang_factor x the median gap
 between batches), set by the driver from Settings with `watch_for_hangs`) is taken to hang (a stuck CUDA
 call, a deadlocked tokenizer, SIGSTOP): it is killed with SIGKILL and restarted like a dead one, and its
-claims fail with `WorkerHung`, so they go back to pending. Workers ignore SIGINT, SIGTERM and SIGHUP
-(the driver's to handle) and die with the driver (PR_SET_PDEATHSIG on Linux): on a stop signal the
-driver releases its claims and `close()` stops the workers (idle ones are told to exit, busy ones are
-terminated) and joins them.
+claims fail with `WorkerHung`, so they go back to pending. Stop signals are the driver's (workers
+ignore them, and die with the driver): it releases its claims and `close()` stops the workers (idle
+ones are told to exit, busy ones are terminated) and joins them.
 
 The per-GPU runner (runners/gpus.py) is this machinery with one worker per device.
 """
@@ -53,38 +49,23 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
-import os
-import queue
-import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import numpy as np
-
-from ..embedders import Embedder, ModelInfo
+from ..embedders import ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
-from ._liveness import HangRule, Heartbeats, worker_peak_rss_mb
+from ._cpus import usable_cpus
+from ._liveness import HangRule, Heartbeats
+from ._messages import BatchFinished, Embedded, LoadFailed, Ready, WorkerMessage, WorkerSpec
+from ._worker_handle import Task, WorkerHandle, exit_reason, stop_all, work_time_stats
 
-__all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make", "usable_cpus"]
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-               "NUMEXPR_NUM_THREADS")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+__all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make"]
 
 
 def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -98,286 +79,7 @@ def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple
     return max(1, cpus // threads), threads
 
 
-# -- inside a worker process ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to load its model; pickled to the spawned process."""
-
-    model: str
-    batch_size: int
-    embedder_options: dict[str, object]
-    threads: int
-    device: str | None = None  # None: load_embedder's default (the CPU); else passed as device=
-    half: bool = False  # cast the model to fp16 after loading (CUDA devices)
-    adaptive: bool = False  # halve the batch on out-of-memory and keep it halved (gpus)
-    batch_tokens: int | None = None  # cap on padded tokens per forward pass (see embedders)
-    tokenizer_threads: int = 1  # threads the tokenizer may use (it runs beside the model on a GPU)
-    oom_above: int | None = None  # test-only: raise an out-of-memory error for batches above this
-
-
-def _pin_threads(threads: int, tokenizer_threads: int) -> None:
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if tokenizer_threads > 1 else "false"
-    os.environ["RAYON_NUM_THREADS"] = str(tokenizer_threads)
-
-
-def _set_torch_threads(threads: int) -> None:
-    torch = sys.modules.get("torch")  # only a model that uses torch has imported it
-    if torch is None:
-        return
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
-        torch.set_num_interop_threads(1)
-
-
-def _without_cudnn_attention() -> None:
-    """Turn off torch's cuDNN attention kernels in this (GPU worker) process. cuDNN builds an execution
-    plan for every new input shape, and token-budget batches make nearly every batch a new shape: on an
-    H100 the first pass over new shapes ran at 1,551 docs/s with cuDNN attention and 9,036 without it
-    (the same shapes again: 45,736 and 37,401; bench/RESULTS.md). torch then uses its flash or
-    memory-efficient kernels, which need no plan."""
-    torch = sys.modules.get("torch")
-    if torch is not None and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-class _InjectedOom:
-    """Test seam (WorkerSpec.oom_above, INDEXER_TEST_OOM_ABOVE): wraps a sentence-transformers model so
-    that a forward pass over more than `limit` texts raises torch's out-of-memory error, as a GPU short
-    of memory would. Everything else is the model's."""
-
-    def __init__(self, model: Any, limit: int) -> None:
-        self.model, self.limit = model, limit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def __call__(self, features: dict[str, Any]) -> Any:
-        rows = len(features["input_ids"])
-        if rows > self.limit:
-            import torch
-
-            raise torch.cuda.OutOfMemoryError(
-                f"CUDA out of memory (injected for tests: {rows} texts > {self.limit})")
-        return self.model(features)
-
-
-class _WorkerModel:
-    """The model as a worker holds it, with the batch limits it has settled on."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        from ..embedders import load_embedder
-
-        self.spec = spec
-        options = dict(spec.embedder_options)
-        if spec.device is not None:
-            options["device"] = spec.device
-        if spec.batch_tokens is not None:
-            options["batch_tokens"] = spec.batch_tokens
-        embedder: Embedder = load_embedder(spec.model, batch_size=spec.batch_size, **options)  # type: ignore[arg-type]
-        model: Any = getattr(embedder, "model", None)
-        if spec.device is not None and spec.device.startswith("cuda"):
-            _without_cudnn_attention()
-            if spec.half and hasattr(model, "half"):
-                model.half()
-        if spec.oom_above is not None and model is not None:
-            embedder.model = _InjectedOom(model, spec.oom_above)  # type: ignore[attr-defined]
-        self.embedder = embedder
-
-    @property
-    def limits(self) -> tuple[int, int | None]:
-        """(batch size, token budget), as out-of-memory has left them."""
-        return (getattr(self.embedder, "batch_size", self.spec.batch_size),
-                getattr(self.embedder, "batch_tokens", self.spec.batch_tokens))
-
-    def prepare(self, texts: list[str]) -> Any:
-        """The texts tokenized (runs in the prefetch thread), or None: the embedder does not tokenize
-        apart, or a text made the tokenizer fail and the claim is embedded text by text."""
-        tokenize = getattr(self.embedder, "tokenize", None)
-        if tokenize is None:
-            return None
-        try:
-            return tokenize(texts)
-        except Exception:
-            return None
-
-    def embed(self, texts: list[str], prepared: Any, on_batch: BatchDone) -> EmbedResult:
-        from .inline import embed_text_by_text, embed_texts
-
-        if prepared is None:
-            return embed_texts(self.embedder, texts, on_batch, batch_size=self.limits[0])
-        try:
-            vectors = self.embedder.embed_tokenized(  # type: ignore[attr-defined]
-                prepared, shrink_on_oom=self.spec.adaptive, on_batch=on_batch)
-        except Exception:
-            return embed_text_by_text(self.embedder, texts, on_batch)
-        return np.asarray(vectors, dtype=np.float32), {}
-
-
-@dataclass(frozen=True)
-class BatchFinished:
-    """Worker -> driver: a forward batch of claim `task` finished, embedding `texts` texts."""
-
-    task: int
-    texts: int
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the driver dies, however it dies (SIGKILL included), so
-    that no worker outlives it. Elsewhere the worker ends at its next read of the closed pipe."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-_EOF = object()
-
-
-def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
-    """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
-    the GIL), so that the model does not wait for the pipe or the CPU between claims."""
-    try:
-        while True:
-            message = tasks.recv()
-            if message is None:
-                break
-            task_id, texts = message
-            ready.put((task_id, texts, model.prepare(texts)))
-    except (EOFError, OSError):
-        pass
-    finally:
-        ready.put(_EOF)
-
-
-def _worker_main(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
-    """A worker process: load the model, say so, then embed one claim per message until told to stop
-    (None) or the driver is gone (EOF). Messages to the driver:
-        ("ready", pid, ModelInfo, limits, peak rss MiB)      ("load_failed", reason)
-        BatchFinished(task, texts) after each forward batch
-        ("result", task, vectors, failures, limits, peak rss MiB, took)      ("error", task, reason, took)
-    where limits is (batch size, token budget) and took the worker's time.monotonic() when it began the
-    claim (for the driver's busy and idle accounting; that clock is system-wide, the driver's too).
-    """
-    _die_with_parent()
-    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, signal.SIG_IGN)  # stop signals are the driver's to handle
-    _pin_threads(spec.threads, spec.tokenizer_threads)
-    try:
-        try:
-            model = _WorkerModel(spec)
-        except BaseException as exc:
-            results.send(("load_failed", f"{type(exc).__name__}: {exc}"))
-            return
-        _set_torch_threads(spec.threads)
-        results.send(("ready", os.getpid(), model.embedder.info, model.limits, worker_peak_rss_mb()))
-        ready: queue.Queue[Any] = queue.Queue(maxsize=1)
-        threading.Thread(target=_prefetch, args=(tasks, model, ready), name="indexer-prefetch",
-                         daemon=True).start()
-        while (item := ready.get()) is not _EOF:
-            task_id, texts, prepared = item
-            took = time.monotonic()
-
-            def batch_done(n: int, task: int = task_id) -> None:
-                results.send(BatchFinished(task, n))
-
-            try:
-                vectors, failures = model.embed(texts, prepared, batch_done)
-            except Exception as exc:
-                results.send(("error", task_id, f"{type(exc).__name__}: {exc}", took))
-                continue
-            results.send(("result", task_id, vectors, failures, model.limits, worker_peak_rss_mb(), took))
-    except (EOFError, OSError):  # the driver is gone: nobody waits for us
-        return
-
-
 # -- in the driver ----------------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class _Task:
-    id: int
-    texts: list[str]
-    future: Future[EmbedResult]
-    on_batch: BatchDone | None = None
-    sent_at: float = 0.0  # when it was sent to a worker (time.monotonic())
-
-
-@dataclass
-class _WorkTime:
-    """How one worker spent its time once it had work: busy (a claim in hand: from when the worker took
-    it up to when its result reached the driver) or idle (none in hand). Idle while work was pending is
-    also counted apart as `starved`: between one claim's result and the worker's next claim, and after
-    its last claim as long as the driver still submitted work (to other workers). Times are
-    time.monotonic(), which is system-wide, so the worker's and the driver's readings compare. The clock
-    starts at the worker's first claim (its model load is not counted) and, after a restart, when the
-    new process has loaded the model; it stops at a death."""
-
-    busy: float = 0.0
-    starved: float = 0.0
-    until: float | None = None  # accounted up to here; None while not counting (before work, dead)
-    started: bool = False  # it has had a claim in this run
-
-    def claim_done(self, took: float, now: float) -> None:
-        """A claim the worker took up at `took` came back (a result, an error, or lost with a death)."""
-        start = took if self.until is None else max(took, self.until)  # a next claim taken up early
-        if self.until is not None:
-            self.starved += start - self.until
-        self.busy += max(0.0, now - start)
-        self.until, self.started = now, True
-
-    def so_far(self, in_hand_since: float | None, now: float, last_submit: float
-               ) -> tuple[float, float, float]:
-        """(busy, idle, starved) up to `now`; a claim in hand since `in_hand_since` counts as busy, and
-        idle after the last claim counts as starved up to `last_submit`, the driver's last submission."""
-        if in_hand_since is not None:
-            probe = replace(self)
-            probe.claim_done(in_hand_since, now)
-            return probe.busy, probe.starved, probe.starved
-        if self.until is None:
-            return self.busy, self.starved, self.starved
-        tail = now - self.until
-        return self.busy, self.starved + tail, self.starved + min(tail, max(0.0, last_submit - self.until))
-
-
-@dataclass(eq=False)
-class _Worker:
-    """One worker process as the driver sees it."""
-
-    index: int
-    spec: WorkerSpec
-    label: str
-    process: BaseProcess | None = None
-    tasks: Connection | None = None  # driver -> worker, written by its sender thread only
-    outbox: queue.SimpleQueue[Any] | None = None  # what the sender thread sends next
-    results: Connection | None = None  # worker -> driver
-    state: str = "starting"  # starting | ready | dead
-    held: list[_Task] = field(default_factory=list)  # sent to it, in order, not yet answered
-    pid: int = 0
-    deaths: int = 0
-    last_beat: float | None = None  # when it last finished a batch (or started work); None when idle
-    hung: bool = False  # killed by the hang watch: its death fails its claims with WorkerHung
-    peak_rss_mb: float = 0.0  # the largest peak any of its processes reported
-    clock: _WorkTime = field(default_factory=_WorkTime)  # busy and idle, across its processes
-
-    def name(self) -> str:
-        return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
-
-
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "stopped answering"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
-
 
 class ProcessRunner:
     """A Runner whose workers are local processes; see the module docstring."""
@@ -389,8 +91,8 @@ class ProcessRunner:
         if not specs:
             raise IndexerError("a process runner needs at least one worker")
         self._ctx = multiprocessing.get_context("spawn")
-        self.workers = [_Worker(i, spec, label) for i, (spec, label) in enumerate(zip(specs, labels,
-                                                                                        strict=True))]
+        self.workers = [WorkerHandle(i, spec, label)
+                        for i, (spec, label) in enumerate(zip(specs, labels, strict=True))]
         self.claims_per_worker = max(1, claims_per_worker)
         self.capacity = len(specs) * self.claims_per_worker + max(0, prefetch)
         self.max_restarts = 3 * len(specs) if max_restarts is None else max_restarts
@@ -402,7 +104,7 @@ class ProcessRunner:
         self._info: ModelInfo | None = None
         self._ready = threading.Condition()
         self._lock = threading.RLock()
-        self._queue: list[_Task] = []
+        self._queue: list[Task] = []
         self._ids = itertools.count()
         self._broken: IndexerError | None = None
         self._closed = False
@@ -413,9 +115,13 @@ class ProcessRunner:
         self._monitor = threading.Thread(target=self._watch, name=f"indexer-{self.kind}", daemon=True)
         try:
             for worker in self.workers:
-                self._start(worker)
+                worker.start(self._ctx)
             self._monitor.start()
-            self.info = self._await_first(startup_timeout)
+            self._wait(lambda: self._info is not None, startup_timeout,
+                       f"no {self.kind} worker loaded model {specs[0].model!r} within "
+                       f"{startup_timeout:.0f}s; check memory and the model, or use fewer workers")
+            assert self._info is not None
+            self.info = self._info
         except BaseException:  # a failed start, a model that does not load, Ctrl-C: stop what started
             self.close()
             raise
@@ -423,7 +129,7 @@ class ProcessRunner:
     # -- the Runner protocol
 
     def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
-        task = _Task(next(self._ids), texts, Future(), on_batch)
+        task = Task(next(self._ids), texts, Future(), on_batch)
         with self._lock:
             if self._broken is not None or self._closed:
                 task.future.set_exception(self._broken or IndexerError(f"the {self.kind} runner is closed"))
@@ -444,16 +150,16 @@ class ProcessRunner:
             orphans = self._queue + [t for w in self.workers for t in w.held]
             self._queue = []
             for worker in self.workers:
-                if worker.held and worker.state == "ready":  # busy up to the close
-                    worker.clock.claim_done(worker.held[0].sent_at, self._closed_at)
+                if (since := worker.in_hand_since()) is not None:  # busy up to the close
+                    worker.clock.claim_done(since, self._closed_at)
                 worker.held = []
         for task in orphans:
-            _fail(task.future, WorkerLost(f"the {self.kind} runner was closed"))
+            task.fail(WorkerLost(f"the {self.kind} runner was closed"))
         with contextlib.suppress(OSError):
             self._wake_w.send_bytes(b"x")
         if self._monitor.is_alive():
             self._monitor.join(timeout=10)  # it sees _closed and returns; the workers' ends are ours now
-        self._stop_all()
+        stop_all(self.workers)
         for conn in (self._wake_r, self._wake_w):
             conn.close()
 
@@ -472,82 +178,26 @@ class ProcessRunner:
     def wait_ready(self, timeout: float = 600.0) -> None:
         """Block until every worker has loaded the model (the runner works before that: this is for
         benchmarks that time the steady state)."""
-        deadline = time.monotonic() + timeout
-        with self._ready:
-            while self._broken is None and any(w.state == "starting" for w in self.workers):
-                if time.monotonic() > deadline:
-                    raise IndexerError(f"the {self.kind} workers did not all start within {timeout:.0f}s")
-                self._ready.wait(0.2)
-        if self._broken is not None:
-            raise self._broken
+        self._wait(lambda: all(w.state != "starting" for w in self.workers), timeout,
+                   f"the {self.kind} workers did not all start within {timeout:.0f}s")
 
     def busy_pids(self) -> list[int]:
         """The pids of the workers embedding a claim right now."""
         with self._lock:
             return [w.pid for w in self.workers if w.held]
 
-    # -- starting and stopping workers
-
-    def _start(self, worker: _Worker) -> None:
-        task_r, task_w = self._ctx.Pipe(duplex=False)
-        result_r, result_w = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=_worker_main, args=(task_r, result_w, worker.spec),
-                                    name=f"indexer-{worker.label}", daemon=True)
-        process.start()
-        task_r.close()  # the worker holds these ends; ours would hide its death (no EOF)
-        result_w.close()
-        worker.process, worker.tasks, worker.results = process, task_w, result_r
-        worker.state, worker.pid, worker.held = "starting", process.pid or 0, []
-        # A claim is bigger than a pipe's buffer: a send to a worker that does not read (hung, stopped)
-        # blocks. Its own thread sends, so that nothing holding the runner's lock ever waits on it.
-        worker.outbox = queue.SimpleQueue()
-        threading.Thread(target=_send_tasks, args=(task_w, worker.outbox), daemon=True,
-                         name=f"indexer-send-{worker.index}").start()
-
-    @staticmethod
-    def _close_pipes(worker: _Worker) -> None:
-        if worker.outbox is not None:
-            worker.outbox.put(_STOP_SENDING)
-        for conn in (worker.tasks, worker.results):
-            if conn is not None:
-                conn.close()
-
-    def _stop_all(self, grace: float = 5.0) -> None:
-        """Idle workers are told to exit, the others terminated; all are joined (killed after `grace`)."""
-        live = [w for w in self.workers if w.process is not None and w.state != "dead"]
-        for worker in live:
-            assert worker.process is not None
-            if worker.state == "ready" and not worker.held and worker.outbox is not None:
-                worker.outbox.put(None)  # its pipe is empty: the sender sends this at once
-            else:
-                worker.process.terminate()
-        deadline = time.monotonic() + grace
-        for worker in live:
-            assert worker.process is not None
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-        for worker in live:
-            worker.state = "dead"
-            self._close_pipes(worker)
-            with contextlib.suppress(ValueError):
-                worker.process.close()  # type: ignore[union-attr]
-
-    def _await_first(self, timeout: float) -> ModelInfo:
+    def _wait(self, done: Callable[[], bool], timeout: float, too_late: str) -> None:
+        """Block until `done()`; raise the run's failure if it failed meanwhile, or IndexerError(too_late)
+        after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self._ready:
-            while self._info is None and self._broken is None:
+            while self._broken is None and not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise IndexerError(
-                        f"no {self.kind} worker loaded model {self.workers[0].spec.model!r} within "
-                        f"{timeout:.0f}s; check memory and the model, or use fewer workers")
+                    raise IndexerError(too_late)
                 self._ready.wait(min(left, 0.5))  # short waits, so that Ctrl-C gets through
         if self._broken is not None:
             raise self._broken
-        assert self._info is not None
-        return self._info
 
     # -- the monitor thread: results, deaths, restarts
 
@@ -585,7 +235,7 @@ class ProcessRunner:
                     self._receive(w)  # a last message may still be in the pipe
                     self._died(w, process)
 
-    def _receive(self, worker: _Worker) -> None:
+    def _receive(self, worker: WorkerHandle) -> None:
         conn, process = worker.results, worker.process
         try:
             while conn is not None and not conn.closed and conn.poll():
@@ -594,7 +244,7 @@ class ProcessRunner:
             if process is not None:
                 self._died(worker, process)
 
-    def _kill_hung(self, live: list[_Worker]) -> None:
+    def _kill_hung(self, live: list[WorkerHandle]) -> None:
         """SIGKILL every busy worker past the hang deadline; its death (the sentinel) does the rest."""
         deadline = self.heartbeats.deadline()
         if deadline is None:
@@ -611,14 +261,14 @@ class ProcessRunner:
                     with contextlib.suppress(OSError):
                         w.process.kill()
 
-    def _beat(self, worker: _Worker) -> None:
+    def _beat(self, worker: WorkerHandle) -> None:
         """The worker finished a batch or a claim (under the lock)."""
         now = time.monotonic()
         if worker.last_beat is not None:
             self.heartbeats.gap(now - worker.last_beat)
         worker.last_beat = now if worker.held else None
 
-    def _handle(self, worker: _Worker, message: BatchFinished | tuple[Any, ...]) -> None:
+    def _handle(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         if isinstance(message, BatchFinished):
             with self._lock:
                 task = next((t for t in worker.held if t.id == message.task), None)
@@ -626,15 +276,14 @@ class ProcessRunner:
             if task is not None and task.on_batch is not None:
                 task.on_batch(message.texts)
             return
-        kind = message[0]
-        settle: tuple[_Task, EmbedResult | BaseException] | None = None
+        settle: tuple[Task, EmbedResult | BaseException] | None = None
         with self._lock:
             if self._closed:
                 return
-            if kind == "ready":
-                _, worker.pid, info, limits, peak = message
-                worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
-                self._remember_limits(worker, limits)
+            if isinstance(message, Ready):
+                worker.pid = message.pid
+                self._reported(worker, message)
+                info = message.info
                 if self._info is not None and info != self._info:
                     self._break(IndexerError(
                         f"{worker.name()} loaded model {info.model!r} as {info}, but the first worker "
@@ -647,107 +296,69 @@ class ProcessRunner:
                     if self._info is None:
                         self._info = info
                     self._ready.notify_all()
-            elif kind == "load_failed":
+            elif isinstance(message, LoadFailed):
                 self._break(ModelLoadError(
-                    f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message[1]}"))
+                    f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message.reason}"))
                 return
-            elif kind in ("result", "error"):
-                task = next((t for t in worker.held if t.id == message[1]), None)
-                if task is not None:
-                    worker.held.remove(task)
-                    self._beat(worker)
-                    worker.clock.claim_done(message[-1], time.monotonic())
-                    if kind == "result":
-                        vectors, failures, limits, peak, _ = message[2:]
-                        worker.peak_rss_mb = max(worker.peak_rss_mb, peak)
-                        self._remember_limits(worker, limits)
-                        settle = (task, (vectors, failures))
-                    else:
-                        settle = (task, EmbeddingError(
-                            f"{worker.name()} failed to embed a claim of {len(task.texts)} texts: "
-                            f"{message[2]}"))
+            elif (task := worker.answered(message.task, message.started)) is not None:
+                self._beat(worker)
+                if isinstance(message, Embedded):
+                    self._reported(worker, message)
+                    settle = (task, (message.vectors, message.failures))
+                else:
+                    settle = (task, EmbeddingError(
+                        f"{worker.name()} failed to embed a claim of {len(task.texts)} texts: "
+                        f"{message.reason}"))
             self._dispatch()
         if settle is not None:
             task, outcome = settle
-            if isinstance(outcome, BaseException):
-                _fail(task.future, outcome)
-            elif not task.future.done():
-                task.future.set_result(outcome)
+            task.settle(outcome)
 
-    def _remember_limits(self, worker: _Worker, limits: tuple[int, int | None]) -> None:
-        batch_size, batch_tokens = limits
-        if batch_size < worker.spec.batch_size:
-            self._warnings.append(
-                f"{self.kind}: {worker.label} ran out of memory; its batch size went from "
-                f"{worker.spec.batch_size} to {batch_size} for the rest of the run")
-        # the spec is what a restart loads with, so a restarted worker keeps the limits it found
-        if (batch_size, batch_tokens) != (worker.spec.batch_size, worker.spec.batch_tokens):
-            worker.spec = replace(worker.spec, batch_size=batch_size, batch_tokens=batch_tokens)
+    def _reported(self, worker: WorkerHandle, message: Ready | Embedded) -> None:
+        if (shrank := worker.reported(message.limits, message.peak_rss_mb)) is not None:
+            self._warnings.append(f"{self.kind}: {shrank}")
 
     def stats(self) -> dict[str, object]:
-        """For the sync summary's backend_stats (its "warnings" join the summary's warnings).
-
-        busy/idle/starved_seconds_per_worker: each worker's time from its first claim to the runner's
-        close (or to now, before it: the driver reads these just before closing), with a claim in hand
-        or without; starved is the idle while work was pending: between a claim's result and the
-        worker's next claim, or after it until the driver's last submission (see _WorkTime).
-        idle_share and starved_share: of all workers' time together (None before any claim)."""
+        """For the sync summary's backend_stats (its "warnings" join the summary's warnings); the
+        workers' busy, idle and starved time up to the close (or to now, before it: the driver reads
+        these just before closing) as work_time_stats says."""
         with self._lock:
+            now = self._closed_at if self._closed_at is not None else time.monotonic()
             out: dict[str, object] = {
                 "backend": self.kind, "workers": len(self.workers),
                 "threads_per_worker": [w.spec.threads for w in self.workers],
                 "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "workers_hung": self.hung,
                 "restarts": self.restarts, "peak_rss_mb_per_worker": [w.peak_rss_mb for w in self.workers],
-                **self._work_time(), "warnings": list(self._warnings)}
+                **work_time_stats(self.workers, now, self._last_submit),
+                "warnings": list(self._warnings)}
             if any(w.spec.device is not None for w in self.workers):
                 out["devices"] = [w.spec.device for w in self.workers]
         return out
-
-    def _work_time(self) -> dict[str, object]:
-        """The busy and idle part of stats() (under the lock)."""
-        now = self._closed_at if self._closed_at is not None else time.monotonic()
-        # Rounded to the millisecond first, so that the shares are those of the figures reported.
-        times = [tuple(round(t, 3) for t in w.clock.so_far(
-            w.held[0].sent_at if w.held and w.state == "ready" else None, now, self._last_submit))
-            for w in self.workers]
-        total = sum(busy + idle for busy, idle, _ in times)
-        return {"busy_seconds_per_worker": [busy for busy, _, _ in times],
-                "idle_seconds_per_worker": [idle for _, idle, _ in times],
-                "starved_seconds_per_worker": [starved for _, _, starved in times],
-                "idle_share": round(sum(idle for _, idle, _ in times) / total, 4) if total else None,
-                "starved_share": round(sum(s for _, _, s in times) / total, 4) if total else None}
 
     @property
     def batch_sizes(self) -> list[int]:
         """The batch size each worker settled on (the gpus runner halves it on out-of-memory)."""
         return [w.spec.batch_size for w in self.workers]
 
-    def _died(self, worker: _Worker, process: BaseProcess) -> None:
+    def _died(self, worker: WorkerHandle, process: BaseProcess) -> None:
         """`process`, the worker's, has died (or closed its pipe): fail its claim, maybe restart it."""
-        lost: list[_Task] = []
+        lost: list[Task] = []
         with self._lock:
             if worker.process is not process or worker.state == "dead" or self._closed:
                 return  # noticed already (the pipe's EOF and the sentinel both tell)
             process.join(1.0)
             hung, worker.hung = worker.hung, False
             reason = "hung (no batch finished within the hang deadline) and was killed" if hung \
-                else _exit_reason(process.exitcode)
+                else exit_reason(process.exitcode)
             name = worker.name()
-            lost, worker.held = worker.held, []
-            if lost:  # its time on them counts as busy; its restart's model load as nothing
-                worker.clock.claim_done(lost[0].sent_at, time.monotonic())
-            worker.clock.until = None
             was_loading = worker.state == "starting"
-            worker.state = "dead"
-            worker.deaths += 1
-            worker.last_beat = None
+            lost = worker.mark_dead()
             self.lost += 1
             self.hung += hung
             death = (id(self), worker.index, worker.deaths)
-            self._close_pipes(worker)
             if self._broken is not None:  # the run has failed already: no restart
                 for task in lost:
-                    _fail(task.future, self._broken)
+                    task.fail(self._broken)
                 return
             if self.restarts >= self.max_restarts:
                 self._break(IndexerError(
@@ -759,13 +370,13 @@ class ProcessRunner:
                     *lost)
                 return
             self.restarts += 1
-            self._start(worker)
+            worker.start(self._ctx)
         what = "while loading the model" if was_loading else "while embedding a claim"
         lost_as = WorkerHung if hung else WorkerLost
         for task in lost:
-            _fail(task.future, lost_as(f"{name} {reason} {what}; restarted it", death))
+            task.fail(lost_as(f"{name} {reason} {what}; restarted it", death))
 
-    def _break(self, error: IndexerError, *extra: _Task) -> None:
+    def _break(self, error: IndexerError, *extra: Task) -> None:
         """Fail the run: every claim waiting or in work fails with `error`, and so does every later one."""
         self._broken = error
         tasks = [*extra, *self._queue]
@@ -776,7 +387,7 @@ class ProcessRunner:
         with self._ready:
             self._ready.notify_all()
         for task in tasks:
-            _fail(task.future, error)
+            task.fail(error)
 
     def _dispatch(self) -> None:
         """Send waiting claims to idle workers (under the lock)."""
@@ -785,31 +396,7 @@ class ProcessRunner:
             if not ready:
                 return
             worker = min(ready, key=lambda w: len(w.held))  # an idle worker first
-            task = self._queue.pop(0)
-            if not worker.held:  # the hang clock starts when work starts
-                worker.last_beat = time.monotonic()
-            task.sent_at = time.monotonic()
-            worker.held.append(task)
-            assert worker.outbox is not None
-            worker.outbox.put((task.id, task.texts))  # if it died just now, its sentinel fails the task
-
-
-_STOP_SENDING = object()
-
-
-def _send_tasks(conn: Connection, outbox: queue.SimpleQueue[Any]) -> None:
-    """A worker's sender thread: claims to its pipe, in order, until told to stop or the pipe breaks
-    (the worker died)."""
-    while (item := outbox.get()) is not _STOP_SENDING:
-        try:
-            conn.send(item)
-        except Exception:  # the pipe broke (the worker died) or was closed under us (it was stopped)
-            return
-
-
-def _fail(future: Future[EmbedResult], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+            worker.take(self._queue.pop(0))
 
 
 # -- construction ----------------------------------------------------------------------------------------

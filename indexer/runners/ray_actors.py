@@ -36,7 +36,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +48,7 @@ from .._signals import keep_stop_handlers
 from ..embedders import ModelInfo
 from ..errors import IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
+from ._cpus import pin_threads, set_torch_threads, usable_cpus
 from ._liveness import HangRule, Heartbeats, worker_peak_rss_mb
 from .inline import embed_texts
 
@@ -79,10 +79,7 @@ class EmbedActor:
 
     def __init__(self, model: str, batch_size: int, embedder_options: dict[str, object],
                  threads: int) -> None:
-        # Pin the math libraries to this actor's CPU share before torch starts its pools.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(threads)
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        pin_threads(threads)  # to this actor's CPU share, before torch starts its pools
         self.error: str | None = None
         self.embedder: Any = None
         self.batch_size = batch_size
@@ -93,9 +90,7 @@ class EmbedActor:
             self.embedder = load_embedder(model, batch_size=batch_size, **embedder_options)  # type: ignore[arg-type]
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
-        torch = sys.modules.get("torch")  # only a model that uses torch has imported it
-        if torch is not None:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)
         if self.embedder is not None:  # pay the first call's one-off costs now, during start-up
             with contextlib.suppress(Exception):
                 embed_texts(self.embedder, ["warm-up"])
@@ -183,11 +178,6 @@ class RayRunner:
         self._watcher.start()
 
     # -- the Runner protocol
-
-    @property
-    def actors(self) -> list[Any]:
-        """The actor handles, in worker order (diagnostics and tests)."""
-        return [s.handle for s in self.slots]
 
     def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
         out: Future[EmbedResult] = Future()
@@ -454,13 +444,6 @@ class RayRunner:
 
 # -- construction ----------------------------------------------------------------------------------------
 
-def _local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _connect(ray: Any, ray_address: str | None) -> bool:
     """Initialise Ray if this process has not; True if we did (and so must shut it down)."""
     if ray.is_initialized():
@@ -474,7 +457,7 @@ def _connect(ray: Any, ray_address: str | None) -> bool:
         try:
             # "local": a new instance even where RAY_ADDRESS or a `ray start` cluster would be found.
             with keep_stop_handlers():  # Ray's SIGTERM handler would exit without releasing claims
-                ray.init(address="local", num_cpus=_local_cpus(), **quiet)
+                ray.init(address="local", num_cpus=usable_cpus(), **quiet)
         except Exception as exc:
             raise IndexerError(f"could not start a local Ray instance: {_first_line(exc)}") from exc
         finally:
