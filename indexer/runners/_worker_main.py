@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedders import Embedder
+from ..embedders import Embedder, TokenizingEmbedder
 from ..errors import IndexerError
 from . import BatchDone, EmbedResult
 from ._cpus import pin_threads, set_torch_threads
@@ -72,7 +72,7 @@ def embedder_factory(path: str) -> Callable[..., Embedder]:
     return factory
 
 
-class _WorkerModel:
+class WorkerModel:
     """The model as a worker holds it, with the batch limits it has settled on."""
 
     def __init__(self, spec: WorkerSpec) -> None:
@@ -99,22 +99,21 @@ class _WorkerModel:
     def prepare(self, texts: list[str]) -> Any:
         """The texts tokenized (runs in the prefetch thread), or None: the embedder does not tokenize
         apart, or a text made the tokenizer fail and the claim is embedded text by text."""
-        tokenize = getattr(self.embedder, "tokenize", None)
-        if tokenize is None:
+        if not isinstance(self.embedder, TokenizingEmbedder):
             return None
         try:
-            return tokenize(texts)
+            return self.embedder.tokenize(texts)
         except Exception:
             return None
 
     def embed(self, texts: list[str], prepared: Any, on_batch: BatchDone) -> EmbedResult:
         from .inline import embed_text_by_text, embed_texts
 
-        if prepared is None:
-            return embed_texts(self.embedder, texts, on_batch, batch_size=self.limits.batch_size)
+        embedder = self.embedder
+        if prepared is None or not isinstance(embedder, TokenizingEmbedder):
+            return embed_texts(embedder, texts, on_batch, batch_size=self.limits.batch_size)
         try:
-            vectors = self.embedder.embed_tokenized(  # type: ignore[attr-defined]
-                prepared, shrink_on_oom=self.spec.adaptive, on_batch=on_batch)
+            vectors = embedder.embed_tokenized(prepared, shrink_on_oom=self.spec.adaptive, on_batch=on_batch)
         except Exception:
             return embed_text_by_text(self.embedder, texts, on_batch)
         return np.asarray(vectors, dtype=np.float32), {}
@@ -135,7 +134,7 @@ def _die_with_parent() -> None:
 _EOF = object()
 
 
-def _prefetch(tasks: Connection, model: _WorkerModel, ready: queue.Queue[Any]) -> None:
+def _prefetch(tasks: Connection, model: WorkerModel, ready: queue.Queue[Any]) -> None:
     """Receive claims and tokenize them while the previous one is on the model (the tokenizer releases
     the GIL), so that the model does not wait for the pipe or the CPU between claims."""
     try:
@@ -159,7 +158,7 @@ def run(tasks: Connection, results: Connection, spec: WorkerSpec) -> None:
     pin_threads(spec.threads, spec.tokenizer_threads)
     try:
         try:
-            model = _WorkerModel(spec)
+            model = WorkerModel(spec)
         except BaseException as exc:
             results.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
             return
