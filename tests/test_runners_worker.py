@@ -188,3 +188,25 @@ def test_usable_cpus_follow_the_affinity_mask_not_the_machine() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
     assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_a_worker_that_reported_nothing_yet_has_its_peak_read_from_the_kernel() -> None:
+    """A short sync can end while a worker still loads its model: it reported no peak, yet its live
+    process holds memory (the kernel's VmHWM), and that is what the summary reports; a gone one, what
+    it reported."""
+    from indexer.runners._messages import WorkerSpec
+    from indexer.runners._worker_handle import WorkerHandle
+
+    handle = WorkerHandle(0, WorkerSpec(model="fake:8", batch_size=1, embedder_options={}, threads=1), "w0")
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    process.start()
+    handle.process = process
+    try:
+        assert handle.peak_rss_mb == 0.0
+        assert (handle.peak_rss_so_far() > 1.0) == sys.platform.startswith("linux")
+    finally:
+        process.kill()
+        process.join()
+    process.close()
+    handle.peak_rss_mb = 42.0
+    assert handle.peak_rss_so_far() == 42.0

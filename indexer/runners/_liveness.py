@@ -57,17 +57,25 @@ class Heartbeats:
         return 1.0 if deadline is None else min(1.0, max(0.05, deadline / 4))
 
 
-def worker_peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB, as the kernel keeps it (so no peak is missed
-    between samples); 0 where the platform does not say. Linux: VmHWM, which starts afresh at exec;
-    not ru_maxrss, which a spawned worker inherits from the process it was forked from."""
+def process_peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory so far, in MiB, as the kernel keeps it (Linux: VmHWM, which
+    starts afresh at exec); 0 where the platform does not say or the process is gone."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024  # kB
-    except OSError:  # not Linux
+    except OSError:  # not Linux, or the process is gone
         pass
+    return 0.0
+
+
+def worker_peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB, as the kernel keeps it (so no peak is missed
+    between samples); 0 where the platform does not say. Linux: VmHWM; not ru_maxrss, which a spawned
+    worker inherits from the process it was forked from."""
+    if peak := process_peak_rss_mb():
+        return peak
     try:
         import resource
     except ImportError:  # not a Unix

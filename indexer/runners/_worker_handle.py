@@ -18,6 +18,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import BatchDone, EmbedResult
+from ._liveness import process_peak_rss_mb
 from ._messages import Claim, Limits, Stop, WorkerSpec
 from ._worker_main import run as worker_main
 
@@ -118,6 +119,15 @@ class WorkerHandle:
 
     def name(self) -> str:
         return f"{self.label} (pid {self.pid or (self.process.pid if self.process else 0)})"
+
+    def peak_rss_so_far(self) -> float:
+        """The largest peak its processes reported, or its live process's own as the kernel keeps it,
+        whichever is larger: a worker still loading its model when a short sync ends reported none."""
+        try:
+            pid = self.process.pid if self.process is not None and self.process.is_alive() else None
+        except ValueError:  # the process object was closed: its process is gone
+            pid = None
+        return self.peak_rss_mb if pid is None else max(self.peak_rss_mb, process_peak_rss_mb(pid))
 
     def start(self, ctx: SpawnContext) -> None:
         """Start a (new) process for this worker, loading the model of its spec."""

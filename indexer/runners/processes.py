@@ -328,7 +328,8 @@ class ProcessRunner:
                 "backend": self.kind, "workers": len(self.workers),
                 "threads_per_worker": [w.spec.threads for w in self.workers],
                 "batch_sizes": self.batch_sizes, "worker_deaths": self.lost, "workers_hung": self.hung,
-                "restarts": self.restarts, "peak_rss_mb_per_worker": [w.peak_rss_mb for w in self.workers],
+                "restarts": self.restarts,
+                "peak_rss_mb_per_worker": [w.peak_rss_so_far() for w in self.workers],
                 **work_time_stats(self.workers, now, self._last_submit),
                 "warnings": list(self._warnings)}
             if any(w.spec.device is not None for w in self.workers):
