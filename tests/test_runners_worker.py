@@ -190,6 +190,11 @@ def test_usable_cpus_follow_the_affinity_mask_not_the_machine() -> None:
     assert usable_cpus() == len(os.sched_getaffinity(0))
 
 
+def _running(started: Any) -> None:
+    started.set()
+    time.sleep(60)
+
+
 def test_a_worker_that_reported_nothing_yet_has_its_peak_read_from_the_kernel() -> None:
     """A short sync can end while a worker still loads its model: it reported no peak, yet its live
     process holds memory (the kernel's VmHWM), and that is what the summary reports; a gone one, what
@@ -198,10 +203,13 @@ def test_a_worker_that_reported_nothing_yet_has_its_peak_read_from_the_kernel() 
     from indexer.runners._worker_handle import WorkerHandle
 
     handle = WorkerHandle(0, WorkerSpec(model="fake:8", batch_size=1, embedder_options={}, threads=1), "w0")
-    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    process = ctx.Process(target=_running, args=(started,))
     process.start()
     handle.process = process
     try:
+        assert started.wait(60)  # the child runs Python: its interpreter is in memory
         assert handle.peak_rss_mb == 0.0
         assert (handle.peak_rss_so_far() > 1.0) == sys.platform.startswith("linux")
     finally:
