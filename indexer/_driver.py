@@ -142,8 +142,8 @@ CHUNK_WRITERS = 4
 
 class Writing:
     """A group whose chunks are being written, each whole and durably, side by side (the disk takes
-    several flushes at once for little more than one), while the driver claims and embeds the next
-    group; committed before it."""
+    several flushes at once for little more than one), while the driver commits the group before and
+    claims and embeds the next; committed before the next."""
 
     def __init__(self, writers: ThreadPoolExecutor, store: VectorStore, group: Group,
                  parts: Iterable[tuple[Claim, np.ndarray, dict[int, str]]]) -> None:

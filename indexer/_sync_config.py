@@ -159,6 +159,10 @@ class RunnerRequest:
 
     def make(self, config: EmbeddingConfig | None, summary: SyncSummary,
              on_progress: Callable[[Progress], None] | None) -> Runner:
+        """The runner that loads the model (or runs `embedder`). `--backend auto` is decided here, so
+        that the summary and the "load" progress event can say what was chosen."""
+        if self.embedder is not None:
+            return InlineRunner(self.embedder)
         if config is None:
             model, runtime, truncate_dim = self.model or DEFAULT_MODEL, self.runtime, self.truncate_dim
             prompt = self.prompt
@@ -166,41 +170,27 @@ class RunnerRequest:
             model, runtime = self.model or config.model, self.runtime or config.runtime
             truncate_dim = self.truncate_dim or config.truncate_dim
             prompt = config.prompt if self.prompt is None else self.prompt
-        return make_sync_runner(model, self.batch_size, self.batch_tokens, self.embedder, self.backend,
-                                self.backend_options,
-                                with_runtime(self.embedder_options, runtime, truncate_dim, prompt), summary,
-                                on_progress)
+        embedder_options = with_runtime(self.embedder_options, runtime, truncate_dim, prompt)
+        if self.batch_tokens and self.backend != "openai":  # the API packs its own requests
+            embedder_options["batch_tokens"] = self.batch_tokens
+        options = dict(self.backend_options or {})
+        runtime_name = str(embedder_options.get("runtime", "torch"))
+        chosen = self.backend
+        if chosen == "auto":
+            from .runners import auto
 
-
-def make_sync_runner(model: str, batch_size: int, batch_tokens: int | None, embedder: Embedder | None,
-                     backend: str, options: dict[str, object] | None,
-                     embedder_options: dict[str, object] | None, summary: SyncSummary | None = None,
-                     on_progress: Callable[[Progress], None] | None = None) -> Runner:
-    """The runner that loads `model` (or runs `embedder`). `--backend auto` is decided here, so that
-    the summary and the "load" progress event can say what was chosen."""
-    if embedder is not None:
-        return InlineRunner(embedder)
-    embedder_options = dict(embedder_options or {})
-    if batch_tokens and backend != "openai":  # the API packs its own requests
-        embedder_options["batch_tokens"] = batch_tokens
-    options = dict(options or {})
-    runtime = str(embedder_options.get("runtime", "torch"))
-    chosen = backend
-    if backend == "auto":
-        from .runners import auto
-
-        chosen, options = auto.choose(model, options, runtime)
-    layout = backend_layout(chosen, options)
-    if backend == "auto":
-        layout["chosen_by"] = "auto"
-    if summary is not None:
+            chosen, options = auto.choose(model, options, runtime_name)
+        layout = backend_layout(chosen, options)
+        if self.backend == "auto":
+            layout["chosen_by"] = "auto"
         summary.backend, summary.backend_settings = chosen, layout
-    if on_progress is not None:
-        how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in layout.items())
-        on_progress(Progress("load", 0, None, 0.0, None, psutil.Process().memory_info().rss / 2**20,
-                             detail=f"model {model} (runtime {runtime}; backend {chosen}"
-                                    + (f": {how}" if how else "") + ")"))
-    return make_runner(chosen, model, batch_size=batch_size, embedder_options=embedder_options, **options)
+        if on_progress is not None:
+            how = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in layout.items())
+            on_progress(Progress("load", 0, None, 0.0, None, psutil.Process().memory_info().rss / 2**20,
+                                 detail=f"model {model} (runtime {runtime_name}; backend {chosen}"
+                                        + (f": {how}" if how else "") + ")"))
+        return make_runner(chosen, model, batch_size=self.batch_size, embedder_options=embedder_options,
+                           **options)
 
 
 def backend_layout(backend: str, options: dict[str, object]) -> dict[str, object]:
