@@ -24,7 +24,7 @@ and an edit near the end of a chunk also changes the next chunk's overlap, so it
 The cheap path. A text that fits needs no tokenization when it provably fits: for a WordPiece
 tokenizer with BERT's normalizer, every token covers at least one character of the normalized text,
 and normalization maps a character to at most one character except those in `_EXPANDING` (Hangul
-syllables decompose into 2-3 jamo, a few Indic vowel signs into two, ...; tests/test_chunking.py
+syllables decompose into 2-3 jamo, a few Indic vowel signs into two, ...; tests/unit/test_chunking.py
 recomputes that set from the default model's normalizer). So a text of at most `budget` characters
 with none of those has at most `budget` tokens. Other tokenizers (byte-level BPE can spend several
 tokens on one character) always count.

@@ -1,13 +1,17 @@
-"""Shared test setup.
+"""Shared test setup: fixtures for every tier, and each test marked with its tier.
 
 Sets HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 at import, before any test module imports transformers:
 no test may reach a model hub.
 
+The tiers are folders: tests/unit (one part of the library on its own, fakes allowed), tests/integration
+(the whole pipeline through real parts: the model, processes, Ray, an HTTP server, LanceDB, the CLI) and
+tests/reliability (crashes, kills, faults, corruption, hostile input, concurrent processes). Each test
+gets its tier's marker, so `pytest -m unit` runs the fast tier alone. Plain helpers (served, write_jsonl,
+invoke, ...) are in tests/helpers.py.
+
 Fixtures (all cheap; use them instead of building your own):
 
-    write_jsonl     the function `write_jsonl(path, docs) -> path`: writes documents as JSONL. `docs` is a
-                    {id: text} dict, or a list of {"id", "text", ...} dicts / (id, text) pairs.
-                    Also importable as a plain function: `from conftest import write_jsonl`.
+    write_jsonl     the function `write_jsonl(path, docs) -> path` (helpers.write_jsonl).
     small_settings  Settings(chunk_rows=8, scan_batch=16, retry_attempts=3): small chunks, so that a few
                     dozen documents make several claims, chunks and scan batches.
     fake_embedder   a FakeEmbedder(16): deterministic unit vectors seeded by the text's hash, no model.
@@ -17,9 +21,6 @@ Fixtures (all cheap; use them instead of building your own):
                     OPENAI_API_KEY set to API_KEY and OPENAI_BASE_URL unset; turn its `behavior` knobs.
     no_network      every socket connection in this process fails (OSError); the list of addresses
                     tried, for asserting that nothing (or only what is unavoidable) was tried.
-
-Helpers: `Throttle(pid, stopped, running)`, a thread that makes a process slow but alive (SIGSTOP and
-SIGCONT in turn), for the hang-watch and progress tests.
 """
 
 from __future__ import annotations
@@ -29,13 +30,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import contextlib
-import json
-import signal
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,33 +41,19 @@ import pytest
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import Settings
 
+from helpers import FAKE_DIM, Docs, fake_vector, write_jsonl
+
 if TYPE_CHECKING:
     from openai_server import EmbeddingServer
 
-FAKE_DIM = 16
-
-Docs = Mapping[str, str] | Iterable[Mapping[str, object] | tuple[str, str]]
+TIERS = ("unit", "integration", "reliability")
 
 
-def write_jsonl(path: Path, docs: Docs) -> Path:
-    """Write `docs` to `path` as JSONL (one {"id", "text"} object a line) and return `path`.
-
-    `docs` is a {id: text} dict, or a list of dicts (written as given, extra fields included) or
-    (id, text) pairs."""
-    rows: list[Mapping[str, object]] = []
-    if isinstance(docs, Mapping):
-        rows = [{"id": k, "text": v} for k, v in docs.items()]
-    else:
-        for d in docs:
-            rows.append(d if isinstance(d, Mapping) else {"id": d[0], "text": d[1]})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def fake_vector(text: str, dim: int = FAKE_DIM) -> np.ndarray:
-    """The fake model's float32 vector for `text`."""
-    return FakeEmbedder(dim).embed([text])[0]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(name="write_jsonl")
@@ -115,85 +97,3 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddingServer]:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with EmbeddingServer(Behavior(api_key=API_KEY)) as srv:
         yield srv
-
-
-def corpus(n: int, distinct: int) -> list[dict[str, str]]:
-    """n documents over `distinct` texts: identical texts must share one content, embedded once."""
-    return [{"id": f"d{i:05d}", "text": f"text number {i % distinct} " + "x" * (i % distinct % 50)}
-            for i in range(n)]
-
-
-def served(index_dir: Path) -> dict[str, np.ndarray]:
-    """{id: vector} of every document the index at `index_dir` serves."""
-    from indexer import Index
-
-    with Index.open(index_dir) as idx:
-        ids, vecs = idx.vectors()
-        return dict(zip(list(ids), np.asarray(vecs), strict=True))
-
-
-def assert_same_vectors(a: Path, b: Path) -> None:
-    """The two indexes serve the same ids with bit-identical vectors."""
-    va, vb = served(a), served(b)
-    assert sorted(va) == sorted(vb)
-    for key, vec in va.items():
-        assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key
-
-
-def downgrade_to_schema_1(manifest: Path) -> None:
-    """Make a manifest look as an indexer of schema version 1 left it: drop every table and trigger that
-    a later migration created and the ledger rows of those migrations, and give `contents` (texts
-    back from `staged`), `claims` and `documents` (and its index) their first shape. (0005's columns
-    of `contents` need not go: 0003 rebuilds it from its first eight columns anyway.)"""
-    import sqlite3
-
-    from indexer.manifest import migrations_dir
-
-    first = sqlite3.connect(":memory:")
-    first.executescript(next(migrations_dir().glob("0001_*.sql")).read_text(encoding="utf-8"))
-    original = {n for (n,) in first.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    contents_sql = [sql for (sql,) in first.execute(
-        "SELECT sql FROM sqlite_master WHERE tbl_name = 'contents' AND sql IS NOT NULL ORDER BY type DESC")]
-    documents_index_sql = [sql for (sql,) in first.execute(
-        "SELECT sql FROM sqlite_master WHERE tbl_name = 'documents' AND type = 'index' AND sql IS NOT NULL")]
-    first.close()
-    conn = sqlite3.connect(manifest, isolation_level=None)
-    later = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-             if n not in original and n != "schema_migrations" and not n.startswith("sqlite_")]
-    triggers = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
-    conn.executescript("BEGIN; " + "".join(f'DROP TRIGGER "{n}"; ' for n in triggers)  # 1 had none
-                       + "ALTER TABLE contents RENAME TO contents_later; "
-                       + "".join(f"{sql}; " for sql in contents_sql)
-                       + """INSERT INTO contents (hash, state, chars, text, slot, attempts, error)
-                            SELECT c.hash, c.state, c.chars, s.text, c.slot, c.attempts, c.error
-                            FROM contents_later c LEFT JOIN staged s USING (seq) WHERE c.parts = 0;
-                            DROP TABLE contents_later;
-                            ALTER TABLE claims DROP COLUMN first_seq;
-                            ALTER TABLE claims DROP COLUMN last_seq;
-                            DROP INDEX documents_by_content;
-                            ALTER TABLE documents DROP COLUMN seq; """
-                       + "".join(f"{sql}; " for sql in documents_index_sql)
-                       + "".join(f'DROP TABLE "{n}"; ' for n in later)
-                       + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
-
-
-class Throttle(threading.Thread):
-    """Makes a worker slow but alive: SIGSTOP for `stopped` seconds, SIGCONT for `running`, over and over."""
-
-    def __init__(self, pid: int, stopped: float, running: float) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.stopped, self.running, self.done = pid, stopped, running, threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.done.is_set():
-                os.kill(self.pid, signal.SIGSTOP)
-                time.sleep(self.stopped)
-                os.kill(self.pid, signal.SIGCONT)
-                time.sleep(self.running)
-        except ProcessLookupError:
-            pass
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)

@@ -22,7 +22,7 @@ claims_per_worker + `prefetch` (default 1): one more waits in the runner and goe
 free. With one claim a worker, a worker that dies loses one claim (DESIGN.md: after a crash at most one
 claim per worker is redone), and waits for each next claim's round trip through the driver: with the
 fake model and claims of a few tens of milliseconds, 5-7% of its time even with work queued ahead
-(stats(): `starved_share`; tests/test_worker_time.py, bench/bench_pool.py). Two claims a worker (the
+(stats(): `starved_share`; tests/integration/test_worker_time.py, bench/bench_pool.py). Two claims a worker (the
 next already in its pipe, a thread receiving it meanwhile) remove that wait, at the price of that
 bound; the gpus runner takes two, to tokenize the next claim while the first is embedded.
 
