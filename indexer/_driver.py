@@ -177,9 +177,7 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     pipelined = settings.claim_seconds > 0 and most >= 2  # a group written while the next is embedded
     sizer = GroupSizer(settings.claim_seconds, most // 2 if pipelined else most, store.chunk_rows)
     writing: Writing | None = None
-    watch_for_hangs = getattr(runner, "watch_for_hangs", None)
-    if callable(watch_for_hangs):
-        watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
+    runner.watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
     renew_every = settings.lease_seconds / 3
     last_renew = time.monotonic()
     exhausted = False

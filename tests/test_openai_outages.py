@@ -216,6 +216,12 @@ class _DownRunner:
         future.set_result((np.full((len(texts), 8), np.nan, np.float32), failures))
         return future
 
+    def watch_for_hangs(self, rule: object) -> None:
+        pass
+
+    def stats(self) -> dict[str, object]:
+        return {}
+
     def close(self) -> None:
         pass
 
