@@ -1,6 +1,20 @@
-"""The Ray runner in the driver: `RayRunner` sends each claim to an actor (_ray_actor.py), polls the busy
-ones for progress, kills the hung, and follows Ray's restarts of the lost; the behaviour is described in
-ray_actors.py, which starts the actors and makes the runner."""
+"""The Ray runner in the driver: `RayRunner` sends the claims to the actors (_ray_actor.py) that
+ray_actors.make started, polls the busy ones for progress, and follows Ray's restarts of the lost.
+
+Each claim goes to the least busy live actor (round robin among equals), two claims per actor in flight
+so an actor never waits for the driver's write and commit. An actor that dies (process killed, node
+lost, out of memory) fails its claims with `WorkerLost`, so the driver releases them to pending; Ray
+restarts the actor (up to `max_restarts` times) and it gets work again once it has reloaded the model.
+An actor that cannot come back is dropped and the rest go on; when none is left, or a restart takes
+longer than `restart_timeout`, the claims fail with an IndexerError instead of waiting forever.
+
+Progress and hangs: each actor counts the texts of its current claim's finished batches, and the driver
+polls every busy actor for that count (a `progress` method in its own concurrency group, so it answers
+while `embed` runs) about every second. A new count is the batch progress the driver reports, and the
+actor's sign of life: an actor that holds a claim and shows no new count for longer than the hang
+deadline (runners/_liveness.py; a SIGSTOPped actor does not answer the poll at all) is killed (Ray
+restarts it, as after any death) and its claims fail with `WorkerHung`, so they go back to pending.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +37,7 @@ from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
 from ._liveness import HangRule, Heartbeats, hang_warning
 from ._ray_actor import PROGRESS_GROUP
 
-__all__ = ["CLAIMS_PER_ACTOR", "ActorSlot", "RayRunner", "first_line"]
+__all__ = ["ActorSlot", "RayRunner", "first_line"]
 
 CLAIMS_PER_ACTOR = 2
 

@@ -11,19 +11,8 @@ Without `ray_address` a local Ray instance is started, sized to this machine, an
 `ray start --address=...` beforehand; see docs/RAY.md). If Ray is already initialised in this process
 (a notebook, a test), that connection is used and left alone.
 
-Each claim goes to the least busy live actor (round robin among equals), two claims per actor in flight
-so an actor never waits for the driver's write and commit. An actor that dies (process killed, node
-lost, out of memory) fails its claims with `WorkerLost`, so the driver releases them to pending; Ray
-restarts the actor (up to `max_restarts` times) and it gets work again once it has reloaded the model.
-An actor that cannot come back is dropped and the rest go on; when none is left, or a restart takes
-longer than `restart_timeout`, the claims fail with an IndexerError instead of waiting forever.
-
-Progress and hangs: each actor counts the texts of its current claim's finished batches, and the driver
-polls every busy actor for that count (a `progress` method in its own concurrency group, so it answers
-while `embed` runs) about every second. A new count is the batch progress the driver reports, and the
-actor's sign of life: an actor that holds a claim and shows no new count for longer than the hang
-deadline (runners/_liveness.py; a SIGSTOPped actor does not answer the poll at all) is killed (Ray
-restarts it, as after any death) and its claims fail with `WorkerHung`, so they go back to pending.
+The actor, inside Ray, is _ray_actor.py; the runner in the driver, which sends the actors their claims,
+watches their progress and follows their restarts, is _ray_runner.py.
 
 Ray is an optional dependency: `pip install 'indexer[ray]'`.
 """
