@@ -4,7 +4,6 @@ in flight, their chunks written beside the commits (docs/ARCHITECTURE.md, "The d
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -182,8 +181,6 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     last_renew = time.monotonic()
     exhausted = False
     deaths: set[object] = set()
-    # A runner written before `on_batch` existed still works; its progress moves once per group.
-    batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
     outage = OutageWatch()
 
     @contextlib.contextmanager
@@ -254,8 +251,7 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
                 try:
                     group = Group(claims)
                     with step("embed"):
-                        future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
-                            else runner.submit(group.texts)
+                        future = runner.submit(group.texts, meter.on_batch(group))
                     in_flight[future] = group
                 except BaseException:  # Ctrl-C (or a runner error) before the group was in flight
                     for claim in claims:

@@ -206,7 +206,8 @@ class _DownRunner:
         self.capacity = 1
         self.calls = 0
 
-    def submit(self, texts: list[str]) -> concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]]:
+    def submit(self, texts: list[str], on_batch: object = None
+               ) -> concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]]:
         from indexer.runners import BackendFailure
 
         self.calls += 1
