@@ -28,7 +28,7 @@ from .errors import (
     ManifestError,
     StoreError,
 )
-from .manifest import Manifest, identify
+from .manifest import Manifest, chunks_snapshot, documents_snapshot, identify
 from .search import (
     ChunkRows,
     Hit,
@@ -42,14 +42,7 @@ from .search import (
 from .settings import Settings
 from .sources import open_sources
 from .store import VectorStore
-from .vectors import (
-    Chunks,
-    DocumentIds,
-    VectorView,
-    chunks_snapshot,
-    documents_snapshot,
-    vectors_of,
-)
+from .vectors import Chunks, DocumentIds, VectorView, vectors_of
 
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
            "vector_schema"]

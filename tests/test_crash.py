@@ -44,10 +44,10 @@ from click.testing import CliRunner
 from conftest import downgrade_to_schema_1
 
 import indexer
-from indexer._sql import SERVED_HASH
 from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest._sql import SERVED_HASH
 from indexer.settings import Settings
 
 N_DOCS = 2000

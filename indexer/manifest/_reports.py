@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 
 from .._owner import current_owner, owner_is_dead
-from .._sql import SERVED_HASH, in_batches
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
+from ._sql import SERVED_HASH, in_batches
 
 _QUERIES = named_queries("reports.sql")
 
