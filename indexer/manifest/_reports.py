@@ -126,7 +126,7 @@ class Reports(ManifestConnection):
 
     def chunk_checksums(self) -> dict[int, bytes]:
         """What `VectorStore.checksums_of` gave for each chunk when it was written (readers take the
-        whole file's part through `vectors.chunk_checksums`)."""
+        whole file's part through `_reads.chunk_file_checksums`)."""
         if not self._has_table("chunks"):
             return {}
         return dict(self.conn.execute(_QUERIES["chunk_checksums"]).fetchall())
