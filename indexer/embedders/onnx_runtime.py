@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch_end, excludes_prompt
+from ._tokenizing import Tokenized
+from .sentence_transformers import SentenceTransformerEmbedder, batch_end, excludes_prompt
 
 __all__ = ["FILES", "OnnxEmbedder", "cache_dir", "ensure_exported", "import_onnxruntime"]
 
