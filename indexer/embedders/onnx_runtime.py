@@ -54,7 +54,8 @@ FILES = {"onnx": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
 #     up-projections (docs/RUNTIMES.md has the measurements).
 EXPORT_FORMAT = "v2"
 OPSET = 17
-# The export must reproduce torch on every document (tests/integration/test_onnx_runtime.py measures the corpus).
+# The export must reproduce torch on every document (tests/integration/test_onnx_runtime.py measures
+# the corpus).
 EXPORT_MIN_COSINE = 0.9999
 # Mixed lengths, so that the trace and the check both see padding.
 _PROBE = ["a", "A longer sentence, so that the batch is padded: the attention mask has zeros in it.",

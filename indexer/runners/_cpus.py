@@ -4,9 +4,9 @@ libraries, shared by the local process pool (processes.py, gpus.py, auto.py) and
 
 The process pool's default workers x threads, with C the CPUs this process may use (its affinity mask):
     threads per worker   T = 1 below 8 CPUs, 2 below 16, else 4. One process's intra-op threads
-                         scale poorly (1 -> 2 threads gave 0.8 of linear, bench/RESULTS.md), so small
-                         machines get one thread per process; on big ones a few threads per process
-                         keep the number of model copies (memory, ~0.9 GB each measured) down
+                         scale below linear (bench/RESULTS.md, "backends"), so small machines get
+                         one thread per process; on big ones a few threads per process keep the
+                         number of model copies (each holds the model's memory) down
     workers              N = max(1, C // T), so N x T = C
 With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
 the default is therefore 2 workers x 1 thread.

@@ -13,11 +13,11 @@ The default workers x threads share out the CPUs this process may use (_cpus.py:
 Scheduling: each worker holds up to `claims_per_worker` (default 1) claims; `capacity` = workers x
 claims_per_worker + `prefetch` (default 1): one more waits in the runner and goes to the first worker
 free. With one claim a worker, a worker that dies loses one claim (DESIGN.md: after a crash at most one
-claim per worker is redone), and waits for each next claim's round trip through the driver: with the
-fake model and claims of a few tens of milliseconds, 5-7% of its time even with work queued ahead
-(stats(): `starved_share`; tests/integration/test_worker_time.py, bench/bench_pool.py). Two claims a worker (the
-next already in its pipe, a thread receiving it meanwhile) remove that wait, at the price of that
-bound; the gpus runner takes two, to tokenize the next claim while the first is embedded.
+claim per worker is redone), and waits for each next claim's round trip through the driver, a share
+of its time that grows as claims get shorter (stats(): `starved_share`; `python -m bench pool` measures
+it). Two claims a worker (the next already in its pipe, a thread receiving it meanwhile) remove that
+wait, at the price of that bound; the gpus runner takes two, to tokenize the next claim while the
+first is embedded.
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
