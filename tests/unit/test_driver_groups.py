@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sync import RecordingEmbedder, assert_serves, docs_of
 
 import indexer
 from indexer._driver import GroupSizer
@@ -26,6 +25,8 @@ from indexer.runners._liveness import HangRule
 from indexer.runners.inline import InlineRunner
 from indexer.settings import Settings
 from indexer.store import VectorStore
+
+from helpers import RecordingEmbedder, assert_serves, docs_of
 
 
 @pytest.fixture
