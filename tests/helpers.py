@@ -5,6 +5,7 @@ and subprocesses given the test process's sys.path find this module, tiny_model.
     ROOT                    the repository's root (subprocesses run from there)
     write_jsonl(path, docs) write documents as JSONL; `docs` is {id: text} or a list of dicts / pairs
     fake_vector(text, dim)  the fake model's vector (FakeEmbedder(dim)); FAKE_DIM is the fixtures' dim
+    cosines(a, b)           cosine similarity along the last axis (two vectors, or row by row), float64
     corpus(n, distinct)     n documents over `distinct` texts
     served(index_dir)       {id: vector} of every document the index serves
     assert_same_vectors     two indexes serve the same ids with bit-identical vectors
@@ -59,7 +60,16 @@ def write_jsonl(path: Path, docs: Docs) -> Path:
 
 def fake_vector(text: str, dim: int = FAKE_DIM) -> np.ndarray:
     """The fake model's float32 vector for `text`."""
-    return FakeEmbedder(dim).embed([text])[0]
+    vector: np.ndarray = FakeEmbedder(dim).embed([text])[0]
+    return vector
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity along the last axis (of two vectors, or row by row of two matrices), in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
+    found: np.ndarray = np.sum(a64 * b64, axis=-1) / norms
+    return found
 
 
 def corpus(n: int, distinct: int) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,7 +321,7 @@ def test_an_embedder_of_another_model_name_is_refused(ix: Path, small_settings: 
                                                 ({"normalize": False}, "normalize"),
                                                 ({"max_seq_length": 7}, "max_seq_length")])
 def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
-        ix: Path, small_settings: Settings, change: dict[str, object], field: str) -> None:
+        ix: Path, small_settings: Settings, change: dict[str, Any], field: str) -> None:
     indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
     before_store = chunk_files(ix)
     emb = RecordingEmbedder()
@@ -485,8 +486,8 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
         assert idx.verify().ok and idx.verify().notes == []
     after = served(ix)
     assert sorted(after) == sorted(before) == ids
-    for i in ids:
-        np.testing.assert_array_equal(after[i], before[i], err_msg=i)
+    for doc_id in ids:
+        np.testing.assert_array_equal(after[doc_id], before[doc_id], err_msg=doc_id)
     assert_serves(ix, docs)
 
     # a later sync has nothing to do, and a second compact nothing to pack

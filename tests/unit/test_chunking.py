@@ -45,6 +45,8 @@ from indexer.config import EmbeddingConfig, read_config
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import DEFAULT_MODEL, Settings
 
+from helpers import cosines
+
 FAKE = FakeEmbedder(16)
 SETTINGS = Settings(chunk_rows=8)
 WORDS = [w for w in re.findall(r"[a-z]+", " ".join(m for m in dir(str) + dir(dict) + dir(list)))] + [
@@ -200,7 +202,10 @@ def test_one_paragraph_edits_re_embed_a_median_of_at_most_two_chunks(tmp_path: P
     20+-chunk documents, each followed by a sync: chunks embedded per edit, from the sync's summary."""
     rng = random.Random(12)
     paragraphs = {f"doc{i}": [paragraph(rng) for _ in range(70)] for i in range(4)}
-    texts = lambda: [{"id": k, "text": "\n\n".join(v)} for k, v in paragraphs.items()]  # noqa: E731
+
+    def texts() -> list[dict[str, str]]:
+        return [{"id": k, "text": "\n\n".join(v)} for k, v in paragraphs.items()]
+
     first = indexer.sync(tmp_path / "ix", texts(), embedder=FAKE, chunk_tokens=40, settings=SETTINGS)
     with indexer.open(tmp_path / "ix") as idx:
         ordinals = idx.chunks().ordinals
@@ -235,7 +240,7 @@ class FailingFake:
 
 def mean_vector(parts: list[str]) -> np.ndarray:
     mean = FAKE.embed(parts).astype(np.float64).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return np.asarray(mean / np.linalg.norm(mean), dtype=np.float32)
 
 
 def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_done(tmp_path: Path) -> None:
@@ -268,7 +273,7 @@ def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_don
 
 def test_chunks_and_export_levels(tmp_path: Path) -> None:
     rng = random.Random(4)
-    docs = {"long": long_document(rng, 12), "short": "just a few words", "copy": None}
+    docs = {"long": long_document(rng, 12), "short": "just a few words"}
     docs["copy"] = docs["long"]
     indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
     with indexer.open(tmp_path / "ix") as idx:
@@ -414,20 +419,17 @@ def test_the_default_model_gives_a_fitting_document_its_vector_and_a_long_one_it
     assert summary.chunks == len(chunk_texts) > len(docs)
     assert all(tokens(tokenizer, t) <= 254 for t in chunk_texts)
 
-    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
     # a document that fits: exactly today's vector, the whole text through encode
-    assert cosine(got[:len(short)], model.encode(short, batch_size=1)).min() >= 0.9999
+    assert cosines(got[:len(short)], model.encode(short, batch_size=1)).min() >= 0.9999
     # each chunk: encode of its text
-    assert cosine(chunk_vectors, model.encode(chunk_texts, batch_size=1)).min() >= 0.9999
+    assert cosines(chunk_vectors, model.encode(chunk_texts, batch_size=1)).min() >= 0.9999
     # a long document: the normalized mean of encode over its chunks
     for k, (doc_id, _) in enumerate(docs[len(short):], start=len(short)):
         mine = [t for i, t in zip(chunks.ids, chunk_texts, strict=True) if i == doc_id]
         assert len(mine) >= 2
         mean = model.encode(mine, batch_size=1).astype(np.float64).sum(axis=0)
-        assert cosine(got[k], mean) >= 0.9999
+        assert cosines(got[k], mean) >= 0.9999
 
 
 @pytest.mark.model
