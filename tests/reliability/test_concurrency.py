@@ -33,7 +33,7 @@ import pytest
 import indexer
 from indexer.embedders.fake import FakeEmbedder
 
-from helpers import downgrade_to_schema_1
+from manifest_surgery import downgrade_to_schema_1
 
 N_DOCS = 3000
 CHUNK_ROWS = 16

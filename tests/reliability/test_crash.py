@@ -49,7 +49,7 @@ from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import Settings
 
-from helpers import downgrade_to_schema_1
+from manifest_surgery import downgrade_to_schema_1
 
 N_DOCS = 2000
 CHUNK_TOKENS = 60  # words: the short documents (at most 41) are one chunk, the long ones several
