@@ -110,7 +110,8 @@ class Inspection:
         try:
             yield self.conn
         finally:
-            self.conn.execute(_QUERIES["rollback"])
+            if self.conn.in_transaction:
+                self.conn.execute(_QUERIES["rollback"])
 
     # -- rows -------------------------------------------------------------------------------------
 
