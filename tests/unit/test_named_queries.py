@@ -1,8 +1,6 @@
 """The manifest's named queries (indexer/manifest/sql/): a file is read into its blocks, comments left
 out of the statements, a name given twice refused; each module that loads a file looks up only names
-the file has, and uses every query in it. Tests run no SQL on a manifest themselves: they read it
-through `Inspection` and damage it through `Tamper`, but for the older schemas' surgery in
-tests/manifest_surgery.py."""
+the file has, and uses every query in it."""
 
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ from indexer.manifest import _queries
 from indexer.manifest._queries import named_queries
 
 PACKAGE = Path(indexer.manifest.__file__).parent
-TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_blocks_are_read_by_name_without_their_comments(tmp_path: Path,
@@ -42,13 +39,3 @@ def test_every_name_looked_up_is_in_the_file_its_module_loads_and_every_query_is
     for filename, names in used.items():
         assert names == set(named_queries(filename)), filename
 
-
-def test_no_test_runs_sql_but_the_schema_surgery() -> None:
-    # A statement run by hand: .execute, .executemany, .executescript (a subclass calling its base's, and
-    # DuckDB reading an export, are not the manifest).
-    statement = re.compile(r"(?<!super\(\))(?<!duckdb)\." r"execute(many|script)?\(")  # (not this line)
-    running = [f"{path.relative_to(TESTS)}:{n}" for path in sorted(TESTS.rglob("*.py"))
-               if path.name != "manifest_surgery.py"
-               for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-               if statement.search(line)]
-    assert running == []
