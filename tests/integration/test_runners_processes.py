@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -31,6 +32,7 @@ import pytest
 from indexer import Index, IndexerError, Progress, sync
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ModelLoadError
+from indexer.manifest import Inspection
 from indexer.runners import BatchDone, EmbedResult, make_runner
 from indexer.runners import auto as auto_backend
 from indexer.runners._liveness import HangRule
@@ -63,18 +65,30 @@ def min_cosine(a: Path, b: Path) -> float:
     return float(cos.min())
 
 
-def query(index_dir: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(index_dir / "manifest.sqlite") as conn:
-        return conn.execute(sql).fetchall()
+T = TypeVar("T")
+
+
+def query(index_dir: Path, question: Callable[[Inspection], T]) -> T:
+    with Inspection.open(index_dir) as look:
+        return question(look)
+
+
+def held(look: Inspection) -> int:
+    """Staged texts held by a claim."""
+    return sum(1 for s in look.staged() if (s.claim_id or 0) > 0)
+
+
+def done(look: Inspection) -> int:
+    return look.contents_by_state()["done"]
 
 
 def committed_claims(index_dir: Path) -> int:
-    return int(query(index_dir, "SELECT count(*) FROM claims WHERE state = 'committed'")[0][0])
+    return query(index_dir, lambda look: sum(1 for c in look.claims().values() if c.state == "committed"))
 
 
 def last_run(index_dir: Path) -> tuple[str, dict[str, Any]]:
-    state, summary = query(index_dir, "SELECT state, summary FROM runs ORDER BY id DESC LIMIT 1")[0]
-    return state, json.loads(summary)
+    run = query(index_dir, lambda look: look.runs()[-1])
+    return run.state, json.loads(run.summary)  # type: ignore[arg-type]
 
 
 def check_consistent(index_dir: Path) -> dict[str, Any]:
@@ -329,10 +343,10 @@ def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, 
         sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
     assert len(watched.victims) == 1
     # Nothing stays claimed: the lost claim and the others in flight went back to pending.
-    assert query(tmp_path / "idx", "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
-    assert query(tmp_path / "idx", "SELECT count(*) FROM claims WHERE state = 'active'")[0][0] == 0
+    assert query(tmp_path / "idx", held) == 0
+    assert query(tmp_path / "idx", Inspection.active_claims) == 0
     assert last_run(tmp_path / "idx")[0] == "failed"
-    done_before = int(query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
+    done_before = query(tmp_path / "idx", done)
 
     again = sync(tmp_path / "idx", BIG, model=MODEL, settings=BIG_SETTINGS)
     assert again.embedded == len(BIG) - done_before and again.workers_lost == 0  # nothing done twice
@@ -433,9 +447,9 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=interrupt)
     assert gone(pids)
-    assert query(tmp_path / "idx", "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
+    assert query(tmp_path / "idx", held) == 0
     assert last_run(tmp_path / "idx")[0] == "interrupted"
-    done_before = int(query(tmp_path / "idx", "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
+    done_before = query(tmp_path / "idx", done)
     assert 0 < done_before < 2000
 
     again = sync(tmp_path / "idx", docs, model=MODEL, settings=settings)
@@ -491,10 +505,10 @@ def test_sigint_to_the_cli_process_group_stops_cleanly_and_the_next_sync_resumes
                                           if line.startswith(("SigBlk", "SigIgn"))])
     assert "interrupted" in err and "Traceback" not in err, err
     assert gone(workers)
-    assert query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0, (
-        query(index_dir, "SELECT id, state, owner FROM claims"), err)
+    assert query(index_dir, held) == 0, (
+        query(index_dir, Inspection.claims), err)
     assert last_run(index_dir)[0] == "interrupted"
-    done_before = int(query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
+    done_before = query(index_dir, done)
     assert 0 < done_before < n
 
     again = sync(index_dir, paths=[str(src)], settings=Settings(chunk_rows=64))

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ ray = pytest.importorskip("ray")
 
 from indexer import Index, IndexerError, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
+from indexer.manifest import Inspection  # noqa: E402
 from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
 from indexer.runners._liveness import HangRule  # noqa: E402
 from indexer.runners.ray_actors import INSTALL_HINT, RayRunner  # noqa: E402
@@ -58,8 +58,8 @@ def local_ray() -> Iterator[Any]:
 # -- helpers -------------------------------------------------------------------------------------------
 
 def committed_claims(index_dir: Path) -> int:
-    with sqlite3.connect(index_dir / "manifest.sqlite") as conn:
-        return int(conn.execute("SELECT count(*) FROM claims WHERE state = 'committed'").fetchone()[0])
+    with Inspection.open(index_dir) as look:
+        return sum(1 for c in look.claims().values() if c.state == "committed")
 
 
 def check_consistent(index_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ index from inside an embed call (to see what is served while a sync runs).
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,18 +22,15 @@ import indexer
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ConfigMismatchError
-from indexer.manifest import content_hash
+from indexer.manifest import Inspection, content_hash
 from indexer.settings import Settings
 
 from helpers import FAKE_DIM, RecordingEmbedder, assert_serves, docs_of, fake_vector, served, write_jsonl
 
 
 def dump(ix: Path) -> str:
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    try:
-        return "\n".join(conn.iterdump())
-    finally:
-        conn.close()
+    with Inspection.open(ix) as look:
+        return look.dump()
 
 
 def chunk_files(ix: Path) -> dict[str, bytes]:
@@ -249,10 +245,8 @@ def test_a_failing_document_fails_alone_with_its_reason(ix: Path, small_settings
         assert (status["done"], status["failed"], status["pending"]) == (10, 1, 0)
         [(doc, reason)] = idx.failures()
         assert doc == "poison" and "ValueError" in reason and "cannot embed" in reason
-        state, attempts, slot = idx.manifest.conn.execute(
-            "SELECT state, attempts, slot FROM contents WHERE hash = ?",
-            (content_hash(docs["poison"]),)).fetchone()
-        assert (state, attempts, slot) == ("failed", small_settings.retry_attempts, None)
+        poison = Inspection(idx.manifest.conn).contents()[content_hash(docs["poison"])]
+        assert (poison.state, poison.attempts, poison.slot) == ("failed", small_settings.retry_attempts, None)
         assert idx.verify().ok
 
     # a later sync does not try it again on its own ...
@@ -331,7 +325,7 @@ def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
     assert emb.calls == []
     assert chunk_files(ix) == before_store
     with indexer.open(ix) as idx:
-        claims = idx.manifest.conn.execute("SELECT count(*) FROM claims").fetchone()[0]
+        claims = len(Inspection(idx.manifest.conn).claims())
         assert claims == 1  # only the first sync's
         assert idx.config.dim == FAKE_DIM and idx.config.revision == "fake-3"
     assert_serves(ix, {"a": "alpha"})

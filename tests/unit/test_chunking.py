@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import sqlite3
 import statistics
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from indexer.chunking import _EXPANDING, Chunker, WordCounter, load_token_counte
 from indexer.cli import cli
 from indexer.config import EmbeddingConfig, read_config
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection, Tamper
 from indexer.settings import DEFAULT_MODEL, Settings
 
 from helpers import cosines
@@ -329,7 +329,7 @@ def test_compact_drops_the_chunks_of_old_versions_and_verify_stays_clean(tmp_pat
         assert idx.status()["contents"]["done"] == current
         verified = idx.verify()
         assert verified.ok and not verified.notes
-        wholes = idx.manifest.conn.execute("SELECT count(DISTINCT whole) FROM text_chunks").fetchone()[0]
+        wholes = len({t.whole for t in Inspection(idx.manifest.conn).text_chunks()})
         assert wholes == 1
 
 
@@ -337,10 +337,10 @@ def test_verify_finds_a_whole_done_with_a_chunk_that_is_not_and_repair_requeues_
     rng = random.Random(9)
     text = long_document(rng, 10)
     indexer.sync(tmp_path / "ix", [("doc", text)], embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
-    conn = sqlite3.connect(tmp_path / "ix" / "manifest.sqlite", isolation_level=None)
-    conn.execute("""UPDATE contents SET state = 'pending', slot = NULL WHERE hash =
-                    (SELECT hash FROM text_chunks WHERE ordinal = 2)""")
-    conn.close()
+    with Inspection.open(tmp_path / "ix") as look:
+        (third,) = [t.hash for t in look.text_chunks() if t.ordinal == 2]
+    with Tamper.open(tmp_path / "ix") as tamper:
+        tamper.unfinish_content(third)
     with indexer.open(tmp_path / "ix") as idx:
         report = idx.verify()
         assert not report.ok and any("chunk 2 is pending" in p for p in report.problems), report.problems
@@ -455,9 +455,9 @@ def test_no_chunking_counts_and_warns_about_truncated_documents(tmp_path: Path) 
 # -- long documents with the maintenance features: compact relocation, checksums, NaN rows -------------
 
 def long_slots(idx: indexer.Index, doc_id: str) -> list[int]:
-    return [s for (s,) in idx.manifest.conn.execute("""SELECT c.slot FROM documents d
-        JOIN text_chunks t ON t.whole = d.ready_hash JOIN contents c ON c.hash = t.hash
-        WHERE d.id = ? ORDER BY t.ordinal""", (doc_id,))]
+    look = Inspection(idx.manifest.conn)
+    whole, contents = look.documents()[doc_id].ready_hash, look.contents()
+    return [contents[t.hash].slot for t in look.text_chunks() if t.whole == whole]
 
 
 def test_snapshots_of_long_documents_follow_a_compact_that_moves_their_chunks(tmp_path: Path) -> None:
@@ -516,7 +516,7 @@ def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path:
         with pytest.raises(indexer.StoreError):
             idx.get(["long"])
     with indexer.open(tmp_path / "ix") as idx:
-        idx.manifest.conn.execute("DELETE FROM chunks")  # as if written before checksums were kept
+        Tamper(idx.manifest.conn).forget_checksums()  # as if written before checksums were kept
         _, vecs = idx.vectors()
         with pytest.raises(indexer.StoreError, match=rf"read as NaN \(slot\(s\) {slot}\)"):
             np.asarray(vecs)

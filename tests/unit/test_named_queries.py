@@ -38,3 +38,4 @@ def test_every_name_looked_up_is_in_the_file_its_module_loads_and_every_query_is
     assert set(used) == {path.name for path in (PACKAGE / "sql").glob("*.sql")}
     for filename, names in used.items():
         assert names == set(named_queries(filename)), filename
+
