@@ -1,7 +1,8 @@
 """The only SQL the tests write themselves: manifests as older indexers left them (schema surgery, in
 the table layouts of those older schemas, which no longer change), and SQLite files that are not an
-index's manifest. Everything else a test reads or does to a manifest goes through the manifest package
-(indexer.manifest's `Inspection` and `Tamper`).
+index's manifest; and `Tamper`, writes that damage or age a current manifest (test seams: no code of the
+indexer needs them, so they live here). Everything a test reads from a manifest goes through the
+manifest package (indexer.manifest's `Inspection`).
 
     apply_by_hand(db, files)        apply numbered migration files one at a time, as old indexers did
     downgrade_to_schema_1(manifest) make a manifest look as schema version 1 left it
@@ -12,6 +13,8 @@ index's manifest. Everything else a test reads or does to a manifest goes throug
     add_document_at_schema_1        a content and its document in schema 1's layout
     make_foreign_sqlite(directory)  someone else's SQLite database as manifest.sqlite
     make_blank_sqlite(path)         an SQLite header page: no table, no application_id
+    Tamper                          a claim's lease moved, checksums or config copy forgotten, counts
+                                    skewed, a content unfinished, a document misnumbered, a future migration
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import indexer
@@ -208,3 +212,53 @@ def make_blank_sqlite(path: Path) -> None:
     conn.execute("PRAGMA user_version = 0")
     conn.execute("VACUUM")
     conn.close()
+
+
+class Tamper:
+    """Writes that put a current manifest in a state that only a stalled worker, damage, an older or a
+    newer indexer leaves, so that tests can make one without their own SQL. Each write commits at once
+    (`conn` in autocommit mode). `Tamper.open(path)` opens a connection of its own (a manifest file, or
+    an index directory holding one); `Tamper(conn)` writes through one already open (a Manifest's,
+    between its transactions)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path) -> Iterator[Tamper]:
+        manifest = path / "manifest.sqlite" if path.is_dir() else path
+        conn = sqlite3.connect(f"{manifest.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+        try:
+            yield cls(conn)
+        finally:
+            conn.close()
+
+    def set_claim_expiry(self, claim_id: int, expires_at: float) -> None:
+        """Move a claim's lease: 0 has it run out (as if its worker stalled past lease_seconds)."""
+        self.conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?", (expires_at, claim_id))
+
+    def forget_checksums(self) -> None:
+        """No chunk checksum kept, as in an index written before they were."""
+        self.conn.execute("DELETE FROM chunks")
+
+    def forget_config(self) -> None:
+        """No copy of index.toml kept, as in an index made before it was."""
+        self.conn.execute("DELETE FROM config")
+
+    def skew_state_counts(self, state: str, documents: int, chunks: int) -> None:
+        """Add to the documents and chunks kept for `state`, so that they differ from the rows."""
+        self.conn.execute("UPDATE state_counts SET documents = documents + ?, chunks = chunks + ? "
+                          "WHERE state = ?", (documents, chunks, state))
+
+    def unfinish_content(self, content: bytes) -> None:
+        """Mark a done content pending, its slot forgotten, and nothing else changed."""
+        self.conn.execute("UPDATE contents SET state = 'pending', slot = NULL WHERE hash = ?", (content,))
+
+    def misnumber_document(self, doc_id: str) -> None:
+        """Point a document at the content numbered one past its own (documents.seq)."""
+        self.conn.execute("UPDATE documents SET seq = seq + 1 WHERE id = ?", (doc_id,))
+
+    def record_future_migration(self, version: int) -> None:
+        """A ledger row of a migration this indexer does not know, as a newer indexer leaves one."""
+        self.conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 0)", (version,))

@@ -22,7 +22,8 @@ the modules share about writing SQL (`_sql`: the content a document serves, `IN 
 Open a Manifest in the process that uses it: a connection is never shared across processes.
 
 Beside the Manifest, for tests and checks: `_inspect` (`Inspection`: read-only answers about its rows
-and schema, as plain values) and `_tamper` (`Tamper`: test seams that damage or age a manifest).
+and schema, as plain values). Writes that only tests make (damage, older schemas) live in the tests
+(tests/manifest_surgery.py).
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ from ._records import Claim, Finished, ScanCounts, content_hash
 from ._reports import Reports
 from ._scan import Scan
 from ._scan_input import ScanInput, scan_input
-from ._tamper import Tamper
 
 __all__ = ["APPLICATION_ID", "Claim", "Finished", "Inspection", "Manifest", "ReadSnapshot", "ScanCounts",
-           "ScanInput", "ServedRows", "Tamper", "chunk_file_checksums", "chunks_snapshot", "content_hash",
+           "ScanInput", "ServedRows", "chunk_file_checksums", "chunks_snapshot", "content_hash",
            "documents_snapshot", "identify", "migrations_dir", "push_deletes", "push_upserts",
            "scan_input", "served_chunk_count", "served_chunks_among", "served_count",
            "served_documents_among", "served_hashes", "snapshot", "whole_chunk_slots"]

@@ -21,9 +21,9 @@ import pytest
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import Tamper
 
 from helpers import served
+from manifest_surgery import Tamper
 
 CHUNK_ROWS = 16
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", INDEXER_CHUNK_ROWS=str(CHUNK_ROWS))

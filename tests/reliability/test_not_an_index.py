@@ -19,10 +19,9 @@ import zarr
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from indexer.manifest import Tamper
 
 from helpers import fake_vector, served, write_jsonl
-from manifest_surgery import make_blank_sqlite, make_foreign_sqlite
+from manifest_surgery import Tamper, make_blank_sqlite, make_foreign_sqlite
 
 DOCS = {f"d{i:02d}": f"text {i} " + "w " * (i % 5) for i in range(40)}
 ENV = {"INDEXER_CHUNK_ROWS": "8"}

@@ -42,10 +42,11 @@ from indexer.chunking import _EXPANDING, Chunker, WordCounter, load_token_counte
 from indexer.cli import cli
 from indexer.config import EmbeddingConfig, read_config
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import Inspection, Tamper
+from indexer.manifest import Inspection
 from indexer.settings import DEFAULT_MODEL, Settings
 
 from helpers import cosines
+from manifest_surgery import Tamper
 
 FAKE = FakeEmbedder(16)
 SETTINGS = Settings(chunk_rows=8)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import Inspection, Tamper
+from indexer.manifest import Inspection
 from indexer.settings import Settings
 
 from helpers import FAKE_DIM, fake_vector, served
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 

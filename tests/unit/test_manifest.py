@@ -21,9 +21,11 @@ import xxhash
 
 from indexer._owner import _owner_of, current_owner, owner_is_dead
 from indexer.errors import LeaseLostError, ManifestError
-from indexer.manifest import Claim, Finished, Inspection, Manifest, ScanCounts, Tamper, content_hash
+from indexer.manifest import Claim, Finished, Inspection, Manifest, ScanCounts, content_hash
 from indexer.settings import Settings
 from indexer.sources import Record, Skip
+
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=4, scan_batch=16, retry_attempts=3, lease_seconds=600.0)
 REMOTE_A = "some-other-host|1234|1.000"  # a worker on another machine: never seen as dead from here

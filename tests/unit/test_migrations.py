@@ -16,19 +16,12 @@ import pytest
 
 import indexer
 from indexer.errors import ManifestError
-from indexer.manifest import (
-    Inspection,
-    Manifest,
-    ScanCounts,
-    Tamper,
-    _migrations,
-    content_hash,
-    migrations_dir,
-)
+from indexer.manifest import Inspection, Manifest, ScanCounts, _migrations, content_hash, migrations_dir
 from indexer.settings import Settings
 from indexer.sources import Record
 
 from manifest_surgery import (
+    Tamper,
     add_document_at_schema_1,
     add_rows_before_staged_texts,
     add_rows_before_state_counts,

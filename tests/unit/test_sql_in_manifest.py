@@ -1,8 +1,8 @@
 """Every SQL statement indexer runs is written in the manifest package (indexer/manifest/: its named
 queries in sql/, and the statements composed from shared parts in its modules); the rest of indexer
 asks the manifest's functions and never writes SQL itself. Nor do the tests: they read a manifest through
-`Inspection` and damage it through `Tamper` (indexer/manifest/), all but the older schemas' surgery in
-tests/manifest_surgery.py."""
+`Inspection` (indexer/manifest/); the few writes only a test makes (damage, older schemas' layouts) are
+in one module, tests/manifest_surgery.py."""
 
 from __future__ import annotations
 

@@ -17,11 +17,13 @@ import numpy as np
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import Inspection, ScanCounts, Tamper
+from indexer.manifest import Inspection, ScanCounts
 from indexer.manifest._hash_join import lookup
 from indexer.manifest._reads import _documents
 from indexer.settings import Settings
 from indexer.sources import Record
+
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 
