@@ -34,6 +34,7 @@ from .manifest import Manifest, ScanCounts
 from .runners import Runner
 from .settings import DEFAULT_MODEL
 from .sources import IterableSource, Record, Skip, Source, Template, open_sources
+from .states import RunState
 from .sync_options import DEFAULT_MAX_DELETE, SyncOptions
 
 __all__ = ["DEFAULT_MAX_DELETE", "Progress", "SyncOptions", "SyncSummary", "sync"]
@@ -134,7 +135,7 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
     except BaseException:
         held.close()
         raise
-    state = "failed"
+    state = RunState.FAILED
     try:
         _scan(manifest, readers, summary, options, on_progress, chunker,
               index is not None and index.config.chunking)
@@ -145,13 +146,13 @@ def sync(index_dir: str | Path, sources: Iterable[object] | Iterable[str] | None
             config = index.config
             _embed_all(index, summary, on_progress,
                        runner or (lambda: request.make(config, summary, on_progress)))
-        state = "finished"
+        state = RunState.FINISHED
         if options.delete_missing and summary.incomplete_sources:
             raise IncompleteSourceError(
                 "--delete-missing deleted nothing: " + "; ".join(summary.incomplete_sources)
                 + ". The documents read were synced; re-create the source whole and sync again", summary)
     except KeyboardInterrupt:
-        state = "interrupted"
+        state = RunState.INTERRUPTED
         raise
     finally:
         summary.seconds = time.perf_counter() - t0
