@@ -44,6 +44,12 @@ class ProgressBar:
         left = f"left {self._tqdm.format_interval(p.eta_s)}, " if p.eta_s is not None else ""
         self.bar.set_postfix_str(f"{left}rss {p.rss_mb:.0f} MB", refresh=False)
 
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -7,7 +7,7 @@ import sqlite3
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import click
@@ -185,14 +185,11 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, as_json: bool, quiet: boo
     bar = ProgressBar() if not quiet and on_terminal else None
     given = click.get_current_context().get_parameter_source("batch_size") is ParameterSource.COMMANDLINE
     refused: IncompleteSourceError | None = None
-    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet):
+    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet), bar or nullcontext():
         try:
             summary = sync(index_dir, paths=sources, options=sync_options(flags, given), on_progress=bar)
         except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
             refused, summary = exc, cast(SyncSummary, exc.summary)
-        finally:
-            if bar is not None:
-                bar.close()
     if not quiet:
         for line in sync_report(summary, index_dir, _network_filesystem(index_dir)):
             click.echo(line, err=True)
