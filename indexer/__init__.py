@@ -2,6 +2,7 @@
 
     import indexer
     summary = indexer.sync("myindex", docs)          # docs: {"id", "text"} dicts or (id, text) pairs
+    indexer.sync("myindex", docs, indexer.SyncOptions(model="all-MiniLM-L6-v2", delete_missing=True))
     idx = indexer.open("myindex")
     ids, vecs = idx.vectors()                        # read-only, lazily read, rows aligned with ids
 """
@@ -27,6 +28,7 @@ from .errors import (
 from .index import CompactReport, Index, VerifyReport, read_ids
 from .settings import DEFAULT_MODEL, Settings
 from .sync import Progress, SyncSummary, sync
+from .sync_options import SyncOptions
 from .vectors import DocumentIds, VectorView
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "Settings",
     "SourceError",
     "StoreError",
+    "SyncOptions",
     "SyncSummary",
     "VectorView",
     "VerifyReport",

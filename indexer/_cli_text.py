@@ -1,11 +1,17 @@
-"""What the `indexer` command prints: the progress bar, the sync's last line, the status report."""
+"""What the `indexer` command prints: the progress bar and each command's report as text."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._progress import Progress, SyncSummary
+from .search import Hit, snippet
+
+if TYPE_CHECKING:
+    from ._compact import CompactReport
+    from ._verify import VerifyReport
+    from .push import PushReport
 
 
 class ProgressBar:
@@ -38,10 +44,29 @@ class ProgressBar:
         left = f"left {self._tqdm.format_interval(p.eta_s)}, " if p.eta_s is not None else ""
         self.bar.set_postfix_str(f"{left}rss {p.rss_mb:.0f} MB", refresh=False)
 
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def sync_report(s: SyncSummary, index_dir: str, network_filesystem: str | None) -> list[str]:
+    """What `indexer sync` says on stderr when it ends: its warnings (the first 20), a warning if the
+    index lies on a network filesystem, and its last line."""
+    lines = [f"indexer: warning: {w}" for w in s.warnings[:20]]
+    if s.skipped > 20:
+        lines.append(f"indexer: warning: ... {s.skipped - 20} more skipped record(s) "
+                     "(all are listed in --json)")
+    if network_filesystem:
+        lines.append(f"indexer: warning: {index_dir} is on a network filesystem ({network_filesystem}); "
+                     "SQLite locking is unsafe there. Keep the index on a local disk.")
+    return [*lines, sync_line(s, index_dir)]
 
 
 def sync_line(s: SyncSummary, index_dir: str) -> str:
@@ -106,3 +131,44 @@ def status_text(st: dict[str, Any], failures: list[tuple[str, str]]) -> str:
     for doc_id, reason in failures:
         lines.append(f"failed    {doc_id}: {reason}")
     return "\n".join(lines)
+
+
+def verify_text(report: VerifyReport) -> str:
+    """`indexer verify` as text: each problem and note, then the verdict."""
+    lines = [f"problem: {p}" for p in report.problems] + [f"note: {n}" for n in report.notes]
+    verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    lines.append(f"verify: {report.checked} vectors checked, {verdict}"
+                 + (f"; re-queued {report.repaired}: sync the same sources again to embed them"
+                    if report.repaired else ""))
+    return "\n".join(lines)
+
+
+def search_text(n: int, query: str, hits: list[Hit], passages: dict[str, str]) -> str:
+    """The hits of the `n`th query (1 the first) as text: rank, score, id, span and chunk a line, each
+    with its passage under it where `passages` (id -> text) has the document."""
+    lines = [f"{'' if n == 1 else chr(10)}query {n}: {' '.join(query.split())}"]
+    for rank, h in enumerate(hits, 1):
+        lines.append(f"{rank:4d}  {h.score:.4f}  {h.id}  [{h.start}:{h.end}] chunk {h.chunk}")
+        if h.id in passages:
+            lines.append(f"      {snippet(passages[h.id], h)}")
+    return "\n".join(lines)
+
+
+def push_report(report: PushReport, index_dir: str) -> list[str]:
+    """What `indexer push` says on stderr: its warnings, then what it sent."""
+    sent = f" ({report.upserted_rows} chunk rows)" if report.level == "chunks" else ""
+    return [*(f"indexer: warning: {w}" for w in report.warnings),
+            f"pushed {index_dir} to {report.target}: upserted {report.upserted} document(s){sent}, "
+            f"deleted {report.deleted}; the table has {report.rows} {report.level[:-1]} rows "
+            f"({report.seconds:.1f}s)"]
+
+
+def compact_line(r: CompactReport, index_dir: str) -> str:
+    return (f"compacted {index_dir}: dropped {r.contents_dropped} unused content(s), removed "
+            f"{r.orphan_chunks_removed} orphan chunk(s) and {r.partial_files_removed} unfinished "
+            f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}, freed "
+            f"{r.manifest_bytes_freed / 2**20:.1f} MiB of the manifest"
+            + (f", recorded the checksums of {r.checksums_recorded} older chunk(s)"
+               if r.checksums_recorded else "")
+            + (f"; {r.damaged_chunks_left} damaged chunk(s) left: run `indexer verify {index_dir} "
+               "--repair`" if r.damaged_chunks_left else ""))

@@ -13,14 +13,12 @@ from .chunking import Chunker, make_chunker
 from .config import EmbeddingConfig, difference_line, equivalent, same_weights
 from .embedders import Embedder, ModelInfo
 from .embedders.sentence_transformers import DEFAULT_MODEL_NAMES
-from .errors import (
-    ConfigMismatchError,
-    IndexerError,
-)
+from .errors import ConfigMismatchError
 from .index import Index
 from .runners import Runner, make_runner
 from .runners.inline import InlineRunner
 from .settings import DEFAULT_MODEL
+from .sync_options import SyncOptions
 
 
 def requested_config(i: ModelInfo, dtype: str, query_prompt: str, template: str) -> EmbeddingConfig:
@@ -42,15 +40,6 @@ def chunker_for(config: EmbeddingConfig) -> Chunker | None:
     (revision "api:HOST") is chunked at its per-input limit, counted as its backend counts."""
     return make_chunker(config.model, config.max_seq_length, config.prompt, config.chunk_tokens,
                         config.chunk_overlap, api=config.revision.startswith("api:"))
-
-
-def check_chunking(chunking: bool | None, chunk_tokens: int | None, chunk_overlap: int | None) -> None:
-    for name, value, least in (("--chunk-tokens", chunk_tokens, 1), ("--chunk-overlap", chunk_overlap, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise IndexerError(f"{name} must be a whole number of tokens, at least {least} (got {value!r})")
-    if chunking is False and (chunk_tokens or chunk_overlap):
-        raise IndexerError("--no-chunking embeds whole documents: --chunk-tokens and --chunk-overlap apply "
-                           "to chunked indexes only; give one or the other")
 
 
 def check_names(index: Index, asked: dict[str, object], revision: str | None = None) -> bool:
@@ -140,21 +129,25 @@ def named_prompt(model: str, name: str) -> str:
     return prompts[name]
 
 
+def settled(options: SyncOptions, existing: EmbeddingConfig | None) -> SyncOptions:
+    """`options` with what the index (`existing`: its configuration, None for a new one) settles: a
+    `prompt_name` turned into its prompt, from the model asked for (else the index's, else the
+    default), and an existing index's own template where none was asked."""
+    if options.prompt_name is not None:
+        model = options.model or (existing.model if existing else DEFAULT_MODEL)
+        options = replace(options, prompt=named_prompt(model, options.prompt_name), prompt_name=None)
+    if options.template is None and existing is not None:
+        options = replace(options, template=existing.template)
+    return options
+
+
 @dataclass(frozen=True)
 class RunnerRequest:
-    """How a sync was asked to embed: a model by name (or an `embedder`), the backend and its options,
-    the batch limits and how the model is loaded. `make` makes the runner for a new index, or for an
-    existing one, whose configuration fills in what was not asked."""
+    """How a sync was asked to embed: the settled `options` (a model by name, the backend and its
+    options, the batch limits and how the model is loaded), or an `embedder`. `make` makes the runner
+    for a new index, or for an existing one, whose configuration fills in what was not asked."""
 
-    model: str | None
-    batch_size: int
-    batch_tokens: int | None
-    backend: str
-    backend_options: dict[str, object] | None
-    embedder_options: dict[str, object] | None
-    runtime: str | None
-    truncate_dim: int | None
-    prompt: str | None
+    options: SyncOptions
     embedder: Embedder | None
 
     def make(self, config: EmbeddingConfig | None, summary: SyncSummary,
@@ -163,25 +156,27 @@ class RunnerRequest:
         that the summary and the "load" progress event can say what was chosen."""
         if self.embedder is not None:
             return InlineRunner(self.embedder)
+        asked = self.options
         if config is None:
-            model, runtime, truncate_dim = self.model or DEFAULT_MODEL, self.runtime, self.truncate_dim
-            prompt = self.prompt
+            model, runtime, truncate_dim = asked.model or DEFAULT_MODEL, asked.runtime, asked.truncate_dim
+            prompt = asked.prompt
         else:
-            model, runtime = self.model or config.model, self.runtime or config.runtime
-            truncate_dim = self.truncate_dim or config.truncate_dim
-            prompt = config.prompt if self.prompt is None else self.prompt
-        embedder_options = with_runtime(self.embedder_options, runtime, truncate_dim, prompt)
-        if self.batch_tokens and self.backend != "openai":  # the API packs its own requests
-            embedder_options["batch_tokens"] = self.batch_tokens
-        options = dict(self.backend_options or {})
+            model, runtime = asked.model or config.model, asked.runtime or config.runtime
+            truncate_dim = asked.truncate_dim or config.truncate_dim
+            prompt = config.prompt if asked.prompt is None else asked.prompt
+        embedder_options = with_runtime(asked.embedder_options, runtime, truncate_dim, prompt)
+        batch_tokens = asked.settings.batch_tokens if asked.batch_tokens is None else asked.batch_tokens
+        if batch_tokens and asked.backend != "openai":  # the API packs its own requests
+            embedder_options["batch_tokens"] = batch_tokens
+        options = dict(asked.backend_options or {})
         runtime_name = str(embedder_options.get("runtime", "torch"))
-        chosen = self.backend
+        chosen = asked.backend
         if chosen == "auto":
             from .runners import auto
 
             chosen, options = auto.choose(model, options, runtime_name)
         layout = backend_layout(chosen, options)
-        if self.backend == "auto":
+        if asked.backend == "auto":
             layout["chosen_by"] = "auto"
         summary.backend, summary.backend_settings = chosen, layout
         if on_progress is not None:
@@ -189,8 +184,8 @@ class RunnerRequest:
             on_progress(Progress("load", 0, None, 0.0, None, psutil.Process().memory_info().rss / 2**20,
                                  detail=f"model {model} (runtime {runtime_name}; backend {chosen}"
                                         + (f": {how}" if how else "") + ")"))
-        return make_runner(chosen, model, batch_size=self.batch_size, embedder_options=embedder_options,
-                           **options)
+        return make_runner(chosen, model, batch_size=asked.batch_size or asked.settings.batch_size,
+                           embedder_options=embedder_options, **options)
 
 
 def backend_layout(backend: str, options: dict[str, object]) -> dict[str, object]:

@@ -6,26 +6,32 @@ import json
 import sqlite3
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import click
 from click.core import ParameterSource
 
-from . import Index, IndexerError, Progress, SyncSummary, sync
-from ._cli_text import ProgressBar, status_text, sync_line
+from . import Index, IndexerError, SyncSummary, sync
+from ._cli_options import backend_flags, sync_options
+from ._cli_text import (
+    ProgressBar,
+    compact_line,
+    push_report,
+    search_text,
+    status_text,
+    sync_report,
+    verify_text,
+)
 from .config import DTYPES, RUNTIMES
 from .embedders import quiet_libraries
 from .errors import IncompleteSourceError, StopSignal
 from .index import EXPORT_FORMATS
 from .runners import BACKENDS
-from .runners._flags import backend_options
-from .search import QueryTruncatedWarning, snippet
+from .search import QueryTruncatedWarning
 from .settings import DEFAULT_MODEL, Settings
-from .sources import FolderFilter
-from .sync import DEFAULT_MAX_DELETE
+from .sync_options import DEFAULT_MAX_DELETE
 
 _DEFAULTS = Settings()
 
@@ -113,6 +119,10 @@ def cli() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True,
               help="At most this many texts per forward pass ([gpus] on CUDA and [openai]: only when "
                    "given).")
+@click.option("--batch-tokens", type=click.IntRange(min=0), default=None,
+              help=f"Padded tokens (texts x longest) per forward pass, texts of similar token length "
+                   f"together; 0: --batch-size alone. Default {_DEFAULTS.batch_tokens}; [gpus] on CUDA "
+                   "65536, halved on out-of-memory.")
 @click.option("--id-field", default="id", show_default=True, help="Id field or column.")
 @click.option("--text-field", default="text", show_default=True, help="Text field or column.")
 @click.option("--include", "include", multiple=True, metavar="GLOB",
@@ -139,26 +149,7 @@ def cli() -> None:
 @click.option("--backend", type=click.Choice(BACKENDS), default="inline", show_default=True,
               help="Where the model runs: this process, a CPU process pool, one process per GPU, Ray "
                    "actors, an OpenAI-compatible API, or auto.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="[processes, ray] Worker count.")
-@click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
-              help="[processes, ray] Torch threads per worker.")
-@click.option("--devices", default=None, help="[gpus] Comma-separated devices, e.g. 0,1 (default: all).")
-@click.option("--batch-tokens", type=click.IntRange(min=0), default=None,
-              help=f"Padded tokens (texts x longest) per forward pass, texts of similar token length "
-                   f"together; 0: --batch-size alone. Default {_DEFAULTS.batch_tokens}; [gpus] on CUDA "
-                   "65536, halved on out-of-memory.")
-@click.option("--hang-seconds", type=click.FloatRange(min=0), default=None, metavar="S",
-              help="[processes, gpus, ray] A worker that finishes no batch for max(S, 10x the median gap "
-                   f"between batches) is killed and replaced, its claim redone (default "
-                   f"{_DEFAULTS.hang_seconds:g}; 0: never).")
-@click.option("--ray-address", default=None, help="[ray] auto, or a cluster address; default: a local Ray.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, help="[ray] GPUs per actor.")
-@click.option("--base-url", default=None, help="[openai] API base URL (default: OPENAI_BASE_URL or OpenAI).")
-@click.option("--dimensions", type=click.IntRange(min=1), default=None, help="[openai] Output dimensions.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="[openai] Requests in flight.")
-@click.option("--rpm", type=click.IntRange(min=1), default=None, help="[openai] Requests per minute limit.")
-@click.option("--tpm", type=click.IntRange(min=1), default=None, help="[openai] Tokens per minute limit.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=None, help="[openai] Retries a request.")
+@backend_flags
 @click.option("--chunking/--no-chunking", default=None,
               help="Split documents longer than the model's window into chunks at paragraph, sentence and "
                    "word breaks, each embedded (an edit re-embeds only the chunks it changed); a document "
@@ -173,15 +164,7 @@ def cli() -> None:
               help="Repeat up to T tokens of the text before each chunk at its start, so that a passage "
                    "cut by a boundary is whole in one chunk; costs about N/(N-T) times the chunks, and an "
                    "edit may re-embed one more. New index: 0; existing: its own.")
-@click.option("--no-truncate", is_flag=True, default=False,
-              help="[openai] Fail inputs over the model's token limit instead of truncating them.")
-def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype: str | None,
-             runtime: str | None, truncate_dim: int | None, prompt: str | None, prompt_name: str | None,
-             query_prompt: str | None, template: str | None, batch_size: int, id_field: str,
-             text_field: str, include: tuple[str, ...], exclude: tuple[str, ...], hidden: bool,
-             delete_missing: bool, max_delete: float, dry_run: bool,
-             as_json: bool, quiet: bool, backend: str, chunking: bool | None, chunk_tokens: int | None,
-             chunk_overlap: int | None, **backend_flags: Any) -> None:
+def sync_cmd(sources: tuple[str, ...], index_dir: str, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Embed new and changed documents of SOURCES into the index at --index DIR.
 
     SOURCES are .jsonl, .jsonl.gz, .csv or .parquet files, single .txt/.md/.rst files (one document,
@@ -200,49 +183,27 @@ def sync_cmd(sources: tuple[str, ...], index_dir: str, model: str | None, dtype:
     """
     on_terminal = sys.stderr.isatty()
     bar = ProgressBar() if not quiet and on_terminal else None
-    progress: Callable[[Progress], None] | None = bar
-    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet):
+    given = click.get_current_context().get_parameter_source("batch_size") is ParameterSource.COMMANDLINE
+    refused: IncompleteSourceError | None = None
+    with _errors(), quiet_libraries(quiet or not on_terminal, errors_only=quiet), bar or nullcontext():
         try:
-            batch_tokens = backend_flags.pop("batch_tokens")
-            settings = Settings.from_env()
-            if (hang_seconds := backend_flags.pop("hang_seconds")) is not None:
-                settings = replace(settings, hang_seconds=hang_seconds)
-            source = click.get_current_context().get_parameter_source("batch_size")
-            given = source is ParameterSource.COMMANDLINE
-            options = backend_options(backend, backend_flags, batch_size if given else None, batch_tokens)
-            refused: IncompleteSourceError | None = None
-            try:
-                summary = sync(index_dir, paths=sources, model=model, dtype=dtype, batch_size=batch_size,
-                               delete_missing=delete_missing, max_delete=max_delete, dry_run=dry_run,
-                               id_field=id_field, text_field=text_field, on_progress=progress,
-                               backend=backend, backend_options=options, settings=settings,
-                               runtime=runtime, truncate_dim=truncate_dim, batch_tokens=batch_tokens,
-                               prompt=prompt, prompt_name=prompt_name, query_prompt=query_prompt,
-                               template=template, folder=FolderFilter(include, exclude, hidden),
-                               chunking=chunking, chunk_tokens=chunk_tokens,
-                               chunk_overlap=chunk_overlap)
-            except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
-                refused, summary = exc, cast(SyncSummary, exc.summary)
-        finally:
-            if bar is not None:
-                bar.close()
+            summary = sync(index_dir, paths=sources, options=sync_options(flags, given), on_progress=bar)
+        except IncompleteSourceError as exc:  # synced, but not deleted: report both, then exit 2
+            refused, summary = exc, cast(SyncSummary, exc.summary)
     if not quiet:
-        for w in summary.warnings[:20]:
-            click.echo(f"indexer: warning: {w}", err=True)
-        if summary.skipped > 20:
-            click.echo(f"indexer: warning: ... {summary.skipped - 20} more skipped record(s) "
-                       "(all are listed in --json)", err=True)
-        if Index.exists(index_dir):
-            with Index.open(index_dir) as idx:
-                fs = idx.network_filesystem()
-            if fs:
-                click.echo(f"indexer: warning: {index_dir} is on a network filesystem ({fs}); SQLite "
-                           "locking is unsafe there. Keep the index on a local disk.", err=True)
-        click.echo(sync_line(summary, index_dir), err=True)
+        for line in sync_report(summary, index_dir, _network_filesystem(index_dir)):
+            click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     if refused is not None:
         _fail(str(refused), refused.exit_code)
+
+
+def _network_filesystem(index_dir: str) -> str | None:
+    if not Index.exists(index_dir):
+        return None
+    with Index.open(index_dir) as idx:
+        return idx.network_filesystem()
 
 
 @cli.command()
@@ -282,17 +243,7 @@ def verify(index_dir: str, repair: bool, as_json: bool) -> None:
     """
     with _errors(), _open(index_dir) as idx:
         report = idx.verify(repair=repair)
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        for p in report.problems:
-            click.echo(f"problem: {p}")
-        for n in report.notes:
-            click.echo(f"note: {n}")
-        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        click.echo(f"verify: {report.checked} vectors checked, {verdict}"
-                   + (f"; re-queued {report.repaired}: sync the same sources again to embed them"
-                      if report.repaired else ""))
+    click.echo(json.dumps(report.to_dict()) if as_json else verify_text(report))
     if not report.ok and not report.repaired:
         sys.exit(1)
 
@@ -373,19 +324,11 @@ def search(index_dir: str, queries: tuple[str, ...], k: int, queries_file: str |
         if issubclass(w.category, QueryTruncatedWarning):
             click.echo(f"indexer: warning: {w.message}", err=True)
     for n, (query, hits) in enumerate(zip(texts, results, strict=True), 1):
-        if as_json:
-            click.echo(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False))
-            continue
-        click.echo(f"{'' if n == 1 else chr(10)}query {n}: {' '.join(query.split())}")
-        for rank, h in enumerate(hits, 1):
-            click.echo(f"{rank:4d}  {h.score:.4f}  {h.id}  [{h.start}:{h.end}] chunk {h.chunk}")
-            if h.id in passages:
-                click.echo(f"      {snippet(passages[h.id], h)}")
-    if sources and not as_json:
-        stale = {h.id for h in found} - set(passages)
-        if stale:
-            click.echo(f"indexer: warning: {len(stale)} hit document(s) not found in the sources with the "
-                       "text the index serves (changed or missing since the sync): spans only", err=True)
+        click.echo(json.dumps({"query": query, "hits": [h.to_dict() for h in hits]}, ensure_ascii=False)
+                   if as_json else search_text(n, query, hits, passages))
+    if sources and not as_json and (stale := {h.id for h in found} - set(passages)):
+        click.echo(f"indexer: warning: {len(stale)} hit document(s) not found in the sources with the "
+                   "text the index serves (changed or missing since the sync): spans only", err=True)
 
 
 @cli.command("push")
@@ -416,12 +359,8 @@ def push_cmd(index_dir: str, to: str, table: str, level: str | None, replace: bo
 
     with _errors(), _open(index_dir) as idx:
         report = push(idx, to, table=table, level=level, replace=replace)
-    for w in report.warnings:
-        click.echo(f"indexer: warning: {w}", err=True)
-    sent = f" ({report.upserted_rows} chunk rows)" if report.level == "chunks" else ""
-    click.echo(f"pushed {index_dir} to {report.target}: upserted {report.upserted} document(s){sent}, "
-               f"deleted {report.deleted}; the table has {report.rows} {report.level[:-1]} rows "
-               f"({report.seconds:.1f}s)", err=True)
+    for line in push_report(report, index_dir):
+        click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
 
@@ -437,18 +376,7 @@ def compact(index_dir: str, as_json: bool) -> None:
     """
     with _errors(), _open(index_dir) as idx:
         report = idx.compact()
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-        return
-    r = report
-    click.echo(f"compacted {index_dir}: dropped {r.contents_dropped} unused content(s), removed "
-               f"{r.orphan_chunks_removed} orphan chunk(s) and {r.partial_files_removed} unfinished "
-               f"write(s), packed {r.chunks_packed} sparse chunk(s) into {r.chunks_written}, freed "
-               f"{r.manifest_bytes_freed / 2**20:.1f} MiB of the manifest"
-               + (f", recorded the checksums of {r.checksums_recorded} older chunk(s)"
-                  if r.checksums_recorded else "")
-               + (f"; {r.damaged_chunks_left} damaged chunk(s) left: run `indexer verify {index_dir} "
-                  "--repair`" if r.damaged_chunks_left else ""))
+    click.echo(json.dumps(report.to_dict()) if as_json else compact_line(report, index_dir))
 
 
 def main() -> None:

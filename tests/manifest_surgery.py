@@ -91,7 +91,7 @@ def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_versio
     with `failed`, "f" failed for good after it had been embedded once)."""
     ix = tmp_path / "ix"
     docs = [("a", "alpha"), ("f", "failing")] if failed else [("a", "alpha")]
-    indexer.sync(ix, docs, embedder=fake_embedder, settings=settings)  # type: ignore[arg-type]
+    indexer.sync(ix, docs, indexer.SyncOptions(settings=settings), embedder=fake_embedder)  # type: ignore[arg-type]
     old = tmp_path / "old.sqlite"
     apply_by_hand(old, [f for f in sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql"))
                         if int(f.name[:4]) <= last_version])

@@ -70,7 +70,7 @@ BASELINE = "inline-1x1"
 # -- child -----------------------------------------------------------------------------------------------
 
 def child_indexer(name: str, corpus: str, index_dir: str, model: str, chunk_rows: int) -> None:
-    from indexer import sync
+    from indexer import SyncOptions, sync
     from indexer.runners import make_runner
     from indexer.runners.processes import ProcessRunner
     from indexer.settings import Settings
@@ -91,7 +91,8 @@ def child_indexer(name: str, corpus: str, index_dir: str, model: str, chunk_rows
         sampler = RssSampler(lambda: [p for p in runner.pids if p])
         runner.wait_ready()
     startup = time.perf_counter() - t
-    summary = sync(index_dir, paths=[corpus], settings=settings, runner=runner)  # closes the runner
+    summary = sync(index_dir, paths=[corpus], options=SyncOptions(settings=settings),
+                   runner=runner)  # closes the runner
     child_result({"config": name, "startup_s": startup, "embed_s": summary.embed_seconds,
                   "embedded": summary.embedded, "claims": summary.claims,
                   "worker_peaks_mb": sampler.stop()})

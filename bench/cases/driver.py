@@ -3,8 +3,9 @@
     python -m bench driver                          # 100k and 1M docs, this tree vs the merge base
     python -m bench driver --sizes 100000 --baseline "" --no-results
 
-Each run is `indexer.sync(fresh index, paths=[corpus], model="fake:384")` (what `indexer sync --model
-fake:384` runs: inline backend, default settings) in a fresh process, timed from before `import indexer`
+Each run is `indexer.sync(fresh index, paths=[corpus], options=SyncOptions(model="fake:384"))` (what
+`indexer sync --model fake:384` runs: inline backend, default settings) in a fresh process, timed from
+before `import indexer`
 to the sync's return ("whole sync": process start to exit, less the interpreter's own start-up). Where
 the time goes, from the sync's own summary (`SyncSummary.scan_seconds` and `step_seconds`, the wall
 seconds of the embed phase by driver step):
@@ -94,7 +95,11 @@ def child_sync(corpus: Path, index: Path, dim: int) -> None:
     hooked = "step_seconds" in {f.name for f in dataclasses.fields(indexer.SyncSummary)}
     timer = None if hooked else fallback_step_timer()
     shutil.rmtree(index, ignore_errors=True)
-    s = indexer.sync(index, paths=[str(corpus)], model=f"fake:{dim}")
+    model = f"fake:{dim}"
+    if hasattr(indexer, "SyncOptions"):
+        s = indexer.sync(index, paths=[str(corpus)], options=indexer.SyncOptions(model=model))
+    else:  # a baseline library from before SyncOptions takes its options as keywords
+        s = indexer.sync(index, paths=[str(corpus)], model=model)  # type: ignore[call-arg]
     total = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with indexer.open(index) as idx:

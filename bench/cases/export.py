@@ -44,7 +44,8 @@ def build(index: Path, n: int, dtype: str) -> None:
     from indexer.settings import Settings
 
     docs = ((f"doc-{i:07d}", f"document number {i}") for i in range(n))
-    indexer.sync(index, docs, model=f"fake:{DIM}", dtype=dtype, settings=Settings(chunk_rows=1024))
+    indexer.sync(index, docs,
+                 indexer.SyncOptions(model=f"fake:{DIM}", dtype=dtype, settings=Settings(chunk_rows=1024)))
 
 
 def check(index: Path, parquet: Path) -> bool:

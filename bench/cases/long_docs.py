@@ -11,8 +11,9 @@ past the page's first 256 tokens (the default model's window, counted with its o
 to 40 words, is mostly words, and occurs in no other page; its answer is its page. One query per page
 where such a sentence exists. Corpus and queries are written to bench/data/long_docs/ (deterministic).
 
-Arms, each a fresh index built by `indexer.sync(DIR, paths=[DOCS], chunking=...)` in a fresh process
-with the real default model (inline, float32), what `indexer sync DOCS --index DIR [--no-chunking]` runs:
+Arms, each a fresh index built by `indexer.sync(DIR, paths=[DOCS], options=SyncOptions(chunking=...))` in
+a fresh process with the real default model (inline, float32), what `indexer sync DOCS --index DIR
+[--no-chunking]` runs:
   chunked     chunking=True (the default: long pages chunked at the model's window)
   truncating  chunking=False (`--no-chunking`: one vector of each page's start)
 Before chunking existed, a sync always truncated: then only the truncating arm runs (said in the
@@ -121,7 +122,7 @@ def has_chunking() -> bool:
 
     import indexer
 
-    return "chunking" in inspect.signature(indexer.sync).parameters
+    return hasattr(indexer, "SyncOptions") or "chunking" in inspect.signature(indexer.sync).parameters
 
 
 def child_sync(index: Path, docs: Path, chunking: str) -> None:
@@ -129,8 +130,11 @@ def child_sync(index: Path, docs: Path, chunking: str) -> None:
 
     if chunking == "default":  # a library from before chunking
         summary = indexer.sync(index, paths=[str(docs)])
-    else:
-        summary = indexer.sync(index, paths=[str(docs)], chunking=chunking == "on")
+    elif hasattr(indexer, "SyncOptions"):
+        summary = indexer.sync(index, paths=[str(docs)],
+                               options=indexer.SyncOptions(chunking=chunking == "on"))
+    else:  # a library from before SyncOptions, with chunking
+        summary = indexer.sync(index, paths=[str(docs)], chunking=chunking == "on")  # type: ignore[call-arg]
     child_result(summary.to_dict())
 
 

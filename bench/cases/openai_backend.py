@@ -7,9 +7,9 @@ Retry-After when a request does not fit, and takes `--latency` seconds per answe
 
 Each scenario embeds one corpus three ways, each against a fresh server:
 
-- indexer: `indexer.sync(..., backend="openai", rpm=R, tpm=T)`, the whole pipeline (claims, Zarr chunk
-  writes, commits). The index is created first by an empty sync, so the measured sync starts its
-  limiter when its claims start (no credit from the scan).
+- indexer: `indexer.sync(..., SyncOptions(backend="openai", backend_options={"rpm": R, "tpm": T}))`, the
+  whole pipeline (claims, Zarr chunk writes, commits). The index is created first by an empty sync, so
+  the measured sync starts its limiter when its claims start (no credit from the scan).
 - gather: the usual approach, a plain `asyncio.gather` over fixed 100-input batches with a semaphore of
   10, AsyncOpenAI with its default retries (2; it honours Retry-After).
 - gather, patient: the same with max_retries=20.
@@ -120,11 +120,14 @@ def run_indexer(sc: Scenario, docs: list[dict[str, str]], latency: float, workdi
         if sc.tpm:
             options["tpm"] = sc.tpm
         index = workdir / f"idx-{sc.name}"
-        indexer.sync(index, [], model=MODEL, backend="openai", backend_options=options, settings=Settings())
+        indexer.sync(index, [],
+                     indexer.SyncOptions(model=MODEL, backend="openai", backend_options=options,
+                                         settings=Settings()))
         probe = server.stats()  # exactly the start-up probe of that empty sync; the next sync sends one too
         t0 = time.perf_counter()
-        summary = indexer.sync(index, docs, model=MODEL, backend="openai", backend_options=options,
-                               settings=Settings())
+        summary = indexer.sync(index, docs,
+                               indexer.SyncOptions(model=MODEL, backend="openai", backend_options=options,
+                                                   settings=Settings()))
         wall = time.perf_counter() - t0
         st: dict[str, Any] = dict(summary.backend_stats)
         server_stats = server.stats()

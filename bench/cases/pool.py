@@ -3,14 +3,14 @@
     python -m bench pool                                        # 100k docs, 2 workers
     python -m bench pool --sizes 20000 --workers 2 --no-results
 
-Part 1, a full sync: `indexer.sync(fresh index, paths=[corpus], model="fake:384", backend=B)` for B =
-inline and B = processes (`--workers N`), each run in a fresh process, backends alternating. For each:
-docs/s of the whole sync and of the embed phase (SyncSummary.embed_seconds: claim -> embed -> write ->
-commit, nothing to scan); "workers start": ProcessRunner's construction, until the first worker has
-loaded the model, timed around its constructor (the library has no hook for it). A sync of a fresh
-index makes its runner before the scan (the model's configuration goes into the new index), so the
-workers' start is part of the whole sync, not of the embed phase. Then the driver's seconds in claim,
-embed (handing groups to the runner and waiting for them), write (waiting for the chunk files,
+Part 1, a full sync: `indexer.sync(fresh index, paths=[corpus], options=SyncOptions(model="fake:384",
+backend=B))` for B = inline and B = processes (`--workers N`), each run in a fresh process, backends
+alternating. For each: docs/s of the whole sync and of the embed phase (SyncSummary.embed_seconds: claim
+-> embed -> write -> commit, nothing to scan); "workers start": ProcessRunner's construction, until the
+first worker has loaded the model, timed around its constructor (the library has no hook for it). A sync
+of a fresh index makes its runner before the scan (the model's configuration goes into the new index),
+so the workers' start is part of the whole sync, not of the embed phase. Then the driver's seconds in
+claim, embed (handing groups to the runner and waiting for them), write (waiting for the chunk files,
 fsynced) and commit, from the sync's own `SyncSummary.step_seconds`, and the workers' time from
 backend_stats:
 `idle_share` (no claim in hand, from each worker's first claim to the end) and `starved_share` (idle
@@ -55,8 +55,9 @@ def child_sync(corpus: Path, index: Path, dim: int, backend: str, workers: int) 
     timer.wrap(ProcessRunner, "__init__", "workers start")
     shutil.rmtree(index, ignore_errors=True)
     options: dict[str, object] = {"workers": workers} if backend == "processes" else {}
-    s = indexer.sync(index, paths=[str(corpus)], model=f"fake:{dim}", backend=backend,
-                     backend_options=options)
+    s = indexer.sync(index, paths=[str(corpus)],
+                     options=indexer.SyncOptions(model=f"fake:{dim}", backend=backend,
+                                                 backend_options=options))
     total = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, joined by then

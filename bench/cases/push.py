@@ -58,8 +58,10 @@ def sync(index: Path, n: int, chunks: int, changed: range | set[int] = range(0),
     from indexer.settings import Settings
 
     docs = ((f"doc-{i:07d}", text(i, chunks, i in changed)) for i in range(deleted, n))
-    indexer.sync(index, docs, model=f"fake:{DIM}", delete_missing=True, settings=Settings(chunk_rows=1024),
-                 chunk_tokens=8 if chunks > 1 else None)
+    indexer.sync(index, docs,
+                 indexer.SyncOptions(model=f"fake:{DIM}", delete_missing=True,
+                                     settings=Settings(chunk_rows=1024),
+                                     chunk_tokens=8 if chunks > 1 else None))
 
 
 def equal(index: Path, db: Path) -> bool:

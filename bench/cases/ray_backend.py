@@ -39,7 +39,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # -- child ---------------------------------------------------------------------------------------------
 
 def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chunk_rows: int) -> None:
-    from indexer import sync
+    from indexer import SyncOptions, sync
     from indexer.runners import make_runner
     from indexer.settings import Settings
 
@@ -55,7 +55,8 @@ def child(mode: str, corpus: str, index_dir: str, model: str, workers: int, chun
     peaks = RssSampler(lambda: pids)  # the actors' processes, while the sync runs
     # sync closes its runner inside its embed phase; for Ray that is a shutdown of the local instance
     # (seconds), so the runner is closed here instead and timed apart.
-    summary = sync(index_dir, paths=[corpus], settings=settings, runner=_KeepOpen(runner))
+    summary = sync(index_dir, paths=[corpus], options=SyncOptions(settings=settings),
+                   runner=_KeepOpen(runner))
     worker_peaks = peaks.stop()
     t = time.perf_counter()
     runner.close()

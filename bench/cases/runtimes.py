@@ -6,7 +6,7 @@
 Every run is a fresh child process, in this order:
     encode          SentenceTransformer(path).encode(texts, batch_size=32), fp32 torch; the model load is
                     timed apart and docs/s counts the encode call alone (as bench_sync.py does)
-    sync torch      indexer.sync(fresh dir, paths=[corpus], backend="inline", batch_size=32)
+    sync torch      indexer.sync(fresh dir, paths=[corpus], options=SyncOptions(batch_size=32))
     sync onnx       the same with runtime="onnx", into an EMPTY export cache: the first sync exports
     sync onnx-int8  runtime="onnx-int8", the fp32 export cached already: it quantizes
     sync onnx       again, the cache warm (steady state)
@@ -68,8 +68,9 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int, runtime: str) -> 
     wrap(ox, "ensure_exported", "export")  # the cache lookup, and on a cold cache the export/quantize
     wrap(ox, "_session", "session")  # ONNX Runtime session creation (graph optimization)
     t = time.perf_counter()
-    s = indexer.sync(index_dir, paths=[str(corpus)], model="all-MiniLM-L6-v2", dtype="float32",
-                     backend="inline", batch_size=batch_size, runtime=runtime)
+    s = indexer.sync(index_dir, paths=[str(corpus)],
+                     options=indexer.SyncOptions(model="all-MiniLM-L6-v2", dtype="float32", backend="inline",
+                                                 batch_size=batch_size, runtime=runtime))
     total_s = time.perf_counter() - t
     child_result({"total_s": total_s, "embedded": s.embedded, "failed": s.failed,
                   "embed_s": s.embed_seconds, "spent": timer.spent, "torch_threads": torch.get_num_threads()})

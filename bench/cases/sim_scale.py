@@ -47,7 +47,7 @@ def text_of(i: int) -> str:
 
 
 def build(out: Path, n: int) -> dict[str, float]:
-    from indexer import sync
+    from indexer import SyncOptions, sync
     from indexer.manifest import Manifest
     from indexer.settings import Settings
     from indexer.store import VectorStore
@@ -60,7 +60,7 @@ def build(out: Path, n: int) -> dict[str, float]:
             f.write("".join(f'{{"id": "d{i:08d}", "text": "{text_of(i)}"}}\n'
                             for i in range(start, min(n, start + BATCH))))
     t_source = time.perf_counter() - t0
-    sync(index_dir, [{"id": "d00000000", "text": text_of(0)}], model=f"fake:{DIM}")
+    sync(index_dir, [{"id": "d00000000", "text": text_of(0)}], SyncOptions(model=f"fake:{DIM}"))
     store = VectorStore(index_dir / "vectors.zarr")
     rows = store.chunk_rows
     chunks = -(-(n - 1) // rows)  # chunk 0 holds the first document, from the real sync

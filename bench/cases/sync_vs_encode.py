@@ -5,12 +5,13 @@
 
 E = `SentenceTransformer(path).encode(all_texts, batch_size=32)` in a fresh process (the model load is
 timed apart; docs/s counts the encode call alone).
-S = `indexer.sync(empty_dir, paths=[corpus.jsonl], model="all-MiniLM-L6-v2", dtype="float32",
-backend="inline", batch_size=32)` in a fresh process: model load, weights hash, scan, claims, every
-chunk write (fsynced) and every manifest commit included; docs/s counts the whole call. Its breakdown:
-the scan and the driver's steps (claim, embed, write, commit) from the sync's summary (`scan_seconds`,
-`step_seconds`); inside embed, the model's forward passes and tokenization, and apart the model's load
-and weights hash, from wrapping the embedder's functions (the library has no hook for those).
+S = `indexer.sync(empty_dir, paths=[corpus.jsonl], options=SyncOptions(model="all-MiniLM-L6-v2",
+dtype="float32", backend="inline", batch_size=32))` in a fresh process: model load, weights hash, scan,
+claims, every chunk write (fsynced) and every manifest commit included; docs/s counts the whole call.
+Its breakdown: the scan and the driver's steps (claim, embed, write, commit) from the sync's summary
+(`scan_seconds`, `step_seconds`); inside embed, the model's forward passes and tokenization, and apart
+the model's load and weights hash, from wrapping the embedder's functions (the library has no hook for
+those).
 
 Every run is its own child process, so they start equal; the order alternates to spread drift in the
 machine's load over both. Numerics: the vectors the index serves are compared row by row (by id) with
@@ -63,8 +64,9 @@ def child_sync(corpus: Path, index_dir: Path, batch_size: int) -> None:
     wrap(stm.SentenceTransformerEmbedder, "tokenize", "tokenize (once per claim)")
     wrap(stm.SentenceTransformerEmbedder, "embed_tokenized", "model forward passes")
     t = time.perf_counter()
-    s = indexer.sync(index_dir, paths=[str(corpus)], model="all-MiniLM-L6-v2", dtype="float32",
-                     backend="inline", batch_size=batch_size)
+    s = indexer.sync(index_dir, paths=[str(corpus)],
+                     options=indexer.SyncOptions(model="all-MiniLM-L6-v2", dtype="float32", backend="inline",
+                                                 batch_size=batch_size))
     total_s = time.perf_counter() - t
     child_result({"total_s": total_s, "summary": {k: v for k, v in s.to_dict().items() if k != "warnings"},
                   "spent": timer.spent, "calls": timer.calls, "torch_threads": torch.get_num_threads()})

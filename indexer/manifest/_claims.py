@@ -16,6 +16,7 @@ import orjson
 from .._faults import crash_point
 from .._owner import current_owner, owner_is_dead
 from ..errors import LeaseLostError
+from ..states import ClaimState, ContentState
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
@@ -140,7 +141,7 @@ class Claims(ManifestConnection):
 
     def _check_token(self, conn: sqlite3.Connection, claim: Claim) -> None:
         row = conn.execute(_QUERIES["claim_token"], (claim.id,)).fetchone()
-        if row is None or row[0] != claim.token or row[1] != "active":
+        if row is None or row[0] != claim.token or row[1] != ClaimState.ACTIVE:
             state = "gone" if row is None else row[1]
             raise LeaseLostError(f"claim {claim.id} (chunk {claim.chunk}) is {state}: its lease expired "
                                  "and its contents went back to pending; this worker's result is dropped")
@@ -199,7 +200,7 @@ class Claims(ManifestConnection):
                 for h, reason in f.failed:
                     row = conn.execute(_QUERIES["count_failed_attempt"],
                                        (h, reason, self.settings.retry_attempts, seq_of[h])).fetchone()
-                    if row is not None and row[0] == "failed":
+                    if row is not None and row[0] == ContentState.FAILED:
                         gave_up[f.claim.id] += 1
                         conn.execute(_QUERIES["mark_staged_failed"], (_staging.FAILED, seq_of[h]))
             # Long documents whose last chunk this was are served now (or failed, with it).

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ..states import ContentState, DocumentState
 from ._queries import named_queries
 
 if TYPE_CHECKING:
@@ -59,8 +60,9 @@ def batch_leaves(conn: sqlite3.Connection, items: str, params: Mapping[str, obje
     rows = conn.execute(f"""{items}SELECT iif(d.deleted != 0, 'deleted', {BUCKET}), count(*),
         sum(max(c.parts, 1)), sum(c.truncated) FROM items i JOIN documents d USING (id)
         LEFT JOIN contents c ON c.hash = d.hash {_TODO} GROUP BY 1""", params).fetchall()
-    add_documents(conn, [row for row in rows if row[0] != "deleted"], sign=-1)
-    add(conn, "deleted", documents=-sum(row[1] for row in rows if row[0] == "deleted"))
+    add_documents(conn, [row for row in rows if row[0] != DocumentState.DELETED], sign=-1)
+    deleted = sum(row[1] for row in rows if row[0] == DocumentState.DELETED)
+    add(conn, DocumentState.DELETED, documents=-deleted)
 
 
 def batch_enters(conn: sqlite3.Connection, contents: Iterable[Content]) -> None:
@@ -83,6 +85,6 @@ def commit_done(conn: sqlite3.Connection, seqs: Sequence[int], documents: int) -
         # (only an index that does not chunk truncates)
         truncated = conn.execute(_QUERIES["count_truncated_documents_of"],
                                  (orjson.dumps(list(seqs)),)).fetchone()[0]
-    for state, sign in (("pending", -1), ("done", 1)):
+    for state, sign in ((ContentState.PENDING, -1), (ContentState.DONE, 1)):
         add(conn, state, contents=sign * len(seqs))
         add_documents(conn, [(state, documents, documents, truncated)], sign=sign)

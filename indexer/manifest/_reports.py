@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from .._owner import current_owner, owner_is_dead
+from ..states import ContentState, DocumentState, RunState
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
@@ -36,7 +37,7 @@ class Reports(ManifestConnection):
             assert rid is not None
             return rid
 
-    def finish_run(self, run_id: int, state: str, summary: dict[str, object]) -> None:
+    def finish_run(self, run_id: int, state: RunState, summary: dict[str, object]) -> None:
         with self._write() as conn:
             conn.execute(_QUERIES["finish_run"], (time.time(), state, json.dumps(summary), run_id))
         self.checkpoint()
@@ -55,18 +56,18 @@ class Reports(ManifestConnection):
             run = conn.execute(_QUERIES["last_run"]).fetchone() if self._has_table("runs") else None
         last_run = None
         if run is not None:
-            state = "interrupted" if run[1] == "running" and owner_is_dead(run[4]) else run[1]
+            state = RunState.INTERRUPTED if run[1] == RunState.RUNNING and owner_is_dead(run[4]) else run[1]
             last_run = {"id": run[0], "state": state, "started_at": run[2], "finished_at": run[3]}
         return {
             "documents": sum(counts[s][1] for s in _COUNTED),
-            "pending": counts["pending"][1],
-            "done": counts["done"][1],
-            "failed": counts["failed"][1],
-            "deleted": counts["deleted"][1],
+            "pending": counts[DocumentState.PENDING][1],
+            "done": counts[DocumentState.DONE][1],
+            "failed": counts[DocumentState.FAILED][1],
+            "deleted": counts[DocumentState.DELETED][1],
             "chunks": sum(counts[s][2] for s in _COUNTED),
             "truncated": sum(counts[s][3] for s in _COUNTED),
-            "contents": {"pending": counts["pending"][0] - claimed, "claimed": claimed,
-                         "done": counts["done"][0], "failed": counts["failed"][0]},
+            "contents": {"pending": counts[ContentState.PENDING][0] - claimed, "claimed": claimed,
+                         "done": counts[ContentState.DONE][0], "failed": counts[ContentState.FAILED][0]},
             "active_claims": active,
             "fencing_refusals": refusals,
             "last_run": last_run,
@@ -146,7 +147,7 @@ class Reports(ManifestConnection):
         return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
-_COUNTED = ("pending", "done", "failed")  # the rows of state_counts for contents; claimed is in pending
+_COUNTED = tuple(ContentState)  # the rows of state_counts for contents; claimed is in pending
 _COUNT_COLUMNS = ("contents", "documents", "chunks", "truncated")
 
 
@@ -155,12 +156,13 @@ def recount_rows(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int, int
     (migrations/0008 says what each is), counted from the rows: documents by the state of the content
     with their hash (not by the content number the kept counts follow, which `counts_problems`
     checks apart)."""
-    out = {state: [0, 0, 0, 0] for state in (*_COUNTED, "deleted")}
+    out: dict[str, list[int]] = {state: [0, 0, 0, 0] for state in DocumentState}
     for state, n in conn.execute(f"SELECT {_counts.BUCKET}, count(*) FROM contents c WHERE parts = 0 "
                                  "GROUP BY 1"):
         out[state][0] = n
     for state, *values in _counts.documents_by_state(
             conn, "FROM documents d JOIN contents c ON c.hash = d.hash WHERE d.deleted = 0"):
         out[state][1:] = values
-    out["deleted"][1] = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
+    deleted = conn.execute("SELECT count(*) FROM documents WHERE deleted != 0").fetchone()[0]
+    out[DocumentState.DELETED][1] = deleted
     return {state: (a, b, c, d) for state, (a, b, c, d) in out.items()}

@@ -14,6 +14,7 @@ import orjson
 
 from .._faults import crash_point
 from ..sources import Record, Skip
+from ..states import ContentState, DocumentState
 from . import _counts, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
@@ -208,7 +209,7 @@ class Scan(ManifestConnection):
             contents = [_NO_CONTENT] * len(items)
             for k in todo:
                 seq, state = found[hashes[k]][:2]
-                contents[k] = b"%020d" % (2 * seq + (state == "done"))
+                contents[k] = b"%020d" % (2 * seq + (state == ContentState.DONE))
             # In id order: a batch's documents land on neighbouring pages. A changed document keeps
             # what it served (d: the row as it was) until its new content is done.
             conn.execute(_ITEMS + f"""INSERT INTO documents AS d (id, hash, seq, ready_hash)
@@ -315,7 +316,7 @@ class Scan(ManifestConnection):
             _counts.add_documents(conn, _counts.documents_by_state(
                 conn, f"FROM documents d JOIN contents c ON c.hash = d.hash {missing}"), sign=-1)
             deleted = conn.execute(f"UPDATE documents AS d SET deleted = 1 {missing}").rowcount
-            _counts.add(conn, "deleted", documents=deleted)
+            _counts.add(conn, DocumentState.DELETED, documents=deleted)
             return int(deleted)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from ..states import ContentState
 from . import _counts
 from ._queries import named_queries
 from ._sql import in_batches
@@ -63,9 +64,9 @@ def stage_texts(conn: sqlite3.Connection, rows: Sequence[tuple[bytes, int, str, 
         text_of = dict(zip(hs, texts, strict=True))
         conn.executemany(_QUERIES["stage_text"],
                          [(seq, h, text_of[h]) for seq, h in _without_text(conn, found)])
-    _counts.add(conn, "pending", contents=len(added))
+    _counts.add(conn, ContentState.PENDING, contents=len(added))
     cut_of = dict(zip(hs, cuts, strict=True))
-    found.update((h, (seq, "pending", 0, cut_of[h])) for h, seq in added.items())
+    found.update((h, (seq, ContentState.PENDING, 0, cut_of[h])) for h, seq in added.items())
     return len(added), found
 
 
@@ -99,7 +100,8 @@ def _stage_added(conn: sqlite3.Connection, first: int, texts: list[str | None], 
 
 def _without_text(conn: sqlite3.Connection, found: dict[bytes, Content]) -> list[tuple[int, bytes]]:
     """(seq, hash) of the plain pending contents among `found` that have no staged text, in order."""
-    waiting = {seq: h for h, (seq, state, parts, _) in found.items() if state == "pending" and parts == 0}
+    waiting = {seq: h for h, (seq, state, parts, _) in found.items()
+               if state == ContentState.PENDING and parts == 0}
     if not waiting:
         return []
     staged = {seq for (seq,) in conn.execute(_QUERIES["staged_of"], (orjson.dumps(list(waiting)),))}

@@ -19,7 +19,8 @@ DOCS = {f"doc{i:02d}": f"document text {i} " + "word " * (i % 7) for i in range(
 
 def fresh_index(path: Path, settings: Settings, docs: dict[str, str] = DOCS,
                 dtype: str | None = None) -> Path:
-    indexer.sync(path, docs.items(), embedder=FakeEmbedder(FAKE_DIM), settings=settings, dtype=dtype)
+    indexer.sync(path, docs.items(), indexer.SyncOptions(settings=settings, dtype=dtype),
+                 embedder=FakeEmbedder(FAKE_DIM))
     return path
 
 
@@ -93,8 +94,9 @@ def test_ids_and_vectors_come_from_one_snapshot(ix: Path, small_settings: Settin
         changed["doc03"] = "edited text"
         del changed["doc04"]
         changed["zzz"] = "a new document"
-        summary = indexer.sync(ix, changed.items(), embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                               delete_missing=True)
+        summary = indexer.sync(ix, changed.items(),
+                               indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                               embedder=FakeEmbedder(FAKE_DIM))
         assert summary.embedded == 2 and summary.deleted == 1
 
         # read after the sync committed: still the state of the moment vectors() was called
@@ -120,8 +122,9 @@ def test_get_returns_vectors_in_the_order_asked(ix: Path) -> None:
 
 
 def test_get_raises_key_error_naming_the_missing_ids(ix: Path, small_settings: Settings) -> None:
-    indexer.sync(ix, [(k, v) for k, v in DOCS.items() if k != "doc05"], embedder=FakeEmbedder(FAKE_DIM),
-                 settings=small_settings, delete_missing=True)
+    indexer.sync(ix, [(k, v) for k, v in DOCS.items() if k != "doc05"],
+                 indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                 embedder=FakeEmbedder(FAKE_DIM))
     with indexer.open(ix) as idx:
         with pytest.raises(KeyError) as err:
             idx.get(["doc01", "no-such-id", "doc05"])
@@ -160,23 +163,24 @@ def test_export_writes_the_vectors_and_ids(tmp_path: Path, small_settings: Setti
 
 def test_sync_accepts_pairs_dicts_and_generators(tmp_path: Path, small_settings: Settings) -> None:
     ix = tmp_path / "index"
-    summary = indexer.sync(ix, [("p1", "pair one"), ["p2", "pair two"]], embedder=FakeEmbedder(FAKE_DIM),
-                           settings=small_settings)
+    summary = indexer.sync(ix, [("p1", "pair one"), ["p2", "pair two"]],
+                           indexer.SyncOptions(settings=small_settings), embedder=FakeEmbedder(FAKE_DIM))
     assert (summary.new, summary.embedded) == (2, 2)
 
     dicts = [{"id": "d1", "text": "dict one", "meta": 1}, {"id": 7, "text": "integer id"}]
-    indexer.sync(ix, dicts, embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, dicts, indexer.SyncOptions(settings=small_settings), embedder=FakeEmbedder(FAKE_DIM))
 
     def generate() -> Iterator[tuple[str, str]]:
         for i in range(20):  # more than one scan batch and one chunk
             yield f"g{i}", f"generated {i}"
 
-    summary = indexer.sync(ix, generate(), embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    summary = indexer.sync(ix, generate(), indexer.SyncOptions(settings=small_settings),
+                           embedder=FakeEmbedder(FAKE_DIM))
     assert (summary.scanned, summary.new, summary.embedded) == (20, 20, 20)
 
     custom = [{"key": "c1", "body": "custom fields"}]
-    indexer.sync(ix, custom, id_field="key", text_field="body", embedder=FakeEmbedder(FAKE_DIM),
-                 settings=small_settings)
+    indexer.sync(ix, custom, indexer.SyncOptions(id_field="key", text_field="body", settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
 
     expected = {"p1": "pair one", "p2": "pair two", "d1": "dict one", "7": "integer id",
                 "c1": "custom fields", **{f"g{i}": f"generated {i}" for i in range(20)}}
@@ -188,7 +192,7 @@ def test_sync_accepts_pairs_dicts_and_generators(tmp_path: Path, small_settings:
 
 def test_sync_skips_unusable_items_with_a_warning(tmp_path: Path, small_settings: Settings) -> None:
     summary = indexer.sync(tmp_path / "index", [("a", "fine"), 42, ("b",), {"id": "c"}],  # type: ignore[list-item]
-                           embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+                           indexer.SyncOptions(settings=small_settings), embedder=FakeEmbedder(FAKE_DIM))
     assert (summary.scanned, summary.skipped, summary.embedded) == (1, 3, 1)
     assert len(summary.warnings) == 3 and "item 2" in summary.warnings[0]
 
@@ -196,8 +200,8 @@ def test_sync_skips_unusable_items_with_a_warning(tmp_path: Path, small_settings
 def test_on_progress_receives_progress(tmp_path: Path, small_settings: Settings) -> None:
     seen: list[Progress] = []
     docs = [(f"x{i}", f"progress text {i}") for i in range(30)]
-    summary = indexer.sync(tmp_path / "index", docs, embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                           on_progress=seen.append)
+    summary = indexer.sync(tmp_path / "index", docs, indexer.SyncOptions(settings=small_settings),
+                           embedder=FakeEmbedder(FAKE_DIM), on_progress=seen.append)
     assert seen and all(isinstance(p, Progress) for p in seen)
     for p in seen:
         assert p.processed >= 0 and p.docs_per_s >= 0 and p.rss_mb > 0

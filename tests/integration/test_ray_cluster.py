@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
-from indexer import Index, sync  # noqa: E402
+from indexer import Index, SyncOptions, sync  # noqa: E402
 from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
 from indexer.runners._liveness import HangRule  # noqa: E402
 from indexer.runners.ray_actors import RayRunner  # noqa: E402
@@ -58,7 +58,7 @@ def second_node(cluster: Any) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("inline") / "idx"
-    sync(out, DOCS, model=MODEL, settings=SETTINGS)
+    sync(out, DOCS, SyncOptions(model=MODEL, settings=SETTINGS))
     return out
 
 
@@ -116,7 +116,7 @@ def check(index_dir: Path, inline: Path, runner: Delivered) -> None:
 def test_a_node_removed_mid_sync(tmp_path: Path, cluster: Any, second_node: Any, inline: Path) -> None:
     runner = Delivered(two_actors_on_two_nodes(second_node), at=3,
                        action=lambda: cluster.remove_node(second_node))
-    summary = sync(tmp_path / "idx", DOCS, settings=SETTINGS, runner=runner)
+    summary = sync(tmp_path / "idx", DOCS, SyncOptions(settings=SETTINGS), runner=runner)
 
     assert second_node not in cluster.worker_nodes
     assert summary.workers_lost == 1 and summary.failed == 0 and summary.embedded == len(DOCS)
@@ -132,7 +132,7 @@ def test_an_actor_that_hangs_on_the_second_node(tmp_path: Path, cluster: Any, se
     inner = two_actors_on_two_nodes(second_node)
     victim = next(s for s in inner.slots if s.node == second_node.node_id)
     runner = Delivered(inner, at=3, action=lambda: os.kill(victim.pid, signal.SIGSTOP))
-    summary = sync(tmp_path / "idx", DOCS, settings=Settings(chunk_rows=CHUNK, hang_seconds=2.0),
+    summary = sync(tmp_path / "idx", DOCS, SyncOptions(settings=Settings(chunk_rows=CHUNK, hang_seconds=2.0)),
                    runner=runner)
 
     assert summary.workers_hung == 1 and summary.workers_lost == 1, summary.warnings

@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import pytest
 
-from indexer import Index, IndexerError, Progress, sync
+from indexer import Index, IndexerError, Progress, SyncOptions, sync
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ModelLoadError
 from indexer.manifest import Inspection
@@ -175,7 +175,7 @@ class Watched:
 def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The inline backend's index of BIG: what every run of it must equal, bit for bit."""
     out = tmp_path_factory.mktemp("inline") / "idx"
-    sync(out, BIG, model=MODEL, settings=BIG_SETTINGS)
+    sync(out, BIG, SyncOptions(model=MODEL, settings=BIG_SETTINGS))
     return out
 
 
@@ -190,8 +190,8 @@ def test_processes_equal_inline_bit_for_bit_and_embed_each_content_once(tmp_path
     pids = runner.pids
     assert len(set(pids)) == 2 and os.getpid() not in pids
     watched = Watched(runner)
-    summary = sync(tmp_path / "pool", docs, settings=settings, runner=watched)
-    inline = sync(tmp_path / "inline", docs, model=MODEL, settings=settings)
+    summary = sync(tmp_path / "pool", docs, SyncOptions(settings=settings), runner=watched)
+    inline = sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
 
     assert summary.embedded == inline.embedded == 1700
     assert summary.claims == -(-1700 // 128) == committed_claims(tmp_path / "pool")
@@ -220,8 +220,8 @@ def test_gpus_on_cpu_devices_equal_inline_bit_for_bit(tmp_path: Path) -> None:
     # each worker holds two claims (one embedding, the next tokenizing), plus one waiting in the runner
     assert isinstance(runner, ProcessRunner) and runner.capacity == 5
     assert [w.spec.device for w in runner.workers] == ["cpu", "cpu"]
-    summary = sync(tmp_path / "gpus", docs, settings=settings, runner=runner)
-    sync(tmp_path / "inline", docs, model=MODEL, settings=settings)
+    summary = sync(tmp_path / "gpus", docs, SyncOptions(settings=settings), runner=runner)
+    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
     assert summary.embedded == 600 and summary.claims == committed_claims(tmp_path / "gpus") == 10
     assert_same_vectors(tmp_path / "gpus", tmp_path / "inline")
 
@@ -230,14 +230,14 @@ def test_sync_by_backend_name_resyncs_only_changes(tmp_path: Path) -> None:
     docs = corpus(400, distinct=400)
     options: dict[str, object] = {"workers": 2, "threads_per_worker": 1}
     settings = Settings(chunk_rows=64)
-    first = sync(tmp_path / "idx", docs, model=MODEL, backend="processes", backend_options=options,
-                 settings=settings)
+    first = sync(tmp_path / "idx", docs,
+                 SyncOptions(model=MODEL, backend="processes", backend_options=options, settings=settings))
     assert first.embedded == 400 and first.claims == 7
     docs[:10] = [{"id": d["id"], "text": d["text"] + " changed"} for d in docs[:10]]
-    second = sync(tmp_path / "idx", docs, model=MODEL, backend="processes", backend_options=options,
-                  settings=settings)
+    second = sync(tmp_path / "idx", docs,
+                  SyncOptions(model=MODEL, backend="processes", backend_options=options, settings=settings))
     assert (second.changed, second.unchanged, second.embedded, second.claims) == (10, 390, 10, 1)
-    sync(tmp_path / "inline", docs, model=MODEL)
+    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL))
     assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
 
 
@@ -250,15 +250,16 @@ def test_tiny_model_through_processes_and_gpus_with_injected_oom(tmp_path: Path)
     texts = tiny_texts(300)
     docs = [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)]
     settings = Settings(chunk_rows=64)
-    inline = sync(tmp_path / "inline", docs, model=model, batch_size=16, settings=settings)
+    inline = sync(tmp_path / "inline", docs, SyncOptions(model=model, batch_size=16, settings=settings))
     distinct = inline.embedded
 
-    pool = sync(tmp_path / "pool", docs, model=model, batch_size=16, settings=settings,
-                backend="processes", backend_options={"workers": 2})
+    pool = sync(tmp_path / "pool", docs,
+                SyncOptions(model=model, batch_size=16, settings=settings, backend="processes",
+                            backend_options={"workers": 2}))
     gpus = make_runner("gpus", model, batch_size=16, devices="cpu", embedder_factory=INJECTED_OOM)
     assert isinstance(gpus, ProcessRunner)
     watched = Watched(gpus)
-    oom = sync(tmp_path / "oom", docs, settings=settings, runner=watched)
+    oom = sync(tmp_path / "oom", docs, SyncOptions(settings=settings), runner=watched)
 
     for summary, name in ((pool, "pool"), (oom, "oom")):
         assert summary.embedded == distinct and summary.failed == 0 and summary.workers_lost == 0
@@ -277,7 +278,7 @@ def test_worker_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path)
     runner = processes(2)
     pids_before = runner.pids
     watched = Watched(runner, kill=True)
-    summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
 
     assert len(watched.victims) == 1, "no worker was seen working"
     victim = watched.victims[0]
@@ -324,7 +325,7 @@ def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_
     killer = threading.Thread(target=kill_when_holding_two, daemon=True)
     killer.start()
     watched = Watched(runner)
-    summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
     killer.join()
 
     assert held_at_kill == [2]  # killed while it held a claim and the next one
@@ -340,7 +341,7 @@ def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_
 def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, big_inline: Path) -> None:
     watched = Watched(processes(2, max_restarts=0), kill=True)
     with pytest.raises(IndexerError, match=r"died 1 times in this run, more than the 0 restarts allowed"):
-        sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+        sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
     assert len(watched.victims) == 1
     # Nothing stays claimed: the lost claim and the others in flight went back to pending.
     assert query(tmp_path / "idx", held) == 0
@@ -348,7 +349,7 @@ def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, 
     assert last_run(tmp_path / "idx")[0] == "failed"
     done_before = query(tmp_path / "idx", done)
 
-    again = sync(tmp_path / "idx", BIG, model=MODEL, settings=BIG_SETTINGS)
+    again = sync(tmp_path / "idx", BIG, SyncOptions(model=MODEL, settings=BIG_SETTINGS))
     assert again.embedded == len(BIG) - done_before and again.workers_lost == 0  # nothing done twice
     assert_same_vectors(tmp_path / "idx", big_inline)
     check_consistent(tmp_path / "idx")
@@ -364,7 +365,7 @@ def test_a_sigstopped_worker_is_taken_for_hung_replaced_and_its_claim_redone(
     pids_before = runner.pids
     watched = Watched(runner, kill=True, sig=signal.SIGSTOP)
     settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=1.5)
-    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=settings), runner=watched)
 
     assert len(watched.victims) == 1, "no worker was seen working"
     victim = watched.victims[0]
@@ -403,7 +404,8 @@ def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> No
 
     throttle.start()
     try:
-        summary = sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=progress)
+        summary = sync(tmp_path / "idx", docs, SyncOptions(settings=settings), runner=runner,
+                       on_progress=progress)
     finally:
         throttle.done.set()
         throttle.join()
@@ -445,14 +447,14 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=interrupt)
+        sync(tmp_path / "idx", docs, SyncOptions(settings=settings), runner=runner, on_progress=interrupt)
     assert gone(pids)
     assert query(tmp_path / "idx", held) == 0
     assert last_run(tmp_path / "idx")[0] == "interrupted"
     done_before = query(tmp_path / "idx", done)
     assert 0 < done_before < 2000
 
-    again = sync(tmp_path / "idx", docs, model=MODEL, settings=settings)
+    again = sync(tmp_path / "idx", docs, SyncOptions(model=MODEL, settings=settings))
     assert again.embedded == 2000 - done_before
     st = check_consistent(tmp_path / "idx")
     assert st["done"] == 2000 and st["pending"] == 0
@@ -511,7 +513,7 @@ def test_sigint_to_the_cli_process_group_stops_cleanly_and_the_next_sync_resumes
     done_before = query(index_dir, done)
     assert 0 < done_before < n
 
-    again = sync(index_dir, paths=[str(src)], settings=Settings(chunk_rows=64))
+    again = sync(index_dir, paths=[str(src)], options=SyncOptions(settings=Settings(chunk_rows=64)))
     assert again.embedded == n - done_before
     st = check_consistent(index_dir)
     assert st["done"] == n and st["pending"] == 0
@@ -565,7 +567,7 @@ def test_auto_chooses_by_machine_and_options(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_auto_runs_a_sync(tmp_path: Path) -> None:
-    summary = sync(tmp_path / "idx", corpus(50, distinct=50), model=MODEL, backend="auto")
+    summary = sync(tmp_path / "idx", corpus(50, distinct=50), SyncOptions(model=MODEL, backend="auto"))
     assert summary.embedded == 50
     vectors = served(tmp_path / "idx")
     assert vectors["d00007"].tobytes() == FakeEmbedder(16).embed(["text number 7 " + "x" * 7])[0].tobytes()
@@ -580,8 +582,8 @@ def test_gpu_smoke(tmp_path: Path) -> None:
     model = str(build_tiny_model(tmp_path / "tiny"))
     docs = [{"id": f"t{i}", "text": t} for i, t in enumerate(tiny_texts(500))]
     settings = Settings(chunk_rows=128)
-    inline = sync(tmp_path / "inline", docs, model=model, settings=settings)
-    gpu = sync(tmp_path / "gpu", docs, model=model, settings=settings, backend="gpus")
+    inline = sync(tmp_path / "inline", docs, SyncOptions(model=model, settings=settings))
+    gpu = sync(tmp_path / "gpu", docs, SyncOptions(model=model, settings=settings, backend="gpus"))
     assert gpu.embedded == inline.embedded and gpu.failed == 0
     assert min_cosine(tmp_path / "gpu", tmp_path / "inline") >= 0.999  # fp16 on the GPU
     check_consistent(tmp_path / "gpu")

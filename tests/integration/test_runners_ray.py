@@ -25,7 +25,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from indexer import Index, IndexerError, sync  # noqa: E402
+from indexer import Index, IndexerError, SyncOptions, sync  # noqa: E402
 from indexer.errors import ModelLoadError  # noqa: E402
 from indexer.manifest import Inspection  # noqa: E402
 from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
@@ -143,7 +143,7 @@ def ray_runner(workers: int = 2, **options: Any) -> RayRunner:
 def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The inline backend's index of BIG: what every Ray run of it must equal, bit for bit."""
     out = tmp_path_factory.mktemp("inline") / "idx"
-    sync(out, BIG, model=MODEL, settings=BIG_SETTINGS)
+    sync(out, BIG, SyncOptions(model=MODEL, settings=BIG_SETTINGS))
     return out
 
 
@@ -154,8 +154,8 @@ def test_same_vectors_as_inline_each_content_embedded_once(tmp_path: Path) -> No
     settings = Settings(chunk_rows=128)
     watched = Watched(ray_runner(2))
     assert watched.capacity == 4 and watched.info.model == MODEL
-    summary = sync(tmp_path / "ray", docs, settings=settings, runner=watched)
-    inline = sync(tmp_path / "inline", docs, model=MODEL, settings=settings)
+    summary = sync(tmp_path / "ray", docs, SyncOptions(settings=settings), runner=watched)
+    inline = sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
 
     assert summary.embedded == inline.embedded == 1700
     assert summary.claims == math.ceil(1700 / 128) == committed_claims(tmp_path / "ray")
@@ -171,16 +171,19 @@ def test_same_vectors_as_inline_each_content_embedded_once(tmp_path: Path) -> No
 def test_resync_through_make_runner_embeds_only_changes(tmp_path: Path) -> None:
     docs = corpus(400, distinct=400)
     options: dict[str, object] = {"workers": 2}
-    first = sync(tmp_path / "idx", docs, model=MODEL, backend="ray", backend_options=options,
-                 settings=Settings(chunk_rows=64))
+    first = sync(tmp_path / "idx", docs,
+                 SyncOptions(model=MODEL, backend="ray", backend_options=options,
+                             settings=Settings(chunk_rows=64)))
     assert first.embedded == 400 and first.claims == 7
     docs[:10] = [{"id": d["id"], "text": d["text"] + " changed"} for d in docs[:10]]
-    second = sync(tmp_path / "idx", docs, model=MODEL, backend="ray", backend_options=options,
-                  settings=Settings(chunk_rows=64))
+    second = sync(tmp_path / "idx", docs,
+                  SyncOptions(model=MODEL, backend="ray", backend_options=options,
+                              settings=Settings(chunk_rows=64)))
     assert (second.changed, second.unchanged, second.embedded, second.claims) == (10, 390, 10, 1)
-    third = sync(tmp_path / "idx", docs, backend="ray", backend_options=options)  # nothing to embed
+    third = sync(tmp_path / "idx", docs,
+                 SyncOptions(backend="ray", backend_options=options))  # nothing to embed
     assert third.embedded == 0 and third.unchanged == 400
-    sync(tmp_path / "inline", docs, model=MODEL)
+    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL))
     assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
 
 
@@ -207,7 +210,7 @@ def test_progress_within_a_claim_comes_from_polling_the_actor() -> None:
 
 def test_actor_process_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path) -> None:
     watched = Watched(ray_runner(2), kill="signal")
-    summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
 
     assert len(watched.victims) == 1, "no actor was seen working"
     assert summary.workers_lost >= 1
@@ -227,7 +230,7 @@ def test_a_sigstopped_actor_is_taken_for_hung_and_its_claims_redone(tmp_path: Pa
     (2 s here) it is killed, Ray restarts it, and its claims go back to pending and are embedded once."""
     watched = Watched(ray_runner(2), kill="stop")
     settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=2.0)
-    summary = sync(tmp_path / "idx", BIG, settings=settings, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=settings), runner=watched)
 
     assert len(watched.victims) == 1, "no actor was seen working"
     assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
@@ -243,7 +246,7 @@ def test_a_sigstopped_actor_is_taken_for_hung_and_its_claims_redone(tmp_path: Pa
 
 def test_actor_killed_for_good_the_others_go_on(tmp_path: Path, big_inline: Path) -> None:
     watched = Watched(ray_runner(2), kill="ray")
-    summary = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
 
     assert len(watched.victims) == 1 and summary.workers_lost >= 1
     assert [s[0] for s in watched.at_close].count("dead") == 1
@@ -257,7 +260,7 @@ def test_all_actors_lost_fails_fast_and_resumes(tmp_path: Path, big_inline: Path
     watched = Watched(ray_runner(1, max_restarts=0), kill="signal")
     t = time.monotonic()
     with pytest.raises(IndexerError, match="Ray workers were lost"):
-        sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS, runner=watched)
+        sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
     assert time.monotonic() - t < 60 and watched.victims == [0]
     with Index.open(tmp_path / "idx", BIG_SETTINGS) as idx:
         assert idx.verify().ok
@@ -265,7 +268,7 @@ def test_all_actors_lost_fails_fast_and_resumes(tmp_path: Path, big_inline: Path
     assert st["active_claims"] == 0 and st["contents"]["claimed"] == 0  # type: ignore[index]
     assert st["pending"] == len(BIG) - st["done"]  # type: ignore[operator]
     # The same sync, inline this time, finishes the job.
-    rest = sync(tmp_path / "idx", BIG, settings=BIG_SETTINGS)
+    rest = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS))
     assert rest.embedded == len(BIG) - st["done"]  # type: ignore[operator]
     assert_same_vectors(tmp_path / "idx", big_inline)
 
@@ -298,7 +301,7 @@ def test_cli_backend_ray_with_two_workers(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     summary = json.loads(r.stdout)
     assert summary["embedded"] == 500 and summary["claims"] == 8 and summary["workers_lost"] == 0
-    sync(tmp_path / "inline", docs, model=MODEL, settings=Settings(chunk_rows=64))
+    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=Settings(chunk_rows=64)))
     assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
 
 

@@ -40,7 +40,8 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 
 def run(index_dir: Path, *paths: Path | str, **kw: object) -> indexer.SyncSummary:
-    return indexer.sync(index_dir, paths=[str(p) for p in paths], model=MODEL, **kw)  # type: ignore[arg-type]
+    return indexer.sync(index_dir, paths=[str(p) for p in paths],
+                        options=indexer.SyncOptions(model=MODEL, **kw))  # type: ignore[arg-type]
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:

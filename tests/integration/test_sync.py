@@ -49,13 +49,15 @@ def test_unchanged_documents_are_never_reembedded(tmp_path: Path, ix: Path, smal
     docs = docs_of(20)
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
     emb = RecordingEmbedder()
-    first = indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings)
+    first = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                         embedder=emb)
     assert (first.scanned, first.new, first.embedded) == (20, 20, 20)
     assert emb.embedded == Counter(docs.values())
     assert_serves(ix, docs)
 
     again = RecordingEmbedder()
-    second = indexer.sync(ix, paths=[str(src)], embedder=again, settings=small_settings)
+    second = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                          embedder=again)
     assert again.calls == []
     assert (second.unchanged, second.new, second.changed, second.embedded, second.would_embed) == \
         (20, 0, 0, 0, 0)
@@ -64,7 +66,8 @@ def test_unchanged_documents_are_never_reembedded(tmp_path: Path, ix: Path, smal
     docs["d100"] = "a new document"
     write_jsonl(src, docs)
     third_emb = RecordingEmbedder()
-    third = indexer.sync(ix, paths=[str(src)], embedder=third_emb, settings=small_settings)
+    third = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                         embedder=third_emb)
     assert third_emb.embedded == Counter(["text number 3, edited", "a new document"])
     assert (third.new, third.changed, third.unchanged, third.embedded) == (1, 1, 19, 2)
     assert_serves(ix, docs)
@@ -72,16 +75,17 @@ def test_unchanged_documents_are_never_reembedded(tmp_path: Path, ix: Path, smal
 
 def test_a_sync_with_nothing_to_embed_never_loads_the_model(tmp_path: Path, ix: Path,
                                                              small_settings: Settings) -> None:
-    indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     # no embedder given: the model named in index.toml would be loaded only if there were work
-    summary = indexer.sync(ix, [("a", "alpha")], settings=small_settings)
+    summary = indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=small_settings))
     assert (summary.unchanged, summary.embedded, summary.claims) == (1, 0, 0)
 
 
 def test_identical_texts_are_embedded_once_and_share_a_slot(ix: Path, small_settings: Settings) -> None:
     emb = RecordingEmbedder()
     docs = {"a": "same words", "b": "same words", "c": "same words", "d": "other words"}
-    summary = indexer.sync(ix, docs.items(), embedder=emb, settings=small_settings)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert emb.embedded == Counter({"same words": 1, "other words": 1})
     assert summary.embedded == 2 and summary.would_embed == 2
     with indexer.open(ix) as idx:
@@ -95,15 +99,15 @@ def test_identical_texts_are_embedded_once_and_share_a_slot(ix: Path, small_sett
     # a new id whose text is already embedded is served at once, with no model call
     later = RecordingEmbedder()
     docs["e"] = "other words"
-    summary = indexer.sync(ix, docs.items(), embedder=later, settings=small_settings)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=later)
     assert later.calls == [] and summary.new == 1 and summary.would_embed == 0
     assert_serves(ix, docs)
 
 
 def test_changed_document_serves_its_old_vector_until_the_new_one_is_done(
         ix: Path, small_settings: Settings) -> None:
-    indexer.sync(ix, {"a": "old text", "b": "bee"}.items(), embedder=FakeEmbedder(FAKE_DIM),
-                 settings=small_settings)
+    indexer.sync(ix, {"a": "old text", "b": "bee"}.items(), indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     old, new = fake_vector("old text"), fake_vector("new text")
     seen_during: list[np.ndarray] = []
 
@@ -117,7 +121,8 @@ def test_changed_document_serves_its_old_vector_until_the_new_one_is_done(
             seen_during.append(np.asarray(vecs)[list(ids).index("a")])
 
     emb = RecordingEmbedder(during=look)
-    summary = indexer.sync(ix, {"a": "new text", "b": "bee"}.items(), embedder=emb, settings=small_settings)
+    summary = indexer.sync(ix, {"a": "new text", "b": "bee"}.items(),
+                           indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert summary.changed == 1 and summary.embedded == 1
     assert len(seen_during) == 2
     for v in seen_during:
@@ -136,15 +141,18 @@ def test_missing_documents_are_kept_unless_delete_missing(tmp_path: Path, ix: Pa
                                                           small_settings: Settings) -> None:
     docs = {"a": "alpha", "b": "beta", "c": "gamma"}
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
 
     write_jsonl(src, {"a": "alpha", "b": "beta"})
-    kept = indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    kept = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                        embedder=FakeEmbedder(FAKE_DIM))
     assert kept.deleted == 0
     assert_serves(ix, docs)  # "c" still served: missing docs are kept by default
 
-    gone = indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                        delete_missing=True)
+    gone = indexer.sync(ix, paths=[str(src)],
+                        options=indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                        embedder=FakeEmbedder(FAKE_DIM))
     assert gone.deleted == 1
     assert_serves(ix, {"a": "alpha", "b": "beta"})
     with indexer.open(ix) as idx:
@@ -156,7 +164,9 @@ def test_missing_documents_are_kept_unless_delete_missing(tmp_path: Path, ix: Pa
     # it comes back: live again, and its vector was still there, so nothing is embedded
     write_jsonl(src, docs)
     emb = RecordingEmbedder()
-    back = indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings, delete_missing=True)
+    back = indexer.sync(ix, paths=[str(src)],
+                        options=indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                        embedder=emb)
     assert emb.calls == [] and back.deleted == 0 and back.new == 1
     assert_serves(ix, docs)
     with indexer.open(ix) as idx:
@@ -166,13 +176,14 @@ def test_missing_documents_are_kept_unless_delete_missing(tmp_path: Path, ix: Pa
 def test_a_deleted_document_compacted_away_comes_back_embedded_again(ix: Path,
                                                                     small_settings: Settings) -> None:
     docs = {"a": "alpha", "b": "beta"}
-    indexer.sync(ix, docs.items(), embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
-    indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                 delete_missing=True)
+    indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                 embedder=FakeEmbedder(FAKE_DIM))
     with indexer.open(ix, small_settings) as idx:
         assert idx.compact().contents_dropped == 1
     emb = RecordingEmbedder()
-    indexer.sync(ix, docs.items(), embedder=emb, settings=small_settings)
+    indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert emb.embedded == Counter(["beta"])
     assert_serves(ix, docs)
 
@@ -180,7 +191,8 @@ def test_a_deleted_document_compacted_away_comes_back_embedded_again(ix: Path,
 def test_dry_run_writes_nothing_and_reports(tmp_path: Path, ix: Path, small_settings: Settings) -> None:
     docs = {"a": "alpha", "b": "beta", "c": "gamma"}
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     before_dump, before_bytes = dump(ix), (ix / "manifest.sqlite").read_bytes()
     before_store = chunk_files(ix)
     with indexer.open(ix) as idx:
@@ -188,8 +200,10 @@ def test_dry_run_writes_nothing_and_reports(tmp_path: Path, ix: Path, small_sett
 
     write_jsonl(src, {"a": "alpha", "b": "beta, edited", "d": "delta", "e": "delta"})
     emb = RecordingEmbedder()
-    summary = indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings,
-                           delete_missing=True, dry_run=True)
+    summary = indexer.sync(ix, paths=[str(src)],
+                           options=indexer.SyncOptions(settings=small_settings, delete_missing=True,
+                                                       dry_run=True),
+                           embedder=emb)
     assert summary.dry_run
     assert (summary.would_embed, summary.deleted, summary.new, summary.changed, summary.unchanged) == \
         (2, 1, 2, 1, 1)
@@ -205,7 +219,8 @@ def test_dry_run_writes_nothing_and_reports(tmp_path: Path, ix: Path, small_sett
 
 def test_dry_run_on_a_new_index_creates_nothing(tmp_path: Path, ix: Path, small_settings: Settings) -> None:
     emb = RecordingEmbedder()
-    summary = indexer.sync(ix, docs_of(5).items(), embedder=emb, settings=small_settings, dry_run=True)
+    summary = indexer.sync(ix, docs_of(5).items(), indexer.SyncOptions(settings=small_settings, dry_run=True),
+                           embedder=emb)
     assert (summary.would_embed, summary.new) == (5, 5)
     assert emb.calls == []
     assert not ix.exists()
@@ -214,11 +229,13 @@ def test_dry_run_on_a_new_index_creates_nothing(tmp_path: Path, ix: Path, small_
 def test_a_skipped_record_with_a_known_id_is_not_missing(tmp_path: Path, ix: Path,
                                                          small_settings: Settings) -> None:
     src = write_jsonl(tmp_path / "docs.jsonl", {"a": "alpha", "b": "beta", "c": "gamma"})
-    indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     # b's text became unusable (empty), c is gone for real
     write_jsonl(src, [{"id": "a", "text": "alpha"}, {"id": "b", "text": "   "}, {"text": "no id at all"}])
-    summary = indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                           delete_missing=True)
+    summary = indexer.sync(ix, paths=[str(src)],
+                           options=indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                           embedder=FakeEmbedder(FAKE_DIM))
     assert summary.skipped == 2 and summary.deleted == 1
     assert any(":2" in w and "empty text" in w for w in summary.warnings)
     assert_serves(ix, {"a": "alpha", "b": "beta"})  # b keeps its last good vector
@@ -230,7 +247,7 @@ def test_a_failing_document_fails_alone_with_its_reason(ix: Path, small_settings
     docs = docs_of(10)
     docs["poison"] = "this text breaks the model"
     emb = RecordingEmbedder(fail=["this text breaks the model"])
-    summary = indexer.sync(ix, docs.items(), embedder=emb, settings=small_settings)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert (summary.embedded, summary.failed) == (10, 1)
     # each attempt retries it alone after its batch raised (a batch of one, then one: at most twice)
     alone = [c for c in emb.calls if c == ["this text breaks the model"]]
@@ -251,14 +268,14 @@ def test_a_failing_document_fails_alone_with_its_reason(ix: Path, small_settings
 
     # a later sync does not try it again on its own ...
     emb2 = RecordingEmbedder(fail=["this text breaks the model"])
-    indexer.sync(ix, docs.items(), embedder=emb2, settings=small_settings)
+    indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=emb2)
     assert emb2.calls == []
     # ... `retry` re-queues it, and a sync with a model that copes embeds it
     with indexer.open(ix, small_settings) as idx:
         assert idx.retry() == 1
         assert (idx.status()["failed"], idx.status()["pending"]) == (0, 1)
     healed = RecordingEmbedder()
-    summary = indexer.sync(ix, docs.items(), embedder=healed, settings=small_settings)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=healed)
     assert healed.embedded == Counter([docs["poison"]]) and summary.embedded == 1
     assert_serves(ix, docs)
 
@@ -269,7 +286,7 @@ def test_a_non_finite_vector_is_a_failure_and_never_stored(ix: Path, small_setti
     docs = docs_of(5)
     docs["weird"] = "the model returns garbage for this"
     emb = RecordingEmbedder(nonfinite={docs["weird"]: bad_value})
-    summary = indexer.sync(ix, docs.items(), embedder=emb, settings=small_settings)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert (summary.embedded, summary.failed) == (5, 1)
     assert emb.embedded[docs["weird"]] == small_settings.retry_attempts
     assert_serves(ix, {k: v for k, v in docs.items() if k != "weird"})
@@ -291,12 +308,13 @@ def test_a_non_finite_vector_is_a_failure_and_never_stored(ix: Path, small_setti
 def test_another_model_or_dtype_is_refused_and_changes_nothing(
         tmp_path: Path, ix: Path, small_settings: Settings, kwargs: dict[str, str], field: str) -> None:
     src = write_jsonl(tmp_path / "docs.jsonl", docs_of(4))
-    indexer.sync(ix, paths=[str(src)], model="fake:16", settings=small_settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(model="fake:16", settings=small_settings))
     before, before_store = dump(ix), chunk_files(ix)
     before_toml = (ix / "index.toml").read_text()
     write_jsonl(src, docs_of(9))
     with pytest.raises(ConfigMismatchError, match=f"{field}: index has") as err:
-        indexer.sync(ix, paths=[str(src)], settings=small_settings, **kwargs)  # type: ignore[arg-type]
+        indexer.sync(ix, paths=[str(src)],
+                     options=indexer.SyncOptions(settings=small_settings, **kwargs))  # type: ignore[arg-type]
     assert "nothing was changed" in str(err.value)
     assert dump(ix) == before
     assert chunk_files(ix) == before_store
@@ -304,10 +322,12 @@ def test_another_model_or_dtype_is_refused_and_changes_nothing(
 
 
 def test_an_embedder_of_another_model_name_is_refused(ix: Path, small_settings: Settings) -> None:
-    indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     before = dump(ix)
     with pytest.raises(ConfigMismatchError, match=r"model: index has 'fake:16'.*'fake:8'"):
-        indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=FakeEmbedder(8), settings=small_settings)
+        indexer.sync(ix, [("a", "alpha"), ("b", "beta")], indexer.SyncOptions(settings=small_settings),
+                     embedder=FakeEmbedder(8))
     assert dump(ix) == before
 
 
@@ -316,12 +336,14 @@ def test_an_embedder_of_another_model_name_is_refused(ix: Path, small_settings: 
                                                 ({"max_seq_length": 7}, "max_seq_length")])
 def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
         ix: Path, small_settings: Settings, change: dict[str, Any], field: str) -> None:
-    indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=small_settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     before_store = chunk_files(ix)
     emb = RecordingEmbedder()
     emb.info = replace(emb.info, **change)  # same model name, other weights/shape
     with pytest.raises(ConfigMismatchError, match=f"{field}: index has"):
-        indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=emb, settings=small_settings)
+        indexer.sync(ix, [("a", "alpha"), ("b", "beta")], indexer.SyncOptions(settings=small_settings),
+                     embedder=emb)
     assert emb.calls == []
     assert chunk_files(ix) == before_store
     with indexer.open(ix) as idx:
@@ -336,7 +358,8 @@ def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
 def synced(tmp_path: Path, ix: Path, settings: Settings, n: int = 20) -> tuple[Path, dict[str, str]]:
     docs = docs_of(n)
     src = write_jsonl(tmp_path / "docs.jsonl", docs)
-    indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=settings),
+                 embedder=FakeEmbedder(FAKE_DIM))
     return src, docs
 
 
@@ -390,7 +413,8 @@ def test_verify_finds_a_lost_chunk_and_repair_restores_it(
     assert sorted(served(ix)) == sorted(set(docs) - set(lost))
 
     emb = RecordingEmbedder()
-    summary = indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings)
+    summary = indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                           embedder=emb)
     assert emb.embedded == Counter(docs[i] for i in lost) and summary.embedded == len(lost)
     assert_serves(ix, docs)
     with indexer.open(ix, small_settings) as idx:
@@ -420,7 +444,7 @@ def test_verify_finds_a_nan_in_a_done_slot_and_repair_restores_it(
         with pytest.raises(KeyError, match="d005"):
             idx.get(["d005"])
     emb = RecordingEmbedder()
-    indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings)
+    indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings), embedder=emb)
     assert emb.embedded == Counter([docs["d005"]])
     assert_serves(ix, docs)
     with indexer.open(ix) as idx:
@@ -462,8 +486,9 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
     for i in range(1, 32, 4):
         del docs[f"d{i:03d}"]
     write_jsonl(src, docs)
-    indexer.sync(ix, paths=[str(src)], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings,
-                 delete_missing=True)
+    indexer.sync(ix, paths=[str(src)],
+                 options=indexer.SyncOptions(settings=small_settings, delete_missing=True),
+                 embedder=FakeEmbedder(FAKE_DIM))
     before = served(ix)
     ids = sorted(docs)
     with indexer.open(ix, small_settings) as idx:
@@ -486,7 +511,8 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
 
     # a later sync has nothing to do, and a second compact nothing to pack
     emb = RecordingEmbedder()
-    assert indexer.sync(ix, paths=[str(src)], embedder=emb, settings=small_settings).embedded == 0
+    assert indexer.sync(ix, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                        embedder=emb).embedded == 0
     assert emb.calls == []
     with indexer.open(ix, small_settings) as idx:
         assert idx.compact().chunks_packed == 0
@@ -540,7 +566,8 @@ def test_read_ahead_stays_bounded_and_stops_and_closes_the_source_when_the_calle
 def test_the_summary_tells_what_the_embed_phase_was_spent_on(tmp_path: Path) -> None:
     """`step_seconds`: the driver's wall seconds by step, within the embed phase; none without one."""
     docs = [{"id": k, "text": v} for k, v in docs_of(300).items()]
-    first = indexer.sync(tmp_path / "idx", docs, model="fake:16", settings=indexer.Settings(chunk_rows=8))
+    first = indexer.sync(tmp_path / "idx", docs,
+                         indexer.SyncOptions(model="fake:16", settings=indexer.Settings(chunk_rows=8)))
     assert set(first.step_seconds) == {"claim", "embed", "write", "commit"}
     assert all(seconds > 0 for seconds in first.step_seconds.values())
     assert sum(first.step_seconds.values()) <= first.embed_seconds

@@ -119,16 +119,17 @@ def test_csv_and_parquet_columns(tmp_path: Path) -> None:
 
 def test_python_dicts_and_text_directories(tmp_path: Path) -> None:
     docs = [{"id": "a", "title": "A", "text": "alpha"}, {"id": "b", "text": "beta"}]
-    s = indexer.sync(tmp_path / "ix", docs, model="fake:16", template=TEMPLATE, settings=SETTINGS)
+    s = indexer.sync(tmp_path / "ix", docs,
+                     indexer.SyncOptions(model="fake:16", template=TEMPLATE, settings=SETTINGS))
     assert (s.embedded, s.skipped) == (1, 1)
     assert "<python> item 2: skipped: no 'title' field" in s.warnings[0]
     assert_embedded(tmp_path / "ix", {"a": "A: alpha"})
 
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "one.txt").write_text("hello", encoding="utf-8")
-    s = indexer.sync(tmp_path / "dir-ix", paths=[str(tmp_path / "texts")], model="fake:16",
-                     template="{id}\n{text}", settings=SETTINGS)
+    s = indexer.sync(tmp_path / "dir-ix", paths=[str(tmp_path / "texts")],
+                     options=indexer.SyncOptions(model="fake:16", template="{id}\n{text}", settings=SETTINGS))
     assert_embedded(tmp_path / "dir-ix", {"one.txt": "one.txt\nhello"})
     with pytest.raises(indexer.SourceError, match=r"only the fields id .* and text.*'title'"):
-        indexer.sync(tmp_path / "dir-ix2", paths=[str(tmp_path / "texts")], model="fake:16",
-                     template=TEMPLATE)
+        indexer.sync(tmp_path / "dir-ix2", paths=[str(tmp_path / "texts")],
+                     options=indexer.SyncOptions(model="fake:16", template=TEMPLATE))

@@ -49,8 +49,10 @@ def test_zero_tiny_and_nonfinite_vectors_fail_with_a_reason(tmp_path: Path, dtyp
         bad |= {"t1": "TINY one", "h1": "HUGE one"}
     good = {f"g{i}": f"good text {i}" for i in range(20)}
     docs = [{"id": k, "text": v} for k, v in {**good, **bad}.items()]
-    summary = indexer.sync(tmp_path / "idx", docs, embedder=_OddVectors(16), dtype=dtype,
-                           settings=Settings(chunk_rows=8, retry_attempts=1))
+    summary = indexer.sync(tmp_path / "idx", docs,
+                           indexer.SyncOptions(dtype=dtype,
+                                               settings=Settings(chunk_rows=8, retry_attempts=1)),
+                           embedder=_OddVectors(16))
     assert (summary.embedded, summary.failed) == (len(good), len(bad))
     with indexer.open(tmp_path / "idx") as idx:
         reasons = dict(idx.failures())
@@ -70,9 +72,10 @@ def test_openai_server_answering_zeros_is_not_stored(server: EmbeddingServer, tm
     server.behavior.zero_marker = "ZERO"  # a well-formed answer, all zeros for these inputs
     docs = [{"id": f"d{i}", "text": f"{'ZERO ' if i % 3 == 0 else ''}text {i}"} for i in range(60)]
     zero = {d["id"] for d in docs if d["text"].startswith("ZERO")}
-    summary = indexer.sync(tmp_path / "idx", docs, model="text-embedding-3-small", backend="openai",
-                           backend_options={"base_url": server.base_url},
-                           settings=Settings(chunk_rows=16, retry_attempts=1))
+    summary = indexer.sync(tmp_path / "idx", docs,
+                           indexer.SyncOptions(model="text-embedding-3-small", backend="openai",
+                                               backend_options={"base_url": server.base_url},
+                                               settings=Settings(chunk_rows=16, retry_attempts=1)))
     assert (summary.embedded, summary.failed) == (len(docs) - len(zero), len(zero))
     with indexer.open(tmp_path / "idx") as idx:
         reasons = dict(idx.failures(limit=1000))

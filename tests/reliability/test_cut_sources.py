@@ -214,7 +214,7 @@ def test_one_cut_source_of_several_deletes_nothing(tmp_path: Path, index: Path) 
 
 def test_python_api_raises_with_the_summary(tmp_path: Path, index: Path) -> None:
     with pytest.raises(indexer.IncompleteSourceError, match="no record was read") as info:
-        indexer.sync(index, [], delete_missing=True)
+        indexer.sync(index, [], indexer.SyncOptions(delete_missing=True))
     summary = info.value.summary
     assert isinstance(summary, indexer.SyncSummary) and summary.deleted == 0
     assert summary.incomplete_sources == ["<python>: no record was read, so the source is empty or cut "

@@ -104,7 +104,8 @@ def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.Monke
             os.fsync, 1, errno.EIO, counts=lambda fd: third in os.readlink(f"/proc/self/fd/{fd}")))
 
     with pytest.raises(IndexerError, match="cannot write chunk"):
-        indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
+        indexer.sync(index_dir, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                     embedder=fake_embedder)
     monkeypatch.undo()
 
     status = _assert_consistent(index_dir)
@@ -112,7 +113,8 @@ def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.Monke
     assert status["active_claims"] == 0  # the failed claim was released, not left to expire
     assert not list((index_dir / "vectors.zarr").rglob("*.partial"))
 
-    summary = indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
+    summary = indexer.sync(index_dir, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                           embedder=fake_embedder)
     assert summary.embedded == len(DOCS) - committed
     status = _assert_consistent(index_dir)
     assert status["done"] == len(DOCS) and status["pending"] == 0
@@ -134,11 +136,13 @@ def test_growing_the_array_fails_cleanly(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("indexer.store.os.replace", _fail_on_call(
         os.replace, 2, counts=lambda src, dst: str(dst).endswith("zarr.json")))
     with pytest.raises(IndexerError, match="cannot grow"):
-        indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
+        indexer.sync(index_dir, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                     embedder=fake_embedder)
     monkeypatch.undo()
     status = _assert_consistent(index_dir)
     assert status["active_claims"] == 0 and status["done"] + status["pending"] == len(DOCS)
-    indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)
+    indexer.sync(index_dir, paths=[str(src)], options=indexer.SyncOptions(settings=small_settings),
+                 embedder=fake_embedder)
     assert _assert_consistent(index_dir)["done"] == len(DOCS)
 
 

@@ -40,7 +40,8 @@ FUZZ_SYNC = settings(max_examples=12, deadline=None, suppress_health_check=[Heal
 # -- local helpers ------------------------------------------------------------------------------------
 
 def run(index_dir: Path, *paths: Path | str, **kw: object) -> indexer.SyncSummary:
-    return indexer.sync(index_dir, paths=[str(p) for p in paths], model=MODEL, **kw)  # type: ignore[arg-type]
+    return indexer.sync(index_dir, paths=[str(p) for p in paths],
+                        options=indexer.SyncOptions(model=MODEL, **kw))  # type: ignore[arg-type]
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:
@@ -334,7 +335,7 @@ def test_lone_surrogates(tmp_path: Path) -> None:
 def test_lone_surrogates_from_python(tmp_path: Path) -> None:
     s = indexer.sync(tmp_path / "idx", [{"id": "a", "text": "ok"}, {"id": "b", "text": "x\ud800"},
                                         {"id": "\udcff", "text": "bad id"}, ("c", "pair ok"), 42, None],
-                     model=MODEL)
+                     indexer.SyncOptions(model=MODEL))
     assert_skipped(s, "<python> item 2", "<python> item 3", "<python> item 5", "<python> item 6")
     assert "not valid Unicode" in s.warnings[0] and "not valid Unicode" in s.warnings[1]
     assert_index_holds(tmp_path / "idx", {"a": "ok", "c": "pair ok"})

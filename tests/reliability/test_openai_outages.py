@@ -98,10 +98,11 @@ def test_hanging_server_exits_4_naming_the_timeout(server: EmbeddingServer, tmp_
     server.behavior.hang_every, server.behavior.hang_s, server.behavior.healthy_first = 1, 2.0, 1
     docs = [{"id": f"d{i}", "text": f"document {i} text"} for i in range(20)]
     with pytest.raises(BackendUnavailableError, match=r"no answer within 0\.3s"):
-        indexer.sync(tmp_path / "idx", docs, model=MODEL, backend="openai",
-                     backend_options={"base_url": server.base_url, "timeout": 0.3, "max_retries": 0,
-                                      "backoff_base": 0.01},
-                     settings=Settings(chunk_rows=8))
+        indexer.sync(tmp_path / "idx", docs,
+                     indexer.SyncOptions(model=MODEL, backend="openai",
+                                         backend_options={"base_url": server.base_url, "timeout": 0.3,
+                                                          "max_retries": 0, "backoff_base": 0.01},
+                                         settings=Settings(chunk_rows=8)))
     st = contents(tmp_path / "idx")
     assert (st.get("failed", 0), st["pending"], st["max_attempts"]) == (0, 20, 0)
 
@@ -113,8 +114,9 @@ def _sync_in_thread(index: Path, docs: list[dict[str, str]], **options: object) 
 
     def go() -> None:
         try:
-            indexer.sync(index, docs, model=MODEL, backend="openai", backend_options=options,
-                         settings=Settings(chunk_rows=8))
+            indexer.sync(index, docs,
+                         indexer.SyncOptions(model=MODEL, backend="openai", backend_options=options,
+                                             settings=Settings(chunk_rows=8)))
             got.append(None)
         except BaseException as exc:
             got.append(exc)
@@ -164,10 +166,11 @@ def test_non_numeric_vector_element_is_a_bad_answer_not_a_traceback(server: Embe
                                                                     tmp_path: Path) -> None:
     server.behavior.text_element_every = 2  # every other answer: ["not a number", 0.1, ...]
     docs = [{"id": f"d{i}", "text": f"document {i} text"} for i in range(40)]
-    summary = indexer.sync(tmp_path / "idx", docs, model=MODEL, backend="openai",
-                           backend_options={"base_url": server.base_url, "backoff_base": 0.01,
-                                            "max_retries": 5},
-                           settings=Settings(chunk_rows=8))
+    summary = indexer.sync(tmp_path / "idx", docs,
+                           indexer.SyncOptions(model=MODEL, backend="openai",
+                                               backend_options={"base_url": server.base_url,
+                                                                "backoff_base": 0.01, "max_retries": 5},
+                                               settings=Settings(chunk_rows=8)))
     assert summary.embedded == 40 and summary.failed == 0
     assert summary.backend_stats["bad_answers"] == len(server.records("garbage:text")) > 0
     assert_all_served(tmp_path / "idx", 40)
@@ -184,10 +187,11 @@ def test_json_summary_counts_returned_documents(server: EmbeddingServer, tmp_pat
     # in the same run, and none failed.
     docs = [{"id": f"d{i}", "text": f"document {i} text"} for i in range(8)]
     server.behavior.fail_every, server.behavior.fail_codes = 2, (502,)
-    summary = indexer.sync(tmp_path / "idx", docs, model=MODEL, backend="openai",
-                           backend_options={"base_url": server.base_url, "backoff_base": 0.01,
-                                            "max_retries": 0},
-                           settings=Settings(chunk_rows=8))
+    summary = indexer.sync(tmp_path / "idx", docs,
+                           indexer.SyncOptions(model=MODEL, backend="openai",
+                                               backend_options={"base_url": server.base_url,
+                                                                "backoff_base": 0.01, "max_retries": 0},
+                                               settings=Settings(chunk_rows=8)))
     assert summary.failed == 0 and summary.embedded == 8 and summary.returned == 8
     assert json.loads(json.dumps(summary.to_dict()))["returned"] == 8
     assert_all_served(tmp_path / "idx", 8)
@@ -230,7 +234,8 @@ def test_driver_stops_any_backend_that_keeps_returning_work(tmp_path: Path) -> N
     runner = _DownRunner()
     docs = [{"id": f"d{i}", "text": f"document {i} text"} for i in range(20)]
     with pytest.raises(BackendUnavailableError, match=r"connection refused \(call 3\)"):
-        indexer.sync(tmp_path / "idx", docs, runner=runner, settings=Settings(chunk_rows=8))
+        indexer.sync(tmp_path / "idx", docs, indexer.SyncOptions(settings=Settings(chunk_rows=8)),
+                     runner=runner)
     assert runner.calls == 3
     st = contents(tmp_path / "idx")
     assert (st.get("failed", 0), st["pending"], st["max_attempts"]) == (0, 20, 0)

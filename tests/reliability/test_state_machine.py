@@ -197,8 +197,10 @@ class IndexMachine(RuleBasedStateMachine):
         docs = [{"id": k, "text": v} for k, v in self.source.items()]
         try:
             # max_delete=1: the model deletes whatever the source lost (the guard is tested in test_cli.py)
-            return indexer.sync(self.index, docs, embedder=self.embedder, settings=SETTINGS,
-                                delete_missing=delete_missing, max_delete=1.0, chunk_tokens=CHUNK_TOKENS)
+            return indexer.sync(self.index, docs,
+                                indexer.SyncOptions(settings=SETTINGS, delete_missing=delete_missing,
+                                                    max_delete=1.0, chunk_tokens=CHUNK_TOKENS),
+                                embedder=self.embedder)
         except indexer.IncompleteSourceError as exc:
             # An empty source cannot tell what is missing (issue 10, item 4): synced, nothing deleted.
             assert delete_missing and not docs, exc

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from indexer import Index, sync
+from indexer import Index, SyncOptions, sync
 from indexer.manifest import Inspection
 from indexer.settings import Settings
 
@@ -104,7 +104,7 @@ def assert_stopped_cleanly(proc: subprocess.Popen[str], sig: signal.Signals, ind
 
 def resume_embeds_exactly_the_rest(src: Path, index_dir: Path, n: int) -> None:
     done_before = query(index_dir, done)
-    again = sync(index_dir, paths=[str(src)], settings=Settings(chunk_rows=64))
+    again = sync(index_dir, paths=[str(src)], options=SyncOptions(settings=Settings(chunk_rows=64)))
     assert again.embedded == n - done_before and again.failed == 0
     with Index.open(index_dir) as idx:
         assert idx.verify().ok

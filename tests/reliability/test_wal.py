@@ -58,7 +58,8 @@ def wal_peak(index: Path, settings: Settings) -> tuple[int, int]:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        summary = indexer.sync(index, docs(20_000), embedder=FakeEmbedder(64), settings=settings)
+        summary = indexer.sync(index, docs(20_000), indexer.SyncOptions(settings=settings),
+                               embedder=FakeEmbedder(64))
     finally:
         done.set()
         watcher.join()
@@ -73,9 +74,10 @@ def wal_peak(index: Path, settings: Settings) -> tuple[int, int]:
 def test_compact_vacuums_the_manifest(tmp_path: Path) -> None:
     index = tmp_path / "idx"
     settings = Settings(chunk_rows=64, scan_batch=2000)
-    indexer.sync(index, docs(10_000), embedder=FakeEmbedder(16), settings=settings)
-    indexer.sync(index, docs(500), embedder=FakeEmbedder(16), settings=settings, delete_missing=True,
-                 max_delete=1.0)  # most documents go, on purpose: compact then has work
+    indexer.sync(index, docs(10_000), indexer.SyncOptions(settings=settings), embedder=FakeEmbedder(16))
+    indexer.sync(index, docs(500),
+                 indexer.SyncOptions(settings=settings, delete_missing=True, max_delete=1.0),
+                 embedder=FakeEmbedder(16))  # most documents go, on purpose: compact then has work
     before = (index / "manifest.sqlite").stat().st_size
     with indexer.open(index, settings) as idx:
         report = idx.compact()

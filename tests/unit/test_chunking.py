@@ -207,7 +207,8 @@ def test_one_paragraph_edits_re_embed_a_median_of_at_most_two_chunks(tmp_path: P
     def texts() -> list[dict[str, str]]:
         return [{"id": k, "text": "\n\n".join(v)} for k, v in paragraphs.items()]
 
-    first = indexer.sync(tmp_path / "ix", texts(), embedder=FAKE, chunk_tokens=40, settings=SETTINGS)
+    first = indexer.sync(tmp_path / "ix", texts(), indexer.SyncOptions(chunk_tokens=40, settings=SETTINGS),
+                         embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         ordinals = idx.chunks().ordinals
         per_doc = dict(zip(*np.unique(np.array(list(idx.chunks().ids)), return_counts=True), strict=True))
@@ -216,7 +217,8 @@ def test_one_paragraph_edits_re_embed_a_median_of_at_most_two_chunks(tmp_path: P
     for _ in range(60):
         doc = rng.choice(sorted(paragraphs))
         paragraphs[doc][rng.randrange(70)] = paragraph(rng)
-        summary = indexer.sync(tmp_path / "ix", texts(), embedder=FAKE, chunk_tokens=40, settings=SETTINGS)
+        summary = indexer.sync(tmp_path / "ix", texts(),
+                               indexer.SyncOptions(chunk_tokens=40, settings=SETTINGS), embedder=FAKE)
         assert summary.changed == 1
         embedded.append(summary.embedded)
     assert statistics.median(embedded) <= 2, embedded
@@ -249,11 +251,13 @@ def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_don
     v2 = "alpha beta gamma.\n\ndelta poison zeta.\n\neta theta kappa."
     model = FailingFake()
     settings = Settings(chunk_rows=8, retry_attempts=1)
-    indexer.sync(tmp_path / "ix", [("doc", v1)], embedder=model, chunk_tokens=3, settings=settings)
+    indexer.sync(tmp_path / "ix", [("doc", v1)], indexer.SyncOptions(chunk_tokens=3, settings=settings),
+                 embedder=model)
     with indexer.open(tmp_path / "ix") as idx:
         np.testing.assert_allclose(idx.get(["doc"])[0], mean_vector(
             ["alpha beta gamma.", "delta epsilon zeta.", "eta theta iota."]), atol=1e-6)
-    summary = indexer.sync(tmp_path / "ix", [("doc", v2)], embedder=model, chunk_tokens=3, settings=settings)
+    summary = indexer.sync(tmp_path / "ix", [("doc", v2)],
+                           indexer.SyncOptions(chunk_tokens=3, settings=settings), embedder=model)
     assert summary.failed == 1 and summary.embedded == 1  # the new last chunk is done, the poisoned not
     with indexer.open(tmp_path / "ix") as idx:
         # still v1's vector; the document counts as failed, with the chunk that failed
@@ -264,7 +268,8 @@ def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_don
         assert doc == "doc" and reason.startswith("chunk 1: ") and "fail" in reason
         assert idx.retry() == 1
     model.failing = False
-    summary = indexer.sync(tmp_path / "ix", [("doc", v2)], embedder=model, chunk_tokens=3, settings=settings)
+    summary = indexer.sync(tmp_path / "ix", [("doc", v2)],
+                           indexer.SyncOptions(chunk_tokens=3, settings=settings), embedder=model)
     assert summary.embedded == 1
     with indexer.open(tmp_path / "ix") as idx:
         np.testing.assert_allclose(idx.get(["doc"])[0], mean_vector(
@@ -276,7 +281,8 @@ def test_chunks_and_export_levels(tmp_path: Path) -> None:
     rng = random.Random(4)
     docs = {"long": long_document(rng, 12), "short": "just a few words"}
     docs["copy"] = docs["long"]
-    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", list(docs.items()), indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS),
+                 embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         chunks = idx.chunks()
         assert len(chunks) == len(chunks.ordinals) == len(chunks.starts) == len(chunks.ends)
@@ -314,13 +320,13 @@ def test_chunks_and_export_levels(tmp_path: Path) -> None:
 def test_compact_drops_the_chunks_of_old_versions_and_verify_stays_clean(tmp_path: Path) -> None:
     rng = random.Random(8)
     paragraphs = [paragraph(rng) for _ in range(20)]
-    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs))], embedder=FAKE, chunk_tokens=40,
-                 settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs))],
+                 indexer.SyncOptions(chunk_tokens=40, settings=SETTINGS), embedder=FAKE)
     paragraphs[3] = paragraph(rng)
-    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs)), ("gone", "x")], embedder=FAKE,
-                 chunk_tokens=40, settings=SETTINGS)
-    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs))], embedder=FAKE, chunk_tokens=40,
-                 settings=SETTINGS, delete_missing=True)
+    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs)), ("gone", "x")],
+                 indexer.SyncOptions(chunk_tokens=40, settings=SETTINGS), embedder=FAKE)
+    indexer.sync(tmp_path / "ix", [("doc", "\n\n".join(paragraphs))],
+                 indexer.SyncOptions(chunk_tokens=40, settings=SETTINGS, delete_missing=True), embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         current = idx.status()["chunks"]
         before = idx.status()["contents"]["done"]
@@ -337,7 +343,8 @@ def test_compact_drops_the_chunks_of_old_versions_and_verify_stays_clean(tmp_pat
 def test_verify_finds_a_whole_done_with_a_chunk_that_is_not_and_repair_requeues_it(tmp_path: Path) -> None:
     rng = random.Random(9)
     text = long_document(rng, 10)
-    indexer.sync(tmp_path / "ix", [("doc", text)], embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", [("doc", text)], indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS),
+                 embedder=FAKE)
     with Inspection.open(tmp_path / "ix") as look:
         (third,) = [t.hash for t in look.text_chunks() if t.ordinal == 2]
     with Tamper.open(tmp_path / "ix") as tamper:
@@ -348,8 +355,8 @@ def test_verify_finds_a_whole_done_with_a_chunk_that_is_not_and_repair_requeues_
         report = idx.verify(repair=True)
         assert report.repaired >= 1
         assert len(idx.vectors()[0]) == 0  # no longer served: it lacks a chunk
-    summary = indexer.sync(tmp_path / "ix", [("doc", text)], embedder=FAKE, chunk_tokens=30,
-                           settings=SETTINGS)
+    summary = indexer.sync(tmp_path / "ix", [("doc", text)],
+                           indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS), embedder=FAKE)
     assert summary.embedded == 1  # the chunk whose text was staged again by the scan
     with indexer.open(tmp_path / "ix") as idx:
         assert list(idx.vectors()[0]) == ["doc"] and idx.verify().ok
@@ -378,7 +385,7 @@ def test_an_index_from_before_chunking_keeps_working_unchunked(tmp_path: Path) -
     """index.toml written before chunking existed: no chunking keys. It reads as chunking off, with the
     same fingerprint, and its long documents stay one vector each."""
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "short")], embedder=FAKE, settings=SETTINGS)
+    indexer.sync(ix, [("a", "short")], indexer.SyncOptions(settings=SETTINGS), embedder=FAKE)
     old_keys = ("model", "revision", "dim", "dtype", "normalize", "max_seq_length", "prompt", "runtime",
                 "truncate_dim")
     config = read_config(ix / "index.toml")
@@ -389,7 +396,8 @@ def test_an_index_from_before_chunking_keeps_working_unchunked(tmp_path: Path) -
     assert (reread.chunking, reread.chunk_tokens, reread.chunk_overlap) == (False, 0, 0)
     assert reread.fingerprint() == EmbeddingConfig(**old).fingerprint()
     long_text = " ".join(f"w{i}" for i in range(500))
-    summary = indexer.sync(ix, [("a", "short"), ("b", long_text)], embedder=FAKE, settings=SETTINGS)
+    summary = indexer.sync(ix, [("a", "short"), ("b", long_text)], indexer.SyncOptions(settings=SETTINGS),
+                           embedder=FAKE)
     assert summary.embedded == 1 and summary.chunks == 1
     with indexer.open(ix) as idx:
         np.testing.assert_array_equal(idx.get(["b"])[0], FAKE.embed([long_text])[0])
@@ -408,7 +416,7 @@ def test_the_default_model_gives_a_fitting_document_its_vector_and_a_long_one_it
     short = ["a", "déjà vu naïve café 東京 ✓", "def f(x):\n    return x ** 2", "한국어 문장입니다"]
     long = docstrings()[:3]
     docs = [(f"s{i}", t) for i, t in enumerate(short)] + [(f"l{i}", t) for i, t in enumerate(long)]
-    summary = indexer.sync(tmp_path / "ix", docs, settings=Settings(chunk_rows=16))
+    summary = indexer.sync(tmp_path / "ix", docs, indexer.SyncOptions(settings=Settings(chunk_rows=16)))
     assert summary.failed == 0 and summary.truncated == 0
     with indexer.open(tmp_path / "ix") as idx:
         assert (idx.config.chunking, idx.config.chunk_tokens) == (True, 0)
@@ -467,11 +475,13 @@ def test_snapshots_of_long_documents_follow_a_compact_that_moves_their_chunks(tm
     rng = random.Random(21)
     short = {f"s{i:02d}": paragraph(rng, (3, 6)) for i in range(40)}
     docs = {"long": long_document(rng, 12), **short}
-    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", list(docs.items()), indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS),
+                 embedder=FAKE)
     kept = {"long": docs["long"], **{k: v for i, (k, v) in enumerate(short.items()) if i % 5 == 0}}
     # max_delete=1: most short documents go on purpose (the guard is tested in test_cli.py)
-    indexer.sync(tmp_path / "ix", list(kept.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS,
-                 delete_missing=True, max_delete=1.0)
+    indexer.sync(tmp_path / "ix", list(kept.items()),
+                 indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS, delete_missing=True, max_delete=1.0),
+                 embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         before = long_slots(idx, "long")
         ids, vecs = idx.vectors()
@@ -503,7 +513,8 @@ def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path:
     --repair re-queues that chunk, after which a sync serves the document again."""
     rng = random.Random(22)
     docs = {"long": long_document(rng, 10), "short": "a few words"}
-    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", list(docs.items()), indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS),
+                 embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         good = idx.get(["long"])[0]
         slot = long_slots(idx, "long")[2]
@@ -529,7 +540,8 @@ def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path:
         report = idx.verify()
         assert not report.ok and any(f"slot {slot}" in p for p in report.problems), report.problems
         assert idx.verify(repair=True).repaired >= 1
-    indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", list(docs.items()), indexer.SyncOptions(chunk_tokens=30, settings=SETTINGS),
+                 embedder=FAKE)
     with indexer.open(tmp_path / "ix") as idx:
         np.testing.assert_allclose(idx.get(["long"])[0], good, atol=1e-6)
         assert idx.verify().ok

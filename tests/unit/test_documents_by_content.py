@@ -30,7 +30,7 @@ def numbers(ix: Path) -> dict[str, tuple[int | None, bytes | None, int]]:
 def test_verify_finds_a_document_numbered_wrong_and_repair_numbers_it_again(tmp_path: Path) -> None:
     ix = tmp_path / "ix"
     docs = [(f"d{i}", f"text {i}") for i in range(10)]
-    indexer.sync(ix, docs, embedder=FakeEmbedder(FAKE_DIM), settings=SETTINGS)
+    indexer.sync(ix, docs, indexer.SyncOptions(settings=SETTINGS), embedder=FakeEmbedder(FAKE_DIM))
     with Tamper.open(ix) as tamper:
         tamper.misnumber_document("d3")
     with indexer.open(ix, SETTINGS) as idx:
@@ -41,7 +41,7 @@ def test_verify_finds_a_document_numbered_wrong_and_repair_numbers_it_again(tmp_
         assert idx.verify().ok
     # numbered right again: a change of d3's text is served once embedded
     docs[3] = ("d3", "a new text")
-    indexer.sync(ix, docs, embedder=FakeEmbedder(FAKE_DIM), settings=SETTINGS)
+    indexer.sync(ix, docs, indexer.SyncOptions(settings=SETTINGS), embedder=FakeEmbedder(FAKE_DIM))
     assert served(ix)["d3"].tobytes() == fake_vector("a new text").tobytes()
 
 
@@ -50,25 +50,27 @@ def test_a_number_compact_freed_and_a_new_content_took_never_reaches_a_deleted_d
     ix = tmp_path / "ix"
     embedder = FakeEmbedder(FAKE_DIM)
     # "gone for now" is the longest text: the last number (a scan numbers its new texts shortest first)
-    indexer.sync(ix, [("a", "one"), ("b", "gone for now")], embedder=embedder, settings=SETTINGS)
+    indexer.sync(ix, [("a", "one"), ("b", "gone for now")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=embedder)
     b_number = numbers(ix)["b"][0]
     assert b_number == max(seq for seq, _, _ in numbers(ix).values())
-    indexer.sync(ix, [("a", "one")], embedder=embedder, settings=SETTINGS, delete_missing=True,
-                 max_delete=1.0)
+    indexer.sync(ix, [("a", "one")],
+                 indexer.SyncOptions(settings=SETTINGS, delete_missing=True, max_delete=1.0),
+                 embedder=embedder)
     with indexer.open(ix, SETTINGS) as idx:
         idx.compact()  # drops b's content: its number is free
     assert numbers(ix)["b"] == (None, None, 1)
 
     # c's text is new (the freed number); e has b's text again, a content of a new number
-    indexer.sync(ix, [("a", "one"), ("c", "a new text"), ("e", "gone for now")], embedder=embedder,
-                 settings=SETTINGS)
+    indexer.sync(ix, [("a", "one"), ("c", "a new text"), ("e", "gone for now")],
+                 indexer.SyncOptions(settings=SETTINGS), embedder=embedder)
     got = numbers(ix)
     assert got["c"][0] == b_number  # the freed number, given again
     assert got["b"] == (None, None, 1)  # neither commit reached b
     with indexer.open(ix, SETTINGS) as idx:
         assert idx.verify().ok
     docs = [("a", "one"), ("b", "gone for now"), ("c", "a new text"), ("e", "gone for now")]
-    indexer.sync(ix, docs, embedder=embedder, settings=SETTINGS)
+    indexer.sync(ix, docs, indexer.SyncOptions(settings=SETTINGS), embedder=embedder)
     assert numbers(ix)["b"][0] == numbers(ix)["e"][0]
     got_vectors = served(ix)
     for key, text in docs:

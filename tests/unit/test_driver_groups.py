@@ -73,7 +73,7 @@ def test_groups_commit_several_claims_at_once_and_store_every_vector(
     docs = docs_of(100)  # 13 chunks of 8
     ix = tmp_path / "ix"
     emb = RecordingEmbedder()
-    summary = indexer.sync(ix, docs.items(), embedder=emb, settings=grouped)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), embedder=emb)
     assert summary.embedded == 100 and summary.claims == 13 and summary.failed == 0
     assert commits[:3] == [1, 2, 4] and max(commits) == 4 and sum(commits) == 13
     # one submission per group: the runner saw the group's texts end to end
@@ -90,8 +90,9 @@ def test_groups_commit_several_claims_at_once_and_store_every_vector(
 def test_claim_seconds_zero_keeps_one_claim_per_transaction(
         tmp_path: Path, grouped: Settings, commits: list[int]) -> None:
     docs = docs_of(40)
-    indexer.sync(tmp_path / "ix", docs.items(), embedder=RecordingEmbedder(),
-                 settings=replace(grouped, claim_seconds=0.0))
+    indexer.sync(tmp_path / "ix", docs.items(),
+                 indexer.SyncOptions(settings=replace(grouped, claim_seconds=0.0)),
+                 embedder=RecordingEmbedder())
     assert commits == [1] * 5
     assert_serves(tmp_path / "ix", docs)
 
@@ -101,8 +102,8 @@ def test_a_failing_document_in_a_group_fails_alone_in_its_own_claim(
     docs = docs_of(60)
     docs["zz-poison"] = "x" * 40  # the longest text: claimed last, in a later claim of a group
     ix = tmp_path / "ix"
-    summary = indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(fail=[docs["zz-poison"]]),
-                           settings=grouped)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped),
+                           embedder=RecordingEmbedder(fail=[docs["zz-poison"]]))
     assert (summary.embedded, summary.failed) == (60, 1) and max(commits) > 1
     good = {k: v for k, v in docs.items() if k != "zz-poison"}
     assert_serves(ix, good)
@@ -130,7 +131,7 @@ def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
 
     monkeypatch.setattr(VectorStore, "write_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+        indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), embedder=RecordingEmbedder())
     monkeypatch.setattr(VectorStore, "write_chunk", real)
     with indexer.open(ix, grouped) as idx:
         st = idx.status()
@@ -140,7 +141,7 @@ def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
         assert claims == Counter(committed=3, released=4 + 4)
         assert idx.verify().ok
     again = RecordingEmbedder()
-    summary = indexer.sync(ix, docs.items(), embedder=again, settings=grouped)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), embedder=again)
     assert summary.embedded == 100 - 24 and sum(again.embedded.values()) == 76
     assert_serves(ix, docs)
     assert max(again.embedded.values()) == 1
@@ -183,14 +184,14 @@ def test_a_runner_error_keeps_the_group_written_before_it(tmp_path: Path, groupe
     ix = tmp_path / "ix"
     first = RecordingEmbedder()
     with pytest.raises(RuntimeError, match="went away"):
-        indexer.sync(ix, docs.items(), runner=_GivesUpAt(first, 3), settings=grouped)
+        indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), runner=_GivesUpAt(first, 3))
     with indexer.open(ix, grouped) as idx:
         st = idx.status()
         assert st["active_claims"] == 0
         assert st["done"] == 3 * 8 == sum(first.embedded.values())  # the groups of 1 and 2 chunks
         assert idx.verify().ok
     again = RecordingEmbedder()
-    summary = indexer.sync(ix, docs.items(), embedder=again, settings=grouped)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), embedder=again)
     assert summary.embedded == 100 - 24
     assert_serves(ix, docs)
     assert not set(first.embedded) & set(again.embedded)  # nothing embedded twice
@@ -213,13 +214,14 @@ def test_an_interrupt_between_a_result_and_its_write_gives_the_group_back(
 
     monkeypatch.setattr(GroupSizer, "observe", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+        indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped), embedder=RecordingEmbedder())
     monkeypatch.setattr(GroupSizer, "observe", real)
     with indexer.open(ix, grouped) as idx:
         assert idx.status()["active_claims"] == 0
         assert [s for s in Inspection(idx.manifest.conn).staged() if (s.claim_id or 0) > 0] == []
         assert idx.verify().ok
         done = idx.status()["done"]
-    summary = indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)
+    summary = indexer.sync(ix, docs.items(), indexer.SyncOptions(settings=grouped),
+                           embedder=RecordingEmbedder())
     assert summary.embedded == 100 - done
     assert_serves(ix, docs)

@@ -221,7 +221,8 @@ def test_a_sync_with_the_tiny_model(tiny_path: Path, tiny: SentenceTransformerEm
     """Unchunked (one vector a document, as encode gives it), then chunked: texts past the tiny model's
     window are embedded as chunks, each what encode gives that chunk's text."""
     docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts[:50])]
-    summary = indexer.sync(tmp_path / "ix", docs, model=str(tiny_path), batch_size=BATCH, chunking=False)
+    summary = indexer.sync(tmp_path / "ix", docs,
+                           indexer.SyncOptions(model=str(tiny_path), batch_size=BATCH, chunking=False))
     assert summary.embedded == len({d["text"] for d in docs}) and summary.failed == 0
     with indexer.open(tmp_path / "ix") as index:
         assert (index.config.model, index.config.dim, index.config.revision) == \
@@ -229,7 +230,8 @@ def test_a_sync_with_the_tiny_model(tiny_path: Path, tiny: SentenceTransformerEm
         got = index.get([d["id"] for d in docs])
     assert cosines(got, tiny.model.encode([d["text"] for d in docs])).min() >= 0.9999
 
-    summary = indexer.sync(tmp_path / "chunked", docs, model=str(tiny_path), batch_size=BATCH)
+    summary = indexer.sync(tmp_path / "chunked", docs,
+                           indexer.SyncOptions(model=str(tiny_path), batch_size=BATCH))
     assert summary.failed == 0 and summary.chunks > len(docs)  # some are longer than the window
     with indexer.open(tmp_path / "chunked") as index:
         chunks = index.chunks()
@@ -374,7 +376,7 @@ def test_the_cli_batch_limits_reach_the_embedder(tiny_path: Path, tmp_path: Path
 
 def test_a_negative_token_budget_is_refused() -> None:
     with pytest.raises(indexer.IndexerError, match="--batch-tokens must be at least 1"):
-        indexer.sync("unused", [], batch_tokens=-1)
+        indexer.sync("unused", [], indexer.SyncOptions(batch_tokens=-1))
 
 
 def test_which_embedders_tokenize_apart_from_their_forward_passes(tiny: SentenceTransformerEmbedder) -> None:

@@ -99,8 +99,8 @@ def test_manifest_upgrades_an_old_database_step_by_step(tmp_path: Path) -> None:
 
 def test_schema_sql_matches_a_migrated_index_end_to_end(tmp_path: Path, fake_embedder: object) -> None:
     """An index made by a sync (schema.sql) and a step-by-step manifest have the same schema."""
-    indexer.sync(tmp_path / "ix", [("a", "alpha")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS)
+    indexer.sync(tmp_path / "ix", [("a", "alpha")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=fake_embedder)  # type: ignore[arg-type]
     stepwise = tmp_path / "stepwise.sqlite"
     apply_by_hand(stepwise, numbered())
     assert schema_of(tmp_path / "ix" / "manifest.sqlite") == schema_of(stepwise)
@@ -171,7 +171,8 @@ def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
 
 def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_embedder: object) -> None:
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    indexer.sync(ix, [("a", "alpha")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=fake_embedder)  # type: ignore[arg-type]
     with Tamper.open(ix) as tamper:
         tamper.record_future_migration(9999)
     with pytest.raises(ManifestError, match="upgrade indexer"):
@@ -193,7 +194,8 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
 
     ix = index_with_work_at_schema(tmp_path, fake_embedder, version, SETTINGS, failed=True)
     assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
-    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    summary = indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                           embedder=fake_embedder)  # type: ignore[arg-type]
     assert summary.embedded == 2
     got = served(ix)
     assert sorted(got) == ["a", "b", "c"]
@@ -227,7 +229,8 @@ def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
         assert [c for c in Inspection(idx.manifest.conn).contents().values() if c.parts != 0] == []
         assert list(idx.vectors()[0]) == ["a"]
         assert idx.retry() == 1
-    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    summary = indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                           embedder=fake_embedder)  # type: ignore[arg-type]
     assert summary.embedded == 3
     got = served(ix)
     assert sorted(got) == ["a", "b", "c", "d"]
@@ -249,7 +252,8 @@ def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Pat
     from helpers import served
 
     ix = index_with_work_at_schema(tmp_path, fake_embedder, 5, SETTINGS)
-    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                        embedder=fake_embedder).embedded == 2  # type: ignore[arg-type]
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
     report = push(ix, f"lancedb:{tmp_path / 'lance'}")
     assert (report.upserted, report.rows) == (3, 3)
@@ -267,10 +271,12 @@ def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_
     ix = index_with_work_at_schema(tmp_path, fake_embedder, skips_version - 1, SETTINGS)
     src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "},
                                              {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
-    first = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    first = indexer.sync(ix, paths=[str(src)],
+                         options=indexer.SyncOptions(model="fake:16", settings=SETTINGS))
     assert first.warnings == [f"{src}:2: skipped: empty text: nothing to embed"] and first.embedded == 2
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
-    second = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
+    second = indexer.sync(ix, paths=[str(src)],
+                          options=indexer.SyncOptions(model="fake:16", settings=SETTINGS))
     assert second.skipped == 1 and len(second.warnings) == 1
     assert "reported by an earlier sync" in second.warnings[0]
 
@@ -296,15 +302,17 @@ def test_an_index_from_before_state_counts_migrates_with_counts_equal_to_a_recou
         assert (status["documents"], status["done"], status["failed"], status["pending"],
                 status["deleted"], status["chunks"], status["truncated"]) == (8, 2, 2, 4, 1, 9, 1)
         assert status["contents"] == {"pending": 4, "claimed": 1, "done": 1, "failed": 2}
-    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    summary = indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                           embedder=fake_embedder)  # type: ignore[arg-type]
     assert summary.embedded == 5  # beta, gamma, cut text and the two chunks of the long text
     assert sorted(served(ix)) == ["a", "a2", "b", "c", "long", "t"]
     with indexer.open(ix) as idx:
         assert idx.manifest.counts_problems() == []
         assert idx.status()["done"] == 6
         assert idx.verify().problems == []
-    indexer.sync(ix, [("a", "alpha"), ("b", "changed")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS, delete_missing=True, max_delete=1.0)
+    indexer.sync(ix, [("a", "alpha"), ("b", "changed")],
+                 indexer.SyncOptions(settings=SETTINGS, delete_missing=True, max_delete=1.0),
+                 embedder=fake_embedder)  # type: ignore[arg-type]
     with indexer.open(ix) as idx:
         idx.compact()
         assert idx.manifest.counts_problems() == []
@@ -352,18 +360,21 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
                                                      if h not in {content_hash(t) for _, t, _ in rows})
     assert schema_of(ix / "manifest.sqlite") == schema_of(fresh(tmp_path / "fresh.sqlite"))
 
-    summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
+    summary = indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                           embedder=fake_embedder)  # type: ignore[arg-type]
     assert summary.embedded == 4  # beta, gamma (its claim's owner is dead) and the long text's chunks
     with indexer.open(ix) as idx:
         assert idx.retry() == 2
-    assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
+    assert indexer.sync(ix, [], indexer.SyncOptions(settings=SETTINGS),
+                        embedder=fake_embedder).embedded == 2  # type: ignore[arg-type]
     got = served(ix)
     assert sorted(got) == ["a", "b", "c", "d", "f", "long"]  # "l" waits for its text
     for key, text in (("b", "beta"), ("c", "gamma"), ("d", "bad"), ("f", "failing")):
         assert got[key].tobytes() == fake_vector(text).tobytes(), key
     source = [("a", "alpha"), ("b", "beta"), ("c", "gamma"), ("d", "bad"), ("f", "failing"),
               ("long", "long text"), ("l", "lost")]
-    assert indexer.sync(ix, source, embedder=fake_embedder, settings=SETTINGS).embedded == 1  # type: ignore[arg-type]
+    assert indexer.sync(ix, source, indexer.SyncOptions(settings=SETTINGS),
+                        embedder=fake_embedder).embedded == 1  # type: ignore[arg-type]
     assert served(ix)["l"].tobytes() == fake_vector("lost").tobytes()
     with indexer.open(ix) as idx:
         assert idx.manifest.counts_problems() == []
@@ -379,8 +390,8 @@ def test_an_index_from_before_0011_with_a_changed_document_waiting_serves_the_sa
     from helpers import fake_vector, served
 
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("a", "alpha"), ("b", "beta")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS)
+    indexer.sync(ix, [("a", "alpha"), ("b", "beta")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=fake_embedder)  # type: ignore[arg-type]
     with indexer.open(ix, SETTINGS) as idx:  # "b" changed: scanned, not embedded
         idx.manifest.scan_batch([Record("a", "alpha", "f.jsonl", 1),
                                  Record("b", "beta, edited", "f.jsonl", 2)], ScanCounts())
@@ -392,8 +403,8 @@ def test_an_index_from_before_0011_with_a_changed_document_waiting_serves_the_sa
     assert before["a"].tobytes() == fake_vector("alpha").tobytes()
     assert before["b"].tobytes() == fake_vector("beta").tobytes()
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
-    indexer.sync(ix, [("a", "alpha"), ("b", "beta, edited")], embedder=fake_embedder,  # type: ignore[arg-type]
-                 settings=SETTINGS)
+    indexer.sync(ix, [("a", "alpha"), ("b", "beta, edited")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=fake_embedder)  # type: ignore[arg-type]
     assert served(ix)["b"].tobytes() == fake_vector("beta, edited").tobytes()
     with indexer.open(ix, SETTINGS) as idx:
         assert idx.verify().ok

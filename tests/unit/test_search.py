@@ -176,8 +176,8 @@ def _text(i: int) -> str:
 
 
 def _index(tmp_path: Path, n: int, settings: Settings, **kw: object) -> Path:
-    indexer.sync(tmp_path / "ix", [(f"d{i}", _text(i)) for i in range(n)], settings=settings,
-                 **kw)  # type: ignore[arg-type]
+    indexer.sync(tmp_path / "ix", [(f"d{i}", _text(i)) for i in range(n)],
+                 indexer.SyncOptions(settings=settings, **kw))  # type: ignore[arg-type]
     return tmp_path / "ix"
 
 
@@ -270,7 +270,8 @@ def test_api_indexes_point_to_search_vectors(tmp_path: Path, small_settings: Set
 def test_search_after_changes_reads_scattered_slots(tmp_path: Path, small_settings: Settings) -> None:
     ix = _index(tmp_path, 40, small_settings, model="fake:16")
     changed = [(f"d{i}", _text(i) + (" changed" if i % 3 == 0 else "")) for i in range(40) if i % 5]
-    indexer.sync(ix, changed, settings=small_settings, model="fake:16", delete_missing=True)
+    indexer.sync(ix, changed,
+                 indexer.SyncOptions(settings=small_settings, model="fake:16", delete_missing=True))
     queries = [_text(6) + " changed", _text(7), "word word"]
     with indexer.open(ix) as idx:
         hits = idx.search(queries, k=9)
@@ -292,7 +293,8 @@ def _long_text(i: int) -> str:
 
 def test_chunked_index_ranks_documents_by_their_best_chunk(tmp_path: Path, small_settings: Settings) -> None:
     docs = {f"long{i}": _long_text(i) for i in range(12)} | {"short": "Doc short says hello."}
-    indexer.sync(tmp_path / "ix", docs.items(), settings=small_settings, model="fake:16", chunk_tokens=12)
+    indexer.sync(tmp_path / "ix", docs.items(),
+                 indexer.SyncOptions(settings=small_settings, model="fake:16", chunk_tokens=12))
     with indexer.open(tmp_path / "ix") as idx:
         chunks = idx.chunks()
         ids, ordinals = list(chunks.ids), chunks.ordinals
@@ -339,8 +341,9 @@ def test_a_query_longer_than_the_window_is_embedded_with_a_warning(tmp_path: Pat
 
 def test_queries_get_the_query_prompt_and_not_the_document_prompt(tmp_path: Path, small_settings: Settings,
                                                                  fake_vector: object) -> None:
-    indexer.sync(tmp_path / "ix", [("a", "apples"), ("b", "bananas")], settings=small_settings,
-                 model="fake:16", prompt="passage: ", query_prompt="query: ")
+    indexer.sync(tmp_path / "ix", [("a", "apples"), ("b", "bananas")],
+                 indexer.SyncOptions(settings=small_settings, model="fake:16", prompt="passage: ",
+                                     query_prompt="query: "))
     with indexer.open(tmp_path / "ix") as idx:
         q = idx.embed_queries(["apples"])
         np.testing.assert_array_equal(q[0], fake_vector("query: apples"))  # type: ignore[operator]

@@ -27,7 +27,8 @@ SETTINGS = Settings(chunk_rows=4, scan_batch=8)
 
 
 def sync(ix: Path, docs: dict[str, str]) -> None:
-    indexer.sync(ix, list(docs.items()), embedder=FakeEmbedder(FAKE_DIM), settings=SETTINGS)
+    indexer.sync(ix, list(docs.items()), indexer.SyncOptions(settings=SETTINGS),
+                 embedder=FakeEmbedder(FAKE_DIM))
 
 
 def test_a_changed_document_serves_its_new_content_once_done_and_never_an_older_one(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 
 def test_verify_catches_a_count_that_differs_from_the_rows_and_repair_recounts(tmp_path: Path) -> None:
     ix = tmp_path / "ix"
-    indexer.sync(ix, [(f"d{i}", f"text {i % 7}") for i in range(30)], embedder=FakeEmbedder(16),
-                 settings=SETTINGS)
+    indexer.sync(ix, [(f"d{i}", f"text {i % 7}") for i in range(30)], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=FakeEmbedder(16))
     with Tamper.open(ix) as tamper:
         tamper.skew_state_counts("done", documents=3, chunks=-1)
     with indexer.open(ix, SETTINGS) as idx:
@@ -52,7 +52,8 @@ def test_a_reader_mid_sync_sees_counts_that_match_its_snapshot(tmp_path: Path) -
     """Read while the sync runs, after every scan batch and committed claim: the counts equal a recount
     of the same snapshot, and every live document is pending (claimed ones included) or done."""
     ix = tmp_path / "ix"
-    indexer.sync(ix, [("seed", "seed text")], embedder=FakeEmbedder(16), settings=SETTINGS)
+    indexer.sync(ix, [("seed", "seed text")], indexer.SyncOptions(settings=SETTINGS),
+                 embedder=FakeEmbedder(16))
     seen: list[tuple[int, int, int]] = []
 
     def read(_: object) -> None:
@@ -62,8 +63,9 @@ def test_a_reader_mid_sync_sees_counts_that_match_its_snapshot(tmp_path: Path) -
         seen.append((status["documents"], status["pending"], status["done"]))  # type: ignore[arg-type]
         assert status["pending"] + status["done"] == status["documents"]  # type: ignore[operator]
 
-    indexer.sync(ix, [(f"d{i}", f"text {i}") for i in range(100)], embedder=FakeEmbedder(16),
-                 settings=SETTINGS, delete_missing=True, max_delete=1.0, on_progress=read)
+    indexer.sync(ix, [(f"d{i}", f"text {i}") for i in range(100)],
+                 indexer.SyncOptions(settings=SETTINGS, delete_missing=True, max_delete=1.0),
+                 embedder=FakeEmbedder(16), on_progress=read)
     assert len(seen) > 10
     assert any(0 < pending < 100 for _, pending, _ in seen)  # some were read in the middle of the embed
     with indexer.open(ix, SETTINGS) as idx:
@@ -81,10 +83,11 @@ def test_the_numpy_join_gives_the_rows_of_the_sql_join(tmp_path: Path) -> None:
     ix = tmp_path / "ix"
     long_text = "alpha beta gamma.\n\ndelta epsilon zeta.\n\neta theta iota."
     docs = [(f"d{i:02d}", f"text {i % 9}") for i in range(40)] + [("long", long_text), ("long2", long_text)]
-    indexer.sync(ix, docs, embedder=FakeEmbedder(16), settings=SETTINGS, chunk_tokens=4)
+    indexer.sync(ix, docs, indexer.SyncOptions(settings=SETTINGS, chunk_tokens=4), embedder=FakeEmbedder(16))
     # Deleted documents; changed ones still serving their old vector (their new text not embedded yet).
-    indexer.sync(ix, docs[5:], embedder=FakeEmbedder(16), settings=SETTINGS, chunk_tokens=4,
-                 delete_missing=True, max_delete=1.0)
+    indexer.sync(ix, docs[5:],
+                 indexer.SyncOptions(settings=SETTINGS, chunk_tokens=4, delete_missing=True, max_delete=1.0),
+                 embedder=FakeEmbedder(16))
     # Scanned, not embedded: they keep serving their done content (as ready_hash).
     with indexer.open(ix, SETTINGS) as idx:
         idx.manifest.scan_batch([Record("d07", "new", "f.jsonl", 1), Record("d30", "new", "f.jsonl", 2)],
