@@ -25,7 +25,7 @@ from .errors import (
     SourceError,
     StoreError,
 )
-from .index import CompactReport, Index, VerifyReport, read_ids
+from .index import CompactReport, Index, Status, VerifyReport, read_ids
 from .settings import DEFAULT_MODEL, Settings
 from .sync import Progress, SyncSummary, sync
 from .sync_options import SyncOptions
@@ -49,6 +49,7 @@ __all__ = [
     "Progress",
     "Settings",
     "SourceError",
+    "Status",
     "StoreError",
     "SyncOptions",
     "SyncSummary",

@@ -11,6 +11,7 @@ from .search import Hit, snippet
 if TYPE_CHECKING:
     from ._compact import CompactReport
     from ._verify import VerifyReport
+    from .index import Status
     from .push import PushReport
 
 
@@ -100,7 +101,7 @@ def sync_line(s: SyncSummary, index_dir: str) -> str:
     return line + f" in {s.seconds:.1f}s"
 
 
-def chunking_line(st: dict[str, Any]) -> str:
+def chunking_line(st: Status) -> str:
     if not st["chunking"]:
         return "unchunked: one vector a document"
     if not st["chunk_tokens"] and str(st["model"]).startswith("fake:"):
@@ -109,7 +110,7 @@ def chunking_line(st: dict[str, Any]) -> str:
     return line + (f", {st['chunk_overlap']} tokens of overlap" if st["chunk_overlap"] else "")
 
 
-def status_text(st: dict[str, Any], failures: list[tuple[str, str]]) -> str:
+def status_text(st: Status, failures: list[tuple[str, str]]) -> str:
     """`indexer status` as text: what the index holds and where its last run stands."""
     lines: list[str] = []
     run = st["last_run"]
@@ -126,7 +127,7 @@ def status_text(st: dict[str, Any], failures: list[tuple[str, str]]) -> str:
         lines.append(f"prompts   documents {st['prompt']!r}, queries {st['query_prompt']!r}")
     if st["template"]:
         lines.append(f"template  {st['template']!r}")
-    if isinstance(run, dict):
+    if run is not None:
         lines.append(f"last run  #{run['id']} {run['state']}")
     for doc_id, reason in failures:
         lines.append(f"failed    {doc_id}: {reason}")

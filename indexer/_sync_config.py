@@ -3,7 +3,7 @@ against the index's, and the runner (the backend and its model) it will embed wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import psutil
@@ -102,7 +102,7 @@ def bind_to_index(index: Index, seam: Runner | Embedder | None, dry_run: bool, s
     return runner
 
 
-def with_runtime(options: dict[str, object] | None, runtime: str | None,
+def with_runtime(options: Mapping[str, object] | None, runtime: str | None,
                  truncate_dim: int | None, prompt: str | None = None) -> dict[str, object]:
     """The embedder options with the runtime, the truncation and the prompt, where they are not the
     defaults (so that a backend which takes no embedder options is asked for none by default)."""

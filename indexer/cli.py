@@ -216,9 +216,8 @@ def status(index_dir: str, as_json: bool, failed: bool) -> None:
         st = idx.status()
         failures = idx.failures(limit=1000) if failed else []
     if as_json:
-        if failed:
-            st["failures"] = [{"id": i, "reason": r} for i, r in failures]
-        click.echo(json.dumps(st))
+        listed = {"failures": [{"id": i, "reason": r} for i, r in failures]} if failed else {}
+        click.echo(json.dumps({**st, **listed}))
         return
     click.echo(status_text(st, failures))
 

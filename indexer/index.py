@@ -38,7 +38,7 @@ from .errors import (
     ManifestError,
     StoreError,
 )
-from .manifest import Manifest, chunks_snapshot, documents_snapshot, identify
+from .manifest import Manifest, StatusCounts, chunks_snapshot, documents_snapshot, identify
 from .search import (
     ChunkRows,
     Hit,
@@ -56,6 +56,26 @@ from .vectors import Chunks, DocumentIds, VectorView, vectors_of
 
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
            "vector_schema"]
+
+
+class Status(StatusCounts):
+    """What `Index.status()` (and `indexer status --json`) reports: the manifest's counts, the
+    embedding configuration the index is bound to, and where it is."""
+    index: str
+    model: str
+    dim: int
+    dtype: str
+    normalize: bool
+    revision: str
+    runtime: str
+    truncate_dim: int
+    prompt: str
+    query_prompt: str
+    template: str
+    chunking: bool
+    chunk_tokens: int
+    chunk_overlap: int
+    chunk_rows: int
 
 
 class Index:
@@ -184,17 +204,13 @@ class Index:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, object]:
-        out: dict[str, object] = {"index": str(self.path)}
-        out.update(self.manifest.status_counts())
-        out.update(model=self.config.model, dim=self.config.dim, dtype=self.config.dtype,
-                   normalize=self.config.normalize, revision=self.config.revision,
-                   runtime=self.config.runtime, truncate_dim=self.config.truncate_dim,
-                   prompt=self.config.prompt, query_prompt=self.config.query_prompt,
-                   template=self.config.template, chunking=self.config.chunking,
-                   chunk_tokens=self.config.chunk_tokens, chunk_overlap=self.config.chunk_overlap,
-                   chunk_rows=self.store.chunk_rows)
-        return out
+    def status(self) -> Status:
+        c = self.config
+        return Status(index=str(self.path), **self.manifest.status_counts(), model=c.model, dim=c.dim,
+                      dtype=c.dtype, normalize=c.normalize, revision=c.revision, runtime=c.runtime,
+                      truncate_dim=c.truncate_dim, prompt=c.prompt, query_prompt=c.query_prompt,
+                      template=c.template, chunking=c.chunking, chunk_tokens=c.chunk_tokens,
+                      chunk_overlap=c.chunk_overlap, chunk_rows=self.store.chunk_rows)
 
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         return self.manifest.failures(limit)

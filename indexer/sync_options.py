@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .config import DTYPES, RUNTIMES
@@ -64,8 +65,8 @@ class SyncOptions:
     chunk_overlap: int | None = None
 
     backend: str = "inline"
-    backend_options: dict[str, object] | None = None
-    embedder_options: dict[str, object] | None = None
+    backend_options: Mapping[str, object] | None = None
+    embedder_options: Mapping[str, object] | None = None
     batch_size: int | None = None
     batch_tokens: int | None = None
 

@@ -46,15 +46,40 @@ from ._reads import (
     whole_chunk_slots,
 )
 from ._records import Claim, Finished, ScanCounts, content_hash
-from ._reports import Reports
+from ._reports import ContentCounts, LastRun, Reports, StatusCounts
 from ._scan import Scan
 from ._scan_input import ScanInput, scan_input
 
-__all__ = ["APPLICATION_ID", "Claim", "Finished", "Inspection", "Manifest", "ReadSnapshot", "ScanCounts",
-           "ScanInput", "ServedRows", "chunk_file_checksums", "chunks_snapshot", "content_hash",
-           "documents_snapshot", "identify", "migrations_dir", "push_deletes", "push_upserts",
-           "scan_input", "served_chunk_count", "served_chunks_among", "served_count",
-           "served_documents_among", "served_hashes", "snapshot", "whole_chunk_slots"]
+__all__ = [
+    "APPLICATION_ID",
+    "Claim",
+    "ContentCounts",
+    "Finished",
+    "Inspection",
+    "LastRun",
+    "Manifest",
+    "ReadSnapshot",
+    "ScanCounts",
+    "ScanInput",
+    "ServedRows",
+    "StatusCounts",
+    "chunk_file_checksums",
+    "chunks_snapshot",
+    "content_hash",
+    "documents_snapshot",
+    "identify",
+    "migrations_dir",
+    "push_deletes",
+    "push_upserts",
+    "scan_input",
+    "served_chunk_count",
+    "served_chunks_among",
+    "served_count",
+    "served_documents_among",
+    "served_hashes",
+    "snapshot",
+    "whole_chunk_slots",
+]
 
 
 class Manifest(Scan, Claims, Reports, Maintenance, PushState):

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import TypedDict
 
 from .._owner import current_owner, owner_is_dead
 from ..states import ContentState, DocumentState, RunState
@@ -16,6 +17,37 @@ from ._queries import named_queries
 from ._sql import SERVED_HASH, in_batches
 
 _QUERIES = named_queries("reports.sql")
+
+
+class ContentCounts(TypedDict):
+    """Distinct contents by state; `claimed` are pending contents a live claim holds."""
+    pending: int
+    claimed: int
+    done: int
+    failed: int
+
+
+class LastRun(TypedDict):
+    id: int
+    state: str  # a RunState: "interrupted" where a running run's owner died
+    started_at: float
+    finished_at: float | None
+
+
+class StatusCounts(TypedDict):
+    """What `status_counts` reports: documents by the state of the content they are at (`deleted`
+    apart), their chunks and truncated ones, contents by state, claims, the last run."""
+    documents: int
+    pending: int
+    done: int
+    failed: int
+    deleted: int
+    chunks: int
+    truncated: int
+    contents: ContentCounts
+    active_claims: int
+    fencing_refusals: int
+    last_run: LastRun | None
 
 # Documents whose content number (documents.seq, migrations/0010) is not that of the content with their
 # hash: none, unless the file was changed by hand. A deleted document may have none: compact dropped
@@ -42,7 +74,7 @@ class Reports(ManifestConnection):
             conn.execute(_QUERIES["finish_run"], (time.time(), state, json.dumps(summary), run_id))
         self.checkpoint()
 
-    def status_counts(self) -> dict[str, object]:
+    def status_counts(self) -> StatusCounts:
         """What `indexer status` reports, from one snapshot. The counts are read from `state_counts`
         (a few rows, kept with the rows they count: migrations/0008, indexer/manifest/_counts.py) where the
         manifest has it; a read-only manifest from before it is counted row by row."""
@@ -54,7 +86,7 @@ class Reports(ManifestConnection):
             active = conn.execute(_QUERIES["count_active_claims"]).fetchone()[0]
             refusals = conn.execute(_QUERIES["fencing_refusals"]).fetchone()[0]
             run = conn.execute(_QUERIES["last_run"]).fetchone() if self._has_table("runs") else None
-        last_run = None
+        last_run: LastRun | None = None
         if run is not None:
             state = RunState.INTERRUPTED if run[1] == RunState.RUNNING and owner_is_dead(run[4]) else run[1]
             last_run = {"id": run[0], "state": state, "started_at": run[2], "finished_at": run[3]}

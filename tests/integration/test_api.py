@@ -191,7 +191,7 @@ def test_sync_accepts_pairs_dicts_and_generators(tmp_path: Path, small_settings:
 
 
 def test_sync_skips_unusable_items_with_a_warning(tmp_path: Path, small_settings: Settings) -> None:
-    summary = indexer.sync(tmp_path / "index", [("a", "fine"), 42, ("b",), {"id": "c"}],  # type: ignore[list-item]
+    summary = indexer.sync(tmp_path / "index", [("a", "fine"), 42, ("b",), {"id": "c"}],
                            indexer.SyncOptions(settings=small_settings), embedder=FakeEmbedder(FAKE_DIM))
     assert (summary.scanned, summary.skipped, summary.embedded) == (1, 3, 1)
     assert len(summary.warnings) == 3 and "item 2" in summary.warnings[0]

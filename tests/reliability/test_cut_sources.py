@@ -66,7 +66,7 @@ def no_traceback(r: Result) -> None:
     assert "Traceback" not in r.output
 
 
-def state(index: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+def state(index: Path) -> tuple[dict[str, np.ndarray], indexer.Status]:
     with indexer.open(index) as idx:
         ids, vecs = idx.vectors()
         assert idx.verify().ok

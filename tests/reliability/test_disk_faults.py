@@ -61,7 +61,7 @@ class _FailingWriteFile:
         return getattr(self._f, name)
 
 
-def _assert_consistent(index_dir: Path) -> dict[str, Any]:
+def _assert_consistent(index_dir: Path) -> indexer.Status:
     with indexer.open(index_dir) as idx:
         report = idx.verify()
         assert report.ok, report.problems

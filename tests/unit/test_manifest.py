@@ -24,6 +24,7 @@ from indexer.errors import LeaseLostError, ManifestError
 from indexer.manifest import Claim, Finished, Inspection, Manifest, ScanCounts, content_hash
 from indexer.settings import Settings
 from indexer.sources import Record, Skip
+from indexer.states import RunState
 
 from manifest_surgery import Tamper
 
@@ -494,7 +495,7 @@ def test_a_stop_just_after_the_scan_began_its_transaction_leaves_none_open(tmp_p
             m.scan_batch(records({"a": "alpha"}), ScanCounts())
         assert not conn.in_transaction
         run = m.start_run()  # a write transaction of its own
-        m.finish_run(run, "interrupted", {})
+        m.finish_run(run, RunState.INTERRUPTED, {})
         assert m.live_count() == 0
     finally:
         m.close()

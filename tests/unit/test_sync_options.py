@@ -43,7 +43,7 @@ def test_options_are_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.model = "fake:16"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        SyncOptions("fake:8")  # type: ignore[misc]
+        SyncOptions("fake:8")  # type: ignore[call-arg]
     # a changed copy is checked as a new one is
     with pytest.raises(IndexerError, match="--batch-size must be at least 1"):
         dataclasses.replace(options, batch_size=0)
