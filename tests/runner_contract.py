@@ -416,8 +416,8 @@ class RunnerContract:
             self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         """Issue 14: a worker SIGSTOPped mid-claim hung the sync forever. Past the hang deadline it is
         killed and replaced, and its claims go back to pending and are embedded once."""
-        self.require(self.can_kill_a_worker)
         self.require(self.watches_for_hangs)
+        self.require(self.can_kill_a_worker)
         reference: Path = request.getfixturevalue("big_reference")
         docs, _ = self.big()
         settings = Settings(chunk_rows=self.big_chunk, hang_seconds=self.hang_seconds)
