@@ -82,6 +82,7 @@ class TestRayRunner(RunnerContract):
     death_warning = "was lost"
     hang_seconds = 2.0
     fatal_loss_error = r"all 1 Ray workers were lost and could not be restarted"
+    workers_exit_within = 10.0  # ray.kill returns before the actor's process has exited
     reports_worker_memory = Lacks("an actor's peak memory is read by the progress poll, which a claim "
                                   "shorter than a poll's interval never sees")
     reports_every_text = Lacks("progress is polled about every second: the batches an actor finishes "
