@@ -4,7 +4,6 @@ in flight, their chunks written beside the commits (docs/ARCHITECTURE.md, "The d
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -177,15 +176,11 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
     pipelined = settings.claim_seconds > 0 and most >= 2  # a group written while the next is embedded
     sizer = GroupSizer(settings.claim_seconds, most // 2 if pipelined else most, store.chunk_rows)
     writing: Writing | None = None
-    watch_for_hangs = getattr(runner, "watch_for_hangs", None)
-    if callable(watch_for_hangs):
-        watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
+    runner.watch_for_hangs(HangRule(settings.hang_seconds, settings.hang_factor))
     renew_every = settings.lease_seconds / 3
     last_renew = time.monotonic()
     exhausted = False
     deaths: set[object] = set()
-    # A runner written before `on_batch` existed still works; its progress moves once per group.
-    batch_progress = "on_batch" in inspect.signature(runner.submit).parameters
     outage = OutageWatch()
 
     @contextlib.contextmanager
@@ -256,8 +251,7 @@ def drive(manifest: Manifest, store: VectorStore, runner: Runner, summary: SyncS
                 try:
                     group = Group(claims)
                     with step("embed"):
-                        future = runner.submit(group.texts, meter.on_batch(group)) if batch_progress \
-                            else runner.submit(group.texts)
+                        future = runner.submit(group.texts, meter.on_batch(group))
                     in_flight[future] = group
                 except BaseException:  # Ctrl-C (or a runner error) before the group was in flight
                     for claim in claims:

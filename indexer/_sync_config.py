@@ -196,8 +196,7 @@ class RunnerRequest:
 def backend_layout(backend: str, options: dict[str, object]) -> dict[str, object]:
     """What a backend will run: workers and threads, devices, or the options given."""
     if backend == "processes":
-        from .runners._cpus import usable_cpus
-        from .runners.processes import default_layout
+        from .runners._cpus import default_layout, usable_cpus
 
         workers, threads = options.get("workers"), options.get("threads_per_worker")
         n, t = default_layout(usable_cpus(), workers if isinstance(workers, int) else None,

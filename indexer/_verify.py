@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._index_dir import CONFIG
 from .config import read_config
 from .errors import ChunkMissingError
 from .store import VectorStore
@@ -50,8 +51,6 @@ class ChunkCheck:
 
 def verify(index: Index, repair: bool) -> VerifyReport:
     """`Index.verify`, under the maintenance lock."""
-    from .index import CONFIG
-
     report = VerifyReport()
     integrity = index.manifest.integrity_check()
     if integrity != "ok":

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import os
-import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,21 @@ import numpy as np
 from . import _compact, _export, _verify
 from ._compact import CompactReport
 from ._export import EXPORT_FORMATS, read_ids, vector_array, vector_schema
+from ._index_dir import (
+    CONFIG,
+    MANIFEST,
+    STORE,
+    creation_lock,
+    load_config,
+    load_store,
+    network_filesystem,
+    not_an_index,
+    remove_unfinished_store,
+    store_without_manifest,
+)
 from ._lock import maintenance_lock
 from ._verify import VerifyReport
-from .config import EmbeddingConfig, config_text, parse_config, write_config
+from .config import EmbeddingConfig, config_text, write_config
 from .errors import (
     EmbeddingError,
     IndexBusyError,
@@ -28,7 +38,7 @@ from .errors import (
     ManifestError,
     StoreError,
 )
-from .manifest import Manifest, identify
+from .manifest import Manifest, chunks_snapshot, documents_snapshot, identify
 from .search import (
     ChunkRows,
     Hit,
@@ -42,117 +52,10 @@ from .search import (
 from .settings import Settings
 from .sources import open_sources
 from .store import VectorStore
-from .vectors import (
-    Chunks,
-    DocumentIds,
-    VectorView,
-    chunks_snapshot,
-    documents_snapshot,
-    vectors_of,
-)
+from .vectors import Chunks, DocumentIds, VectorView, vectors_of
 
 __all__ = ["EXPORT_FORMATS", "CompactReport", "Index", "VerifyReport", "read_ids", "vector_array",
            "vector_schema"]
-
-MANIFEST, STORE, CONFIG = "manifest.sqlite", "vectors.zarr", "index.toml"
-_NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "glusterfs",
-                        "ceph", "fuse.s3fs", "fuse.gcsfuse", "lustre"}
-
-
-def filesystem_type(path: Path) -> str | None:
-    """The type of the mount holding `path`, from /proc/mounts (Linux); None where unknown."""
-    try:
-        mounts = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    real, best, fstype = str(path.resolve()), "", None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) >= 3 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
-                and len(parts[1]) > len(best):
-            best, fstype = parts[1], parts[2]
-    return fstype
-
-
-@contextlib.contextmanager
-def _creation_lock(path: Path) -> Iterator[None]:
-    """Held while an index is made or its creation finished (flock on the index directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _not_an_index(path: Path, why: str) -> IndexNotFoundError:
-    return IndexNotFoundError(f"{path} is not an index: its {MANIFEST} is not an indexer manifest ({why}). "
-                              "Nothing was changed; point --index at another directory")
-
-
-def _store_without_manifest(path: Path) -> IndexNotFoundError:
-    return IndexNotFoundError(f"{path} is not an index: it holds a {STORE} but no {MANIFEST}. Nothing was "
-                              "changed; point --index at another directory (or restore the manifest of "
-                              "the index it belongs to)")
-
-
-def _remove_unfinished_store(store: Path) -> None:
-    """A store made by a creation that stopped before the end: removed, but only if it holds no chunk."""
-    if (store / "c").exists() and any((store / "c").iterdir()):
-        raise StoreError(f"{store} holds chunk files but its manifest holds nothing: it is not this "
-                         "index's. Nothing was changed; move it away or point --index elsewhere")
-    shutil.rmtree(store)
-
-
-def _load_config(path: Path, manifest: Manifest) -> EmbeddingConfig:
-    """The configuration from index.toml; where that is missing, empty or unreadable, from the copy in
-    the manifest (written back to index.toml, atomically, unless read-only)."""
-    toml = path / CONFIG
-    try:
-        text = toml.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        text = ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read {toml} ({exc}); check its permissions. Nothing was changed"
-                            ) from exc
-    copy = manifest.stored_config()
-    problem = "is missing or empty"
-    if text.strip():
-        try:
-            config = parse_config(text, str(toml))
-        except ValueError as exc:
-            problem = f"is unreadable ({exc})"
-        else:
-            if copy is None and not manifest.read_only:  # an index made before the copy was kept
-                manifest.store_config(config_text(config))
-            return config
-    if copy is None:
-        if not text and manifest.is_blank():
-            raise IndexNotFoundError(f"the creation of the index at {path} stopped before its end (an older "
-                                     "indexer) and nothing was stored in it: remove the directory, then "
-                                     "sync again")
-        raise ManifestError(f"{toml} {problem}, and this manifest (made by an older indexer) holds no copy "
-                            f"of it: restore {toml} from a backup. Nothing was changed")
-    config = parse_config(copy, f"the copy of {CONFIG} in {manifest.path}")
-    if not manifest.read_only:
-        with _creation_lock(path):
-            write_config(toml, config)
-    return config
-
-
-def _load_store(path: Path, config: EmbeddingConfig, manifest: Manifest, settings: Settings) -> VectorStore:
-    """The store; made where a creation stopped before it (nothing stored yet), unless read-only."""
-    try:
-        return VectorStore(path / STORE)
-    except StoreError:
-        if manifest.read_only or not manifest.is_blank():
-            raise
-    with _creation_lock(path):
-        with contextlib.suppress(StoreError):  # another process finished it meanwhile
-            return VectorStore(path / STORE)
-        if (path / STORE).exists():
-            _remove_unfinished_store(path / STORE)
-        return VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
 
 
 class Index:
@@ -184,7 +87,7 @@ class Index:
             return None
         manifest = Manifest(path / MANIFEST, settings or Settings(), read_only=True)
         try:
-            return _load_config(path, manifest)
+            return load_config(path, manifest)
         finally:
             manifest.close()
 
@@ -200,16 +103,16 @@ class Index:
             raise FileExistsError(f"{path} is already an index")
         path.mkdir(parents=True, exist_ok=True)
         # Two first syncs at once: one creates, the other waits here, then finds the index made.
-        with _creation_lock(path):
+        with creation_lock(path):
             if cls.exists(path):
                 raise FileExistsError(f"{path} is already an index")
             kind, why = identify(path / MANIFEST)
             if kind == "foreign":
-                raise _not_an_index(path, why)
+                raise not_an_index(path, why)
             if (path / STORE).exists():
                 if kind == "absent":
-                    raise _store_without_manifest(path)
-                _remove_unfinished_store(path / STORE)
+                    raise store_without_manifest(path)
+                remove_unfinished_store(path / STORE)
             manifest = Manifest(path / MANIFEST, settings, create=True, config_text=config_text(config))
             store = VectorStore.create(path / STORE, config.dim, config.dtype, settings.chunk_rows)
             write_config(path / CONFIG, config)
@@ -223,13 +126,13 @@ class Index:
         path, settings = Path(path), settings or Settings()
         kind, why = identify(path / MANIFEST)
         if kind == "foreign":
-            raise _not_an_index(path, why)
+            raise not_an_index(path, why)
         if kind != "ours":
             if cls.exists(path):  # index.toml without its manifest
                 raise ManifestError(f"{path / MANIFEST} is missing ({why}) but {CONFIG} is there: restore "
                                     "the manifest from a backup. Nothing was changed")
             if (path / STORE).exists():
-                raise _store_without_manifest(path)
+                raise store_without_manifest(path)
             what = "does not exist" if not path.exists() else "holds no index"
             raise IndexNotFoundError(f"no index at {path}: the directory {what}. "
                                      f"Create one with `indexer sync SOURCE --index {path}`")
@@ -237,8 +140,8 @@ class Index:
             read_only = not (os.access(path, os.W_OK) and os.access(path / MANIFEST, os.W_OK))
         manifest = Manifest(path / MANIFEST, settings, read_only=read_only)
         try:
-            config = _load_config(path, manifest)
-            store = _load_store(path, config, manifest, settings)
+            config = load_config(path, manifest)
+            store = load_store(path, config, manifest, settings)
         except BaseException:
             manifest.close()
             raise
@@ -277,8 +180,7 @@ class Index:
             "Run the same command again when it has finished"))
 
     def network_filesystem(self) -> str | None:
-        fstype = filesystem_type(self.path)
-        return fstype if fstype in _NETWORK_FILESYSTEMS else None
+        return network_filesystem(self.path)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -35,11 +35,11 @@ import numpy as np
 
 from ._faults import crash_point
 from .errors import IndexerError
-from .index import MANIFEST, Index, vector_array, vector_schema
-from .manifest import PUSH_DELETES_SQL, PUSH_UPSERTS_SQL, SERVED_COUNT_SQL
+from .index import Index, vector_array, vector_schema
+from .manifest import push_deletes, push_upserts, served_chunk_count, served_count, snapshot
 from .settings import Settings
 from .targets import Target, open_target
-from .vectors import chunks_of, content_vectors, served_chunk_count
+from .vectors import chunks_of, content_vectors
 
 __all__ = ["LEVELS", "PushReport", "push"]
 
@@ -119,24 +119,19 @@ def _push(idx: Index, target: Target, asked: str | None, replace: bool, batch_ro
     target.create(vector_schema(idx.store.dim, idx.store.dtype, chunks=level == "chunks"))
 
     # One snapshot for the whole diff, on a connection of its own: our writes go through the manifest's.
-    snapshot = sqlite3.connect(idx.path / MANIFEST, isolation_level=None)
-    try:
-        snapshot.execute("BEGIN")
-        report.served = int(snapshot.execute(SERVED_COUNT_SQL).fetchone()[0])
-        report.served_rows = served_chunk_count(snapshot) if level == "chunks" else report.served
-        for ids in _batches(snapshot.execute(PUSH_DELETES_SQL, (target_id,)), batch_rows):
+    with snapshot(manifest.reader) as reads:
+        report.served = served_count(reads)
+        report.served_rows = served_chunk_count(reads) if level == "chunks" else report.served
+        for ids in _batches(push_deletes(reads, target_id), batch_rows):
             doc_ids = [r[0] for r in ids]
             manifest.mark_pushing(target_id, doc_ids)
             target.delete(doc_ids)
             crash_point("push-after-delete")
             manifest.mark_unpushed(target_id, doc_ids)
             report.deleted += len(doc_ids)
-        for rows in _batches(snapshot.execute(PUSH_UPSERTS_SQL, (target_id,)), batch_rows):
-            report.upserted_rows += _send(idx, snapshot, target, target_id, rows, level)
+        for rows in _batches(push_upserts(reads, target_id), batch_rows):
+            report.upserted_rows += _send(idx, reads, target, target_id, rows, level)
             report.upserted += len(rows)
-        snapshot.execute("COMMIT")
-    finally:
-        snapshot.close()
     manifest.finish_push(target_id)
     report.rows = target.count()
     if report.rows != report.served_rows:

@@ -22,10 +22,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._sql import SERVED_HASH, in_batches
 from .config import EmbeddingConfig
 from .errors import IndexerError, ModelLoadError
-from .manifest import content_hash
+from .manifest import content_hash, served_hashes
 from .sources import Record
 
 __all__ = ["BLOCK_BYTES", "ChunkRows", "Hit", "QueryTruncatedWarning", "check_k", "load_query_embedder",
@@ -243,11 +242,7 @@ def search_rows(rows: ChunkRows, queries: np.ndarray, k: int = 10, *, normalized
 def served_texts(conn: sqlite3.Connection, ids: Iterable[str], records: Iterable[object]) -> dict[str, str]:
     """The texts of `ids` found in `records` (a source re-read), kept only where the text is the version
     the index serves (same content hash): a span is an offset into that version and into no other."""
-    wanted: dict[str, bytes] = {}
-    ids = list(dict.fromkeys(ids))
-    for part, marks in in_batches(ids):
-        wanted.update((i, h) for i, h in conn.execute(f"""SELECT d.id, {SERVED_HASH} FROM documents d
-            WHERE d.deleted = 0 AND d.id IN ({marks})""", part) if h is not None)
+    wanted = served_hashes(conn, list(dict.fromkeys(ids)))
     out: dict[str, str] = {}
     for rec in records:
         if isinstance(rec, Record) and rec.id in wanted and rec.id not in out \

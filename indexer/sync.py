@@ -334,10 +334,7 @@ def _embed_all(index: Index, summary: SyncSummary, on_progress: Callable[[Progre
 
 
 def _collect_stats(runner: Runner, summary: SyncSummary) -> None:
-    stats = getattr(runner, "stats", None)
-    if not callable(stats):
-        return
-    found = dict(stats())
+    found = dict(runner.stats())
     warnings = found.pop("warnings", [])
     if isinstance(warnings, list):
         summary.warnings.extend(str(w) for w in warnings)

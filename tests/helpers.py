@@ -8,6 +8,9 @@ and subprocesses given the test process's sys.path find this module, tiny_model.
     corpus(n, distinct)     n documents over `distinct` texts
     served(index_dir)       {id: vector} of every document the index serves
     assert_same_vectors     two indexes serve the same ids with bit-identical vectors
+    assert_serves           an index serves exactly these {id: text}, each with the fake model's vector
+    docs_of(n)              n documents {id: text} with distinct texts
+    RecordingEmbedder       a fake embedder that records its calls and fails or spoils chosen texts
     invoke(*args)           the `indexer` command through click's CliRunner (exceptions caught)
     downgrade_to_schema_1   make a manifest look as schema version 1 left it (migration tests)
     Throttle                a thread that makes a process slow but alive (SIGSTOP / SIGCONT in turn)
@@ -21,7 +24,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +148,50 @@ class Throttle(threading.Thread):
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGCONT)
+
+
+class RecordingEmbedder:
+    """A fake embedder for tests: FakeEmbedder(dim), plus
+    - `calls`: the texts of every embed() call, in order (`embedded` counts them by text);
+    - `fail`: texts that make embed() raise ValueError naming them;
+    - `nonfinite`: texts whose vector comes back with a NaN (or inf) in it;
+    - `during`: a callback run at the start of every embed() call."""
+
+    def __init__(self, dim: int = FAKE_DIM, *, fail: Iterable[str] = (),
+                 nonfinite: dict[str, float] | None = None,
+                 during: Callable[[list[str]], None] | None = None) -> None:
+        self.inner = FakeEmbedder(dim)
+        self.info = self.inner.info
+        self.fail = set(fail)
+        self.nonfinite = nonfinite or {}
+        self.during = during
+        self.calls: list[list[str]] = []
+
+    @property
+    def embedded(self) -> Counter[str]:
+        return Counter(t for call in self.calls for t in call)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.during is not None:
+            self.during(list(texts))
+        for t in texts:
+            if t in self.fail:
+                raise ValueError(f"cannot embed {t!r}")
+        out = self.inner.embed(texts)
+        for i, t in enumerate(texts):
+            if t in self.nonfinite:
+                out[i, 1] = self.nonfinite[t]
+        return out
+
+
+def docs_of(n: int, prefix: str = "d", text: str = "text") -> dict[str, str]:
+    return {f"{prefix}{i:03d}": f"{text} number {i}" for i in range(n)}
+
+
+def assert_serves(ix: Path, docs: dict[str, str]) -> None:
+    """The index serves exactly `docs`, each with the fake model's vector of its text."""
+    got = served(ix)
+    assert sorted(got) == sorted(docs)
+    for i, text in docs.items():
+        np.testing.assert_array_equal(got[i], fake_vector(text), err_msg=i)

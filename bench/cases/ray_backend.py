@@ -81,6 +81,12 @@ class _KeepOpen:
     def submit(self, texts: list[str], on_batch: Any = None) -> Any:
         return self.runner.submit(texts, on_batch)
 
+    def watch_for_hangs(self, rule: Any) -> None:
+        self.runner.watch_for_hangs(rule)
+
+    def stats(self) -> dict[str, object]:
+        return dict(self.runner.stats())
+
     def close(self) -> None:
         pass
 

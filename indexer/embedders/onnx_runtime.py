@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, ModelLoadError
-from .sentence_transformers import SentenceTransformerEmbedder, Tokenized, batch_end, excludes_prompt
+from ._tokenizing import Tokenized
+from .sentence_transformers import SentenceTransformerEmbedder, batch_end, excludes_prompt
 
 __all__ = ["FILES", "OnnxEmbedder", "cache_dir", "ensure_exported", "import_onnxruntime"]
 
@@ -53,7 +54,8 @@ FILES = {"onnx": "model-fp32.onnx", "onnx-int8": "model-int8.onnx"}
 #     up-projections (docs/RUNTIMES.md has the measurements).
 EXPORT_FORMAT = "v2"
 OPSET = 17
-# The export must reproduce torch on every document (tests/integration/test_onnx_runtime.py measures the corpus).
+# The export must reproduce torch on every document (tests/integration/test_onnx_runtime.py measures
+# the corpus).
 EXPORT_MIN_COSINE = 0.9999
 # Mixed lengths, so that the trace and the check both see padding.
 _PROBE = ["a", "A longer sentence, so that the batch is padded: the attention mask has zeros in it.",

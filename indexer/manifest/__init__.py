@@ -7,13 +7,18 @@ they share (`_connection`: opening, PRAGMAs, transactions; `_migrations`: the sc
 - `_claims`: claims and their leases, fenced commits, releases, expiry;
 - `_reports`: status counts, the run log, failures, served slots, checksums;
 - `_maintenance`: `verify --repair` and `compact`;
-- `_push`: what each push target holds.
+- `_push`: what each push target holds, and what a push reads.
+
+Readers read on connections of their own, each holding one snapshot (`_reads`: the served documents and
+chunks, checksums, relocation; `_read_snapshot`: the snapshot behind `Index.vectors` and
+`Index.chunks`); what they read is joined on hashes in numpy (`_hash_join`).
 
 A role's fixed statements are named queries in `sql/<role>.sql` (`_queries`), so that its Python
 reads as what it does.
 
 Below them, functions that run inside their transactions: `_staging` (texts waiting to be embedded),
-`_wholes` (long documents and their chunks), `_counts` (the status counts kept per statement).
+`_wholes` (long documents and their chunks), `_counts` (the status counts kept per statement); and what
+the modules share about writing SQL (`_sql`: the content a document serves, `IN (...)` lists).
 Open a Manifest in the process that uses it: a connection is never shared across processes.
 """
 
@@ -23,14 +28,28 @@ from ._claims import Claims
 from ._identify import APPLICATION_ID, identify
 from ._maintenance import Maintenance
 from ._migrations import migrations_dir
-from ._push import PUSH_DELETES_SQL, PUSH_UPSERTS_SQL, SERVED_COUNT_SQL, PushState
+from ._push import PushState, push_deletes, push_upserts, served_count
+from ._read_snapshot import ReadSnapshot, chunks_snapshot, documents_snapshot
+from ._reads import (
+    ServedRows,
+    chunk_file_checksums,
+    served_chunk_count,
+    served_chunks_among,
+    served_documents_among,
+    served_hashes,
+    snapshot,
+    whole_chunk_slots,
+)
 from ._records import Claim, Finished, ScanCounts, content_hash
 from ._reports import Reports
 from ._scan import Scan
 from ._scan_input import ScanInput, scan_input
 
-__all__ = ["APPLICATION_ID", "PUSH_DELETES_SQL", "PUSH_UPSERTS_SQL", "SERVED_COUNT_SQL", "Claim", "Finished",
-           "Manifest", "ScanCounts", "ScanInput", "content_hash", "identify", "migrations_dir", "scan_input"]
+__all__ = ["APPLICATION_ID", "Claim", "Finished", "Manifest", "ReadSnapshot", "ScanCounts", "ScanInput",
+           "ServedRows", "chunk_file_checksums", "chunks_snapshot", "content_hash", "documents_snapshot",
+           "identify", "migrations_dir", "push_deletes", "push_upserts", "scan_input", "served_chunk_count",
+           "served_chunks_among", "served_count", "served_documents_among", "served_hashes", "snapshot",
+           "whole_chunk_slots"]
 
 
 class Manifest(Scan, Claims, Reports, Maintenance, PushState):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .._sql import OWN_DONE
 from . import _counts
 from ._connection import ManifestConnection
 from ._queries import named_queries
 from ._reports import MISNUMBERED, recount_rows
+from ._sql import OWN_DONE
 
 _QUERIES = named_queries("maintenance.sql")
 

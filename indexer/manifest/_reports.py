@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 
 from .._owner import current_owner, owner_is_dead
-from .._sql import SERVED_HASH, in_batches
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
+from ._sql import SERVED_HASH, in_batches
 
 _QUERIES = named_queries("reports.sql")
 
@@ -126,7 +126,7 @@ class Reports(ManifestConnection):
 
     def chunk_checksums(self) -> dict[int, bytes]:
         """What `VectorStore.checksums_of` gave for each chunk when it was written (readers take the
-        whole file's part through `vectors.chunk_checksums`)."""
+        whole file's part through `_reads.chunk_file_checksums`)."""
         if not self._has_table("chunks"):
             return {}
         return dict(self.conn.execute(_QUERIES["chunk_checksums"]).fetchall())

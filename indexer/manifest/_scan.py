@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, cast
 import orjson
 
 from .._faults import crash_point
-from .._sql import SERVED_HASH
 from ..sources import Record, Skip
 from . import _counts, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
 from ._records import ScanCounts
 from ._scan_input import ScanInput, scan_input
+from ._sql import SERVED_HASH
 from ._staging import contents_of, stage_texts
 
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import orjson
 
-from .._sql import in_batches
 from . import _counts
 from ._queries import named_queries
+from ._sql import in_batches
 
 _QUERIES = named_queries("staging.sql")
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from .._sql import in_batches
 from ._queries import named_queries
+from ._sql import in_batches
 from ._staging import Content, stage_texts
 
 if TYPE_CHECKING:

@@ -7,6 +7,8 @@ therefore never touches SQLite or Zarr: the same claim/write/commit core serves 
     inline      the model in this process (default)
     processes   N spawned worker processes, T torch threads each (runners/processes.py)
     gpus        one worker process per device, fp16 on CUDA, batch halved on out-of-memory (gpus.py)
+    ray         Ray actors, on this machine or a cluster (ray_actors.py)
+    openai      an OpenAI-compatible embeddings API (openai_api.py)
     auto        gpus where torch sees CUDA, else inline on <= 2 CPUs, else processes (auto.py)
 """
 
@@ -19,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from ..embedders import ModelInfo
+from ._liveness import HangRule
 
 __all__ = ["BackendFailure", "BatchDone", "EmbedResult", "Runner", "WorkerHung", "WorkerLost",
            "make_runner"]
@@ -55,11 +58,31 @@ class WorkerHung(WorkerLost):
 
 
 class Runner(Protocol):
-    info: ModelInfo
-    # How many claims the driver keeps in flight: enough to keep every worker busy.
-    capacity: int
+    """What the driver asks of a backend; every runner has all of it (one with nothing to report or
+    nothing that can hang says so with an empty dict and a `watch_for_hangs` that does nothing)."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model the vectors come from (what the index's configuration is checked against)."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """How many claims the driver keeps in flight: enough to keep every worker busy. Read again
+        and again: a runner that loses workers for good lowers it."""
+        ...
 
     def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]: ...
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        """Take a worker for hung by `rule`; the driver sets it from its Settings before the first
+        claim."""
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """For the sync summary's backend_stats, read once, just before `close`: its "warnings" (a list)
+        join the summary's warnings, its "peak_rss_mb_per_worker" (a list) sum to the workers' peak."""
+        ...
 
     def close(self) -> None: ...
 

@@ -1,8 +1,11 @@
-"""The options a backend gets from `indexer sync`'s flags, so that the command stays a thin shell."""
+"""The options a backend gets from `indexer sync`'s flags, so that the command stays a thin shell, and
+a backend's refusal of those it does not take."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from ..errors import IndexerError
 
 
 def backend_options(backend: str, flags: Mapping[str, object], batch_size: int | None = None,
@@ -20,3 +23,10 @@ def backend_options(backend: str, flags: Mapping[str, object], batch_size: int |
     if backend == "gpus" and batch_tokens is not None:
         options["batch_tokens"] = batch_tokens
     return options
+
+
+def check_options(backend: str, options: Mapping[str, object], takes: str) -> None:
+    """Refuse the options (from flags) that `backend` does not take, naming those it takes."""
+    if options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+        raise IndexerError(f"backend {backend} does not take {flags}; it takes {takes}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import statistics
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["HangRule", "Heartbeats", "worker_peak_rss_mb"]
+__all__ = ["HangRule", "Heartbeats", "hang_warning", "worker_peak_rss_mb"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class Heartbeats:
         with self._lock:
             self._gaps.append(seconds)
 
+    def beat(self, last: float | None, busy: bool) -> float | None:
+        """A worker whose previous sign of life was at `last` finished a batch or a claim just now: that
+        gap counts. Returns its new last beat: now while it is busy, None once it is idle (nothing to
+        wait for, so it cannot hang)."""
+        now = time.monotonic()
+        if last is not None:
+            self.gap(now - last)
+        return now if busy else None
+
     def deadline(self) -> float | None:
         """Seconds without a batch after which a busy worker is hung; None when the watch is off."""
         if self.rule.seconds <= 0:
@@ -55,6 +65,12 @@ class Heartbeats:
         second otherwise."""
         deadline = self.deadline()
         return 1.0 if deadline is None else min(1.0, max(0.05, deadline / 4))
+
+
+def hang_warning(worker: str, silent_s: float, deadline: float) -> str:
+    """The run's warning about a worker that the hang watch killed."""
+    return (f"{worker} finished no batch for {silent_s:.0f}s (the hang deadline is {deadline:.0f}s); "
+            "killed it and gave its claims back to pending")
 
 
 def process_peak_rss_mb(pid: int | str = "self") -> float:

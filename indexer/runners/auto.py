@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import IndexerError
 from . import Runner
 from ._cpus import usable_cpus
+from ._flags import check_options
 
 __all__ = ["INLINE_MAX_CPUS", "choose", "make"]
 
@@ -43,10 +43,8 @@ def choose(model: str, options: dict[str, object], runtime: str = "torch") -> tu
         return "gpus", options
     if {"workers", "threads_per_worker"} & options.keys():
         return "processes", options
-    if options:
-        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
-        raise IndexerError(f"backend auto does not take {flags}; it takes --devices, --workers and "
-                           "--threads-per-worker (or name the backend you want)")
+    check_options("auto", options, "--devices, --workers and --threads-per-worker (or name the backend "
+                  "you want)")
     if not model.startswith("fake:") and runtime == "torch" and _cuda_available():
         return "gpus", {}
     if usable_cpus() <= INLINE_MAX_CPUS:

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 
 from ..errors import IndexerError
 from ._cpus import usable_cpus
+from ._flags import check_options
 from ._messages import DEFAULT_EMBEDDER_FACTORY
-from .processes import ProcessRunner, WorkerSpec, check_options
+from .processes import ProcessRunner, WorkerSpec
 
 __all__ = ["make", "parse_devices"]
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..embedders import Embedder, TokenizingEmbedder
 from . import BatchDone, EmbedResult
+from ._liveness import HangRule
 
 
 def embed_texts(embedder: Embedder, texts: list[str], on_batch: BatchDone | None = None,
@@ -68,6 +69,12 @@ class InlineRunner:
         except BaseException as exc:
             future.set_exception(exc)
         return future
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        """Nothing to watch: a claim that hangs here hangs the driver itself."""
+
+    def stats(self) -> dict[str, object]:
+        return {}
 
     def close(self) -> None:
         pass

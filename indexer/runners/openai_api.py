@@ -93,6 +93,7 @@ import numpy as np
 from ..embedders import ModelInfo
 from ..errors import BackendUnavailableError, EmbeddingError, IndexerError, ModelLoadError
 from . import BackendFailure, BatchDone, EmbedResult
+from ._liveness import HangRule
 from ._openai_answers import Answer, Outcome, scrub_key
 from ._openai_packing import Item, Packer, split
 from ._openai_retry import RetryPolicy
@@ -186,6 +187,9 @@ class OpenAIRunner:
             self._thread.join(10)
             if not self._thread.is_alive():
                 loop.close()
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        """Nothing to watch: each request has its own timeout, and its retries their own limits."""
 
     def stats(self) -> dict[str, object]:
         s = self._stats

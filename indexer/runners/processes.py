@@ -8,23 +8,16 @@ math libraries to T threads, so that N x T does not oversubscribe the cores, and
 only texts go to it and only vectors and per-document failures come back (_messages.py); the manifest
 and the store stay with the driver. The driver's view of one worker is _worker_handle.py.
 
-Defaults, with C the CPUs this process may use (its affinity mask):
-    threads per worker   T = 1 below 8 CPUs, 2 below 16, else 4. One process's intra-op threads
-                         scale poorly (1 -> 2 threads gave 0.8 of linear, bench/RESULTS.md), so small
-                         machines get one thread per process; on big ones a few threads per process
-                         keep the number of model copies (memory, ~0.9 GB each measured) down
-    workers              N = max(1, C // T), so N x T = C
-With only --workers, T = max(1, C // N); with only --threads-per-worker, N = max(1, C // T). On 2 CPUs
-the default is therefore 2 workers x 1 thread.
+The default workers x threads share out the CPUs this process may use (_cpus.py: `default_layout`).
 
 Scheduling: each worker holds up to `claims_per_worker` (default 1) claims; `capacity` = workers x
 claims_per_worker + `prefetch` (default 1): one more waits in the runner and goes to the first worker
 free. With one claim a worker, a worker that dies loses one claim (DESIGN.md: after a crash at most one
-claim per worker is redone), and waits for each next claim's round trip through the driver: with the
-fake model and claims of a few tens of milliseconds, 5-7% of its time even with work queued ahead
-(stats(): `starved_share`; tests/integration/test_worker_time.py, bench/bench_pool.py). Two claims a worker (the
-next already in its pipe, a thread receiving it meanwhile) remove that wait, at the price of that
-bound; the gpus runner takes two, to tokenize the next claim while the first is embedded.
+claim per worker is redone), and waits for each next claim's round trip through the driver, a share
+of its time that grows as claims get shorter (stats(): `starved_share`; `python -m bench pool` measures
+it). Two claims a worker (the next already in its pipe, a thread receiving it meanwhile) remove that
+wait, at the price of that bound; the gpus runner takes two, to tokenize the next claim while the
+first is embedded.
 
 A worker that dies (SIGKILL, segfault, OOM kill) is noticed through its process sentinel: the claim it
 held fails with `WorkerLost`, so the driver releases it to pending and it is embedded again, and the
@@ -60,23 +53,13 @@ from typing import Any
 from ..embedders import ModelInfo
 from ..errors import EmbeddingError, IndexerError, ModelLoadError
 from . import BatchDone, EmbedResult, WorkerHung, WorkerLost
-from ._cpus import usable_cpus
-from ._liveness import HangRule, Heartbeats
+from ._cpus import default_layout, usable_cpus
+from ._flags import check_options
+from ._liveness import HangRule, Heartbeats, hang_warning
 from ._messages import BatchFinished, Embedded, LoadFailed, Ready, WorkerMessage, WorkerSpec
 from ._worker_handle import Task, WorkerHandle, exit_reason, stop_all, work_time_stats
 
 __all__ = ["ProcessRunner", "WorkerSpec", "default_layout", "make"]
-
-
-def default_layout(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """(workers, threads per worker); see the module docstring for the rule."""
-    if workers is not None and threads is not None:
-        return workers, threads
-    if workers is not None:
-        return workers, max(1, cpus // workers)
-    if threads is None:
-        threads = 1 if cpus < 8 else 2 if cpus < 16 else 4
-    return max(1, cpus // threads), threads
 
 
 # -- in the driver ----------------------------------------------------------------------------------------
@@ -255,24 +238,16 @@ class ProcessRunner:
                 if (w.held and w.last_beat is not None and now - w.last_beat > deadline and not w.hung
                         and w.process is not None and w.state == "ready"):
                     w.hung = True
-                    self._warnings.append(
-                        f"{self.kind}: {w.name()} finished no batch for {now - w.last_beat:.0f}s (the hang "
-                        f"deadline is {deadline:.0f}s); killed it and gave its claims back to pending")
+                    silent_s = now - w.last_beat
+                    self._warnings.append(f"{self.kind}: {hang_warning(w.name(), silent_s, deadline)}")
                     with contextlib.suppress(OSError):
                         w.process.kill()
-
-    def _beat(self, worker: WorkerHandle) -> None:
-        """The worker finished a batch or a claim (under the lock)."""
-        now = time.monotonic()
-        if worker.last_beat is not None:
-            self.heartbeats.gap(now - worker.last_beat)
-        worker.last_beat = now if worker.held else None
 
     def _handle(self, worker: WorkerHandle, message: WorkerMessage) -> None:
         if isinstance(message, BatchFinished):
             with self._lock:
                 task = next((t for t in worker.held if t.id == message.task), None)
-                self._beat(worker)
+                worker.last_beat = self.heartbeats.beat(worker.last_beat, bool(worker.held))
             if task is not None and task.on_batch is not None:
                 task.on_batch(message.texts)
             return
@@ -301,7 +276,7 @@ class ProcessRunner:
                     f"model {worker.spec.model!r} could not be loaded in {worker.name()}: {message.reason}"))
                 return
             elif (task := worker.answered(message.task, message.started)) is not None:
-                self._beat(worker)
+                worker.last_beat = self.heartbeats.beat(worker.last_beat, bool(worker.held))
                 if isinstance(message, Embedded):
                     self._reported(worker, message)
                     settle = (task, (message.vectors, message.failures))
@@ -401,11 +376,6 @@ class ProcessRunner:
 
 
 # -- construction ----------------------------------------------------------------------------------------
-
-def check_options(backend: str, options: dict[str, object], takes: str) -> None:
-    if options:
-        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
-        raise IndexerError(f"backend {backend} does not take {flags}; it takes {takes}")
 
 
 def make(model: str, batch_size: int, embedder_options: dict[str, object], workers: int | None = None,

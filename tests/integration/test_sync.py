@@ -1,16 +1,16 @@
 """The sync pipeline end to end with the fake model: incremental embedding, deletes, dry runs, failures,
 configuration binding, and the maintenance commands (verify, verify --repair, compact).
 
-`RecordingEmbedder` below is a fake: the deterministic fake model, wrapped so that a test can count
-which texts were embedded, make chosen texts raise or come back non-finite, and look at the index from
-inside an embed call (to see what is served while a sync runs).
+`RecordingEmbedder` (tests/helpers.py) is a fake: the deterministic fake model, wrapped so that a test
+can count which texts were embedded, make chosen texts raise or come back non-finite, and look at the
+index from inside an embed call (to see what is served while a sync runs).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,54 +25,7 @@ from indexer.errors import ConfigMismatchError
 from indexer.manifest import content_hash
 from indexer.settings import Settings
 
-from helpers import FAKE_DIM, fake_vector, served, write_jsonl
-
-
-class RecordingEmbedder:
-    """A fake embedder for tests: FakeEmbedder(dim), plus
-    - `calls`: the texts of every embed() call, in order (`embedded` counts them by text);
-    - `fail`: texts that make embed() raise ValueError naming them;
-    - `nonfinite`: texts whose vector comes back with a NaN (or inf) in it;
-    - `during`: a callback run at the start of every embed() call."""
-
-    def __init__(self, dim: int = FAKE_DIM, *, fail: Iterable[str] = (),
-                 nonfinite: dict[str, float] | None = None,
-                 during: Callable[[list[str]], None] | None = None) -> None:
-        self.inner = FakeEmbedder(dim)
-        self.info = self.inner.info
-        self.fail = set(fail)
-        self.nonfinite = nonfinite or {}
-        self.during = during
-        self.calls: list[list[str]] = []
-
-    @property
-    def embedded(self) -> Counter[str]:
-        return Counter(t for call in self.calls for t in call)
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        if self.during is not None:
-            self.during(list(texts))
-        for t in texts:
-            if t in self.fail:
-                raise ValueError(f"cannot embed {t!r}")
-        out = self.inner.embed(texts)
-        for i, t in enumerate(texts):
-            if t in self.nonfinite:
-                out[i, 1] = self.nonfinite[t]
-        return out
-
-
-def docs_of(n: int, prefix: str = "d", text: str = "text") -> dict[str, str]:
-    return {f"{prefix}{i:03d}": f"{text} number {i}" for i in range(n)}
-
-
-def assert_serves(ix: Path, docs: dict[str, str]) -> None:
-    """The index serves exactly `docs`, each with the fake model's vector of its text."""
-    got = served(ix)
-    assert sorted(got) == sorted(docs)
-    for i, text in docs.items():
-        np.testing.assert_array_equal(got[i], fake_vector(text), err_msg=i)
+from helpers import FAKE_DIM, RecordingEmbedder, assert_serves, docs_of, fake_vector, served, write_jsonl
 
 
 def dump(ix: Path) -> str:

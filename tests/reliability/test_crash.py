@@ -43,10 +43,10 @@ import pytest
 from click.testing import CliRunner
 
 import indexer
-from indexer._sql import SERVED_HASH
 from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest._sql import SERVED_HASH
 from indexer.settings import Settings
 
 from helpers import downgrade_to_schema_1

@@ -207,7 +207,8 @@ class _DownRunner:
         self.capacity = 1
         self.calls = 0
 
-    def submit(self, texts: list[str]) -> concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]]:
+    def submit(self, texts: list[str], on_batch: object = None
+               ) -> concurrent.futures.Future[tuple[np.ndarray, dict[int, str]]]:
         from indexer.runners import BackendFailure
 
         self.calls += 1
@@ -216,6 +217,12 @@ class _DownRunner:
         failures: dict[int, str] = dict.fromkeys(range(len(texts)), reason)
         future.set_result((np.full((len(texts), 8), np.nan, np.float32), failures))
         return future
+
+    def watch_for_hangs(self, rule: object) -> None:
+        pass
+
+    def stats(self) -> dict[str, object]:
+        return {}
 
     def close(self) -> None:
         pass

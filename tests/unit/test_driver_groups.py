@@ -16,15 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sync import RecordingEmbedder, assert_serves, docs_of
 
 import indexer
 from indexer._driver import GroupSizer
 from indexer.manifest import Finished, Manifest
 from indexer.runners import BatchDone, EmbedResult
+from indexer.runners._liveness import HangRule
 from indexer.runners.inline import InlineRunner
 from indexer.settings import Settings
 from indexer.store import VectorStore
+
+from helpers import RecordingEmbedder, assert_serves, docs_of
 
 
 @pytest.fixture
@@ -163,6 +165,12 @@ class _GivesUpAt:
         failed: Future[EmbedResult] = Future()
         failed.set_exception(RuntimeError("the backend went away"))
         return failed
+
+    def watch_for_hangs(self, rule: HangRule) -> None:
+        self.inner.watch_for_hangs(rule)
+
+    def stats(self) -> dict[str, object]:
+        return self.inner.stats()
 
     def close(self) -> None:
         pass

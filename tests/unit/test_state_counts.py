@@ -4,8 +4,8 @@
   difference as a problem, and `verify --repair` recounts. Every test that asserts a clean verify (the
   state machine after every step, the kill -9 tests after every kill) so checks the counts too; here:
   a tampered count is caught and repaired, and a reader mid-sync sees counts that match its snapshot.
-- `vectors()` joins documents to contents in numpy (vectors._served_singles): it gives the rows the SQL
-  join gives, in the same order, on an index with shared, changed, deleted and long documents.
+- `vectors()` joins documents to contents in numpy (manifest._reads._served_singles): it gives the rows
+  the SQL join gives, in the same order, on an index with shared, changed, deleted and long documents.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import numpy as np
 import indexer
 from indexer.embedders.fake import FakeEmbedder
 from indexer.manifest import content_hash
+from indexer.manifest._hash_join import lookup
+from indexer.manifest._reads import _documents
 from indexer.settings import Settings
-from indexer.vectors import _documents, _lookup
 
 SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 
@@ -103,8 +104,8 @@ def test_the_numpy_join_gives_the_rows_of_the_sql_join(tmp_path: Path) -> None:
 def test_lookup_finds_hashes_that_share_their_high_half() -> None:
     table = np.array([[5, 9], [1, 2], [5, 3], [7, 7]], dtype=np.uint64)
     keys = np.array([[5, 3], [5, 9], [1, 2], [5, 4], [0, 0], [9, 9], [7, 7]], dtype=np.uint64)
-    assert _lookup(table, keys).tolist() == [2, 0, 1, -1, -1, -1, 3]
+    assert lookup(table, keys).tolist() == [2, 0, 1, -1, -1, -1, 3]
     unique = np.array([[4, 1], [2, 8]], dtype=np.uint64)
-    assert _lookup(unique, keys[[0, 4]]).tolist() == [-1, -1]
-    assert _lookup(unique, np.array([[2, 8], [2, 7]], dtype=np.uint64)).tolist() == [1, -1]
-    assert _lookup(table[:0], keys).tolist() == [-1] * len(keys)
+    assert lookup(unique, keys[[0, 4]]).tolist() == [-1, -1]
+    assert lookup(unique, np.array([[2, 8], [2, 7]], dtype=np.uint64)).tolist() == [1, -1]
+    assert lookup(table[:0], keys).tolist() == [-1] * len(keys)
