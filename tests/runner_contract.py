@@ -81,8 +81,8 @@ def check_consistent(index_dir: Path) -> dict[str, Any]:
 
 def nothing_claimed(index_dir: Path) -> bool:
     """No content is held by a claim and no claim is active: whatever was in flight went back."""
-    return (query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
-            and query(index_dir, "SELECT count(*) FROM claims WHERE state = 'active'")[0][0] == 0)
+    return (int(query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0]) == 0
+            and int(query(index_dir, "SELECT count(*) FROM claims WHERE state = 'active'")[0][0]) == 0)
 
 
 def gone(pids: list[int]) -> bool:
@@ -187,15 +187,11 @@ class Watched:
                     os.kill(worker.pid, signal.SIGCONT)
             time.sleep(0.002)
 
-    # What the driver asks of a runner that has them (it looks them up as these do).
     def stats(self) -> dict[str, object]:
-        stats = getattr(self.inner, "stats", None)
-        return dict(stats()) if callable(stats) else {}
+        return self.inner.stats()
 
     def watch_for_hangs(self, rule: HangRule) -> None:
-        watch = getattr(self.inner, "watch_for_hangs", None)
-        if callable(watch):
-            watch(rule)
+        self.inner.watch_for_hangs(rule)
 
     def close(self) -> None:
         if self.workers is not None:
@@ -266,8 +262,8 @@ class RunnerContract:
     def make(self, workers: int = 2, batch_size: int = 32, model: str | None = None,
              **options: object) -> Runner:
         """A runner of this backend, as make_runner builds it."""
-        return make_runner(self.backend, model or self.model, batch_size=batch_size,
-                           **{**self.backend_options(workers), **options})
+        given: dict[str, Any] = {**self.backend_options(workers), **options}
+        return make_runner(self.backend, model or self.model, batch_size=batch_size, **given)
 
     def worker_states(self, runner: Runner) -> list[WorkerState]:
         """Its workers, in order (for a backend that `can_kill_a_worker`)."""
