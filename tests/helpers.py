@@ -5,6 +5,7 @@ and subprocesses given the test process's sys.path find this module, tiny_model.
     ROOT                    the repository's root (subprocesses run from there)
     write_jsonl(path, docs) write documents as JSONL; `docs` is {id: text} or a list of dicts / pairs
     fake_vector(text, dim)  the fake model's vector (FakeEmbedder(dim)); FAKE_DIM is the fixtures' dim
+    cosines(a, b)           cosine similarity along the last axis (two vectors, or row by row), float64
     corpus(n, distinct)     n documents over `distinct` texts
     served(index_dir)       {id: vector} of every document the index serves
     assert_same_vectors     two indexes serve the same ids with bit-identical vectors
@@ -12,7 +13,6 @@ and subprocesses given the test process's sys.path find this module, tiny_model.
     docs_of(n)              n documents {id: text} with distinct texts
     RecordingEmbedder       a fake embedder that records its calls and fails or spoils chosen texts
     invoke(*args)           the `indexer` command through click's CliRunner (exceptions caught)
-    downgrade_to_schema_1   make a manifest look as schema version 1 left it (migration tests)
     Throttle                a thread that makes a process slow but alive (SIGSTOP / SIGCONT in turn)
 """
 
@@ -59,7 +59,16 @@ def write_jsonl(path: Path, docs: Docs) -> Path:
 
 def fake_vector(text: str, dim: int = FAKE_DIM) -> np.ndarray:
     """The fake model's float32 vector for `text`."""
-    return FakeEmbedder(dim).embed([text])[0]
+    vector: np.ndarray = FakeEmbedder(dim).embed([text])[0]
+    return vector
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity along the last axis (of two vectors, or row by row of two matrices), in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
+    found: np.ndarray = np.sum(a64 * b64, axis=-1) / norms
+    return found
 
 
 def corpus(n: int, distinct: int) -> list[dict[str, str]]:
@@ -89,44 +98,6 @@ def assert_same_vectors(a: Path, b: Path) -> None:
     assert sorted(va) == sorted(vb)
     for key, vec in va.items():
         assert vec.dtype == vb[key].dtype and vec.tobytes() == vb[key].tobytes(), key
-
-
-def downgrade_to_schema_1(manifest: Path) -> None:
-    """Make a manifest look as an indexer of schema version 1 left it: drop every table and trigger that
-    a later migration created and the ledger rows of those migrations, and give `contents` (texts
-    back from `staged`), `claims` and `documents` (and its index) their first shape. (0005's columns
-    of `contents` need not go: 0003 rebuilds it from its first eight columns anyway.)"""
-    import sqlite3
-
-    from indexer.manifest import migrations_dir
-
-    first = sqlite3.connect(":memory:")
-    first.executescript(next(migrations_dir().glob("0001_*.sql")).read_text(encoding="utf-8"))
-    original = {n for (n,) in first.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    contents_sql = [sql for (sql,) in first.execute(
-        "SELECT sql FROM sqlite_master WHERE tbl_name = 'contents' AND sql IS NOT NULL ORDER BY type DESC")]
-    documents_index_sql = [sql for (sql,) in first.execute(
-        "SELECT sql FROM sqlite_master WHERE tbl_name = 'documents' AND type = 'index' AND sql IS NOT NULL")]
-    first.close()
-    conn = sqlite3.connect(manifest, isolation_level=None)
-    later = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-             if n not in original and n != "schema_migrations" and not n.startswith("sqlite_")]
-    triggers = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
-    conn.executescript("BEGIN; " + "".join(f'DROP TRIGGER "{n}"; ' for n in triggers)  # 1 had none
-                       + "ALTER TABLE contents RENAME TO contents_later; "
-                       + "".join(f"{sql}; " for sql in contents_sql)
-                       + """INSERT INTO contents (hash, state, chars, text, slot, attempts, error)
-                            SELECT c.hash, c.state, c.chars, s.text, c.slot, c.attempts, c.error
-                            FROM contents_later c LEFT JOIN staged s USING (seq) WHERE c.parts = 0;
-                            DROP TABLE contents_later;
-                            ALTER TABLE claims DROP COLUMN first_seq;
-                            ALTER TABLE claims DROP COLUMN last_seq;
-                            DROP INDEX documents_by_content;
-                            ALTER TABLE documents DROP COLUMN seq; """
-                       + "".join(f"{sql}; " for sql in documents_index_sql)
-                       + "".join(f'DROP TABLE "{n}"; ' for n in later)
-                       + "DELETE FROM schema_migrations WHERE version >= 2; COMMIT;")
-    conn.close()
 
 
 class Throttle(threading.Thread):

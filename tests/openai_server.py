@@ -50,7 +50,8 @@ from indexer.embedders.fake import FakeEmbedder
 
 def fake_vector(text: str, dim: int) -> np.ndarray:
     """The fake model's vector (indexer.embedders.fake), so a test can compare what it stored."""
-    return FakeEmbedder(dim).embed([text])[0]
+    vector: np.ndarray = FakeEmbedder(dim).embed([text])[0]
+    return vector
 
 
 def count_tokens(text: str, bytes_per_token: float = 4.0) -> int:

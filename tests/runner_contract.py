@@ -29,7 +29,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import psutil
 import pytest
@@ -45,30 +44,35 @@ import pytest
 from indexer import Index, IndexerError, sync
 from indexer.embedders import load_embedder
 from indexer.errors import ModelLoadError
+from indexer.manifest import Inspection
 from indexer.runners import BatchDone, EmbedResult, Runner, make_runner
 from indexer.runners._liveness import HangRule
 from indexer.settings import Settings
 
 from helpers import assert_same_vectors, corpus
 
+T = TypeVar("T")
+
 # -- what a test reads of an index -----------------------------------------------------------------------
 
-def query(index_dir: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(index_dir / "manifest.sqlite") as conn:
-        return conn.execute(sql).fetchall()
+def query(index_dir: Path, question: Callable[[Inspection], T]) -> T:
+    """The answer to `question` about the index's manifest."""
+    with Inspection.open(index_dir) as look:
+        return question(look)
 
 
 def committed_claims(index_dir: Path) -> int:
-    return int(query(index_dir, "SELECT count(*) FROM claims WHERE state = 'committed'")[0][0])
+    return query(index_dir, lambda look: sum(1 for c in look.claims().values() if c.state == "committed"))
 
 
 def done_contents(index_dir: Path) -> int:
-    return int(query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'")[0][0])
+    return query(index_dir, lambda look: look.contents_by_state()["done"])
 
 
 def last_run(index_dir: Path) -> tuple[str, dict[str, Any]]:
-    state, summary = query(index_dir, "SELECT state, summary FROM runs ORDER BY id DESC LIMIT 1")[0]
-    return state, json.loads(summary)
+    run = query(index_dir, lambda look: look.runs()[-1])
+    assert run.summary is not None, run
+    return run.state, json.loads(run.summary)
 
 
 def check_consistent(index_dir: Path) -> dict[str, Any]:
@@ -80,9 +84,9 @@ def check_consistent(index_dir: Path) -> dict[str, Any]:
 
 
 def nothing_claimed(index_dir: Path) -> bool:
-    """No content is held by a claim and no claim is active: whatever was in flight went back."""
-    return (int(query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0]) == 0
-            and int(query(index_dir, "SELECT count(*) FROM claims WHERE state = 'active'")[0][0]) == 0)
+    """No staged text is held by a claim and no claim is active: whatever was in flight went back."""
+    return query(index_dir, lambda look: look.active_claims() == 0
+                 and not any((s.claim_id or 0) > 0 for s in look.staged()))
 
 
 def gone(pids: list[int]) -> bool:

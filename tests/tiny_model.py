@@ -40,7 +40,7 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, max_seq_length: int = M
     try:
         from sentence_transformers.sentence_transformer import modules
     except ImportError:  # sentence-transformers < 6
-        from sentence_transformers import models as modules  # type: ignore[no-redef]
+        from sentence_transformers import models as modules  # type: ignore[no-redef, attr-defined]
     from sentence_transformers import SentenceTransformer
 
     root = Path(path)
@@ -57,7 +57,6 @@ def build_tiny_model(path: str | Path, *, seed: int = 0, max_seq_length: int = M
                         pad_token_id=0)
     torch.manual_seed(seed)
     bert = BertModel(config)
-    bert.eval()
     bert.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
 

@@ -20,12 +20,17 @@ Below them, functions that run inside their transactions: `_staging` (texts wait
 `_wholes` (long documents and their chunks), `_counts` (the status counts kept per statement); and what
 the modules share about writing SQL (`_sql`: the content a document serves, `IN (...)` lists).
 Open a Manifest in the process that uses it: a connection is never shared across processes.
+
+Beside the Manifest, for tests and checks: `_inspect` (`Inspection`: read-only answers about its rows
+and schema, as plain values). Writes that only tests make (damage, older schemas) live in the tests
+(tests/manifest_surgery.py).
 """
 
 from __future__ import annotations
 
 from ._claims import Claims
 from ._identify import APPLICATION_ID, identify
+from ._inspect import Inspection
 from ._maintenance import Maintenance
 from ._migrations import migrations_dir
 from ._push import PushState, push_deletes, push_upserts, served_count
@@ -45,11 +50,11 @@ from ._reports import Reports
 from ._scan import Scan
 from ._scan_input import ScanInput, scan_input
 
-__all__ = ["APPLICATION_ID", "Claim", "Finished", "Manifest", "ReadSnapshot", "ScanCounts", "ScanInput",
-           "ServedRows", "chunk_file_checksums", "chunks_snapshot", "content_hash", "documents_snapshot",
-           "identify", "migrations_dir", "push_deletes", "push_upserts", "scan_input", "served_chunk_count",
-           "served_chunks_among", "served_count", "served_documents_among", "served_hashes", "snapshot",
-           "whole_chunk_slots"]
+__all__ = ["APPLICATION_ID", "Claim", "Finished", "Inspection", "Manifest", "ReadSnapshot", "ScanCounts",
+           "ScanInput", "ServedRows", "chunk_file_checksums", "chunks_snapshot", "content_hash",
+           "documents_snapshot", "identify", "migrations_dir", "push_deletes", "push_upserts",
+           "scan_input", "served_chunk_count", "served_chunks_among", "served_count",
+           "served_documents_among", "served_hashes", "snapshot", "whole_chunk_slots"]
 
 
 class Manifest(Scan, Claims, Reports, Maintenance, PushState):

@@ -473,7 +473,8 @@ def test_dry_run_says_how_many_documents_are_missing_and_lists_them_in_json(tmp_
 
 def test_skipped_records_are_warned_about_once_and_then_summarized(tmp_path: Path) -> None:
     src = tmp_path / "rows.jsonl"
-    rows = [{"id": "a", "text": "alpha"}, {"id": "b", "text": " "}, {"id": "c", "text": ""}, {"id": "d"}]
+    rows: list[dict[str, object]] = [{"id": "a", "text": "alpha"}, {"id": "b", "text": " "},
+                                     {"id": "c", "text": ""}, {"id": "d"}]
     src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     idx = tmp_path / "idx"
     first = ok("sync", str(src), "--index", str(idx), "--model", MODEL)

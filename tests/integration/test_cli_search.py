@@ -170,6 +170,6 @@ def test_chunked_hits_show_their_passage(tmp_path: Path, write_jsonl: object) ->
     lines = r.stdout.splitlines()
     _, score, doc, span, _, chunk = lines[1].split()
     start, end = (int(x) for x in span.strip("[]").split(":"))
-    assert (doc, float(score)) == ("page", pytest.approx(1.0, abs=1e-4))
+    assert doc == "page" and float(score) == pytest.approx(1.0, abs=1e-4)
     assert docs["page"][start:end] == paragraphs[3] and int(chunk) == 3
     assert lines[2].strip() == paragraphs[3]

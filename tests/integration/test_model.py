@@ -24,6 +24,8 @@ from indexer.embedders import load_embedder
 from indexer.embedders import sentence_transformers as st_embedders
 from indexer.settings import Settings
 
+from helpers import cosines
+
 pytestmark = pytest.mark.model
 
 MODULES = ("json", "textwrap", "functools", "itertools", "shutil", "csv")
@@ -72,11 +74,6 @@ def st_model() -> Any:
 def reference(st_model: Any, texts: list[str]) -> dict[str, np.ndarray]:
     """Each text encoded alone (batches of one): no padding at all."""
     return dict(zip(texts, st_model.encode(texts, batch_size=1, convert_to_numpy=True), strict=True))
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
 def test_the_corpus_is_mixed(st_model: Any, texts: list[str]) -> None:

@@ -36,7 +36,7 @@ from indexer.runners import auto as auto_runner
 from indexer.runners import make_runner
 from indexer.settings import Settings
 
-from helpers import invoke, served
+from helpers import cosines, invoke, served
 from tiny_model import MAX_SEQ_LENGTH, build_tiny_model, tiny_texts
 
 
@@ -60,11 +60,6 @@ def tiny_torch(tiny_path: Path) -> SentenceTransformerEmbedder:
     e = load_embedder(str(tiny_path), batch_size=32)
     assert isinstance(e, SentenceTransformerEmbedder)
     return e
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
 def write_docs(path: Path, texts: list[str]) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 import indexer
 from indexer import ConfigMismatchError, EmbeddingError, ModelLoadError, Settings
+from indexer.manifest import Inspection
 from indexer.runners import Runner
 from indexer.runners._ratelimit import RateLimiter
 from indexer.runners._tokens import EstimateCounter, token_counter
@@ -66,10 +66,8 @@ def check(index: Path, docs: list[dict[str, str]], server: EmbeddingServer,
         reasons = dict(idx.failures(limit=10_000))
         dim = idx.config.dim
         assert idx.verify().ok
-        conn = sqlite3.connect(index / "manifest.sqlite")
-        done, slots = conn.execute(
-            "SELECT count(*), count(DISTINCT slot) FROM contents WHERE state = 'done'").fetchone()
-        conn.close()
+        done_slots = [c.slot for c in Inspection(idx.manifest.conn).contents().values() if c.state == "done"]
+        done, slots = len(done_slots), len({s for s in done_slots if s is not None})
     assert done == slots == len(ids) == len(set(ids)), "a vector stored twice"
     served = set(ids)
     for doc in docs:
@@ -305,9 +303,8 @@ def test_rejected_input_not_sent_again_on_its_next_attempt(server: EmbeddingServ
     assert summary.embedded == 0
     assert len(server.records()) == first + 2  # the new runner's probe, and the document once
     with indexer.open(index) as idx:
-        conn = sqlite3.connect(index / "manifest.sqlite")
-        error = conn.execute("SELECT error FROM contents WHERE error IS NOT NULL").fetchone()[0]
-        conn.close()
+        contents = Inspection(idx.manifest.conn).contents().values()
+        error = next(c.error for c in contents if c.error is not None)
         assert "contains POISON" in error and idx.status()["done"] == 19
 
 
@@ -510,8 +507,9 @@ def test_kill9_mid_sync_resumes_without_resending_done_work(server: EmbeddingSer
         done_at_kill = set(idx.vectors()[0])
         assert idx.verify().ok
         # The texts of the claims the killed sync held: all it may have had embedded without committing.
-        held_at_kill = {t for (t,) in idx.manifest.conn.execute(
-            "SELECT s.text FROM staged s JOIN claims k ON k.id = s.claim_id WHERE k.state = 'active'")}
+        look = Inspection(idx.manifest.conn)
+        active = {claim_id for claim_id, c in look.claims().items() if c.state == "active"}
+        held_at_kill = {s.text for s in look.staged() if s.claim_id in active}
     assert 0 < len(done_at_kill) < 800
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

@@ -24,15 +24,10 @@ from indexer.embedders import load_embedder
 from indexer.embedders.fake import FakeEmbedder
 from indexer.settings import Settings
 
-from helpers import fake_vector, invoke, served, write_jsonl
+from helpers import cosines, fake_vector, invoke, served, write_jsonl
 from tiny_model import build_tiny_model, tiny_texts
 
 SETTINGS = Settings(chunk_rows=8)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
 def in_order(index_dir: Path, n: int) -> np.ndarray:

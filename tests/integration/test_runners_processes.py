@@ -32,6 +32,7 @@ import pytest
 
 from indexer import IndexerError, Progress, sync
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection
 from indexer.runners import Runner, make_runner
 from indexer.runners import auto as auto_backend
 from indexer.runners._liveness import HangRule
@@ -51,6 +52,7 @@ from runner_contract import (
     done_contents,
     gone,
     last_run,
+    nothing_claimed,
     query,
 )
 from tiny_model import build_tiny_model, tiny_texts
@@ -267,7 +269,7 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         sync(tmp_path / "idx", docs, settings=settings, runner=runner, on_progress=interrupt)
     assert gone(pids)
-    assert query(tmp_path / "idx", "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0
+    assert nothing_claimed(tmp_path / "idx")
     assert last_run(tmp_path / "idx")[0] == "interrupted"
     done_before = done_contents(tmp_path / "idx")
     assert 0 < done_before < 2000
@@ -325,8 +327,7 @@ def test_sigint_to_the_cli_process_group_stops_cleanly_and_the_next_sync_resumes
                                           if line.startswith(("SigBlk", "SigIgn"))])
     assert "interrupted" in err and "Traceback" not in err, err
     assert gone(workers)
-    assert query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0")[0][0] == 0, (
-        query(index_dir, "SELECT id, state, owner FROM claims"), err)
+    assert nothing_claimed(index_dir), (query(index_dir, Inspection.claims), err)
     assert last_run(index_dir)[0] == "interrupted"
     done_before = done_contents(index_dir)
     assert 0 < done_before < n

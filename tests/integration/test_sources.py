@@ -51,7 +51,7 @@ def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:
         np.testing.assert_array_equal(got[doc_id], FAKE.embed([text])[0], err_msg=doc_id)
 
 
-def read_all(spec: str, **kw: str) -> list[Record | Skip]:
+def read_all(spec: str, **kw: Any) -> list[Record | Skip]:
     return list(open_source(spec, **kw))
 
 

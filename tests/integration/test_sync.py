@@ -8,11 +8,11 @@ index from inside an embed call (to see what is served while a sync runs).
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,18 +22,15 @@ import indexer
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 from indexer.errors import ConfigMismatchError
-from indexer.manifest import content_hash
+from indexer.manifest import Inspection, content_hash
 from indexer.settings import Settings
 
 from helpers import FAKE_DIM, RecordingEmbedder, assert_serves, docs_of, fake_vector, served, write_jsonl
 
 
 def dump(ix: Path) -> str:
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    try:
-        return "\n".join(conn.iterdump())
-    finally:
-        conn.close()
+    with Inspection.open(ix) as look:
+        return look.dump()
 
 
 def chunk_files(ix: Path) -> dict[str, bytes]:
@@ -248,10 +245,8 @@ def test_a_failing_document_fails_alone_with_its_reason(ix: Path, small_settings
         assert (status["done"], status["failed"], status["pending"]) == (10, 1, 0)
         [(doc, reason)] = idx.failures()
         assert doc == "poison" and "ValueError" in reason and "cannot embed" in reason
-        state, attempts, slot = idx.manifest.conn.execute(
-            "SELECT state, attempts, slot FROM contents WHERE hash = ?",
-            (content_hash(docs["poison"]),)).fetchone()
-        assert (state, attempts, slot) == ("failed", small_settings.retry_attempts, None)
+        poison = Inspection(idx.manifest.conn).contents()[content_hash(docs["poison"])]
+        assert (poison.state, poison.attempts, poison.slot) == ("failed", small_settings.retry_attempts, None)
         assert idx.verify().ok
 
     # a later sync does not try it again on its own ...
@@ -320,7 +315,7 @@ def test_an_embedder_of_another_model_name_is_refused(ix: Path, small_settings: 
                                                 ({"normalize": False}, "normalize"),
                                                 ({"max_seq_length": 7}, "max_seq_length")])
 def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
-        ix: Path, small_settings: Settings, change: dict[str, object], field: str) -> None:
+        ix: Path, small_settings: Settings, change: dict[str, Any], field: str) -> None:
     indexer.sync(ix, [("a", "alpha")], embedder=FakeEmbedder(FAKE_DIM), settings=small_settings)
     before_store = chunk_files(ix)
     emb = RecordingEmbedder()
@@ -330,7 +325,7 @@ def test_an_embedder_with_another_configuration_is_refused_before_any_claim(
     assert emb.calls == []
     assert chunk_files(ix) == before_store
     with indexer.open(ix) as idx:
-        claims = idx.manifest.conn.execute("SELECT count(*) FROM claims").fetchone()[0]
+        claims = len(Inspection(idx.manifest.conn).claims())
         assert claims == 1  # only the first sync's
         assert idx.config.dim == FAKE_DIM and idx.config.revision == "fake-3"
     assert_serves(ix, {"a": "alpha"})
@@ -485,8 +480,8 @@ def test_compact_packs_sparse_chunks_and_keeps_every_vector(tmp_path: Path, ix: 
         assert idx.verify().ok and idx.verify().notes == []
     after = served(ix)
     assert sorted(after) == sorted(before) == ids
-    for i in ids:
-        np.testing.assert_array_equal(after[i], before[i], err_msg=i)
+    for doc_id in ids:
+        np.testing.assert_array_equal(after[doc_id], before[doc_id], err_msg=doc_id)
     assert_serves(ix, docs)
 
     # a later sync has nothing to do, and a second compact nothing to pack

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,9 @@ import pytest
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection
 
-from helpers import downgrade_to_schema_1
+from manifest_surgery import downgrade_to_schema_1
 
 N_DOCS = 3000
 CHUNK_ROWS = 16
@@ -110,11 +112,10 @@ def test_two_syncs_share_the_work(corpus: tuple[Path, dict[str, str]], tmp_path:
         assert a["embedded"] > 0 and b["embedded"] > 0, (a, b)  # type: ignore[operator]
         assert a["fencing_refusals"] == b["fencing_refusals"] == 0
         check_index(index, docs)
-        conn = sqlite3.connect(index / "manifest.sqlite")
-        runs = conn.execute("SELECT state FROM runs").fetchall()
-        claims = dict(conn.execute("SELECT state, count(*) FROM claims GROUP BY state").fetchall())
-        conn.close()
-        assert runs == [("finished",)] * (2 + already)
+        with Inspection.open(index) as look:
+            runs = [run.state for run in look.runs()]
+            claims = Counter(claim.state for claim in look.claims().values())
+        assert runs == ["finished"] * (2 + already)
         assert claims == {"committed": a["claims"] + b["claims"] + already}  # type: ignore[operator]
         print(f"\nround {round_}: embedded {a['embedded']} + {b['embedded']} = {distinct - already}")
 
@@ -211,28 +212,19 @@ def test_readers_during_a_sync(corpus: tuple[Path, dict[str, str]], tmp_path: Pa
 
 def active_claim(index: Path, pid: int) -> tuple[int, int, float, list[bytes]] | None:
     """(claim id, chunk, expires_at, hashes) of the active claim held by process `pid`, if any."""
-    conn = sqlite3.connect(index / "manifest.sqlite", timeout=5)
-    try:
-        row = conn.execute("SELECT id, chunk, expires_at FROM claims WHERE state = 'active' "
-                           "AND owner LIKE ?", (f"%|{pid}|%",)).fetchone()
-        if row is None:
+    with Inspection.open(index) as look:
+        held = [(claim_id, claim) for claim_id, claim in look.claims().items()
+                if claim.state == "active" and f"|{pid}|" in claim.owner]
+        if not held:
             return None
-        hashes = [h for (h,) in conn.execute("SELECT hash FROM staged WHERE claim_id = ?", (row[0],))]
-        return row[0], row[1], row[2], hashes
-    finally:
-        conn.close()
+        claim_id, claim = held[0]
+        hashes = [s.hash for s in look.staged() if s.claim_id == claim_id]
+        return claim_id, claim.chunk, claim.expires_at, hashes
 
 
 def holds_write_lock(index: Path) -> bool:
-    conn = sqlite3.connect(index / "manifest.sqlite", timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError:
-        return True
-    finally:
-        conn.close()
+    with Inspection.open(index, timeout=0) as look:
+        return look.write_locked()
 
 
 def take_over(index: Path, source: Path, docs: dict[str, str], stalled: subprocess.Popen[str]) -> None:
@@ -246,12 +238,10 @@ def take_over(index: Path, source: Path, docs: dict[str, str], stalled: subproce
     assert other.returncode == 0, other.stderr
     taker = json.loads(other.stdout)
     # The other sync re-claimed the stalled claim's contents and finished them, in another chunk.
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    assert conn.execute("SELECT state FROM claims WHERE id = ?", (claim_id,)).fetchone() == ("expired",)
-    marks = ",".join("?" * len(hashes))
-    slots = dict(conn.execute(f"SELECT hash, slot FROM contents WHERE state = 'done' AND hash IN ({marks})",
-                              hashes).fetchall())
-    conn.close()
+    with Inspection.open(index) as look:
+        assert look.claims()[claim_id].state == "expired"
+        held = set(hashes)
+        slots = {h: c.slot for h, c in look.contents().items() if c.state == "done" and h in held}
     assert len(slots) == len(hashes) and all(s // CHUNK_ROWS != chunk for s in slots.values())
     newer = {s // CHUNK_ROWS for s in slots.values()}
     with indexer.open(index) as idx:
@@ -299,15 +289,11 @@ def test_fencing_stalled_at_random_moments(corpus: tuple[Path, dict[str, str]], 
         start_after = rng.randrange(100, 1500)
         while True:
             assert stalled.poll() is None, "the sync finished before it could be stalled"
-            conn = None
             try:
-                conn = sqlite3.connect(index / "manifest.sqlite", timeout=1)
-                done = conn.execute("SELECT count(*) FROM contents WHERE state = 'done'").fetchone()[0]
+                with Inspection.open(index, timeout=1) as look:
+                    done = look.contents_by_state()["done"]
             except sqlite3.Error:
                 done = 0
-            finally:
-                if conn is not None:
-                    conn.close()
             if done >= start_after:
                 break
             time.sleep(0.005)
@@ -348,7 +334,6 @@ def test_two_processes_upgrade_an_old_manifest_at_once(corpus: tuple[Path, dict[
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert json.loads(out)["documents"] == 50
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    conn.close()
+    with Inspection.open(index) as look:
+        versions = [version for version, _, _ in look.migrations()]
     assert versions[:2] == [1, 2] and len(versions) == len(set(versions))

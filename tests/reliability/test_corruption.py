@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import indexer
 from indexer.embedders.fake import FakeEmbedder
 
 from helpers import served
+from manifest_surgery import Tamper
 
 CHUNK_ROWS = 16
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", INDEXER_CHUNK_ROWS=str(CHUNK_ROWS))
@@ -120,10 +120,8 @@ def test_compact_never_copies_a_damaged_chunk(index: tuple[Path, Path], tmp_path
 def test_an_index_from_before_checksums_is_noted_then_recorded(index: tuple[Path, Path],
                                                                records: str) -> None:
     ix, _ = index
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    conn.execute("DELETE FROM chunks")  # as an index migrated from schema 3 has it
-    conn.commit()
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.forget_checksums()  # as an index migrated from schema 3 has it
     first = run("verify", str(ix))
     assert first.returncode == 0, first.stdout
     assert "written before checksums were kept" in first.stdout, first.stdout
@@ -148,10 +146,8 @@ def test_readers_never_serve_a_nan_row_as_a_vector(index: tuple[Path, Path]) -> 
     """Without a checksum to catch it (a chunk from before checksums were kept), a served row that
     reads as NaN is still refused, naming its slot and the repair."""
     ix, _ = index
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    conn.execute("DELETE FROM chunks")
-    conn.commit()
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.forget_checksums()
     with indexer.open(ix) as idx:
         slot = idx.manifest.slots_of(["d003"])["d003"]
     chunk_file = ix / "vectors.zarr" / "c" / str(slot // CHUNK_ROWS) / "0"

@@ -46,10 +46,10 @@ import indexer
 from indexer.chunking import make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest._sql import SERVED_HASH
+from indexer.manifest import Inspection
 from indexer.settings import Settings
 
-from helpers import downgrade_to_schema_1
+from manifest_surgery import downgrade_to_schema_1
 
 N_DOCS = 2000
 CHUNK_TOKENS = 60  # words: the short documents (at most 41) are one chunk, the long ones several
@@ -228,17 +228,10 @@ def manifest_counts(index: Path) -> tuple[int, int] | None:
     if not db.exists():
         return None
     try:
-        conn = sqlite3.connect(db, timeout=0.05)
+        with Inspection.open(db, timeout=0.05) as look, look.snapshot():
+            return look.live_documents(), look.contents_by_state()["done"]
     except sqlite3.Error:
         return None
-    try:
-        row = conn.execute("SELECT (SELECT count(*) FROM documents WHERE deleted = 0), "
-                           "(SELECT count(*) FROM contents WHERE state = 'done')").fetchone()
-        return int(row[0]), int(row[1])
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
 
 
 @dataclass
@@ -288,20 +281,17 @@ def state_at_kill(index: Path, n_docs: int) -> AtKill:
     """What the kill left, read straight from the manifest (no migration, no recovery)."""
     if not (index / "index.toml").exists():
         return AtKill("start", 0, 0, 0)
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        if {"staged"} & {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}:
-            states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
-                                       "GROUP BY state").fetchall())
-            states["claimed"] = conn.execute("""SELECT count(*) FROM staged s JOIN claims k
-                ON k.id = s.claim_id WHERE k.state = 'active'""").fetchone()[0]
+    with Inspection.open(index) as look:
+        if "staged" in {o.name for o in look.schema_objects()}:
+            states = Counter(c.state for c in look.contents().values() if c.parts == 0)
+            claims = look.claims()
+            states["claimed"] = sum(1 for s in look.staged()
+                                    if s.claim_id in claims and claims[s.claim_id].state == "active")
             states["pending"] = states.get("pending", 0) - states["claimed"]
         else:  # a manifest of schema 1 (a kill inside its migration), whose contents hold claims
-            states = dict(conn.execute("SELECT state, count(*) FROM contents GROUP BY state").fetchall())
-        live = conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
-        active = conn.execute("SELECT count(*) FROM claims WHERE state = 'active'").fetchone()[0]
-    finally:
-        conn.close()
+            states = look.contents_by_state()
+        live = look.live_documents()
+        active = look.active_claims()
     todo = states.get("pending", 0) + states.get("claimed", 0)
     phase = "scan" if live < n_docs else "embed" if todo else "end"
     return AtKill(phase, states.get("done", 0), states.get("claimed", 0), active)
@@ -324,11 +314,8 @@ def verify_clean(index: Path) -> dict[str, object]:
 
 
 def integrity_ok(index: Path) -> None:
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        conn.close()
+    with Inspection.open(index) as look:
+        assert look.integrity_check() == ["ok"]
 
 
 def check_after_kill(index: Path) -> None:
@@ -344,22 +331,19 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
     """The resumed run finished the job, redid at most one claim (one group of at most `max_claims`
     claims, where the driver groups them), and left what an uninterrupted run leaves. `done_before`:
     contents done before the first interrupted run; `kills`: runs killed since."""
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        states = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts = 0 "
-                                   "GROUP BY state").fetchall())
-        wholes = dict(conn.execute("SELECT state, count(*) FROM contents WHERE parts > 0 "
-                                   "GROUP BY state").fetchall())
-        served = conn.execute(f"""SELECT count(*), count(DISTINCT d.id) FROM documents d
-            JOIN contents c ON c.hash = {SERVED_HASH} AND c.hash = d.hash
-            WHERE d.deleted = 0 AND c.state = 'done'""").fetchone()
-        live = conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
-        runs = conn.execute("SELECT state, summary FROM runs ORDER BY id").fetchall()
-        claims = dict(conn.execute("SELECT state, count(*) FROM claims GROUP BY state").fetchall())
-        slots = conn.execute("SELECT count(*), count(DISTINCT slot) FROM contents "
-                             "WHERE state = 'done' AND parts = 0").fetchone()
-    finally:
-        conn.close()
+    with Inspection.open(index) as look, look.snapshot():
+        contents, documents = look.contents(), look.documents()
+        runs = [(run.state, run.summary) for run in look.runs()]
+        claims = Counter(claim.state for claim in look.claims().values())
+    states = Counter(c.state for c in contents.values() if c.parts == 0)
+    wholes = Counter(c.state for c in contents.values() if c.parts > 0)
+    live = sum(1 for d in documents.values() if not d.deleted)
+    # Served with its current content: a live document whose own content is done.
+    served_ids = [i for i, d in documents.items()
+                  if not d.deleted and d.hash in contents and contents[d.hash].state == "done"]
+    served = (len(served_ids), len(set(served_ids)))
+    done_slots = [c.slot for c in contents.values() if c.state == "done" and c.parts == 0]
+    slots = (len(done_slots), len({s for s in done_slots if s is not None}))
     # Every live document is served with its current content, once; nothing pending, failed or claimed.
     assert live == len(ref.docs) and served == (live, live)
     assert set(states) == {"done"}, states
@@ -538,12 +522,10 @@ def test_kills_during_incremental_sync(ref: Reference, ref2: Reference, tmp_path
 def check_resumed_incremental(index: Path, ref2: Reference, at_kill: AtKill, resumed: dict[str, object],
                               done_before: int) -> None:
     """Old contents stay done (unreferenced) until compact; served, the index equals a fresh v2 one."""
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        done = conn.execute("SELECT count(*) FROM contents WHERE state = 'done' AND parts = 0").fetchone()[0]
-        todo = conn.execute("SELECT count(*) FROM contents WHERE state != 'done'").fetchone()[0]
-    finally:
-        conn.close()
+    with Inspection.open(index) as look:
+        contents = look.contents()
+    done = sum(1 for c in contents.values() if c.state == "done" and c.parts == 0)
+    todo = sum(1 for c in contents.values() if c.state != "done")
     assert todo == 0
     assert resumed["embedded"] == done - at_kill.done
     assert at_kill.claimed <= CHUNK_ROWS and at_kill.active_claims <= 1
@@ -553,14 +535,11 @@ def check_resumed_incremental(index: Path, ref2: Reference, at_kill: AtKill, res
     integrity_ok(index)
     check_same_then_compact(index, ref2)
     # compact dropped the contents of the edited and deleted documents: only v2's are left.
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        assert conn.execute("SELECT count(*) FROM contents WHERE parts = 0").fetchone()[0] == ref2.distinct
+    with Inspection.open(index) as look:
+        assert sum(1 for c in look.contents().values() if c.parts == 0) == ref2.distinct
         # and the chunk lists of the edited and deleted long documents
-        assert conn.execute("SELECT count(*) FROM text_chunks WHERE whole NOT IN "
-                            "(SELECT hash FROM documents WHERE deleted = 0)").fetchone()[0] == 0
-    finally:
-        conn.close()
+        live_hashes = {d.hash for d in look.documents().values() if not d.deleted}
+        assert [t for t in look.text_chunks() if t.whole not in live_hashes] == []
 
 
 # -- named crash points ----------------------------------------------------------------------------------
@@ -592,9 +571,8 @@ def crash_point_episode(ref: Reference, index: Path, point: str) -> None:
         assert at_kill.phase == "embed" and at_kill.active_claims == 1
         assert at_kill.done == (nth - 1) * CHUNK_ROWS
         assert at_kill.claimed == min(CHUNK_ROWS, ref.distinct - at_kill.done) > 0
-        conn = sqlite3.connect(index / "manifest.sqlite")
-        (chunk,) = conn.execute("SELECT chunk FROM claims WHERE state = 'active'").fetchone()
-        conn.close()
+        with Inspection.open(index) as look:
+            (chunk,) = [c.chunk for c in look.claims().values() if c.state == "active"]
         assert (index / "vectors.zarr" / "c" / str(chunk) / "0").stat().st_size == CHUNK_ROWS * 16 * 4
         if at_kill.done + at_kill.claimed == ref.distinct:
             tally(TOTALS, "kills with only claimed work left")
@@ -613,17 +591,15 @@ def old_manifest_episode(ref: Reference, index: Path) -> None:
                          timeout=120)
     assert run.returncode == -signal.SIGKILL, run.stderr
     tally(TOTALS, "crash-point kills")
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    conn.close()
+    with Inspection.open(index) as look:
+        versions = [version for version, _, _ in look.migrations()]
+        tables = look.table_names()
     assert versions == [1] and "runs" not in tables
     at_kill = state_at_kill(index, len(ref.docs))
     summary = resume(ref, index)
     assert summary["embedded"] == 0
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    conn.close()
+    with Inspection.open(index) as look:
+        versions = [version for version, _, _ in look.migrations()]
     assert versions[:2] == [1, 2]
     check_resumed(index, ref, at_kill, summary, done_before=ref.distinct)
 

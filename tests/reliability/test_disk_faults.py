@@ -97,10 +97,10 @@ def test_io_fault_mid_sync_then_resume(tmp_path: Path, monkeypatch: pytest.Monke
 
         monkeypatch.setattr(indexer.store, "open", failing_open, raising=False)
     elif fault == "replace":
-        monkeypatch.setattr(indexer.store.os, "replace", _fail_on_call(
+        monkeypatch.setattr("indexer.store.os.replace", _fail_on_call(
             os.replace, 1, counts=lambda src, dst: third in str(dst)))
     else:  # the fsync of chunk 2's file (not of its directory, whose path ends in c/2)
-        monkeypatch.setattr(indexer.store.os, "fsync", _fail_on_call(
+        monkeypatch.setattr("indexer.store.os.fsync", _fail_on_call(
             os.fsync, 1, errno.EIO, counts=lambda fd: third in os.readlink(f"/proc/self/fd/{fd}")))
 
     with pytest.raises(IndexerError, match="cannot write chunk"):
@@ -131,7 +131,7 @@ def test_growing_the_array_fails_cleanly(tmp_path: Path, monkeypatch: pytest.Mon
     rolls back, nothing is claimed, and the next sync completes."""
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     index_dir = tmp_path / "idx"
-    monkeypatch.setattr(indexer.store.os, "replace", _fail_on_call(
+    monkeypatch.setattr("indexer.store.os.replace", _fail_on_call(
         os.replace, 2, counts=lambda src, dst: str(dst).endswith("zarr.json")))
     with pytest.raises(IndexerError, match="cannot grow"):
         indexer.sync(index_dir, paths=[str(src)], settings=small_settings, embedder=fake_embedder)

@@ -62,8 +62,8 @@ def check_whole(index: Path, docs: dict[str, str]) -> None:
     with indexer.open(index) as idx:
         report = idx.verify()
         assert report.ok, report.problems
-        ids, vecs = idx.vectors()
-        ids, matrix = list(ids), np.asarray(vecs)
+        view_ids, vecs = idx.vectors()
+        ids, matrix = list(view_ids), np.asarray(vecs)
         status = idx.status()
     assert sorted(ids) == sorted(docs)
     assert np.array_equal(matrix, FakeEmbedder(16).embed([docs[i] for i in ids]))

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 from indexer.cli import cli
 
 from helpers import fake_vector, served, write_jsonl
+from manifest_surgery import Tamper, make_blank_sqlite, make_foreign_sqlite
 
 DOCS = {f"d{i:02d}": f"text {i} " + "w " * (i % 5) for i in range(40)}
 ENV = {"INDEXER_CHUNK_ROWS": "8"}
@@ -97,10 +97,8 @@ def test_a_lost_index_toml_never_rebinds_the_index_to_another_model(index: tuple
 
 def test_an_older_index_without_the_copy_is_refused_naming_the_repair(index: tuple[Path, Path]) -> None:
     ix, src = index
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    conn.execute("DELETE FROM config")  # as an index made before 0004 has it
-    conn.commit()
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.forget_config()  # as an index made before 0004 has it
     (ix / "index.toml").unlink()
     before = snapshot(ix)
     code, _, err = invoke("sync", str(src), "--index", str(ix), "--model", "fake:16")
@@ -117,16 +115,6 @@ def make_foreign_zarr(directory: Path) -> None:
     array = zarr.create_array(directory / "vectors.zarr", shape=(8, 4), chunks=(4, 4), dtype="f4",
                               zarr_format=3)
     array[:] = np.arange(32, dtype="f4").reshape(8, 4)
-
-
-def make_foreign_sqlite(directory: Path, application_id: int = 0) -> None:
-    conn = sqlite3.connect(directory / "manifest.sqlite")
-    conn.execute("CREATE TABLE users (name TEXT)")
-    conn.execute("INSERT INTO users VALUES ('ada')")
-    if application_id:
-        conn.execute(f"PRAGMA application_id = {application_id}")
-    conn.commit()
-    conn.close()
 
 
 @pytest.mark.parametrize("foreign", ["zarr", "sqlite", "sqlite-app-id", "zarr+sqlite", "not-sqlite"])
@@ -165,10 +153,7 @@ def test_a_creation_killed_while_it_set_the_file_up_is_synced_over(tmp_path: Pat
     an unfinished creation, not someone else's database: the next sync makes the index there."""
     ix = tmp_path / "ix"
     ix.mkdir()
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    conn.execute("PRAGMA user_version = 0")
-    conn.execute("VACUUM")  # an SQLite header page, no table, no application_id
-    conn.close()
+    make_blank_sqlite(ix / "manifest.sqlite")  # an SQLite header page, no table, no application_id
     hot_journal(ix / "manifest.sqlite", pages_before=0)
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     code, _, err = invoke("sync", str(src), "--index", str(ix), "--model", "fake:16")

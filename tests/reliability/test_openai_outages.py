@@ -11,10 +11,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 import indexer
 from indexer import BackendUnavailableError, Settings
 from indexer.cli import cli
+from indexer.manifest import Inspection
 
 from openai_server import API_KEY, EmbeddingServer, fake_vector
 
@@ -44,14 +45,11 @@ def sync_cli(server: EmbeddingServer, src: Path, index: Path, *flags: str) -> Re
 
 
 def contents(index: Path) -> dict[str, int]:
-    conn = sqlite3.connect(index / "manifest.sqlite")
-    try:
-        rows = conn.execute("SELECT state, count(*), max(attempts) FROM contents GROUP BY state").fetchall()
-        last_run = conn.execute("SELECT state FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0]
-    finally:
-        conn.close()
-    out = {state: n for state, n, _ in rows}
-    out["max_attempts"] = max((a for _, _, a in rows), default=0)
+    with Inspection.open(index) as look:
+        rows = list(look.contents().values())
+        last_run = look.runs()[-1].state
+    out: dict[str, int] = dict(Counter(c.state for c in rows))
+    out["max_attempts"] = max((c.attempts for c in rows), default=0)
     out["last_run_failed"] = int(last_run == "failed")
     return out
 

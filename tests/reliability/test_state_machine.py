@@ -37,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import indexer
 from indexer import _faults
-from indexer.chunking import make_chunker
+from indexer.chunking import Chunker, make_chunker
 from indexer.embedders.fake import FakeEmbedder
 
 SETTINGS = indexer.Settings(chunk_rows=4, scan_batch=5, retry_attempts=3)
@@ -48,8 +48,9 @@ TEXTS = ([f"text number {i}" for i in range(6)] + ["bad: one", "bad: two"]
          + ["alpha beta.\n\ntext number 1\n\ngamma delta epsilon.", "alpha beta.\n\nzeta eta theta iota.",
             "one two three four five six seven", "kappa lambda.\n\nbad: three four"])
 FAKE = FakeEmbedder(16)
-CHUNKER = make_chunker(FAKE.info.model, 0, "", CHUNK_TOKENS, 0)
-assert CHUNKER is not None
+_CHUNKER = make_chunker(FAKE.info.model, 0, "", CHUNK_TOKENS, 0)
+assert _CHUNKER is not None
+CHUNKER: Chunker = _CHUNKER
 
 
 def chunks_of(text: str) -> list[str]:
@@ -60,9 +61,10 @@ def expected_vector(text: str) -> np.ndarray:
     """A one-chunk text's fake vector; a longer one's: the normalized mean of its chunks' vectors."""
     parts = chunks_of(text)
     if len(parts) == 1:
-        return FAKE.embed([text])[0]
+        one: np.ndarray = FAKE.embed([text])[0]
+        return one
     mean = FAKE.embed(parts).astype(np.float64).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return np.asarray(mean / np.linalg.norm(mean), dtype=np.float32)
 
 
 def same_vector(got: np.ndarray, text: str) -> bool:
@@ -307,7 +309,7 @@ TestIndexMachine.settings = settings(max_examples=50, stateful_step_count=30, de
 
 
 @pytest.mark.slow
-class TestIndexMachineLong(IndexMachine.TestCase):  # type: ignore[misc, name-defined]
+class TestIndexMachineLong(IndexMachine.TestCase):  # type: ignore[misc, valid-type]
     settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
                         suppress_health_check=[HealthCheck.too_slow])
 

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from indexer import Index, sync
+from indexer.manifest import Inspection
 from indexer.settings import Settings
 
 from helpers import ROOT
@@ -29,21 +30,30 @@ from helpers import ROOT
 MODEL = "fake:16"
 
 
-def query(index_dir: Path, sql: str) -> int:
+def query(index_dir: Path, question: Callable[[Inspection], int]) -> int:
     try:
-        with sqlite3.connect(index_dir / "manifest.sqlite", timeout=5) as conn:
-            return int(conn.execute(sql).fetchone()[0])
+        with Inspection.open(index_dir) as look:
+            return question(look)
     except sqlite3.OperationalError:  # not created yet
         return 0
 
 
+def held(look: Inspection) -> int:
+    """Staged texts held by a claim."""
+    return sum(1 for s in look.staged() if (s.claim_id or 0) > 0)
+
+
+def done(look: Inspection) -> int:
+    return look.contents_by_state()["done"]
+
+
 def committed(index_dir: Path) -> int:
-    return query(index_dir, "SELECT count(*) FROM claims WHERE state = 'committed'")
+    return query(index_dir, lambda look: sum(1 for c in look.claims().values() if c.state == "committed"))
 
 
 def last_run_state(index_dir: Path) -> str:
-    with sqlite3.connect(index_dir / "manifest.sqlite") as conn:
-        return str(conn.execute("SELECT state FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0])
+    with Inspection.open(index_dir) as look:
+        return look.runs()[-1].state
 
 
 def write_docs(path: Path, n: int) -> Path:
@@ -86,14 +96,14 @@ def assert_stopped_cleanly(proc: subprocess.Popen[str], sig: signal.Signals, ind
     assert proc.returncode == 128 + sig, (proc.returncode, err)
     assert f"interrupted by {sig.name}" in err and "Run the same command to resume" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert query(index_dir, "SELECT count(*) FROM staged WHERE claim_id > 0") == 0  # none held by a claim
-    assert query(index_dir, "SELECT count(*) FROM claims WHERE state = 'active'") == 0
+    assert query(index_dir, held) == 0  # none held by a claim
+    assert query(index_dir, Inspection.active_claims) == 0
     assert last_run_state(index_dir) == "interrupted"
     return err
 
 
 def resume_embeds_exactly_the_rest(src: Path, index_dir: Path, n: int) -> None:
-    done_before = query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'")
+    done_before = query(index_dir, done)
     again = sync(index_dir, paths=[str(src)], settings=Settings(chunk_rows=64))
     assert again.embedded == n - done_before and again.failed == 0
     with Index.open(index_dir) as idx:
@@ -147,7 +157,7 @@ def test_stop_signal_at_the_embed_phase_releases_claims_stops_workers_and_resume
     src, index_dir, pids = stop_mid_embed(tmp_path, ["--backend", "processes", "--workers", "2"], sig,
                                           watch=workers)
     wait_gone(pids, 10)
-    assert 0 < query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'") < N
+    assert 0 < query(index_dir, done) < N
     resume_embeds_exactly_the_rest(src, index_dir, N)
 
 
@@ -162,7 +172,7 @@ def test_sigterm_at_the_scan_phase_records_the_run_and_resumes(tmp_path: Path) -
         assert proc.stdin is not None
         proc.stdin.write("".join(lines[:1000]))
         proc.stdin.flush()
-        assert wait_until(lambda: query(index_dir, "SELECT count(*) FROM documents") >= 500, proc), \
+        assert wait_until(lambda: query(index_dir, lambda look: len(look.documents())) >= 500, proc), \
             proc.communicate()
         proc.send_signal(signal.SIGTERM)
         assert_stopped_cleanly(proc, signal.SIGTERM, index_dir)
@@ -170,7 +180,7 @@ def test_sigterm_at_the_scan_phase_records_the_run_and_resumes(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert query(index_dir, "SELECT count(*) FROM contents WHERE state = 'done'") == 0  # stopped before embed
+    assert query(index_dir, done) == 0  # stopped before embed
     resume_embeds_exactly_the_rest(src, index_dir, n)
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import sqlite3
 import statistics
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,11 @@ from indexer.chunking import _EXPANDING, Chunker, WordCounter, load_token_counte
 from indexer.cli import cli
 from indexer.config import EmbeddingConfig, read_config
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection
 from indexer.settings import DEFAULT_MODEL, Settings
+
+from helpers import cosines
+from manifest_surgery import Tamper
 
 FAKE = FakeEmbedder(16)
 SETTINGS = Settings(chunk_rows=8)
@@ -200,7 +203,10 @@ def test_one_paragraph_edits_re_embed_a_median_of_at_most_two_chunks(tmp_path: P
     20+-chunk documents, each followed by a sync: chunks embedded per edit, from the sync's summary."""
     rng = random.Random(12)
     paragraphs = {f"doc{i}": [paragraph(rng) for _ in range(70)] for i in range(4)}
-    texts = lambda: [{"id": k, "text": "\n\n".join(v)} for k, v in paragraphs.items()]  # noqa: E731
+
+    def texts() -> list[dict[str, str]]:
+        return [{"id": k, "text": "\n\n".join(v)} for k, v in paragraphs.items()]
+
     first = indexer.sync(tmp_path / "ix", texts(), embedder=FAKE, chunk_tokens=40, settings=SETTINGS)
     with indexer.open(tmp_path / "ix") as idx:
         ordinals = idx.chunks().ordinals
@@ -235,7 +241,7 @@ class FailingFake:
 
 def mean_vector(parts: list[str]) -> np.ndarray:
     mean = FAKE.embed(parts).astype(np.float64).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return np.asarray(mean / np.linalg.norm(mean), dtype=np.float32)
 
 
 def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_done(tmp_path: Path) -> None:
@@ -268,7 +274,7 @@ def test_a_long_document_keeps_its_previous_version_until_all_its_chunks_are_don
 
 def test_chunks_and_export_levels(tmp_path: Path) -> None:
     rng = random.Random(4)
-    docs = {"long": long_document(rng, 12), "short": "just a few words", "copy": None}
+    docs = {"long": long_document(rng, 12), "short": "just a few words"}
     docs["copy"] = docs["long"]
     indexer.sync(tmp_path / "ix", list(docs.items()), embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
     with indexer.open(tmp_path / "ix") as idx:
@@ -324,7 +330,7 @@ def test_compact_drops_the_chunks_of_old_versions_and_verify_stays_clean(tmp_pat
         assert idx.status()["contents"]["done"] == current
         verified = idx.verify()
         assert verified.ok and not verified.notes
-        wholes = idx.manifest.conn.execute("SELECT count(DISTINCT whole) FROM text_chunks").fetchone()[0]
+        wholes = len({t.whole for t in Inspection(idx.manifest.conn).text_chunks()})
         assert wholes == 1
 
 
@@ -332,10 +338,10 @@ def test_verify_finds_a_whole_done_with_a_chunk_that_is_not_and_repair_requeues_
     rng = random.Random(9)
     text = long_document(rng, 10)
     indexer.sync(tmp_path / "ix", [("doc", text)], embedder=FAKE, chunk_tokens=30, settings=SETTINGS)
-    conn = sqlite3.connect(tmp_path / "ix" / "manifest.sqlite", isolation_level=None)
-    conn.execute("""UPDATE contents SET state = 'pending', slot = NULL WHERE hash =
-                    (SELECT hash FROM text_chunks WHERE ordinal = 2)""")
-    conn.close()
+    with Inspection.open(tmp_path / "ix") as look:
+        (third,) = [t.hash for t in look.text_chunks() if t.ordinal == 2]
+    with Tamper.open(tmp_path / "ix") as tamper:
+        tamper.unfinish_content(third)
     with indexer.open(tmp_path / "ix") as idx:
         report = idx.verify()
         assert not report.ok and any("chunk 2 is pending" in p for p in report.problems), report.problems
@@ -414,20 +420,17 @@ def test_the_default_model_gives_a_fitting_document_its_vector_and_a_long_one_it
     assert summary.chunks == len(chunk_texts) > len(docs)
     assert all(tokens(tokenizer, t) <= 254 for t in chunk_texts)
 
-    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
     # a document that fits: exactly today's vector, the whole text through encode
-    assert cosine(got[:len(short)], model.encode(short, batch_size=1)).min() >= 0.9999
+    assert cosines(got[:len(short)], model.encode(short, batch_size=1)).min() >= 0.9999
     # each chunk: encode of its text
-    assert cosine(chunk_vectors, model.encode(chunk_texts, batch_size=1)).min() >= 0.9999
+    assert cosines(chunk_vectors, model.encode(chunk_texts, batch_size=1)).min() >= 0.9999
     # a long document: the normalized mean of encode over its chunks
     for k, (doc_id, _) in enumerate(docs[len(short):], start=len(short)):
         mine = [t for i, t in zip(chunks.ids, chunk_texts, strict=True) if i == doc_id]
         assert len(mine) >= 2
         mean = model.encode(mine, batch_size=1).astype(np.float64).sum(axis=0)
-        assert cosine(got[k], mean) >= 0.9999
+        assert cosines(got[k], mean) >= 0.9999
 
 
 @pytest.mark.model
@@ -453,9 +456,9 @@ def test_no_chunking_counts_and_warns_about_truncated_documents(tmp_path: Path) 
 # -- long documents with the maintenance features: compact relocation, checksums, NaN rows -------------
 
 def long_slots(idx: indexer.Index, doc_id: str) -> list[int]:
-    return [s for (s,) in idx.manifest.conn.execute("""SELECT c.slot FROM documents d
-        JOIN text_chunks t ON t.whole = d.ready_hash JOIN contents c ON c.hash = t.hash
-        WHERE d.id = ? ORDER BY t.ordinal""", (doc_id,))]
+    look = Inspection(idx.manifest.conn)
+    whole, contents = look.documents()[doc_id].ready_hash, look.contents()
+    return [contents[t.hash].slot for t in look.text_chunks() if t.whole == whole]
 
 
 def test_snapshots_of_long_documents_follow_a_compact_that_moves_their_chunks(tmp_path: Path) -> None:
@@ -514,7 +517,7 @@ def test_a_nan_in_one_chunk_of_a_long_document_is_refused_and_repaired(tmp_path:
         with pytest.raises(indexer.StoreError):
             idx.get(["long"])
     with indexer.open(tmp_path / "ix") as idx:
-        idx.manifest.conn.execute("DELETE FROM chunks")  # as if written before checksums were kept
+        Tamper(idx.manifest.conn).forget_checksums()  # as if written before checksums were kept
         _, vecs = idx.vectors()
         with pytest.raises(indexer.StoreError, match=rf"read as NaN \(slot\(s\) {slot}\)"):
             np.asarray(vecs)

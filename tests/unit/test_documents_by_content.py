@@ -8,35 +8,31 @@ the documents of the contents it embedded, and the status counts move them, thro
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection
 from indexer.settings import Settings
 
 from helpers import FAKE_DIM, fake_vector, served
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 
 
 def numbers(ix: Path) -> dict[str, tuple[int | None, bytes | None, int]]:
     """id -> (seq, ready_hash, deleted) of every document."""
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    try:
-        return {i: (seq, ready, deleted) for i, seq, ready, deleted in conn.execute(
-            "SELECT id, seq, ready_hash, deleted FROM documents")}
-    finally:
-        conn.close()
+    with Inspection.open(ix) as look:
+        return {i: (d.seq, d.ready_hash, d.deleted) for i, d in look.documents().items()}
 
 
 def test_verify_finds_a_document_numbered_wrong_and_repair_numbers_it_again(tmp_path: Path) -> None:
     ix = tmp_path / "ix"
     docs = [(f"d{i}", f"text {i}") for i in range(10)]
     indexer.sync(ix, docs, embedder=FakeEmbedder(FAKE_DIM), settings=SETTINGS)
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("UPDATE documents SET seq = seq + 1 WHERE id = 'd3'")
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.misnumber_document("d3")
     with indexer.open(ix, SETTINGS) as idx:
         report = idx.verify()
         assert report.problems == ["1 document(s) point at their content by a number (documents.seq) that "

@@ -19,7 +19,7 @@ import pytest
 
 import indexer
 from indexer._driver import GroupSizer
-from indexer.manifest import Finished, Manifest
+from indexer.manifest import Finished, Inspection, Manifest
 from indexer.runners import BatchDone, EmbedResult
 from indexer.runners._liveness import HangRule
 from indexer.runners.inline import InlineRunner
@@ -136,7 +136,7 @@ def test_an_interrupt_while_writing_a_group_gives_all_of_it_back(
         st = idx.status()
         assert st["active_claims"] == 0
         assert st["done"] == 3 * 8  # the groups of 1 and 2 chunks
-        claims = Counter(s for (s,) in idx.manifest.conn.execute("SELECT state FROM claims"))
+        claims = Counter(c.state for c in Inspection(idx.manifest.conn).claims().values())
         assert claims == Counter(committed=3, released=4 + 4)
         assert idx.verify().ok
     again = RecordingEmbedder()
@@ -217,7 +217,7 @@ def test_an_interrupt_between_a_result_and_its_write_gives_the_group_back(
     monkeypatch.setattr(GroupSizer, "observe", real)
     with indexer.open(ix, grouped) as idx:
         assert idx.status()["active_claims"] == 0
-        assert idx.manifest.conn.execute("SELECT count(*) FROM staged WHERE claim_id > 0").fetchone()[0] == 0
+        assert [s for s in Inspection(idx.manifest.conn).staged() if (s.claim_id or 0) > 0] == []
         assert idx.verify().ok
         done = idx.status()["done"]
     summary = indexer.sync(ix, docs.items(), embedder=RecordingEmbedder(), settings=grouped)

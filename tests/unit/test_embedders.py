@@ -23,6 +23,7 @@ from indexer.embedders.sentence_transformers import (
 )
 from indexer.errors import ModelLoadError
 
+from helpers import cosines
 from tiny_model import MAX_SEQ_LENGTH, build_tiny_model, tiny_texts
 
 BATCH = 8
@@ -43,11 +44,6 @@ def tiny(tiny_path: Path) -> SentenceTransformerEmbedder:
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     return tiny_texts(120)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
 
 
 # -- the tiny model and the corpus are what the tests need ------------------------------------------

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +21,11 @@ import xxhash
 
 from indexer._owner import _owner_of, current_owner, owner_is_dead
 from indexer.errors import LeaseLostError, ManifestError
-from indexer.manifest import Claim, Finished, Manifest, ScanCounts, content_hash
+from indexer.manifest import Claim, Finished, Inspection, Manifest, ScanCounts, content_hash
 from indexer.settings import Settings
 from indexer.sources import Record, Skip
+
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=4, scan_batch=16, retry_attempts=3, lease_seconds=600.0)
 REMOTE_A = "some-other-host|1234|1.000"  # a worker on another machine: never seen as dead from here
@@ -40,15 +43,19 @@ def scan(m: Manifest, docs: dict[str, str], **kw: object) -> ScanCounts:
     return counts
 
 
+def look(m: Manifest) -> Inspection:
+    """Reads of `m`'s rows, through its own connection (its open transaction's writes included)."""
+    return Inspection(m.conn)
+
+
 def content_states(m: Manifest) -> dict[bytes, str]:
     """Each content's state; 'claimed' where an active claim holds its staged text."""
-    return dict(m.conn.execute("""SELECT c.hash, iif(k.state = 'active', 'claimed', c.state) FROM contents c
-        LEFT JOIN staged s ON s.seq = c.seq LEFT JOIN claims k ON k.id = s.claim_id""").fetchall())
+    return look(m).content_states()
 
 
 def expire(m: Manifest, claim: Claim) -> None:
     """The claim's lease ran out (as if its worker stalled past lease_seconds)."""
-    m.conn.execute("UPDATE claims SET expires_at = 0 WHERE id = ?", (claim.id,))
+    Tamper(m.conn).set_claim_expiry(claim.id, 0)
 
 
 def commit_all(m: Manifest, claim: Claim) -> int:
@@ -79,7 +86,7 @@ def test_content_hash_is_xxh3_128_of_utf8() -> None:
 
 def test_manifest_stores_the_content_hash_of_each_document(manifest: Manifest) -> None:
     scan(manifest, {"a": "alpha", "b": "bêta"})
-    rows = dict(manifest.conn.execute("SELECT id, hash FROM documents").fetchall())
+    rows = {i: d.hash for i, d in look(manifest).documents().items()}
     assert rows == {"a": xxhash.xxh3_128_digest(b"alpha"),
                     "b": xxhash.xxh3_128_digest("bêta".encode())}
 
@@ -98,14 +105,14 @@ def test_scan_new_changed_unchanged(manifest: Manifest) -> None:
     assert states[content_hash("two, edited")] == "pending"
     assert states[content_hash("one")] == states[content_hash("three")] == "done"
     # the changed document still serves its old content until the new one is done
-    ready = manifest.conn.execute("SELECT hash, ready_hash FROM documents WHERE id = 'b'").fetchone()
-    assert ready == (content_hash("two, edited"), content_hash("two"))
+    b = look(manifest).documents()["b"]
+    assert (b.hash, b.ready_hash) == (content_hash("two, edited"), content_hash("two"))
 
 
 def test_identical_texts_share_one_content(manifest: Manifest) -> None:
     c = scan(manifest, {"a": "same text", "b": "same text", "c": "other"})
     assert (c.new, c.to_embed) == (3, 2)
-    assert manifest.conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 2
+    assert len(look(manifest).contents()) == 2
     claim = manifest.claim(10)
     assert claim is not None and sorted(claim.texts) == ["other", "same text"]
     commit_all(manifest, claim)
@@ -115,19 +122,20 @@ def test_identical_texts_share_one_content(manifest: Manifest) -> None:
 
 def test_staged_text_is_dropped_when_done(manifest: Manifest) -> None:
     scan(manifest, {"a": "some text"})
-    seq = manifest.conn.execute("SELECT seq FROM contents").fetchone()[0]
-    assert manifest.conn.execute("SELECT seq, text FROM staged").fetchall() == [(seq, "some text")]
+    [content] = look(manifest).contents().values()
+    seq = content.seq
+    assert [(s.seq, s.text) for s in look(manifest).staged()] == [(seq, "some text")]
     claim = manifest.claim(4)
     assert claim is not None and claim.seqs == [seq]
     commit_all(manifest, claim)
-    assert manifest.conn.execute("SELECT count(*) FROM staged").fetchone()[0] == 0
+    assert look(manifest).staged() == []
 
 
 def test_dry_run_scan_writes_nothing(manifest: Manifest) -> None:
     c = scan(manifest, {"a": "x", "b": "y"}, dry_run=True)
     assert (c.new, c.to_embed) == (2, 2)
-    assert manifest.conn.execute("SELECT count(*) FROM documents").fetchone()[0] == 0
-    assert manifest.conn.execute("SELECT count(*) FROM contents").fetchone()[0] == 0
+    assert look(manifest).documents() == {}
+    assert look(manifest).contents() == {}
 
 
 def test_duplicate_ids_keep_the_first(manifest: Manifest) -> None:
@@ -136,8 +144,7 @@ def test_duplicate_ids_keep_the_first(manifest: Manifest) -> None:
     manifest.scan_batch([Record("a", "first", "f:1"), Record("a", "second", "f:2")], counts)
     manifest.scan_batch([Record("a", "third", "f:3")], counts)
     assert counts.duplicates == 2 and counts.scanned == 1
-    assert manifest.conn.execute("SELECT hash FROM documents WHERE id = 'a'").fetchone()[0] == \
-        content_hash("first")
+    assert look(manifest).documents()["a"].hash == content_hash("first")
     assert any("f:2" in w and "f:1" in w for w in counts.warnings)
 
 
@@ -157,7 +164,7 @@ def test_a_duplicate_from_an_earlier_batch_names_where_it_was_first_seen(manifes
         "g.jsonl:9: skipped: duplicate id 'a', first seen at f.jsonl:1; the first is kept",
         "g.jsonl:10: skipped: duplicate id 's', first seen at f.jsonl:3; the first is kept",
         "g.jsonl:11: skipped: duplicate id 'p', first seen at f.parquet row 4; the first is kept"]
-    hashes = dict(manifest.conn.execute("SELECT id, hash FROM documents").fetchall())
+    hashes = {i: d.hash for i, d in look(manifest).documents().items()}
     assert hashes == {"a": content_hash("x"), "n\x00ul": content_hash("y"), "p": content_hash("z"),
                       "b": content_hash("w")}
 
@@ -170,7 +177,7 @@ def test_delete_missing_and_skipped_known_id(manifest: Manifest) -> None:
     manifest.scan_batch([Record("a", "x", "f:1"), Skip("f:2", "empty text", "b")], counts)
     assert manifest.missing_ids_count() == 1
     assert manifest.delete_missing() == 1
-    deleted = dict(manifest.conn.execute("SELECT id, deleted FROM documents").fetchall())
+    deleted = {i: d.deleted for i, d in look(manifest).documents().items()}
     assert deleted == {"a": 0, "b": 0, "c": 1}
 
 
@@ -183,13 +190,12 @@ def test_claim_is_leased_to_its_owner(manifest: Manifest) -> None:
     after = time.time()
     assert claim is not None and len(claim.hashes) == 4 == len(claim.texts)
     assert [content_hash(t) for t in claim.texts] == claim.hashes
-    token, owner, chunk, expires, state = manifest.conn.execute(
-        "SELECT token, owner, chunk, expires_at, state FROM claims WHERE id = ?", (claim.id,)).fetchone()
-    assert (token, owner, chunk, state) == (claim.token, current_owner(), claim.chunk, "active")
-    assert before + SETTINGS.lease_seconds <= expires <= after + SETTINGS.lease_seconds
-    claimed = manifest.conn.execute(
-        "SELECT hash FROM staged WHERE claim_id = ?", (claim.id,)).fetchall()
-    assert sorted(h for (h,) in claimed) == sorted(claim.hashes)
+    row = look(manifest).claims()[claim.id]
+    assert (row.token, row.owner, row.chunk, row.state) == (claim.token, current_owner(), claim.chunk,
+                                                            "active")
+    assert before + SETTINGS.lease_seconds <= row.expires_at <= after + SETTINGS.lease_seconds
+    claimed = [s.hash for s in look(manifest).staged() if s.claim_id == claim.id]
+    assert sorted(claimed) == sorted(claim.hashes)
     assert manifest.status_counts()["active_claims"] == 1
 
 
@@ -218,7 +224,7 @@ def test_each_claim_gets_its_own_fresh_chunk(manifest: Manifest) -> None:
     again = manifest.claim(4)
     assert again is not None and again.chunk not in seen
     # no two claims, whatever their state, share a chunk
-    chunks = [r[0] for r in manifest.conn.execute("SELECT chunk FROM claims")]
+    chunks = [c.chunk for c in look(manifest).claims().values()]
     assert len(chunks) == len(set(chunks)) == 4
     all_hashes = [h for c in [*claims[1:], again] for h in c.hashes]
     assert len(all_hashes) == len(set(all_hashes)) == 10
@@ -231,8 +237,7 @@ def test_release_returns_contents_to_pending(manifest: Manifest) -> None:
     assert set(content_states(manifest).values()) == {"claimed"}
     manifest.release(claim)
     assert set(content_states(manifest).values()) == {"pending"}
-    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (claim.id,)).fetchone()[0] \
-        == "released"
+    assert look(manifest).claims()[claim.id].state == "released"
     with pytest.raises(LeaseLostError):
         commit_all(manifest, claim)  # a released claim cannot commit either
 
@@ -246,8 +251,7 @@ def test_expired_lease_returns_contents_to_pending(manifest: Manifest) -> None:
     expire(manifest, claim)
     assert manifest.expire_claims() == 0
     assert set(content_states(manifest).values()) == {"pending"}
-    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (claim.id,)).fetchone()[0] \
-        == "expired"
+    assert look(manifest).claims()[claim.id].state == "expired"
 
 
 def test_live_remote_lease_is_not_taken_over(manifest: Manifest) -> None:
@@ -274,8 +278,9 @@ def test_stale_commit_is_fenced(manifest: Manifest) -> None:
         with pytest.raises(LeaseLostError, match=f"claim {stale.id}"):
             commit_all(manifest, stale)
         # A's commit changed nothing: the contents are still B's
-        rows = manifest.conn.execute("SELECT c.state, s.claim_id, c.slot FROM contents c "
-                                     "JOIN staged s USING (seq)").fetchall()
+        contents = {c.seq: c for c in look(manifest).contents().values()}
+        rows = [(contents[s.seq].state, s.claim_id, contents[s.seq].slot) for s in look(manifest).staged()
+                if s.seq in contents]
         assert rows == [("pending", fresh.id, None)] * 2
         assert manifest.status_counts()["fencing_refusals"] == 1
 
@@ -284,7 +289,8 @@ def test_stale_commit_is_fenced(manifest: Manifest) -> None:
         assert manifest.status_counts()["fencing_refusals"] == 2
 
         commit_all(other, fresh)
-        slots = manifest.conn.execute("SELECT state, slot FROM contents ORDER BY slot").fetchall()
+        slots = sorted(((c.state, c.slot) for c in look(manifest).contents().values()),
+                       key=lambda row: (row[1] is not None, row[1]))
         assert slots == [("done", fresh.chunk * 4), ("done", fresh.chunk * 4 + 1)]
     finally:
         other.close()
@@ -295,9 +301,9 @@ def test_renew_extends_the_lease(manifest: Manifest) -> None:
     claim = manifest.claim(4, owner=REMOTE_A)
     assert claim is not None
     # nearly run out
-    manifest.conn.execute("UPDATE claims SET expires_at = ? WHERE id = ?", (time.time() + 5, claim.id))
+    Tamper(manifest.conn).set_claim_expiry(claim.id, time.time() + 5)
     manifest.renew(claim)
-    expires = manifest.conn.execute("SELECT expires_at FROM claims WHERE id = ?", (claim.id,)).fetchone()[0]
+    expires = look(manifest).claims()[claim.id].expires_at
     assert expires > time.time() + SETTINGS.lease_seconds / 2
     commit_all(manifest, claim)
     assert set(content_states(manifest).values()) == {"done"}
@@ -319,8 +325,7 @@ def test_claim_of_a_dead_local_process_is_reclaimed_at_once(manifest: Manifest) 
     # its lease runs for another ten minutes, but its owner is gone: the next claim takes it over
     fresh = manifest.claim(4)
     assert fresh is not None and sorted(fresh.hashes) == sorted(orphan.hashes)
-    assert manifest.conn.execute("SELECT state FROM claims WHERE id = ?", (orphan.id,)).fetchone()[0] \
-        == "expired"
+    assert look(manifest).claims()[orphan.id].state == "expired"
 
 
 def test_failures_count_attempts_then_fail_and_retry(manifest: Manifest) -> None:
@@ -333,9 +338,8 @@ def test_failures_count_attempts_then_fail_and_retry(manifest: Manifest) -> None
         gave_up = manifest.commit(claim, done, [(bad, f"boom {attempt}")])
         assert gave_up == (attempt == SETTINGS.retry_attempts)
     assert manifest.claim(4) is None  # failed for good: not claimed again
-    state, attempts, error = manifest.conn.execute(
-        "SELECT state, attempts, error FROM contents WHERE hash = ?", (bad,)).fetchone()
-    assert (state, attempts, error) == ("failed", 3, "boom 3")
+    row = look(manifest).contents()[bad]
+    assert (row.state, row.attempts, row.error) == ("failed", 3, "boom 3")
     assert manifest.failures() == [("bad", "boom 3")]
     counts = manifest.status_counts()
     assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 0)
@@ -374,9 +378,8 @@ def test_claim_many_takes_consecutive_lengths_in_one_chunk_each(manifest: Manife
     assert [c.chunk for c in claims] == [0, 1, 2] and grown == [2]  # the store grows once, to the last
     assert [len(t) for c in claims for t in c.texts] == list(range(10, 20))  # shortest first, in order
     assert len({c.token for c in claims}) == 3
-    states = manifest.conn.execute("SELECT claim_id, count(*) FROM staged WHERE claim_id > 0 "
-                                   "GROUP BY claim_id").fetchall()
-    assert sorted(states) == sorted((c.id, len(c.hashes)) for c in claims)
+    held = Counter(s.claim_id for s in look(manifest).staged() if s.claim_id is not None and s.claim_id > 0)
+    assert sorted(held.items()) == sorted((c.id, len(c.hashes)) for c in claims)
     assert manifest.claim_many(4, 3) == []  # nothing pending left
     assert manifest.next_chunk() == 3
 
@@ -399,7 +402,7 @@ def test_commit_many_fences_each_claim_alone(manifest: Manifest) -> None:
         states = content_states(manifest)
         assert {states[h] for h in a.hashes + c.hashes} == {"done"}
         assert {states[h] for h in b.hashes} == {"claimed"}  # still B's
-        claim_states = dict(manifest.conn.execute("SELECT id, state FROM claims").fetchall())
+        claim_states = {i: c.state for i, c in look(manifest).claims().items()}
         assert (claim_states[a.id], claim_states[b.id], claim_states[c.id]) == ("committed", "expired",
                                                                                  "committed")
         commit_all(other, taken)
@@ -421,7 +424,7 @@ def test_a_scan_keeps_the_batches_before_a_stop_between_them_and_none_of_a_batch
     that broke off), it commits what was scanned; stopped inside a batch, whose statements are half
     done, it rolls the open transaction back, the whole batches before it included."""
     def live() -> list[str]:
-        return sorted(i for (i,) in manifest.conn.execute("SELECT id FROM documents"))
+        return sorted(look(manifest).documents())
 
     with pytest.raises(RuntimeError, match="broke off"), manifest.scanning():
         manifest.scan_batch(records({"a": "alpha", "b": "beta"}), ScanCounts())
@@ -444,19 +447,18 @@ def test_a_scan_commits_as_it_grows_with_what_it_committed_before(tmp_path: Path
     before (at least one batch, at most eight): with batches of 2 rows, after rows 2, 4, 8, 16, 32, 48
     ... A second connection sees each commit as it happens, and the scan's end commits the rest."""
     m = Manifest(tmp_path / "manifest.sqlite", replace(SETTINGS, scan_batch=2), create=True)
-    other = sqlite3.connect(tmp_path / "manifest.sqlite")
     seen: list[int] = []
     try:
-        with m.scanning():
-            for n in range(30):
-                m.scan_batch(records({f"d{2 * n}": f"text {2 * n}", f"d{2 * n + 1}": f"text {2 * n + 1}"}),
-                             ScanCounts())
-                seen.append(other.execute("SELECT count(*) FROM documents").fetchone()[0])
-        assert seen[:8] == [2, 4, 4, 8, 8, 8, 8, 16] and seen[-1] == 48, seen
-        assert other.execute("SELECT count(*) FROM documents").fetchone()[0] == 60
+        with Inspection.open(tmp_path / "manifest.sqlite") as other:
+            with m.scanning():
+                for n in range(30):
+                    m.scan_batch(records({f"d{2 * n}": f"text {2 * n}",
+                                          f"d{2 * n + 1}": f"text {2 * n + 1}"}), ScanCounts())
+                    seen.append(len(other.documents()))
+            assert seen[:8] == [2, 4, 4, 8, 8, 8, 8, 16] and seen[-1] == 48, seen
+            assert len(other.documents()) == 60
         assert m.counts_problems() == [] and m.status_counts()["pending"] == 60
     finally:
-        other.close()
         m.close()
 
 

@@ -10,19 +10,25 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 import indexer
 from indexer.errors import ManifestError
-from indexer.manifest import Manifest, ScanCounts, _migrations, content_hash, migrations_dir
-from indexer.manifest._reports import recount_rows
+from indexer.manifest import Inspection, Manifest, ScanCounts, _migrations, content_hash, migrations_dir
 from indexer.settings import Settings
 from indexer.sources import Record
+
+from manifest_surgery import (
+    Tamper,
+    add_document_at_schema_1,
+    add_rows_before_staged_texts,
+    add_rows_before_state_counts,
+    apply_by_hand,
+    index_with_work_at_schema,
+    rewind_before_served_once_done,
+)
 
 SETTINGS = Settings(chunk_rows=8)
 
@@ -31,21 +37,6 @@ def numbered() -> list[Path]:
     files = sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.sql"))
     assert files, f"no numbered migrations in {migrations_dir()}"
     return files
-
-
-def apply_by_hand(db: Path, files: list[Path]) -> None:
-    """Apply migration files to `db` one at a time, each in its own transaction with its ledger row,
-    closing and reopening the database between steps (an old indexer, upgraded again and again)."""
-    for f in files:
-        conn = sqlite3.connect(db, isolation_level=None)
-        try:
-            conn.execute(_migrations.LEDGER)
-            conn.executescript(
-                "BEGIN IMMEDIATE;\n"
-                f"INSERT INTO schema_migrations VALUES ({int(f.name[:4])}, '{f.stem}', {time.time()});\n"
-                + f.read_text(encoding="utf-8") + "\nCOMMIT;")
-        finally:
-            conn.close()
 
 
 def schema_of(db: Path) -> list[tuple[str, str, str]]:
@@ -57,19 +48,8 @@ def schema_of(db: Path) -> list[tuple[str, str, str]]:
 
 
 def ledger(db: Path) -> list[tuple[int, str]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    finally:
-        conn.close()
-
-
-def table_rows(db: Path, table: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
-    finally:
-        conn.close()
+    with Inspection.open(db) as look:
+        return [(version, name) for version, name, _ in look.migrations()]
 
 
 def fresh(db: Path) -> Path:
@@ -89,7 +69,8 @@ def test_fresh_schema_equals_step_by_step_migrations(tmp_path: Path) -> None:
     apply_by_hand(stepwise, numbered())
     assert schema_of(stepwise) == schema_of(new)
     # the seed rows too, and both ledgers list every migration
-    assert table_rows(stepwise, "meta") == table_rows(new, "meta")
+    with Inspection.open(stepwise) as a, Inspection.open(new) as b:
+        assert a.meta() == b.meta()
     expected = [(int(f.name[:4]), f.stem) for f in numbered()]
     assert ledger(stepwise) == ledger(new) == expected
 
@@ -99,21 +80,21 @@ def test_manifest_upgrades_an_old_database_step_by_step(tmp_path: Path) -> None:
     survives and the result equals a fresh manifest."""
     old = tmp_path / "old.sqlite"
     apply_by_hand(old, numbered()[:1])
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (x'00', 3, 'abc')")
-    conn.execute("INSERT INTO documents (id, hash) VALUES ('doc', x'00')")
-    conn.close()
+    add_document_at_schema_1(old)
     assert ledger(old) == [(1, numbered()[0].stem)]
 
     upgraded = schema_of(old)  # opening it runs 0002 ... N
     assert upgraded == schema_of(fresh(tmp_path / "fresh.sqlite"))
     assert ledger(old) == [(int(f.name[:4]), f.stem) for f in numbered()]
-    (seq,) = [row[0] for row in table_rows(old, "contents")]
-    assert table_rows(old, "documents") == [("doc", b"\x00", None, 0, seq)]  # seq: its content's (0010)
-    # reopening applies nothing twice
-    before = table_rows(old, "schema_migrations")
+    with Inspection.open(old) as look:
+        (seq,) = [c.seq for c in look.contents().values()]
+        documents = {i: (d.hash, d.ready_hash, d.deleted, d.seq) for i, d in look.documents().items()}
+        assert documents == {"doc": (b"\x00", None, 0, seq)}  # seq: its content's (0010)
+        # reopening applies nothing twice
+        before = look.migrations()
     schema_of(old)
-    assert table_rows(old, "schema_migrations") == before
+    with Inspection.open(old) as look:
+        assert look.migrations() == before
 
 
 def test_schema_sql_matches_a_migrated_index_end_to_end(tmp_path: Path, fake_embedder: object) -> None:
@@ -148,12 +129,9 @@ def test_a_failing_migration_leaves_no_partial_schema_and_no_ledger_row(
     with pytest.raises(ManifestError, match="no_such_table"):
         Manifest(db, SETTINGS)
 
-    conn = sqlite3.connect(db)
-    try:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(documents)")}
-    finally:
-        conn.close()
+    with Inspection.open(db) as look:
+        names = {o.name for o in look.schema_objects()}
+        columns = set(look.columns("documents"))
     assert "half_done" not in names and "half_done_x" not in names
     assert "extra" not in columns
     assert ledger(db) == before_ledger
@@ -181,68 +159,23 @@ def test_a_migration_that_fails_on_its_first_statement_leaves_no_ledger_row(
 def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
     db = fresh(tmp_path / "m.sqlite")
     newer = len(numbered()) + 7
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 0)", (newer,))
-    conn.close()
-    schema_before = sqlite3.connect(db).execute("SELECT sql FROM sqlite_master").fetchall()
+    with Tamper.open(db) as tamper:
+        tamper.record_future_migration(newer)
+    with Inspection.open(db) as look:
+        schema_before = [o.sql for o in look.schema_objects()]
     with pytest.raises(ManifestError, match=f"newer indexer.*{newer}"):
         Manifest(db, SETTINGS)
-    assert sqlite3.connect(db).execute("SELECT sql FROM sqlite_master").fetchall() == schema_before
+    with Inspection.open(db) as look:
+        assert [o.sql for o in look.schema_objects()] == schema_before
 
 
 def test_a_newer_schema_version_is_refused_by_index_open(tmp_path: Path, fake_embedder: object) -> None:
     ix = tmp_path / "ix"
     indexer.sync(ix, [("a", "alpha")], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("INSERT INTO schema_migrations VALUES (9999, 'from_the_future', 0)")
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.record_future_migration(9999)
     with pytest.raises(ManifestError, match="upgrade indexer"):
         indexer.open(ix)
-
-
-def index_with_work_at_schema(tmp_path: Path, fake_embedder: object, last_version: int,
-                              contents: Sequence[tuple[str, str, str]] = (("b", "beta", "pending"),
-                                                                         ("c", "gamma", "claimed")),
-                              failed: bool = False) -> Path:
-    """An index whose manifest was last written by the schema of migrations 1..last_version, holding
-    "a" done, and for each (id, text, state) of `contents` a document and its content in that state:
-    pending with its text staged, claimed by a dead worker (claim 5), or failed after 3 attempts (and,
-    with `failed`, "f" failed for good after it had been embedded once)."""
-    ix = tmp_path / "ix"
-    docs = [("a", "alpha"), ("f", "failing")] if failed else [("a", "alpha")]
-    indexer.sync(ix, docs, embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
-    old = tmp_path / "old.sqlite"
-    apply_by_hand(old, [f for f in numbered() if int(f.name[:4]) <= last_version])
-    conn = sqlite3.connect(old, isolation_level=None)
-    conn.execute("ATTACH ? AS new", (str(ix / "manifest.sqlite"),))
-    conn.executescript("""BEGIN;
-        INSERT INTO contents (hash, state, chars, text, slot, claim_id, attempts, error)
-            SELECT hash, state, chars, NULL, slot, NULL, attempts, error FROM new.contents;
-        -- As every indexer before 0011 wrote them: ready_hash is the hash once its content is done.
-        INSERT INTO documents SELECT d.id, d.hash, iif(c.state = 'done', d.hash, d.ready_hash), d.deleted
-            FROM new.documents d LEFT JOIN new.contents c ON c.hash = d.hash;
-        UPDATE meta SET value = (SELECT value FROM new.meta WHERE key = 'next_chunk')
-            WHERE key = 'next_chunk';
-        INSERT INTO claims VALUES (5, 'tok', 'elsewhere|1|0', 9, 0, 'active');
-        COMMIT;""")
-    conn.execute("DETACH new")
-    for doc_id, text, state in contents:
-        h = content_hash(text)
-        conn.execute("INSERT INTO contents (hash, state, chars, text, claim_id, attempts, error) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (h, state, len(text), text, 5 if state == "claimed" else None,
-                      3 if state == "failed" else 0, "it failed" if state == "failed" else None))
-        conn.execute("INSERT INTO documents (id, hash) VALUES (?, ?)", (doc_id, h))
-    if failed:
-        conn.executescript("""
-            UPDATE contents SET state = 'failed', error = 'boom', attempts = 3, text = 'failing',
-                slot = NULL WHERE hash = (SELECT hash FROM documents WHERE id = 'f');
-            UPDATE documents SET ready_hash = NULL WHERE id = 'f';""")
-    conn.close()
-    for suffix in ("", "-wal", "-shm"):
-        (ix / f"manifest.sqlite{suffix}").unlink(missing_ok=True)
-    shutil.copy(old, ix / "manifest.sqlite")
-    return ix
 
 
 @pytest.mark.parametrize("version", [2, 3])
@@ -258,7 +191,7 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
 
     from helpers import fake_vector, served
 
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=version, failed=True)
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, version, SETTINGS, failed=True)
     assert identify(ix / "manifest.sqlite")[0] == "ours"  # recognised by its tables before 0004
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
     assert summary.embedded == 2
@@ -275,9 +208,8 @@ def test_an_index_from_before_0003_with_staged_and_claimed_work_syncs_to_the_end
         assert idx.verify(repair=True).repaired == 0
         assert idx.verify().notes == []
         assert idx.manifest.stored_config() == (ix / "index.toml").read_text()
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    conn.close()
+    with Inspection.open(ix) as look:
+        assert look.application_id() == APPLICATION_ID
 
 
 def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
@@ -288,11 +220,11 @@ def test_an_index_from_before_0005_with_work_in_every_state_migrates_and_syncs(
     rest; `retry` re-queues the failure; the schema is a fresh one's."""
     from helpers import fake_vector, served
 
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, 3, [
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, 3, SETTINGS, [
         ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")])
     with indexer.open(ix) as idx:  # migrates
         assert idx.status()["failed"] == 1 and idx.status()["chunks"] == 4
-        assert idx.manifest.conn.execute("SELECT count(*) FROM contents WHERE parts != 0").fetchone()[0] == 0
+        assert [c for c in Inspection(idx.manifest.conn).contents().values() if c.parts != 0] == []
         assert list(idx.vectors()[0]) == ["a"]
         assert idx.retry() == 1
     summary = indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS)  # type: ignore[arg-type]
@@ -316,7 +248,7 @@ def test_an_index_from_before_push_state_migrates_syncs_and_pushes(tmp_path: Pat
 
     from helpers import served
 
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=5)
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, 5, SETTINGS)
     assert indexer.sync(ix, [], embedder=fake_embedder, settings=SETTINGS).embedded == 2  # type: ignore[arg-type]
     assert ledger(ix / "manifest.sqlite") == [(int(f.name[:4]), f.stem) for f in numbered()]
     report = push(ix, f"lancedb:{tmp_path / 'lance'}")
@@ -332,7 +264,7 @@ def test_an_index_from_before_the_skips_table_migrates_and_remembers_skips_from_
     from helpers import write_jsonl
 
     skips_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_skips"))
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, last_version=skips_version - 1)
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, skips_version - 1, SETTINGS)
     src = write_jsonl(tmp_path / "s.jsonl", [{"id": "a", "text": "alpha"}, {"id": "e", "text": " "},
                                              {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"}])
     first = indexer.sync(ix, paths=[str(src)], model="fake:16", settings=SETTINGS)
@@ -353,25 +285,9 @@ def test_an_index_from_before_state_counts_migrates_with_counts_equal_to_a_recou
     from helpers import served
 
     counts_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_state_counts"))
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, counts_version - 1, [
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, counts_version - 1, SETTINGS, [
         ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")], failed=True)
-    whole, parts = content_hash("long text"), [content_hash("long"), content_hash("text")]
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN")
-    conn.execute("INSERT INTO documents SELECT 'a2', hash, ready_hash, 0 FROM documents WHERE id = 'a'")
-    conn.execute("INSERT INTO documents (id, hash, deleted) SELECT 'gone', hash, 1 FROM documents "
-                 "WHERE id = 'b'")
-    conn.execute("INSERT INTO contents (hash, chars, text, truncated) VALUES (?, 9, 'cut text', 1)",
-                 (content_hash("cut text"),))
-    conn.execute("INSERT INTO documents (id, hash) VALUES ('t', ?)", (content_hash("cut text"),))
-    conn.execute("INSERT INTO contents (hash, chars, parts) VALUES (?, 9, 2)", (whole,))
-    for ordinal, (h, text) in enumerate(zip(parts, ["long", "text"], strict=True)):
-        conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, ?)", (h, text))
-        conn.execute("INSERT INTO text_chunks VALUES (?, ?, ?, ?, ?)", (whole, ordinal, h, 5 * ordinal,
-                                                                         5 * ordinal + 4))
-    conn.execute("INSERT INTO documents (id, hash) VALUES ('long', ?)", (whole,))
-    conn.execute("COMMIT")
-    conn.close()
+    add_rows_before_state_counts(ix / "manifest.sqlite")
 
     with indexer.open(ix) as idx:  # migrates
         assert idx.manifest.counts_problems() == []
@@ -409,45 +325,27 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
     from helpers import fake_vector, served
 
     staged_version = next(int(f.name[:4]) for f in numbered() if f.stem.endswith("_staged_texts"))
-    ix = index_with_work_at_schema(tmp_path, fake_embedder, staged_version - 1, [
+    ix = index_with_work_at_schema(tmp_path, fake_embedder, staged_version - 1, SETTINGS, [
         ("b", "beta", "pending"), ("c", "gamma", "claimed"), ("d", "bad", "failed")], failed=True)
-    whole, parts = content_hash("long text"), [content_hash("long"), content_hash("text")]
-    lost = content_hash("lost")
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.executescript("BEGIN")
-    conn.execute("INSERT INTO contents (hash, chars, parts) VALUES (?, 9, 2)", (whole,))
-    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, 'long')", (parts[0],))
-    conn.execute("INSERT INTO contents (hash, chars, text) VALUES (?, 4, 'text')", (parts[1],))
-    conn.executemany("INSERT INTO text_chunks VALUES (?, ?, ?, ?, ?)",
-                     [(whole, 0, parts[0], 0, 4), (whole, 1, parts[1], 5, 9)])
-    conn.execute("INSERT INTO documents (id, hash) VALUES ('long', ?)", (whole,))
-    conn.execute("INSERT INTO contents (hash, chars, error) VALUES (?, 4, 're-queued')", (lost,))
-    conn.execute("INSERT INTO documents (id, hash) VALUES ('l', ?)", (lost,))
-    # The rows above were written by hand: the counts the 0008 schema keeps, from a recount.
-    conn.execute("DELETE FROM state_counts")
-    conn.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)",
-                     ((state, *row) for state, row in recount_rows(conn).items()))
-    kept_before = conn.execute("SELECT * FROM state_counts ORDER BY state").fetchall()
-    conn.execute("COMMIT")
-    conn.close()
+    kept_before = add_rows_before_staged_texts(ix / "manifest.sqlite")
 
     with indexer.open(ix) as idx:  # migrates
         assert idx.manifest.counts_problems() == []
-        kept = idx.manifest.conn.execute("SELECT * FROM state_counts ORDER BY state").fetchall()
-        assert kept == kept_before
+        look = Inspection(idx.manifest.conn)
+        assert look.state_counts() == kept_before
         status = idx.status()
         assert status["contents"] == {"pending": 4, "claimed": 1, "done": 1, "failed": 2}
-        rows = idx.manifest.conn.execute("SELECT seq, text, claim_id FROM staged ORDER BY seq").fetchall()
+        rows = [(s.seq, s.text, s.claim_id) for s in look.staged()]
         # shortest first (ties by hash); failed for good: held as 0; gamma: still claim 5's
         assert sorted(text for _, text, _ in rows) == ["bad", "beta", "failing", "gamma", "long", "text"]
         assert [len(text) for _, text, _ in rows] == sorted(len(text) for _, text, _ in rows)
         held = {text: claim for _, text, claim in rows}
         assert held == {"bad": 0, "failing": 0, "gamma": 5, "beta": None, "long": None, "text": None}
         seq_of_gamma = next(seq for seq, text, _ in rows if text == "gamma")
-        assert idx.manifest.conn.execute("SELECT first_seq, last_seq FROM claims WHERE id = 5"
-                                         ).fetchone() == (seq_of_gamma, seq_of_gamma)
+        claim = look.claims()[5]
+        assert (claim.first_seq, claim.last_seq) == (seq_of_gamma, seq_of_gamma)
         # each staged text has its content's number, and contents are numbered in claim order
-        numbers = dict(idx.manifest.conn.execute("SELECT hash, seq FROM contents"))
+        numbers = {h: c.seq for h, c in look.contents().items()}
         assert {content_hash(text): seq for seq, text, _ in rows} == {
             h: numbers[h] for h in map(content_hash, [text for _, text, _ in rows])}
         assert max(seq for seq, _, _ in rows) < min(n for h, n in numbers.items()
@@ -469,7 +367,7 @@ def test_an_index_from_before_staged_texts_migrates_with_its_texts_staged_in_cla
     assert served(ix)["l"].tobytes() == fake_vector("lost").tobytes()
     with indexer.open(ix) as idx:
         assert idx.manifest.counts_problems() == []
-        assert idx.manifest.conn.execute("SELECT count(*) FROM staged").fetchone()[0] == 0
+        assert Inspection(idx.manifest.conn).staged() == []
 
 
 def test_an_index_from_before_0011_with_a_changed_document_waiting_serves_the_same(
@@ -486,13 +384,9 @@ def test_an_index_from_before_0011_with_a_changed_document_waiting_serves_the_sa
     with indexer.open(ix, SETTINGS) as idx:  # "b" changed: scanned, not embedded
         idx.manifest.scan_batch([Record("a", "alpha", "f.jsonl", 1),
                                  Record("b", "beta, edited", "f.jsonl", 2)], ScanCounts())
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.executescript("""BEGIN;
-        UPDATE documents SET ready_hash = hash WHERE hash IN (SELECT hash FROM contents WHERE state = 'done');
-        DELETE FROM schema_migrations WHERE version = 11;
-        COMMIT;""")
-    assert conn.execute("SELECT hash = ready_hash FROM documents ORDER BY id").fetchall() == [(1,), (0,)]
-    conn.close()
+    rewind_before_served_once_done(ix / "manifest.sqlite")
+    with Inspection.open(ix) as look:
+        assert [d.hash == d.ready_hash for _, d in sorted(look.documents().items())] == [True, False]
     before = served(ix)  # migrates
     assert sorted(before) == ["a", "b"]
     assert before["a"].tobytes() == fake_vector("alpha").tobytes()

@@ -185,7 +185,7 @@ def test_an_answer_is_read_in_input_order_by_index(b64: bool) -> None:
     assert read_answer(body(VECTORS, tokens=None), {}, 3, 0).server_tokens is None  # no usage: unknown
 
 
-def _with(edit: Callable[[dict[str, object]], None]) -> bytes:
+def _with(edit: Callable[[dict[str, object]], object]) -> bytes:
     parsed = json.loads(body(VECTORS, b64=False))
     edit(parsed)
     return json.dumps(parsed).encode()

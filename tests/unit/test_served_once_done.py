@@ -12,14 +12,13 @@ served before, while its new content waits. What must still hold:
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import content_hash
+from indexer.manifest import Inspection, content_hash
 from indexer.settings import Settings
 
 from helpers import FAKE_DIM, fake_vector, served
@@ -40,7 +39,7 @@ def test_a_changed_document_serves_its_new_content_once_done_and_never_an_older_
     with indexer.open(ix, SETTINGS) as idx:
         assert idx.get(["a"])[0] is not None and np.array_equal(idx.get(["a"])[0], got["a"])
         # The commit left the document row alone: it still names the version it served before.
-        before = idx.manifest.conn.execute("SELECT ready_hash FROM documents WHERE id = 'a'").fetchone()[0]
+        before = Inspection(idx.manifest.conn).documents()["a"].ready_hash
         assert before == content_hash("first version")
         # The second version's vector is bad: repair sends it back to pending. "a" serves nothing now,
         # not the first version's vector.
@@ -58,11 +57,8 @@ def test_compact_forgets_the_version_a_document_served_before(tmp_path: Path) ->
     with indexer.open(ix, SETTINGS) as idx:
         idx.compact()
         assert idx.verify().ok
-    conn = sqlite3.connect(ix / "manifest.sqlite")
-    try:
-        kept = {h for (h,) in conn.execute("SELECT hash FROM contents")}
-    finally:
-        conn.close()
+    with Inspection.open(ix) as look:
+        kept = set(look.contents())
     assert kept == {content_hash("second version"), content_hash("other")}
     got = served(ix)
     assert np.array_equal(got["a"], fake_vector("second version")) and len(got) == 2

@@ -17,10 +17,13 @@ import numpy as np
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
-from indexer.manifest import content_hash
+from indexer.manifest import Inspection, ScanCounts
 from indexer.manifest._hash_join import lookup
 from indexer.manifest._reads import _documents
 from indexer.settings import Settings
+from indexer.sources import Record
+
+from manifest_surgery import Tamper
 
 SETTINGS = Settings(chunk_rows=8, scan_batch=16)
 
@@ -29,10 +32,8 @@ def test_verify_catches_a_count_that_differs_from_the_rows_and_repair_recounts(t
     ix = tmp_path / "ix"
     indexer.sync(ix, [(f"d{i}", f"text {i % 7}") for i in range(30)], embedder=FakeEmbedder(16),
                  settings=SETTINGS)
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("UPDATE state_counts SET documents = documents + 3, chunks = chunks - 1 "
-                 "WHERE state = 'done'")
-    conn.close()
+    with Tamper.open(ix) as tamper:
+        tamper.skew_state_counts("done", documents=3, chunks=-1)
     with indexer.open(ix, SETTINGS) as idx:
         assert idx.status()["done"] == 33  # status reads the kept counts
         report = idx.verify()
@@ -84,16 +85,13 @@ def test_the_numpy_join_gives_the_rows_of_the_sql_join(tmp_path: Path) -> None:
     # Deleted documents; changed ones still serving their old vector (their new text not embedded yet).
     indexer.sync(ix, docs[5:], embedder=FakeEmbedder(16), settings=SETTINGS, chunk_tokens=4,
                  delete_missing=True, max_delete=1.0)
-    conn = sqlite3.connect(ix / "manifest.sqlite", isolation_level=None)
-    conn.execute("INSERT INTO contents (hash, chars) VALUES (?, 3)", (content_hash("new"),))
-    # (As a scan changes them: the content they served, their own done one, kept as ready_hash.)
-    conn.execute("UPDATE documents SET hash = ?1, seq = (SELECT seq FROM contents WHERE hash = ?1), "
-                 "ready_hash = hash WHERE id IN ('d07', 'd30')", (content_hash("new"),))
-    conn.execute("BEGIN")
-    ids, slots, hashes = sql_join(conn)
-    rows = _documents(conn)
-    conn.execute("COMMIT")
-    conn.close()
+    # Scanned, not embedded: they keep serving their done content (as ready_hash).
+    with indexer.open(ix, SETTINGS) as idx:
+        idx.manifest.scan_batch([Record("d07", "new", "f.jsonl", 1), Record("d30", "new", "f.jsonl", 2)],
+                                ScanCounts())
+    with Inspection.open(ix) as look, look.snapshot() as conn:
+        ids, slots, hashes = sql_join(conn)
+        rows = _documents(conn)
     assert (rows.ids, rows.slots.tolist(), rows.hashes) == (ids, slots, hashes)
     assert "d07" in ids and "d30" in ids and "d00" not in ids and "long" in ids
     assert len(ids) == 37 and len(rows.parts) == 6  # 35 short, 2 long of 3 chunks each

@@ -36,7 +36,7 @@ def test_chunks_read_back_identically_by_plain_zarr(tmp_path: Path, dtype: str) 
     assert plain.shape == (3 * ROWS, DIM)
     assert plain.chunks == (ROWS, DIM)
     assert np.dtype(plain.dtype) == np.dtype(dtype)
-    data = plain[:]
+    data = np.asarray(plain[:])
     assert data.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(data[0:ROWS], b0)
     np.testing.assert_array_equal(data[2 * ROWS:3 * ROWS], b2)  # NaN == NaN for assert_array_equal
