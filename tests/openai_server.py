@@ -19,6 +19,8 @@ recompute every vector it expects. `Behavior` holds the knobs a test turns, also
     text_element_every        every k-th answer has a string where a number should be (float encoding)
     rate_limit_429_first      the first k requests get 429 with `retry_after_s` (any length)
     api_key                   the bearer token it accepts (401 otherwise)
+    models                    the model names it serves (404 model_not_found for any other, as OpenAI
+                              answers); None serves every name
 
 Tokens are counted as ceil(UTF-8 bytes / bytes_per_token) (4 by default, about English with a BPE).
 Every request is recorded in `log` (inputs, status, outcome), so tests can check that nothing was
@@ -91,6 +93,7 @@ class Behavior:
     healthy_first: int = 0  # always_status and hang_every spare the first k requests (the probe passes)
     zero_marker: str | None = None
     text_element_every: int = 0
+    models: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -98,7 +101,7 @@ class Record:
     t: float  # when the request arrived (time.monotonic)
     inputs: list[str]
     status: int
-    outcome: str  # ok | 429 | 5xx | drop | hang | 400 | 413 | 401 | garbage:<kind>
+    outcome: str  # ok | 429 | 5xx | drop | hang | 400 | 413 | 401 | 404 | garbage:<kind>
     tokens: int
     dimensions: int | None = None
     encoding_format: str | None = None
@@ -270,6 +273,11 @@ class EmbeddingServer:
         rec.inputs = list(inputs)
         rec.dimensions = body.get("dimensions")
         rec.encoding_format = body.get("encoding_format")
+        model = body.get("model")
+        if b.models is not None and model not in b.models:
+            rec.status, rec.outcome = 404, "404"
+            return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                          code="model_not_found")
         counts = [count_tokens(t, b.bytes_per_token) for t in inputs]
         rec.tokens = sum(counts)
         if b.latency_s:

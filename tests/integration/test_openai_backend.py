@@ -22,11 +22,13 @@ import pytest
 import indexer
 from indexer import ConfigMismatchError, EmbeddingError, ModelLoadError, Settings
 from indexer.manifest import Inspection
+from indexer.runners import Runner
 from indexer.runners._ratelimit import RateLimiter
 from indexer.runners._tokens import EstimateCounter, token_counter
 from indexer.runners.openai_api import PROBE_TEXT
 
 from openai_server import API_KEY, EmbeddingServer, count_tokens, fake_vector
+from runner_contract import Lacks, RunnerContract
 
 KEY = API_KEY  # the `server` fixture (conftest.py) sets it in OPENAI_API_KEY
 MODEL = "text-embedding-3-small"
@@ -84,6 +86,43 @@ def check(index: Path, docs: list[dict[str, str]], server: EmbeddingServer,
         counts = Counter(server.embedded_texts())
         twice = [t[:40] for t, c in counts.items() if c > 1 and t != PROBE_TEXT]
         assert not twice, f"embedded twice: {twice[:5]}"
+
+
+# -- the contract: what every backend promises (tests/runner_contract.py) ---------------------------
+
+NO_WORKERS = "its workers are the API's: none of them runs here to be killed, stopped or measured"
+
+
+class TestOpenAIRunner(RunnerContract):
+    """The parts of the contract that apply to a runner whose workers are a server's: the vectors are
+    the server's, which are the fake model's (`fake:64`), so they must equal the inline runner's."""
+
+    backend = "openai"
+    model = MODEL
+    reference_model = "fake:64"  # the server's vectors (Behavior.dim 64)
+    capacity = 8 + 2  # the default concurrency, plus two claims waiting
+    unloadable_model = "no-such-model"
+    # (an EmbeddingError, not a ModelLoadError: a 404 on the start-up probe stops like any refusal)
+    load_error = EmbeddingError
+    load_error_match = r"refused the request for model 'no-such-model'.*does not exist"
+    can_kill_a_worker = Lacks(NO_WORKERS + "; a server that fails is test_server_down_stops_the_sync_"
+                              "and_loses_nothing here and tests/reliability/test_openai_outages.py")
+    watches_for_hangs = Lacks(NO_WORKERS + "; a request that hangs times out (`timeout`): "
+                              "test_5xx_drops_and_timeouts_are_retried")
+    reports_worker_memory = Lacks(NO_WORKERS)
+
+    @pytest.fixture(autouse=True)
+    def _serve(self, server: EmbeddingServer) -> None:
+        server.behavior.models = (MODEL,)
+        self.server = server
+
+    def backend_options(self, workers: int) -> dict[str, object]:
+        return {"base_url": self.server.base_url, "backoff_base": 0.05}  # no workers: `concurrency`
+
+    def make(self, workers: int = 2, batch_size: int = 32, model: str | None = None,
+             **options: object) -> Runner:
+        # As the CLI does: --batch-size caps the inputs of one request.
+        return super().make(workers, batch_size, model, max_batch_inputs=batch_size, **options)
 
 
 # -- plain syncs -----------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """The local multi-process backends (runners/processes.py, runners/gpus.py, runners/auto.py), with real
 spawned worker processes: no mocks.
 
+TestProcessesRunner holds the processes runner to the contract every backend keeps (same vectors as
+inline, each content once, resync, progress, a worker killed or SIGSTOPped mid-claim, a death past the
+restart limit, a model that cannot load: tests/runner_contract.py). The tests after it are this
+backend's own: the gpus runner (two claims a worker, out-of-memory injected through its embedder factory,
+tests/injected_oom.py), the tiny random BERT (tests/tiny_model.py) through both backends against the
+inline backend, a slow worker that is not taken for hung, Ctrl-C raised in the driver and SIGINT sent to
+a CLI run's whole process group, the options and `auto`.
+
 Most tests use the fake model (`fake:16`: a worker loads it in no time, and its vectors are the same bit
-for bit in every process). One test runs the tiny random BERT (tests/tiny_model.py) through both
-backends, to check that real model output agrees with the inline backend. A worker is killed with
-SIGKILL while it embeds a claim, out-of-memory is injected through the gpus runner's embedder factory
-(tests/injected_oom.py), and Ctrl-C is raised in the driver and sent as SIGINT to a CLI run's whole
-process group.
+for bit in every process).
 """
 
 from __future__ import annotations
@@ -19,21 +23,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
-from indexer import Index, IndexerError, Progress, SyncOptions, sync
+from indexer import IndexerError, Progress, SyncOptions, sync
 from indexer.embedders.fake import FakeEmbedder
-from indexer.errors import ModelLoadError
 from indexer.manifest import Inspection
-from indexer.runners import BatchDone, EmbedResult, make_runner
+from indexer.runners import Runner, make_runner
 from indexer.runners import auto as auto_backend
 from indexer.runners._liveness import HangRule
 from indexer.runners.gpus import parse_devices
@@ -42,15 +42,61 @@ from indexer.settings import Settings
 
 from helpers import ROOT, Throttle, assert_same_vectors, corpus, served
 from injected_oom import FACTORY as INJECTED_OOM
+from runner_contract import (
+    RunnerContract,
+    Watched,
+    WorkerState,
+    big_corpus,
+    check_consistent,
+    committed_claims,
+    done_contents,
+    gone,
+    last_run,
+    nothing_claimed,
+    query,
+)
 from tiny_model import build_tiny_model, tiny_texts
 
 MODEL = "fake:16"
 
-# The kill tests strike while a worker holds a claim: Watched stops the worker, and kills it only if it
-# still holds the claim once the driver has read what it sent (so a claim's speed does not matter).
+# The gpus runner's kill test: three claims of BIG_CHUNK texts, as the contract's kill tests use.
 BIG_CHUNK = 4096
-BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
-BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
+BIG, BIG_SETTINGS = big_corpus(BIG_CHUNK)
+
+
+# -- the contract: what every backend promises (tests/runner_contract.py) -----------------------------------
+
+def process_workers(runner: Runner) -> list[WorkerState]:
+    assert isinstance(runner, ProcessRunner)
+    busy = set(runner.busy_pids())
+    return [WorkerState(w.pid, w.state, w.deaths, w.pid in busy) for w in runner.workers]
+
+
+class TestProcessesRunner(RunnerContract):
+    backend = "processes"
+    capacity = 3  # each worker holds one claim, plus one waiting in the runner
+    load_error_match = r"fake:0.*could not be loaded in worker"
+    death_warning = "was killed by SIGKILL"
+    fatal_loss_error = r"died 1 times in this run, more than the 0 restarts allowed"
+
+    def backend_options(self, workers: int) -> dict[str, object]:
+        return {"workers": workers, "threads_per_worker": 1}
+
+    def worker_states(self, runner: Runner) -> list[WorkerState]:
+        return process_workers(runner)
+
+    def runner_that_cannot_recover(self) -> Runner:
+        """Restarts are counted over the run: with none allowed, the first death ends the run, though
+        another worker still lives."""
+        return self.make(workers=2, max_restarts=0)
+
+    def assert_deaths_counted(self, summary: Any, deaths: int, hung: int) -> None:
+        super().assert_deaths_counted(summary, deaths, hung)
+        assert summary.backend_stats["restarts"] == deaths  # each dead worker was replaced
+
+    @pytest.fixture(scope="class")
+    def big_reference(self, big_inline: Path) -> Path:
+        return big_inline  # the same corpus: made once for the module
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -65,112 +111,6 @@ def min_cosine(a: Path, b: Path) -> float:
     return float(cos.min())
 
 
-T = TypeVar("T")
-
-
-def query(index_dir: Path, question: Callable[[Inspection], T]) -> T:
-    with Inspection.open(index_dir) as look:
-        return question(look)
-
-
-def held(look: Inspection) -> int:
-    """Staged texts held by a claim."""
-    return sum(1 for s in look.staged() if (s.claim_id or 0) > 0)
-
-
-def done(look: Inspection) -> int:
-    return look.contents_by_state()["done"]
-
-
-def committed_claims(index_dir: Path) -> int:
-    return query(index_dir, lambda look: sum(1 for c in look.claims().values() if c.state == "committed"))
-
-
-def last_run(index_dir: Path) -> tuple[str, dict[str, Any]]:
-    run = query(index_dir, lambda look: look.runs()[-1])
-    return run.state, json.loads(run.summary)  # type: ignore[arg-type]
-
-
-def check_consistent(index_dir: Path) -> dict[str, Any]:
-    with Index.open(index_dir) as idx:
-        report = idx.verify()
-        assert report.ok, report.to_dict()
-        return idx.status()
-
-
-def gone(pids: list[int]) -> bool:
-    """True when none of `pids` is a live process (a zombie counts as gone: it no longer runs)."""
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
-
-
-def processes(workers: int = 2, **options: Any) -> ProcessRunner:
-    runner = make_runner("processes", MODEL, batch_size=32, workers=workers, **options)
-    assert isinstance(runner, ProcessRunner)
-    return runner
-
-
-class Watched:
-    """A Runner around a ProcessRunner that counts the texts each successful claim delivered and may
-    SIGKILL (or `sig`) the first worker seen working on a claim."""
-
-    def __init__(self, inner: ProcessRunner, kill: bool = False,
-                 sig: signal.Signals = signal.SIGKILL) -> None:
-        self.inner, self.kill, self.sig = inner, kill, sig
-        self.info = inner.info
-        self.delivered: Counter[str] = Counter()
-        self.victims: list[int] = []
-        self.pids_at_close: list[int] = []
-        self._killer: threading.Thread | None = None
-
-    @property
-    def capacity(self) -> int:
-        return self.inner.capacity
-
-    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
-        future = self.inner.submit(texts, on_batch)
-        future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
-        if self.kill and self._killer is None:
-            self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
-            self._killer.start()
-        return future
-
-    def _kill_when_busy(self, timeout: float = 60.0) -> None:
-        """Stop the first worker seen holding a claim; if it still holds it once the driver has read
-        what the worker sent before it stopped, it is mid-claim: send it `sig` (it stays stopped for
-        SIGSTOP). Else let it go on and look again. No timing assumption about the model's speed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for pid in self.inner.busy_pids():
-                try:
-                    os.kill(pid, signal.SIGSTOP)
-                except ProcessLookupError:
-                    continue
-                time.sleep(0.1)
-                if pid in self.inner.busy_pids():
-                    self.victims.append(pid)
-                    if self.sig != signal.SIGSTOP:
-                        os.kill(pid, self.sig)
-                    return
-                os.kill(pid, signal.SIGCONT)
-            time.sleep(0.002)
-
-    def stats(self) -> dict[str, object]:
-        return self.inner.stats()
-
-    def watch_for_hangs(self, rule: HangRule) -> None:
-        self.inner.watch_for_hangs(rule)
-
-    def close(self) -> None:
-        self.pids_at_close = self.inner.pids
-        self.inner.close()
-
-
 @pytest.fixture(scope="module")
 def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The inline backend's index of BIG: what every run of it must equal, bit for bit."""
@@ -180,38 +120,6 @@ def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- results equal the inline backend's ----------------------------------------------------------------
-
-def test_processes_equal_inline_bit_for_bit_and_embed_each_content_once(tmp_path: Path) -> None:
-    docs = corpus(3000, distinct=1700)
-    settings = Settings(chunk_rows=128)
-    runner = processes(2)
-    # each worker holds one claim, plus one waiting in the runner
-    assert runner.capacity == 3 and runner.info.model == MODEL
-    pids = runner.pids
-    assert len(set(pids)) == 2 and os.getpid() not in pids
-    watched = Watched(runner)
-    summary = sync(tmp_path / "pool", docs, SyncOptions(settings=settings), runner=watched)
-    inline = sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
-
-    assert summary.embedded == inline.embedded == 1700
-    assert summary.claims == -(-1700 // 128) == committed_claims(tmp_path / "pool")
-    assert summary.workers_lost == 0 and summary.fencing_refusals == 0 and summary.failed == 0
-    # Every distinct text went out in exactly one successful claim.
-    assert set(watched.delivered) == {d["text"] for d in docs}
-    assert max(watched.delivered.values()) == 1
-    assert_same_vectors(tmp_path / "pool", tmp_path / "inline")
-    # Issue 15: the workers' memory is reported, not only the driver's (each worker's own peak).
-    peaks = summary.backend_stats["peak_rss_mb_per_worker"]
-    assert isinstance(peaks, list) and len(peaks) == 2 and all(p > 10 for p in peaks), peaks
-    assert summary.workers_peak_rss_mb == pytest.approx(sum(peaks), abs=0.1)
-    assert last_run(tmp_path / "pool")[1]["workers_peak_rss_mb"] == summary.workers_peak_rss_mb
-    state, recorded = last_run(tmp_path / "pool")
-    assert state == "finished" and recorded["claims"] == summary.claims and recorded["embedded"] == 1700
-    st = check_consistent(tmp_path / "pool")
-    assert st["documents"] == st["done"] == 3000 and st["pending"] == 0
-    # close() stopped and joined the workers
-    assert gone(pids)
-
 
 def test_gpus_on_cpu_devices_equal_inline_bit_for_bit(tmp_path: Path) -> None:
     docs = corpus(600, distinct=600)
@@ -224,21 +132,6 @@ def test_gpus_on_cpu_devices_equal_inline_bit_for_bit(tmp_path: Path) -> None:
     sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
     assert summary.embedded == 600 and summary.claims == committed_claims(tmp_path / "gpus") == 10
     assert_same_vectors(tmp_path / "gpus", tmp_path / "inline")
-
-
-def test_sync_by_backend_name_resyncs_only_changes(tmp_path: Path) -> None:
-    docs = corpus(400, distinct=400)
-    options: dict[str, object] = {"workers": 2, "threads_per_worker": 1}
-    settings = Settings(chunk_rows=64)
-    first = sync(tmp_path / "idx", docs,
-                 SyncOptions(model=MODEL, backend="processes", backend_options=options, settings=settings))
-    assert first.embedded == 400 and first.claims == 7
-    docs[:10] = [{"id": d["id"], "text": d["text"] + " changed"} for d in docs[:10]]
-    second = sync(tmp_path / "idx", docs,
-                  SyncOptions(model=MODEL, backend="processes", backend_options=options, settings=settings))
-    assert (second.changed, second.unchanged, second.embedded, second.claims) == (10, 390, 10, 1)
-    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL))
-    assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
 
 
 def test_tiny_model_through_processes_and_gpus_with_injected_oom(tmp_path: Path) -> None:
@@ -273,29 +166,6 @@ def test_tiny_model_through_processes_and_gpus_with_injected_oom(tmp_path: Path)
 
 
 # -- a worker lost -------------------------------------------------------------------------------------
-
-def test_worker_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path) -> None:
-    runner = processes(2)
-    pids_before = runner.pids
-    watched = Watched(runner, kill=True)
-    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
-
-    assert len(watched.victims) == 1, "no worker was seen working"
-    victim = watched.victims[0]
-    assert summary.workers_lost == 1 and summary.fencing_refusals == 0 and summary.failed == 0
-    assert any("SIGKILL" in w and "pending" in w for w in summary.warnings), summary.warnings
-    assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
-    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
-    assert_same_vectors(tmp_path / "idx", big_inline)
-    # The dead worker was replaced by a new process; the other kept its pid.
-    assert runner.restarts == 1 and victim in pids_before and victim not in watched.pids_at_close
-    assert summary.backend_stats["worker_deaths"] == 1 and summary.backend_stats["restarts"] == 1
-    assert len(set(watched.pids_at_close) & set(pids_before)) == 1
-    state, recorded = last_run(tmp_path / "idx")
-    assert state == "finished" and recorded["workers_lost"] == 1
-    st = check_consistent(tmp_path / "idx")
-    assert st["done"] == len(BIG) and st["pending"] == 0
-
 
 def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_inline: Path) -> None:
     """A per-device worker holds its next claim while it embeds one: killed, it loses both to pending,
@@ -338,51 +208,7 @@ def test_a_gpus_worker_killed_with_two_claims_loses_neither(tmp_path: Path, big_
     assert st["done"] == len(BIG) and st["pending"] == 0
 
 
-def test_too_many_deaths_fail_the_run_and_the_next_sync_resumes(tmp_path: Path, big_inline: Path) -> None:
-    watched = Watched(processes(2, max_restarts=0), kill=True)
-    with pytest.raises(IndexerError, match=r"died 1 times in this run, more than the 0 restarts allowed"):
-        sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
-    assert len(watched.victims) == 1
-    # Nothing stays claimed: the lost claim and the others in flight went back to pending.
-    assert query(tmp_path / "idx", held) == 0
-    assert query(tmp_path / "idx", Inspection.active_claims) == 0
-    assert last_run(tmp_path / "idx")[0] == "failed"
-    done_before = query(tmp_path / "idx", done)
-
-    again = sync(tmp_path / "idx", BIG, SyncOptions(model=MODEL, settings=BIG_SETTINGS))
-    assert again.embedded == len(BIG) - done_before and again.workers_lost == 0  # nothing done twice
-    assert_same_vectors(tmp_path / "idx", big_inline)
-    check_consistent(tmp_path / "idx")
-
-
 # -- a worker that hangs ---------------------------------------------------------------------------------
-
-def test_a_sigstopped_worker_is_taken_for_hung_replaced_and_its_claim_redone(
-        tmp_path: Path, big_inline: Path) -> None:
-    """Issue 14: one of two workers SIGSTOPped mid-claim hung the sync forever. Now, past the hang
-    deadline (1.5 s here, via Settings) it is killed and replaced and its claim goes back to pending."""
-    runner = processes(2)
-    pids_before = runner.pids
-    watched = Watched(runner, kill=True, sig=signal.SIGSTOP)
-    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=1.5)
-    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=settings), runner=watched)
-
-    assert len(watched.victims) == 1, "no worker was seen working"
-    victim = watched.victims[0]
-    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
-    assert summary.backend_stats["workers_hung"] == 1 and summary.backend_stats["restarts"] == 1
-    assert any(f"pid {victim}" in w and "finished no batch" in w for w in summary.warnings), summary.warnings
-    assert any("hung" in w and "back to pending" in w for w in summary.warnings), summary.warnings
-    # Each text went out in exactly one successful claim: only the hung claim was embedded again.
-    assert summary.embedded == len(BIG) and summary.claims == 3 == committed_claims(tmp_path / "idx")
-    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
-    assert_same_vectors(tmp_path / "idx", big_inline)
-    assert victim in pids_before and victim not in watched.pids_at_close and gone([victim])
-    state, recorded = last_run(tmp_path / "idx")
-    assert state == "finished" and recorded["workers_hung"] == 1
-    st = check_consistent(tmp_path / "idx")
-    assert st["done"] == len(BIG) and st["pending"] == 0
-
 
 def test_a_slow_worker_that_finishes_batches_is_not_killed(tmp_path: Path) -> None:
     """Progress is batches, not claims: a worker stopped 0.4 s of every 0.42 s, with batches of one text,
@@ -429,17 +255,13 @@ def test_heartbeat_deadline_rule() -> None:
     assert Heartbeats(HangRule(seconds=0, factor=10)).deadline() is None  # off
 
 
-def test_model_that_fails_to_load_in_the_workers_is_a_model_load_error() -> None:
-    with pytest.raises(ModelLoadError, match=r"fake:0.*could not be loaded in worker"):
-        make_runner("processes", "fake:0", batch_size=32, workers=2)
-
-
 # -- Ctrl-C --------------------------------------------------------------------------------------------
 
 def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path) -> None:
     docs = corpus(2000, distinct=2000)
     settings = Settings(chunk_rows=64)
-    runner = processes(2)
+    runner = make_runner("processes", MODEL, batch_size=32, workers=2)
+    assert isinstance(runner, ProcessRunner)
     pids = runner.pids
 
     def interrupt(p: Progress) -> None:  # progress comes within claims too: wait for a first commit
@@ -449,9 +271,9 @@ def test_keyboard_interrupt_releases_claims_and_stops_the_workers(tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         sync(tmp_path / "idx", docs, SyncOptions(settings=settings), runner=runner, on_progress=interrupt)
     assert gone(pids)
-    assert query(tmp_path / "idx", held) == 0
+    assert nothing_claimed(tmp_path / "idx")
     assert last_run(tmp_path / "idx")[0] == "interrupted"
-    done_before = query(tmp_path / "idx", done)
+    done_before = done_contents(tmp_path / "idx")
     assert 0 < done_before < 2000
 
     again = sync(tmp_path / "idx", docs, SyncOptions(model=MODEL, settings=settings))
@@ -507,10 +329,9 @@ def test_sigint_to_the_cli_process_group_stops_cleanly_and_the_next_sync_resumes
                                           if line.startswith(("SigBlk", "SigIgn"))])
     assert "interrupted" in err and "Traceback" not in err, err
     assert gone(workers)
-    assert query(index_dir, held) == 0, (
-        query(index_dir, Inspection.claims), err)
+    assert nothing_claimed(index_dir), (query(index_dir, Inspection.claims), err)
     assert last_run(index_dir)[0] == "interrupted"
-    done_before = query(index_dir, done)
+    done_before = done_contents(index_dir)
     assert 0 < done_before < n
 
     again = sync(index_dir, paths=[str(src)], options=SyncOptions(settings=Settings(chunk_rows=64)))

@@ -2,22 +2,21 @@
 
 Ray starts once for the module (2 CPUs); the runners made here join it and leave it running. The CLI
 test runs `indexer sync --backend ray` in a subprocess, where the runner starts and stops its own Ray.
+
+TestRayRunner holds the Ray runner to the contract every backend keeps (tests/runner_contract.py); the
+tests after it are Ray's own: an actor killed for good, options Ray refuses, the command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,26 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from indexer import Index, IndexerError, SyncOptions, sync  # noqa: E402
-from indexer.errors import ModelLoadError  # noqa: E402
-from indexer.manifest import Inspection  # noqa: E402
-from indexer.runners import BatchDone, EmbedResult, make_runner  # noqa: E402
-from indexer.runners._liveness import HangRule  # noqa: E402
+from indexer.runners import Runner, make_runner  # noqa: E402
 from indexer.runners.ray_actors import INSTALL_HINT, RayRunner  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 
 from helpers import ROOT, Throttle, assert_same_vectors, corpus, write_jsonl  # noqa: E402
+from runner_contract import (  # noqa: E402
+    Lacks,
+    RunnerContract,
+    Watched,
+    WorkerState,
+    big_corpus,
+    check_consistent,
+)
 
 MODEL = "fake:16"
 
-# The kill tests strike while an actor holds a claim: Watched stops the actor's process, and kills it
-# only if it still holds the claim a moment later (so a claim's speed does not matter).
+# Three claims of BIG_CHUNK texts, each long enough for the actors' progress polls (about every second)
+# to see it at work: the kill tests' corpus.
 BIG_CHUNK = 8192
-BIG = [{"id": f"b{i}", "text": f"big document {i}"} for i in range(3 * BIG_CHUNK)]
-BIG_SETTINGS = Settings(chunk_rows=BIG_CHUNK)
+BIG, BIG_SETTINGS = big_corpus(BIG_CHUNK)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,90 +58,6 @@ def local_ray() -> Iterator[Any]:
         ray.shutdown()
 
 
-# -- helpers -------------------------------------------------------------------------------------------
-
-def committed_claims(index_dir: Path) -> int:
-    with Inspection.open(index_dir) as look:
-        return sum(1 for c in look.claims().values() if c.state == "committed")
-
-
-def check_consistent(index_dir: Path) -> dict[str, Any]:
-    with Index.open(index_dir) as idx:
-        report = idx.verify()
-        assert report.ok, report.to_dict()
-        return idx.status()
-
-
-class Watched:
-    """A Runner around a RayRunner that counts the texts each successful claim delivered, and may kill
-    the first actor seen working (`how`: "signal" = SIGKILL of its process, Ray restarts it;
-    "ray" = ray.kill without restart; "stop" = SIGSTOP of its process, a hang)."""
-
-    def __init__(self, inner: RayRunner, kill: str | None = None) -> None:
-        self.inner, self.kill = inner, kill
-        self.info = inner.info
-        self.delivered: Counter[str] = Counter()
-        self.victims: list[int] = []
-        self.at_close: list[tuple[str, int, int]] = []
-        self._killer: threading.Thread | None = None
-
-    @property
-    def capacity(self) -> int:
-        return self.inner.capacity
-
-    def submit(self, texts: list[str], on_batch: BatchDone | None = None) -> Future[EmbedResult]:
-        future = self.inner.submit(texts, on_batch)
-        future.add_done_callback(lambda f: f.exception() is None and self.delivered.update(texts))
-        if self.kill and self._killer is None:
-            self._killer = threading.Thread(target=self._kill_when_busy, daemon=True)
-            self._killer.start()
-        return future
-
-    def _kill_when_busy(self, timeout: float = 60.0) -> None:
-        """Stop the first actor seen holding a claim; if it still holds it a moment later (what it sent
-        before it stopped has arrived by then), it is mid-claim: kill it (or, for "stop", leave it
-        stopped). Else let it go on and look again. No timing assumption about the model's speed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for slot in list(self.inner.slots):
-                if not slot.busy or slot.state != "ready":
-                    continue
-                os.kill(slot.pid, signal.SIGSTOP)
-                time.sleep(0.1)
-                if not slot.busy:
-                    os.kill(slot.pid, signal.SIGCONT)
-                    continue
-                self.victims.append(slot.index)
-                if self.kill == "signal":
-                    os.kill(slot.pid, signal.SIGKILL)
-                elif self.kill == "ray":
-                    ray.kill(slot.handle, no_restart=True)
-                    os.kill(slot.pid, signal.SIGCONT)  # a stopped process cannot take Ray's kill
-                return
-            time.sleep(0.002)
-
-    def close(self) -> None:
-        if self.kill in ("signal", "stop") and self.victims:  # wait for Ray to bring the actor back
-            slot = self.inner.slots[self.victims[0]]
-            deadline = time.monotonic() + 60
-            while slot.state == "restarting" and time.monotonic() < deadline:
-                time.sleep(0.05)
-        self.at_close = [(s.state, s.pid, s.deaths) for s in self.inner.slots]
-        self.inner.close()
-
-    def stats(self) -> dict[str, object]:
-        return self.inner.stats()
-
-    def watch_for_hangs(self, rule: HangRule) -> None:
-        self.inner.watch_for_hangs(rule)
-
-
-def ray_runner(workers: int = 2, **options: Any) -> RayRunner:
-    runner = make_runner("ray", MODEL, batch_size=32, workers=workers, **options)
-    assert isinstance(runner, RayRunner)
-    return runner
-
-
 @pytest.fixture(scope="module")
 def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The inline backend's index of BIG: what every Ray run of it must equal, bit for bit."""
@@ -147,137 +66,79 @@ def big_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# -- results -------------------------------------------------------------------------------------------
-
-def test_same_vectors_as_inline_each_content_embedded_once(tmp_path: Path) -> None:
-    docs = corpus(3000, distinct=1700)
-    settings = Settings(chunk_rows=128)
-    watched = Watched(ray_runner(2))
-    assert watched.capacity == 4 and watched.info.model == MODEL
-    summary = sync(tmp_path / "ray", docs, SyncOptions(settings=settings), runner=watched)
-    inline = sync(tmp_path / "inline", docs, SyncOptions(model=MODEL, settings=settings))
-
-    assert summary.embedded == inline.embedded == 1700
-    assert summary.claims == math.ceil(1700 / 128) == committed_claims(tmp_path / "ray")
-    assert summary.workers_lost == 0 and summary.fencing_refusals == 0 and summary.failed == 0
-    # Every distinct text went out in exactly one successful claim.
-    assert set(watched.delivered) == {d["text"] for d in docs}
-    assert max(watched.delivered.values()) == 1
-    assert_same_vectors(tmp_path / "ray", tmp_path / "inline")
-    st = check_consistent(tmp_path / "ray")
-    assert st["documents"] == st["done"] == 3000 and st["pending"] == 0
-
-
-def test_resync_through_make_runner_embeds_only_changes(tmp_path: Path) -> None:
-    docs = corpus(400, distinct=400)
-    options: dict[str, object] = {"workers": 2}
-    first = sync(tmp_path / "idx", docs,
-                 SyncOptions(model=MODEL, backend="ray", backend_options=options,
-                             settings=Settings(chunk_rows=64)))
-    assert first.embedded == 400 and first.claims == 7
-    docs[:10] = [{"id": d["id"], "text": d["text"] + " changed"} for d in docs[:10]]
-    second = sync(tmp_path / "idx", docs,
-                  SyncOptions(model=MODEL, backend="ray", backend_options=options,
-                              settings=Settings(chunk_rows=64)))
-    assert (second.changed, second.unchanged, second.embedded, second.claims) == (10, 390, 10, 1)
-    third = sync(tmp_path / "idx", docs,
-                 SyncOptions(backend="ray", backend_options=options))  # nothing to embed
-    assert third.embedded == 0 and third.unchanged == 400
-    sync(tmp_path / "inline", docs, SyncOptions(model=MODEL))
-    assert_same_vectors(tmp_path / "idx", tmp_path / "inline")
-
-
-def test_progress_within_a_claim_comes_from_polling_the_actor() -> None:
-    """A throttled actor (stopped 0.3 s of every 0.31 s, batches of one text) takes seconds for one
-    claim: the driver's polls see its batches, and report them through on_batch before the claim ends."""
-    runner = make_runner("ray", MODEL, batch_size=1, workers=1)
+def ray_workers(runner: Runner) -> list[WorkerState]:
     assert isinstance(runner, RayRunner)
-    texts = [d["text"] for d in BIG[:BIG_CHUNK]]
-    calls: list[int] = []
-    throttle = Throttle(runner.slots[0].pid, stopped=0.3, running=0.01)
-    try:
+    return [WorkerState(s.pid, s.state, s.deaths, s.busy > 0) for s in runner.slots]
+
+
+# -- the contract: what every backend promises (tests/runner_contract.py) -----------------------------------
+
+class TestRayRunner(RunnerContract):
+    backend = "ray"
+    capacity = 4  # two claims an actor
+    load_error_match = r"fake:0.*could not be loaded in Ray worker 0"
+    big_chunk = BIG_CHUNK
+    progress_texts = BIG_CHUNK
+    death_warning = "was lost"
+    hang_seconds = 2.0
+    fatal_loss_error = r"all 1 Ray workers were lost and could not be restarted"
+    workers_exit_within = 10.0  # ray.kill returns before the actor's process has exited
+    reports_worker_memory = Lacks("an actor's peak memory is read by the progress poll, which a claim "
+                                  "shorter than a poll's interval never sees")
+    reports_every_text = Lacks("progress is polled about every second: the batches an actor finishes "
+                               "after the claim's last poll are not reported")
+
+    def worker_states(self, runner: Runner) -> list[WorkerState]:
+        return ray_workers(runner)
+
+    def runner_that_cannot_recover(self) -> Runner:
+        """Restarts are counted per actor: the one actor, with none allowed, is all there was."""
+        return self.make(workers=1, max_restarts=0)
+
+    @contextlib.contextmanager
+    def progress_visible(self, runner: Runner) -> Iterator[None]:
+        """The actor stopped 0.3 s of every 0.31 s: its claim lasts several of the driver's polls."""
+        throttle = Throttle(self.worker_states(runner)[0].pid, stopped=0.3, running=0.01)
         throttle.start()
-        vectors, failures = runner.submit(texts, calls.append).result(timeout=120)
-    finally:
-        throttle.done.set()
-        throttle.join()
-        runner.close()
-    assert failures == {} and vectors.shape == (BIG_CHUNK, 16)
-    assert len(calls) >= 2 and 0 < sum(calls) <= BIG_CHUNK, calls  # several reports, never too many
+        try:
+            yield
+        finally:
+            throttle.done.set()
+            throttle.join()
+
+    @pytest.fixture(scope="class")
+    def big_reference(self, big_inline: Path) -> Path:
+        return big_inline  # the same corpus: made once for the module
+
+    def test_a_model_that_cannot_load_is_refused(self) -> None:
+        super().test_a_model_that_cannot_load_is_refused()
+        assert ray.is_initialized()  # the module's Ray was joined, not shut down
 
 
-# -- workers lost --------------------------------------------------------------------------------------
-
-def test_actor_process_killed_mid_claim_loses_nothing(tmp_path: Path, big_inline: Path) -> None:
-    watched = Watched(ray_runner(2), kill="signal")
-    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
-
-    assert len(watched.victims) == 1, "no actor was seen working"
-    assert summary.workers_lost >= 1
-    assert any("was lost" in w and "back to pending" in w for w in summary.warnings), summary.warnings
-    assert summary.embedded == len(BIG) and summary.failed == 0
-    assert summary.claims == committed_claims(tmp_path / "idx") == 3
-    # Ray restarted the killed actor: a new process that loaded the model again.
-    victim = watched.victims[0]
-    state, _pid, deaths = watched.at_close[victim]
-    assert (state, deaths) == ("ready", 1)
-    assert_same_vectors(tmp_path / "idx", big_inline)
-    assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
-
-
-def test_a_sigstopped_actor_is_taken_for_hung_and_its_claims_redone(tmp_path: Path, big_inline: Path) -> None:
-    """An actor stopped mid-claim answers neither its claim nor the progress poll: past the hang deadline
-    (2 s here) it is killed, Ray restarts it, and its claims go back to pending and are embedded once."""
-    watched = Watched(ray_runner(2), kill="stop")
-    settings = Settings(chunk_rows=BIG_CHUNK, hang_seconds=2.0)
-    summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=settings), runner=watched)
-
-    assert len(watched.victims) == 1, "no actor was seen working"
-    assert summary.workers_hung == 1 and summary.workers_lost == 1 and summary.failed == 0
-    assert summary.backend_stats["workers_hung"] == 1
-    assert any("finished no batch" in w for w in summary.warnings), summary.warnings
-    assert summary.embedded == len(BIG) and summary.claims == committed_claims(tmp_path / "idx") == 3
-    assert set(watched.delivered) == {d["text"] for d in BIG} and max(watched.delivered.values()) == 1
-    state, _pid, deaths = watched.at_close[watched.victims[0]]
-    assert (state, deaths) == ("ready", 1)  # restarted by Ray, in a new process
-    assert_same_vectors(tmp_path / "idx", big_inline)
-    assert check_consistent(tmp_path / "idx")["done"] == len(BIG)
-
+# -- workers lost for good -----------------------------------------------------------------------------
 
 def test_actor_killed_for_good_the_others_go_on(tmp_path: Path, big_inline: Path) -> None:
-    watched = Watched(ray_runner(2), kill="ray")
+    runner = make_runner("ray", MODEL, batch_size=32, workers=2)
+    assert isinstance(runner, RayRunner)
+
+    def kill_for_good(index: int, worker: WorkerState) -> None:
+        ray.kill(runner.slots[index].handle, no_restart=True)
+        os.kill(worker.pid, signal.SIGCONT)  # a stopped process cannot take Ray's kill
+
+    watched = Watched(runner, lambda: ray_workers(runner), strike=kill_for_good)
     summary = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
 
     assert len(watched.victims) == 1 and summary.workers_lost >= 1
-    assert [s[0] for s in watched.at_close].count("dead") == 1
+    assert [w.state for w in watched.at_close].count("dead") == 1
     assert watched.capacity == 2  # two claims for the one actor left
     assert summary.embedded == len(BIG) and summary.claims == 3
     assert_same_vectors(tmp_path / "idx", big_inline)
     check_consistent(tmp_path / "idx")
 
 
-def test_all_actors_lost_fails_fast_and_resumes(tmp_path: Path, big_inline: Path) -> None:
-    watched = Watched(ray_runner(1, max_restarts=0), kill="signal")
-    t = time.monotonic()
-    with pytest.raises(IndexerError, match="Ray workers were lost"):
-        sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS), runner=watched)
-    assert time.monotonic() - t < 60 and watched.victims == [0]
-    with Index.open(tmp_path / "idx", BIG_SETTINGS) as idx:
-        assert idx.verify().ok
-        st = idx.status()
-    assert st["active_claims"] == 0 and st["contents"]["claimed"] == 0  # type: ignore[index]
-    assert st["pending"] == len(BIG) - st["done"]  # type: ignore[operator]
-    # The same sync, inline this time, finishes the job.
-    rest = sync(tmp_path / "idx", BIG, SyncOptions(settings=BIG_SETTINGS))
-    assert rest.embedded == len(BIG) - st["done"]  # type: ignore[operator]
-    assert_same_vectors(tmp_path / "idx", big_inline)
-
-
 # -- refusals ------------------------------------------------------------------------------------------
 
-def test_bad_model_and_bad_options_are_refused_without_hanging() -> None:
-    with pytest.raises(ModelLoadError, match=r"fake:0.*Ray worker 0"):
-        make_runner("ray", "fake:0", batch_size=32, workers=1)
+def test_bad_options_are_refused_without_hanging() -> None:
     with pytest.raises(IndexerError, match="--devices"):
         make_runner("ray", MODEL, batch_size=32, devices="0")
     with pytest.raises(IndexerError, match="no GPUs"):

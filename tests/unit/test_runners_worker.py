@@ -2,7 +2,7 @@
 a real spawned worker (runners/_worker_main.py) spoken to through its pipes without the pool, and the
 CPU helpers the local pool and the Ray actors share (runners/_cpus.py).
 
-The pool itself, with its restarts, hangs and stops, is tests/test_runners_processes.py.
+The pool itself, with its restarts, hangs and stops, is tests/integration/test_runners_processes.py.
 """
 
 from __future__ import annotations
