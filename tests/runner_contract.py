@@ -41,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 import psutil
 import pytest
 
-from indexer import Index, IndexerError, SyncOptions, sync
+from indexer import Index, IndexerError, Status, SyncOptions, sync
 from indexer.embedders import load_embedder
 from indexer.errors import ModelLoadError
 from indexer.manifest import Inspection
@@ -75,7 +75,7 @@ def last_run(index_dir: Path) -> tuple[str, dict[str, Any]]:
     return run.state, json.loads(run.summary)
 
 
-def check_consistent(index_dir: Path) -> dict[str, Any]:
+def check_consistent(index_dir: Path) -> Status:
     """The index verifies; its status."""
     with Index.open(index_dir) as idx:
         report = idx.verify()

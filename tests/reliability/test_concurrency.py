@@ -59,7 +59,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     rng = random.Random(7)
     words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "lease",
              "claim", "chunk", "token"]
-    docs = {}
+    docs: dict[str, str] = {}
     for i in range(N_DOCS):
         if i % 30 == 3 and i > 30:
             docs[f"c{i:05d}"] = docs[f"c{i - 30:05d}"]  # shared contents
@@ -84,8 +84,8 @@ def check_index(index: Path, docs: dict[str, str]) -> None:
         assert idx.manifest.integrity_check() == "ok"
         report = idx.verify()
         assert report.ok and not report.problems, report.problems
-        ids, vecs = idx.vectors()
-        ids, matrix = list(ids), np.asarray(vecs)
+        view_ids, vecs = idx.vectors()
+        ids, matrix = list(view_ids), np.asarray(vecs)
         status = idx.status()
     assert sorted(ids) == sorted(docs)
     assert np.array_equal(matrix, FakeEmbedder(16).embed([docs[i] for i in ids]))
@@ -128,7 +128,10 @@ def test_two_syncs_share_the_chunks_of_long_documents(tmp_path: Path) -> None:
 
     rng = random.Random(11)
     words = ["one", "two", "three", "four", "five", "six", "seven", "lease", "claim", "chunk"]
-    sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + "."  # noqa: E731
+
+    def sentence() -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + "."
+
     docs = {f"s{i:04d}": f"{i} {sentence()}" for i in range(400)}
     docs.update({f"l{i:03d}": f"long {i}\n\n" + "\n\n".join(" ".join(sentence() for _ in range(3))
                                                                 for _ in range(8)) for i in range(60)})
@@ -189,13 +192,13 @@ def test_readers_during_a_sync(corpus: tuple[Path, dict[str, str]], tmp_path: Pa
             continue
         with indexer.open(index) as idx:
             before = idx.status()
-            ids, vecs = idx.vectors()
-            ids, matrix = list(ids), np.asarray(vecs)
+            view_ids, vecs = idx.vectors()
+            ids, matrix = list(view_ids), np.asarray(vecs)
         reads += 1
         assert matrix.shape == (len(ids), 16)
         assert np.isfinite(matrix).all(), "a served document without its vector"
         assert np.array_equal(matrix, fake.embed([docs[i] for i in ids]))
-        assert len(ids) >= last_served and len(ids) >= before["done"]  # type: ignore[operator]
+        assert len(ids) >= last_served and len(ids) >= before["done"]
         last_served = len(ids)
         mid_run += 0 < len(ids) < len(docs)
     poller.join()
@@ -241,7 +244,8 @@ def take_over(index: Path, source: Path, docs: dict[str, str], stalled: subproce
     with Inspection.open(index) as look:
         assert look.claims()[claim_id].state == "expired"
         held = set(hashes)
-        slots = {h: c.slot for h, c in look.contents().items() if c.state == "done" and h in held}
+        slots = {h: c.slot for h, c in look.contents().items()
+                 if c.state == "done" and h in held and c.slot is not None}
     assert len(slots) == len(hashes) and all(s // CHUNK_ROWS != chunk for s in slots.values())
     newer = {s // CHUNK_ROWS for s in slots.values()}
     with indexer.open(index) as idx:
@@ -249,7 +253,7 @@ def take_over(index: Path, source: Path, docs: dict[str, str], stalled: subproce
     os.kill(stalled.pid, signal.SIGCONT)
     stalled_summary = finish(stalled)
     assert stalled_summary["fencing_refusals"] == 1, stalled_summary
-    assert stalled_summary["embedded"] + taker["embedded"] == len(set(docs.values()))  # type: ignore[operator]
+    assert stalled_summary["embedded"] + taker["embedded"] == len(set(docs.values()))
     with indexer.open(index) as idx:
         assert idx.status()["fencing_refusals"] == 1
         assert dict(idx.manifest.done_slots()).items() >= slots.items()  # nothing was repointed

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ import pytest
 from click.testing import CliRunner
 
 import indexer
-from indexer.chunking import make_chunker
+from indexer.chunking import Chunker, make_chunker
 from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 from indexer.manifest import Inspection
@@ -53,8 +54,9 @@ from manifest_surgery import downgrade_to_schema_1
 
 N_DOCS = 2000
 CHUNK_TOKENS = 60  # words: the short documents (at most 41) are one chunk, the long ones several
-CHUNKER = make_chunker("fake:16", 0, "", CHUNK_TOKENS, 0)
-assert CHUNKER is not None
+_CHUNKER = make_chunker("fake:16", 0, "", CHUNK_TOKENS, 0)
+assert _CHUNKER is not None
+CHUNKER: Chunker = _CHUNKER
 CHUNK_ROWS = 16
 SCAN_BATCH = 200
 SEED = int(os.environ.get("INDEXER_CRASH_SEED", "20240611"))
@@ -164,9 +166,10 @@ def expected_vector(text: str, chunked: bool = True) -> np.ndarray:
     parts = chunks_of(text, chunked)
     vectors = FakeEmbedder(16).embed(parts)
     if len(parts) == 1:
-        return vectors[0]
+        one: np.ndarray = vectors[0]
+        return one
     mean = vectors.astype(np.float64).sum(axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return np.asarray(mean / np.linalg.norm(mean), dtype=np.float32)
 
 
 def build_reference(workdir: Path, docs: dict[str, str], name: str, chunked: bool = True) -> Reference:
@@ -308,7 +311,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def verify_clean(index: Path) -> dict[str, object]:
     code, out = invoke("verify", str(index), "--json")
-    report = json.loads(out)
+    report: dict[str, object] = json.loads(out)
     assert code == 0 and report["ok"] and report["problems"] == [], report
     return report
 
@@ -360,7 +363,9 @@ def check_resumed(index: Path, ref: Reference, at_kill: AtKill, resumed: dict[st
     assert embedded_total - (states["done"] - done_before) == at_kill.claimed <= max_claims * CHUNK_ROWS
     tally(TOTALS, "rows redone", at_kill.claimed)
     # The runs table: the last run finished with the summary printed; the killed ones are interrupted.
-    assert runs[-1][0] == "finished" and json.loads(runs[-1][1])["embedded"] == resumed["embedded"]
+    last_state, last_summary = runs[-1]
+    assert last_state == "finished" and last_summary is not None
+    assert json.loads(last_summary)["embedded"] == resumed["embedded"]
     assert all(state in ("finished", "interrupted") for state, _ in runs), runs
     # A kill releases nothing: its claim in flight (if any) expired when the next run started.
     assert claims.get("active", 0) == claims.get("released", 0) == 0, claims
@@ -472,9 +477,8 @@ def kill_many(ref: Reference, workdir: Path, rng: random.Random, target: int, ph
         for trigger in plan_triggers(rng, max(PARALLEL, target - kills), ref):
             chain = rng.randint(1, 3) if chains and n % 3 == 0 else 0
             sub = random.Random(rng.random())
-            jobs[f"episode {n} {trigger} chain {chain}"] = (
-                lambda t=trigger, c=chain, i=n, r=sub: kill_episode(ref, workdir / f"idx{i}", t, phases,
-                                                                    c, r, grouped))
+            jobs[f"episode {n} {trigger} chain {chain}"] = partial(
+                kill_episode, ref, workdir / f"idx{n}", trigger, phases, chain, sub, grouped)
             n += 1
         kills += sum(int(k) for k in in_parallel(jobs).values())  # type: ignore[call-overload]
     return kills
@@ -512,8 +516,8 @@ def test_kills_during_incremental_sync(ref: Reference, ref2: Reference, tmp_path
         for _ in range(PARALLEL):
             trigger = (Trigger("embed", ref.distinct + rng.randrange(0, 300), rng.uniform(0, 0.01))
                        if n % 2 else Trigger("time", rng.uniform(0.3, 0.9), 0.0))
-            jobs[f"incremental {n} {trigger}"] = (
-                lambda t=trigger, i=n: incremental_episode(ref, ref2, tmp_path / f"inc{i}", t))
+            jobs[f"incremental {n} {trigger}"] = partial(incremental_episode, ref, ref2, tmp_path / f"inc{n}",
+                                                         trigger)
             n += 1
         kills += sum(int(k) for k in in_parallel(jobs).values())  # type: ignore[call-overload]
     assert kills >= KILLS_INCREMENTAL
@@ -633,7 +637,7 @@ def grouped_crash_point_episode(ref: Reference, index: Path, point: str) -> None
 
 
 def test_crash_points_grouped(ref: Reference, tmp_path: Path) -> None:
-    in_parallel({point: (lambda p=point, i=i: grouped_crash_point_episode(ref, tmp_path / f"g{i}", p))
+    in_parallel({point: partial(grouped_crash_point_episode, ref, tmp_path / f"g{i}", point)
                  for i, point in enumerate(GROUPED_CRASH_POINTS)})
 
 
@@ -648,7 +652,7 @@ def test_crash_points(ref: Reference, ref_plain: Reference, tmp_path: Path) -> N
     """One kill at each named crash point (INDEXER_CRASH_AT), and one inside the upgrade of an old
     manifest; each then resumed and checked."""
     jobs: dict[str, Callable[[], object]] = {
-        point: (lambda p=point, i=i: crash_point_episode(ref, tmp_path / f"idx{i}", p))
+        point: partial(crash_point_episode, ref, tmp_path / f"idx{i}", point)
         for i, point in enumerate(CRASH_POINTS)}
     jobs["mid-migration of a version-1 manifest"] = lambda: old_manifest_episode(ref_plain, tmp_path / "old")
     in_parallel(jobs)
