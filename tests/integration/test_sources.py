@@ -39,9 +39,9 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
     return path
 
 
-def run(index_dir: Path, *paths: Path | str, **kw: object) -> indexer.SyncSummary:
+def run(index_dir: Path, *paths: Path | str, **kw: Any) -> indexer.SyncSummary:
     return indexer.sync(index_dir, paths=[str(p) for p in paths],
-                        options=indexer.SyncOptions(model=MODEL, **kw))  # type: ignore[arg-type]
+                        options=indexer.SyncOptions(model=MODEL, **kw))
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,9 +40,9 @@ FUZZ_SYNC = settings(max_examples=12, deadline=None, suppress_health_check=[Heal
 
 # -- local helpers ------------------------------------------------------------------------------------
 
-def run(index_dir: Path, *paths: Path | str, **kw: object) -> indexer.SyncSummary:
+def run(index_dir: Path, *paths: Path | str, **kw: Any) -> indexer.SyncSummary:
     return indexer.sync(index_dir, paths=[str(p) for p in paths],
-                        options=indexer.SyncOptions(model=MODEL, **kw))  # type: ignore[arg-type]
+                        options=indexer.SyncOptions(model=MODEL, **kw))
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:
