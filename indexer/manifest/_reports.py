@@ -167,8 +167,6 @@ class Reports(ManifestConnection):
     def active_chunks(self) -> set[int]:
         return {r[0] for r in self.conn.execute(_QUERIES["active_chunks"])}
 
-    def next_chunk(self) -> int:
-        return int(self.conn.execute(_QUERIES["next_chunk"]).fetchone()[0])
 
     def pending_texts(self) -> tuple[int, int]:
         """(contents, characters) staged and waiting to be embedded."""

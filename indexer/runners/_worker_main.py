@@ -54,10 +54,10 @@ __all__ = ["embedder_factory", "run"]
 
 def _without_cudnn_attention() -> None:
     """Turn off torch's cuDNN attention kernels in this (GPU worker) process. cuDNN builds an execution
-    plan for every new input shape, and token-budget batches make nearly every batch a new shape: on an
-    H100 the first pass over new shapes ran at 1,551 docs/s with cuDNN attention and 9,036 without it
-    (the same shapes again: 45,736 and 37,401; bench/RESULTS.md). torch then uses its flash or
-    memory-efficient kernels, which need no plan."""
+    plan for every new input shape, and token-budget batches make nearly every batch a new shape: the
+    first pass over new shapes ran several times slower with cuDNN attention than without it, though
+    the same shapes again ran a little faster with it (bench/RESULTS.md, "gpu"). torch then uses its
+    flash or memory-efficient kernels, which need no plan."""
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         torch.backends.cuda.enable_cudnn_sdp(False)

@@ -5,12 +5,11 @@
     in-process (backend inline)          on a machine with at most INLINE_MAX_CPUS usable CPUs
     a CPU process pool (processes)       otherwise, with its default workers x threads
 
-On 2 CPUs the process pool does not pay for itself: with all-MiniLM-L6-v2 on 2,000 real paragraphs,
-one process with 2 torch threads made 75-91 docs/s and pools of 2x1 or 1x2 workers 71-91 docs/s over
-four runs on a shared machine (bench/RESULTS.md, "Backends on one machine"): the same within noise,
-while 2 workers need 1.8 GB against 1.0 GB and a second model load. With more CPUs one process's
-intra-op threads scale poorly (1 -> 2 threads already gave only 0.8 of linear here), so the pool is
-chosen, with its default layout (not yet measured on a bigger machine). Options narrow the choice:
+On 2 CPUs the process pool does not pay for itself: one process with 2 torch threads embeds as fast as
+pools of 2x1 or 1x2 workers within noise (bench/RESULTS.md, "Backends on one machine"), while 2
+workers need a second copy of the model and a second load. With more CPUs one process's intra-op
+threads scale below linear, so the pool is chosen, with its default layout (not yet measured on a
+bigger machine). Options narrow the choice:
 --devices asks for gpus, --workers or --threads-per-worker for the process pool.
 """
 

@@ -42,9 +42,6 @@ SELECT chunk, checksum FROM chunks
 -- name: active_chunks
 SELECT chunk FROM claims WHERE state = 'active'
 
--- name: next_chunk
-SELECT value FROM meta WHERE key = 'next_chunk'
-
 -- name: pending_texts
 SELECT count(*), coalesce(sum(c.chars), 0) FROM contents c JOIN staged s USING (seq)
     WHERE c.state = 'pending'
