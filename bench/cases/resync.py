@@ -2,6 +2,7 @@
 
     python -m bench resync                       # resync at 100k and 1M; open/vectors at 10k and 1M
     python -m bench resync --sizes 100000 --open-sizes 10000 --repeat 1 --no-results
+    python -m bench resync --sizes 1000000 --open-sizes 1000000 --repeat 6 --baseline REF --no-cli
 
 For each size N (bench/data/corpus_N.jsonl, from the build_corpus case) an index is first built by a full
 sync with the fake model (fake:DIM, default 384 like the default model) and cached in
@@ -31,11 +32,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .._common import DATA, Report, Result, case_parser, child_result, rss_mb, run_child, table
+from .._common import DATA, Report, Result, case_parser, child_result, libraries, rss_mb, run_child, table
 from .._corpus import ensure_corpus
 
 TARGET = 1.5
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=2, help="floor/source/resync rounds per size (default 2)")
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI run")
+    ap.add_argument("--baseline", default="",
+                    help="also run the resync and open children with the library of this git ref (the same "
+                         "cached index), alternating with this tree's, for a side-by-side ratio")
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -207,7 +212,23 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, libraries(args.baseline, Path(tmp)))
+
+
+def run(args: argparse.Namespace, libs: list[tuple[str, Path]]) -> None:
     report = Report()
+    baseline = libs[0] if len(libs) > 1 else None
+    side_by_side: dict[tuple[int, str], dict[str, list[float]]] = {}
+
+    def against_baseline(n: int, what: str, kind: str, args_: list[str], key: str, r: int) -> Result:
+        """One run of `kind` with each library, the order alternating by round `r`; this tree's result."""
+        mine: Result = {}
+        for label, library in (libs if r % 2 == 0 else libs[::-1]):
+            got = run_child(__name__, kind, args_, library=library)
+            side_by_side.setdefault((n, what), {}).setdefault(label, []).append(got[key])
+            mine = got if label == "this tree" else mine
+        return mine
     sizes = sorted(set(args.sizes) | set(args.open_sizes))
     corpora = {n: ensure_corpus(n) for n in sizes}
     builds = {n: ensure_index(n, args.dim, corpora[n]) for n in sizes}
@@ -223,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
             kinds = ["floor", "source", "resync"] if r % 2 == 0 else ["resync", "source", "floor"]
             for kind in kinds:
                 extra = ["--index", str(index)] if kind == "resync" else []
-                got[kind].append(run_child(__name__, kind, ["--corpus", str(corpus), *extra]))
+                child_args = ["--corpus", str(corpus), *extra]
+                got[kind].append(against_baseline(n, "no-change resync", kind, child_args, "seconds", r)
+                                 if kind == "resync" and baseline is not None
+                                 else run_child(__name__, kind, child_args))
                 print(f"N={n:,} {kind}: {got[kind][-1]['seconds']:.2f}s, peak RSS "
                       f"{got[kind][-1]['peak_rss_mb']:.0f} MB", flush=True)
         if not args.no_cli:
@@ -262,6 +286,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # open / vectors
     open_rows: list[list[object]] = []
+    for n in sorted(args.open_sizes) if baseline is not None else []:
+        for r in range(args.repeat):
+            against_baseline(n, "open: first touch len(ids)", "open",
+                             ["--index", str(index_dir(n, args.dim))], "len_ids_s", r)
     for n in sorted(args.open_sizes):
         o = run_child(__name__, "open", ["--index", str(index_dir(n, args.dim))])
         print(f"N={n:,} open: {o['open_vectors_s'] * 1000:.1f} ms, len(ids) {o['len_ids_s']:.2f}s, "
@@ -296,6 +324,17 @@ def main(argv: list[str] | None = None) -> None:
         table(["rows", "open+vectors ms", "RSS delta MB", "len(ids) ms", "RSS delta MB", "np.asarray ms",
                "RSS delta MB", "matrix MB"], open_rows),
     ]
+    if baseline is not None:
+        rows = []
+        for (n, what), by_library in sorted(side_by_side.items()):
+            theirs, ours = by_library[baseline[0]], by_library["this tree"]
+            rows.append([f"{n:,}", what, ", ".join(f"{x:.2f}" for x in theirs),
+                         ", ".join(f"{x:.2f}" for x in ours), f"{min(theirs) / min(ours):.2f}x",
+                         f"{statistics.median(theirs) / statistics.median(ours):.2f}x"])
+        parts += [f"Side by side with {baseline[0]} (its library on the same cached index, each run a fresh "
+                  "process, the order alternating round by round; ratio > 1: this tree is faster):",
+                  table(["N", "what", f"{baseline[0]} s (each run)", "this tree s (each run)",
+                         "ratio (best)", "ratio (median)"], rows)]
     if build_rows:
         parts += ["Index builds done by this run (full sync from empty, fake model):",
                   table(["N", "seconds", "docs/s", "scan s", "embed+write+commit s", "claims", "peak RSS MB"],
