@@ -160,9 +160,9 @@ def docs_of(n: int, prefix: str = "d", text: str = "text") -> dict[str, str]:
     return {f"{prefix}{i:03d}": f"{text} number {i}" for i in range(n)}
 
 
-def assert_serves(ix: Path, docs: dict[str, str]) -> None:
-    """The index serves exactly `docs`, each with the fake model's vector of its text."""
+def assert_serves(ix: Path, docs: dict[str, str], dim: int = FAKE_DIM) -> None:
+    """The index serves exactly `docs`, each with the vector of its text by the fake model of `dim`."""
     got = served(ix)
     assert sorted(got) == sorted(docs)
     for i, text in docs.items():
-        np.testing.assert_array_equal(got[i], fake_vector(text), err_msg=i)
+        np.testing.assert_array_equal(got[i], fake_vector(text, dim), err_msg=repr(i))

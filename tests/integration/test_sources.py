@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +25,7 @@ from indexer import Index, SourceError
 from indexer.embedders.fake import FakeEmbedder
 from indexer.sources import Record, Skip, open_source, open_sources
 
-from helpers import served
+from helpers import assert_serves, served
 
 MODEL = "fake:8"
 FAKE = FakeEmbedder(8)
@@ -45,11 +44,7 @@ def run(index_dir: Path, *paths: Path | str, **kw: Any) -> indexer.SyncSummary:
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:
-    """The index serves exactly `expected` (id -> text), each with the fake vector of its text."""
-    got = served(index_dir)
-    assert sorted(got) == sorted(expected)
-    for doc_id, text in expected.items():
-        np.testing.assert_array_equal(got[doc_id], FAKE.embed([text])[0], err_msg=doc_id)
+    assert_serves(index_dir, expected, dim=8)  # MODEL's
 
 
 def read_all(spec: str, **kw: Any) -> list[Record | Skip]:

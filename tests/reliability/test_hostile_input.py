@@ -30,7 +30,7 @@ from indexer.cli import cli
 from indexer.embedders.fake import FakeEmbedder
 from indexer.sources import FolderFilter, Record, Skip, open_source
 
-from helpers import served
+from helpers import assert_serves, served
 
 MODEL = "fake:8"
 FAKE = FakeEmbedder(8)
@@ -46,13 +46,7 @@ def run(index_dir: Path, *paths: Path | str, **kw: Any) -> indexer.SyncSummary:
 
 
 def assert_index_holds(index_dir: Path, expected: dict[str, str]) -> None:
-    got = served(index_dir)
-    assert sorted(got) == sorted(expected)
-    if expected:
-        texts = list(expected.values())
-        want = FAKE.embed(texts)
-        for (doc_id, _), vec in zip(expected.items(), want, strict=True):
-            np.testing.assert_array_equal(got[doc_id], vec, err_msg=repr(doc_id))
+    assert_serves(index_dir, expected, dim=8)  # MODEL's
 
 
 def assert_skipped(summary: indexer.SyncSummary, *wheres: str) -> None:
