@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._queries import named_queries
+from ._sql import SERVED_HASH, in_batches
 
 _QUERIES = named_queries("inspect.sql")
 
@@ -150,6 +151,21 @@ class Inspection:
 
     def meta(self) -> dict[str, int]:
         return dict(self.conn.execute(_QUERIES["meta"]).fetchall())
+
+    def served_slots(self) -> list[tuple[str, int]]:
+        """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
+        a long document, served as the mean of its chunks, has none (`Index.chunks()` has them)."""
+        return self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
+            ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
+
+    def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """id -> slot of those of `ids` that are live and served a vector of their own."""
+        out: dict[str, int] = {}
+        for part, marks in in_batches(ids):
+            out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
+                ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
+                part).fetchall())
+        return out
 
     # -- counts of any schema version --------------------------------------------------------------
 

@@ -1,12 +1,11 @@
 """What the manifest reports: the status counts (`status_counts`, checked against a recount by
-`counts_problems`), the run log, failures, the slots served and done, chunk checksums."""
+`counts_problems`), the run log, failures, where done contents are, chunk checksums."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
 from typing import TypedDict
 
 from .._owner import current_owner, owner_is_dead
@@ -14,7 +13,6 @@ from ..states import ContentState, DocumentState, RunState
 from . import _counts, _staging, _wholes
 from ._connection import ManifestConnection
 from ._queries import named_queries
-from ._sql import SERVED_HASH, in_batches
 
 _QUERIES = named_queries("reports.sql")
 
@@ -131,20 +129,6 @@ class Reports(ManifestConnection):
     def failures(self, limit: int = 100) -> list[tuple[str, str]]:
         """(document id, reason) of live documents whose content failed."""
         return self.conn.execute(_QUERIES["failures"], (limit,)).fetchall()
-
-    def served_slots(self) -> list[tuple[str, int]]:
-        """(id, slot) of every live document with a vector of its own, in slot order (one snapshot);
-        a long document, served as the mean of its chunks, has none (`Index.chunks()` has them)."""
-        return self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
-            ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 ORDER BY c.slot, d.id""").fetchall()
-
-    def slots_of(self, ids: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for part, marks in in_batches(ids):
-            out.update(self.conn.execute(f"""SELECT d.id, c.slot FROM documents d JOIN contents c
-                ON c.hash = {SERVED_HASH} WHERE d.deleted = 0 AND c.parts = 0 AND d.id IN ({marks})""",
-                part).fetchall())
-        return out
 
     def done_slots(self) -> list[tuple[bytes, int]]:
         return self.conn.execute(_QUERIES["done_slots"]).fetchall()

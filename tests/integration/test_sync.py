@@ -89,7 +89,7 @@ def test_identical_texts_are_embedded_once_and_share_a_slot(ix: Path, small_sett
     assert emb.embedded == Counter({"same words": 1, "other words": 1})
     assert summary.embedded == 2 and summary.would_embed == 2
     with indexer.open(ix) as idx:
-        slots = idx.manifest.slots_of(list(docs))
+        slots = Inspection(idx.manifest.conn).slots_of(list(docs))
         assert slots["a"] == slots["b"] == slots["c"] != slots["d"]
         vecs = idx.get(["a", "b", "c", "d"])
         assert idx.status()["done"] == 4
@@ -365,7 +365,7 @@ def synced(tmp_path: Path, ix: Path, settings: Settings, n: int = 20) -> tuple[P
 
 def ids_in_chunk(ix: Path, chunk: int, rows: int) -> list[str]:
     with indexer.open(ix) as idx:
-        return sorted(i for i, s in idx.manifest.served_slots() if s // rows == chunk)
+        return sorted(i for i, s in Inspection(idx.manifest.conn).served_slots() if s // rows == chunk)
 
 
 def test_verify_is_clean_after_a_sync(tmp_path: Path, ix: Path, small_settings: Settings) -> None:
@@ -428,7 +428,7 @@ def test_verify_finds_a_nan_in_a_done_slot_and_repair_restores_it(
         tmp_path: Path, ix: Path, small_settings: Settings) -> None:
     src, docs = synced(tmp_path, ix, small_settings)
     with indexer.open(ix) as idx:
-        slot = idx.manifest.slots_of(["d005"])["d005"]
+        slot = Inspection(idx.manifest.conn).slots_of(["d005"])["d005"]
         rows, dim = idx.store.chunk_rows, idx.store.dim
         path = idx.store.chunk_path(slot // rows)
     m = np.memmap(path, dtype="<f4", mode="r+", shape=(rows, dim))

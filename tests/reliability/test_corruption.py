@@ -21,6 +21,7 @@ import pytest
 
 import indexer
 from indexer.embedders.fake import FakeEmbedder
+from indexer.manifest import Inspection
 
 from helpers import served
 from manifest_surgery import Tamper
@@ -149,7 +150,7 @@ def test_readers_never_serve_a_nan_row_as_a_vector(index: tuple[Path, Path]) -> 
     with Tamper.open(ix) as tamper:
         tamper.forget_checksums()
     with indexer.open(ix) as idx:
-        slot = idx.manifest.slots_of(["d003"])["d003"]
+        slot = Inspection(idx.manifest.conn).slots_of(["d003"])["d003"]
     chunk_file = ix / "vectors.zarr" / "c" / str(slot // CHUNK_ROWS) / "0"
     rows = np.fromfile(chunk_file, dtype="<f4").reshape(CHUNK_ROWS, 16)
     rows[slot % CHUNK_ROWS, 5] = np.nan
